@@ -1,0 +1,1 @@
+"""Verification of medical-imaging CNNs through their attention maps. The backend: no UI imports."""

@@ -1,0 +1,51 @@
+"""Typed errors raised at the backend's boundary.
+
+Every message is written for the person who supplied the input: it says what is wrong and what to do.
+The UI and the CLI decide how to show them; the backend never swallows them.
+"""
+
+from __future__ import annotations
+
+
+class VerificationError(Exception):
+    """Base class for every error the backend raises on purpose."""
+
+
+class InputTooLargeError(VerificationError):
+    """A file or image exceeds a configured size or pixel limit."""
+
+
+class ImageLoadError(VerificationError):
+    """An image file could not be read or is unusable (corrupt, truncated, not an image, too small)."""
+
+
+class ModelLoadError(VerificationError):
+    """A model file could not be loaded (wrong format, weights that do not fit, unknown architecture)."""
+
+
+class UntrustedFileError(ModelLoadError):
+    """Loading the file would execute code from it (pickle) and the caller has not opted in to trust it."""
+
+
+class TorchScriptError(ModelLoadError):
+    """TorchScript modules cannot carry hooks; the user must re-save the model in another format."""
+
+
+class ShapeError(VerificationError):
+    """A tensor, image or map has a shape the operation cannot accept (wrong channels, sizes, batch)."""
+
+
+class ModelForwardError(VerificationError):
+    """The model raised while running on the given input."""
+
+
+class LayerError(VerificationError):
+    """A target layer name does not exist in the model or does not produce a spatial (N, C, H, W) output."""
+
+
+class BundleError(VerificationError):
+    """A reference bundle or saved result is missing, corrupt, or of an unsupported schema version."""
+
+
+class CancelledError(VerificationError):
+    """A long computation was cancelled through its progress callback."""

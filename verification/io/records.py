@@ -1,0 +1,69 @@
+"""Records produced by the loaders: what a model or an image is, with provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from torch import nn
+
+SourceFormat = Literal["architecture", "safetensors", "state_dict", "export", "pickle", "module"]
+Task = Literal["classification", "multilabel", "segmentation"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for verification.
+
+    ``module`` is in eval mode. ``in_channels``, ``input_size`` (H, W), ``mean``/``std`` (one value per input
+    channel) describe the preprocessing the model expects. ``class_names`` has one entry per output channel;
+    ``garbage_class`` names the output that means "rejected input" when the model has one.
+    """
+
+    module: nn.Module
+    in_channels: int
+    input_size: tuple[int, int]
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source_format: SourceFormat
+    content_hash: str
+    architecture: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    task: Task = "classification"
+    garbage_class: str | None = None
+    name: str = "model"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def garbage_index(self) -> int | None:
+        if self.garbage_class is None:
+            return None
+        return self.class_names.index(self.garbage_class)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image as read from disk.
+
+    ``pixels`` is float32 in [0, 1], shape (H, W) for grayscale or (H, W, 3) for colour, after DICOM rescale and
+    windowing (MONOCHROME1 already inverted so that dense tissue is bright). ``display`` is the uint8 version of
+    the same picture for drawing. ``metadata`` holds only non-identifying acquisition facts; ``notices`` are
+    things the user should be told (first frame of a multi-frame file, alpha dropped, ...).
+    """
+
+    pixels: np.ndarray
+    display: np.ndarray
+    name: str
+    source_format: str
+    content_hash: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    notices: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
