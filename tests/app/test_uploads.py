@@ -1,0 +1,89 @@
+"""The upload path without Streamlit: zip expansion, labels from folders, and the zip-bomb guards."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+
+from ui.uploads import MAX_ZIP_RATIO, expand_uploads, expand_zip
+from verification.errors import ImageLoadError, InputTooLargeError
+
+
+def _zip(entries: dict[str, bytes], *, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_single_files_pass_through_unlabelled() -> None:
+    out = expand_uploads([("a.png", b"\x89PNG..."), ("b.dcm", b"DICM")])
+    assert [(b.name, b.label) for b in out.blobs] == [("a.png", None), ("b.dcm", None)]
+    assert out.blobs[1].data == b"DICM"
+
+
+def test_zip_labels_come_from_folders_and_non_images_are_skipped() -> None:
+    data = _zip(
+        {
+            "set/normal/1.png": b"one",
+            "set/nodule/2.dcm": b"two",
+            "set/nodule/3": b"three",  # DICOM without a suffix is kept
+            "set/README.txt": b"hello",
+            "__MACOSX/set/._1.png": b"junk",
+            "set/.hidden.png": b"junk",
+        }
+    )
+    out = expand_uploads([("set.zip", data)])
+    assert sorted((b.name, b.label, b.data) for b in out.blobs) == [
+        ("set/nodule/2.dcm", "nodule", b"two"),
+        ("set/nodule/3", "nodule", b"three"),
+        ("set/normal/1.png", "normal", b"one"),
+    ]
+    assert out.skipped == ("set/README.txt",)
+
+
+def test_too_many_entries_is_refused() -> None:
+    data = _zip({f"x/{i}.png": b"a" for i in range(11)})
+    with pytest.raises(InputTooLargeError, match="holds 11 files"):
+        expand_zip("many.zip", data, max_entries=10)
+
+
+def test_declared_total_over_limit_is_refused() -> None:
+    data = _zip({"a.png": b"\0" * 5000, "b.png": b"\0" * 5000})
+    with pytest.raises(InputTooLargeError, match="decompress to 10,000 bytes"):
+        expand_zip("big.zip", data, max_total_bytes=9000)
+
+
+def test_high_ratio_entry_is_treated_as_a_bomb() -> None:
+    # 4 MB of zeros deflates to a few KB: a ratio far above MAX_ZIP_RATIO.
+    payload = b"\0" * (4 << 20)
+    data = _zip({"bomb.png": payload})
+    info = zipfile.ZipFile(io.BytesIO(data)).infolist()[0]
+    assert info.file_size / info.compress_size > MAX_ZIP_RATIO
+    with pytest.raises(InputTooLargeError, match="decompresses to more than"):
+        expand_zip("bomb.zip", data)
+
+
+def test_lying_declared_size_is_caught_while_decompressing() -> None:
+    # Forge the central directory and local header to declare a tiny size for a large entry.
+    payload = bytes(range(256)) * 400  # 102,400 bytes, barely compressible
+    data = bytearray(_zip({"liar.png": payload}, compression=zipfile.ZIP_STORED))
+    real = len(payload).to_bytes(4, "little")
+    fake = (1000).to_bytes(4, "little")
+    count = 0
+    start = 0
+    while (pos := data.find(real, start)) != -1:
+        data[pos : pos + 4] = fake
+        count += 1
+        start = pos + 4
+    assert count >= 2  # compressed and uncompressed sizes (stored) in at least one header
+    with pytest.raises((InputTooLargeError, ImageLoadError)):
+        expand_zip("liar.zip", bytes(data))
+
+
+def test_not_a_zip_is_a_clear_error() -> None:
+    with pytest.raises(ImageLoadError, match="not a readable zip archive"):
+        expand_zip("fake.zip", b"PK\x03\x04 but not really")

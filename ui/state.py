@@ -1,0 +1,103 @@
+"""Every session-state key the dashboard uses, declared once, with its type and default.
+
+Widgets take ``key=K.X.name``; code reads ``K.X.get()`` and writes ``K.X.set(v)``. Nothing else in the app
+touches ``st.session_state`` with a string literal, so a typo cannot silently create a second key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+
+import streamlit as st
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StateKey(Generic[T]):
+    """One typed session-state entry. ``factory`` builds the default so mutable defaults are never shared."""
+
+    name: str
+    factory: Callable[[], T]
+
+    def get(self) -> T:
+        if self.name not in st.session_state:
+            st.session_state[self.name] = self.factory()
+        return cast(T, st.session_state[self.name])
+
+    def set(self, value: T) -> None:
+        st.session_state[self.name] = value
+
+    def init(self) -> None:
+        """Give the key its default if unset, so a widget bound to it starts from that default."""
+        if self.name not in st.session_state:
+            st.session_state[self.name] = self.factory()
+
+
+def _const(value: T) -> Callable[[], T]:
+    return lambda: value
+
+
+@dataclass(frozen=True)
+class ModelSlotKeys:
+    """The widget and memory keys of one model slot (A or B)."""
+
+    source: StateKey[str]  # "demo" | "upload"
+    demo_name: StateKey[str]
+    upload: StateKey[Any]  # st.file_uploader value (UploadedFile | None)
+    sidecar: StateKey[Any]  # optional JSON sidecar upload
+    architecture: StateKey[str]  # architecture name for bare state dicts
+    trust: StateKey[bool]
+    last_good: StateKey[Any]  # ui.loaders.ModelSpec | None: what to fall back to after a failed load
+
+
+def _slot(slot: str, demo_default: str) -> ModelSlotKeys:
+    return ModelSlotKeys(
+        source=StateKey(f"model_{slot}_source", _const("demo")),
+        demo_name=StateKey(f"model_{slot}_demo", _const(demo_default)),
+        upload=StateKey(f"model_{slot}_upload", _const(None)),
+        sidecar=StateKey(f"model_{slot}_sidecar", _const(None)),
+        architecture=StateKey(f"model_{slot}_arch", _const("")),
+        trust=StateKey(f"model_{slot}_trust", _const(False)),
+        last_good=StateKey(f"model_{slot}_last_good", _const(None)),
+    )
+
+
+class K:
+    """The registry of keys."""
+
+    MODEL_A = _slot("a", "sound")
+    MODEL_B = _slot("b", "shortcut")
+    MODEL_B_ENABLED: StateKey[bool] = StateKey("model_b_enabled", _const(True))
+
+    IMAGES_SOURCE: StateKey[str] = StateKey("images_source", _const("demo"))  # "demo" | "upload"
+    IMAGES_SPLIT: StateKey[str] = StateKey("images_split", _const("test"))
+    IMAGES_UPLOAD: StateKey[Any] = StateKey("images_upload", _const(None))
+    IMAGES_LAST_GOOD: StateKey[Any] = StateKey("images_last_good", _const(None))  # ui.loaders.ImageSet | None
+    IMAGE_INDEX: StateKey[int] = StateKey("image_index", _const(0))
+
+    BUNDLE_SOURCE: StateKey[str] = StateKey("bundle_source", _const("demo"))  # "demo" | "upload" | "build"
+    BUNDLE_UPLOAD: StateKey[Any] = StateKey("bundle_upload", _const(None))
+    BUNDLE_BUILD_UPLOAD: StateKey[Any] = StateKey("bundle_build_upload", _const(None))
+    BUNDLE_LAST_GOOD: StateKey[Any] = StateKey("bundle_last_good", _const(None))
+
+    # What the sidebar resolved this run (ui.sidebar.Workspace); written once per run by the sidebar.
+    WORKSPACE: StateKey[Any] = StateKey("workspace", _const(None))
+
+    # Attention page controls.
+    METHOD: StateKey[str] = StateKey("method", _const("gradcam"))
+    LAYER: StateKey[str] = StateKey("layer", _const(""))  # "" = the model's default target layer
+    TARGET: StateKey[str] = StateKey("target", _const("predicted"))  # "predicted" or a class name
+    OPACITY: StateKey[float] = StateKey("opacity", _const(0.45))
+    COLORMAP: StateKey[str] = StateKey("colormap", _const("turbo"))
+    SEG_CLASS: StateKey[str] = StateKey("seg_class", _const(""))
+    SEG_THRESHOLD: StateKey[float] = StateKey("seg_threshold", _const(0.5))
+    ATTENTION_SLOW: StateKey[bool] = StateKey("attention_slow", _const(False))
+
+    # Pages with longer work keep their last result so a rerun does not lose it.
+    DATASET_UPLOAD: StateKey[Any] = StateKey("dataset_upload", _const(None))
+    DATASET_FOLDER: StateKey[str] = StateKey("dataset_folder", _const(""))
+    DATASET_RESULT: StateKey[Any] = StateKey("dataset_result", _const(None))
+    CONSISTENCY_RESULT: StateKey[Any] = StateKey("consistency_result", _const(None))

@@ -1,0 +1,71 @@
+"""Small reusable pieces of page: the error boundary, image panels, the verdict banner."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import streamlit as st
+
+from ui.figures import colorbar_html
+from verification.errors import VerificationError
+
+log = logging.getLogger(__name__)
+
+
+class Failed:
+    """Set by :func:`guard` when the block raised, so the caller can skip what depended on it."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def __bool__(self) -> bool:
+        return self.failed
+
+
+@contextmanager
+def guard(what: str) -> Iterator[Failed]:
+    """Run a block that calls the backend; on failure show ``st.error`` and let the rest of the page draw.
+
+    Backend errors (``VerificationError``) carry a message written for the user and are shown as is; anything
+    else comes from a user's model or a bug, so it is shown with its type and logged with its traceback.
+    Streamlit's own control flow (rerun, stop) derives from BaseException and passes through untouched.
+    """
+    state = Failed()
+    try:
+        yield state
+    except VerificationError as exc:
+        state.failed = True
+        st.error(f"**{what}** — {exc}", icon=":material/error:")
+    except Exception as exc:
+        state.failed = True
+        log.exception("%s failed", what)
+        st.error(
+            f"**{what}** failed unexpectedly: `{type(exc).__name__}: {exc}`. "
+            "If this is your own model, check that it runs on the image size and channels it declares.",
+            icon=":material/error:",
+        )
+
+
+def image_panel(title: str, picture: np.ndarray, *, caption: str | None = None) -> None:
+    st.markdown(f"**{title}**")
+    st.image(picture, caption=caption, width="stretch")
+
+
+def colorbar(colormap: str, *, low: str = "low attention", high: str = "high attention") -> None:
+    st.html(colorbar_html(colormap, low=low, high=high))
+
+
+def verdict_banner(*, suitable: bool, headline: str, detail: str) -> None:
+    """The verdict word with the numbers behind it, never the word alone."""
+    if suitable:
+        st.success(f"**{headline}** — {detail}", icon=":material/verified:")
+    else:
+        st.error(f"**{headline}** — {detail}", icon=":material/gpp_bad:")
+
+
+def notices(items: list[str]) -> None:
+    for note in items:
+        st.info(note, icon=":material/info:")
