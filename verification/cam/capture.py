@@ -1,0 +1,169 @@
+"""One forward and one backward: activations and gradients at any number of layers.
+
+Hooks live exactly as long as :func:`capture` (registered on entry, removed in ``finally``, also when the
+forward raises); every module's train/eval flag is restored; gradients come from a single
+``torch.autograd.grad`` call on the captured activations, so no parameter's ``.grad`` is touched; the caller's
+input is never modified (the model runs on a detached copy) and needs no ``requires_grad``.
+
+Details that matter for correctness:
+
+- The hook hands the rest of the network a *clone* of the captured activation. A later in-place op (resnet's
+  ``out += identity`` after ``bn2``, an in-place ReLU) then edits the clone, not the tensor we took the
+  gradient of — otherwise the "activation" would silently become a later layer's value.
+- Where the captured output does not require grad (a frozen model, no-grad input), it is replaced by a
+  detached leaf that requires grad, so the gradient still reaches it; later captured layers hang off it.
+- A module called several times in one forward (a shared ReLU) is captured at its last call.
+- Runs under ``torch.enable_grad()`` and outside inference mode whatever the caller's grad mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from verification.cam.layers import eval_mode, model_device_dtype, resolve_layer_names
+from verification.cam.targets import Target, TargetScores, as_target, output_tensor
+from verification.errors import LayerError, ModelForwardError, ShapeError
+
+
+@dataclass(frozen=True)
+class Capture:
+    """``activations[name]`` / ``gradients[name]`` (N, C, h, w) detached float tensors, ``output`` the model's
+    prediction tensor (detached), ``target`` the Target used and ``scores`` what it returned, ``calls[name]``
+    how many times each layer ran."""
+
+    activations: dict[str, Tensor]
+    gradients: dict[str, Tensor]
+    output: Tensor
+    target: Target
+    scores: TargetScores
+    input_size: tuple[int, int]
+    calls: dict[str, int]
+
+
+def _replace_first_tensor(output: Any, new: Tensor) -> Any:
+    if isinstance(output, Tensor):
+        return new
+    items = list(output)
+    for i, item in enumerate(items):
+        if isinstance(item, Tensor):
+            items[i] = new
+            break
+    if isinstance(output, tuple):
+        return type(output)(*items) if hasattr(output, "_fields") else tuple(items)
+    return items
+
+
+def _first_tensor(output: Any) -> Tensor | None:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return next((t for t in output if isinstance(t, Tensor)), None)
+    return None
+
+
+def capture(
+    model: nn.Module,
+    x: Tensor,
+    layers: Sequence[str],
+    target: Any = None,
+    *,
+    gradients: bool = True,
+    eval: bool = True,
+) -> Capture:
+    """Run ``model`` once on ``x`` (N, C, H, W) with forward hooks on ``layers`` and, when ``gradients``, take
+    the gradient of ``Σ_n target(output)_n`` with respect to every captured activation in one call.
+
+    ``eval`` (default True) runs the model in eval mode — batch-norm statistics and dropout of a deployed
+    model, no update of running statistics — and restores every module's own flag afterwards.
+    """
+    module: nn.Module = getattr(model, "module", model)
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        raise ShapeError(
+            f"expected an input tensor (N, C, H, W); got {getattr(x, 'shape', type(x).__name__)}"
+        )
+    names = resolve_layer_names(module, layers)
+    by_name = dict(module.named_modules())
+    device, dtype = model_device_dtype(module)
+
+    acts: dict[str, list[Tensor]] = {n: [] for n in names}
+    bad: dict[str, str] = {}
+    handles = []
+
+    def make_hook(name: str) -> Any:
+        def hook(mod: nn.Module, args: Any, output: Any) -> Any:
+            t = _first_tensor(output)
+            if t is None or t.ndim != 4 or not t.is_floating_point():
+                bad[name] = repr(tuple(t.shape)) if t is not None else type(output).__name__
+                return None
+            if not t.requires_grad and torch.is_grad_enabled():
+                t = t.detach().requires_grad_(True)
+            acts[name].append(t)
+            return _replace_first_tensor(output, t.clone())
+
+        return hook
+
+    with torch.inference_mode(False), torch.enable_grad():
+        inp = x.detach().to(device=device, dtype=dtype).clone()
+        try:
+            for name in names:
+                handles.append(by_name[name].register_forward_hook(make_hook(name)))
+            with eval_mode(module, eval):
+                grad_ctx = torch.enable_grad() if gradients else torch.no_grad()
+                with grad_ctx:
+                    try:
+                        raw_out = module(inp)
+                    except LayerError:
+                        raise
+                    except Exception as exc:
+                        raise ModelForwardError(
+                            f"the model failed on an input of shape {tuple(x.shape)}: {exc}"
+                        ) from exc
+        finally:
+            for h in handles:
+                h.remove()
+        if bad:
+            from verification.cam.layers import _candidates, scan_layers
+
+            spatial = _candidates(scan_layers(module, tuple(x.shape[1:])))
+            raise LayerError(
+                "these layers do not produce a spatial (N, C, H, W) map: "
+                + ", ".join(f"{n} → {s}" for n, s in bad.items())
+                + f"; spatial layers nearby: {', '.join(spatial[-8:])}"
+            )
+        missing = [n for n in names if not acts[n]]
+        if missing:
+            raise LayerError(f"these layers did not run during the forward pass: {', '.join(missing)}")
+        out = output_tensor(raw_out)
+        tgt = as_target(target, out)
+        scores = tgt(out)
+        last = {n: acts[n][-1] for n in names}
+        calls = {n: len(acts[n]) for n in names}
+        acts.clear()
+        if gradients:
+            total = scores.scores.sum()
+            inputs = [last[n] for n in names]
+            grads: Sequence[Tensor | None] = (None,) * len(inputs)
+            if total.requires_grad:
+                grads = torch.autograd.grad(total, inputs, allow_unused=True)
+            gdict = {
+                n: (g.detach() if g is not None else torch.zeros_like(a)).float()
+                for n, g, a in zip(names, grads, inputs)
+            }
+        else:
+            gdict = {}
+    adict = {n: last[n].detach().float() for n in names}
+    detached = TargetScores(scores.scores.detach(), scores.classes, scores.empty.detach())
+    return Capture(
+        activations=adict,
+        gradients=gdict,
+        output=out.detach(),
+        target=tgt,
+        scores=detached,
+        input_size=(int(x.shape[2]), int(x.shape[3])),
+        calls=calls,
+    )

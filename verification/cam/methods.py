@@ -1,0 +1,202 @@
+"""The Grad-CAM family as closed-form functions of one capture (A, g), and the post-processing of maps.
+
+Each method maps activations ``A`` (N, C, h, w) and gradients ``g`` (same shape, None for gradient-free
+methods) to a raw map (N, h, w) before ReLU; everything is vectorised over the batch. Methods are registered
+by decorator (``@register_method("gradcam")``) and listed with :func:`list_methods`. Definitions follow
+``shared/design/METHODS.md`` §1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MethodFn = Callable[..., Tensor]
+MethodKind = Literal["capture", "multiscale", "perturbation"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: ``fn(A, g, **options) -> raw (N, h, w)`` for capture methods (None for the
+    multi-scale and perturbation methods, which the engine dispatches itself)."""
+
+    name: str
+    label: str
+    kind: MethodKind
+    needs_gradients: bool
+    reference: str
+    fn: MethodFn | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    label: str,
+    reference: str,
+    needs_gradients: bool = True,
+    kind: MethodKind = "capture",
+    **defaults: Any,
+) -> Callable[[MethodFn], MethodFn]:
+    """Decorator registering a capture method under ``name`` (``defaults`` are its keyword options)."""
+
+    def deco(fn: MethodFn) -> MethodFn:
+        if name in METHODS:
+            raise ValueError(f"a method named {name!r} is already registered")
+        METHODS[name] = MethodSpec(name, label, kind, needs_gradients, reference, fn, dict(defaults))
+        return fn
+
+    return deco
+
+
+def register_external(
+    name: str, *, label: str, reference: str, kind: MethodKind, needs_gradients: bool
+) -> None:
+    """Register a method that the engine dispatches itself (multi-scale, Score-CAM, Ablation-CAM)."""
+    METHODS[name] = MethodSpec(name, label, kind, needs_gradients, reference)
+
+
+def list_methods(kind: MethodKind | None = None) -> list[str]:
+    """Names of the registered methods, optionally of one kind."""
+    return [n for n, s in METHODS.items() if kind is None or s.kind == kind]
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown CAM method {name!r}; available: {', '.join(METHODS)}") from None
+
+
+def _weighted_sum(w: Tensor, a: Tensor) -> Tensor:
+    """Σ_k w[n, k] · A[n, k]  →  (N, h, w)."""
+    return torch.einsum("nc,nchw->nhw", w, a)
+
+
+@register_method("gradcam", label="Grad-CAM", reference="Selvaraju et al., ICCV 2017")
+def gradcam(a: Tensor, g: Tensor) -> Tensor:
+    """``Σ_k mean_ij(g[k]) · A[k]``."""
+    return _weighted_sum(g.mean(dim=(2, 3)), a)
+
+
+@register_method(
+    "gradcampp", label="Grad-CAM++", reference="Chattopadhay et al., WACV 2018, eq. 19", eps=1e-7
+)
+def gradcampp(a: Tensor, g: Tensor, eps: float = 1e-7) -> Tensor:
+    """``α = g² / (2g² + Σ_ab A[k]_ab · g³ + ε)`` (α = 0 where g = 0), ``w_k = Σ_ij α · ReLU(g)``,
+    map ``Σ_k w_k A[k]``."""
+    g2 = g * g
+    denom = 2.0 * g2 + a.sum(dim=(2, 3), keepdim=True) * (g2 * g) + eps
+    ok = (g != 0) & (denom != 0)
+    alpha = torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(g))
+    w = (alpha * F.relu(g)).sum(dim=(2, 3))
+    return _weighted_sum(w, a)
+
+
+@register_method("xgradcam", label="XGrad-CAM", reference="Fu et al., BMVC 2020", eps=1e-7)
+def xgradcam(a: Tensor, g: Tensor, eps: float = 1e-7) -> Tensor:
+    """``w_k = Σ_ij (A[k]_ij / (Σ_ab A[k]_ab + ε)) · g[k]_ij``."""
+    w = (a * g).sum(dim=(2, 3)) / (a.sum(dim=(2, 3)) + eps)
+    return _weighted_sum(w, a)
+
+
+@register_method("hirescam", label="HiResCAM", reference="Draelos & Carin, 2020")
+def hirescam(a: Tensor, g: Tensor) -> Tensor:
+    """``Σ_k g[k] ⊙ A[k]`` (element-wise, no spatial mean)."""
+    return (g * a).sum(dim=1)
+
+
+@register_method("layercam", label="LayerCAM", reference="Jiang et al., IEEE TIP 2021")
+def layercam(a: Tensor, g: Tensor) -> Tensor:
+    """``Σ_k ReLU(g[k]) ⊙ A[k]``."""
+    return (F.relu(g) * a).sum(dim=1)
+
+
+@register_method(
+    "eigencam", label="EigenCAM", reference="Muhammad & Yeasin, IJCNN 2020", needs_gradients=False
+)
+def eigencam(a: Tensor, g: Tensor | None = None) -> Tensor:
+    """Projection of the centred (hw × C) activations on their first principal direction, signed so that the
+    map correlates positively with the channel-mean activation (the SVD sign is otherwise arbitrary).
+
+    Computed from the smaller of the two Gram matrices in float64 (hw × hw: ``u₁·σ₁``; C × C: ``X v₁``), which
+    equals ``X v₁`` of the SVD ``X = U Σ Vᵀ`` up to sign.
+    """
+    n, c, h, w = a.shape
+    x = a.reshape(n, c, h * w).transpose(1, 2).double()  # (N, hw, C)
+    x = x - x.mean(dim=1, keepdim=True)
+    if h * w <= c:
+        gram = x @ x.transpose(1, 2)  # (N, hw, hw)
+        evals, evecs = torch.linalg.eigh(gram)
+        proj = evecs[:, :, -1] * evals[:, -1:].clamp_min(0).sqrt()
+    else:
+        cov = x.transpose(1, 2) @ x  # (N, C, C)
+        _, evecs = torch.linalg.eigh(cov)
+        proj = (x @ evecs[:, :, -1:])[:, :, 0]
+    mean_act = a.mean(dim=1).reshape(n, h * w).double()
+    mean_act = mean_act - mean_act.mean(dim=1, keepdim=True)
+    sign = torch.where((proj * mean_act).sum(dim=1, keepdim=True) < 0, -1.0, 1.0)
+    return (proj * sign).reshape(n, h, w).to(a.dtype)
+
+
+register_external(
+    "ms_gradcampp",
+    label="MS Grad-CAM++",
+    reference="Grad-CAM++ fused over depths (METHODS.md §1)",
+    kind="multiscale",
+    needs_gradients=True,
+)
+register_external(
+    "scorecam",
+    label="Score-CAM",
+    reference="Wang et al., CVPR-W 2020",
+    kind="perturbation",
+    needs_gradients=False,
+)
+register_external(
+    "ablationcam",
+    label="Ablation-CAM",
+    reference="Desai & Ramaswamy, WACV 2020",
+    kind="perturbation",
+    needs_gradients=False,
+)
+
+
+def minmax(maps: Tensor, rel_tol: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Per-map min-max to [0, 1] over the last two dims; a constant map (range ≤ rel_tol · max|value|, or 0)
+    becomes all zeros and is flagged. Returns (normalised (N, H, W), constant (N,) bool)."""
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1).values
+    hi = flat.max(dim=1).values
+    rng = hi - lo
+    scale = torch.maximum(hi.abs(), lo.abs())
+    constant = (rng <= rel_tol * scale) | (rng == 0) | ~torch.isfinite(rng)
+    safe = torch.where(constant, torch.ones_like(rng), rng)
+    out = (maps - lo[:, None, None]) / safe[:, None, None]
+    out = torch.where(constant[:, None, None], torch.zeros_like(out), out)
+    return out.clamp_(0.0, 1.0), constant
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear (align_corners=False) resize of (N, h, w) maps to ``size``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def postprocess(raw: Tensor, size: tuple[int, int], normalize: bool = True) -> tuple[Tensor, Tensor]:
+    """ReLU → bilinear upsample to ``size`` → per-map min-max to [0, 1] (skipped when ``normalize`` is False;
+    constant maps are still flagged). Returns (maps (N, H, W), constant (N,))."""
+    up = upsample(F.relu(raw), size)
+    norm, constant = minmax(up)
+    if not normalize:
+        return torch.where(constant[:, None, None], torch.zeros_like(up), up), constant
+    return norm, constant

@@ -1,0 +1,248 @@
+"""Target scores: callables on a model's output that return one differentiable score per sample.
+
+Every target returns a :class:`TargetScores` with the per-sample scores ``(N,)`` (the backward pass sums
+them; samples do not interact in eval mode, so each sample's gradient is that of its own score), the
+class scored for each sample and which samples have an empty target (segmentation, no pixel above the
+threshold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from verification.errors import ShapeError
+
+
+@dataclass(frozen=True)
+class TargetScores:
+    """``scores`` (N,) differentiable; ``classes`` one index per sample (-1: not a class); ``empty`` (N,)."""
+
+    scores: Tensor
+    classes: tuple[int, ...]
+    empty: Tensor
+
+
+@runtime_checkable
+class Target(Protocol):
+    """A target: ``kind`` names the score; calling it on the model output gives :class:`TargetScores`."""
+
+    kind: str
+
+    def __call__(self, output: Tensor) -> TargetScores: ...
+
+    def probabilities(self, output: Tensor) -> Tensor: ...
+
+
+def output_tensor(output: Any) -> Tensor:
+    """The prediction tensor of a model output: a tensor, ``{"out": ...}`` (torchvision segmentation), a
+    mapping with one tensor, or a tuple/list whose first element is a tensor."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping):
+        if "out" in output and isinstance(output["out"], Tensor):
+            return output["out"]
+        tensors = [v for v in output.values() if isinstance(v, Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+        raise ShapeError(
+            f"the model returned a mapping with keys {sorted(map(str, output))}; expected an 'out' tensor"
+        )
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise ShapeError(f"the model returned {type(output).__name__}; expected a tensor of logits")
+
+
+def _classes_per_sample(classes: int | Sequence[int] | Tensor | None, fallback: Tensor, n: int) -> Tensor:
+    """(N,) long tensor of class indices; ``fallback`` (N,) used when ``classes`` is None."""
+    if classes is None:
+        return fallback
+    if isinstance(classes, int):
+        return torch.full((n,), classes, dtype=torch.long, device=fallback.device)
+    idx = torch.as_tensor(list(classes) if not isinstance(classes, Tensor) else classes, dtype=torch.long)
+    if idx.ndim != 1 or idx.shape[0] != n:
+        raise ShapeError(
+            f"got {idx.numel()} per-sample targets for a batch of {n}; give one class per sample"
+        )
+    return idx.to(fallback.device)
+
+
+def _check_range(idx: Tensor, k: int) -> None:
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= k):
+        raise ShapeError(f"target class {idx.tolist()} out of range for a model with {k} outputs")
+
+
+def _logits_2d(output: Tensor, kind: str) -> Tensor:
+    if output.ndim != 2:
+        raise ShapeError(
+            f"the {kind} target needs (N, K) logits; the model returned {tuple(output.shape)}"
+            + (" (use SegmentationTarget for (N, C, H, W) masks)" if output.ndim == 4 else "")
+        )
+    return output
+
+
+class ClassLogit:
+    """Raw logit of a class; ``classes=None`` → each sample's own predicted class (argmax per sample)."""
+
+    kind = "logit"
+
+    def __init__(self, classes: int | Sequence[int] | None = None) -> None:
+        self.classes = classes
+
+    def __call__(self, output: Tensor) -> TargetScores:
+        logits = _logits_2d(output, self.kind)
+        idx = _classes_per_sample(self.classes, logits.detach().argmax(dim=1), logits.shape[0])
+        _check_range(idx, logits.shape[1])
+        scores = logits.gather(1, idx[:, None])[:, 0]
+        empty = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+        return TargetScores(scores, tuple(int(i) for i in idx.tolist()), empty)
+
+    def probabilities(self, output: Tensor) -> Tensor:
+        return torch.softmax(output.detach().float(), dim=1)
+
+    def __repr__(self) -> str:
+        return f"ClassLogit({self.classes!r})"
+
+
+class ClassProbability(ClassLogit):
+    """Softmax probability of a class (default: each sample's predicted class)."""
+
+    kind = "probability"
+
+    def __call__(self, output: Tensor) -> TargetScores:
+        logits = _logits_2d(output, self.kind)
+        idx = _classes_per_sample(self.classes, logits.detach().argmax(dim=1), logits.shape[0])
+        _check_range(idx, logits.shape[1])
+        scores = torch.softmax(logits, dim=1).gather(1, idx[:, None])[:, 0]
+        empty = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+        return TargetScores(scores, tuple(int(i) for i in idx.tolist()), empty)
+
+    def __repr__(self) -> str:
+        return f"ClassProbability({self.classes!r})"
+
+
+class MultiLabel(ClassLogit):
+    """Sigmoid of one output of a multi-label model (default: each sample's highest-scoring label)."""
+
+    kind = "multilabel"
+
+    def __call__(self, output: Tensor) -> TargetScores:
+        logits = _logits_2d(output, self.kind)
+        idx = _classes_per_sample(self.classes, logits.detach().argmax(dim=1), logits.shape[0])
+        _check_range(idx, logits.shape[1])
+        scores = torch.sigmoid(logits.gather(1, idx[:, None])[:, 0])
+        empty = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+        return TargetScores(scores, tuple(int(i) for i in idx.tolist()), empty)
+
+    def probabilities(self, output: Tensor) -> Tensor:
+        return torch.sigmoid(output.detach().float())
+
+    def __repr__(self) -> str:
+        return f"MultiLabel({self.classes!r})"
+
+
+class SegmentationTarget:
+    """Segmentation Grad-CAM: ``y = Σ_{p∈M} logit_c(p)``, M the pixels whose class-c probability ≥ threshold.
+
+    Probabilities are the softmax over channels, or the sigmoid for a one-channel output. ``classes=None``
+    picks, per sample, the non-background class (channel ≥ 1) predicted on most pixels (channel 0 for a
+    one-channel model). A sample with an empty M has score 0 and is flagged ``empty``.
+    """
+
+    kind = "segmentation"
+
+    def __init__(self, classes: int | Sequence[int] | None = None, threshold: float = 0.5) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.classes = classes
+        self.threshold = threshold
+
+    def _probs(self, logits: Tensor) -> Tensor:
+        return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+    def __call__(self, output: Tensor) -> TargetScores:
+        if output.ndim != 4:
+            raise ShapeError(f"the segmentation target needs (N, C, H, W) logits; got {tuple(output.shape)}")
+        n, c = output.shape[:2]
+        probs = self._probs(output.detach())
+        if c == 1:
+            fallback = torch.zeros(n, dtype=torch.long, device=output.device)
+        else:
+            counts = torch.nn.functional.one_hot(probs.argmax(1), c).sum(dim=(1, 2))  # (N, C)
+            fallback = counts[:, 1:].argmax(1) + 1
+        idx = _classes_per_sample(self.classes, fallback, n)
+        _check_range(idx, c)
+        sel = idx[:, None, None, None].expand(n, 1, *output.shape[2:])
+        mask = probs.gather(1, sel)[:, 0] >= self.threshold  # (N, H, W)
+        scores = (output.gather(1, sel)[:, 0] * mask).sum(dim=(1, 2))
+        empty = ~mask.flatten(1).any(dim=1)
+        return TargetScores(scores, tuple(int(i) for i in idx.tolist()), empty)
+
+    def probabilities(self, output: Tensor) -> Tensor:
+        return self._probs(output.detach().float()).mean(dim=(2, 3))
+
+    def __repr__(self) -> str:
+        return f"SegmentationTarget({self.classes!r}, threshold={self.threshold})"
+
+
+class CustomTarget:
+    """Wraps a plain callable ``f(output) -> (N,)`` or scalar tensor as a target (classes reported as -1)."""
+
+    kind = "custom"
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, output: Tensor) -> TargetScores:
+        scores = self.fn(output)
+        if not isinstance(scores, Tensor):
+            raise ShapeError(f"a custom target must return a tensor, got {type(scores).__name__}")
+        n = output.shape[0]
+        if scores.ndim == 0:
+            scores = scores.reshape(1).expand(n) / n
+        if scores.shape != (n,):
+            raise ShapeError(f"a custom target must return (N,) scores; got {tuple(scores.shape)} for N={n}")
+        return TargetScores(scores, (-1,) * n, torch.zeros(n, dtype=torch.bool, device=output.device))
+
+    def probabilities(self, output: Tensor) -> Tensor:
+        out = output.detach().float()
+        if out.ndim == 4:
+            return (
+                torch.softmax(out, 1).mean(dim=(2, 3))
+                if out.shape[1] > 1
+                else torch.sigmoid(out).mean((2, 3))
+            )
+        return torch.softmax(out, dim=1)
+
+    def __repr__(self) -> str:
+        return f"CustomTarget({getattr(self.fn, '__name__', type(self.fn).__name__)})"
+
+
+TargetSpec = Target | int | Sequence[int] | None | Any
+
+
+def as_target(spec: TargetSpec, output: Tensor | None = None) -> Target:
+    """Turn what a caller passes as ``target`` into a Target.
+
+    None → predicted class logit (or, for (N, C, H, W) outputs, the segmentation target); an int or one int
+    per sample → that class's logit (segmentation target for mask outputs); a Target is returned as is;
+    any other callable is wrapped as a :class:`CustomTarget`.
+    """
+    if isinstance(spec, Target):
+        return spec
+    seg = output is not None and output.ndim == 4
+    if spec is None or isinstance(spec, (int, Tensor)):
+        classes = spec.tolist() if isinstance(spec, Tensor) else spec
+        return SegmentationTarget(classes) if seg else ClassLogit(classes)
+    if isinstance(spec, Sequence) and not isinstance(spec, str) and all(isinstance(i, int) for i in spec):
+        return SegmentationTarget(spec) if seg else ClassLogit(spec)
+    if callable(spec):
+        return CustomTarget(spec)
+    raise TypeError(
+        "target must be None, a class index, one class index per sample, or a Target; "
+        f"got {type(spec).__name__}"
+    )
