@@ -1,0 +1,686 @@
+"""Loading models safely: safetensors / state dicts + an architecture by name, torch.export programs, and
+(only on explicit opt-in) whole pickled modules. TorchScript is refused because it cannot carry hooks.
+
+Every path returns one :class:`LoadedModel` after a dry forward pass at the model's input size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast, get_args
+
+import torch
+from torch import nn
+
+from verification.errors import (
+    InputTooLargeError,
+    ModelForwardError,
+    ModelLoadError,
+    TorchScriptError,
+    UntrustedFileError,
+)
+from verification.io.architectures import build_architecture, default_task
+from verification.io.records import LoadedModel, SourceFormat, Task
+
+__all__ = [
+    "DEFAULT_MAX_MODEL_BYTES",
+    "build_architecture",
+    "check_forward",
+    "load_model",
+    "load_model_bytes",
+    "save_model",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_MODEL_BYTES = 500 * 1024 * 1024
+DEFAULT_INPUT_SIZE = (224, 224)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# One-channel default: the mean of the ImageNet statistics, i.e. what a grey copy of an RGB image would get.
+GRAY_MEAN = (0.449,)
+GRAY_STD = (0.226,)
+
+SIDECAR_KEYS = frozenset(
+    {
+        "architecture",
+        "arch_kwargs",
+        "in_channels",
+        "num_classes",
+        "class_names",
+        "input_size",
+        "mean",
+        "std",
+        "task",
+        "garbage_class",
+    }
+)
+
+_TORCHSCRIPT_ADVICE = (
+    "TorchScript modules cannot carry the forward hooks that attention maps need, so the file is not loaded. "
+    "Re-save the model from Python where its class is defined, either as weights plus an architecture name "
+    "(verification.io.models.save_model(model, 'model.safetensors', architecture='resnet18', ...), or "
+    "safetensors.torch.save_file(model.state_dict(), 'model.safetensors') with a model.json sidecar naming "
+    "the architecture), or as a torch.export program: torch.export.save(torch.export.export(model, "
+    "(example_input,), dynamic_shapes=({0: torch.export.Dim('batch')},)), 'model.pt2')."
+)
+
+
+@dataclass(frozen=True)
+class _Sidecar:
+    """The validated JSON sidecar; ``None`` means "not given"."""
+
+    architecture: str | None = None
+    arch_kwargs: Mapping[str, Any] | None = None
+    in_channels: int | None = None
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    input_size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    task: Task | None = None
+    garbage_class: str | None = None
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelLoadError(f"sidecar key '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+def _float_tuple(value: Any, key: str) -> tuple[float, ...]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple) or not value:
+        raise ModelLoadError(f"sidecar key '{key}' must be a non-empty list of numbers, got {value!r}")
+    try:
+        return tuple(float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"sidecar key '{key}' must hold numbers, got {value!r}") from exc
+
+
+def _parse_sidecar(raw: Mapping[str, Any] | None) -> _Sidecar:
+    if raw is None:
+        return _Sidecar()
+    if not isinstance(raw, Mapping):
+        raise ModelLoadError("the model sidecar JSON must be an object with keys such as 'architecture'")
+    unknown = set(raw) - SIDECAR_KEYS
+    if unknown:
+        logger.warning("ignoring unknown sidecar keys %s (known: %s)", sorted(unknown), sorted(SIDECAR_KEYS))
+    arch = raw.get("architecture")
+    if arch is not None and not isinstance(arch, str):
+        raise ModelLoadError(f"sidecar key 'architecture' must be a string, got {arch!r}")
+    kwargs = raw.get("arch_kwargs")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise ModelLoadError(f"sidecar key 'arch_kwargs' must be an object, got {kwargs!r}")
+    names = raw.get("class_names")
+    if names is not None and (
+        not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) for n in names)
+    ):
+        raise ModelLoadError(f"sidecar key 'class_names' must be a non-empty list of strings, got {names!r}")
+    if names is not None and len(set(names)) != len(names):
+        raise ModelLoadError(f"sidecar key 'class_names' has duplicates: {names!r}")
+    size = raw.get("input_size")
+    if size is not None:
+        if isinstance(size, int):
+            size = [size, size]
+        if not isinstance(size, list | tuple) or len(size) != 2:
+            raise ModelLoadError(f"sidecar key 'input_size' must be [height, width], got {size!r}")
+        size = (_positive_int(size[0], "input_size"), _positive_int(size[1], "input_size"))
+    task = raw.get("task")
+    if task is not None and task not in get_args(Task):
+        raise ModelLoadError(f"sidecar key 'task' must be one of {get_args(Task)}, got {task!r}")
+    garbage = raw.get("garbage_class")
+    if garbage is not None and not isinstance(garbage, str):
+        raise ModelLoadError(f"sidecar key 'garbage_class' must be a class name, got {garbage!r}")
+    std = _float_tuple(raw["std"], "std") if raw.get("std") is not None else None
+    if std is not None and any(s <= 0 for s in std):
+        raise ModelLoadError(f"sidecar key 'std' must be positive, got {list(std)}")
+    return _Sidecar(
+        architecture=arch,
+        arch_kwargs=dict(kwargs) if kwargs is not None else None,
+        in_channels=_positive_int(raw["in_channels"], "in_channels") if "in_channels" in raw else None,
+        num_classes=_positive_int(raw["num_classes"], "num_classes") if "num_classes" in raw else None,
+        class_names=tuple(names) if names is not None else None,
+        input_size=size,
+        mean=_float_tuple(raw["mean"], "mean") if raw.get("mean") is not None else None,
+        std=std,
+        task=cast(Task | None, task),
+        garbage_class=garbage,
+    )
+
+
+def _read_sidecar_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"sidecar file '{path}' does not exist") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"sidecar file '{path}' is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"sidecar file '{path}' must hold a JSON object")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Format detection: from the bytes, never by executing anything.
+
+
+def _detect_format(data: bytes, filename: str) -> str:
+    """One of "safetensors", "torchscript", "export", "torch" (torch.save zip or legacy pickle)."""
+    if data[:4] == b"PK\x03\x04":
+        try:
+            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+        except zipfile.BadZipFile as exc:
+            raise ModelLoadError(
+                f"'{filename}' looks like a zip archive but is corrupt or truncated"
+            ) from exc
+        parts = [n.split("/") for n in names]
+        if any("code" in p[:-1] or p[-1] == "constants.pkl" for p in parts):
+            return "torchscript"
+        if any(p[-1] == "archive_format" for p in parts) or any(
+            n.endswith("models/model.json") for n in names
+        ):
+            return "export"
+        if any(p[-1] == "data.pkl" for p in parts):
+            return "torch"
+        raise ModelLoadError(
+            f"'{filename}' is a zip archive but not a PyTorch, TorchScript or torch.export file"
+        )
+    if len(data) > 9:
+        header_len = int.from_bytes(data[:8], "little")
+        if 2 <= header_len <= len(data) - 8 and data[8:9] == b"{":
+            return "safetensors"
+    if data[:1] == b"\x80":  # pickle protocol 2+: the legacy (pre-zip) torch.save format
+        return "torch"
+    raise ModelLoadError(
+        f"'{filename}' is not a recognised model file. Supported: .safetensors weights, a state dict "
+        "saved with torch.save (.pt/.pth), or a torch.export program (.pt2)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weights → module.
+
+
+def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in ("module.", "_orig_mod."):  # DataParallel, torch.compile
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k.removeprefix(prefix): v for k, v in sd.items()}
+    return sd
+
+
+def _as_state_dict(obj: Any, filename: str) -> dict[str, torch.Tensor] | nn.Module:
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return dict(obj)
+        for key in ("state_dict", "model_state_dict", "model", "net", "weights"):
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module | Mapping):
+                return _as_state_dict(inner, filename)
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise ModelLoadError(
+            f"'{filename}' holds a dictionary (keys: {keys}) without a state dict of tensors; save "
+            "model.state_dict() instead"
+        )
+    raise ModelLoadError(f"'{filename}' holds a {type(obj).__name__}, not a state dict or a model")
+
+
+def _probe_layer_keys(
+    architecture: str, task: str, arch_kwargs: Mapping[str, Any]
+) -> tuple[str | None, str | None]:
+    """State-dict keys of the first conv weight and of the classifier weight, from an unallocated build."""
+    try:
+        with torch.device("meta"):
+            probe = build_architecture(architecture, num_classes=2, in_channels=3, **arch_kwargs)
+    except ModelLoadError:
+        raise
+    except Exception:  # some builders compute on tensors during __init__; fall back to a real build
+        logger.debug("meta-device build of %s failed; building on CPU", architecture, exc_info=True)
+        probe = build_architecture(architecture, num_classes=2, in_channels=3, **arch_kwargs)
+    first_conv: str | None = None
+    last_conv: str | None = None
+    last_linear: str | None = None
+    for name, module in probe.named_modules():
+        if isinstance(module, nn.Conv2d):
+            first_conv = first_conv or f"{name}.weight"
+            last_conv = f"{name}.weight"
+        elif isinstance(module, nn.Linear):
+            last_linear = f"{name}.weight"
+    classifier = last_conv if task == "segmentation" else (last_linear or last_conv)
+    return first_conv, classifier
+
+
+def _summarise(keys: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, … ({len(keys) - limit} more)" if len(keys) > limit else shown
+
+
+def _load_weights_checked(model: nn.Module, sd: dict[str, torch.Tensor], architecture: str) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in expected]
+    mismatched = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_summarise(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_summarise(unexpected)})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shapes differ ({_summarise(mismatched, 3)})")
+        raise ModelLoadError(
+            f"the weights do not fit architecture '{architecture}': {'; '.join(parts)}. Check the "
+            "architecture name and arch_kwargs in the sidecar JSON (or the architecture argument)."
+        )
+    model.load_state_dict(sd, strict=False)
+
+
+def _resolve(name: str, from_sidecar: int | None, from_weights: int | None, default: int) -> int:
+    if from_sidecar is not None and from_weights is not None and from_sidecar != from_weights:
+        raise ModelLoadError(f"the sidecar says {name}={from_sidecar} but the weights have {from_weights}")
+    if from_sidecar is not None:
+        return from_sidecar
+    return from_weights if from_weights is not None else default
+
+
+def _module_from_state_dict(
+    sd: dict[str, torch.Tensor], sc: _Sidecar, architecture: str | None, filename: str
+) -> tuple[nn.Module, str, dict[str, Any], int, int, Task]:
+    arch = architecture or sc.architecture
+    if arch is None:
+        raise ModelLoadError(
+            f"'{filename}' holds only weights; name the architecture in a JSON sidecar next to it "
+            '(<stem>.json with {"architecture": "resnet18"}) or pass the architecture argument.'
+        )
+    sd = _strip_prefixes(sd)
+    # fp16/bf16 weights are upcast: the verification maths runs in float32.
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    kwargs = dict(sc.arch_kwargs or {})
+    task = sc.task or cast(Task, default_task(arch))
+    first_key, cls_key = _probe_layer_keys(arch, task, kwargs)
+    w_in = int(sd[first_key].shape[1]) if first_key in sd and sd[first_key].ndim == 4 else None
+    w_cls = int(sd[cls_key].shape[0]) if cls_key in sd else None
+    in_channels = _resolve("in_channels", sc.in_channels, w_in, 3)
+    n_from_names = len(sc.class_names) if sc.class_names is not None else None
+    if sc.num_classes is not None and n_from_names is not None and sc.num_classes != n_from_names:
+        raise ModelLoadError(
+            f"the sidecar says num_classes={sc.num_classes} but lists {n_from_names} class names"
+        )
+    num_classes = _resolve("num_classes", sc.num_classes or n_from_names, w_cls, 1000)
+    model = build_architecture(arch, num_classes=num_classes, in_channels=in_channels, **kwargs)
+    _load_weights_checked(model, sd, arch)
+    return model, arch, kwargs, in_channels, num_classes, task
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dry run.
+
+
+def _dry_forward(module: nn.Module, in_channels: int, input_size: tuple[int, int]) -> torch.Tensor:
+    x = torch.zeros(1, in_channels, *input_size)
+    try:
+        with torch.no_grad():
+            out = module(x)
+    except Exception as exc:
+        raise ModelForwardError(
+            f"the model raised {type(exc).__name__} on a dummy input of shape {tuple(x.shape)}: {exc}. Check "
+            "in_channels and input_size in the sidecar JSON, or the model's code."
+        ) from exc
+    if not isinstance(out, torch.Tensor):
+        raise ModelForwardError(
+            f"the model returned {type(out).__name__}; it must return a tensor of logits. Wrap it in a "
+            "module whose forward returns that tensor."
+        )
+    return out
+
+
+def _validate_output(out: torch.Tensor, loaded: LoadedModel) -> None:
+    k = loaded.num_classes
+    if loaded.task == "segmentation":
+        ok = out.ndim == 4 and out.shape[1] == k
+        want = f"(1, {k}, H, W)"
+    else:
+        ok = out.ndim == 2 and out.shape[1] == k
+        want = f"(1, {k})"
+    if not ok:
+        raise ModelForwardError(
+            f"a {loaded.task} model with {k} classes should output {want} but returned {tuple(out.shape)}; "
+            "check num_classes/class_names and task in the sidecar JSON"
+        )
+    if not torch.isfinite(out).all():
+        raise ModelForwardError(
+            "the model produced NaN or infinite outputs on a dummy input; its weights are broken"
+        )
+
+
+def check_forward(loaded: LoadedModel) -> None:
+    """Run one dummy forward under no_grad at ``input_size``; raise ModelForwardError if it fails."""
+    _validate_output(_dry_forward(loaded.module, loaded.in_channels, loaded.input_size), loaded)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Assembly.
+
+
+def _norm(
+    values: tuple[float, ...] | None, default: tuple[float, ...], in_channels: int, key: str
+) -> tuple[float, ...]:
+    if values is None:
+        values = default if len(default) == in_channels else (sum(default) / len(default),)
+    if len(values) == 1:
+        return values * in_channels
+    if len(values) != in_channels:
+        raise ModelLoadError(
+            f"sidecar '{key}' has {len(values)} values but the model takes {in_channels} channels"
+        )
+    return values
+
+
+def _assemble(
+    module: nn.Module,
+    *,
+    sc: _Sidecar,
+    source_format: SourceFormat,
+    content_hash: str,
+    name: str,
+    architecture: str | None,
+    arch_kwargs: dict[str, Any],
+    in_channels: int,
+    num_classes: int | None,
+    task: Task | None,
+    input_size: tuple[int, int] | None = None,
+) -> LoadedModel:
+    module.eval()
+    size = sc.input_size or input_size or DEFAULT_INPUT_SIZE
+    out: torch.Tensor | None = None
+    if num_classes is None:  # a whole module: the output tells the class count and the task
+        out = _dry_forward(module, in_channels, size)
+        if out.ndim not in (2, 4):
+            raise ModelForwardError(
+                f"the model returned shape {tuple(out.shape)}; expected (N, classes) or (N, classes, H, W)"
+            )
+        num_classes = int(out.shape[1])
+        task = task or ("segmentation" if out.ndim == 4 else "classification")
+    names = sc.class_names or tuple(f"class_{i}" for i in range(num_classes))
+    if len(names) != num_classes:
+        raise ModelLoadError(
+            f"the sidecar lists {len(names)} class names but the model has {num_classes} outputs"
+        )
+    if sc.garbage_class is not None and sc.garbage_class not in names:
+        raise ModelLoadError(
+            f"garbage_class '{sc.garbage_class}' is not one of the class names {list(names)}"
+        )
+    rgb = in_channels == 3
+    loaded = LoadedModel(
+        module=module,
+        in_channels=in_channels,
+        input_size=size,
+        class_names=tuple(names),
+        mean=_norm(sc.mean, IMAGENET_MEAN if rgb else GRAY_MEAN, in_channels, "mean"),
+        std=_norm(sc.std, IMAGENET_STD if rgb else GRAY_STD, in_channels, "std"),
+        source_format=source_format,
+        content_hash=content_hash,
+        architecture=architecture,
+        arch_kwargs=arch_kwargs,
+        task=task or "classification",
+        garbage_class=sc.garbage_class,
+        name=name,
+    )
+    if out is None:
+        check_forward(loaded)
+    else:
+        _validate_output(out, loaded)
+    return loaded
+
+
+def _first_conv_in_channels(module: nn.Module) -> int | None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return None
+
+
+def _load_export(data: bytes, filename: str) -> tuple[nn.Module, int | None, tuple[int, int] | None]:
+    try:
+        program = torch.export.load(io.BytesIO(data))
+    except Exception as exc:
+        raise ModelLoadError(f"'{filename}' could not be read as a torch.export program: {exc}") from exc
+    shape: tuple[Any, ...] = ()
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            val = node.meta.get("val")
+            shape = tuple(val.shape) if val is not None and hasattr(val, "shape") else ()
+            break
+    in_ch = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else None
+    size = (shape[2], shape[3]) if len(shape) == 4 and all(isinstance(s, int) for s in shape[2:]) else None
+    if len(shape) == 4 and isinstance(shape[0], int):
+        logger.warning(
+            "'%s' was exported with a fixed batch size of %d; export with "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},) to run batches",
+            filename,
+            shape[0],
+        )
+    # unflatten restores the original module hierarchy, so forward hooks on named submodules fire.
+    module = torch.export.unflatten(program)
+    return module, in_ch, size
+
+
+def _unsupported_global(exc: Exception) -> str:
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    return f" (it references {match.group(1)})" if match else ""
+
+
+def _load_from_bytes(
+    data: bytes,
+    filename: str,
+    *,
+    sidecar: Mapping[str, Any] | None,
+    architecture: str | None,
+    trust: bool,
+    name: str | None,
+) -> LoadedModel:
+    sc = _parse_sidecar(sidecar)
+    digest = hashlib.sha256(data).hexdigest()
+    name = name or Path(filename).stem or "model"
+    fmt = _detect_format(data, filename)
+    if fmt == "torchscript":
+        raise TorchScriptError(
+            f"'{filename}' is a TorchScript file (torch.jit.script or trace). {_TORCHSCRIPT_ADVICE}"
+        )
+    if fmt == "export":
+        module, in_ch, size = _load_export(data, filename)
+        in_channels = sc.in_channels or in_ch or _first_conv_in_channels(module) or 3
+        return _assemble(
+            module,
+            sc=sc,
+            source_format="export",
+            content_hash=digest,
+            name=name,
+            architecture=sc.architecture,
+            arch_kwargs=dict(sc.arch_kwargs or {}),
+            in_channels=in_channels,
+            num_classes=None,
+            task=sc.task,
+            input_size=size,
+        )
+    source: SourceFormat
+    if fmt == "safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            obj: Any = load_safetensors(data)
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"'{filename}' is not a valid safetensors file (corrupt or truncated): {exc}"
+            ) from exc
+        source = "safetensors"
+    else:
+        try:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            source = "state_dict"
+        except pickle.UnpicklingError as exc:
+            if not trust:
+                raise UntrustedFileError(
+                    f"'{filename}' contains pickled Python objects{_unsupported_global(exc)}, so loading "
+                    "it would run code from the file. Nothing was executed. If you trust where the file came "
+                    "from, opt in (trust=True, the CLI's trust flag or the dashboard's 'trust this file' "
+                    "checkbox); better, re-save model.state_dict() as .safetensors with a JSON sidecar "
+                    "that names its architecture."
+                ) from exc
+            logger.warning("unpickling '%s' with full trust: code in the file may run", filename)
+            try:
+                obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            except Exception as exc2:
+                raise ModelLoadError(f"'{filename}' could not be unpickled: {exc2}") from exc2
+            source = "pickle"
+        except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
+            raise ModelLoadError(
+                f"'{filename}' is not a readable PyTorch file (corrupt or truncated): {exc}"
+            ) from exc
+    weights = _as_state_dict(obj, filename)
+    if isinstance(weights, nn.Module):
+        module = weights.float()
+        return _assemble(
+            module,
+            sc=sc,
+            source_format="pickle",
+            content_hash=digest,
+            name=name,
+            architecture=sc.architecture,
+            arch_kwargs=dict(sc.arch_kwargs or {}),
+            in_channels=sc.in_channels or _first_conv_in_channels(module) or 3,
+            num_classes=None,
+            task=sc.task,
+        )
+    module, arch, kwargs, in_channels, num_classes, task = _module_from_state_dict(
+        weights, sc, architecture, filename
+    )
+    return _assemble(
+        module,
+        sc=sc,
+        source_format=source,
+        content_hash=digest,
+        name=name,
+        architecture=arch,
+        arch_kwargs=kwargs,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        task=task,
+    )
+
+
+def _check_size(n_bytes: int, max_bytes: int, what: str) -> None:
+    if n_bytes > max_bytes:
+        raise InputTooLargeError(
+            f"{what} is {n_bytes / 1e6:.1f} MB, above the {max_bytes / 1e6:.0f} MB limit; raise max_bytes if "
+            "you trust it, or use a smaller model"
+        )
+
+
+def load_model(
+    path: str | Path,
+    *,
+    sidecar: str | Path | None = None,
+    architecture: str | None = None,
+    trust: bool = False,
+    name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+) -> LoadedModel:
+    """Load a model file (.safetensors, state-dict .pt/.pth, torch.export .pt2; pickles only with ``trust``).
+
+    The sidecar defaults to ``<stem>.json`` beside the file; ``architecture`` overrides the sidecar's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file '{path}' does not exist")
+    _check_size(path.stat().st_size, max_bytes, f"model file '{path.name}'")
+    sidecar_path = Path(sidecar) if sidecar is not None else path.with_suffix(".json")
+    raw = _read_sidecar_file(sidecar_path) if sidecar is not None or sidecar_path.is_file() else None
+    return _load_from_bytes(
+        path.read_bytes(), path.name, sidecar=raw, architecture=architecture, trust=trust, name=name
+    )
+
+
+def load_model_bytes(
+    data: bytes,
+    filename: str,
+    *,
+    sidecar_json: Mapping[str, Any] | None = None,
+    architecture: str | None = None,
+    trust: bool = False,
+    name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+) -> LoadedModel:
+    """Load an uploaded model file from memory; same formats and rules as :func:`load_model`."""
+    _check_size(len(data), max_bytes, f"uploaded model '{filename}'")
+    return _load_from_bytes(
+        bytes(data), filename, sidecar=sidecar_json, architecture=architecture, trust=trust, name=name
+    )
+
+
+def save_model(
+    module: nn.Module,
+    path: str | Path,
+    *,
+    architecture: str,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    class_names: Sequence[str],
+    in_channels: int,
+    input_size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    task: Task = "classification",
+    garbage_class: str | None = None,
+    half: bool = False,
+) -> Path:
+    """Write ``<path>.safetensors`` and the sidecar ``<stem>.json``; ``half`` stores float weights as fp16.
+
+    Returns the weights path; the sidecar is ``path.with_suffix(".json")``.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"save_model writes .safetensors files, got '{path.name}'")
+    if garbage_class is not None and garbage_class not in class_names:
+        raise ValueError(f"garbage_class '{garbage_class}' is not one of {list(class_names)}")
+    tensors = {}
+    for key, value in module.state_dict().items():
+        t = value.detach().cpu()
+        if half and t.is_floating_point():
+            t = t.half()
+        tensors[key] = t.contiguous().clone()  # clone: safetensors refuses tensors that share storage
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    sidecar = {
+        "architecture": architecture,
+        "arch_kwargs": dict(arch_kwargs or {}),
+        "in_channels": in_channels,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "input_size": list(input_size),
+        "mean": list(mean),
+        "std": list(std),
+        "task": task,
+        "garbage_class": garbage_class,
+    }
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    return path
