@@ -1,0 +1,192 @@
+"""Pixel attributions through captum, returned as :class:`CamResult` records with layer ``"input"``.
+
+* ``"saliency"`` (Simonyan et al. 2014): ``|∂y/∂x|`` (captum ``Saliency``).
+* ``"integrated_gradients"`` (Sundararajan et al. 2017): ``(x − x_b) ⊙ ∫ ∂y/∂x(x_b + α(x − x_b)) dα`` with
+  ``n_steps`` (**default** 32, Gauss-Legendre as captum) and a black baseline ``x_b`` (captum
+  ``IntegratedGradients``); its completeness gap ``Σ attr − (y(x) − y(x_b))`` goes into the provenance.
+* ``"occlusion"`` (Zeiler & Fergus 2014): the drop of ``y`` when a window is replaced by the baseline,
+  averaged over the windows covering each pixel (captum ``Occlusion``); **default** window
+  ``max(1, round(min(H, W) / 14))`` pixels (16 at 224) over all channels, stride half the window.
+
+Each attribution (N, C, H, W) becomes a map ``raw = Σ_c |attr|`` (N, H, W), then the CAM post-processing
+(ReLU — a no-op here —, per-map min-max to [0, 1], constant maps flagged). ``y`` is the same target score
+as for the CAMs (the class logit by default; segmentation and custom targets work through the same Target).
+
+**Black baseline**: for a ``LoadedModel`` the normalised value of a black pixel, ``(0 − mean) / std`` per
+channel; for a bare ``nn.Module`` (normalisation unknown) the zero tensor. Pass ``baseline=`` a number or a
+tensor to choose another.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from verification.cam.capture import Capture, capture
+from verification.cam.layers import eval_mode, model_device_dtype
+from verification.cam.progress import Progress, report
+from verification.cam.records import CamResult
+from verification.cam.scorecam import _check_input, _make_result, _module_of
+from verification.cam.targets import Target, output_tensor
+from verification.errors import ModelForwardError
+
+__all__ = ["ATTRIBUTION_METHODS", "compute_attribution", "occlusion_window"]
+
+AttributionMethod = Literal["saliency", "integrated_gradients", "occlusion"]
+ATTRIBUTION_METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "occlusion")
+
+
+def occlusion_window(height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Default occlusion window and stride for an image of ``height`` × ``width`` (16 / 8 at 224)."""
+    side = max(1, round(min(height, width) / 14))
+    step = max(1, side // 2)
+    return (side, side), (step, step)
+
+
+def _black(model: Any, x: Tensor, baseline: Any) -> tuple[Tensor, str]:
+    if isinstance(baseline, Tensor):
+        return baseline.to(device=x.device, dtype=x.dtype).expand_as(x).contiguous(), "caller-supplied tensor"
+    if isinstance(baseline, int | float) and not isinstance(baseline, bool):
+        return torch.full_like(x, float(baseline)), f"constant {float(baseline)}"
+    if baseline != "black":
+        raise ValueError(f"baseline must be 'black', a number or a tensor; got {baseline!r}.")
+    mean, std = getattr(model, "mean", None), getattr(model, "std", None)
+    c = x.shape[1]
+    if mean is not None and std is not None and len(mean) in (1, c) and len(std) in (1, c):
+        m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).expand(c)
+        s = torch.as_tensor(std, dtype=x.dtype, device=x.device).expand(c)
+        value = (0.0 - m) / s
+        return value[None, :, None, None].expand_as(x).contiguous(), "black: (0 - mean) / std per channel"
+    return torch.zeros_like(x), "black: zeros (model normalisation unknown)"
+
+
+def _score_fn(target: Target, classes: tuple[int, ...]) -> tuple[Callable[[Tensor], Tensor], Any]:
+    """A function from the model output to what captum differentiates, and captum's ``target``.
+
+    Class targets give a (rows, K) score matrix (column c = the target's score for class c), so captum picks
+    each sample's own class however it expands the batch; targets without classes give (rows,) scores.
+    """
+    per_class = all(c >= 0 for c in classes) and hasattr(target, "classes")
+    if not per_class:
+        return (lambda out: target(out).scores), None
+
+    def matrix(out: Tensor) -> Tensor:
+        if out.ndim == 2 and target.kind == "logit":
+            return out
+        k = out.shape[1]
+        cols = []
+        for c in range(k):
+            t = copy.copy(target)
+            t.classes = c  # type: ignore[attr-defined]
+            cols.append(t(out).scores)
+        return torch.stack(cols, dim=1)
+
+    return matrix, list(classes)
+
+
+def compute_attribution(
+    model: Any,
+    x: Tensor,
+    method: AttributionMethod | str = "saliency",
+    target: Any = None,
+    *,
+    progress: Progress | None = None,
+    normalize: bool = True,
+    baseline: Any = "black",
+    n_steps: int = 32,
+    internal_batch_size: int | None = 32,
+    window: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+    perturbations_per_eval: int = 16,
+) -> CamResult:
+    """Attribution maps of ``model`` for ``x`` (N, C, H, W) through captum; see the module docstring.
+
+    ``target`` as for the CAMs (None → predicted class logit). ``progress(done, total, msg)`` counts the
+    forward rows the method runs (returning False raises CancelledError). Options: ``n_steps`` and
+    ``internal_batch_size`` (integrated gradients), ``window`` / ``stride`` in pixels and
+    ``perturbations_per_eval`` (occlusion), ``baseline`` (IG and occlusion).
+    """
+    from captum.attr import IntegratedGradients, Occlusion, Saliency
+
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(
+            f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}."
+        )
+    _check_input(x)
+    module = _module_of(model)
+    cap: Capture = capture(module, x, [], target, gradients=False)
+    device, dtype = model_device_dtype(module)
+    xi = x.detach().to(device=device, dtype=dtype).clone()
+    n, c, height, width = xi.shape
+    score, captum_target = _score_fn(cap.target, cap.scores.classes)
+    prov: dict[str, str] = {"library": "captum", "map": "sum over channels of |attribution|"}
+
+    if method == "saliency":
+        total = n
+    elif method == "integrated_gradients":
+        if not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}.")
+        total = n * n_steps + 2 * n  # the path, then y(x) and y(x_b) for the completeness gap
+    else:
+        dw, ds = occlusion_window(height, width)
+        win = (int(window[0]), int(window[1])) if window is not None else dw
+        step = (int(stride[0]), int(stride[1])) if stride is not None else ds
+        if min(*win, *step) < 1 or win[0] > height or win[1] > width:
+            raise ValueError(
+                f"occlusion window {win} / stride {step} do not fit an image of {height}x{width}."
+            )
+        nh = (height - win[0]) // step[0] + 1
+        nw = (width - win[1]) // step[1] + 1
+        total = n + n * nh * nw
+    done = [0]
+    name = method.replace("_", " ")
+
+    def forward(inp: Tensor) -> Tensor:
+        try:
+            out = output_tensor(module(inp))
+        except Exception as err:
+            raise ModelForwardError(
+                f"The model failed on an input of shape {tuple(inp.shape)}: {err}"
+            ) from err
+        done[0] = min(done[0] + int(inp.shape[0]), total)
+        report(progress, done[0], total, f"{name}: {done[0]}/{total} forward rows")
+        return score(out)
+
+    with eval_mode(module), torch.inference_mode(False), torch.enable_grad():
+        report(progress, 0, total, f"{name}: {total} forward rows")
+        if method == "saliency":
+            attr = Saliency(forward).attribute(xi.requires_grad_(True), target=captum_target, abs=True)
+        elif method == "integrated_gradients":
+            base, note = _black(model, xi, baseline)
+            attr, delta = IntegratedGradients(forward).attribute(
+                xi,
+                baselines=base,
+                target=captum_target,
+                n_steps=n_steps,
+                internal_batch_size=internal_batch_size,
+                return_convergence_delta=True,
+            )
+            prov.update(
+                {
+                    "baseline": note,
+                    "n_steps": str(n_steps),
+                    "completeness_gap_max": f"{float(delta.abs().max()):.6g}",
+                }
+            )
+        else:
+            base, note = _black(model, xi, baseline)
+            attr = Occlusion(forward).attribute(
+                xi,
+                sliding_window_shapes=(c, *win),
+                strides=(c, *step),
+                baselines=base,
+                target=captum_target,
+                perturbations_per_eval=perturbations_per_eval,
+            )
+            prov.update({"baseline": note, "window": f"{win[0]}x{win[1]}", "stride": f"{step[0]}x{step[1]}"})
+    raw = attr.detach().abs().sum(dim=1).float()
+    return _make_result(method=method, layer="input", cap=cap, raw=raw, normalize=normalize, provenance=prov)
