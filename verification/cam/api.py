@@ -16,7 +16,7 @@ from verification.cam.methods import get_method, postprocess
 from verification.cam.multiscale import Fuse, default_ms_layers, ms_gradcampp
 from verification.cam.progress import Progress
 from verification.cam.records import CamResult, base_provenance
-from verification.errors import ShapeError
+from verification.errors import ModelForwardError, ShapeError
 
 
 def _module(model: Any) -> nn.Module:
@@ -63,6 +63,64 @@ def compute_cams(
         raise ShapeError(
             f"expected an input tensor (N, C, H, W); got {getattr(x, 'shape', type(x).__name__)}"
         )
+    kwargs: dict[str, Any] = {
+        "methods": methods,
+        "layers": layers,
+        "target": target,
+        "normalize": normalize,
+        "ms_layers": ms_layers,
+        "ms_fuse": ms_fuse,
+        "options": options,
+        "progress": progress,
+        "eval": eval,
+    }
+    if x.shape[0] > 1 and type(module).__name__ == "UnflattenedModule":
+        # a torch.export program exported with a static batch of 1 refuses larger batches: run it per sample
+        try:
+            return _compute(model, module, x, **kwargs)
+        except ModelForwardError as exc:
+            if "shape[0]" not in str(exc):
+                raise
+            rows = [_compute(model, module, x[i : i + 1], **kwargs) for i in range(x.shape[0])]
+            return [_concat([r[j] for r in rows]) for j in range(len(rows[0]))]
+    return _compute(model, module, x, **kwargs)
+
+
+def _concat(parts: list[CamResult]) -> CamResult:
+    first = parts[0]
+    prov = dict(first.provenance)
+    shape = prov["input_shape"].split("x")
+    prov["input_shape"] = "x".join([str(sum(p.n for p in parts)), *shape[1:]])
+    prov["batching"] = "per sample (the exported program has a static batch size)"
+    return CamResult(
+        method=first.method,
+        layer=first.layer,
+        raw=np.concatenate([p.raw for p in parts]),
+        maps=np.concatenate([p.maps for p in parts]),
+        targets=tuple(t for p in parts for t in p.targets),
+        target_kind=first.target_kind,
+        logits=np.concatenate([p.logits for p in parts]),
+        probs=np.concatenate([p.probs for p in parts]),
+        constant=np.concatenate([p.constant for p in parts]),
+        provenance=prov,
+    )
+
+
+def _compute(
+    model: Any,
+    module: nn.Module,
+    x: Tensor,
+    *,
+    methods: Sequence[str],
+    layers: Sequence[str] | str | None,
+    target: Any,
+    normalize: bool,
+    ms_layers: Sequence[str] | None,
+    ms_fuse: Fuse,
+    options: Mapping[str, Mapping[str, Any]] | None,
+    progress: Progress | None,
+    eval: bool,
+) -> list[CamResult]:
     methods = list(dict.fromkeys(methods))
     specs = {m: get_method(m) for m in methods}
     options = dict(options or {})

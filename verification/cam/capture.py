@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from verification.cam.layers import eval_mode, model_device_dtype, resolve_layer_names
+from verification.cam.layers import eval_mode, is_spatial_map, model_device_dtype, resolve_layer_names
 from verification.cam.targets import Target, TargetScores, as_target, output_tensor
 from verification.errors import LayerError, ModelForwardError, ShapeError
 
@@ -97,7 +97,7 @@ def capture(
     def make_hook(name: str) -> Any:
         def hook(mod: nn.Module, args: Any, output: Any) -> Any:
             t = _first_tensor(output)
-            if t is None or t.ndim != 4 or not t.is_floating_point():
+            if t is None or not t.is_floating_point() or not is_spatial_map(t.shape, x.shape[2:]):
                 bad[name] = repr(tuple(t.shape)) if t is not None else type(output).__name__
                 return None
             if not t.requires_grad and torch.is_grad_enabled():
@@ -131,7 +131,8 @@ def capture(
 
             spatial = _candidates(scan_layers(module, tuple(x.shape[1:])))
             raise LayerError(
-                "these layers do not produce a spatial (N, C, H, W) map: "
+                "these layers do not produce a spatial (N, C, h, w) map with more than one position "
+                "(a channels-last (N, h, w, C) tensor does not count): "
                 + ", ".join(f"{n} → {s}" for n, s in bad.items())
                 + f"; spatial layers nearby: {', '.join(spatial[-8:])}"
             )

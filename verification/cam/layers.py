@@ -29,6 +29,7 @@ class LayerInfo:
     type: str
     output_shape: tuple[int, ...] | None
     calls: int = 1
+    input_shape: tuple[int, ...] | None = None
 
     @property
     def spatial(self) -> bool:
@@ -44,6 +45,7 @@ class LayerScan:
     layers: tuple[LayerInfo, ...]
     order: tuple[str, ...]
     output_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] = ()
 
     def info(self, name: str) -> LayerInfo:
         for layer in self.layers:
@@ -111,7 +113,7 @@ def scan_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerScan:
         return cached
 
     names = {id(m): n for n, m in model.named_modules(remove_duplicate=False) if n}
-    seen: dict[str, tuple[str, tuple[int, ...] | None, int]] = {}
+    seen: dict[str, tuple[str, tuple[int, ...] | None, int, tuple[int, ...] | None]] = {}
     order: list[str] = []
     handles = []
 
@@ -119,8 +121,10 @@ def scan_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerScan:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             t = first_tensor(output)
             shp = tuple(int(s) for s in t.shape) if t is not None else None
+            i = first_tensor(args)
+            ishp = tuple(int(s) for s in i.shape) if i is not None else None
             calls = seen[name][2] + 1 if name in seen else 1
-            seen[name] = (type(module).__name__, shp, calls)
+            seen[name] = (type(module).__name__, shp, calls, ishp)
             order.append(name)
 
         return hook
@@ -145,15 +149,18 @@ def scan_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerScan:
         if not name:
             continue
         if name in seen:
-            typ, shp, calls = seen[name]
-            layers.append(LayerInfo(name, typ, shp, calls))
+            typ, shp, calls, ishp = seen[name]
+            layers.append(LayerInfo(name, typ, shp, calls, ishp))
         else:
             layers.append(LayerInfo(name, type(module).__name__, None, 0))
     del names
     # keep the last completion of each name (reused modules complete several times)
     last: dict[str, int] = {n: i for i, n in enumerate(order)}
     scan = LayerScan(
-        tuple(layers), tuple(sorted(last, key=last.__getitem__)), tuple(int(s) for s in pred.shape)
+        tuple(layers),
+        tuple(sorted(last, key=last.__getitem__)),
+        tuple(int(s) for s in pred.shape),
+        (1, *shape),
     )
     with suppress(TypeError):  # an unhashable module type cannot be a weak key
         _CACHE.setdefault(model, {})[key] = scan
@@ -165,15 +172,29 @@ def list_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerInfo]
     return list(scan_layers(_as_module(model), input_shape).layers)
 
 
+def is_spatial_map(shape: Sequence[int] | None, input_hw: Sequence[int]) -> bool:
+    """Whether an output shape reads as an (N, C, h, w) map of the input: 4-D, more than one position, and
+    the same downsampling factor along both axes within a factor 2. The last test rejects channels-last
+    tensors inside blocks (ConvNeXt's (N, h, w, C) after its Permute), whose "w" is the channel count."""
+    if shape is None or len(shape) != 4 or shape[2] * shape[3] <= 1:
+        return False
+    sh, sw = input_hw[0] / shape[2], input_hw[1] / shape[3]
+    return max(sh, sw) / min(sh, sw) <= 2.0
+
+
+_NOT_BLOCKS = ("Dropout", "AdaptiveAvgPool", "AdaptiveMaxPool", "Identity")
+
+
 def _candidates(scan: LayerScan) -> list[str]:
     """Spatial layers in completion order, without the ones that produce the prediction itself (a
-    segmentation head and the containers ending in it), nor dropout, which only repeats its input."""
+    segmentation head and the containers ending in it), nor dropout / identity (they repeat their input) or
+    adaptive pooling (it resamples to a fixed grid: vgg's avgpool turns a 4×4 map into 7×7)."""
     infos = {layer.name: layer for layer in scan.layers}
     out = []
     seg = len(scan.output_shape) == 4
     for name in scan.order:
         info = infos[name]
-        if not info.spatial or info.type.startswith("Dropout"):
+        if not is_spatial_map(info.output_shape, scan.input_shape[2:]) or info.type.startswith(_NOT_BLOCKS):
             continue
         if seg and info.output_shape is not None and info.output_shape[1] == scan.output_shape[1]:
             continue
@@ -203,10 +224,26 @@ def default_target_layer(model: nn.Module, input_shape: Sequence[int]) -> str:
 
 def stage_outputs(model: nn.Module, input_shape: Sequence[int], count: int = 3) -> list[str]:
     """The outputs of the last ``count`` stages, a stage being a run of spatial layers at one resolution:
-    for each resolution, the last module to complete before the resolution drops (resnet: layer2..layer4)."""
+    for each resolution, the last module to complete before the resolution drops (resnet: layer2..layer4;
+    densenet: denseblock2, denseblock3, features). A module inside a block that changes resolution (the
+    expand conv of a strided MBConv, resnet's ``layer2.0.conv1``) is partial work of the next stage, not the
+    output of its own, and is skipped."""
     scan = scan_layers(_as_module(model), input_shape)
     infos = {layer.name: layer for layer in scan.layers}
-    cands = _candidates(scan)
+
+    def grid(shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return tuple(shape[2:]) if shape is not None and len(shape) == 4 else None
+
+    def partial(name: str) -> bool:
+        own = grid(infos[name].output_shape)
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            anc = infos.get(".".join(parts[:i]))
+            if anc is not None and grid(anc.input_shape) == own and grid(anc.output_shape) != own:
+                return True
+        return False
+
+    cands = [n for n in _candidates(scan) if not partial(n)]
     stages: list[str] = []
     last_hw: tuple[int, int] | None = None
     for name in cands:
