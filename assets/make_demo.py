@@ -1,0 +1,739 @@
+"""Build the demo world: images, trained models, checkpoints, samples, reference bundles, attention numbers.
+
+    python -m assets.make_demo                      # every stage, writes assets/demo/
+    python -m assets.make_demo --stage data         # committed image splits + manifest splits
+    python -m assets.make_demo --stage train        # sound (+ checkpoints), shortcut, garbage, segmentation
+    python -m assets.make_demo --stage samples      # PNG/DICOM samples, the sound model in every format
+    python -m assets.make_demo --stage references   # the sound model's reference bundle
+    python -m assets.make_demo --stage attention    # Grad-CAM vs lesion / marker, sound and shortcut
+
+Everything is seeded: image i of split s comes from ``SeedSequence([seed, SPLIT_IDS[s], i])``, training
+shuffles from ``torch.Generator().manual_seed(seed + k)``. Training data is regenerated, never committed. The
+manifest (``manifest.json``) records how each model was made and what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import multiprocessing
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from assets import demo_world as dw
+
+log = logging.getLogger("assets.make_demo")
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+SCHEMA_VERSION = 1
+MEAN, STD = (0.5,), (0.25,)
+GARBAGE = "garbage"
+SEG_CLASSES: tuple[str, ...] = ("background", "nodule", "effusion")
+
+# Every split draws from its own seed stream; never reuse an id.
+SPLIT_IDS: dict[str, int] = {
+    "train": 1,
+    "test": 2,
+    "reference": 3,
+    "shortcut_train": 4,
+    "shortcut": 5,
+    "shortcut_swapped": 6,
+    "ood_train": 7,
+    "ood": 8,
+    **{f"shifted_{k}": 10 + i for i, k in enumerate(dw.SHIFT_KINDS)},
+}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and schedules; the defaults build the committed demo, the tests pass tiny ones."""
+
+    seed: int = 1234
+    size: int = dw.SIZE
+    architecture: str = "mobilenet_v3_small"
+    arch_kwargs: dict[str, Any] = field(default_factory=lambda: {"width_mult": 0.5, "reduced_tail": True})
+    n_train: int = 1500
+    n_test: int = 450  # measured accuracy; the first n_commit_test are committed
+    n_commit_test: int = 60
+    n_reference: int = 60
+    n_shortcut_train: int = 600
+    n_shortcut_test: int = 150  # with the true marker and with a swapped one; 30 of each committed
+    n_commit_shortcut: int = 30
+    shortcut_lesion_strength: float = 0.2
+    n_shifted: int = 15  # per kind, committed
+    n_ood_train: int = 450
+    n_ood_test: int = 300  # held-out sources; the first n_commit_ood are committed
+    n_commit_ood: int = 40
+    epochs_sound: int = 6
+    checkpoints_per_epoch: int = 2
+    epochs_shortcut: int = 2
+    epochs_garbage: int = 2
+    epochs_segmentation: int = 3
+    seg_base: int = 8
+    seg_crop: int = 112
+    batch_size: int = 32
+    lr: float = 3e-3
+    threads: int = 2
+    workers: int = 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data
+
+
+def case_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, SPLIT_IDS[split], index]))
+
+
+def make_case(seed: int, split: str, index: int, cfg_strength: float = 1.0) -> dw.Case:
+    """Image ``index`` of ``split``: a pure function of (seed, split, index)."""
+    rng = case_rng(seed, split, index)
+    label = index % len(dw.CLASSES)
+    if split in ("train", "test", "reference"):
+        return dw.render_case(rng, label)
+    if split == "shortcut_train":
+        return dw.render_case(rng, label, marker=label, lesion_strength=cfg_strength)
+    if split == "shortcut":
+        return dw.render_case(rng, label, marker=label)
+    if split == "shortcut_swapped":
+        other = (label + 1 + int(rng.integers(len(dw.CLASSES) - 1))) % len(dw.CLASSES)
+        return dw.render_case(rng, label, marker=other)
+    if split.startswith("shifted_"):
+        return dw.shift_case(dw.render_case(rng, label), split.removeprefix("shifted_"), rng)
+    if split in ("ood", "ood_train"):
+        return dw.render_ood(rng, held_out=split == "ood")
+    raise ValueError(f"unknown split {split!r}")
+
+
+def _make_case_args(args: tuple[int, str, int, float]) -> dw.Case:
+    return make_case(*args)
+
+
+def generate(cfg: DemoConfig, split: str, n: int, strength: float = 1.0) -> list[dw.Case]:
+    """``n`` cases of ``split``, in index order, using ``cfg.workers`` processes."""
+    jobs = [(cfg.seed, split, i, strength) for i in range(n)]
+    if cfg.workers <= 1 or n < 16:
+        return [_make_case_args(j) for j in jobs]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(cfg.workers) as pool:
+        return pool.map(_make_case_args, jobs, chunksize=16)
+
+
+def as_tensors(cases: Sequence[dw.Case]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, H, W) uint8 images and (N,) int64 labels."""
+    x = torch.from_numpy(np.stack([c.image for c in cases]))[:, None]
+    y = torch.tensor([c.label for c in cases], dtype=torch.int64)
+    return x, y
+
+
+def normalise(x_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 → model input: pixels / 255, then (x - mean) / std, as verification.io.images does."""
+    return (x_u8.float() / 255.0 - MEAN[0]) / STD[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models
+
+
+def build_classifier(cfg: DemoConfig, num_classes: int) -> nn.Module:
+    from verification.io.models import build_architecture
+
+    return build_architecture(cfg.architecture, num_classes=num_classes, in_channels=1, **cfg.arch_kwargs)
+
+
+def save_classifier(
+    model: nn.Module,
+    path: Path,
+    cfg: DemoConfig,
+    class_names: Sequence[str],
+    *,
+    half: bool,
+    garbage: bool = False,
+) -> Path:
+    from verification.io.models import save_model
+
+    return save_model(
+        model,
+        path,
+        architecture=cfg.architecture,
+        arch_kwargs=cfg.arch_kwargs,
+        class_names=list(class_names),
+        in_channels=1,
+        input_size=(cfg.size, cfg.size),
+        mean=MEAN,
+        std=STD,
+        task="classification",
+        garbage_class=GARBAGE if garbage else None,
+        half=half,
+    )
+
+
+def load_saved(path: Path) -> nn.Module:
+    """The module as a user gets it: through verification.io.models.load_model (fp16 upcast included)."""
+    from verification.io.models import load_model
+
+    return load_model(path).module
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x_u8: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = [model(normalise(x_u8[i : i + batch])) for i in range(0, len(x_u8), batch)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, x_u8: torch.Tensor, y: torch.Tensor) -> float:
+    return float((predict(model, x_u8).argmax(1) == y).float().mean())
+
+
+def train_classifier(
+    model: nn.Module,
+    x_u8: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    cfg: DemoConfig,
+    seed: int,
+    checkpoints_per_epoch: int = 0,
+    on_checkpoint: Callable[[nn.Module, float, int], None] | None = None,
+    class_weight: torch.Tensor | None = None,
+    lr: float | None = None,
+) -> list[float]:
+    """AdamW + one-cycle schedule; ``on_checkpoint(model, epoch, step)`` every 1/checkpoints_per_epoch epoch.
+    Returns the mean training loss per epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    n = len(x_u8)
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr or cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr or cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.2
+    )
+    marks = set()
+    if checkpoints_per_epoch:
+        marks = {
+            round(steps_per_epoch * k / checkpoints_per_epoch) for k in range(1, checkpoints_per_epoch + 1)
+        }
+    losses: list[float] = []
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            xb = normalise(x_u8[idx])
+            if torch.rand((), generator=gen) < 0.5:  # small shifts so position alone is not memorised
+                dy, dx = (int(v) for v in torch.randint(-8, 9, (2,), generator=gen))
+                xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
+            loss = F.cross_entropy(model(xb), y[idx], weight=class_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            step += 1
+            if on_checkpoint is not None and (b + 1) in marks:
+                model.eval()
+                on_checkpoint(model, epoch + (b + 1) / steps_per_epoch, step)
+                model.train()
+        losses.append(total / n)
+        log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
+    model.eval()
+    return losses
+
+
+def _counts(y: torch.Tensor, names: Sequence[str]) -> dict[str, int]:
+    return {name: int((y == i).sum()) for i, name in enumerate(names)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Manifest
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    path = out / "manifest.json"
+    if path.is_file():
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    return {"schema_version": SCHEMA_VERSION}
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    manifest["schema_version"] = SCHEMA_VERSION
+    (out / "manifest.json").write_text(
+        json.dumps(manifest, indent=1, sort_keys=False) + "\n", encoding="utf-8"
+    )
+
+
+def _rel(path: Path, out: Path) -> str:
+    return path.relative_to(out).as_posix()
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, optimize=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage: data
+
+
+def committed_splits(cfg: DemoConfig) -> dict[str, int]:
+    splits = {
+        "test": cfg.n_commit_test,
+        "reference": cfg.n_reference,
+        "shortcut": cfg.n_commit_shortcut,
+        "shortcut_swapped": cfg.n_commit_shortcut,
+        "ood": cfg.n_commit_ood,
+    }
+    splits.update({f"shifted_{k}": cfg.n_shifted for k in dw.SHIFT_KINDS})
+    return splits
+
+
+def stage_data(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    """Write the committed image splits (PNG 8-bit, masks as 0/255 PNG) and their manifest entries."""
+    manifest = read_manifest(out)
+    splits: dict[str, list[dict[str, Any]]] = {}
+    for split, n in committed_splits(cfg).items():
+        items = []
+        for i, case in enumerate(generate(cfg, split, n)):
+            stem = f"{i:03d}_{case.label_name}"
+            img_path = out / "images" / split / f"{stem}.png"
+            _save_png(case.image, img_path)
+            item: dict[str, Any] = {
+                "path": _rel(img_path, out),
+                "label": case.label_name if case.label >= 0 else None,
+                "lesion_mask": None,
+                "marker_mask": None,
+            }
+            for key, mask in (("lesion_mask", case.lesion_mask), ("marker_mask", case.marker_mask)):
+                if mask.any():
+                    mpath = out / "masks" / split / f"{stem}_{key.split('_')[0]}.png"
+                    _save_png(mask.astype(np.uint8) * 255, mpath)
+                    item[key] = _rel(mpath, out)
+            for key in ("marker", "shift", "ood_kind", "source", "lungs"):
+                if key in case.meta:
+                    item[key] = case.meta[key]
+            items.append(item)
+        splits[split] = items
+        log.info("split %s: %d images", split, len(items))
+    manifest["generator"] = {
+        "module": "assets.demo_world",
+        "seed": cfg.seed,
+        "image_size": [cfg.size, cfg.size],
+        "classes": list(dw.CLASSES),
+        "markers": {c: {"letter": m[0], "corner": m[1]} for c, m in zip(dw.CLASSES, dw.MARKERS)},
+        "lung_masks": "torchxrayvision semantic_masks_v7labs_lungs.zip"
+        if dw.lung_zip_path() is not None
+        else "procedural",
+        "ood_sources": {
+            "train": {"kinds": list(dw.OOD_KINDS_TRAIN), "natural": list(dw.OOD_NATURAL_TRAIN)},
+            "test": {"kinds": list(dw.OOD_KINDS_TEST), "natural": list(dw.OOD_NATURAL_TEST)},
+        },
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("threads", "workers")},
+        "command": "python -m assets.make_demo",
+    }
+    manifest["splits"] = splits
+    write_manifest(out, manifest)
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage: train
+
+
+@dataclass
+class _Data:
+    x: torch.Tensor
+    y: torch.Tensor
+    cases: list[dw.Case]
+
+
+def _data(cfg: DemoConfig, split: str, n: int, strength: float = 1.0) -> _Data:
+    t0 = time.perf_counter()
+    cases = generate(cfg, split, n, strength)
+    x, y = as_tensors(cases)
+    log.info("generated %s: %d images in %.1fs", split, n, time.perf_counter() - t0)
+    return _Data(x, y, cases)
+
+
+def _model_entry(
+    path: Path, out: Path, cfg: DemoConfig, seed: int, data: dict[str, Any], epochs: int, **extra: Any
+) -> dict[str, Any]:
+    sidecar = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    return {
+        "file": _rel(path, out),
+        "sidecar": _rel(path.with_suffix(".json"), out),
+        "architecture": sidecar["architecture"],
+        "arch_kwargs": sidecar["arch_kwargs"],
+        "class_names": sidecar["class_names"],
+        "seed": seed,
+        "data": data,
+        "epochs": epochs,
+        **extra,
+    }
+
+
+def train_sound(cfg: DemoConfig, out: Path, train: _Data, test: _Data, commit_test: _Data) -> dict[str, Any]:
+    """The sound model, trained on marker-free data, with its checkpoint series (fp16, every half epoch)."""
+    seed = cfg.seed + 1
+    torch.manual_seed(seed)
+    model = build_classifier(cfg, len(dw.CLASSES))
+    ckpts: list[dict[str, Any]] = []
+
+    def on_checkpoint(module: nn.Module, epoch: float, step: int) -> None:
+        path = out / "checkpoints" / f"sound_ckpt_{len(ckpts) + 1:02d}.safetensors"
+        save_classifier(module, path, cfg, dw.CLASSES, half=True)
+        reloaded = load_saved(path)
+        acc = accuracy(reloaded, test.x, test.y)
+        ckpts.append({"file": _rel(path, out), "epoch": round(epoch, 3), "step": step, "test_accuracy": acc})
+        log.info("checkpoint %d (epoch %.2f): test accuracy %.3f", len(ckpts), epoch, acc)
+
+    t0 = time.perf_counter()
+    losses = train_classifier(
+        model,
+        train.x,
+        train.y,
+        epochs=cfg.epochs_sound,
+        cfg=cfg,
+        seed=seed,
+        checkpoints_per_epoch=cfg.checkpoints_per_epoch,
+        on_checkpoint=on_checkpoint,
+    )
+    seconds = time.perf_counter() - t0
+    path = save_classifier(model, out / "models" / "sound.safetensors", cfg, dw.CLASSES, half=False)
+    reloaded = load_saved(path)
+    entry = _model_entry(
+        path,
+        out,
+        cfg,
+        seed,
+        {"train": _counts(train.y, dw.CLASSES), "test": _counts(test.y, dw.CLASSES)},
+        cfg.epochs_sound,
+        test_accuracy=accuracy(reloaded, test.x, test.y),
+        test_n=len(test.y),
+        committed_test_accuracy=accuracy(reloaded, commit_test.x, commit_test.y),
+        committed_test_split="test",
+        train_loss=[round(v, 4) for v in losses],
+        train_seconds=round(seconds, 1),
+        description="trained on marker-free synthetic radiographs (normal / nodule / effusion)",
+    )
+    entry["checkpoints"] = ckpts
+    return entry
+
+
+def train_shortcut(cfg: DemoConfig, out: Path, test: _Data) -> dict[str, Any]:
+    """Trained where the marker tag gives the label away and lesions are faint: it learns the marker."""
+    seed = cfg.seed + 2
+    train = _data(cfg, "shortcut_train", cfg.n_shortcut_train, cfg.shortcut_lesion_strength)
+    with_marker = _data(cfg, "shortcut", cfg.n_shortcut_test)
+    swapped = _data(cfg, "shortcut_swapped", cfg.n_shortcut_test)
+    torch.manual_seed(seed)
+    model = build_classifier(cfg, len(dw.CLASSES))
+    t0 = time.perf_counter()
+    losses = train_classifier(model, train.x, train.y, epochs=cfg.epochs_shortcut, cfg=cfg, seed=seed)
+    seconds = time.perf_counter() - t0
+    path = save_classifier(model, out / "models" / "shortcut.safetensors", cfg, dw.CLASSES, half=False)
+    reloaded = load_saved(path)
+    k = cfg.n_commit_shortcut
+    return _model_entry(
+        path,
+        out,
+        cfg,
+        seed,
+        {
+            "train": _counts(train.y, dw.CLASSES),
+            "train_lesion_strength": cfg.shortcut_lesion_strength,
+            "test_with_marker": _counts(with_marker.y, dw.CLASSES),
+            "test_swapped_marker": _counts(swapped.y, dw.CLASSES),
+        },
+        cfg.epochs_shortcut,
+        accuracy_with_marker=accuracy(reloaded, with_marker.x, with_marker.y),
+        accuracy_swapped_marker=accuracy(reloaded, swapped.x, swapped.y),
+        accuracy_no_marker=accuracy(reloaded, test.x, test.y),
+        chance_accuracy=1.0 / len(dw.CLASSES),
+        test_n=len(with_marker.y),
+        committed_accuracy_with_marker=accuracy(reloaded, with_marker.x[:k], with_marker.y[:k]),
+        committed_accuracy_swapped_marker=accuracy(reloaded, swapped.x[:k], swapped.y[:k]),
+        train_loss=[round(v, 4) for v in losses],
+        train_seconds=round(seconds, 1),
+        description="trained with a burned-in tag whose corner and letter give the label; lesions faint",
+    )
+
+
+def _init_from(model: nn.Module, source: nn.Module) -> None:
+    """Copy every matching tensor; the last layer keeps the source's rows for the shared classes."""
+    own = model.state_dict()
+    for key, value in source.state_dict().items():
+        if key in own and own[key].shape == value.shape:
+            own[key] = value.clone()
+        elif key in own and own[key].ndim >= 1 and own[key].shape[1:] == value.shape[1:]:
+            own[key][: value.shape[0]] = value
+    model.load_state_dict(own)
+
+
+def train_garbage(
+    cfg: DemoConfig, out: Path, sound: nn.Module, train: _Data, test: _Data, commit_test: _Data
+) -> dict[str, Any]:
+    """Classes + "garbage", fine-tuned from the sound model with OOD images as the extra class."""
+    seed = cfg.seed + 3
+    ood_train = _data(cfg, "ood_train", cfg.n_ood_train)
+    ood_test = _data(cfg, "ood", cfg.n_ood_test)
+    names = (*dw.CLASSES, GARBAGE)
+    g = len(dw.CLASSES)
+    torch.manual_seed(seed)
+    model = build_classifier(cfg, len(names))
+    _init_from(model, sound)
+    x = torch.cat([train.x, ood_train.x])
+    y = torch.cat([train.y, torch.full((len(ood_train.x),), g, dtype=torch.int64)])
+    t0 = time.perf_counter()
+    losses = train_classifier(model, x, y, epochs=cfg.epochs_garbage, cfg=cfg, seed=seed, lr=cfg.lr / 2)
+    seconds = time.perf_counter() - t0
+    path = save_classifier(
+        model, out / "models" / "garbage.safetensors", cfg, names, half=False, garbage=True
+    )
+    reloaded = load_saved(path)
+    pred_id = predict(reloaded, test.x).argmax(1)
+    pred_ood = predict(reloaded, ood_test.x).argmax(1)
+    k = cfg.n_commit_ood
+    by_kind: dict[str, list[bool]] = {}
+    for case, p in zip(ood_test.cases, pred_ood.tolist()):
+        by_kind.setdefault(str(case.meta["ood_kind"]), []).append(p == g)
+    return _model_entry(
+        path,
+        out,
+        cfg,
+        seed,
+        {
+            "train": {**_counts(train.y, dw.CLASSES), GARBAGE: len(ood_train.x)},
+            "ood_test": len(ood_test.x),
+            "id_test": len(test.x),
+            "ood_train_sources": sorted({str(c.meta.get("source")) for c in ood_train.cases}),
+            "ood_test_sources": sorted({str(c.meta.get("source")) for c in ood_test.cases}),
+        },
+        cfg.epochs_garbage,
+        garbage_class=GARBAGE,
+        ood_rejection_rate=float((pred_ood == g).float().mean()),
+        ood_rejection_by_kind={k_: float(np.mean(v)) for k_, v in sorted(by_kind.items())},
+        id_false_rejection_rate=float((pred_id == g).float().mean()),
+        test_accuracy=float((pred_id == test.y).float().mean()),
+        test_n=len(test.y),
+        committed_ood_rejection_rate=float((pred_ood[:k] == g).float().mean()),
+        committed_id_false_rejection_rate=float(
+            (predict(reloaded, commit_test.x).argmax(1) == g).float().mean()
+        ),
+        train_loss=[round(v, 4) for v in losses],
+        train_seconds=round(seconds, 1),
+        initialised_from="sound",
+        description="sound classes + 'garbage', fine-tuned from the sound model with OOD images as garbage",
+    )
+
+
+def _seg_targets(cases: Sequence[dw.Case]) -> torch.Tensor:
+    t = np.zeros((len(cases), cases[0].image.shape[0], cases[0].image.shape[1]), np.int64)
+    for i, c in enumerate(cases):
+        if c.label > 0:
+            t[i][c.lesion_mask] = c.label
+    return torch.from_numpy(t)
+
+
+def dice_scores(pred: torch.Tensor, target: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Mean per-image Dice of each lesion class on the images of that class, and of lesion-vs-background on
+    every abnormal image (both empty → 1)."""
+    result: dict[str, float] = {}
+    fg_scores = []
+    for c in range(1, len(SEG_CLASSES)):
+        scores = []
+        for i in torch.nonzero(labels == c).flatten().tolist():
+            a, b = pred[i] == c, target[i] == c
+            denom = int(a.sum() + b.sum())
+            scores.append(1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom)
+            fa, fb = pred[i] > 0, target[i] > 0
+            fd = int(fa.sum() + fb.sum())
+            fg_scores.append(1.0 if fd == 0 else 2.0 * int((fa & fb).sum()) / fd)
+        result[SEG_CLASSES[c]] = float(np.mean(scores)) if scores else float("nan")
+    result["lesion_vs_background"] = float(np.mean(fg_scores)) if fg_scores else float("nan")
+    normals = torch.nonzero(labels == 0).flatten()
+    result["normal_images_with_predicted_lesion"] = (
+        float(np.mean([(pred[i] > 0).any().item() for i in normals.tolist()]))
+        if len(normals)
+        else float("nan")
+    )
+    return result
+
+
+@torch.inference_mode()
+def segment(model: nn.Module, x_u8: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(normalise(x_u8[i : i + batch])).argmax(1) for i in range(0, len(x_u8), batch)])
+
+
+def train_segmentation(cfg: DemoConfig, out: Path, train: _Data, test: _Data) -> dict[str, Any]:
+    """A small U-Net (verification.io.architectures) trained on random crops, evaluated on full images."""
+    from verification.io.models import build_architecture, save_model
+
+    seed = cfg.seed + 4
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    arch_kwargs = {"base": cfg.seg_base, "depth": 3}
+    model = build_architecture("unet", num_classes=len(SEG_CLASSES), in_channels=1, **arch_kwargs)
+    target = _seg_targets(train.cases)
+    # lesions are a few % of the pixels: weight them up so the net does not settle on "background"
+    weight = torch.tensor([1.0, 8.0, 4.0])
+    n, crop, size = len(train.x), cfg.seg_crop, cfg.size
+    steps = max(1, math.ceil(n / cfg.batch_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs_segmentation * steps, pct_start=0.2
+    )
+    centres = []  # crop around the lesion when there is one, else anywhere on the lungs
+    for case in train.cases:
+        ys, xs = np.nonzero(case.lesion_mask if case.lesion_mask.any() else case.lung_mask)
+        centres.append((int(ys.mean()), int(xs.mean())))
+    t0 = time.perf_counter()
+    losses = []
+    for _epoch in range(cfg.epochs_segmentation):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for b in range(steps):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size].tolist()
+            xs_, ts_ = [], []
+            for i in idx:
+                jy, jx = (int(v) for v in torch.randint(-crop // 3, crop // 3 + 1, (2,), generator=gen))
+                cy = min(max(centres[i][0] + jy - crop // 2, 0), size - crop)
+                cx = min(max(centres[i][1] + jx - crop // 2, 0), size - crop)
+                xs_.append(train.x[i, :, cy : cy + crop, cx : cx + crop])
+                ts_.append(target[i, cy : cy + crop, cx : cx + crop])
+            loss = F.cross_entropy(model(normalise(torch.stack(xs_))), torch.stack(ts_), weight=weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        losses.append(total / n)
+        log.info("segmentation epoch %d loss %.4f", _epoch + 1, losses[-1])
+    seconds = time.perf_counter() - t0
+    path = save_model(
+        model,
+        out / "models" / "segmentation.safetensors",
+        architecture="unet",
+        arch_kwargs=arch_kwargs,
+        class_names=list(SEG_CLASSES),
+        in_channels=1,
+        input_size=(size, size),
+        mean=MEAN,
+        std=STD,
+        task="segmentation",
+    )
+    reloaded = load_saved(path)
+    dice = dice_scores(segment(reloaded, test.x), _seg_targets(test.cases), test.y)
+    return _model_entry(
+        path,
+        out,
+        cfg,
+        seed,
+        {"train": _counts(train.y, dw.CLASSES), "test": _counts(test.y, dw.CLASSES), "crop": crop},
+        cfg.epochs_segmentation,
+        task="segmentation",
+        dice=dice,
+        test_n=len(test.y),
+        train_loss=[round(v, 4) for v in losses],
+        train_seconds=round(seconds, 1),
+        description="U-Net (verification.io.architectures) for lesion masks: background / nodule / effusion",
+    )
+
+
+def stage_train(
+    cfg: DemoConfig, out: Path, models: Sequence[str] = ("sound", "shortcut", "garbage", "segmentation")
+) -> dict[str, Any]:
+    torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    manifest = read_manifest(out)
+    entries: dict[str, Any] = dict(manifest.get("models", {}))
+    train = _data(cfg, "train", cfg.n_train)
+    test = _data(cfg, "test", cfg.n_test)
+    commit_test = _Data(
+        test.x[: cfg.n_commit_test], test.y[: cfg.n_commit_test], test.cases[: cfg.n_commit_test]
+    )
+    if "sound" in models:
+        entries["sound"] = train_sound(cfg, out, train, test, commit_test)
+        manifest["checkpoints"] = entries["sound"].pop("checkpoints")
+        report("sound", entries["sound"])
+    if "shortcut" in models:
+        entries["shortcut"] = train_shortcut(cfg, out, test)
+        report("shortcut", entries["shortcut"])
+    if "garbage" in models:
+        sound = load_saved(out / entries["sound"]["file"])
+        entries["garbage"] = train_garbage(cfg, out, sound, train, test, commit_test)
+        report("garbage", entries["garbage"])
+    if "segmentation" in models:
+        entries["segmentation"] = train_segmentation(cfg, out, train, test)
+        report("segmentation", entries["segmentation"])
+    manifest["models"] = entries
+    manifest["train_stage_seconds"] = round(time.perf_counter() - t0, 1)
+    write_manifest(out, manifest)
+    return manifest
+
+
+def report(name: str, entry: dict[str, Any]) -> None:
+    keys = (
+        "test_accuracy",
+        "accuracy_with_marker",
+        "accuracy_swapped_marker",
+        "accuracy_no_marker",
+        "ood_rejection_rate",
+        "id_false_rejection_rate",
+        "dice",
+        "train_seconds",
+    )
+    shown = {k: entry[k] for k in keys if k in entry}
+    log.info("%s: %s", name, json.dumps(shown))
+
+
+STAGES: dict[str, Callable[..., Any]] = {"data": stage_data, "train": stage_train}
+
+
+def run(cfg: DemoConfig, out: Path, stages: Sequence[str]) -> dict[str, Any]:
+    for stage in stages:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+    manifest: dict[str, Any] = {}
+    for stage in stages:
+        t0 = time.perf_counter()
+        manifest = STAGES[stage](cfg, out)
+        log.info("stage %s done in %.1fs", stage, time.perf_counter() - t0)
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stage", action="append", choices=[*STAGES, "all"], help="repeatable; default all")
+    parser.add_argument("--out", type=Path, default=DEMO_DIR)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    stages = list(STAGES) if not args.stage or "all" in args.stage else args.stage
+    cfg = replace(DemoConfig(), threads=args.threads, workers=args.workers)
+    run(cfg, args.out, stages)
+
+
+if __name__ == "__main__":
+    main()
