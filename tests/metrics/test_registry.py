@@ -1,0 +1,80 @@
+"""The registry and the batched entry point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr
+
+from verification.metrics import (
+    DEFAULT_METRICS,
+    DEFAULT_SIZE,
+    METRICS,
+    MetricSpec,
+    compute_metrics,
+    prepare,
+    register_metric,
+)
+from verification.metrics.functional import iou
+
+
+def _maps(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32] / 31
+    c = rng.random((n, 2, 1, 1))
+    return np.exp(-((xx - c[:, 0]) ** 2 + (yy - c[:, 1]) ** 2) / 0.02).astype(np.float32)
+
+
+def test_registry_knows_direction_and_range() -> None:
+    assert set(DEFAULT_METRICS) == {"iou", "dice", "ssim", "cosine", "pearson", "kl", "wasserstein"}
+    for name in ("iou", "dice", "ssim", "cosine", "pearson"):
+        assert METRICS[name].higher_is_better
+    for name in ("kl", "wasserstein", "wasserstein_values"):
+        assert not METRICS[name].higher_is_better
+    assert METRICS["iou"].range == (0.0, 1.0)
+    assert METRICS["kl"].range[1] == float("inf")
+    assert "1-D" in METRICS["wasserstein_values"].label
+    with pytest.raises(ValueError, match="already registered"):
+        register_metric(MetricSpec("iou", "IoU", True, (0.0, 1.0), iou))
+
+
+def test_compute_metrics_n_vs_one_equals_n_vs_n() -> None:
+    maps, ref = _maps(5, 0), _maps(1, 1)[0]
+    one = compute_metrics(maps, ref)
+    many = compute_metrics(maps, np.repeat(ref[None], 5, axis=0))
+    assert list(one) == list(DEFAULT_METRICS)
+    for name in DEFAULT_METRICS:
+        assert one[name].shape == (5,)
+        np.testing.assert_allclose(one[name], many[name], atol=1e-6)
+        lo, hi = METRICS[name].range
+        assert np.all((one[name] >= lo - 1e-9) & (one[name] <= hi + 1e-9))
+
+
+def test_compute_metrics_resizes_to_common_grid_and_reports_reasons() -> None:
+    maps = _maps(3, 2)
+    maps[1] = 0.0
+    ref = np.kron(_maps(1, 3)[0], np.ones((2, 2)))  # 64×64 reference for 32×32 maps
+    res = compute_metrics(maps, ref, ["pearson", "cosine", "iou"], size=None)
+    assert np.isnan(res["pearson"][1])
+    assert res.reasons["pearson"] == {1: "map is constant"}
+    assert res.reasons["cosine"] == {1: "map is all zeros"}
+    assert res["iou"][1] == 0.0
+    # Same numbers as scipy on the grid compute_metrics used (maps' own 32×32; the reference shrunk to it).
+    a, b = prepare(maps, ref, None)
+    expected = pearsonr(a[0].numpy().ravel(), b[0].numpy().ravel()).statistic
+    assert res["pearson"][0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_compute_metrics_threshold_and_options() -> None:
+    maps, refs = _maps(4, 4), _maps(4, 5)
+    maps = maps + 0.5 * np.roll(refs, 3, axis=2)  # overlapping, two-level maps: Otsu differs from 0.5
+    otsu = compute_metrics(maps, refs, ["iou"], threshold="otsu")
+    fixed = compute_metrics(maps, refs, ["iou"], threshold=0.3)
+    a, b = prepare(maps, refs, DEFAULT_SIZE)
+    np.testing.assert_allclose(otsu["iou"], iou(a, b, "otsu").values)
+    np.testing.assert_allclose(fixed["iou"], iou(a, b, 0.3).values)
+    assert not np.allclose(otsu["iou"], fixed["iou"])
+    few = compute_metrics(maps, refs, ["wasserstein"], options={"wasserstein": {"n_directions": 4}})
+    assert few["wasserstein"].shape == (4,)
+    with pytest.raises(KeyError, match="unknown metric"):
+        compute_metrics(maps, refs, ["nope"])

@@ -1,0 +1,117 @@
+"""Spatial earth-mover (Wasserstein-1) distance between maps seen as mass on the pixel grid.
+
+An exact 2-D transport solve costs seconds per pair at 56×56, so the default is the *sliced* Wasserstein-1
+distance (Rabin et al. 2011; Bonneel et al. 2015): the maps are projected on ``n_directions`` lines and the
+1-D distance on each line is computed exactly, ``W1 = ∫ |F_P(t) − F_Q(t)| dt``. Both maps live on the same
+pixel grid, so the sort of the projected pixel positions is shared by every pair and cached: per pair, the
+work is a gather, a cumulative sum and a dot product, batched over pairs and directions.
+
+Directions are evenly spaced over [0, π) (a midpoint rule for the average over the circle, far lower variance
+than random directions), rotated by one offset drawn from ``seed``. Since every projection is 1-Lipschitz, the
+raw sliced distance never exceeds the exact one; for a pure translation by ``t`` it equals ``(2/π)|t|``.
+``rescale=True`` (default) multiplies by π/2 so that translations, the commonest displacement of an attention
+map, are measured exactly. The error against an exact solver (POT ``ot.emd2``) on small grids is measured in
+``tests/metrics/test_wasserstein.py`` and ``bench/metrics.py``.
+
+Large maps are first area-pooled to at most ``grid``×``grid`` cells (mass preserved, each cell placed at the
+centre of the pixels it pools), which moves any unit of mass by at most half a cell's diagonal.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from verification.metrics.functional import MetricResult, _result
+
+DEFAULT_DIRECTIONS = 64
+DEFAULT_GRID = 32
+DEFAULT_SEED = 0
+_CHUNK_ELEMENTS = 1 << 23  # bound on pairs × directions × cells held at once (about 32 MB in float32)
+
+
+def _cell_centres(n_in: int, n_out: int) -> np.ndarray:
+    """Coordinates in [0, 1] of adaptive-average-pool cells (centre of the input pixels each one covers)."""
+    i = np.arange(n_out)
+    start = np.floor(i * n_in / n_out)
+    end = np.ceil((i + 1) * n_in / n_out)
+    centre = (start + end - 1) / 2
+    return centre / max(n_in - 1, 1)
+
+
+@lru_cache(maxsize=32)
+def _projection_plan(
+    in_hw: tuple[int, int], out_hw: tuple[int, int], n_directions: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per direction: the order of the grid cells along the projected line and the gaps between them."""
+    ys = _cell_centres(in_hw[0], out_hw[0])
+    xs = _cell_centres(in_hw[1], out_hw[1])
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    pts = np.stack([xx.ravel(), yy.ravel()], axis=1)  # (cells, 2)
+    offset = np.random.default_rng(seed).random()
+    theta = math.pi * (np.arange(n_directions) + offset) / n_directions
+    dirs = np.stack([np.cos(theta), np.sin(theta)], axis=1)  # (D, 2)
+    proj = dirs @ pts.T  # (D, cells)
+    order = np.argsort(proj, axis=1, kind="stable")
+    sorted_pos = np.take_along_axis(proj, order, axis=1)
+    gaps = np.diff(sorted_pos, axis=1)  # (D, cells - 1)
+    return torch.from_numpy(order), torch.from_numpy(gaps)
+
+
+def pool_mass(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """Area-pool (N, H, W) maps to at most ``grid`` cells per side; each map keeps its total mass."""
+    h, w = x.shape[-2:]
+    oh, ow = min(h, grid), min(w, grid)
+    if (oh, ow) == (h, w):
+        return x
+    pooled = F.adaptive_avg_pool2d(x.unsqueeze(1), (oh, ow)).squeeze(1)
+    # Adaptive cells may differ in size: rescale so each map keeps its mass exactly.
+    scale = x.sum((-2, -1), keepdim=True) / pooled.sum((-2, -1), keepdim=True).clamp_min(1e-300)
+    return pooled * scale
+
+
+def sliced_wasserstein(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    n_directions: int = DEFAULT_DIRECTIONS,
+    grid: int = DEFAULT_GRID,
+    seed: int = DEFAULT_SEED,
+    rescale: bool = True,
+) -> MetricResult:
+    """Spatial Wasserstein-1 between maps ``a`` and references ``b`` (N|1, H, W) as mass distributions on the
+    pixel grid with coordinates in [0, 1]. Negative values are clipped to 0; each map is normalised to unit
+    mass. NaN (with a reason) when a map has no mass."""
+    if n_directions < 1:
+        raise ValueError("n_directions must be at least 1")
+    a, b = torch.broadcast_tensors(a.clamp_min(0), b.clamp_min(0))
+    in_hw = (int(a.shape[-2]), int(a.shape[-1]))
+    pa, pb = pool_mass(a, grid), pool_mass(b, grid)
+    out_hw = (int(pa.shape[-2]), int(pa.shape[-1]))
+    n = pa.shape[0]
+    fa = pa.reshape(n, -1)
+    fb = pb.reshape(n, -1)
+    ma, mb = fa.sum(1, dtype=torch.float64), fb.sum(1, dtype=torch.float64)
+    diff = fa / ma.clamp_min(1e-300).unsqueeze(1).to(fa.dtype) - fb / mb.clamp_min(1e-300).unsqueeze(1).to(
+        fb.dtype
+    )
+    order, gaps = _projection_plan(in_hw, out_hw, n_directions, seed)
+    order, gaps = order.to(diff.device), gaps.to(diff.device, diff.dtype)
+    cells = order.shape[1]
+    chunk = max(1, _CHUNK_ELEMENTS // (n_directions * cells))
+    out = torch.empty(n, dtype=torch.float64)
+    flat_order = order.reshape(-1)
+    for s in range(0, n, chunk):  # chunks bound memory; each chunk is one batched computation
+        d = diff[s : s + chunk]
+        g = d[:, flat_order].reshape(d.shape[0], n_directions, cells)
+        cdf = g.cumsum(dim=2)[:, :, :-1]
+        out[s : s + chunk] = (cdf.abs() * gaps).sum(2).mean(1, dtype=torch.float64)
+    if rescale:
+        out = out * (math.pi / 2)
+    return _result(
+        out, [(ma <= 0, "map has no mass (all zeros)"), (mb <= 0, "reference has no mass (all zeros)")]
+    )
