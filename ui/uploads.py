@@ -67,8 +67,10 @@ def expand_zip(
     *,
     max_entries: int = MAX_ZIP_ENTRIES,
     max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
+    suffixes: frozenset[str] = IMAGE_SUFFIXES,
 ) -> Expanded:
-    """The image entries of a zip archive, labelled by their parent folder."""
+    """The entries of a zip archive whose suffix is in ``suffixes`` (images by default), labelled by their
+    parent folder; other entries are listed as skipped."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
@@ -92,7 +94,7 @@ def expand_zip(
             path = PurePosixPath(info.filename)
             if _skippable(path):
                 continue
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if path.suffix.lower() not in suffixes:
                 skipped.append(info.filename)
                 continue
             try:

@@ -42,11 +42,7 @@ def guard(what: str) -> Iterator[Failed]:
     except Exception as exc:
         state.failed = True
         log.exception("%s failed", what)
-        st.error(
-            f"**{what}** failed unexpectedly: `{type(exc).__name__}: {exc}`. "
-            "If this is your own model, check that it runs on the image size and channels it declares.",
-            icon=":material/error:",
-        )
+        st.error(f"**{what}** failed unexpectedly: `{type(exc).__name__}: {exc}`", icon=":material/error:")
 
 
 def image_panel(title: str, picture: np.ndarray, *, caption: str | None = None) -> None:

@@ -1,0 +1,303 @@
+"""The shared sidebar: model A, optional model B, the images, the reference bundle.
+
+Each section resolves the user's choice into a loaded object. When a new choice fails (a corrupt upload, a
+pickle without the trust opt-in, a bundle for another model), the error is shown and the section falls back to
+the last choice that worked, so every page keeps drawing what the user had before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from ui import loaders
+from ui.state import K, ModelSlotKeys
+from ui.uploads import expand_uploads
+from ui.widgets import guard
+from verification.io.records import LoadedModel
+
+DEMO_MODELS: dict[str, str] = {
+    "sound": "Sound classifier — trained on clean radiographs",
+    "shortcut": "Shortcut classifier — learned a burned-in marker",
+    "garbage": "Classifier with a garbage class — rejects non-chest inputs",
+    "segmentation": "Lesion segmentation U-Net",
+}
+MODEL_TYPES = ["safetensors", "pt", "pth", "pt2", "bin", "ckpt"]
+IMAGE_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom", "zip"]
+TRUST_LABEL = "I trust this file — allow executing code from it"
+TRUST_HELP = (
+    "Whole pickled PyTorch modules run code from the file while they load. Tick this only for a file you "
+    "made yourself or got from someone you trust. Safetensors, state dicts and torch.export files never "
+    "need it."
+)
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    spec: loaders.ModelSpec
+    model: LoadedModel
+    lock: object  # threading.Lock (typed loosely: it is only ever used as a context manager)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What the sidebar resolved for this run; every page reads it through :func:`workspace`."""
+
+    model_a: ModelHandle | None
+    model_b: ModelHandle | None
+    images: loaders.ImageSet | None
+    bundle: loaders.BundleHandle | None
+
+
+def workspace() -> Workspace:
+    ws = K.WORKSPACE.get()
+    if not isinstance(ws, Workspace):
+        raise RuntimeError("the sidebar has not run yet: open pages through dashboard.py")
+    return ws
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def _choose_model(slot: ModelSlotKeys, title: str) -> loaders.ModelSpec | None:
+    for key in (slot.source, slot.demo_name, slot.trust, slot.architecture):
+        key.init()
+    source = st.radio(
+        f"{title} source",
+        ["demo", "upload"],
+        format_func={"demo": "Built-in demo", "upload": "Upload a model"}.get,
+        horizontal=True,
+        key=slot.source.name,
+        label_visibility="collapsed",
+    )
+    if source == "demo":
+        name = st.selectbox(
+            "Demo model", list(DEMO_MODELS), format_func=DEMO_MODELS.get, key=slot.demo_name.name
+        )
+        return loaders.demo_spec(name)
+    upload = st.file_uploader(
+        "Weights (.safetensors, state dict .pt/.pth, torch.export .pt2, pickled module)",
+        type=MODEL_TYPES,
+        key=slot.upload.name,
+    )
+    sidecar = st.file_uploader(
+        "Sidecar JSON (architecture, classes, input size, mean/std) — optional",
+        type=["json"],
+        key=slot.sidecar.name,
+    )
+    arch = st.text_input(
+        "Architecture (for bare state dicts), e.g. resnet18",
+        key=slot.architecture.name,
+        placeholder="from sidecar",
+    )
+    trust = st.checkbox(TRUST_LABEL, key=slot.trust.name, help=TRUST_HELP)
+    if upload is None:
+        return None
+    return loaders.upload_spec(
+        upload.name,
+        upload.getvalue(),
+        sidecar_bytes=sidecar.getvalue() if sidecar is not None else None,
+        architecture=arch.strip() or None,
+        trust=trust,
+    )
+
+
+def _resolve_model(slot: ModelSlotKeys, title: str) -> ModelHandle | None:
+    last: loaders.ModelSpec | None = slot.last_good.get()
+    spec: loaders.ModelSpec | None = None
+    with guard(f"{title}: reading the choice"):
+        spec = _choose_model(slot, title)
+    if spec is not None:
+        with guard(f"{title}: loading {spec.label}") as failed:
+            model, lock = loaders.get_model(spec)
+        if not failed:
+            slot.last_good.set(spec)
+            _model_caption(model)
+            return ModelHandle(spec, model, lock)
+    if last is None:
+        if spec is None:
+            st.caption("Upload a model file to use it.")
+        return None
+    # The new choice did not load (or is incomplete): keep what worked before.
+    model, lock = loaders.get_model(last)
+    st.warning(f"Still using **{last.label}**.", icon=":material/history:")
+    _model_caption(model)
+    return ModelHandle(last, model, lock)
+
+
+def _model_caption(model: LoadedModel) -> None:
+    arch = model.architecture or model.source_format
+    h, w = model.input_size
+    st.caption(
+        f"{arch} · {model.task} · {model.in_channels}-channel {h}×{w} · "
+        f"classes: {', '.join(model.class_names)}"
+        + (f" · garbage class: {model.garbage_class}" if model.garbage_class else "")
+    )
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def _resolve_images() -> loaders.ImageSet | None:
+    K.IMAGES_SOURCE.init()
+    K.IMAGES_SPLIT.init()
+    source = st.radio(
+        "Image source",
+        ["demo", "upload"],
+        format_func={"demo": "Built-in demo images", "upload": "Upload images"}.get,
+        horizontal=True,
+        key=K.IMAGES_SOURCE.name,
+        label_visibility="collapsed",
+    )
+    last: loaders.ImageSet | None = K.IMAGES_LAST_GOOD.get()
+    chosen: loaders.ImageSet | None = None
+    if source == "demo":
+        splits = loaders.demo_splits()
+        if K.IMAGES_SPLIT.get() not in splits:
+            K.IMAGES_SPLIT.set(splits[0])
+        split = st.selectbox("Demo set", splits, format_func=loaders.split_label, key=K.IMAGES_SPLIT.name)
+        with guard("Loading the demo images"):
+            chosen = loaders.demo_image_set(split)
+    else:
+        files = st.file_uploader(
+            "PNG, JPEG, TIFF or DICOM — several at once, or a zip (one folder per class gives labels)",
+            type=IMAGE_TYPES,
+            accept_multiple_files=True,
+            key=K.IMAGES_UPLOAD.name,
+        )
+        if files:
+            with guard("Reading the uploaded images"):
+                chosen = _images_from_uploads([(f.name, f.getvalue()) for f in files])
+    if chosen is not None and chosen.items:
+        if last is None or chosen.hashes != last.hashes:
+            K.IMAGE_INDEX.set(0)
+        K.IMAGES_LAST_GOOD.set(chosen)
+        return chosen
+    if last is not None:
+        st.warning(f"Still showing **{last.label}**.", icon=":material/history:")
+    return last
+
+
+def _images_from_uploads(files: list[tuple[str, bytes]]) -> loaders.ImageSet | None:
+    expanded = expand_uploads(files)
+    items, errors = loaders.images_from_blobs(expanded.blobs)
+    for message in errors:
+        st.error(message, icon=":material/broken_image:")
+    if expanded.skipped:
+        st.caption(f"Skipped {len(expanded.skipped)} non-image file(s): {', '.join(expanded.skipped[:5])}")
+    if not items:
+        return None
+    return loaders.ImageSet(label=f"{len(items)} uploaded image(s)", items=tuple(items))
+
+
+def _pick_image(images: loaders.ImageSet) -> None:
+    K.IMAGE_INDEX.init()
+    if K.IMAGE_INDEX.get() >= len(images.items):
+        K.IMAGE_INDEX.set(0)
+    st.selectbox(
+        "Image to inspect",
+        range(len(images.items)),
+        format_func=lambda i: _image_title(images.items[i]),
+        key=K.IMAGE_INDEX.name,
+    )
+
+
+def _image_title(item: loaders.ImageItem) -> str:
+    return item.image.name + (f"  [{item.label}]" if item.label else "")
+
+
+# ---------------------------------------------------------------------------------------------- bundle
+
+
+def _resolve_bundle(
+    model_a: ModelHandle | None, images: loaders.ImageSet | None
+) -> loaders.BundleHandle | None:
+    K.BUNDLE_SOURCE.init()
+    source = st.radio(
+        "Reference source",
+        ["demo", "upload", "build"],
+        format_func={"demo": "Demo bundle", "upload": "Upload", "build": "Build from labelled images"}.get,
+        horizontal=True,
+        key=K.BUNDLE_SOURCE.name,
+        label_visibility="collapsed",
+    )
+    last: loaders.BundleHandle | None = K.BUNDLE_LAST_GOOD.get()
+    chosen: loaders.BundleHandle | None = None
+    model = model_a.model if model_a else None
+    if source == "demo":
+        with guard("Loading the demo reference bundle"):
+            chosen = loaders.demo_bundle(model)
+    elif source == "upload":
+        files = st.file_uploader(
+            "Bundle (.zip of the saved bundle, or its .npz and .json together)",
+            type=["zip", "npz", "json"],
+            accept_multiple_files=True,
+            key=K.BUNDLE_UPLOAD.name,
+        )
+        if files:
+            with guard("Reading the uploaded bundle"):
+                chosen = loaders.bundle_from_upload([(f.name, f.getvalue()) for f in files], model)
+    else:
+        st.caption(
+            "Upload a zip with one folder per class (e.g. `normal/…png`, `nodule/…dcm`) of images you trust; "
+            "model A builds the reference maps. Or leave it empty to use the labelled images loaded above."
+        )
+        files = st.file_uploader(
+            "Labelled zip", type=["zip"], accept_multiple_files=False, key=K.BUNDLE_BUILD_UPLOAD.name
+        )
+        if st.button("Build reference", disabled=model_a is None, type="primary"):
+            assert model_a is not None
+            with guard("Building the reference"):
+                source_set = _images_from_uploads([(files.name, files.getvalue())]) if files else images
+                chosen = loaders.build_bundle(model_a.model, model_a.lock, source_set)
+    if chosen is not None:
+        K.BUNDLE_LAST_GOOD.set(chosen)
+    else:
+        chosen = last
+    if chosen is not None:
+        st.caption(chosen.summary)
+        for warning in chosen.warnings:
+            st.warning(warning, icon=":material/warning:")
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------- frame
+
+
+def render() -> Workspace:
+    """Draw the sidebar and store what it resolved for the pages of this run."""
+    with st.sidebar:
+        st.subheader("Model A")
+        model_a = _resolve_model(K.MODEL_A, "Model A")
+        K.MODEL_B_ENABLED.init()
+        st.subheader("Model B")
+        model_b = None
+        if st.toggle("Compare with a second model", key=K.MODEL_B_ENABLED.name):
+            model_b = _resolve_model(K.MODEL_B, "Model B")
+        st.subheader("Images")
+        images = _resolve_images()
+        if images is not None:
+            _pick_image(images)
+        st.subheader("Reference")
+        bundle = _resolve_bundle(model_a, images)
+        _sample_downloads()
+    ws = Workspace(model_a=model_a, model_b=model_b, images=images, bundle=bundle)
+    K.WORKSPACE.set(ws)
+    return ws
+
+
+def _sample_downloads() -> None:
+    samples = loaders.demo_samples()
+    if not samples:
+        return
+    with st.expander("Demo sample files to try the uploads"):
+        for path in samples:
+            # A callable is read only when clicked, so the samples cost nothing on a rerun.
+            st.download_button(
+                path.name,
+                data=path.read_bytes,
+                file_name=path.name,
+                on_click="ignore",
+                icon=":material/download:",
+            )
