@@ -1,0 +1,434 @@
+"""Batching for dataset-scale work: a Dataset over image paths, a collate for mixed sizes, and batch jobs.
+
+Images are decoded by :func:`verification.io.images.load_image` inside DataLoader workers and turned into
+model input by :func:`verification.io.images.to_tensor`, which resizes every image to the model's input size,
+so a batch may mix source sizes freely. A file that cannot be read becomes an error row carrying the loader's
+message; it never stops the run. A *job* (``CamJob``, ``VerifyJob``) is what runs on each batch: it loads its
+model once (``setup``) and then turns batches into rows, one per image. The engines in
+:mod:`verification.engines` drive jobs locally through a DataLoader or on Ray with the same job code, so both
+engines give the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from verification.errors import BundleError, ImageLoadError, InputTooLargeError, VerificationError
+from verification.io.records import LoadedImage, LoadedModel
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Batch",
+    "BatchJob",
+    "CamJob",
+    "ImageDataset",
+    "ImageItem",
+    "ModelSpec",
+    "Row",
+    "collate_items",
+    "decode_row",
+    "encode_row",
+    "make_loader",
+    "scan_images",
+]
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp"})
+
+Row = dict[str, Any]
+"""One image's result: ``index``, ``path``, ``error`` (None or the message) plus job-specific fields."""
+
+
+def scan_images(sources: Iterable[str | Path]) -> list[Path]:
+    """Expand files and folders into a sorted, de-duplicated list of image files.
+
+    Folders are searched recursively for files with an image suffix (``IMAGE_SUFFIXES``, case-insensitive);
+    files named explicitly are kept whatever their suffix (DICOM files often have none). Raises
+    ``FileNotFoundError`` for a source that does not exist.
+    """
+    found: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p, path)
+                )
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to load a model: what a worker needs to load its own copy (a path, not a module)."""
+
+    path: str
+    sidecar: str | None = None
+    architecture: str | None = None
+    trust: bool = False
+
+    def load(self) -> LoadedModel:
+        from verification.io.models import load_model
+
+        return load_model(self.path, sidecar=self.sidecar, architecture=self.architecture, trust=self.trust)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One decoded image ready for batching, or the reason it could not be decoded."""
+
+    index: int
+    path: str
+    tensor: torch.Tensor | None  # (C, H, W) at the model's input size, normalised
+    display: np.ndarray | None  # uint8 (H, W) or (H, W, 3), kept only when the job draws overlays
+    error: str | None
+    content_hash: str = ""
+    notices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A collated batch: ``x`` stacks the images that loaded; ``items`` keeps every image, errors included."""
+
+    x: torch.Tensor  # (n_ok, C, H, W)
+    items: tuple[ImageItem, ...]
+    ok: tuple[int, ...] = field(default=())  # positions in ``items`` of the rows stacked in ``x``
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def preprocessing_view(model: LoadedModel) -> LoadedModel:
+    """The model record without its weights: all ``to_tensor`` needs, cheap to send to DataLoader workers."""
+    return dataclasses.replace(model, module=nn.Identity())
+
+
+class ImageDataset(Dataset[ImageItem]):
+    """Image paths → ``ImageItem`` with per-file error capture.
+
+    A file the loader rejects (corrupt, not an image, too large) becomes an item with ``error`` set and no
+    tensor; any other exception is a bug and propagates.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        model: LoadedModel,
+        *,
+        keep_display: bool = False,
+        first_index: int = 0,
+    ) -> None:
+        self.paths = [str(p) for p in paths]
+        self.model = preprocessing_view(model)
+        self.keep_display = keep_display
+        self.first_index = first_index
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> ImageItem:
+        from verification.io.images import load_image, to_tensor
+
+        path = self.paths[i]
+        index = self.first_index + i
+        try:
+            image: LoadedImage = load_image(path)
+            tensor = to_tensor(image, self.model)[0]
+        except (ImageLoadError, InputTooLargeError, OSError) as exc:
+            return ImageItem(index=index, path=path, tensor=None, display=None, error=_message(exc))
+        return ImageItem(
+            index=index,
+            path=path,
+            tensor=tensor,
+            display=image.display if self.keep_display else None,
+            error=None,
+            content_hash=image.content_hash,
+            notices=tuple(image.notices),
+        )
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, VerificationError) else f"{type(exc).__name__}: {text}"
+
+
+def collate_items(items: Sequence[ImageItem]) -> Batch:
+    """Stack the loaded images of a batch (all at the model input size) and keep the failed ones as rows."""
+    ok = tuple(i for i, item in enumerate(items) if item.tensor is not None)
+    tensors = [items[i].tensor for i in ok]
+    if tensors:
+        x = torch.stack([t for t in tensors if t is not None])
+    else:
+        x = torch.empty(0)
+    return Batch(x=x, items=tuple(items), ok=ok)
+
+
+def make_loader(
+    paths: Sequence[str | Path],
+    model: LoadedModel,
+    *,
+    batch_size: int = 16,
+    workers: int = 0,
+    keep_display: bool = False,
+) -> DataLoader[ImageItem]:
+    """A DataLoader yielding ``Batch`` objects in path order (decoding runs in ``workers`` processes)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
+    dataset = ImageDataset(paths, model, keep_display=keep_display)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_items,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+class BatchJob:
+    """Work done on each batch. ``setup`` loads what the job needs once per process (a model, a bundle);
+    ``run`` turns a batch into one row per image, error rows included, in batch order."""
+
+    keep_display: bool = False
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self._model: LoadedModel | None = None
+
+    @property
+    def model(self) -> LoadedModel:
+        if self._model is None:
+            raise RuntimeError("BatchJob.setup() must run before the job is used")
+        return self._model
+
+    def setup(self, model: LoadedModel | None = None) -> LoadedModel:
+        """Load the model (or adopt an already loaded one); idempotent."""
+        if self._model is None:
+            self._model = model if model is not None else self.spec.load()
+        return self._model
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Jobs travel to Ray workers as their spec; each worker loads its own model in setup().
+        state = dict(self.__dict__)
+        state["_model"] = None
+        return state
+
+    def run(self, batch: Batch) -> list[Row]:
+        rows: list[Row] = [_base_row(item) for item in batch.items]
+        if batch.ok:
+            for pos, row in zip(batch.ok, self.process(batch)):
+                rows[pos].update(row)
+        return rows
+
+    def process(self, batch: Batch) -> list[Row]:
+        """Rows for the images in ``batch.x`` (one per entry of ``batch.ok``)."""
+        raise NotImplementedError
+
+
+def _base_row(item: ImageItem) -> Row:
+    return {"index": item.index, "path": item.path, "error": item.error, "content_hash": item.content_hash}
+
+
+def resolve_target(target: str | None, model: LoadedModel) -> int | None:
+    """``None`` (predicted class), a class index, or a class name → index; raises ValueError otherwise."""
+    if target is None or target == "":
+        return None
+    if target in model.class_names:
+        return model.class_names.index(target)
+    try:
+        index = int(target)
+    except ValueError:
+        raise ValueError(
+            f"target {target!r} is neither a class index nor one of the class names {list(model.class_names)}"
+        ) from None
+    if not 0 <= index < model.num_classes:
+        raise ValueError(f"target index {index} is outside 0..{model.num_classes - 1}")
+    return index
+
+
+class CamJob(BatchJob):
+    """Attention maps for every requested (method, layer) from one forward and one backward per batch.
+
+    Row fields: ``pred`` (int), ``probs`` (K,), ``logits`` (K,), ``target`` (int), and for each result key
+    ``"<method>@<layer>"``: ``maps[key]`` (H, W) in [0, 1] at input size, ``raw[key]`` (h, w) at the layer's
+    resolution, ``constant[key]`` (bool); ``provenance`` maps each key to its CamResult provenance.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        methods: Sequence[str] = ("gradcam",),
+        layers: Sequence[str] | None = None,
+        target: str | None = None,
+        keep_display: bool = False,
+    ) -> None:
+        super().__init__(spec)
+        self.methods = tuple(methods)
+        self.layers = tuple(layers) if layers else None
+        self.target = target
+        self.keep_display = keep_display
+
+    def process(self, batch: Batch) -> list[Row]:
+        from verification.cam import compute_cams
+
+        model = self.model
+        results = compute_cams(
+            model,
+            batch.x,
+            methods=self.methods,
+            layers=self.layers,
+            target=resolve_target(self.target, model),
+        )
+        first = results[0]
+        rows: list[Row] = []
+        for n, pos in enumerate(batch.ok):
+            item = batch.items[pos]
+            row: Row = {
+                "pred": int(np.argmax(first.logits[n])),
+                "logits": np.asarray(first.logits[n], dtype=np.float32),
+                "probs": np.asarray(first.probs[n], dtype=np.float32),
+                "target": int(first.targets[n]),
+                "maps": {},
+                "raw": {},
+                "constant": {},
+                "provenance": {},
+            }
+            for res in results:
+                key = f"{res.method}@{res.layer}"
+                row["maps"][key] = np.asarray(res.maps[n], dtype=np.float32)
+                row["raw"][key] = np.asarray(res.raw[n], dtype=np.float32)
+                row["constant"][key] = bool(res.constant[n])
+                row["provenance"][key] = dict(res.provenance)
+            if item.display is not None:
+                row["display"] = item.display
+            rows.append(row)
+        return rows
+
+
+# Rows cross process boundaries (Ray) as npz bytes: arrays, numbers and strings only, no pickle either way.
+
+
+def encode_row(row: Row) -> bytes:
+    """Serialise a row (nested dicts of arrays, numbers, strings, None) to npz bytes."""
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict[str, Any] = {}
+    _flatten(row, "", arrays, scalars)
+    arrays["__scalars__"] = np.array(json.dumps(scalars, allow_nan=True))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def decode_row(data: bytes) -> Row:
+    """Inverse of :func:`encode_row`."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    flat: dict[str, Any] = json.loads(str(arrays.pop("__scalars__")))
+    flat.update(arrays)
+    row: Row = {}
+    for key, value in flat.items():
+        parts = key.split("\x1f")
+        node = row
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return row
+
+
+def _flatten(value: Any, prefix: str, arrays: dict[str, np.ndarray], scalars: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        if not value and prefix:
+            scalars[prefix] = {}
+        for k, v in value.items():
+            _flatten(v, f"{prefix}\x1f{k}" if prefix else str(k), arrays, scalars)
+    elif isinstance(value, np.ndarray):
+        arrays[prefix] = value
+    elif isinstance(value, np.generic):
+        scalars[prefix] = value.item()
+    elif isinstance(value, (list, tuple)):
+        scalars[prefix] = list(value)
+    else:
+        scalars[prefix] = value
+
+
+def batches_of(n: int, batch_size: int) -> int:
+    """How many batches ``n`` items make."""
+    return math.ceil(n / batch_size) if n else 0
+
+
+ProgressCallback = Callable[[int], None]
+
+
+# Per-image CAM files written by ``python -m verification cam``.
+
+CAM_FILE_SCHEMA = "verification.batch.image_cams"
+
+
+def save_image_cams(path: str | Path, row: Row, *, class_names: Sequence[str]) -> Path:
+    """Write one image's maps as ``.npz``: ``map/<method>@<layer>`` (H, W) in [0, 1], ``raw/<key>`` (h, w),
+    ``logits`` (K,), ``probs`` (K,), and ``meta`` (a JSON string: schema, source path, target, predicted
+    class, class names, constant flags, provenance). Readable with ``np.load(path, allow_pickle=False)``."""
+    arrays: dict[str, np.ndarray] = {"logits": row["logits"], "probs": row["probs"]}
+    for key in row["maps"]:
+        arrays[f"map/{key}"] = row["maps"][key]
+        arrays[f"raw/{key}"] = row["raw"][key]
+    meta = {
+        "schema": CAM_FILE_SCHEMA,
+        "schema_version": 1,
+        "source": str(row["path"]),
+        "content_hash": row.get("content_hash", ""),
+        "pred": int(row["pred"]),
+        "target": int(row["target"]),
+        "class_names": list(class_names),
+        "constant": {k: bool(v) for k, v in row["constant"].items()},
+        "provenance": row.get("provenance", {}),
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+    return Path(path)
+
+
+def load_image_cams(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """Read a file written by :func:`save_image_cams`: ``(maps, raw, meta)``; meta also holds logits/probs."""
+    with np.load(path, allow_pickle=False) as npz:
+        data = {k: npz[k] for k in npz.files}
+    meta: dict[str, Any] = json.loads(str(data.pop("meta")))
+    if meta.get("schema") != CAM_FILE_SCHEMA:
+        raise BundleError(f"{path} is not a per-image CAM file (schema {meta.get('schema')!r})")
+    maps = {k[4:]: v for k, v in data.items() if k.startswith("map/")}
+    raw = {k[4:]: v for k, v in data.items() if k.startswith("raw/")}
+    meta["logits"] = data["logits"]
+    meta["probs"] = data["probs"]
+    return maps, raw, meta

@@ -1,0 +1,463 @@
+"""The command line: ``python -m verification <command>``, a thin layer over the backend's public API.
+
+Exit codes (scripts can rely on them):
+
+* ``0`` — success; for ``verify``, the model is suitable for the data.
+* ``1`` — the run failed (a file that cannot be read, a model that does not load, a bad bundle, every image
+  unreadable, ...): one clear line on stderr, no traceback unless ``--debug``.
+* ``2`` — bad usage (unknown option, missing argument, invalid value), reported by argparse.
+* ``3`` — ``verify`` completed and the model is *unsuitable* for the data (the share of flagged images
+  exceeds the bundle's threshold).
+* ``130`` — interrupted (Ctrl-C / SIGTERM); nothing partial is left behind.
+
+Unreadable images do not stop ``cam`` or ``verify``: each becomes an error row (in the manifest / the table)
+and is left out of the verdict; ``--strict`` turns the first one into a failure (exit 1) instead.
+
+Outputs are written atomically: a single file goes to a hidden temporary name in the target folder and is
+renamed into place when complete; a multi-file output (``cam --out DIR``, a bundle folder) is built in a
+hidden staging folder beside the target, its ``manifest.json`` written last, and the folder renamed into
+place. On any failure the temporary files are removed, so an output that exists is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from verification.errors import VerificationError
+
+log = logging.getLogger("verification.cli")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNSUITABLE = 3
+EXIT_INTERRUPTED = 130
+
+
+class CliError(VerificationError):
+    """A failure reported as one line (exit 1): an output in the way, a bad image under --strict, ..."""
+
+
+# --------------------------------------------------------------------------------------------------- outputs
+
+
+@contextlib.contextmanager
+def atomic_file(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; renamed onto ``target`` on success, deleted on failure."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(target: str | Path, text: str) -> Path:
+    with atomic_file(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``target``; on success it replaces ``target``, on failure it goes.
+
+    ``target`` may be absent or an empty folder; anything else needs ``force`` (then it is replaced whole).
+    """
+    target = Path(target)
+    if target.exists() and not force and not (target.is_dir() and not any(target.iterdir())):
+        raise CliError(
+            f"{target} already exists and is not an empty folder; choose another path or add --force"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _swap_in(staging, target)
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    if target.is_dir() and not any(target.iterdir()):
+        target.rmdir()
+    if not target.exists() and not target.is_symlink():
+        os.replace(staging, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old.rmdir()
+    os.replace(target, old)
+    os.replace(staging, target)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, indent=2, default=_json_default, allow_nan=True) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------- arguments
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    from verification.cam import list_methods
+
+    known = list_methods()
+    names = tuple(m.strip().lower().replace("-", "_") for m in text.split(",") if m.strip())
+    unknown = [m for m in names if m not in known]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown) or text!r}; choose from {', '.join(known)}"
+        )
+    return names
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output and diagnostics")
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars or summary lines on stderr"
+    )
+    group.add_argument("-v", "--verbose", action="store_true", help="log what is being done (stderr)")
+    group.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", help="model file: .safetensors / .pt / .pth state dict (+ sidecar JSON), .pt2"
+    )
+    group = parser.add_argument_group("model loading")
+    group.add_argument("--sidecar", help="JSON sidecar describing the model (default: <stem>.json beside it)")
+    group.add_argument("--architecture", help="architecture name for a state dict without a sidecar")
+    group.add_argument(
+        "--trust",
+        action="store_true",
+        help="allow loading a pickled model; this runs code from the file, so only for files you trust",
+    )
+
+
+def _batch_args(parser: argparse.ArgumentParser, *, engines: bool = True) -> None:
+    group = parser.add_argument_group("batching")
+    group.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (16)")
+    group.add_argument(
+        "--workers", type=_non_negative_int, default=0,
+        help="image-decoding worker processes (local engine) or model replicas (ray engine); default 0",
+    )  # fmt: skip
+    group.add_argument("--strict", action="store_true", help="fail (exit 1) on the first unreadable image")
+    if engines:
+        group.add_argument("--engine", choices=("local", "ray"), default="local", help="where to run (local)")
+        group.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+        group.add_argument(
+            "--ray-cpus", type=_positive_int, default=2, help="CPUs of a locally started Ray instance (2)"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m verification",
+        description="Verify medical-imaging CNNs through their attention maps.",
+        epilog="Exit codes: 0 ok / suitable, 1 failure, 2 bad usage, 3 verify: unsuitable, 130 interrupted.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("layers", help="list a model's layers and the default CAM target layer")
+    _model_args(p)
+    p.add_argument("--all", action="store_true", help="also list layers without a spatial (N,C,H,W) output")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common(p)
+    p.set_defaults(handler=cmd_layers)
+
+    p = sub.add_parser(
+        "cam",
+        help="attention maps for images: PNG overlays and .npz per image",
+        description="Compute attention maps for image files and folders (searched recursively). Writes, per "
+        "image, <name>.npz (maps, raw maps, logits, probabilities) and <name>.<method>.png overlays, then "
+        "manifest.json last.",
+    )
+    _model_args(p)
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("-o", "--out", required=True, help="output folder (absent or empty, or use --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        default=("gradcam",),
+        help="comma-separated CAM methods (default gradcam): gradcam, gradcampp, xgradcam, hirescam, "
+        "layercam, eigencam, ms_gradcampp, scorecam, ablationcam",
+    )
+    p.add_argument(
+        "--layer", action="append", help="target layer (dotted name; repeat for several; default: auto)"
+    )
+    p.add_argument("--target", help="class index or name to explain (default: the predicted class)")
+    p.add_argument("--no-overlays", action="store_true", help="write only the .npz files")
+    _batch_args(p)
+    _common(p)
+    p.set_defaults(handler=cmd_cam)
+
+    return parser
+
+
+# -------------------------------------------------------------------------------------------------- commands
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    from verification.batch import ModelSpec
+
+    spec = ModelSpec(path=args.model, sidecar=args.sidecar, architecture=args.architecture, trust=args.trust)
+    if not Path(spec.path).exists():
+        raise CliError(f"model file {spec.path} does not exist")
+    return spec, spec.load()
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from verification.cam.layers import default_target_layer, list_layers
+
+    _, model = _load_model(args)
+    shape = (1, model.in_channels, *model.input_size)
+    layers = list_layers(model.module, shape)
+    default = default_target_layer(model.module, shape)
+    rows = [
+        {"name": info.name, "type": info.type, "output_shape": list(info.output_shape or ())}
+        for info in layers
+        if args.all or info.spatial
+    ]
+    if args.json:
+        sys.stdout.write(
+            dumps({"model": args.model, "input_shape": list(shape), "default": default, "layers": rows})
+        )
+        return EXIT_OK
+    width = max([len(r["name"]) for r in rows] + [5])
+    type_width = max([len(r["type"]) for r in rows] + [4])
+    lines = [f"  {'layer':<{width}}  {'type':<{type_width}}  output"]
+    for r in rows:
+        mark = "*" if r["name"] == default else " "
+        shape_text = "×".join(str(s) for s in r["output_shape"])
+        lines.append(f"{mark} {r['name']:<{width}}  {r['type']:<{type_width}}  {shape_text}")
+    lines.append(f"default target layer (*): {default}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+def _engine_options(args: argparse.Namespace) -> Any:
+    from verification.engines import EngineOptions
+
+    return EngineOptions(
+        engine=getattr(args, "engine", "local"),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        ray_address=getattr(args, "ray_address", None),
+        ray_num_cpus=getattr(args, "ray_cpus", 2),
+    )
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if args.quiet else None
+
+
+def _check_row(row: dict[str, Any], args: argparse.Namespace) -> None:
+    if row.get("error"):
+        if args.strict:
+            raise CliError(f"{row['path']}: {row['error']} (--strict stops at the first unreadable image)")
+        log.warning("skipped %s: %s", row["path"], row["error"])
+
+
+def _output_stems(paths: Sequence[Path], inputs: Sequence[str]) -> list[str]:
+    """Relative output names mirroring each image's place under the input folder it came from; unique."""
+    roots = [Path(i).resolve() for i in inputs if Path(i).is_dir()]
+    stems: list[str] = []
+    used: set[str] = set()
+    for path in paths:
+        resolved = path.resolve()
+        rel: Path | None = None
+        for root in roots:
+            if resolved.is_relative_to(root):
+                rel = resolved.relative_to(root)
+                break
+        stem = (rel.with_suffix("") if rel is not None else Path(path.stem)).as_posix()
+        candidate, n = stem, 1
+        while candidate in used:
+            n += 1
+            candidate = f"{stem}-{n}"
+        used.add(candidate)
+        stems.append(candidate)
+    return stems
+
+
+def cmd_cam(args: argparse.Namespace) -> int:
+    from verification.batch import CamJob, scan_images
+    from verification.engines import run_job
+
+    spec, model = _load_model(args)
+    paths = scan_images(args.inputs)
+    if not paths:
+        raise CliError(f"no images found in {', '.join(args.inputs)}")
+    stems = _output_stems(paths, args.inputs)
+    job = CamJob(
+        spec, methods=args.methods, layers=args.layer, target=args.target, keep_display=not args.no_overlays
+    )
+    job.setup(model)
+    options = _engine_options(args)
+    entries: list[dict[str, Any]] = []
+    keys: list[str] = []
+    with atomic_dir(args.out, force=args.force) as staging:
+        for row in run_job(job, paths, options, progress=_progress(args)):
+            stem = stems[int(row["index"])]
+            entry: dict[str, Any] = {"path": str(row["path"]), "error": row["error"]}
+            _check_row(row, args)
+            if not row["error"]:
+                keys = list(row["maps"])
+                entry.update(_write_cam_row(staging, stem, row, model, overlays=not args.no_overlays))
+            entries.append(entry)
+        failed = sum(1 for e in entries if e["error"])
+        if failed == len(entries):
+            raise CliError(
+                f"none of the {len(entries)} images could be read; first error: {entries[0]['error']}"
+            )
+        manifest = {
+            "schema": "verification.cli.cam",
+            "schema_version": 1,
+            "model": {"path": args.model, "name": model.name, "class_names": list(model.class_names)},
+            "methods": list(args.methods),
+            "results": keys,
+            "target": args.target,
+            "engine": options.engine,
+            "batch_size": options.batch_size,
+            "images": entries,
+            "n_images": len(entries),
+            "n_errors": failed,
+            "overlays": not args.no_overlays,
+        }
+        # Written last: a folder with manifest.json is complete.
+        (staging / "manifest.json").write_text(dumps(manifest), encoding="utf-8")
+    if not args.quiet:
+        sys.stderr.write(
+            f"cam: {len(entries) - failed} images → {args.out}"
+            + (f", {failed} unreadable" if failed else "")
+            + "\n"
+        )
+    return EXIT_OK
+
+
+def _write_cam_row(
+    staging: Path, stem: str, row: dict[str, Any], model: Any, *, overlays: bool
+) -> dict[str, Any]:
+    from verification.batch import save_image_cams
+    from verification.report import overlay_png
+
+    npz = staging / f"{stem}.npz"
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    save_image_cams(npz, row, class_names=model.class_names)
+    written: dict[str, str] = {}
+    if overlays and "display" in row:
+        layers = {key.split("@", 1)[1] for key in row["maps"]}
+        for key, cam in row["maps"].items():
+            method, layer = key.split("@", 1)
+            name = f"{stem}.{method}.png" if len(layers) == 1 else f"{stem}.{method}@{layer}.png"
+            (staging / name).write_bytes(overlay_png(row["display"], cam))
+            written[key] = name
+    pred = int(row["pred"])
+    return {
+        "npz": npz.relative_to(staging).as_posix(),
+        "overlays": written,
+        "pred": pred,
+        "pred_class": model.class_names[pred] if pred < len(model.class_names) else str(pred),
+        "prob": float(row["probs"][pred]),
+        "target": int(row["target"]),
+        "constant": {k: bool(v) for k, v in row["constant"].items()},
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.quiet:
+        logging.getLogger().setLevel(logging.ERROR)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        sys.stderr.write("interrupted; no partial output was kept\n")
+        return EXIT_INTERRUPTED
+    except (VerificationError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"error: {_describe(exc)}\n")
+        return EXIT_FAILURE
+    except Exception as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"internal error: {_describe(exc)} (run again with --debug for the traceback)\n")
+        return EXIT_FAILURE
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, (VerificationError, FileNotFoundError)):
+        return text
+    return f"{type(exc).__name__}: {text}"

@@ -1,0 +1,30 @@
+"""The local engine: a DataLoader decodes images in worker processes while this process runs the model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from verification.batch import BatchJob, Row, make_loader
+from verification.engines import EngineOptions
+
+
+def run_local(
+    job: BatchJob, paths: Sequence[str | Path], options: EngineOptions, *, progress: bool | None = None
+) -> Iterator[Row]:
+    """Yield one row per path in order; the model is loaded once, here."""
+    model = job.setup()
+    loader = make_loader(
+        paths, model, batch_size=options.batch_size, workers=options.workers, keep_display=job.keep_display
+    )
+    with tqdm(total=len(paths), unit="img", disable=_disable(progress), leave=False) as bar:
+        for batch in loader:
+            yield from job.run(batch)
+            bar.update(len(batch))
+
+
+def _disable(progress: bool | None) -> bool | None:
+    # tqdm: disable=None turns the bar off when stderr is not a terminal.
+    return None if progress is None else not progress
