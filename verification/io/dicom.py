@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from verification.errors import ImageLoadError, InputTooLargeError
 
@@ -61,8 +62,9 @@ ROBUST_PERCENTILES = (0.5, 99.5)
 
 
 def looks_like_dicom(data: bytes) -> bool:
-    """True for a Part-10 file: "DICM" after the 128-byte preamble."""
-    return len(data) >= 132 and data[128:132] == b"DICM"
+    """True for a Part-10 file ("DICM" after the 128-byte preamble) or a bare little-endian dataset that
+    starts with a group 0002/0008 element."""
+    return (len(data) >= 132 and data[128:132] == b"DICM") or data[:2] in (b"\x02\x00", b"\x08\x00")
 
 
 def _jsonable(value: Any) -> Any:
@@ -123,9 +125,15 @@ def read_dicom(
     Returns (pixels, metadata, notices).
     """
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=not looks_like_dicom(data))
+        ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
     except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
         raise ImageLoadError(f"'{name}' is not a readable DICOM file (corrupt or truncated): {exc}") from exc
+    if "TransferSyntaxUID" not in ds.file_meta:
+        # A bare dataset without Part-10 header: name the encoding it was read with so it can be decoded.
+        implicit, little = ds.original_encoding
+        if not little:
+            raise ImageLoadError(f"'{name}' is a big-endian DICOM without a file meta header; re-save it")
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     if "PixelData" not in ds:
         raise ImageLoadError(
             f"'{name}' is a DICOM file without pixel data (a report or structured document?)"

@@ -270,7 +270,7 @@ def _summarise(keys: Sequence[str], limit: int = 5) -> str:
 def _load_weights_checked(model: nn.Module, sd: dict[str, torch.Tensor], architecture: str) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in expected]
+    unexpected = sorted(k for k in sd if k not in expected)
     mismatched = [
         f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
         for k, v in expected.items()
