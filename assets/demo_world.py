@@ -323,8 +323,10 @@ def _effusion(
     meniscus = level - rng.uniform(0.10, 0.18) * height * np.clip(closeness, 0, 1) ** 2
     depth = (yy - meniscus) / max(bottom - level, 1.0)
     fluid = lung & (depth > 0)
-    soft = 1.0 / (1.0 + np.exp(-(yy - meniscus) / 1.5))
-    density = soft * (0.8 + 0.2 * np.clip(depth, 0, 1)) * ndi.gaussian_filter(lung.astype(np.float32), 1.8)
+    # fluid fills the air space exactly where the lungs were darkened (same 1.8 px edge), so no dark rim is
+    # left around it; the mask is its half-density region
+    edge = 1.0 / (1.0 + np.exp(-(yy - meniscus) / 1.0))
+    density = ndi.gaussian_filter(lung.astype(np.float32), 1.8) * edge * (0.8 + 0.2 * np.clip(depth, 0, 1))
     amplitude = float(rng.uniform(0.26, 0.34)) * strength
     return amplitude * density, fluid, {"side": side, "level": float(level)}
 

@@ -15,6 +15,7 @@ manifest (``manifest.json``) records how each model was made and what it measure
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -705,7 +706,304 @@ def report(name: str, entry: dict[str, Any]) -> None:
     log.info("%s: %s", name, json.dumps(shown))
 
 
-STAGES: dict[str, Callable[..., Any]] = {"data": stage_data, "train": stage_train}
+# ----------------------------------------------------------------------------------------------------
+# Stage: samples
+
+
+def _dicom(pixels_u8: np.ndarray, path: Path, *, modality: str, photometric: str, index: int) -> None:
+    """A synthetic 12-bit-in-16 DICOM with rescale and a VOI window; no real patient data."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = {"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1"}[modality]
+    # deterministic UIDs: derived from the file's role, so rebuilding gives identical files
+    uid = functools.partial(generate_uid, prefix="2.25.")
+    study = uid(entropy_srcs=["assets.make_demo", "study"])
+    series = uid(entropy_srcs=["assets.make_demo", "series", modality])
+    instance = uid(entropy_srcs=["assets.make_demo", "instance", path.name])
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = instance
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = uid(entropy_srcs=["assets.make_demo", "implementation"])
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = instance
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = series
+    ds.Modality = modality
+    ds.PatientName = "DEMO^PATIENT"
+    ds.PatientID = "DEMO-0001"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240101"
+    ds.StudyTime = ds.ContentTime = "120000"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = index
+    ds.Manufacturer = "attention-verification demo (synthetic)"
+    ds.ImageComments = "Synthetic chest radiograph from assets/demo_world.py; not a real patient"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.ImageType = ["DERIVED", "PRIMARY"]
+    if modality == "DX":
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.ImagerPixelSpacing = [1.6, 1.6]
+    ds.PixelSpacing = [1.6, 1.6]
+    ds.Rows, ds.Columns = pixels_u8.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    # stored values in 0..4095; output = stored * slope + intercept
+    stored = np.round(pixels_u8.astype(np.float64) * (4095.0 / 255.0)).astype(np.uint16)
+    if photometric == "MONOCHROME1":
+        stored = (4095 - stored).astype(np.uint16)
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, -1024, "US"
+    ds.WindowCenter, ds.WindowWidth = 1024, 4096
+    ds.PixelData = stored.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    pydicom.dcmread(path)  # fail here, not in the app, when a tag is malformed
+
+
+def stage_samples(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    """Sample files for download: PNGs (8- and 16-bit), DICOMs (CR/DX, MONOCHROME2/1) and the sound model in
+    every supported format (.safetensors + .json, state-dict .pt + .json, torch.export .pt2 + .json)."""
+    manifest = read_manifest(out)
+    folder = out / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    samples: list[dict[str, Any]] = []
+    test = manifest["splits"]["test"]
+    by_label = {c: next(e for e in test if e["label"] == c) for c in dw.CLASSES}
+    for label, entry in by_label.items():
+        dest = folder / f"cxr_{label}.png"
+        dest.write_bytes((out / entry["path"]).read_bytes())
+        samples.append({"file": _rel(dest, out), "kind": "image", "label": label, "format": "PNG 8-bit"})
+    arr = np.asarray(Image.open(out / by_label["nodule"]["path"]))
+    dest = folder / "cxr_nodule_16bit.png"
+    Image.fromarray((arr.astype(np.uint16) * 257).astype(np.uint16)).save(dest)
+    samples.append({"file": _rel(dest, out), "kind": "image", "label": "nodule", "format": "PNG 16-bit"})
+    dicoms = (
+        ("nodule", "CR", "MONOCHROME2"),
+        ("effusion", "CR", "MONOCHROME1"),
+        ("normal", "DX", "MONOCHROME2"),
+        ("nodule", "DX", "MONOCHROME1"),
+    )
+    for k, (label, modality, photometric) in enumerate(dicoms, start=1):
+        dest = folder / f"cxr_{label}_{modality.lower()}_{photometric.lower()}.dcm"
+        _dicom(
+            np.asarray(Image.open(out / by_label[label]["path"])),
+            dest,
+            modality=modality,
+            photometric=photometric,
+            index=k,
+        )
+        samples.append(
+            {
+                "file": _rel(dest, out),
+                "kind": "image",
+                "label": label,
+                "format": f"DICOM {modality} {photometric}, 12 bits in 16, rescale -1024, window 1024/4096",
+            }
+        )
+    samples += _model_samples(cfg, out, folder, manifest)
+    manifest["samples"] = samples
+    write_manifest(out, manifest)
+    for s in samples:
+        log.info("sample %s (%s)", s["file"], s["format"])
+    return manifest
+
+
+def _model_samples(
+    cfg: DemoConfig, out: Path, folder: Path, manifest: dict[str, Any]
+) -> list[dict[str, Any]]:
+    from verification.io.models import load_model
+
+    src = out / manifest["models"]["sound"]["file"]
+    loaded = load_model(src)
+    sidecar = src.with_suffix(".json").read_text(encoding="utf-8")
+    result = []
+    dest = folder / "sound_model.safetensors"
+    dest.write_bytes(src.read_bytes())
+    dest.with_suffix(".json").write_text(sidecar, encoding="utf-8")
+    result.append(
+        {
+            "file": _rel(dest, out),
+            "sidecar": _rel(dest.with_suffix(".json"), out),
+            "kind": "model",
+            "format": "safetensors + JSON sidecar",
+        }
+    )
+    dest = folder / "sound_model_state_dict.pt"
+    torch.save(loaded.module.state_dict(), dest)
+    dest.with_suffix(".json").write_text(sidecar, encoding="utf-8")
+    result.append(
+        {
+            "file": _rel(dest, out),
+            "sidecar": _rel(dest.with_suffix(".json"), out),
+            "kind": "model",
+            "format": "state-dict .pt (torch.save) + JSON sidecar",
+        }
+    )
+    dest = folder / "sound_model_export.pt2"
+    module = loaded.module.eval()
+    example = torch.zeros(2, 1, cfg.size, cfg.size)
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, dest)
+    dest.with_suffix(".json").write_text(sidecar, encoding="utf-8")
+    result.append(
+        {
+            "file": _rel(dest, out),
+            "sidecar": _rel(dest.with_suffix(".json"), out),
+            "kind": "model",
+            "format": "torch.export program .pt2 (dynamic batch) + JSON sidecar",
+        }
+    )
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage: references
+
+
+def _load_split_images(out: Path, split: str) -> tuple[list[Any], list[dict[str, Any]]]:
+    from verification.io.images import load_image
+
+    entries = read_manifest(out)["splits"][split]
+    return [load_image(out / e["path"]) for e in entries], entries
+
+
+def stage_references(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    """The sound model's reference bundle from the in-distribution validation ("reference") split."""
+    try:
+        from verification.reference import build_reference
+    except ImportError as exc:
+        raise RuntimeError(
+            "verification.reference is not available yet; run this stage once it has landed"
+        ) from exc
+    from verification.io.models import load_model
+
+    manifest = read_manifest(out)
+    model = load_model(out / manifest["models"]["sound"]["file"], name="sound")
+    images, entries = _load_split_images(out, "reference")
+    labels = [dw.CLASSES.index(e["label"]) for e in entries]
+    bundle = build_reference(model, images, labels, method="gradcam")
+    path = out / "references" / "sound_gradcam.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = bundle.save(path)
+    saved_path = Path(saved) if isinstance(saved, str | Path) else path
+    manifest.setdefault("references", {})["sound"] = {
+        "file": _rel(saved_path, out),
+        "model": "sound",
+        "split": "reference",
+        "method": "gradcam",
+        "n_images": len(images),
+    }
+    write_manifest(out, manifest)
+    log.info("reference bundle %s from %d images", saved_path, len(images))
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage: attention
+
+
+def _masks(out: Path, entries: Sequence[dict[str, Any]], key: str, size: int) -> np.ndarray:
+    masks = np.zeros((len(entries), size, size), bool)
+    for i, e in enumerate(entries):
+        if e.get(key):
+            masks[i] = np.asarray(Image.open(out / e[key])) > 127
+    return masks
+
+
+def attention_numbers(maps: np.ndarray, lesion: np.ndarray, marker: np.ndarray) -> dict[str, Any]:
+    """Grad-CAM maps (N, H, W) in [0, 1] against masks: mean IoU of map ≥ 0.5 with the lesion, pointing game
+    (map maximum inside the lesion; and within 8 px of it), energy share on lesion and marker."""
+    import verification.metrics.functional as mf
+
+    t_maps = torch.from_numpy(maps.astype(np.float32))
+    has_lesion = lesion.reshape(len(lesion), -1).any(1)
+    has_marker = marker.reshape(len(marker), -1).any(1)
+    binary = maps >= 0.5
+    inter = (binary & lesion).reshape(len(maps), -1).sum(1)
+    union = (binary | lesion).reshape(len(maps), -1).sum(1)
+    iou = inter[has_lesion] / np.maximum(union[has_lesion], 1)
+    result: dict[str, Any] = {"n_images": len(maps), "n_with_lesion": int(has_lesion.sum())}
+    if has_lesion.any():
+        t_les = torch.from_numpy(lesion[has_lesion].astype(np.float32))
+        result["lesion_iou_mean"] = float(iou.mean())
+        result["pointing_game"] = float(np.nanmean(_values(mf.pointing_game(t_maps[has_lesion], t_les))))
+        result["pointing_game_tol8"] = float(
+            np.nanmean(_values(mf.pointing_game(t_maps[has_lesion], t_les, tolerance=8)))
+        )
+        result["lesion_energy"] = float(np.mean(_values(mf.energy_in_mask(t_maps[has_lesion], t_les))))
+    if has_marker.any():
+        t_mark = torch.from_numpy(marker[has_marker].astype(np.float32))
+        result["n_with_marker"] = int(has_marker.sum())
+        result["marker_energy"] = float(np.mean(_values(mf.energy_in_mask(t_maps[has_marker], t_mark))))
+        result["marker_pointing_game"] = float(
+            np.nanmean(_values(mf.pointing_game(t_maps[has_marker], t_mark)))
+        )
+        result["marker_area_share"] = float(marker[has_marker].mean())
+    return result
+
+
+def _values(res: Any) -> np.ndarray:
+    """The per-image values of a metrics result (a MetricResult or a plain tensor/array)."""
+    value = getattr(res, "values", res)
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def stage_attention(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    """Grad-CAM (default target layer, predicted class) of the sound and shortcut models on the committed
+    "test" and "shortcut" splits, against the lesion and marker masks."""
+    torch.set_num_threads(cfg.threads)
+    from verification.cam import compute_cams, default_target_layer
+    from verification.io.images import to_tensor
+    from verification.io.models import load_model
+
+    manifest = read_manifest(out)
+    result: dict[str, Any] = {"method": "gradcam", "target": "predicted class logit", "threshold": 0.5}
+    for name in ("sound", "shortcut"):
+        model = load_model(out / manifest["models"][name]["file"], name=name)
+        layer = default_target_layer(model.module, (1, 1, cfg.size, cfg.size))
+        per_split: dict[str, Any] = {"layer": layer}
+        for split in ("test", "shortcut", "shortcut_swapped"):
+            images, entries = _load_split_images(out, split)
+            x = to_tensor(images, model)
+            maps = np.concatenate(
+                [
+                    compute_cams(model, x[i : i + 20], methods=("gradcam",))[0].maps
+                    for i in range(0, len(x), 20)
+                ]
+            )
+            numbers = attention_numbers(
+                maps,
+                _masks(out, entries, "lesion_mask", cfg.size),
+                _masks(out, entries, "marker_mask", cfg.size),
+            )
+            with torch.inference_mode():
+                pred = model.module(x).argmax(1).numpy()
+            numbers["accuracy"] = float(np.mean([dw.CLASSES[p] == e["label"] for p, e in zip(pred, entries)]))
+            per_split[split] = numbers
+            log.info("attention %s on %s: %s", name, split, json.dumps(numbers))
+        result[name] = per_split
+    manifest["attention"] = result
+    write_manifest(out, manifest)
+    return manifest
+
+
+STAGES: dict[str, Callable[..., Any]] = {
+    "data": stage_data,
+    "train": stage_train,
+    "samples": stage_samples,
+    "references": stage_references,
+    "attention": stage_attention,
+}
 
 
 def run(cfg: DemoConfig, out: Path, stages: Sequence[str]) -> dict[str, Any]:
