@@ -76,9 +76,9 @@ def widen_linear(old: nn.Linear) -> nn.Linear:
 
 
 def last_block(module: nn.Module, head: str) -> str:
-    """Name of the block just before the head: walking the parameters backwards from the head, the
-    two-level module prefix (``layer4.1``, ``features.12``, ``features.denseblock4``) of the last parameter
-    that belongs to a module containing a convolution."""
+    """Name of the last convolutional block before the head: walking the parameters backwards from the head,
+    the first two-level module prefix (``layer4.1``, ``features.12``, ``features.denseblock4``) whose module
+    contains a convolution."""
     prefixes: list[str] = []
     for name, _ in module.named_parameters():
         if name.startswith(head + "."):
@@ -89,9 +89,9 @@ def last_block(module: nn.Module, head: str) -> str:
             prefixes.append(prefix)
     for prefix in reversed(prefixes):
         sub = module.get_submodule(prefix)
-        if any(isinstance(m, nn.Conv2d | nn.Linear) for m in sub.modules()):
+        if any(isinstance(m, nn.Conv2d) for m in sub.modules()):
             return prefix
-    raise LayerError("could not find a block with weights before the classifier head")
+    raise LayerError("could not find a convolutional block before the classifier head")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -154,8 +154,9 @@ def add_garbage_class(
     """A copy of ``loaded_model`` with one extra output ``garbage_name`` trained to reject ``ood_images``.
 
     Images: a preprocessed tensor (N, C, H, W), a folder, or images / paths (preprocessed with the model's
-    own settings). ``train``: "head" (only the widened final Linear) or "head+last_block" (also
-    :func:`last_block`, or ``block``). Fine-tuning: Adam(``lr``), cross-entropy with class weights inverse to
+    own settings). ``train``: "head" (only the widened final Linear) or "head+last_block" (also every
+    parameter from the last convolutional block — :func:`last_block`, or ``block`` — up to the head, e.g. a
+    hidden Linear layer in between). Fine-tuning: Adam(``lr``), cross-entropy with class weights inverse to
     class frequency (OOD sets are usually smaller or larger than the rest), ``epochs`` passes in batches of
     ``batch_size`` shuffled with ``seed``; normalisation layers stay in eval mode (running statistics frozen).
     The caller's model is never modified.
@@ -188,10 +189,15 @@ def add_garbage_class(
 
     for p in module.parameters():
         p.requires_grad_(False)
-    trainable = [head_name]
+    params = [p for p in module.get_submodule(head_name).parameters()]
     if train == "head+last_block":
-        trainable.append(block or last_block(module, head_name))
-    params = [p for name in trainable for p in module.get_submodule(name).parameters()]
+        start = block or last_block(module, head_name)
+        names = [n for n, _ in module.named_parameters()]
+        first = next((i for i, n in enumerate(names) if n.startswith(start + ".")), None)
+        if first is None:
+            raise LayerError(f"'{start}' has no parameters in this model")
+        ids = {id(p) for p in params}
+        params += [p for _, p in list(module.named_parameters())[first:] if id(p) not in ids]
     for p in params:
         p.requires_grad_(True)
 
@@ -212,7 +218,7 @@ def add_garbage_class(
             loss = loss_fn(module(x[idx]), y[idx])
             loss.backward()  # gradients of our own deep copy; the caller's parameters are untouched
             opt.step()
-            total += float(loss) * idx.numel()
+            total += float(loss.detach()) * idx.numel()
         log.info("garbage fine-tune epoch %d/%d: loss %.4f", epoch + 1, epochs, total / x.shape[0])
     for p in module.parameters():
         p.requires_grad_(True)
