@@ -137,6 +137,17 @@ def test_jpeg_colour_and_grey() -> None:
     assert grey.pixels.shape == (32, 32)
 
 
+def test_exif_orientation_is_applied() -> None:
+    arr = np.zeros((16, 32), np.uint8)
+    arr[0, 0] = 255  # top-left marker
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    img = load_image(_pil_bytes(Image.fromarray(arr), "JPEG", quality=100, exif=exif), name="photo.jpg")
+    assert img.pixels.shape == (32, 16)
+    assert img.pixels[0, -1] > 0.5  # the top-left corner went to the top-right
+    assert any("EXIF" in n for n in img.notices)
+
+
 def test_rgb_with_identical_channels_becomes_grey() -> None:
     g = RNG.integers(0, 256, (16, 16), dtype=np.uint8)
     img = load_image(_png(np.stack([g, g, g], axis=-1)), name="g3.png")

@@ -177,6 +177,7 @@ def test_segmentation_unet_round_trip(tmp_path: Path) -> None:
     assert _same_outputs(loaded.module, model, (1, 1, 32, 32))
 
 
+@pytest.mark.slow
 def test_timm_state_dict(tmp_path: Path) -> None:
     pytest.importorskip("timm")
     model = build_architecture("timm/mobilenetv3_small_050", num_classes=3, in_channels=1)

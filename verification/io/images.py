@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from verification.errors import ImageLoadError, InputTooLargeError, ShapeError
 from verification.io.dicom import looks_like_dicom, read_dicom
@@ -137,14 +137,18 @@ def _read_pil(
         return _read_png16_colour(data, name), meta
     mode = img.mode
     pil: Image.Image = img
+    orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation: photos of films are often rotated
+    if orientation not in (0, 1):
+        pil = ImageOps.exif_transpose(img)
+        notices.append(f"rotated/flipped upright as its EXIF orientation ({orientation}) asks")
     if mode == "P" or mode == "PA":
         has_alpha = mode == "PA" or "transparency" in img.info
-        pil = img.convert("RGBA" if has_alpha else "RGB")
+        pil = pil.convert("RGBA" if has_alpha else "RGB")
         notices.append("palette image converted to RGB")
     elif mode == "1":
-        pil = img.convert("L")
+        pil = pil.convert("L")
     elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        pil = img.convert("RGB")
+        pil = pil.convert("RGB")
         notices.append(f"{mode} image converted to RGB")
     elif mode not in ("L", "LA", "RGB", "RGBA", "I", "F") and not mode.startswith("I;16"):
         raise ImageLoadError(
