@@ -99,15 +99,18 @@ def prepare(
     dt = dtype or (torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32)
     a, b = a.to(dt), b.to(dt)
     target = tuple(size) if size is not None else (int(a.shape[-2]), int(a.shape[-1]))
-    if normalize:
-        # Normalise before resizing too: interpolation leaves rounding ripples on a constant map, which a
-        # min-max normalisation afterwards alone would blow up to [0, 1].
-        a, b = normalize_maps(a), normalize_maps(b)
-    a = resize_maps(a, target)  # type: ignore[arg-type]
-    b = resize_maps(b, target)  # type: ignore[arg-type]
-    if normalize:
-        a, b = normalize_maps(a), normalize_maps(b)
-    return a, b
+    if not normalize:
+        return resize_maps(a, target), resize_maps(b, target)  # type: ignore[arg-type]
+    return _resize_normalized(a, target), _resize_normalized(b, target)  # type: ignore[arg-type]
+
+
+def _resize_normalized(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize then min-max normalise; a map constant at its own resolution stays all zeros (interpolation
+    leaves rounding ripples on a constant map, which the normalisation would blow up to [0, 1])."""
+    flat = x.reshape(x.shape[0], -1)
+    lo, hi = torch.aminmax(flat, dim=1)
+    out = normalize_maps(resize_maps(x, size))
+    return out * (hi > lo).to(out.dtype).reshape(-1, 1, 1)
 
 
 def _flat(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,23 +272,22 @@ def ssim(
 def cosine(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     """Cosine similarity of the flattened maps; NaN when either map is all zeros."""
     fa, fb = _flat(a, b)
-    fa, fb = fa.to(torch.float64), fb.to(torch.float64)
-    na, nb = fa.norm(dim=1), fb.norm(dim=1)
-    val = (fa * fb).sum(1) / (na * nb).clamp_min(1e-300)
+    na, nb = fa.norm(dim=1).to(torch.float64), fb.norm(dim=1).to(torch.float64)
+    val = torch.linalg.vecdot(fa, fb).to(torch.float64) / (na * nb).clamp_min(1e-300)
     return _result(val, [(na == 0, "map is all zeros"), (nb == 0, "reference is all zeros")])
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     """Pearson correlation of the flattened maps; NaN when either map is constant."""
     fa, fb = _flat(a, b)
-    fa, fb = fa.to(torch.float64), fb.to(torch.float64)
     ca = fa - fa.mean(1, keepdim=True)
     cb = fb - fb.mean(1, keepdim=True)
-    sa, sb = ca.norm(dim=1), cb.norm(dim=1)
+    sa, sb = ca.norm(dim=1).to(torch.float64), cb.norm(dim=1).to(torch.float64)
     # Relative test: a map equal to a constant up to rounding counts as constant.
-    const_a = sa <= 1e-12 * fa.abs().amax(1).clamp_min(1e-300) * math.sqrt(fa.shape[1])
-    const_b = sb <= 1e-12 * fb.abs().amax(1).clamp_min(1e-300) * math.sqrt(fb.shape[1])
-    val = ((ca * cb).sum(1) / (sa * sb).clamp_min(1e-300)).clamp(-1.0, 1.0)
+    tol = 8 * torch.finfo(fa.dtype).eps * math.sqrt(fa.shape[1])
+    const_a = sa <= tol * fa.abs().amax(1).to(torch.float64)
+    const_b = sb <= tol * fb.abs().amax(1).to(torch.float64)
+    val = (torch.linalg.vecdot(ca, cb).to(torch.float64) / (sa * sb).clamp_min(1e-300)).clamp(-1.0, 1.0)
     return _result(val, [(const_a, "map is constant"), (const_b, "reference is constant")])
 
 
@@ -296,11 +298,13 @@ def kl_divergence(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> Metric
     Equals ``scipy.stats.entropy(ref.ravel() + eps, map.ravel() + eps)``.
     """
     fa, fb = _flat(a, b)
-    q = fa.to(torch.float64) + eps
-    p = fb.to(torch.float64) + eps
-    q = q / q.sum(1, keepdim=True)
-    p = p / p.sum(1, keepdim=True)
-    return _result((p * (p.log() - q.log())).sum(1).clamp_min(0.0))
+    q = fa + eps
+    p = fb + eps
+    sq, sp = q.sum(1, keepdim=True), p.sum(1, keepdim=True)
+    # Σ p/sp · log((p/sp) / (q/sq)) = Σ p · log(p/q) / sp + log(sq/sp): one log per pixel.
+    kl = torch.linalg.vecdot(p, torch.log(p / q)).to(torch.float64) / sp.reshape(-1).to(torch.float64)
+    kl = kl + torch.log(sq / sp).reshape(-1).to(torch.float64)
+    return _result(kl.clamp_min(0.0))
 
 
 def wasserstein_values(a: torch.Tensor, b: torch.Tensor) -> MetricResult:

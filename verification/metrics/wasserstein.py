@@ -107,9 +107,8 @@ def sliced_wasserstein(
     flat_order = order.reshape(-1)
     for s in range(0, n, chunk):  # chunks bound memory; each chunk is one batched computation
         d = diff[s : s + chunk]
-        g = d[:, flat_order].reshape(d.shape[0], n_directions, cells)
-        cdf = g.cumsum(dim=2)[:, :, :-1]
-        out[s : s + chunk] = (cdf.abs() * gaps).sum(2).mean(1, dtype=torch.float64)
+        cdf = d[:, flat_order].reshape(d.shape[0], n_directions, cells).cumsum_(dim=2)[:, :, :-1].abs_()
+        out[s : s + chunk] = torch.einsum("ndk,dk->nd", cdf, gaps).mean(1, dtype=torch.float64)
     if rescale:
         out = out * (math.pi / 2)
     return _result(
