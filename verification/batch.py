@@ -42,6 +42,7 @@ __all__ = [
     "encode_row",
     "make_loader",
     "scan_images",
+    "scan_labelled",
 ]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp"})
@@ -80,6 +81,54 @@ def scan_images(sources: Iterable[str | Path]) -> list[Path]:
             seen.add(key)
             unique.append(p)
     return unique
+
+
+def scan_labelled(source: str | Path) -> tuple[list[Path], list[str]]:
+    """Images and their class names from a labelled source.
+
+    ``source`` is a folder with one subfolder per class (its name is the label; images anywhere below it), or
+    a CSV file of ``path,label`` rows (an optional ``path,label`` header; relative paths are taken from the
+    CSV's folder). Raises FileNotFoundError for a missing source or listed file, ValueError for a malformed
+    CSV or a folder without class subfolders.
+    """
+    source = Path(source)
+    if source.is_dir():
+        classes = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+        paths: list[Path] = []
+        labels: list[str] = []
+        for folder in classes:
+            found = scan_images([folder])
+            paths.extend(found)
+            labels.extend([folder.name] * len(found))
+        if not paths:
+            raise ValueError(
+                f"{source} has no class subfolders with images; expected <class>/<image> (e.g. "
+                f"{source}/normal/001.png) or a CSV of path,label"
+            )
+        return paths, labels
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    import csv
+
+    paths, labels = [], []
+    with source.open(newline="", encoding="utf-8-sig") as fh:
+        for line, record in enumerate(csv.reader(fh), start=1):
+            if not record or all(not cell.strip() for cell in record):
+                continue
+            if len(record) < 2:
+                raise ValueError(f"{source}:{line}: expected 'path,label', got {','.join(record)!r}")
+            path_text, label = record[0].strip(), record[1].strip()
+            if line == 1 and (path_text.lower(), label.lower()) == ("path", "label"):
+                continue
+            path = Path(path_text)
+            path = path if path.is_absolute() else source.parent / path
+            if not path.is_file():
+                raise FileNotFoundError(f"{source}:{line}: image {path} does not exist")
+            paths.append(path)
+            labels.append(label)
+    if not paths:
+        raise ValueError(f"{source} lists no images; expected rows of path,label")
+    return paths, labels
 
 
 def _hidden(path: Path, root: Path) -> bool:

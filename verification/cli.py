@@ -30,6 +30,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -97,6 +98,14 @@ def atomic_dir(target: str | Path, *, force: bool = False) -> Iterator[Path]:
     _swap_in(staging, target)
 
 
+def check_output_dir(target: Path, *, force: bool) -> None:
+    """Refuse (CliError) an output folder that exists with content unless ``force``."""
+    if target.exists() and not force and not (target.is_dir() and not any(target.iterdir())):
+        raise CliError(
+            f"{target} already exists and is not an empty folder; choose another path or add --force"
+        )
+
+
 def _swap_in(staging: Path, target: Path) -> None:
     if target.is_dir() and not any(target.iterdir()):
         target.rmdir()
@@ -158,7 +167,7 @@ def _methods(text: str) -> tuple[str, ...]:
     unknown = [m for m in names if m not in known]
     if not names or unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown method(s) {', '.join(unknown) or text!r}; choose from {', '.join(known)}"
+            f"unknown method(s) {', '.join(unknown) or repr(text)}; choose from {', '.join(known)}"
         )
     return names
 
@@ -244,10 +253,53 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(handler=cmd_cam)
 
+    p = sub.add_parser(
+        "consistency",
+        help="C-Score (attention consistency per class) over training checkpoints, beside AUC",
+        description="For each checkpoint, in the order given: AUC, accuracy and the C-Score per CAM method and "
+        "class on a labelled image set, with early warnings (C-Score falling while AUC holds).",
+    )
+    p.add_argument("checkpoints", nargs="+", help="model files in training order (sidecar JSON beside each)")
+    p.add_argument(
+        "--data", required=True, help="labelled images: a folder of class subfolders, or a CSV path,label"
+    )
+    p.add_argument(
+        "--methods", type=_methods, default=("gradcam",), help="comma-separated CAM methods (gradcam)"
+    )
+    p.add_argument("--layer", help="target layer (default: each checkpoint's default layer)")
+    p.add_argument("--tau", type=float, default=0.9, help="gold-list confidence threshold τ (0.9)")
+    p.add_argument("--gamma", type=float, default=2.0, help="intensity exponent γ (2)")
+    p.add_argument("--max-pairs", type=_positive_int, help="sample at most this many pairs per class")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (0)")
+    p.add_argument("--drop", type=float, default=0.1, help="C-Score drop that raises an early warning (0.1)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (16)")
+    p.add_argument(
+        "--trust", action="store_true", help="allow pickled checkpoints (runs code from the files)"
+    )
+    p.add_argument("--json", dest="json_out", help="write the full series as JSON here")
+    p.add_argument(
+        "--csv", dest="csv_out", help="write the long table (checkpoint, method, class) as CSV here"
+    )
+    _common(p)
+    p.set_defaults(handler=cmd_consistency)
+
     return parser
 
 
 # -------------------------------------------------------------------------------------------------- commands
+
+
+def _label_indices(labels: Sequence[str], class_names: Sequence[str], source: str) -> list[int]:
+    """Class names (or indices written as numbers) → indices into the model's classes."""
+    out = []
+    for label in labels:
+        if label in class_names:
+            out.append(list(class_names).index(label))
+        elif label.isdigit() and int(label) < len(class_names):
+            out.append(int(label))
+        else:
+            raise CliError(f"{source}: label {label!r} is not one of the model's classes {list(class_names)}")
+    return out
 
 
 def _load_model(args: argparse.Namespace) -> Any:
@@ -337,8 +389,9 @@ def cmd_cam(args: argparse.Namespace) -> int:
     from verification.batch import CamJob, scan_images
     from verification.engines import run_job
 
-    spec, model = _load_model(args)
+    check_output_dir(Path(args.out), force=args.force)  # before the slow part
     paths = scan_images(args.inputs)
+    spec, model = _load_model(args)
     if not paths:
         raise CliError(f"no images found in {', '.join(args.inputs)}")
     stems = _output_stems(paths, args.inputs)
@@ -417,6 +470,48 @@ def _write_cam_row(
     }
 
 
+def cmd_consistency(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from verification.batch import scan_labelled
+    from verification.consistency import track_checkpoints
+    from verification.io.models import load_model
+
+    missing = [c for c in args.checkpoints if not Path(c).is_file()]
+    if missing:
+        raise CliError(f"checkpoint file(s) not found: {', '.join(missing)}")
+    paths, labels = scan_labelled(args.data)
+    first = load_model(args.checkpoints[0], trust=args.trust)
+    y = _label_indices(labels, first.class_names, args.data)
+    with tqdm(
+        total=len(args.checkpoints), unit="ckpt", disable=True if args.quiet else None, leave=False
+    ) as bar:
+        series = track_checkpoints(
+            [first, *args.checkpoints[1:]],
+            paths,
+            y,
+            methods=args.methods,
+            layer=args.layer,
+            names=[Path(c).stem for c in args.checkpoints],
+            tau=args.tau,
+            gamma=args.gamma,
+            max_pairs=args.max_pairs,
+            seed=args.seed,
+            drop=args.drop,
+            batch_size=args.batch_size,
+            trust=args.trust,
+            progress=lambda done, total, name: bar.update(1),
+        )
+    if args.json_out:
+        write_text_atomic(args.json_out, series.to_json() + "\n")
+    if args.csv_out:
+        write_text_atomic(args.csv_out, series.to_frame().to_csv(index=False))
+    sys.stdout.write(series.table().to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n")
+    for warning in series.warnings:
+        sys.stdout.write(f"warning: {warning.message()}\n")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------------------ main
 
 
@@ -434,6 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.quiet:
         logging.getLogger().setLevel(logging.ERROR)
+    if not (args.verbose or args.debug):
+        # torch's advisory warnings (pickle protocol, TypedStorage, ...) are noise for a CLI user; -v shows them.
+        warnings.filterwarnings("ignore", module=r"torch(\.|$)")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.handler(args))
@@ -457,7 +555,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _describe(exc: BaseException) -> str:
+    from verification.errors import UntrustedFileError
+
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, UntrustedFileError):
+        return f"{text} On the command line, add --trust to load it anyway, only if you trust its source."
     if isinstance(exc, (VerificationError, FileNotFoundError)):
         return text
     return f"{type(exc).__name__}: {text}"
