@@ -256,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "consistency",
         help="C-Score (attention consistency per class) over training checkpoints, beside AUC",
-        description="For each checkpoint, in the order given: AUC, accuracy and the C-Score per CAM method and "
-        "class on a labelled image set, with early warnings (C-Score falling while AUC holds).",
+        description="For each checkpoint, in the order given: AUC, accuracy and the C-Score per CAM method "
+        "and class on a labelled image set, with early warnings (C-Score falling while AUC holds).",
     )
     p.add_argument("checkpoints", nargs="+", help="model files in training order (sidecar JSON beside each)")
     p.add_argument(
@@ -530,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet:
         logging.getLogger().setLevel(logging.ERROR)
     if not (args.verbose or args.debug):
-        # torch's advisory warnings (pickle protocol, TypedStorage, ...) are noise for a CLI user; -v shows them.
+        # torch's advisory warnings (pickle protocol, ...) are noise for a CLI user; -v shows them.
         warnings.filterwarnings("ignore", module=r"torch(\.|$)")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
