@@ -122,12 +122,12 @@ def test_state_dict_pt_with_architecture_argument(tmp_path: Path, resnet: nn.Mod
 
 
 def test_explicit_sidecar_path_and_bytes_upload(tmp_path: Path, resnet: nn.Module) -> None:
-    weights = tmp_path / "a.pth"
+    weights = tmp_path / "code.pth"  # an archive root named "code" must not look like TorchScript
     torch.save(resnet.state_dict(), weights)
     side = tmp_path / "other_name.json"
     side.write_text(json.dumps({"architecture": "resnet18", "class_names": CLASSES, "input_size": [64, 64]}))
     from_path = load_model(weights, sidecar=side)
-    from_bytes = load_model_bytes(weights.read_bytes(), "a.pth", sidecar_json=json.loads(side.read_text()))
+    from_bytes = load_model_bytes(weights.read_bytes(), "code.pth", sidecar_json=json.loads(side.read_text()))
     assert from_path.content_hash == from_bytes.content_hash == _sha256(weights)
     assert from_path.class_names == from_bytes.class_names == tuple(CLASSES)
     assert _same_outputs(from_bytes.module, resnet)
@@ -262,10 +262,11 @@ class _MarkerPayload:
         return (eval, (code,))
 
 
-def test_pickle_runs_nothing_without_trust_and_runs_with_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("zipped", [True, False])
+def test_pickle_runs_nothing_without_trust_and_runs_with_it(tmp_path: Path, zipped: bool) -> None:
     marker = tmp_path / "marker.txt"
     path = tmp_path / "evil.pt"
-    torch.save(_MarkerPayload(marker), path)
+    torch.save(_MarkerPayload(marker), path, _use_new_zipfile_serialization=zipped)
     assert not marker.exists()
     with pytest.raises(UntrustedFileError, match="Nothing was executed"):
         load_model(path)

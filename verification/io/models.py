@@ -184,8 +184,9 @@ def _detect_format(data: bytes, filename: str) -> str:
             raise ModelLoadError(
                 f"'{filename}' looks like a zip archive but is corrupt or truncated"
             ) from exc
+        # entries are "<archive root>/...": TorchScript keeps its Python source under <root>/code/
         parts = [n.split("/") for n in names]
-        if any("code" in p[:-1] or p[-1] == "constants.pkl" for p in parts):
+        if any((len(p) >= 3 and p[1] == "code") or p[1:] == ["constants.pkl"] for p in parts):
             return "torchscript"
         if any(p[-1] == "archive_format" for p in parts) or any(
             n.endswith("models/model.json") for n in names
