@@ -1,6 +1,6 @@
 """The demo checkpoint table: AUC, accuracy and C-Score per method and class over the demo's checkpoints.
 
-    .venv/bin/python bench/checkpoint_table.py [--methods gradcam hirescam layercam] [--out checkpoint_table.csv]
+    .venv/bin/python bench/checkpoint_table.py [--methods gradcam hirescam layercam] [--out artifacts/checkpoint_table.csv]
 
 Runs :func:`verification.consistency.track_checkpoints` on ``verification.demo.demo_checkpoints()`` with the
 demo ``test`` split, prints the wide table and the early warnings, and writes the long table as CSV (and the
@@ -31,7 +31,7 @@ def main() -> int:
     ap.add_argument("--tau", type=float, default=0.9)
     ap.add_argument("--drop", type=float, default=0.1)
     ap.add_argument("--auc-tolerance", type=float, default=0.02)
-    ap.add_argument("--out", type=Path, default=Path("checkpoint_table.csv"))
+    ap.add_argument("--out", type=Path, default=Path("artifacts/checkpoint_table.csv"))
     args = ap.parse_args()
     torch.manual_seed(0)
 
