@@ -481,3 +481,145 @@ def load_image_cams(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     meta["logits"] = data["logits"]
     meta["probs"] = data["probs"]
     return maps, raw, meta
+
+
+class VerifyJob(BatchJob):
+    """Each image's CAM compared with the reference of its predicted class (or its label), batch by batch.
+
+    The rules of :func:`verification.reference.verify`: the bundle's method; the bundle's layer when the
+    model has it, else the model's default target layer (with a warning); a prediction of a class the bundle
+    has no reference for (a garbage class) gets no reference and NaN metrics. Per-image values and flags come
+    from :func:`verification.reference.verify_maps` on each batch (they depend on the image alone); the
+    verdict over the whole folder is formed by :func:`merge_verify_rows`.
+
+    Row fields: ``values`` / ``flags`` (n_metrics,), ``n_flags``, ``flagged``, ``reference_class``,
+    ``predicted`` (bundle class index, -1 when the bundle lacks the class), ``model_pred`` (model class
+    index), ``prob``, ``rejected`` (the garbage class won), ``label`` (-1: unknown), ``reasons`` and ``map``
+    (the CAM on the bundle's grid).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        bundle_path: str,
+        *,
+        labels: Sequence[str] | None = None,
+        compare_to: str = "predicted",
+    ) -> None:
+        super().__init__(spec)
+        if compare_to not in ("predicted", "label"):
+            raise ValueError(f"compare_to must be 'predicted' or 'label', got {compare_to!r}")
+        if compare_to == "label" and labels is None:
+            raise ValueError("comparing with the label's reference needs labels for every image")
+        self.bundle_path = bundle_path
+        self.labels = tuple(labels) if labels is not None else None
+        self.compare_to = compare_to
+        self._bundle: Any = None
+        self.layer: str | None = None
+        self.warnings: tuple[str, ...] = ()
+
+    def setup(self, model: LoadedModel | None = None) -> LoadedModel:
+        loaded = super().setup(model)
+        if self._bundle is None:
+            import warnings
+
+            from verification.cam.layers import list_layers
+            from verification.reference import load_bundle
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the mismatches are kept in bundle.warnings and reported
+                bundle = load_bundle(self.bundle_path, model=loaded)
+            found = list(bundle.warnings)
+            layer = bundle.layer
+            if layer is not None:
+                names = {
+                    li.name for li in list_layers(loaded.module, (1, loaded.in_channels, *loaded.input_size))
+                }
+                if layer not in names:
+                    found.append(
+                        f"the model has no layer '{layer}' (the bundle's); its default target layer is used"
+                    )
+                    layer = None
+            self._bundle, self.layer, self.warnings = bundle, layer, tuple(found)
+        return loaded
+
+    @property
+    def bundle(self) -> Any:
+        if self._bundle is None:
+            raise RuntimeError("VerifyJob.setup() must run before the job is used")
+        return self._bundle
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_bundle"] = None
+        return state
+
+    def process(self, batch: Batch) -> list[Row]:
+        from verification.cam import compute_cams
+        from verification.reference import to_grid, verify_maps
+
+        model, bundle = self.model, self.bundle
+        method = bundle.method or "gradcam"
+        res = compute_cams(
+            model, batch.x, methods=(method,), layers=None if self.layer is None else [self.layer]
+        )[0]
+        grid = to_grid(res.maps, bundle.grid)
+        model_pred = res.logits.argmax(1)
+        by_name = {name: k for k, name in enumerate(bundle.class_names)}
+        predicted = np.array([by_name.get(model.class_names[p], -1) for p in model_pred], dtype=np.int64)
+        labels = None
+        if self.labels is not None:
+            labels = [self.labels[batch.items[pos].index] for pos in batch.ok]
+        ref_cls = (
+            predicted if self.compare_to == "predicted" else np.array([by_name[v] for v in labels or []])
+        )
+        report = verify_maps(grid, ref_cls, bundle, predicted=predicted, labels=labels)
+        garbage = model.garbage_index
+        rows = []
+        for n in range(len(batch.ok)):
+            rows.append(
+                {
+                    "values": report.values[n].astype(np.float64),
+                    "flags": report.flags[n].astype(bool),
+                    "n_flags": int(report.n_flags[n]),
+                    "flagged": bool(report.flagged[n]),
+                    "reference_class": int(report.reference_class[n]),
+                    "predicted": int(report.predicted[n]),
+                    "label": int(report.labels[n]),
+                    "model_pred": int(model_pred[n]),
+                    "prob": float(res.probs[n, model_pred[n]]),
+                    "rejected": garbage is not None and int(model_pred[n]) == garbage,
+                    "reasons": report.reasons.get(n, {}),
+                    "map": grid[n].astype(np.float32),
+                }
+            )
+        return rows
+
+
+def merge_verify_rows(rows: Sequence[Row], job: VerifyJob) -> Any:
+    """The :class:`~verification.reference.VerificationReport` over every readable image of a run."""
+    from verification.reference import VerificationReport
+
+    ok = [r for r in rows if not r["error"]]
+    bundle = job.bundle
+    m = len(bundle.metrics)
+
+    def stack(key: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
+        return np.array([r[key] for r in ok], dtype=dtype).reshape(len(ok), *shape)
+
+    n_flags = stack("n_flags", np.int64, ())
+    return VerificationReport(
+        names=tuple(str(r["path"]) for r in ok),
+        metrics=bundle.metrics,
+        class_names=bundle.class_names,
+        values=stack("values", np.float64, (m,)),
+        flags=stack("flags", bool, (m,)),
+        n_flags=n_flags,
+        flagged=n_flags >= bundle.params.min_flags,
+        reference_class=stack("reference_class", np.int64, ()),
+        predicted=stack("predicted", np.int64, ()),
+        labels=stack("label", np.int64, ()),
+        params=bundle.params,
+        reasons={i: dict(r["reasons"]) for i, r in enumerate(ok) if r["reasons"]},
+        warnings=job.warnings,
+    )

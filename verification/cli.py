@@ -172,6 +172,13 @@ def _methods(text: str) -> tuple[str, ...]:
     return names
 
 
+def _method(text: str) -> str:
+    names = _methods(text)
+    if len(names) != 1:
+        raise argparse.ArgumentTypeError(f"give one method, got {len(names)}")
+    return names[0]
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output and diagnostics")
     group.add_argument(
@@ -252,6 +259,61 @@ def build_parser() -> argparse.ArgumentParser:
     _batch_args(p)
     _common(p)
     p.set_defaults(handler=cmd_cam)
+
+    p = sub.add_parser(
+        "reference", help="reference bundles (per-class reference maps with calibration bands)"
+    )
+    ref_sub = p.add_subparsers(dest="reference_command", required=True, metavar="ACTION")
+    p = ref_sub.add_parser(
+        "build",
+        help="build a reference bundle from a labelled folder of trusted images",
+        description="Per class, the mean CAM over the correctly classified images of a labelled reference "
+        "set (class subfolders, or a CSV of path,label), with leave-one-out calibration bands. Writes "
+        "<stem>.npz and <stem>.json (the manifest, written last).",
+    )
+    _model_args(p)
+    p.add_argument("data", help="labelled images: a folder of class subfolders, or a CSV file of path,label")
+    p.add_argument("-o", "--out", required=True, help="bundle path (<stem>, <stem>.npz or <stem>.json)")
+    p.add_argument("--method", type=_method, default="gradcam", help="CAM method of the references (gradcam)")
+    p.add_argument("--layer", help="target layer (default: the model's default target layer)")
+    p.add_argument(
+        "--all-images", action="store_true", help="use misclassified images too (default: correct ones only)"
+    )
+    _batch_args(p, engines=False)
+    _common(p)
+    p.set_defaults(handler=cmd_reference_build)
+
+    p = sub.add_parser(
+        "verify",
+        help="verify a model on a folder against a reference bundle: per-image table and the verdict",
+        description="Compare each image's CAM with the bundle's reference of its predicted class on seven "
+        "metrics; an image is flagged when enough metrics fall outside the calibration band, and the model "
+        "is unsuitable when too many images are flagged. Exit 0: suitable; 3: unsuitable; 1: failure.",
+    )
+    _model_args(p)
+    p.add_argument(
+        "inputs", nargs="+", help="image files and/or folders (or, with --labelled, one labelled source)"
+    )
+    p.add_argument("--bundle", required=True, help="reference bundle (from 'reference build')")
+    p.add_argument(
+        "--labelled",
+        action="store_true",
+        help="read the input as labelled (class subfolders or a CSV of path,label): adds labels and accuracy",
+    )
+    p.add_argument(
+        "--compare-to", choices=("predicted", "label"), default="predicted",
+        help="which class's reference each map is compared with (predicted; label needs --labelled)",
+    )  # fmt: skip
+    p.add_argument(
+        "--json", dest="json_out", help="write the result (verdict, numbers, rows, provenance) as JSON"
+    )
+    p.add_argument("--csv", dest="csv_out", help="write the per-image table as CSV")
+    p.add_argument(
+        "--examples", type=_non_negative_int, default=8, help="most-flagged maps kept for the report (8)"
+    )
+    _batch_args(p)
+    _common(p)
+    p.set_defaults(handler=cmd_verify)
 
     p = sub.add_parser(
         "consistency",
@@ -512,6 +574,191 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reference_build(args: argparse.Namespace) -> int:
+    from verification.batch import CamJob, scan_labelled
+    from verification.engines import run_job
+    from verification.metrics import DEFAULT_SIZE
+    from verification.reference import preprocessing_of, reference_from_maps, to_grid
+
+    paths, labels = scan_labelled(args.data)
+    spec, model = _load_model(args)
+    y = _label_indices(labels, model.class_names, args.data)
+    job = CamJob(spec, methods=(args.method,), layers=[args.layer] if args.layer else None)
+    job.setup(model)
+    maps: list[np.ndarray] = []
+    kept: list[int] = []
+    layer = args.layer
+    skipped = 0
+    for row in run_job(job, paths, _engine_options(args), progress=_progress(args)):
+        _check_row(row, args)
+        if row["error"]:
+            skipped += 1
+            continue
+        key = next(iter(row["maps"]))
+        layer = key.split("@", 1)[1]
+        label = y[int(row["index"])]
+        if args.all_images or int(row["pred"]) == label:
+            maps.append(to_grid(row["maps"][key], DEFAULT_SIZE)[0])
+            kept.append(label)
+    if len(maps) < 2:
+        raise CliError(
+            f"only {len(maps)} of {len(paths)} reference images are usable (readable"
+            + ("" if args.all_images else " and correctly classified")
+            + "); a reference set needs at least two"
+        )
+    bundle = reference_from_maps(
+        np.stack(maps), kept, model.class_names, source="model", method=args.method, layer=layer,
+        model_hash=model.content_hash, architecture=model.architecture, preprocessing=preprocessing_of(model),
+    )  # fmt: skip
+    npz, manifest = _save_bundle(bundle, Path(args.out))
+    if not args.quiet:
+        counts = ", ".join(f"{n}: {int(c)}" for n, c in zip(model.class_names, bundle.counts))
+        sys.stderr.write(
+            f"reference bundle → {npz} (+ {manifest.name}); {len(maps)} of {len(paths)} images used "
+            f"({counts})" + (f"; {skipped} unreadable" if skipped else "") + "\n"
+        )
+    return EXIT_OK
+
+
+def _bundle_files(path: Path) -> tuple[Path, Path]:
+    """A bundle's ``(<stem>.npz, <stem>.json)`` from ``<stem>``, ``<stem>.npz`` or ``<stem>.json``."""
+    stem = path.with_suffix("") if path.suffix in (".npz", ".json") else path
+    return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
+
+
+def _save_bundle(bundle: Any, out: Path) -> tuple[Path, Path]:
+    """Save a bundle's two files atomically: both are written in a staging folder, the old manifest (if any)
+    is removed, the arrays moved into place, and the manifest — what makes a bundle loadable — moved last."""
+    npz, manifest = _bundle_files(out)
+    stem = npz.with_suffix("")
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{stem.name}.", suffix=".partial", dir=npz.parent))
+    try:
+        written = bundle.save(staging / stem.name)
+        manifest.unlink(missing_ok=True)
+        os.replace(written, npz)
+        os.replace(written.with_suffix(".json"), manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return npz, manifest
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from verification.batch import VerifyJob, merge_verify_rows, scan_images, scan_labelled
+    from verification.engines import run_job
+
+    if args.compare_to == "label" and not args.labelled:
+        raise CliError("--compare-to label needs --labelled input (class subfolders or a CSV of path,label)")
+    labels: list[str] | None = None
+    if args.labelled:
+        if len(args.inputs) != 1:
+            raise CliError("--labelled takes exactly one input: a folder of class subfolders or a CSV")
+        paths, labels = scan_labelled(args.inputs[0])
+    else:
+        paths = scan_images(args.inputs)
+    if not paths:
+        raise CliError(f"no images found in {', '.join(args.inputs)}")
+    missing = [p for p in _bundle_files(Path(args.bundle)) if not p.is_file()]
+    if missing:
+        raise CliError(f"reference bundle {args.bundle}: {', '.join(map(str, missing))} not found")
+    spec, model = _load_model(args)
+    job = VerifyJob(spec, args.bundle, labels=labels, compare_to=args.compare_to)
+    job.setup(model)
+    if labels is not None:
+        unknown = sorted(set(labels) - set(job.bundle.class_names))
+        if unknown:
+            raise CliError(f"labels {unknown} are not classes of the bundle {list(job.bundle.class_names)}")
+    rows = []
+    for row in run_job(job, paths, _engine_options(args), progress=_progress(args)):
+        _check_row(row, args)
+        rows.append(row)
+    errors = [{"image": str(r["path"]), "error": r["error"]} for r in rows if r["error"]]
+    if len(errors) == len(rows):
+        raise CliError(f"none of the {len(rows)} images could be read; first error: {errors[0]['error']}")
+    report = merge_verify_rows(rows, job)
+    doc = verify_document(args, model, job, report, rows, errors)
+    if args.json_out:
+        write_text_atomic(args.json_out, dumps(doc))
+    if args.csv_out:
+        import pandas as pd
+
+        table = pd.DataFrame.from_records(
+            [{**r, "status": "ok"} for r in doc["rows"]] + [{**e, "status": "error"} for e in errors]
+        )
+        write_text_atomic(args.csv_out, table.convert_dtypes().to_csv(index=False))
+    out = [report.text()]
+    if errors:
+        out.append(f"{len(errors)} unreadable image(s) left out of the verdict (see the table)")
+    out.extend(f"warning: {w}" for w in job.warnings)
+    sys.stdout.write("\n".join(out) + "\n")
+    return EXIT_OK if report.suitable else EXIT_UNSUITABLE
+
+
+def verify_document(
+    args: argparse.Namespace, model: Any, job: Any, report: Any, rows: Sequence[dict[str, Any]],
+    errors: Sequence[dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """The verify result as a JSON-ready document: what ``report`` renders."""
+    from verification.cam.records import base_provenance
+
+    bundle = job.bundle
+    ok = [r for r in rows if not r["error"]]
+    table = report.rows()
+    for entry, row in zip(table, ok):
+        entry["probability"] = row["prob"]
+        entry["rejected"] = row["rejected"]
+        entry["model_prediction"] = model.class_names[row["model_pred"]]
+        if row["reasons"]:
+            entry["reasons"] = "; ".join(f"{k}: {v}" for k, v in row["reasons"].items())
+    order = sorted(range(len(ok)), key=lambda i: (-int(ok[i]["n_flags"]), i))[: args.examples]
+    return {
+        "schema": "verification.cli.verify",
+        "schema_version": 1,
+        "verdict": report.verdict,
+        "text": report.text(),
+        "summary": report.summary(),
+        "metrics": list(report.metrics),
+        "higher_is_better": _directions(report.metrics),
+        "bands": {name: bundle.band(name) for name in bundle.class_names},
+        "rows": table,
+        "errors": list(errors),
+        "warnings": list(job.warnings),
+        "examples": [
+            {"image": str(ok[i]["path"]), "n_flags": int(ok[i]["n_flags"]), "map": np.round(ok[i]["map"], 3)}
+            for i in order
+        ],
+        "references": {
+            name: np.round(bundle.references[k], 3)
+            for k, name in enumerate(bundle.class_names)
+            if bundle.counts[k] > 0
+        },
+        "provenance": {
+            "model": {
+                "path": str(args.model), "name": model.name, "content_hash": model.content_hash,
+                "architecture": model.architecture, "class_names": list(model.class_names),
+                "input_size": list(model.input_size),
+            },
+            "bundle": {
+                "path": str(args.bundle), "method": bundle.method, "layer": bundle.layer,
+                "grid": list(bundle.grid), "created": bundle.created, "model_hash": bundle.model_hash,
+                "counts": bundle.counts,
+            },
+            "layer_used": job.layer or "default target layer",
+            "compare_to": args.compare_to,
+            "engine": args.engine,
+            "batch_size": args.batch_size,
+            "inputs": list(args.inputs),
+            **base_provenance(),
+        },
+    }  # fmt: skip
+
+
+def _directions(metrics: Sequence[str]) -> dict[str, bool]:
+    from verification.metrics import METRICS
+
+    return {m: bool(METRICS[m].higher_is_better) for m in metrics}
+
+
 # ------------------------------------------------------------------------------------------------------ main
 
 
@@ -532,6 +779,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.verbose or args.debug):
         # torch's advisory warnings (pickle protocol, ...) are noise for a CLI user; -v shows them.
         warnings.filterwarnings("ignore", module=r"torch(\.|$)")
+        # NaN medians of an all-NaN metric column are reported as NaN in the table; numpy's note adds nothing.
+        warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.handler(args))
