@@ -66,6 +66,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the output gets the usual mode
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -92,10 +93,17 @@ def atomic_dir(target: str | Path, *, force: bool = False) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~_umask())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _swap_in(staging, target)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_output_dir(target: Path, *, force: bool) -> None:
@@ -316,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_verify)
 
     p = sub.add_parser(
+        "report",
+        help="the self-contained HTML report of a verify result",
+        description="Render the JSON written by 'verify --json' as one HTML file that works offline "
+        "(pictures embedded as PNG, plotly inlined).",
+    )
+    p.add_argument("result", help="the verify result (JSON from 'verify --json')")
+    p.add_argument("-o", "--out", required=True, help="HTML file to write")
+    p.add_argument("--title", default="Attention-map verification", help="the report's title")
+    _common(p)
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser(
         "consistency",
         help="C-Score (attention consistency per class) over training checkpoints, beside AUC",
         description="For each checkpoint, in the order given: AUC, accuracy and the C-Score per CAM method "
@@ -530,6 +550,25 @@ def _write_cam_row(
         "target": int(row["target"]),
         "constant": {k: bool(v) for k, v in row["constant"].items()},
     }
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from verification.errors import BundleError
+    from verification.report import render_report
+
+    source = Path(args.result)
+    if not source.is_file():
+        raise CliError(f"verify result {source} does not exist")
+    try:
+        doc = json.loads(source.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{source} is not a JSON verify result: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BundleError(f"{source} is not a JSON verify result")
+    write_text_atomic(args.out, render_report(doc, title=args.title))
+    if not args.quiet:
+        sys.stderr.write(f"report → {args.out}\n")
+    return EXIT_OK
 
 
 def cmd_consistency(args: argparse.Namespace) -> int:
