@@ -1,0 +1,232 @@
+"""Reference bundles, leave-one-out calibration, verdicts, save/load with warnings."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from verification.errors import BundleError
+from verification.io.records import LoadedModel
+from verification.metrics import compute_metrics
+from verification.reference import (
+    VerdictParams,
+    boxes_to_masks,
+    build_reference,
+    compute_bands,
+    load_boxes_json,
+    load_bundle,
+    reference_from_annotations,
+    reference_from_maps,
+    verify,
+    verify_maps,
+)
+
+SIZE = 32
+
+
+def blob(cx: float, cy: float, s: float = 0.08, n: int = SIZE) -> np.ndarray:
+    yy, xx = np.mgrid[0:n, 0:n] / (n - 1)
+    return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s)).astype(np.float32)
+
+
+def blob_set(n: int, seed: int, top: bool) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    cy = 0.25 if top else 0.75
+    return np.stack([blob(0.25 + 0.1 * rng.random(), cy + 0.1 * (rng.random() - 0.5)) for _ in range(n)])
+
+
+class HalfScores(nn.Module):
+    """Logit 0 = mean of the top half of the feature map, logit 1 = mean of the bottom half."""
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        h = a.shape[-2] // 2
+        return torch.stack([a[:, 0, :h].mean((1, 2)), a[:, 0, h:].mean((1, 2))], dim=1)
+
+
+class Flip(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flip(x, dims=[-1])
+
+
+def toy_model(shortcut: bool, name: str) -> LoadedModel:
+    """Grad-CAM of this model at ``features`` is the (ReLU'd) input itself — the weight of the single channel
+    is the positive mean gradient — so the maps are known exactly. The 'shortcut' model looks at the mirror
+    image: same predictions (top/bottom survive a left-right flip), attention in the wrong place."""
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    features = nn.Sequential(Flip(), conv) if shortcut else nn.Sequential(conv)
+    module = nn.Sequential()
+    module.add_module("features", features)
+    module.add_module("head", HalfScores())
+    return LoadedModel(
+        module=module.eval(),
+        in_channels=1,
+        input_size=(SIZE, SIZE),
+        class_names=("top", "bottom"),
+        mean=(0.0,),
+        std=(1.0,),
+        source_format="module",
+        content_hash=("b" if shortcut else "a") * 64,
+        architecture="toy",
+        name=name,
+    )
+
+
+def images_and_labels(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    top, bottom = blob_set(n, seed, True), blob_set(n, seed + 1, False)
+    x = torch.from_numpy(np.concatenate([top, bottom]))[:, None]
+    return x, ["top"] * n + ["bottom"] * n
+
+
+def test_identical_reference_maps_give_zero_width_bands_and_flag_a_different_map() -> None:
+    maps = np.repeat(blob(0.3, 0.3)[None], 6, axis=0)
+    bundle = reference_from_maps(maps, ["a"] * 6, ["a"], grid=(SIZE, SIZE))
+    vals = bundle.calib_values
+    np.testing.assert_allclose(vals, vals[:1].repeat(6, 0))  # every leave-one-out value is the same
+    for j, m in enumerate(bundle.metrics):
+        edge = bundle.band("a")[m][0 if bundle.bands_hi[0, j] == np.inf else 1]
+        assert edge == pytest.approx(vals[0, j])  # zero-width band: the only value is the edge
+    same = verify_maps(maps[:2], ["a", "a"], bundle)
+    assert not same.flagged.any()
+    assert same.suitable
+    other = verify_maps(blob(0.8, 0.8)[None], ["a"], bundle)
+    assert other.n_flags[0] == 7
+    assert not other.suitable
+
+
+def test_loo_values_and_percentile_bands_by_hand() -> None:
+    maps = blob_set(8, 0, True)
+    bundle = reference_from_maps(maps, [0] * 8, ["top"], grid=(SIZE, SIZE))
+    loo = (maps.sum(0) - maps[3]) / 7
+    expected = compute_metrics(maps[3], loo, bundle.metrics, size=None)
+    for j, m in enumerate(bundle.metrics):
+        assert bundle.calib_values[3, j] == pytest.approx(expected[m][0], abs=1e-5)
+        lo, hi = bundle.band("top")[m]
+        col = bundle.calib_values[:, j]
+        if m in ("kl", "wasserstein"):
+            assert lo == -np.inf
+            assert hi == pytest.approx(np.percentile(col, 95))
+        else:
+            assert hi == np.inf
+            assert lo == pytest.approx(np.percentile(col, 5))
+    np.testing.assert_allclose(bundle.references[0], bundle.references[0].clip(0, 1))
+    assert bundle.references[0].max() == pytest.approx(1.0)
+
+
+def test_small_classes_use_pooled_bands() -> None:
+    vals = np.array([[1.0], [2.0], [3.0], [4.0], [5.0], [10.0]])
+    labels = np.array([0, 0, 0, 0, 0, 1])
+    lo, hi, src = compute_bands(vals, labels, 2, ["iou"], VerdictParams(min_class_count=5))
+    assert np.isinf(hi).all()  # a similarity is flagged only below its band
+    assert src == ("class", "pooled")
+    assert lo[0, 0] == pytest.approx(np.percentile([1, 2, 3, 4, 5], 5))
+    assert lo[1, 0] == pytest.approx(np.percentile([1, 2, 3, 4, 5, 10], 5))
+
+
+def test_sound_model_is_suitable_and_shortcut_model_is_not() -> None:
+    sound, shortcut = toy_model(False, "sound"), toy_model(True, "shortcut")
+    x_ref, y_ref = images_and_labels(10, seed=0)
+    bundle = build_reference(sound, x_ref, y_ref, layer="features", grid=(SIZE, SIZE))
+    assert bundle.counts.tolist() == [10, 10]
+    assert bundle.layer == "features"
+    x, y = images_and_labels(6, seed=100)
+    ok = verify(sound, bundle, x, y)
+    bad = verify(shortcut, bundle, x, y)
+    assert ok.summary()["accuracy"] == 1.0
+    assert bad.summary()["accuracy"] == 1.0  # same predictions: only the attention tells them apart
+    assert ok.verdict == "suitable"
+    assert ok.flagged_share <= 0.2
+    assert bad.verdict == "unsuitable"
+    assert bad.flagged_share == 1.0
+    assert "unsuitable" in bad.text()
+    rows = bad.rows()
+    assert rows[0]["n_flags"] == int(bad.n_flags[0])
+    assert {"iou", "iou_flagged", "flagged", "reference"} <= set(rows[0])
+    assert any("not the model" in w for w in bad.warnings) is False  # warnings come from load_bundle only
+
+
+def test_save_load_roundtrip_and_mismatch_warnings(tmp_path: pytest.TempPathFactory) -> None:
+    sound, shortcut = toy_model(False, "sound"), toy_model(True, "shortcut")
+    x_ref, y_ref = images_and_labels(6, seed=0)
+    bundle = build_reference(sound, x_ref, y_ref, layer="features", grid=(SIZE, SIZE))
+    path = bundle.save(tmp_path / "ref")  # type: ignore[operator]
+    doc = json.loads(path.with_suffix(".json").read_text())
+    assert doc["schema_version"] == 1
+    assert doc["model_hash"] == "a" * 64
+    assert doc["preprocessing"] == {"input_size": [SIZE, SIZE], "mean": [0.0], "std": [1.0], "channels": 1}
+    assert set(doc["bands"]["top"]) == {*bundle.metrics, "source"}
+    back = load_bundle(path, model=sound, method="gradcam", layer="features")
+    assert back.warnings == ()
+    np.testing.assert_array_equal(back.references, bundle.references)
+    np.testing.assert_array_equal(back.bands_lo, bundle.bands_lo)
+    assert back.class_names == bundle.class_names
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        other = load_bundle(path, model=shortcut, method="layercam", layer="head")
+    assert len(other.warnings) == 3
+    assert [str(r.message) for r in rec] == list(other.warnings)
+    assert all(r.category is UserWarning for r in rec)
+    assert "not the model" in other.warnings[0]
+    assert any("method differs" in w for w in other.warnings)
+
+
+def test_load_rejects_other_schema_and_missing_files(tmp_path: pytest.TempPathFactory) -> None:
+    bundle = reference_from_maps(blob_set(4, 1, True), [0] * 4, ["top"], grid=(SIZE, SIZE))
+    path = bundle.save(tmp_path / "b")  # type: ignore[operator]
+    doc = json.loads(path.with_suffix(".json").read_text())
+    doc["schema_version"] = 99
+    path.with_suffix(".json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="schema_version"):
+        load_bundle(path)
+    with pytest.raises(BundleError, match="needs both"):
+        load_bundle(tmp_path / "missing")  # type: ignore[operator]
+
+
+def test_annotation_references_from_png_masks_and_boxes(tmp_path: pytest.TempPathFactory) -> None:
+    masks = boxes_to_masks([[[2, 3, 6, 5]], [[0, 0, 2, 2], [30, 30, 40, 40]]], (32, 32))
+    assert masks[0].sum() == 8
+    assert masks[0, 3:5, 2:6].all()
+    assert masks[1].sum() == 4 + 4
+    paths = []
+    for i in range(6):
+        m = np.zeros((32, 32), np.uint8)
+        m[8 + i : 16 + i, 8:16] = 255
+        p = tmp_path / f"m{i}.png"  # type: ignore[operator]
+        Image.fromarray(m).save(p)
+        paths.append(p)
+    bundle = reference_from_annotations(paths, ["top"] * 6, ["top"], grid=(SIZE, SIZE))
+    assert bundle.source == "annotation"
+    assert bundle.references[0][14, 12] == pytest.approx(1.0)  # rows 13-15 are inside every mask
+    # With the trusted model's maps, bands describe those maps against the annotation reference.
+    cal = blob_set(6, 3, True)
+    b2 = reference_from_annotations(paths, ["top"] * 6, ["top"], calibration_maps=cal, grid=(SIZE, SIZE))
+    expected = compute_metrics(cal, b2.references[[0] * 6], b2.metrics, size=None)
+    np.testing.assert_allclose(b2.calib_values[:, 0], expected[b2.metrics[0]], atol=1e-6)
+    spec = {"image_size": [32, 32], "images": [{"image": "a.png", "label": "top", "boxes": [[2, 3, 6, 5]]}]}
+    jpath = tmp_path / "boxes.json"  # type: ignore[operator]
+    jpath.write_text(json.dumps(spec))
+    names, labels, jm = load_boxes_json(jpath)
+    assert names == ["a.png"]
+    assert labels == ["top"]
+    np.testing.assert_array_equal(jm[0], masks[0])
+    jpath.write_text("{}")
+    with pytest.raises(BundleError, match="box annotations"):
+        load_boxes_json(jpath)
+
+
+def test_nan_metrics_count_as_flags_with_reasons() -> None:
+    bundle = reference_from_maps(blob_set(6, 2, True), [0] * 6, ["top"], grid=(SIZE, SIZE))
+    rep = verify_maps(np.zeros((1, SIZE, SIZE), np.float32), [0], bundle)
+    assert rep.flagged[0]
+    assert rep.reasons[0]["pearson"] == "map is constant"
+    lenient = verify_maps(
+        np.zeros((1, SIZE, SIZE), np.float32), [0], bundle, params=VerdictParams(nan_flags=False)
+    )
+    assert lenient.n_flags[0] < rep.n_flags[0]

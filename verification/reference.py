@@ -1,0 +1,701 @@
+"""Reference maps, leave-one-out calibration and the suitability verdict (METHODS.md §3).
+
+A :class:`ReferenceBundle` holds one reference map per class — the mean normalised CAM over the correctly
+classified images of a trusted reference set (or the mean annotation mask, or another model's maps) — together
+with the per-image maps it came from and the in-distribution spread of every metric, measured leave-one-out:
+each reference image's map is compared with its class reference computed without it. A new image is flagged on
+a metric when it falls outside that band (**default** below the 5th percentile for similarities, above the
+95th for distances; the direction comes from the metric registry); it is flagged overall when at least 4 of
+the 7 metrics flag it, and a model is unsuitable on a dataset when more than 20 % of its images are flagged.
+Every verdict carries the numbers behind it.
+
+Bundles are saved as ``<stem>.npz`` (arrays) + ``<stem>.json``
+(manifest with ``schema_version``, the model's content hash, architecture, method, layer, preprocessing, class
+names, bands, parameters, creation time).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from verification.errors import BundleError, ShapeError
+from verification.io.records import LoadedImage, LoadedModel
+from verification.metrics import DEFAULT_METRICS, DEFAULT_SIZE, METRICS, compute_metrics
+from verification.metrics.functional import Threshold, as_batch, normalize_maps, resize_maps
+
+log = logging.getLogger(__name__)
+
+SCHEMA_NAME = "verification.reference.ReferenceBundle"
+SCHEMA_VERSION = 1
+_ARRAYS = ("references", "counts", "maps", "calib_labels", "calib_values", "bands_lo", "bands_hi")
+
+
+@dataclass(frozen=True)
+class VerdictParams:
+    """The verdict's parameters (METHODS.md §3 defaults).
+
+    ``similarity_percentile`` / ``distance_percentile``: band edges of the leave-one-out spread;
+    ``min_flags``: an image is flagged when at least this many metrics flag it; ``max_flagged_share``: a
+    model is unsuitable when the share of flagged images is above it; ``nan_flags``: an undefined metric (a
+    collapsed map) counts as flagged; ``min_class_count``: classes with fewer calibration images use bands
+    pooled over classes.
+    """
+
+    similarity_percentile: float = 5.0
+    distance_percentile: float = 95.0
+    min_flags: int = 4
+    max_flagged_share: float = 0.20
+    nan_flags: bool = True
+    min_class_count: int = 5
+
+
+@dataclass(frozen=True)
+class ReferenceBundle:
+    """Per-class reference maps with their calibration bands.
+
+    ``references`` (K, h, w) float32 in [0, 1] on the comparison grid (zeros where ``counts`` is 0);
+    ``maps`` (M, h, w) the per-image maps behind them, ``calib_labels`` (M,) their class indices and
+    ``calib_values`` (M, n_metrics) their leave-one-out metric values; ``bands_lo`` / ``bands_hi``
+    (K, n_metrics) the in-distribution band per class and metric (−inf / +inf on the side a metric is not
+    flagged); ``band_source[k]`` is "class" or "pooled". ``warnings`` lists mismatches found by
+    :func:`load_bundle`.
+    """
+
+    class_names: tuple[str, ...]
+    references: np.ndarray
+    counts: np.ndarray
+    maps: np.ndarray
+    calib_labels: np.ndarray
+    calib_values: np.ndarray
+    bands_lo: np.ndarray
+    bands_hi: np.ndarray
+    band_source: tuple[str, ...]
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    threshold: Threshold = 0.5
+    params: VerdictParams = field(default_factory=VerdictParams)
+    source: str = "maps"
+    method: str | None = None
+    layer: str | None = None
+    model_hash: str | None = None
+    architecture: str | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (int(self.references.shape[1]), int(self.references.shape[2]))
+
+    def band(self, class_name: str) -> dict[str, tuple[float, float]]:
+        """``{metric: (lo, hi)}`` of one class."""
+        k = self.class_names.index(class_name)
+        return {
+            m: (float(self.bands_lo[k, j]), float(self.bands_hi[k, j])) for j, m in enumerate(self.metrics)
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``<stem>.npz`` and ``<stem>.json``; returns the ``.npz`` path."""
+        npz, manifest = _paths(path)
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, Any] = {name: np.asarray(getattr(self, name)) for name in _ARRAYS}
+        np.savez_compressed(npz, **arrays)
+        doc = {
+            "schema": SCHEMA_NAME,
+            "schema_version": SCHEMA_VERSION,
+            "arrays": npz.name,
+            "class_names": list(self.class_names),
+            "metrics": list(self.metrics),
+            "threshold": self.threshold,
+            "params": asdict(self.params),
+            "source": self.source,
+            "method": self.method,
+            "layer": self.layer,
+            "model_hash": self.model_hash,
+            "architecture": self.architecture,
+            "preprocessing": self.preprocessing,
+            "grid": list(self.grid),
+            "counts": [int(c) for c in self.counts],
+            "bands": {
+                name: self.band(name) | {"source": self.band_source[k]}
+                for k, name in enumerate(self.class_names)
+            },
+            "created": self.created,
+        }
+        manifest.write_text(json.dumps(doc, indent=2, default=_json_default))
+        return npz
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, tuple):
+        return list(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".npz", ".json") else p
+    return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
+
+
+# ------------------------------------------------------------------------------------------------- building
+def to_grid(maps: np.ndarray | torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) | (H, W) maps -> (N, h, w) float32 in [0, 1] on the comparison grid (normalise, resize,
+    normalise again: the same preparation :func:`compute_metrics` applies)."""
+    t = normalize_maps(as_batch(maps).to(torch.float32))
+    return normalize_maps(resize_maps(t, grid)).numpy()
+
+
+def _class_indices(labels: Sequence[str | int] | np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    out = []
+    for lab in labels:
+        if isinstance(lab, str):
+            if lab not in class_names:
+                raise BundleError(f"label {lab!r} is not one of the classes {list(class_names)}")
+            out.append(class_names.index(lab))
+        else:
+            i = int(lab)
+            if not 0 <= i < len(class_names):
+                raise BundleError(f"label index {i} is outside the {len(class_names)} classes")
+            out.append(i)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _directions(metrics: Sequence[str]) -> np.ndarray:
+    return np.array([METRICS[m].higher_is_better for m in metrics], dtype=bool)
+
+
+def compute_bands(
+    values: np.ndarray, labels: np.ndarray, n_classes: int, metrics: Sequence[str], params: VerdictParams
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Per-class band (lo, hi) per metric from calibration ``values`` (M, n_metrics): the lower percentile for
+    similarities (hi = +inf), the upper one for distances (lo = −inf); NaN values are ignored; classes with
+    fewer than ``params.min_class_count`` finite values use the bands of all classes pooled."""
+    up = _directions(metrics)
+    m = len(metrics)
+
+    def edges(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.full(m, -np.inf)
+        hi = np.full(m, np.inf)
+        for j in range(m):  # m ≤ a handful of metrics
+            col = v[:, j][np.isfinite(v[:, j])]
+            if col.size == 0:
+                lo[j] = hi[j] = np.nan
+            elif up[j]:
+                lo[j] = np.percentile(col, params.similarity_percentile)
+            else:
+                hi[j] = np.percentile(col, params.distance_percentile)
+        return lo, hi
+
+    pooled = edges(values)
+    los, his, source = np.empty((n_classes, m)), np.empty((n_classes, m)), []
+    for k in range(n_classes):
+        own = values[labels == k]
+        enough = np.isfinite(own).all(1).sum() >= max(params.min_class_count, 2)
+        los[k], his[k] = edges(own) if enough else pooled
+        source.append("class" if enough else "pooled")
+    return los, his, tuple(source)
+
+
+def _loo_values(
+    maps: np.ndarray, labels: np.ndarray, n_classes: int, metrics: Sequence[str], threshold: Threshold
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class means and the leave-one-out metric values of each map against its class mean without it."""
+    h, w = maps.shape[1:]
+    sums = np.zeros((n_classes, h, w), dtype=np.float64)
+    np.add.at(sums, labels, maps.astype(np.float64))
+    counts = np.bincount(labels, minlength=n_classes)
+    refs = np.where(counts[:, None, None] > 0, sums / np.maximum(counts, 1)[:, None, None], 0.0)
+    n_own = counts[labels]
+    loo = (sums[labels] - maps) / np.maximum(n_own - 1, 1)[:, None, None]
+    values = np.full((len(maps), len(metrics)), np.nan)
+    ok = n_own >= 2  # a class of one image has no leave-one-out reference
+    if ok.any():
+        res = compute_metrics(maps[ok], loo[ok], metrics, threshold=threshold, size=None)
+        values[ok] = np.stack([res[m] for m in metrics], axis=1)
+    return to_grid(refs, (h, w)) if len(refs) else refs.astype(np.float32), counts, values
+
+
+def reference_from_maps(
+    maps: np.ndarray,
+    labels: Sequence[str | int] | np.ndarray,
+    class_names: Sequence[str],
+    *,
+    grid: tuple[int, int] = DEFAULT_SIZE,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    threshold: Threshold = 0.5,
+    params: VerdictParams | None = None,
+    source: str = "maps",
+    **provenance: Any,
+) -> ReferenceBundle:
+    """Bundle from precomputed maps (N, H, W) with class labels: per-class mean references and leave-one-out
+    bands. Use it for another model's maps, or any maps already computed. ``provenance`` fills the bundle's
+    method, layer, model_hash, architecture and preprocessing fields."""
+    params = params or VerdictParams()
+    names = tuple(class_names)
+    idx = _class_indices(labels, names)
+    g = to_grid(maps, grid)
+    if len(g) != len(idx):
+        raise ShapeError(f"{len(g)} maps but {len(idx)} labels")
+    if len(g) < 2:
+        raise BundleError("a reference set needs at least two images to calibrate")
+    refs, counts, values = _loo_values(g, idx, len(names), metrics, threshold)
+    lo, hi, band_source = compute_bands(values, idx, len(names), metrics, params)
+    return ReferenceBundle(
+        class_names=names,
+        references=refs.astype(np.float32),
+        counts=counts.astype(np.int64),
+        maps=g.astype(np.float32),
+        calib_labels=idx,
+        calib_values=values,
+        bands_lo=lo,
+        bands_hi=hi,
+        band_source=band_source,
+        metrics=tuple(metrics),
+        threshold=threshold,
+        params=params,
+        source=source,
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **provenance,
+    )
+
+
+def reference_from_annotations(
+    masks: Sequence[np.ndarray | str | Path] | np.ndarray,
+    labels: Sequence[str | int] | np.ndarray,
+    class_names: Sequence[str],
+    *,
+    calibration_maps: np.ndarray | None = None,
+    grid: tuple[int, int] = DEFAULT_SIZE,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    threshold: Threshold = 0.5,
+    params: VerdictParams | None = None,
+    **provenance: Any,
+) -> ReferenceBundle:
+    """Bundle whose references are the mean annotation (PNG mask paths, arrays, or masks from
+    :func:`boxes_to_masks`) per class. With ``calibration_maps`` (the trusted model's maps on the same
+    images), the bands are the spread of those maps against the annotation reference — the comparison a new
+    map will face; without, masks are calibrated leave-one-out against each other."""
+    params = params or VerdictParams()
+    arrays = [load_mask(m) if isinstance(m, str | Path) else np.asarray(m, dtype=np.float32) for m in masks]
+    g = np.concatenate([to_grid(a, grid) for a in arrays]) if arrays else np.zeros((0, *grid), np.float32)
+    bundle = reference_from_maps(
+        g, labels, class_names, grid=grid, metrics=metrics, threshold=threshold, params=params,
+        source="annotation", **provenance,
+    )  # fmt: skip
+    if calibration_maps is None:
+        return bundle
+    cm = to_grid(calibration_maps, grid)
+    if len(cm) != len(g):
+        raise ShapeError(f"{len(cm)} calibration maps for {len(g)} annotations")
+    res = compute_metrics(cm, bundle.references[bundle.calib_labels], metrics, threshold=threshold, size=None)
+    values = np.stack([res[m] for m in metrics], axis=1)
+    lo, hi, band_source = compute_bands(values, bundle.calib_labels, len(class_names), metrics, params)
+    return replace(bundle, maps=cm, calib_values=values, bands_lo=lo, bands_hi=hi, band_source=band_source)
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A PNG (or any image) annotation as a (H, W) float32 mask in {0, 1} (foreground = value > 0.5)."""
+    from verification.io.images import load_image
+
+    img = load_image(path)
+    px = img.pixels if img.pixels.ndim == 2 else img.pixels.max(axis=2)
+    return (px > 0.5).astype(np.float32)
+
+
+def boxes_to_masks(boxes: Sequence[Sequence[Sequence[float]]], image_size: tuple[int, int]) -> np.ndarray:
+    """Per image, a list of (x0, y0, x1, y1) pixel boxes (x1, y1 exclusive) -> (N, H, W) float32 masks."""
+    h, w = image_size
+    out = np.zeros((len(boxes), h, w), dtype=np.float32)
+    for i, image_boxes in enumerate(boxes):
+        for box in image_boxes:
+            if len(box) != 4:
+                raise ShapeError(f"a box needs (x0, y0, x1, y1); got {list(box)}")
+            x0, y0, x1, y1 = (round(float(v)) for v in box)
+            out[i, max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)] = 1.0
+    return out
+
+
+def load_boxes_json(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
+    """Read box annotations: ``{"image_size": [H, W], "images": [{"image": name, "label": class,
+    "boxes": [[x0, y0, x1, y1], ...]}, ...]}`` -> (image names, labels, masks (N, H, W))."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        size = (int(doc["image_size"][0]), int(doc["image_size"][1]))
+        entries = list(doc["images"])
+        names = [str(e["image"]) for e in entries]
+        labels = [str(e["label"]) for e in entries]
+        boxes = [e.get("boxes", []) for e in entries]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
+        raise BundleError(
+            f"cannot read box annotations from '{path}': {exc}; expected "
+            '{"image_size": [H, W], "images": [{"image": ..., "label": ..., "boxes": [[x0, y0, x1, y1]]}]}'
+        ) from exc
+    return names, labels, boxes_to_masks(boxes, size)
+
+
+def _model_maps(
+    model: LoadedModel,
+    images: Sequence[LoadedImage] | torch.Tensor,
+    method: str,
+    layer: str | None,
+    batch_size: int,
+    grid: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """CAMs of the predicted class for every image, on the comparison grid, with the predictions and layer."""
+    from verification.cam import compute_cams
+    from verification.io.images import to_tensor
+
+    n = len(images)
+    maps, preds, used_layer = [], [], layer
+    for s in range(0, n, batch_size):
+        chunk = images[s : s + batch_size]
+        x = chunk if isinstance(chunk, torch.Tensor) else to_tensor(list(chunk), model)
+        res = compute_cams(model, x, methods=(method,), layers=None if layer is None else [layer])[0]
+        used_layer = res.layer
+        maps.append(to_grid(res.maps, grid))
+        preds.append(res.logits.argmax(1))
+    return np.concatenate(maps), np.concatenate(preds), str(used_layer)
+
+
+def preprocessing_of(model: LoadedModel) -> dict[str, Any]:
+    """What a bundle records about the model's input pipeline."""
+    return {
+        "input_size": [int(v) for v in model.input_size],
+        "mean": [float(v) for v in model.mean],
+        "std": [float(v) for v in model.std],
+        "channels": int(model.in_channels),
+    }
+
+
+def build_reference(
+    model: LoadedModel,
+    images: Sequence[LoadedImage] | torch.Tensor,
+    labels: Sequence[str | int] | np.ndarray,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+    grid: tuple[int, int] = DEFAULT_SIZE,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    threshold: Threshold = 0.5,
+    params: VerdictParams | None = None,
+    batch_size: int = 16,
+    correct_only: bool = True,
+) -> ReferenceBundle:
+    """Reference bundle from a trusted model on a labelled reference set: per class, the mean normalised CAM
+    (of the true class) over the correctly classified images, with leave-one-out calibration bands.
+    ``images``: LoadedImages or an already preprocessed (N, C, H, W) tensor."""
+    idx = _class_indices(labels, model.class_names)
+    if len(idx) != len(images):
+        raise ShapeError(f"{len(images)} images but {len(idx)} labels")
+    maps, preds, used_layer = _model_maps(model, images, method, layer, batch_size, grid)
+    keep = preds == idx if correct_only else np.ones(len(idx), dtype=bool)
+    log.info("reference set: %d of %d images correctly classified", int(keep.sum()), len(idx))
+    return reference_from_maps(
+        maps[keep], idx[keep], model.class_names, grid=grid, metrics=metrics, threshold=threshold,
+        params=params, source="model", method=method, layer=used_layer, model_hash=model.content_hash,
+        architecture=model.architecture, preprocessing=preprocessing_of(model),
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def load_bundle(
+    path: str | Path,
+    *,
+    model: LoadedModel | None = None,
+    method: str | None = None,
+    layer: str | None = None,
+) -> ReferenceBundle:
+    """Read a bundle written by :meth:`ReferenceBundle.save`. When ``model`` / ``method`` / ``layer`` are
+    given and differ from the bundle's, each difference is reported with ``warnings.warn`` and listed in the
+    returned bundle's ``warnings``; a missing file or another schema raises BundleError."""
+    npz, manifest = _paths(path)
+    if not manifest.is_file() or not npz.is_file():
+        raise BundleError(f"a reference bundle needs both {npz.name} and {manifest.name} in {npz.parent}")
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest} is not a readable JSON manifest: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_NAME:
+        raise BundleError(f"{manifest} is not a reference bundle manifest")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"{manifest} has schema_version {doc.get('schema_version')!r}; this version reads "
+            f"{SCHEMA_VERSION}. Rebuild the bundle with this version."
+        )
+    try:
+        with np.load(npz, allow_pickle=False) as data:
+            arrays: dict[str, Any] = {name: np.asarray(data[name]) for name in _ARRAYS}
+        bundle = ReferenceBundle(
+            class_names=tuple(doc["class_names"]),
+            band_source=tuple(doc["bands"][c]["source"] for c in doc["class_names"]),
+            metrics=tuple(doc["metrics"]),
+            threshold=doc["threshold"],
+            params=VerdictParams(**doc["params"]),
+            source=str(doc["source"]),
+            method=doc.get("method"),
+            layer=doc.get("layer"),
+            model_hash=doc.get("model_hash"),
+            architecture=doc.get("architecture"),
+            preprocessing=dict(doc.get("preprocessing") or {}),
+            created=str(doc.get("created", "")),
+            **arrays,
+        )
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise BundleError(f"reference bundle {npz} is missing data or is corrupt: {exc}") from exc
+    unknown = [m for m in bundle.metrics if m not in METRICS]
+    if unknown:
+        raise BundleError(f"bundle {npz} uses metrics this version does not know: {unknown}")
+    found = _mismatches(bundle, model, method, layer)
+    for msg in found:
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    return replace(bundle, warnings=tuple(found))
+
+
+def _mismatches(
+    bundle: ReferenceBundle, model: LoadedModel | None, method: str | None, layer: str | None
+) -> list[str]:
+    out = []
+    if model is not None:
+        if bundle.model_hash and model.content_hash != bundle.model_hash:
+            out.append(
+                f"the model '{model.name}' (hash {model.content_hash[:12]}) is not the model this reference "
+                f"bundle was built with (hash {bundle.model_hash[:12]}): its maps are compared with another "
+                "model's references"
+            )
+        if bundle.architecture and model.architecture and model.architecture != bundle.architecture:
+            out.append(f"architecture differs: bundle {bundle.architecture}, model {model.architecture}")
+        if bundle.preprocessing and preprocessing_of(model) != bundle.preprocessing:
+            out.append(
+                f"preprocessing differs: bundle {bundle.preprocessing}, model {preprocessing_of(model)}; "
+                "the bands may not apply"
+            )
+        if list(model.class_names) != list(bundle.class_names):
+            out.append(
+                f"class names differ: bundle {list(bundle.class_names)}, model {list(model.class_names)}"
+            )
+    if method is not None and bundle.method is not None and method != bundle.method:
+        out.append(f"method differs: bundle {bundle.method}, requested {method}; bands were calibrated on it")
+    if layer is not None and bundle.layer is not None and layer != bundle.layer:
+        out.append(f"layer differs: bundle {bundle.layer}, requested {layer}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- verdicts
+@dataclass(frozen=True)
+class VerificationReport:
+    """Per-image metric values and flags against a bundle, and the per-model verdict with its numbers.
+
+    ``values`` / ``flags`` (N, n_metrics); ``n_flags`` (N,); ``flagged`` (N,) = n_flags ≥ min_flags;
+    ``reference_class`` (N,) the class whose reference each map was compared with; ``predicted`` / ``labels``
+    (N,) class indices (labels −1 when unknown); ``reasons[i]`` says why metrics were undefined.
+    """
+
+    names: tuple[str, ...]
+    metrics: tuple[str, ...]
+    class_names: tuple[str, ...]
+    values: np.ndarray
+    flags: np.ndarray
+    n_flags: np.ndarray
+    flagged: np.ndarray
+    reference_class: np.ndarray
+    predicted: np.ndarray
+    labels: np.ndarray
+    params: VerdictParams
+    reasons: dict[int, dict[str, str]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    @property
+    def flagged_share(self) -> float:
+        return float(self.flagged.mean()) if self.n else float("nan")
+
+    @property
+    def suitable(self) -> bool:
+        return bool(self.n) and self.flagged_share <= self.params.max_flagged_share
+
+    @property
+    def verdict(self) -> str:
+        return "suitable" if self.suitable else "unsuitable"
+
+    def summary(self) -> dict[str, Any]:
+        """The verdict with every number behind it."""
+        known = self.labels >= 0
+        return {
+            "verdict": self.verdict,
+            "images": self.n,
+            "flagged": int(self.flagged.sum()),
+            "flagged_share": self.flagged_share,
+            "max_flagged_share": self.params.max_flagged_share,
+            "min_flags": self.params.min_flags,
+            "metric_flag_rates": {m: float(self.flags[:, j].mean()) for j, m in enumerate(self.metrics)},
+            "metric_medians": {m: float(np.nanmedian(self.values[:, j])) for j, m in enumerate(self.metrics)},
+            "mean_flags_per_image": float(self.n_flags.mean()) if self.n else float("nan"),
+            "accuracy": float((self.predicted[known] == self.labels[known]).mean()) if known.any() else None,
+        }
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One record per image: name, classes, each metric's value and flag, flag count, verdict."""
+        out = []
+        for i in range(self.n):
+            row: dict[str, Any] = {
+                "image": self.names[i],
+                "label": self.class_names[self.labels[i]] if self.labels[i] >= 0 else None,
+                "predicted": self.class_names[self.predicted[i]] if self.predicted[i] >= 0 else None,
+                "reference": self.class_names[self.reference_class[i]],
+            }
+            for j, m in enumerate(self.metrics):
+                row[m] = float(self.values[i, j])
+                row[f"{m}_flagged"] = bool(self.flags[i, j])
+            row["n_flags"] = int(self.n_flags[i])
+            row["flagged"] = bool(self.flagged[i])
+            out.append(row)
+        return out
+
+    def text(self) -> str:
+        s = self.summary()
+        return (
+            f"{s['verdict']}: {s['flagged']} of {s['images']} images flagged "
+            f"({100 * s['flagged_share']:.1f} %; "
+            f"unsuitable above {100 * s['max_flagged_share']:.0f} %; "
+            f"an image is flagged when ≥ {s['min_flags']} of {len(self.metrics)} metrics "
+            "fall outside the reference band)"
+        )
+
+
+def flag_values(
+    values: np.ndarray,
+    reference_class: np.ndarray,
+    bundle: ReferenceBundle,
+    params: VerdictParams | None = None,
+) -> np.ndarray:
+    """(N, n_metrics) bool: values outside their reference class's band (NaN counts as flagged when
+    ``params.nan_flags``)."""
+    params = params or bundle.params
+    lo = bundle.bands_lo[reference_class]
+    hi = bundle.bands_hi[reference_class]
+    with np.errstate(invalid="ignore"):
+        out = (values < lo) | (values > hi)
+    if params.nan_flags:
+        out |= np.isnan(values)
+    return out
+
+
+def verify_maps(
+    maps: np.ndarray,
+    reference_class: Sequence[str | int] | np.ndarray,
+    bundle: ReferenceBundle,
+    *,
+    names: Sequence[str] | None = None,
+    predicted: Sequence[int] | np.ndarray | None = None,
+    labels: Sequence[str | int | None] | np.ndarray | None = None,
+    params: VerdictParams | None = None,
+) -> VerificationReport:
+    """Compare precomputed maps (N, H, W) with the references of ``reference_class`` and apply the verdict."""
+    params = params or bundle.params
+    raw_idx = np.asarray(reference_class)
+    missing = np.zeros(len(raw_idx), dtype=bool)
+    if raw_idx.dtype.kind in "iu":  # −1: a class the bundle has no reference for
+        missing = raw_idx < 0
+        raw_idx = np.where(missing, 0, raw_idx)
+    ref_idx = _class_indices(list(raw_idx), bundle.class_names)
+    g = to_grid(maps, bundle.grid)
+    if len(g) != len(ref_idx):
+        raise ShapeError(f"{len(g)} maps but {len(ref_idx)} reference classes")
+    res = compute_metrics(
+        g, bundle.references[ref_idx], bundle.metrics, threshold=bundle.threshold, size=None
+    )
+    values = np.stack([res[m] for m in bundle.metrics], axis=1)
+    reasons: dict[int, dict[str, str]] = {}
+    for m in bundle.metrics:
+        for i, why in res.reasons[m].items():
+            reasons.setdefault(i, {})[m] = why
+    empty = (bundle.counts[ref_idx] == 0) | missing
+    values[empty] = np.nan
+    for j in np.nonzero(empty)[0].tolist():
+        what = "a class outside the bundle" if missing[j] else f"class {bundle.class_names[ref_idx[j]]}"
+        reasons.setdefault(j, {})["all"] = f"no reference map for {what}"
+    flags = flag_values(values, ref_idx, bundle, params)
+    n_flags = flags.sum(1)
+    lab = np.full(len(g), -1, dtype=np.int64)
+    if labels is not None:
+        for i, v in enumerate(labels):
+            if v is not None:
+                lab[i] = _class_indices([v], bundle.class_names)[0]
+    return VerificationReport(
+        names=tuple(names) if names is not None else tuple(f"image {i}" for i in range(len(g))),
+        metrics=bundle.metrics,
+        class_names=bundle.class_names,
+        values=values,
+        flags=flags,
+        n_flags=n_flags,
+        flagged=n_flags >= params.min_flags,
+        reference_class=ref_idx,
+        predicted=np.asarray(predicted if predicted is not None else ref_idx, dtype=np.int64),
+        labels=lab,
+        params=params,
+        reasons=reasons,
+        warnings=bundle.warnings,
+    )
+
+
+def verify(
+    model: LoadedModel,
+    bundle: ReferenceBundle,
+    images: Sequence[LoadedImage] | torch.Tensor,
+    labels: Sequence[str | int | None] | np.ndarray | None = None,
+    *,
+    method: str | None = None,
+    layer: str | None = None,
+    compare_to: str = "predicted",
+    params: VerdictParams | None = None,
+    batch_size: int = 16,
+) -> VerificationReport:
+    """Verify ``model`` on ``images`` against ``bundle``: each image's CAM (bundle's method; the bundle's
+    layer when the model has it, else the model's default target layer) is compared with the reference of its
+    predicted class (``compare_to="label"``: of its true label) and the verdict is applied."""
+    from verification.cam.layers import list_layers
+
+    method = method or bundle.method or "gradcam"
+    found = list(bundle.warnings)
+    if layer is None and bundle.layer is not None:
+        names = {li.name for li in list_layers(model.module, (model.in_channels, *model.input_size))}
+        if bundle.layer in names:
+            layer = bundle.layer
+        else:
+            found.append(
+                f"the model has no layer '{bundle.layer}' (the bundle's); its default target layer is used"
+            )
+    maps, preds, _ = _model_maps(model, images, method, layer, batch_size, bundle.grid)
+    if compare_to == "label":
+        if labels is None or any(v is None for v in labels):
+            raise BundleError("compare_to='label' needs a label for every image")
+        ref_cls: np.ndarray = _class_indices(list(labels), bundle.class_names)  # type: ignore[arg-type]
+    elif compare_to == "predicted":
+        # by name: the model may have classes the bundle lacks (a garbage class): those get no reference
+        ref_cls = np.array(
+            [bundle.class_names.index(c) if c in bundle.class_names else -1 for c in
+             (model.class_names[p] for p in preds)], dtype=np.int64,
+        )  # fmt: skip
+        preds = ref_cls
+    else:
+        raise ValueError(f"compare_to must be 'predicted' or 'label', got {compare_to!r}")
+    image_names = None if isinstance(images, torch.Tensor) else [img.name for img in images]
+    report = verify_maps(
+        maps, ref_cls, bundle, names=image_names, predicted=preds, labels=labels, params=params
+    )
+    return replace(report, warnings=tuple(found))
