@@ -12,7 +12,8 @@ distance, which :func:`scipy.spatial.distance.cdist` computes in compiled float6
 runs it on pixel chunks (L1 is additive over pixels, so memory stays bounded) and on upper-triangle row
 blocks spread over threads (scipy releases the GIL). ``backend="torch"`` does the same with blocked float32
 ``torch.minimum`` reductions (accumulated in float64); ``backend="compiled"`` fuses min and sum into one
-kernel with :func:`torch.compile` (needs a C++ compiler; the first call compiles for a few seconds).
+kernel with :func:`torch.compile` (needs a C++ compiler; the first call compiles for a few seconds), which
+``"auto"`` picks for large gold lists.
 
 Checkpoint tracking (:func:`track_checkpoints`) computes AUC, accuracy and the C-Score per method and class
 for a series of checkpoints, and flags the early-warning pattern: the C-Score falls by more than ``drop``
@@ -140,31 +141,91 @@ def _min_sum_eager(a: Tensor, b: Tensor) -> Tensor:
 
 _COMPILED: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
 _COMPILED_LOCK = threading.Lock()
+_TILE, _TILE_PIXELS = 64, 2048  # one fixed kernel shape: (64, 2048) x (64, 2048) -> (64, 64); compiled once
+AUTO_COMPILED_MIN_WORK = 2e9  # pairs x pixels above which "auto" uses the compiled kernel (~200 maps at 224²)
 
 
 def _compiled_kernel() -> Callable[[Tensor, Tensor], Tensor]:
     with _COMPILED_LOCK:
         if "min_sum" not in _COMPILED:
-            _COMPILED["min_sum"] = torch.compile(_min_sum_eager, dynamic=True)
+            _COMPILED["min_sum"] = torch.compile(_min_sum_eager, dynamic=False)
         return _COMPILED["min_sum"]
+
+
+def _sum_min_compiled(x: np.ndarray, n_threads: int) -> np.ndarray:
+    """Fused min+sum kernel on fixed (64 x 64 x 2048) tiles of the zero-padded maps (zeros add nothing to
+    Σ min); float32 within a tile, float64 across tiles. Each kernel runs on one intra-op thread — OpenMP
+    barriers inside tiny kernels stall on a busy machine — and tiles are spread over ``n_threads`` Python
+    threads instead."""
+    kernel = _compiled_kernel()
+    n, p = x.shape
+    t, c = _TILE, _TILE_PIXELS
+    n_pad, p_pad = -(-n // t) * t, -(-p // c) * c
+    xp = torch.zeros((n_pad, p_pad), dtype=torch.float32)
+    xp[:n, :p] = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    chunks = [xp[:, s : s + c].contiguous() for s in range(0, p_pad, c)]
+    tiles = [(i, j) for i in range(0, n_pad, t) for j in range(i, n_pad, t)]
+    out = np.zeros((n_pad, n_pad), dtype=np.float64)
+
+    def run(ij: tuple[int, int]) -> tuple[int, int, np.ndarray]:
+        i, j = ij
+        acc = torch.zeros((t, t), dtype=torch.float64)
+        with torch.inference_mode():
+            for ch in chunks:
+                acc += kernel(ch[i : i + t], ch[j : j + t])
+        return i, j, acc.numpy()
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, n_threads)) as pool:
+            for i, j, d in pool.map(run, tiles):
+                out[i : i + t, j : j + t] = d
+    finally:
+        torch.set_num_threads(old)
+    res = out[:n, :n]
+    return np.triu(res) + np.triu(res, 1).T
+
+
+def compiled_available() -> bool:
+    """Whether the torch.compile backend works here (needs a C++ compiler); tried once per process."""
+    with _COMPILED_LOCK:
+        if "ok" in _COMPILED:
+            return True
+        if "failed" in _COMPILED:
+            return False
+    try:
+        probe = np.random.default_rng(0).random((3, 5)).astype(np.float32)
+        got = _sum_min_compiled(probe, 1)
+        ok = bool(np.allclose(got, _sum_min_scipy(probe, 1), atol=1e-5))
+    except Exception as exc:  # any compiler/toolchain failure means: use scipy, and say why
+        log.warning("torch.compile backend unavailable, using scipy: %s", exc)
+        ok = False
+    with _COMPILED_LOCK:
+        _COMPILED["ok" if ok else "failed"] = _min_sum_eager
+    return ok
 
 
 def pairwise_sum_min(x: np.ndarray, *, backend: Backend = "auto", n_threads: int | None = None) -> np.ndarray:
     """All-pairs ``Σ_p min(x_i[p], x_j[p])`` of (N, P) non-negative rows → (N, N) float64.
 
-    ``backend``: "scipy" (default for "auto"; exact float64 L1 identity), "torch" (blocked eager
-    ``torch.minimum``), "compiled" (fused :func:`torch.compile` kernel). ``n_threads`` defaults to
-    ``torch.get_num_threads()``.
+    ``backend``: "scipy" (exact float64 L1 identity), "torch" (blocked eager ``torch.minimum``),
+    "compiled" (fused :func:`torch.compile` kernel, float32 per tile), "auto" (compiled when the work
+    N(N−1)/2 · P exceeds ``AUTO_COMPILED_MIN_WORK`` and a compiler works here, else scipy).
+    ``n_threads`` defaults to ``torch.get_num_threads()``.
     """
     if x.ndim != 2:
         raise ShapeError(f"expected (N, P) rows, got {x.shape}")
     threads = n_threads if n_threads is not None else torch.get_num_threads()
-    if backend in ("auto", "scipy"):
+    if backend == "auto":
+        work = x.shape[0] * (x.shape[0] - 1) / 2 * x.shape[1]
+        backend = "compiled" if work >= AUTO_COMPILED_MIN_WORK and compiled_available() else "scipy"
+    if backend == "scipy":
         return _sum_min_scipy(x, threads)
     if backend == "torch":
         return _sum_min_torch(np.ascontiguousarray(x, dtype=np.float32), threads, _min_sum_eager)
     if backend == "compiled":
-        return _sum_min_torch(np.ascontiguousarray(x, dtype=np.float32), threads, _compiled_kernel())
+        return _sum_min_compiled(x, threads)
     raise ValueError(f"unknown backend '{backend}'; choose auto, scipy, torch or compiled")
 
 
