@@ -52,8 +52,8 @@ class LoadedImage:
 
     ``pixels`` is float32 in [0, 1], shape (H, W) for grayscale or (H, W, 3) for colour, after DICOM rescale
     and windowing (MONOCHROME1 already inverted so that dense tissue is bright). ``display`` is the uint8
-    version of the same picture for drawing. ``metadata`` holds only non-identifying acquisition facts; ``notices`` are
-    things the user should be told (first frame of a multi-frame file, alpha dropped, ...).
+    version of the same picture for drawing. ``metadata`` holds only non-identifying acquisition facts;
+    ``notices`` are things the user should be told (first frame of a multi-frame file, alpha dropped, ...).
     """
 
     pixels: np.ndarray
