@@ -1,10 +1,11 @@
 """Early feature maps: structural shift that the last-layer attention can miss (METHODS.md §3).
 
-The activations of the first stages of a network (**default** the first two spatial stages by resolution,
-found by :func:`verification.cam.layers.stage_outputs`) describe the input's low-level structure: exposure,
-contrast, texture, orientation. For each image and stage this module records per-channel statistics (mean, standard
-deviation, fraction of positive activations) and the channel-mean map. A reference built on an in-distribution
-set holds the mean and spread of every statistic and the mean channel-mean map per stage; a new image gets
+The activations of the first stages of a network (**default** the first two spatial stages by
+resolution, found by :func:`verification.cam.layers.stage_outputs`) describe the input's low-level
+structure: exposure, contrast, texture, orientation. For each image and stage this module records
+per-channel statistics (mean, standard deviation, fraction of positive activations) and the channel-mean
+map. A reference built on an in-distribution set holds the mean and spread of every statistic and the
+mean channel-mean map per stage; a new image gets
 
 * a **shift score**: the mean |z| of its channel statistics against the reference set (z clipped at ±20, so a
   handful of dead channels cannot dominate), and
@@ -176,12 +177,15 @@ def build_feature_reference(
     if len(images) < 3:
         raise ShapeError("a feature reference needs at least three in-distribution images")
     if layers is None:
-        shape = (
-            (model.in_channels, *model.input_size)
-            if isinstance(model, LoadedModel)
-            else tuple(images[0].shape)
-        )
-        layers = early_layers(model, shape, count)  # type: ignore[arg-type]
+        if isinstance(model, LoadedModel):
+            shape: tuple[int, ...] = (model.in_channels, *model.input_size)
+        elif isinstance(images, Tensor):
+            shape = tuple(int(v) for v in images.shape[1:])
+        else:
+            raise ShapeError(
+                "LoadedImages need a LoadedModel (for its preprocessing); pass a tensor otherwise"
+            )
+        layers = early_layers(model, shape, count)
     summ = summarise_features(model, images, layers, grid=grid, batch_size=batch_size)
     s = summ.stats.astype(np.float64)
     n = len(s)
