@@ -147,7 +147,7 @@ def main() -> None:
             print(f"  {name:12s} {t:7.3f} s   peer {t_loop:8.2f} s   speedup {t_loop / t:8.1f}×   ({note})")
 
     print(
-        "\nSpatial Wasserstein, sliced (64 directions, ×π/2) vs POT exact on 16×16 grids, 50 pairs per family:"
+        "\nSpatial Wasserstein, sliced (32 directions, ×π/2) vs POT exact on 16×16 grids, 50 pairs per family:"
     )
     rng = np.random.default_rng(0)
     pts16 = grid_points(16, 16, 16, 16)

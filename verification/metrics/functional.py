@@ -166,10 +166,10 @@ def _overlap(
     a: torch.Tensor, b: torch.Tensor, threshold: Threshold
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     fa, fb = _flat(binarize(a, threshold), binarize(b, threshold))
-    inter = (fa & fb).sum(1).to(torch.float64)
-    na = fa.sum(1).to(torch.float64)
-    nb = fb.sum(1).to(torch.float64)
-    return inter, na, nb
+    # float32 0/1 vectors: counts are exact up to 2^24 pixels, and a dot product is far faster than bool sums
+    fa, fb = fa.to(torch.float32), fb.to(torch.float32)
+    inter = torch.linalg.vecdot(fa, fb).to(torch.float64)
+    return inter, fa.sum(1).to(torch.float64), fb.sum(1).to(torch.float64)
 
 
 def iou(a: torch.Tensor, b: torch.Tensor, threshold: Threshold = 0.5) -> MetricResult:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from verification.metrics.functional import MetricResult, _result
 
-DEFAULT_DIRECTIONS = 64
+DEFAULT_DIRECTIONS = 32
 DEFAULT_GRID = 32
 DEFAULT_SEED = 0
 _CHUNK_ELEMENTS = 1 << 23  # bound on pairs × directions × cells held at once (about 32 MB in float32)
