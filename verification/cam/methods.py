@@ -78,7 +78,8 @@ def get_method(name: str) -> MethodSpec:
 
 def _weighted_sum(w: Tensor, a: Tensor) -> Tensor:
     """Σ_k w[n, k] · A[n, k]  →  (N, h, w)."""
-    return torch.einsum("nc,nchw->nhw", w, a)
+    n, c, h, w_ = a.shape
+    return torch.bmm(w[:, None, :].to(a.dtype), a.reshape(n, c, h * w_)).reshape(n, h, w_)
 
 
 @register_method("gradcam", label="Grad-CAM", reference="Selvaraju et al., ICCV 2017")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import platform
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ SCHEMA_NAME = "verification.cam.CamResult"
 _ARRAYS = ("raw", "maps", "logits", "probs", "constant")
 
 
+@functools.cache
 def package_version() -> str:
     """Version of this project as installed, else the one in pyproject (a source checkout)."""
     from importlib import metadata
