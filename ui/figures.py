@@ -13,6 +13,12 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
+from ui.loaders import ChannelStats
+from verification.consistency import CheckpointSeries
+from verification.features import FeatureShiftReport
+from verification.metrics import METRICS
+from verification.reference import ReferenceBundle, VerificationReport
+
 COLORMAPS: dict[str, int] = {
     "turbo": cv2.COLORMAP_TURBO,
     "jet": cv2.COLORMAP_JET,
@@ -38,7 +44,7 @@ def _rgb(display: np.ndarray) -> np.ndarray:
 
 
 def fit(display: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
-    """The display image as RGB uint8, shrunk (area interpolation) to at most ``max_side`` on its long side."""
+    """The display image as RGB uint8, shrunk (area interpolation) to at most ``max_side`` per side."""
     img = _rgb(display)
     h, w = img.shape[:2]
     scale = max_side / max(h, w)
@@ -130,37 +136,63 @@ def metric_chart(
     names: Sequence[str],
     values: np.ndarray,
     flags: np.ndarray,
-    band: tuple[float, float] | None,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    value_range: tuple[float, float],
     higher_is_better: bool,
 ) -> go.Figure:
-    """One metric over the chosen images: a point per image, the calibration band shaded, flags in red."""
+    """One metric over the chosen images: each image's calibration band (its reference class's) as a shaded
+    bar, the image's value as a point, green inside the band and red when flagged."""
+    # Zoom on the data and the finite band edges (a [-1, 1] axis would squash cosine values near 1), never
+    # past the metric's own range.
+    seen = np.concatenate([values, lo, hi])
+    seen = seen[np.isfinite(seen)]
+    if seen.size == 0:
+        seen = np.array([0.0, 1.0])
+    pad = max(float(np.ptp(seen)) * 0.12, 0.02)
+    low_edge = max(float(seen.min()) - pad, value_range[0])
+    high_edge = min(float(seen.max()) + pad, value_range[1])
+    band_lo = np.clip(np.where(np.isfinite(lo), lo, low_edge), low_edge, high_edge)
+    band_hi = np.clip(np.where(np.isfinite(hi), hi, high_edge), low_edge, high_edge)
+    x = list(range(len(names)))
     fig = go.Figure()
-    if band is not None and np.all(np.isfinite(band)):
-        fig.add_hrect(
-            y0=band[0],
-            y1=band[1],
-            fillcolor=_BAND,
-            line_width=0,
-            annotation_text="in-distribution band",
-            annotation_position="top left",
+    fig.add_trace(
+        go.Bar(
+            x=x,
+            y=band_hi - band_lo,
+            base=band_lo,
+            marker_color=_BAND,
+            width=0.8,
+            name="in-distribution band",
+            hoverinfo="skip",
         )
+    )
     fig.add_trace(
         go.Scatter(
-            x=list(names),
-            y=values,
+            x=x,
+            y=np.nan_to_num(values, nan=low_edge),
             mode="markers",
-            marker={"size": 11, "color": [_FAIL if f else _PASS for f in flags], "line": {"width": 1}},
-            hovertemplate="%{x}<br>" + label + " = %{y:.3f}<extra></extra>",
+            marker={
+                "size": 10,
+                "color": [_FAIL if f else _PASS for f in flags],
+                "symbol": ["x" if not np.isfinite(v) else "circle" for v in values],
+                "line": {"width": 1, "color": "#111"},
+            },
+            customdata=list(names),
+            name="image",
+            hovertemplate="%{customdata}<br>" + label + " = %{y:.3f}<extra></extra>",
         )
     )
     direction = "higher is better" if higher_is_better else "lower is better"
     fig.update_layout(
         template=PLOT_TEMPLATE,
         title={"text": f"{label} <span style='font-size:0.8em;opacity:0.7'>({direction})</span>", "x": 0.01},
-        height=260,
+        height=250,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         showlegend=False,
-        xaxis={"showticklabels": len(names) <= 24},
+        bargap=0.2,
+        xaxis={"showticklabels": False, "title": f"{len(names)} images"},
+        yaxis={"range": [low_edge, high_edge]},
     )
     return fig
 
@@ -225,5 +257,189 @@ def bars(
         height=300,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         yaxis={"title": y_title},
+    )
+    return fig
+
+
+def checkpoint_charts(series: CheckpointSeries, method: str) -> tuple[go.Figure, go.Figure]:
+    """C-Score per class for one method across checkpoints, and beside it AUC and accuracy (with warnings)."""
+    names = [s.name for s in series.checkpoints]
+    per_class: dict[str, list[float]] = {}
+    for cls in series.class_names:
+        by_t = {
+            r.checkpoint_index: r.c_score for r in series.rows if r.method == method and r.class_name == cls
+        }
+        per_class[cls] = [by_t.get(s.index, float("nan")) for s in series.checkpoints]
+    left = lines(
+        names,
+        per_class,
+        title=f"C-Score per class — {method}",
+        y_title="C-Score",
+        x_title="checkpoint",
+        y_range=(0.0, 1.0),
+    )
+    for w in series.warnings:
+        if w.method == method:
+            y = w.c_score if np.isfinite(w.c_score) else 0.0
+            left.add_annotation(
+                x=w.checkpoint,
+                y=y,
+                text="⚠",
+                showarrow=True,
+                arrowcolor=_FAIL,
+                font={"color": _FAIL, "size": 16},
+                hovertext=w.message(),
+            )
+    right = lines(
+        names,
+        {
+            "AUC (macro, one-vs-rest)": [s.auc for s in series.checkpoints],
+            "accuracy": [s.accuracy for s in series.checkpoints],
+        },
+        title="AUC and accuracy",
+        y_title="score",
+        x_title="checkpoint",
+        y_range=(0.0, 1.0),
+    )
+    return left, right
+
+
+def similarity_charts(report: VerificationReport, bundle: ReferenceBundle) -> list[go.Figure]:
+    """One :func:`metric_chart` per metric of a verification report, bands from the bundle."""
+    figs = []
+    for j, name in enumerate(report.metrics):
+        spec = METRICS[name]
+        figs.append(
+            metric_chart(
+                label=spec.label,
+                names=report.names,
+                values=report.values[:, j],
+                flags=report.flags[:, j],
+                lo=bundle.bands_lo[report.reference_class, j],
+                hi=bundle.bands_hi[report.reference_class, j],
+                value_range=spec.range,
+                higher_is_better=spec.higher_is_better,
+            )
+        )
+    return figs
+
+
+def flag_count_chart(report: VerificationReport) -> go.Figure:
+    """How many metrics flag each image, with the verdict's cut-off."""
+    counts = np.bincount(report.n_flags, minlength=len(report.metrics) + 1)
+    k = report.params.min_flags
+    colors = [_FAIL if i >= k else _PASS for i in range(len(counts))]
+    fig = go.Figure(go.Bar(x=list(range(len(counts))), y=counts, marker_color=colors))
+    fig.add_vline(x=k - 0.5, line_dash="dash", annotation_text=f"flagged at ≥ {k}")
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        title={"text": "Metrics outside their band, per image", "x": 0.01},
+        height=250,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        xaxis={"title": "number of metrics flagged", "dtick": 1},
+        yaxis={"title": "images"},
+    )
+    return fig
+
+
+def distribution_charts(report: VerificationReport, bundle: ReferenceBundle) -> list[go.Figure]:
+    """Per metric, the distribution of values by predicted class with the pooled band edges marked; then the
+    number of flagged metrics per image."""
+    figs = []
+    classes = [report.class_names[k] for k in report.reference_class]
+    for j, name in enumerate(report.metrics):
+        spec = METRICS[name]
+        by_class = {c: report.values[[cl == c for cl in classes], j] for c in dict.fromkeys(classes)}
+        fig = histogram(by_class, title=f"{spec.label} by predicted class")
+        for k, c in enumerate(bundle.class_names):
+            for edge in (bundle.bands_lo[k, j], bundle.bands_hi[k, j]):
+                if np.isfinite(edge) and c in by_class:
+                    fig.add_vline(x=float(edge), line_dash="dot", line_color="#bbb", opacity=0.6)
+        figs.append(fig)
+    figs.append(flag_count_chart(report))
+    return figs
+
+
+def activation_grid(
+    acts: np.ndarray, *, columns: int = 8, max_channels: int = 32, tile: int = 96
+) -> np.ndarray:
+    """The first channels of an (C, h, w) activation as one RGB picture, each tile min-max scaled on its own
+    (what a channel responds to, not how strongly) and drawn with the viridis colormap."""
+    chans = acts[:max_channels]
+    rows = int(np.ceil(len(chans) / columns))
+    gap = 2
+    out = np.zeros((rows * (tile + gap), columns * (tile + gap), 3), np.uint8)
+    for i, a in enumerate(chans):
+        lo, hi = float(a.min()), float(a.max())
+        norm = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        pic = colorize(
+            cv2.resize(norm.astype(np.float32), (tile, tile), interpolation=cv2.INTER_NEAREST), "viridis"
+        )
+        r, c = divmod(i, columns)
+        out[r * (tile + gap) : r * (tile + gap) + tile, c * (tile + gap) : c * (tile + gap) + tile] = pic
+    return out
+
+
+def channel_stat_chart(stats: ChannelStats) -> go.Figure:
+    """Per channel: the reference set's mean ± 2 std as a band, this image's value as a point (red if out)."""
+    lo, hi = stats.ref_mean - 2 * stats.ref_std, stats.ref_mean + 2 * stats.ref_std
+    outside = (stats.image < lo) | (stats.image > hi)
+    x = list(range(len(stats.image)))
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(x=x, y=hi - lo, base=lo, marker_color=_BAND, width=0.8, hoverinfo="skip", name="ref ± 2σ")
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=stats.image,
+            mode="markers",
+            marker={"size": 6, "color": [_FAIL if o else _PASS for o in outside]},
+            name="this image",
+            hovertemplate="channel %{x}: %{y:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        title={
+            "text": f"{stats.layer} · channel {stats.stat} ({int(outside.sum())} of {len(x)} outside ±2σ)",
+            "x": 0.01,
+        },
+        height=260,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        showlegend=False,
+        xaxis={"title": "channel"},
+    )
+    return fig
+
+
+def feature_shift_chart(report: FeatureShiftReport, highlight: int | None = None) -> go.Figure:
+    """Shift score against structure similarity for every image, with the reference thresholds."""
+    fig = go.Figure(
+        go.Scatter(
+            x=report.score,
+            y=report.structure_ssim,
+            mode="markers",
+            customdata=list(report.names),
+            marker={
+                "size": [14 if i == highlight else 9 for i in range(len(report.names))],
+                "color": [_FAIL if f else _PASS for f in report.flagged],
+                "line": {
+                    "width": [2 if i == highlight else 0 for i in range(len(report.names))],
+                    "color": "#fff",
+                },
+            },
+            hovertemplate="%{customdata}<br>shift %{x:.2f}, structure SSIM %{y:.3f}<extra></extra>",
+        )
+    )
+    fig.add_vline(x=report.score_max, line_dash="dash", annotation_text="shift threshold")
+    fig.add_hline(y=report.ssim_min, line_dash="dash", annotation_text="structure threshold")
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        title={"text": "Early-layer shift per image (red: flagged)", "x": 0.01},
+        height=360,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        xaxis={"title": "shift score: mean |z| of channel statistics (lower is closer)"},
+        yaxis={"title": "structure SSIM with the reference (higher is closer)"},
     )
     return fig

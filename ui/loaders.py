@@ -13,26 +13,48 @@ import json
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
+import pandas as pd
 import streamlit as st
+import torch
 
-from ui.uploads import Blob, expand_zip
-from verification.io.images import load_image
-from verification.io.models import load_model, load_model_bytes
-
-if TYPE_CHECKING:
-    from verification.reference import ReferenceBundle
+from ui.uploads import Blob, expand_uploads, expand_zip
 from verification import demo
+from verification.batch import scan_images, scan_labelled
 from verification.cam import compute_attribution, compute_cams, default_target_layer, list_layers
 from verification.cam.records import CamResult
 from verification.cam.targets import ClassLogit, SegmentationTarget, Target
-from verification.errors import BundleError, ModelLoadError
+from verification.consistency import CheckpointSeries, track_checkpoints
+from verification.errors import BundleError, ImageLoadError, ModelLoadError, VerificationError
+from verification.features import (
+    STATS as STATS,
+)
+from verification.features import (
+    FeatureReference,
+    FeatureShiftReport,
+    build_feature_reference,
+    capture_features,
+    channel_statistics,
+    check_features,
+)
+from verification.garbage import Prediction, predict
+from verification.io.images import load_image, to_tensor
+from verification.io.models import load_model, load_model_bytes
 from verification.io.records import LoadedImage, LoadedModel
+from verification.metrics import METRICS
+from verification.reference import (
+    ReferenceBundle,
+    VerificationReport,
+    build_reference,
+    load_bundle,
+    verify,
+    verify_maps,
+)
 
 # The gradient family: one forward and one backward give all of them (multi-scale Grad-CAM++ adds its depths
 # to the same capture), so they are computed and cached together and switching between them never recomputes.
@@ -90,10 +112,10 @@ class TargetKey:
 class ModelSpec:
     """What the user chose for a model slot; enough to (re)load it. Compared and cached by ``key``."""
 
-    kind: Literal["demo", "upload"]
+    kind: Literal["file", "upload"]
     label: str
     key: str  # content hash of weights (+ sidecar, architecture, trust): the cache key
-    demo_name: str | None = None
+    path: Path | None = None
     filename: str | None = None
     data: bytes = field(default=b"", repr=False, compare=False)
     sidecar: dict[str, object] | None = field(default=None, compare=False)
@@ -101,13 +123,17 @@ class ModelSpec:
     trust: bool = False
 
 
-def demo_spec(name: str) -> ModelSpec:
-    path = demo.demo_model_path(name)
+def file_spec(path: Path, label: str) -> ModelSpec:
+    """A model on disk (the demo's), keyed by the hash of its weights and sidecar."""
     digest = hashlib.sha256(path.read_bytes())
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         digest.update(sidecar.read_bytes())
-    return ModelSpec(kind="demo", label=f"demo: {name}", key=digest.hexdigest(), demo_name=name)
+    return ModelSpec(kind="file", label=label, key=digest.hexdigest(), path=path)
+
+
+def demo_spec(name: str) -> ModelSpec:
+    return file_spec(demo.demo_model_path(name), f"demo: {name}")
 
 
 def upload_spec(
@@ -149,9 +175,9 @@ def upload_spec(
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
 def _cached_model(key: str, _spec: ModelSpec) -> tuple[LoadedModel, threading.Lock]:
-    if _spec.kind == "demo":
-        assert _spec.demo_name is not None
-        model = load_model(demo.demo_model_path(_spec.demo_name), name=_spec.demo_name)
+    if _spec.kind == "file":
+        assert _spec.path is not None
+        model = load_model(_spec.path, name=_spec.label.removeprefix("demo: "))
     else:
         assert _spec.filename is not None
         model = load_model_bytes(
@@ -171,7 +197,7 @@ def get_model(spec: ModelSpec) -> tuple[LoadedModel, threading.Lock]:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def model_layers(model_hash: str, _model: LoadedModel, _lock: threading.Lock) -> tuple[dict[str, str], str]:
-    """Layers with a spatial output, deepest first, as {dotted name: "C×h×w"}, and the default target layer."""
+    """Spatial layers, deepest first, as {dotted name: "C×h×w"}, and the default target layer."""
     shape = (1, _model.in_channels, *_model.input_size)
     with _lock:
         infos = list_layers(_model.module, shape)
@@ -232,8 +258,6 @@ def demo_image_set(split: str) -> ImageSet:
 
 def images_from_blobs(blobs: Sequence[Blob]) -> tuple[list[ImageItem], list[str]]:
     """Load every blob; a bad file becomes an error line and the rest still load."""
-    from verification.errors import VerificationError
-
     items: list[ImageItem] = []
     errors: list[str] = []
     for blob in blobs:
@@ -258,8 +282,6 @@ def one_pass_cams(
     _image: LoadedImage,
 ) -> dict[str, CamResult]:
     """Every gradient-family CAM of one image from one forward and one backward, cached together."""
-    from verification.io.images import to_tensor
-
     with _lock:
         x = to_tensor(_image, _model)
         results = compute_cams(_model, x, methods=ONE_PASS_METHODS, layers=[layer], target=target.build())
@@ -278,8 +300,6 @@ def extra_map(
     _image: LoadedImage,
 ) -> CamResult:
     """A method that needs its own passes (multi-scale, Score-/Ablation-CAM, captum attributions)."""
-    from verification.io.images import to_tensor
-
     with _lock:
         x = to_tensor(_image, _model)
         if method in ATTRIBUTION_METHODS:
@@ -306,25 +326,17 @@ def cam_for(
 # ---------------------------------------------------------------------------------------------- predictions
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """The top class of one image; ``rejected`` when that class is the model's garbage class."""
-
-    index: int
-    label: str
-    probability: float
-    rejected: bool
+@st.cache_data(show_spinner=False, max_entries=512)
+def _predict(
+    model_hash: str, image_hash: str, _model: LoadedModel, _lock: threading.Lock, _image: LoadedImage
+) -> Prediction:
+    with _lock:
+        return predict(_model, [_image])[0]
 
 
-def prediction(model: LoadedModel, result: CamResult, sample: int = 0) -> Prediction:
-    probs = result.probs[sample]
-    index = int(np.argmax(probs))
-    return Prediction(
-        index=index,
-        label=model.class_names[index],
-        probability=float(probs[index]),
-        rejected=model.garbage_index is not None and index == model.garbage_index,
-    )
+def prediction(model: LoadedModel, lock: threading.Lock, image: LoadedImage) -> Prediction:
+    """The classifier's answer for one image; a garbage-class win is a rejection, never a diagnosis."""
+    return _predict(model.content_hash, image.content_hash, model, lock, image)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -332,10 +344,7 @@ def _segmentation_probs(
     model_hash: str, image_hash: str, _model: LoadedModel, _lock: threading.Lock, _image: LoadedImage
 ) -> np.ndarray:
     """(C, H, W) per-pixel class probabilities at the model's input size."""
-    import torch
-
     from verification.cam.targets import output_tensor
-    from verification.io.images import to_tensor
 
     with _lock, torch.inference_mode():
         logits = output_tensor(_model.module(to_tensor(_image, _model)))[0].float()
@@ -355,26 +364,17 @@ def segmentation_mask(
 # ---------------------------------------------------------------------------------------------- demo
 
 
-@st.cache_data(show_spinner=False)
 def demo_splits() -> list[str]:
-    """The demo image sets present in the manifest, the test set first."""
-    shifts = ("exposure", "noise", "blur", "inverted", "rotation")
-    order = ["test", "reference", "shortcut_swapped", *[f"shifted_{k}" for k in shifts], "ood"]
-    present = [split for split in order if _has_split(split)]
-    return present or ["test"]
-
-
-def _has_split(split: str) -> bool:
-    try:
-        return bool(demo.demo_images(split))
-    except (KeyError, ValueError, FileNotFoundError):
-        return False
+    """The demo image sets, the in-distribution test set first."""
+    splits = demo.demo_splits()
+    return sorted(splits, key=lambda s: (s != "test", s.startswith("shifted_"), s == "ood"))
 
 
 def split_label(split: str) -> str:
     labels = {
         "test": "Test set (in distribution)",
         "reference": "Reference set (trusted)",
+        "shortcut": "Marker matches the class",
         "shortcut_swapped": "Markers swapped between classes",
         "ood": "Out of distribution (not chest films)",
     }
@@ -383,10 +383,9 @@ def split_label(split: str) -> str:
     return labels.get(split, split)
 
 
-def demo_samples() -> list[Path]:
-    """Files a user can download and upload again (PNG, DICOM, a model in each format)."""
-    folder = demo.demo_root() / "samples"
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+def demo_samples() -> list[tuple[Path, str]]:
+    """Files a user can download and upload again (PNG, DICOM, a model in each format), with descriptions."""
+    return [(Path(s["path"]), str(s.get("description", ""))) for s in demo.demo_samples()]
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -410,8 +409,6 @@ def _bundle_handle(bundle: ReferenceBundle, key: str, label: str, caught: list[s
 
 
 def _load_checked(path: Path, model: LoadedModel | None) -> tuple[ReferenceBundle, list[str]]:
-    from verification.reference import load_bundle
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bundle = load_bundle(path, model=model)
@@ -476,4 +473,460 @@ def expand_bundle_upload(files: Sequence[tuple[str, bytes]]) -> list[Blob]:
             out.extend(expand_zip(name, data, suffixes=frozenset({".npz", ".json"})).blobs)
         else:
             out.append(Blob(name, data))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- consistency
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def checkpoint_series(
+    checkpoint_digest: str,
+    image_hashes: tuple[str, ...],
+    methods: tuple[str, ...],
+    tau: float,
+    gamma: float,
+    _checkpoints: tuple[Path, ...],
+    _images: tuple[LoadedImage, ...],
+    _labels: tuple[int, ...],
+) -> CheckpointSeries:
+    """AUC, accuracy and C-Score per method and class for each checkpoint (cached by content)."""
+    return track_checkpoints(
+        list(_checkpoints), list(_images), list(_labels), methods=methods, tau=tau, gamma=gamma
+    )
+
+
+def demo_checkpoint_series(
+    images: ImageSet, class_names: Sequence[str], methods: Sequence[str], tau: float, gamma: float
+) -> CheckpointSeries:
+    """The demo's checkpoint series on the labelled images of ``images``."""
+    paths = tuple(demo.demo_checkpoints())
+    if not paths:
+        raise BundleError("The demo has no checkpoint series; build it with 'python -m assets.make_demo'.")
+    labelled = [item for item in images.items if item.label in class_names]
+    if len(labelled) < 4:
+        raise BundleError(
+            "The C-Score needs labelled images of the checkpoints' classes "
+            f"({', '.join(class_names)}); choose a labelled demo set or a zip with one folder per class."
+        )
+    digest = _digest_files(list(paths))
+    return checkpoint_series(
+        digest,
+        tuple(item.image.content_hash for item in labelled),
+        tuple(methods),
+        float(tau),
+        float(gamma),
+        paths,
+        tuple(item.image for item in labelled),
+        tuple(class_names.index(str(item.label)) for item in labelled),
+    )
+
+
+def demo_checkpoint_paths() -> list[Path]:
+    return demo.demo_checkpoints()
+
+
+def checkpoint_class_names() -> tuple[str, ...]:
+    paths = demo.demo_checkpoints()
+    if not paths:
+        raise BundleError("The demo has no checkpoint series; build it with 'python -m assets.make_demo'.")
+    model, _ = get_model(file_spec(paths[0], "checkpoint 0"))
+    return model.class_names
+
+
+def labelled_or_demo(images: ImageSet | None) -> ImageSet:
+    """The current images if every one has a class label, else the demo test set."""
+    if images is not None and images.items and all(item.label for item in images.items):
+        return images
+    return demo_image_set("test")
+
+
+# ---------------------------------------------------------------------------------------------- verification
+
+VERIFY_CHUNK = 16
+ProgressFn = Callable[[int, int], None]
+
+
+def _concat_reports(parts: Sequence[VerificationReport]) -> VerificationReport:
+    """One report from reports of consecutive chunks of the same image list (same bundle and parameters)."""
+    first = parts[0]
+    reasons: dict[int, dict[str, str]] = {}
+    offset = 0
+    for part in parts:
+        reasons.update({offset + i: why for i, why in part.reasons.items()})
+        offset += part.n
+    return replace(
+        first,
+        names=tuple(name for part in parts for name in part.names),
+        values=np.concatenate([p.values for p in parts]),
+        flags=np.concatenate([p.flags for p in parts]),
+        n_flags=np.concatenate([p.n_flags for p in parts]),
+        flagged=np.concatenate([p.flagged for p in parts]),
+        reference_class=np.concatenate([p.reference_class for p in parts]),
+        predicted=np.concatenate([p.predicted for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+        reasons=reasons,
+    )
+
+
+def run_verify(
+    model: LoadedModel,
+    lock: threading.Lock,
+    bundle: ReferenceBundle,
+    items: Sequence[ImageItem],
+    *,
+    progress: ProgressFn | None = None,
+) -> VerificationReport:
+    """``verify`` over the items in chunks (so a progress bar can move), labels where every item has one the
+    bundle knows, the predicted class's reference otherwise."""
+    if not items:
+        raise BundleError("No images to verify: choose or upload some in the sidebar.")
+    labelled = all(item.label in bundle.class_names for item in items)
+    parts = []
+    for start in range(0, len(items), VERIFY_CHUNK):
+        chunk = items[start : start + VERIFY_CHUNK]
+        labels = [item.label for item in chunk] if labelled else None
+        with lock:
+            parts.append(verify(model, bundle, [item.image for item in chunk], labels))
+        if progress is not None:
+            progress(min(start + VERIFY_CHUNK, len(items)), len(items))
+    return _concat_reports(parts)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_verify(
+    model_hash: str,
+    bundle_key: str,
+    image_hashes: tuple[str, ...],
+    _model: LoadedModel,
+    _lock: threading.Lock,
+    _bundle: ReferenceBundle,
+    _items: tuple[ImageItem, ...],
+) -> VerificationReport:
+    return run_verify(_model, _lock, _bundle, _items)
+
+
+def verify_set(
+    model: LoadedModel, lock: threading.Lock, bundle: BundleHandle, images: ImageSet
+) -> VerificationReport:
+    """The verification report of a model on the working image set (cached by content)."""
+    return cached_verify(
+        model.content_hash, bundle.key, images.hashes, model, lock, bundle.bundle, images.items
+    )
+
+
+def build_bundle(model: LoadedModel, lock: threading.Lock, images: ImageSet | None) -> BundleHandle:
+    """A reference bundle built by ``model`` from labelled images (folder names in a zip, or demo labels)."""
+    if images is None or not images.items:
+        raise BundleError(
+            "Building a reference needs labelled images: upload a zip with one folder per class."
+        )
+    unknown = sorted({str(item.label) for item in images.items if item.label not in model.class_names})
+    if unknown:
+        raise BundleError(
+            f"These labels are not classes of {model.name}: {', '.join(unknown)}. Name each folder after one "
+            f"of {', '.join(model.class_names)}."
+        )
+    with lock:
+        bundle = build_reference(model, [i.image for i in images.items], [str(i.label) for i in images.items])
+    label = f"built from {images.label}"
+    key = sha256(("built", model.content_hash, *images.hashes).__repr__().encode())
+    return _bundle_handle(bundle, key, label, [])
+
+
+def reference_map(bundle: BundleHandle, class_name: str) -> np.ndarray | None:
+    """The reference map (h, w) in [0, 1] of a class, or None when the bundle has none for it."""
+    b = bundle.bundle
+    if class_name not in b.class_names:
+        return None
+    k = b.class_names.index(class_name)
+    return None if int(b.counts[k]) == 0 else np.asarray(b.references[k])
+
+
+def single_image_metrics(bundle: BundleHandle, class_name: str, cam: np.ndarray) -> pd.DataFrame | None:
+    """One map against its class reference: value, band and flag per metric."""
+    b = bundle.bundle
+    if reference_map(bundle, class_name) is None:
+        return None
+    report = verify_maps(cam[None], [class_name], b, names=["this image"])
+    band = b.band(class_name)
+    return pd.DataFrame(
+        {
+            "metric": [METRICS[m].label for m in report.metrics],
+            "value": report.values[0],
+            "band": [_band_text(*band[m]) for m in report.metrics],
+            "outside band": report.flags[0],
+        }
+    )
+
+
+def _band_text(lo: float, hi: float) -> str:
+    if np.isinf(lo):
+        return f"≤ {hi:.3f}"
+    if np.isinf(hi):
+        return f"≥ {lo:.3f}"
+    return f"{lo:.3f} – {hi:.3f}"
+
+
+def report_table(report: VerificationReport) -> pd.DataFrame:
+    """The per-image rows of a report, flags folded into the verdict column for reading."""
+    frame = pd.DataFrame.from_records(report.rows())
+    flag_cols = [f"{m}_flagged" for m in report.metrics]
+    frame["flagged metrics"] = [
+        ", ".join(METRICS[m].label for m, f in zip(report.metrics, row) if f)
+        for row in frame[flag_cols].itertuples(index=False)
+    ]
+    frame = frame.drop(columns=flag_cols).rename(columns={m: METRICS[m].label for m in report.metrics})
+    frame["verdict"] = np.where(frame.pop("flagged"), "flagged", "ok")
+    return frame
+
+
+def report_json(report: VerificationReport, **context: object) -> str:
+    """Summary, per-image rows and warnings as JSON (NaN written as null)."""
+    doc = {"summary": report.summary(), "rows": report.rows(), "warnings": list(report.warnings), **context}
+    return json.dumps(_finite(doc), indent=2, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class Comparison:
+    """Two models' reports on the same images: per-metric medians, deltas, who is closer to the reference."""
+
+    table: pd.DataFrame
+    better: str | None  # "A", "B" or None for a tie
+    reason: str
+
+
+def compare_reports(a: VerificationReport, b: VerificationReport) -> Comparison:
+    """Which model's attention is better aligned with the reference: the lower flagged share wins; on a tie,
+    the one whose median is better on more metrics."""
+    rows = []
+    wins = {"A": 0, "B": 0}
+    for j, m in enumerate(a.metrics):
+        spec = METRICS[m]
+        ma, mb = float(np.nanmedian(a.values[:, j])), float(np.nanmedian(b.values[:, j]))
+        delta = mb - ma
+        if np.isfinite(delta) and delta != 0:
+            winner = "B" if (delta > 0) == spec.higher_is_better else "A"
+            wins[winner] += 1
+        else:
+            winner = "—"
+        rows.append(
+            {
+                "metric": spec.label,
+                "direction": "higher is better" if spec.higher_is_better else "lower is better",
+                "median A": ma,
+                "median B": mb,
+                "B − A": delta,
+                "flag rate A": float(a.flags[:, j].mean()),
+                "flag rate B": float(b.flags[:, j].mean()),
+                "better": winner,
+            }
+        )
+    sa, sb = a.flagged_share, b.flagged_share
+    if sa != sb:
+        better = "A" if sa < sb else "B"
+        reason = f"flagged images: A {sa:.0%} vs B {sb:.0%}"
+    elif wins["A"] != wins["B"]:
+        better = "A" if wins["A"] > wins["B"] else "B"
+        n_better = max(wins.values())
+        reason = f"equal flagged share ({sa:.0%}); better median on {n_better} of {len(a.metrics)} metrics"
+    else:
+        better, reason = None, f"equal flagged share ({sa:.0%}) and as many better medians each"
+    return Comparison(table=pd.DataFrame.from_records(rows), better=better, reason=reason)
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class Source:
+    """One image of a dataset check, read only when its chunk runs (a dataset need not fit in memory)."""
+
+    name: str
+    label: str | None
+    path: Path | None = None
+    data: bytes = field(default=b"", repr=False)
+
+    def load(self) -> LoadedImage:
+        return load_image(self.path if self.path is not None else self.data, name=self.name)
+
+
+def sources_from_folder(folder: str) -> list[Source]:
+    """A folder on this machine: one subfolder per class gives labels, otherwise every image unlabelled."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ImageLoadError(f"'{folder}' is not a folder on this machine.")
+    has_classes = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
+    try:
+        if has_classes:
+            paths, labels = scan_labelled(root)
+            return [Source(str(p.relative_to(root)), lab, path=p) for p, lab in zip(paths, labels)]
+        return [Source(str(p.relative_to(root)), None, path=p) for p in scan_images([root])]
+    except (FileNotFoundError, ValueError) as exc:
+        raise ImageLoadError(str(exc)) from exc
+
+
+def sources_from_upload(files: Sequence[tuple[str, bytes]]) -> tuple[list[Source], tuple[str, ...]]:
+    """Uploaded files or zips (labels from folder names); also the names of skipped non-image entries."""
+    expanded = expand_uploads(files)
+    return [Source(b.name, b.label, data=b.data) for b in expanded.blobs], expanded.skipped
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetResult:
+    label: str
+    report: VerificationReport
+    errors: tuple[str, ...]
+
+
+def verify_sources(
+    model: LoadedModel,
+    lock: threading.Lock,
+    bundle: ReferenceBundle,
+    sources: Sequence[Source],
+    *,
+    label: str,
+    progress: ProgressFn | None = None,
+) -> DatasetResult:
+    """Verify a dataset chunk by chunk: each chunk is read, verified and dropped; unreadable files become
+    error lines and the run goes on."""
+    if not sources:
+        raise ImageLoadError("No images found there.")
+    parts: list[VerificationReport] = []
+    errors: list[str] = []
+    for start in range(0, len(sources), VERIFY_CHUNK):
+        chunk = sources[start : start + VERIFY_CHUNK]
+        items: list[ImageItem] = []
+        for src in chunk:
+            try:
+                items.append(ImageItem(image=src.load(), label=src.label))
+            except VerificationError as exc:
+                errors.append(f"{src.name}: {exc}")
+        if items:
+            parts.append(run_verify(model, lock, bundle, items))
+        if progress is not None:
+            progress(min(start + VERIFY_CHUNK, len(sources)), len(sources))
+    if not parts:
+        raise ImageLoadError(f"None of the {len(sources)} files could be read as an image.")
+    return DatasetResult(label=label, report=_concat_reports(parts), errors=tuple(errors))
+
+
+def sources_from_items(images: ImageSet) -> list[Source]:
+    """The sidebar's images as dataset sources (already decoded, so loading is free)."""
+    return [_LoadedSource(item.image.name, item.label, image=item.image) for item in images.items]
+
+
+@dataclass(frozen=True)
+class _LoadedSource(Source):
+    image: LoadedImage | None = field(default=None, repr=False)
+
+    def load(self) -> LoadedImage:
+        assert self.image is not None
+        return self.image
+
+
+# ---------------------------------------------------------------------------------------------- features
+
+FEATURE_REFERENCE_SPLIT = "reference"
+
+
+@st.cache_data(show_spinner="Describing the reference set's early feature maps…", max_entries=8)
+def _feature_reference(model_hash: str, _model: LoadedModel, _lock: threading.Lock) -> FeatureReference:
+    items = demo_image_set(FEATURE_REFERENCE_SPLIT).items
+    with _lock:
+        return build_feature_reference(_model, [item.image for item in items])
+
+
+def feature_reference(model: LoadedModel, lock: threading.Lock) -> FeatureReference:
+    """Early-layer statistics of the demo's trusted, in-distribution reference set under ``model``."""
+    return _feature_reference(model.content_hash, model, lock)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _feature_check(
+    model_hash: str,
+    image_hashes: tuple[str, ...],
+    _model: LoadedModel,
+    _lock: threading.Lock,
+    _reference: FeatureReference,
+    _images: tuple[LoadedImage, ...],
+) -> FeatureShiftReport:
+    with _lock:
+        return check_features(_model, _reference, list(_images))
+
+
+def feature_check(model: LoadedModel, lock: threading.Lock, images: ImageSet) -> FeatureShiftReport:
+    """Shift score and structure similarity of every working image against the reference set."""
+    ref = feature_reference(model, lock)
+    return _feature_check(
+        model.content_hash, images.hashes, model, lock, ref, tuple(i.image for i in images.items)
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _activations(
+    model_hash: str,
+    image_hash: str,
+    layers: tuple[str, ...],
+    _model: LoadedModel,
+    _lock: threading.Lock,
+    _image: LoadedImage,
+) -> dict[str, np.ndarray]:
+    with _lock:
+        acts = capture_features(_model.module, to_tensor(_image, _model), layers)
+    return {name: acts[name][0].numpy() for name in layers}
+
+
+def early_activations(
+    model: LoadedModel, lock: threading.Lock, image: LoadedImage, reference: FeatureReference
+) -> dict[str, np.ndarray]:
+    """(C, h, w) activations of the reference's early layers for one image."""
+    return _activations(model.content_hash, image.content_hash, reference.layers, model, lock, image)
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """One layer's per-channel statistics for an image beside the reference set's mean and spread."""
+
+    layer: str
+    stat: str  # "mean" | "std" | "active"
+    image: np.ndarray  # (C,)
+    ref_mean: np.ndarray  # (C,)
+    ref_std: np.ndarray  # (C,)
+
+
+def channel_stats(
+    reference: FeatureReference, activations: dict[str, np.ndarray], stat: str
+) -> list[ChannelStats]:
+    """Split the reference's concatenated statistics (per layer: mean, std, active, C each) by layer."""
+    out = []
+    offset = 0
+    k = STATS.index(stat)
+    for layer in reference.layers:
+        acts = activations[layer]
+        c = acts.shape[0]
+        image_stats = channel_statistics(torch.from_numpy(acts[None])).numpy()[0]
+        sl = slice(offset + k * c, offset + (k + 1) * c)
+        out.append(
+            ChannelStats(
+                layer=layer,
+                stat=stat,
+                image=image_stats[k * c : (k + 1) * c],
+                ref_mean=reference.stat_mean[sl],
+                ref_std=reference.stat_std[sl],
+            )
+        )
+        offset += len(STATS) * c
     return out

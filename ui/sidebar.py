@@ -281,23 +281,6 @@ def render() -> Workspace:
             _pick_image(images)
         st.subheader("Reference")
         bundle = _resolve_bundle(model_a, images)
-        _sample_downloads()
     ws = Workspace(model_a=model_a, model_b=model_b, images=images, bundle=bundle)
     K.WORKSPACE.set(ws)
     return ws
-
-
-def _sample_downloads() -> None:
-    samples = loaders.demo_samples()
-    if not samples:
-        return
-    with st.expander("Demo sample files to try the uploads"):
-        for path in samples:
-            # A callable is read only when clicked, so the samples cost nothing on a rerun.
-            st.download_button(
-                path.name,
-                data=path.read_bytes,
-                file_name=path.name,
-                on_click="ignore",
-                icon=":material/download:",
-            )

@@ -96,8 +96,19 @@ class K:
     SEG_THRESHOLD: StateKey[float] = StateKey("seg_threshold", _const(0.5))
     ATTENTION_SLOW: StateKey[bool] = StateKey("attention_slow", _const(False))
 
+    FEATURE_STAT: StateKey[str] = StateKey("feature_stat", _const("mean"))
+    EXPORT_GALLERY: StateKey[int] = StateKey("export_gallery", _const(12))
+
     # Pages with longer work keep their last result so a rerun does not lose it.
+    DATASET_SOURCE: StateKey[str] = StateKey(
+        "dataset_source", _const("current")
+    )  # "upload"|"folder"|"current"
     DATASET_UPLOAD: StateKey[Any] = StateKey("dataset_upload", _const(None))
     DATASET_FOLDER: StateKey[str] = StateKey("dataset_folder", _const(""))
-    DATASET_RESULT: StateKey[Any] = StateKey("dataset_result", _const(None))
-    CONSISTENCY_RESULT: StateKey[Any] = StateKey("consistency_result", _const(None))
+    DATASET_RESULT: StateKey[Any] = StateKey("dataset_result", _const(None))  # ui.loaders.DatasetResult
+    CONSISTENCY_METHODS: StateKey[list[str]] = StateKey(
+        "consistency_methods", lambda: ["gradcam", "gradcampp", "layercam"]
+    )
+    CONSISTENCY_TAU: StateKey[float] = StateKey("consistency_tau", _const(0.9))
+    CONSISTENCY_GAMMA: StateKey[float] = StateKey("consistency_gamma", _const(2.0))
+    CONSISTENCY_SHOWN: StateKey[str | None] = StateKey("consistency_shown", _const(None))

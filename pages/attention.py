@@ -1,0 +1,178 @@
+"""Attention: one image, its heatmap and the reference side by side; the prediction; every method at once."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import figures, loaders
+from ui.sidebar import workspace
+from ui.state import K
+from ui.widgets import colorbar, guard, image_panel, notices
+
+st.title("Attention")
+ws = workspace()
+if ws.model_a is None or ws.images is None:
+    st.info("Choose a model and images in the sidebar.", icon=":material/arrow_back:")
+    st.stop()
+
+handle = ws.model_a
+model = handle.model
+item = ws.images.items[min(K.IMAGE_INDEX.get(), len(ws.images.items) - 1)]
+image = item.image
+segmentation = model.task == "segmentation"
+
+for key in (K.METHOD, K.LAYER, K.TARGET, K.OPACITY, K.COLORMAP, K.SEG_CLASS, K.SEG_THRESHOLD):
+    key.init()
+
+# ------------------------------------------------------------------------------------------- controls
+layers: dict[str, str] = {}
+default_layer = ""
+with guard("Listing the model's layers"):
+    layers, default_layer = loaders.model_layers(model.content_hash, model, handle.lock)
+if K.LAYER.get() not in ("", *layers):
+    K.LAYER.set("")
+
+c1, c2, c3, c4, c5 = st.columns([1.3, 1.6, 1.2, 1.0, 0.9])
+method = c1.selectbox("Method", loaders.ALL_METHODS, format_func=loaders.METHOD_LABELS.get, key=K.METHOD.name)
+layer_choice = c2.selectbox(
+    "Layer",
+    ["", *layers],
+    format_func=lambda name: f"default: {default_layer}" if name == "" else f"{name}  ({layers[name]})",
+    key=K.LAYER.name,
+    disabled=method in loaders.ATTRIBUTION_METHODS or method == "ms_gradcampp",
+    help="Dotted module name. Attributions work on input pixels; multi-scale fuses the last stages.",
+)
+layer = layer_choice or default_layer
+if segmentation:
+    seg_classes = list(model.class_names[1:]) or list(model.class_names)
+    if K.SEG_CLASS.get() not in seg_classes:
+        K.SEG_CLASS.set(seg_classes[0])
+    seg_class = c3.selectbox("Region class", seg_classes, key=K.SEG_CLASS.name)
+    threshold = c3.slider("Mask threshold", 0.05, 0.95, step=0.05, key=K.SEG_THRESHOLD.name)
+    target = loaders.TargetKey("segmentation", model.class_names.index(seg_class), float(threshold))
+else:
+    options = ["predicted", *model.class_names]
+    if K.TARGET.get() not in options:
+        K.TARGET.set("predicted")
+    chosen = c3.selectbox(
+        "Explain class",
+        options,
+        format_func=lambda c: "predicted class" if c == "predicted" else c,
+        key=K.TARGET.name,
+    )
+    target = loaders.TargetKey("logit", None if chosen == "predicted" else model.class_names.index(chosen))
+opacity = c4.slider("Opacity", 0.0, 1.0, step=0.05, key=K.OPACITY.name)
+colormap = c5.selectbox("Colormap", list(figures.COLORMAPS), key=K.COLORMAP.name)
+
+notices(list(image.notices))
+
+# ------------------------------------------------------------------------------------------- the map
+result = None
+with guard(f"Computing {loaders.METHOD_LABELS[method]}"), st.spinner("Computing the map…"):
+    result = loaders.cam_for(model, handle.lock, image, method=method, layer=layer, target=target)
+if result is None:
+    st.stop()
+
+prediction = None if segmentation else loaders.prediction(model, handle.lock, image)
+if prediction is not None and prediction.rejected:
+    st.error(
+        f"**Input rejected as out-of-distribution** — the model's garbage class “{model.garbage_class}” wins "
+        f"(p = {prediction.confidence:.1%}). This image does not look like the radiographs the model was "
+        "trained on, so no diagnosis is given; the heatmap only shows what drove the rejection.",
+        icon=":material/block:",
+    )
+
+cols = st.columns(3)
+with cols[0]:
+    caption = f"{image.source_format.upper()} · {image.size[1]}×{image.size[0]}"
+    if item.label:
+        caption += f" · true label: {item.label}"
+    image_panel("Image", figures.fit(image.display), caption=caption)
+with cols[1], st.container(key="overlay_main"):  # the browser test and bench wait for this picture
+    what = "the predicted region" if segmentation else f"class “{model.class_names[result.targets[0]]}”"
+    image_panel(
+        f"{loaders.METHOD_LABELS[method]} — {what}",
+        figures.heatmap_overlay(image.display, result.maps[0], opacity=opacity, colormap=colormap),
+        caption=f"layer {result.layer}" + (" · constant map (no signal)" if bool(result.constant[0]) else ""),
+    )
+    colorbar(colormap)
+with cols[2]:
+    if segmentation:
+        with guard("Predicting the mask"):
+            mask = loaders.segmentation_mask(model, handle.lock, image, target)
+            image_panel(
+                f"Predicted mask — {seg_class} ≥ {threshold:.2f}",
+                figures.mask_overlay(image.display, mask),
+                caption=f"{mask.mean():.1%} of the image; the CAM explains the sum of these pixels' logits",
+            )
+    else:
+        ref = loaders.reference_map(ws.bundle, model.class_names[result.targets[0]]) if ws.bundle else None
+        if ref is None:
+            st.markdown("**Reference map**")
+            st.info("No reference for this class: choose a reference bundle in the sidebar.")
+        else:
+            image_panel(
+                f"Reference — class “{model.class_names[result.targets[0]]}”",
+                figures.heatmap_overlay(image.display, ref, opacity=opacity, colormap=colormap),
+                caption=f"mean map of the reference set ({ws.bundle.label})" if ws.bundle else None,
+            )
+            colorbar(colormap)
+
+# ------------------------------------------------------------------------------------------- prediction
+left, right = st.columns([1, 1])
+with left:
+    st.subheader("Prediction")
+    if prediction is None:
+        st.caption("Mean class probability over the image's pixels.")
+    elif prediction.rejected:
+        st.markdown(f"**Rejected input** ({prediction.message})")
+    else:
+        st.markdown(f"**{prediction.class_name}** with probability **{prediction.confidence:.1%}**")
+    st.plotly_chart(
+        figures.probability_bars(model.class_names, result.probs[0], rejected=model.garbage_class)
+    )
+with right:
+    if not segmentation and ws.bundle is not None:
+        st.subheader("Similarity to the reference")
+        with guard("Comparing with the reference"):
+            table = loaders.single_image_metrics(
+                ws.bundle, model.class_names[result.targets[0]], result.maps[0]
+            )
+            if table is not None:
+                st.dataframe(table, hide_index=True, width="stretch")
+                st.caption(
+                    "Flags use the bundle's calibration band for each metric (see the Similarity page)."
+                )
+
+# ------------------------------------------------------------------------------------------- all methods
+st.subheader("All methods for this image")
+st.caption(
+    "The gradient methods come from one forward and one backward pass and are cached together; "
+    "the perturbation methods run only when asked."
+)
+with guard("Computing the method grid"):
+    grid = loaders.one_pass_cams(
+        model.content_hash, image.content_hash, layer, target, model, handle.lock, image
+    )
+    extra = st.toggle(
+        "Add Score-CAM, Ablation-CAM and the pixel attributions (slower)", key=K.ATTENTION_SLOW.name
+    )
+    methods = list(loaders.ONE_PASS_METHODS) + (
+        list(loaders.EXTRA_CAM_METHODS + loaders.ATTRIBUTION_METHODS) if extra else []
+    )
+    per_row = 4
+    for start in range(0, len(methods), per_row):
+        row = st.columns(per_row)
+        for col, name in zip(row, methods[start : start + per_row]):
+            with col:
+                res = (
+                    grid[name]
+                    if name in grid
+                    else loaders.cam_for(model, handle.lock, image, method=name, layer=layer, target=target)
+                )
+                st.image(
+                    figures.heatmap_overlay(image.display, res.maps[0], opacity=opacity, colormap=colormap),
+                    caption=loaders.METHOD_LABELS[name],
+                    width="stretch",
+                )
+    colorbar(colormap)

@@ -1,0 +1,150 @@
+"""Drive the real dashboard in headless Chromium: start ``streamlit run`` on a free port, open pages, wait for
+heatmaps to be decoded. Shared by ``tests/app/test_browser.py`` and ``bench/dashboard.py``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# The Attention page puts its main overlay in a keyed container: Streamlit gives it the class st-key-<key>.
+OVERLAY = ".st-key-overlay_main img"
+
+# True when the main overlay image exists and its pixels are decoded (not merely the <img> element present).
+OVERLAY_DECODED_JS = """(sel) => {
+  const img = document.querySelector(sel);
+  return !!img && img.complete && img.naturalWidth > 0;
+}"""
+# True when every image in the main area is decoded and there are at least n of them.
+ALL_DECODED_JS = """(n) => {
+  const imgs = Array.from(document.querySelectorAll('[data-testid="stMain"] img'));
+  return imgs.length >= n && imgs.every((i) => i.complete && i.naturalWidth > 0);
+}"""
+# True when the overlay shows a picture other than ``old`` and it is decoded.
+OVERLAY_CHANGED_JS = """([sel, old]) => {
+  const img = document.querySelector(sel);
+  return !!img && img.src !== old && img.complete && img.naturalWidth > 0;
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def streamlit_server(*, timeout: float = 120.0) -> Iterator[str]:
+    """``streamlit run dashboard.py`` on 127.0.0.1:<free port>; yields the URL; the process is killed after."""
+    port = free_port()
+    log = open(ROOT / "test-artifacts" / f"streamlit-{port}.log", "wb")  # noqa: SIM115 (closed in finally)
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "dashboard.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {proc.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"streamlit did not answer on {url} within {timeout:.0f} s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+@contextmanager
+def chromium_page(*, width: int = 1600, height: int = 1100) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            yield page
+        finally:
+            browser.close()
+
+
+def wait_overlay(page: Any, *, timeout_ms: float = 120_000) -> str:
+    """Wait until the Attention page's main heatmap is decoded; returns its src."""
+    page.wait_for_function(OVERLAY_DECODED_JS, arg=OVERLAY, timeout=timeout_ms, polling=50)
+    return str(page.eval_on_selector(OVERLAY, "(img) => img.src"))
+
+
+def wait_overlay_changed(page: Any, old_src: str, *, timeout_ms: float = 120_000) -> str:
+    page.wait_for_function(OVERLAY_CHANGED_JS, arg=[OVERLAY, old_src], timeout=timeout_ms, polling=20)
+    return str(page.eval_on_selector(OVERLAY, "(img) => img.src"))
+
+
+def wait_all_images(page: Any, n: int = 1, *, timeout_ms: float = 120_000) -> None:
+    page.wait_for_function(ALL_DECODED_JS, arg=n, timeout=timeout_ms, polling=100)
+
+
+def wait_idle(page: Any, *, timeout_ms: float = 180_000) -> None:
+    """Wait until Streamlit has finished the current script run: no status widget ("Running…"), no spinner."""
+    page.wait_for_timeout(300)  # let the rerun request reach the server and the status widget appear
+    page.wait_for_function(
+        """() => !document.querySelector('[data-testid="stStatusWidget"]')
+               && !document.querySelector('[data-testid="stSpinner"]')""",
+        timeout=timeout_ms,
+        polling=100,
+    )
+
+
+def choose(page: Any, label: str, option: str) -> None:
+    """Pick ``option`` in the selectbox whose label is ``label``."""
+    page.get_by_role("combobox", name=label, exact=True).first.click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+
+
+def goto_page(page: Any, title: str) -> None:
+    """Click a page in the top navigation."""
+    page.locator('[data-testid="stTopNavLink"], [data-testid="stSidebarNavLink"]').filter(
+        has_text=title
+    ).first.click()

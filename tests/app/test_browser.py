@@ -1,0 +1,95 @@
+"""The real dashboard in headless Chromium: demo heatmaps drawn, every page visited, a DICOM uploaded.
+
+Starts ``streamlit run dashboard.py`` on a free localhost port, drives it with Playwright and keeps a
+screenshot of every step in ``test-artifacts/``. Skipped only when Debian's ``/usr/bin/chromium`` is absent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.app.browser_harness import (
+    CHROMIUM,
+    ROOT,
+    chromium_page,
+    choose,
+    goto_page,
+    streamlit_server,
+    wait_all_images,
+    wait_idle,
+    wait_overlay,
+    wait_overlay_changed,
+)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"),
+]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def _dicom(path: Path) -> Path:
+    """A small MONOCHROME2 CR DICOM written with pydicom (a disc on a gradient, 12-bit)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    yy, xx = np.mgrid[0:256, 0:256]
+    pixels = (xx * 8 + 1200 * ((xx - 128) ** 2 + (yy - 110) ** 2 < 50**2)).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.PatientName = "Test^Browser"
+    ds.StudyDate = dt.date.today().strftime("%Y%m%d")
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dashboard_in_chromium(tmp_path: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    dicom = _dicom(tmp_path / "upload_test.dcm")
+    with streamlit_server() as url, chromium_page() as page:
+        page.goto(url)
+        src = wait_overlay(page)
+        wait_all_images(page, 10)
+        page.screenshot(path=str(ARTIFACTS / "browser-01-attention.png"), full_page=True)
+
+        choose(page, "Method", "Grad-CAM++")
+        wait_overlay_changed(page, src)
+        page.screenshot(path=str(ARTIFACTS / "browser-02-gradcampp.png"), full_page=True)
+
+        for i, title in enumerate(
+            ["Similarity", "Feature maps", "Compare models", "Consistency", "Dataset check", "Report & export"],
+            start=3,
+        ):
+            goto_page(page, title)
+            page.get_by_role("heading", level=1).filter(has_text=title.split()[0]).first.wait_for(timeout=120_000)
+            wait_idle(page)
+            wait_all_images(page, 0)
+            assert page.locator('[data-testid="stException"]').count() == 0, title
+            page.screenshot(path=str(ARTIFACTS / f"browser-{i:02d}-{title.split()[0].lower()}.png"), full_page=True)
+
+        goto_page(page, "Attention")
+        src = wait_overlay(page)
+        page.get_by_text("Upload images", exact=True).click()
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').last.set_input_files(str(dicom))
+        src = wait_overlay_changed(page, src)
+        wait_idle(page)
+        page.get_by_text("upload_test.dcm").first.wait_for(timeout=60_000)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / "browser-10-dicom-upload.png"), full_page=True)

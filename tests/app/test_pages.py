@@ -1,0 +1,184 @@
+"""Every page of the dashboard through streamlit's AppTest, on the built-in demo.
+
+Each test drives the real ``dashboard.py`` (sidebar + navigation + page) in-process: pages render without an
+exception, switching method redraws from the cache, switching model and uploading files work, and bad uploads
+show an error while the previous state keeps drawing.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import streamlit as st
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+from torch import nn
+
+from tests.app.conftest import DASHBOARD
+
+pytestmark = pytest.mark.usefixtures("navigation_only")
+
+PAGES = [
+    "pages/attention.py",
+    "pages/similarity.py",
+    "pages/features.py",
+    "pages/compare.py",
+    "pages/consistency.py",
+    "pages/dataset.py",
+    "pages/export.py",
+]
+TIMEOUT = 300
+
+
+def _app() -> AppTest:
+    at = AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT)
+    return at.run()
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _images(at: AppTest) -> list[Any]:
+    return list(at.get("image"))
+
+
+def _png(seed: int, size: tuple[int, int] = (180, 200)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray((rng.random(size) * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def count_cams(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, ...]]]:
+    """Record every call into the CAM engine made by the dashboard (methods per call), on a cold cache."""
+    import ui.loaders
+
+    calls: list[tuple[str, ...]] = []
+    real: Callable[..., Any] = ui.loaders.compute_cams
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(tuple(kwargs.get("methods", ())))
+        return real(*args, **kwargs)
+
+    st.cache_data.clear()
+    monkeypatch.setattr(ui.loaders, "compute_cams", counting)
+    yield calls
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_on_the_demo(page: str) -> None:
+    at = _app()
+    if page != PAGES[0]:
+        at.switch_page(page).run()
+    _ok(at)
+    assert at.title, "every page has a title"
+
+
+def test_attention_opens_with_heatmaps_and_a_prediction() -> None:
+    at = _app()
+    _ok(at)
+    # image, overlay, reference, the method grid (seven gradient methods)
+    assert len(_images(at)) >= 3 + 7
+    text = " ".join(m.value for m in at.markdown)
+    assert "probability" in text
+
+
+def test_switching_method_redraws_from_the_cache(count_cams: list[tuple[str, ...]]) -> None:
+    at = _app()
+    _ok(at)
+    first = list(count_cams)
+    assert first and all(len(methods) >= 6 for methods in first), "all gradient methods in one call"
+    for method in ("gradcampp", "layercam", "eigencam", "ms_gradcampp"):
+        at.selectbox(key="method").set_value(method).run()
+        _ok(at)
+    assert count_cams == first, "switching between one-pass methods must not call the CAM engine again"
+
+
+def test_switching_model_changes_the_prediction() -> None:
+    at = _app()
+    at.selectbox(key="model_a_demo").set_value("shortcut").run()
+    _ok(at)
+    assert len(_images(at)) >= 3
+    at.selectbox(key="model_a_demo").set_value("garbage").run()
+    _ok(at)
+    assert any("garbage" in c.value for c in at.sidebar.caption)
+
+
+def test_segmentation_model_shows_mask_and_threshold() -> None:
+    at = _app()
+    at.selectbox(key="model_a_demo").set_value("segmentation").run()
+    _ok(at)
+    assert at.slider(key="seg_threshold").value == pytest.approx(0.5)
+    assert any("Predicted mask" in m.value for m in at.markdown)
+    at.slider(key="seg_threshold").set_value(0.8).run()
+    _ok(at)
+
+
+def test_uploading_images_replaces_the_working_set() -> None:
+    at = _app()
+    at.radio(key="images_source").set_value("upload").run()
+    at.file_uploader(key="images_upload").set_value(
+        [("first.png", _png(1), "image/png"), ("second.png", _png(2), "image/png")]
+    ).run()
+    _ok(at)
+    options = at.selectbox(key="image_index").options  # AppTest lists the formatted labels
+    assert len(options) == 2
+    assert "first.png" in options[0] and "second.png" in options[1]
+    assert len(_images(at)) >= 3
+
+
+def test_bad_image_upload_shows_an_error_and_keeps_the_previous_images() -> None:
+    at = _app()
+    before = at.selectbox(key="image_index").options
+    at.radio(key="images_source").set_value("upload").run()
+    at.file_uploader(key="images_upload").set_value(("broken.png", b"this is not a png", "image/png")).run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any("broken.png" in e for e in errors), errors
+    assert any("Still showing" in w.value for w in at.warning)
+    assert at.selectbox(key="image_index").options == before
+    assert len(_images(at)) >= 3, "the page still draws the previous images"
+
+
+def test_bad_model_upload_shows_an_error_and_keeps_the_demo_model() -> None:
+    at = _app()
+    at.radio(key="model_a_source").set_value("upload").run()
+    at.file_uploader(key="model_a_upload").set_value(("model.pt", b"\x80\x04garbage", "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    assert any("model.pt" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("Still using" in w.value for w in at.warning)
+    assert len(_images(at)) >= 3
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def test_pickled_model_needs_the_trust_checkbox() -> None:
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save(_Tiny(), buf)
+    at = _app()
+    at.radio(key="model_a_source").set_value("upload").run()
+    at.file_uploader(key="model_a_upload").set_value(("tiny.pt", buf.getvalue(), "application/octet-stream"))
+    at.run()
+    assert any("trust" in e.value for e in at.error), [e.value for e in at.error]
+    at.checkbox(key="model_a_trust").check().run()
+    assert not at.exception
+    assert not [e.value for e in at.error if "Model A" in e.value]
+    assert any("pickle" in c.value or "_Tiny" in c.value for c in at.sidebar.caption)
