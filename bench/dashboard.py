@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.app.browser_harness import (  # noqa: E402
-    chromium_page,
     choose,
+    chromium_page,
     streamlit_server,
     wait_overlay,
     wait_overlay_changed,

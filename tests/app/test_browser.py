@@ -15,8 +15,8 @@ import pytest
 from tests.app.browser_harness import (
     CHROMIUM,
     ROOT,
-    chromium_page,
     choose,
+    chromium_page,
     goto_page,
     streamlit_server,
     wait_all_images,
@@ -28,9 +28,20 @@ from tests.app.browser_harness import (
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
+    ),
 ]
 ARTIFACTS = ROOT / "test-artifacts"
+# (navigation title, the page's h1)
+PAGES = [
+    ("Similarity", "Similarity to the reference"),
+    ("Feature maps", "Early feature maps"),
+    ("Compare models", "Compare models"),
+    ("Consistency", "Consistency across patients and checkpoints"),
+    ("Dataset check", "Dataset check"),
+    ("Report & export", "Report & export"),
+]
 
 
 def _dicom(path: Path) -> Path:
@@ -74,15 +85,26 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
         page.screenshot(path=str(ARTIFACTS / "browser-02-gradcampp.png"), full_page=True)
 
         for i, title in enumerate(
-            ["Similarity", "Feature maps", "Compare models", "Consistency", "Dataset check", "Report & export"],
+            [
+                "Similarity",
+                "Feature maps",
+                "Compare models",
+                "Consistency",
+                "Dataset check",
+                "Report & export",
+            ],
             start=3,
         ):
             goto_page(page, title)
-            page.get_by_role("heading", level=1).filter(has_text=title.split()[0]).first.wait_for(timeout=120_000)
+            page.get_by_role("heading", level=1).filter(has_text=title.split()[0]).first.wait_for(
+                timeout=120_000
+            )
             wait_idle(page)
             wait_all_images(page, 0)
             assert page.locator('[data-testid="stException"]').count() == 0, title
-            page.screenshot(path=str(ARTIFACTS / f"browser-{i:02d}-{title.split()[0].lower()}.png"), full_page=True)
+            page.screenshot(
+                path=str(ARTIFACTS / f"browser-{i:02d}-{title.split()[0].lower()}.png"), full_page=True
+            )
 
         goto_page(page, "Attention")
         src = wait_overlay(page)

@@ -8,7 +8,7 @@ show an error while the previous state keeps drawing.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,7 @@ def _png(seed: int, size: tuple[int, int] = (180, 200)) -> bytes:
 
 
 @pytest.fixture
-def count_cams(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, ...]]]:
+def count_cams(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
     """Record every call into the CAM engine made by the dashboard (methods per call), on a cold cache."""
     import ui.loaders
 
@@ -70,7 +70,7 @@ def count_cams(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, ...]
 
     st.cache_data.clear()
     monkeypatch.setattr(ui.loaders, "compute_cams", counting)
-    yield calls
+    return calls
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -95,7 +95,8 @@ def test_switching_method_redraws_from_the_cache(count_cams: list[tuple[str, ...
     at = _app()
     _ok(at)
     first = list(count_cams)
-    assert first and all(len(methods) >= 6 for methods in first), "all gradient methods in one call"
+    assert first
+    assert all(len(methods) >= 6 for methods in first), "all gradient methods in one call"
     for method in ("gradcampp", "layercam", "eigencam", "ms_gradcampp"):
         at.selectbox(key="method").set_value(method).run()
         _ok(at)
@@ -131,7 +132,8 @@ def test_uploading_images_replaces_the_working_set() -> None:
     _ok(at)
     options = at.selectbox(key="image_index").options  # AppTest lists the formatted labels
     assert len(options) == 2
-    assert "first.png" in options[0] and "second.png" in options[1]
+    assert "first.png" in options[0]
+    assert "second.png" in options[1]
     assert len(_images(at)) >= 3
 
 
@@ -151,7 +153,9 @@ def test_bad_image_upload_shows_an_error_and_keeps_the_previous_images() -> None
 def test_bad_model_upload_shows_an_error_and_keeps_the_demo_model() -> None:
     at = _app()
     at.radio(key="model_a_source").set_value("upload").run()
-    at.file_uploader(key="model_a_upload").set_value(("model.pt", b"\x80\x04garbage", "application/octet-stream"))
+    at.file_uploader(key="model_a_upload").set_value(
+        ("model.pt", b"\x80\x04garbage", "application/octet-stream")
+    )
     at.run()
     assert not at.exception
     assert any("model.pt" in e.value for e in at.error), [e.value for e in at.error]
