@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
 import streamlit as st
 
@@ -58,7 +59,7 @@ def report_html(
             )
         )
     charts = [*figures.similarity_charts(report, bundle), figures.flag_count_chart(report)]
-    provenance = {
+    provenance: dict[str, Mapping[str, object]] = {
         "Model": {
             "name": model_label,
             "architecture": _model.architecture or "—",

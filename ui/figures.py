@@ -218,7 +218,7 @@ def histogram(
 
 
 def lines(
-    x: Sequence[float],
+    x: Sequence[float] | Sequence[str],
     series: Mapping[str, Sequence[float]],
     *,
     title: str,

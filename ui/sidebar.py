@@ -7,6 +7,7 @@ the last choice that worked, so every page keeps drawing what the user had befor
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import streamlit as st
@@ -37,7 +38,7 @@ TRUST_HELP = (
 class ModelHandle:
     spec: loaders.ModelSpec
     model: LoadedModel
-    lock: object  # threading.Lock (typed loosely: it is only ever used as a context manager)
+    lock: threading.Lock
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,9 @@ def _choose_model(slot: ModelSlotKeys, title: str) -> loaders.ModelSpec | None:
     )
     if source == "demo":
         name = st.selectbox(
-            "Demo model", list(DEMO_MODELS), format_func=DEMO_MODELS.get, key=slot.demo_name.name
+            "Demo model", list(DEMO_MODELS), format_func=lambda n: DEMO_MODELS[n], key=slot.demo_name.name
         )
-        return loaders.demo_spec(name)
+        return loaders.demo_spec(str(name))
     upload = st.file_uploader(
         "Weights (.safetensors, state dict .pt/.pth, torch.export .pt2, pickled module)",
         type=MODEL_TYPES,
@@ -243,13 +244,15 @@ def _resolve_bundle(
             "Upload a zip with one folder per class (e.g. `normal/…png`, `nodule/…dcm`) of images you trust; "
             "model A builds the reference maps. Or leave it empty to use the labelled images loaded above."
         )
-        files = st.file_uploader(
+        labelled = st.file_uploader(
             "Labelled zip", type=["zip"], accept_multiple_files=False, key=K.BUNDLE_BUILD_UPLOAD.name
         )
         if st.button("Build reference", disabled=model_a is None, type="primary"):
             assert model_a is not None
             with guard("Building the reference"):
-                source_set = _images_from_uploads([(files.name, files.getvalue())]) if files else images
+                source_set = (
+                    _images_from_uploads([(labelled.name, labelled.getvalue())]) if labelled else images
+                )
                 chosen = loaders.build_bundle(model_a.model, model_a.lock, source_set)
     if chosen is not None:
         K.BUNDLE_LAST_GOOD.set(chosen)
