@@ -3,6 +3,8 @@ folder (class subfolders)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -54,3 +56,17 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
         for i in range(3):
             _image(rng, 64 + 8 * i, 64, colour=False).save(labelled / name / f"{name}{i}.png")
     return Env(model=model, images=images, labelled=labelled, class_names=CLASSES)
+
+
+@pytest.fixture(scope="session")
+def bundle(env: Env, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reference bundle built by ``reference build`` on the labelled folder (every image, so that each class
+    has a reference whatever the untrained model predicts)."""
+    from .helpers import run_cli
+
+    out = tmp_path_factory.mktemp("bundle") / "ref"
+    res = run_cli(
+        "reference", "build", env.model, env.labelled, "-o", out, "--all-images", "--batch-size", "4"
+    )
+    assert res.returncode == 0, res.stderr
+    return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,19 +81,24 @@ def run_ray(
     chunks = [{"chunk": c, "first": s, "paths": names[s : s + size]} for c, s in enumerate(starts)]
     started = _init(ray, options)
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.execution_options.preserve_order = True
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        dataset = ray.data.from_items(chunks, override_num_blocks=max(1, len(chunks))).map_batches(
-            JobActor,
-            fn_constructor_args=(job,),
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=max(1, options.workers)),
-            num_cpus=1,
-            batch_format="numpy",
-            max_restarts=0,
-        )
+        with warnings.catch_warnings():
+            # Ray 2.60's DataContext warns about its own deprecated defaults; and max_restarts=0 (a failed
+            # actor fails the run: no silent retry, no notice about restartable actors) is honoured through
+            # **ray_remote_args though flagged as deprecated there.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.execution_options.preserve_order = True
+            dataset = ray.data.from_items(chunks, override_num_blocks=max(1, len(chunks))).map_batches(
+                JobActor,
+                fn_constructor_args=(job,),
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=max(1, options.workers)),
+                num_cpus=1,
+                batch_format="numpy",
+                max_restarts=0,
+            )
         pending: dict[int, list[Row]] = {}
         next_chunk = 0
         disable = None if progress is None else not progress

@@ -1,0 +1,154 @@
+"""Throughput of ``python -m verification verify`` against the model's own forward+backward.
+
+    python -m bench.batch [--model PATH] [--n 512] [--batch-size 16] [--workers 1] [--threads 0]
+
+The demo's test split (60 images) is replicated to ``--n`` files in a temporary folder, each copy a distinct
+PNG (flipped / shifted / re-exposed), so decoding is real work and nothing is cached. A reference bundle is
+built from the demo's reference split with ``reference build``. Then, in this one process and on the same
+torch thread count:
+
+* baseline: the model's own forward + backward (``loss.backward()`` of the predicted-class logits through all
+  parameters) on preprocessed batches of ``--batch-size`` at the model's input size, ``n / batch`` batches;
+* verify: the whole ``verify`` command (``verification.cli.main``: DataLoader decoding in ``--workers``
+  processes, one forward + one backward per batch for the CAM, the seven metrics against the references, the
+  verdict, the JSON table written), timed from call to return.
+
+Prints images/s for both and their ratio (target ≥ 0.80). Run by hand, not in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def _demo_model() -> Path:
+    from verification.demo import demo_checkpoints, demo_model_path
+
+    try:
+        path = demo_model_path("sound")
+        if path.is_file():
+            return path
+    except Exception as exc:  # the demo's models may not be built yet: fall back to its checkpoint series
+        print(
+            f"note: demo 'sound' model unavailable ({exc}); using the last demo checkpoint", file=sys.stderr
+        )
+    checkpoints = [p for p in demo_checkpoints() if p.is_file()]
+    if not checkpoints:
+        raise SystemExit("no demo model or checkpoint found; build the demo (python -m assets.make_demo)")
+    return checkpoints[-1]
+
+
+def _replicate(sources: list[Path], n: int, out: Path) -> list[Path]:
+    """``n`` distinct PNGs from ``sources``: copy k of source i is flipped (k odd), rolled and re-exposed."""
+    out.mkdir(parents=True)
+    paths = []
+    for j in range(n):
+        src = sources[j % len(sources)]
+        k = j // len(sources)
+        with Image.open(src) as im:
+            arr = np.asarray(im).astype(np.float32)
+        if k % 2:
+            arr = arr[:, ::-1]
+        arr = np.roll(arr, shift=(3 * k) % 17, axis=0)
+        arr = np.clip(arr * (1.0 + 0.02 * (k % 5)), 0, 255 if arr.max() <= 255 else 65535)
+        dtype = np.uint8 if arr.max() <= 255 else np.uint16
+        path = out / f"{j:04d}_{src.stem}.png"
+        Image.fromarray(arr.astype(dtype)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _labelled(items: list, out: Path) -> Path:
+    for item in items:
+        if item.label is None:
+            continue
+        (out / item.label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(item.path, out / item.label / item.path.name)
+    return out
+
+
+def forward_backward_rate(model_path: Path, images: list[Path], batch_size: int, n: int) -> float:
+    """Images/s of the model's own forward + backward on preprocessed batches (no I/O)."""
+    from verification.io.images import load_image, to_tensor
+    from verification.io.models import load_model
+
+    model = load_model(model_path)
+    module = model.module.eval()
+    x = to_tensor([load_image(p) for p in images[:batch_size]], model)
+    n_batches = max(1, n // batch_size)
+
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        out = module(x)
+        out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
+
+    for _ in range(2):  # warm-up: allocator, oneDNN kernels
+        step()
+    start = time.perf_counter()
+    for _ in range(n_batches):
+        step()
+    return n_batches * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="model file (default: the demo's sound model)")
+    parser.add_argument("--n", type=int, default=512, help="images verified (512)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader decoding processes for verify (1)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from verification import cli
+    from verification.demo import demo_images
+
+    model_path = args.model or _demo_model()
+    with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
+        root = Path(tmp)
+        images = _replicate([item.path for item in demo_images("test")], args.n, root / "images")
+        labelled = _labelled(demo_images("reference"), root / "reference")
+        bundle = root / "bundle"
+        if (
+            cli.main(["reference", "build", str(model_path), str(labelled), "-o", str(bundle), "--quiet"])
+            != 0
+        ):
+            raise SystemExit("reference build failed")
+
+        baseline = forward_backward_rate(model_path, images, args.batch_size, args.n)
+        argv = [
+            "verify", str(model_path), str(root / "images"), "--bundle", str(bundle), "--json",
+            str(root / "verify.json"), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+            "--quiet",
+        ]  # fmt: skip
+        start = time.perf_counter()
+        code = cli.main(argv)
+        elapsed = time.perf_counter() - start
+        if code not in (0, 3):
+            raise SystemExit(f"verify failed (exit {code})")
+        verify_rate = args.n / elapsed
+        baseline_again = forward_backward_rate(model_path, images, args.batch_size, args.n)
+
+    base = (baseline + baseline_again) / 2
+    print(f"model            {model_path.name}")
+    print(f"images           {args.n} at batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
+          f"{args.workers} decoding worker(s)")  # fmt: skip
+    print(f"forward+backward {base:8.1f} img/s  (before {baseline:.1f}, after {baseline_again:.1f})")
+    print(f"verify (CLI)     {verify_rate:8.1f} img/s  ({elapsed:.1f} s end to end, exit {code})")
+    print(f"ratio            {verify_rate / base:8.2f}  (target ≥ 0.80)")
+
+
+if __name__ == "__main__":
+    main()
