@@ -13,12 +13,17 @@ torch thread count:
   processes, one forward + one backward per batch for the CAM, the seven metrics against the references, the
   verdict, the JSON table written), timed from call to return.
 
-Prints images/s for both and their ratio (target ≥ 0.80). Run by hand, not in CI.
+The two are measured alternately ``--repeats`` times and the best of each is compared (the machine is
+shared; best-of is the least noisy estimate of what each can do). Prints images/s for both and their ratio
+(target ≥ 0.80). The CAM's backward stops at the target layer and touches no parameter gradients, so
+verify can exceed the full forward+backward. Run by hand, not in CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import shutil
 import sys
 import tempfile
@@ -108,6 +113,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader decoding processes for verify (1)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating measurements of each (2)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,27 +133,29 @@ def main() -> None:
         ):
             raise SystemExit("reference build failed")
 
-        baseline = forward_backward_rate(model_path, images, args.batch_size, args.n)
         argv = [
             "verify", str(model_path), str(root / "images"), "--bundle", str(bundle), "--json",
             str(root / "verify.json"), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
             "--quiet",
         ]  # fmt: skip
-        start = time.perf_counter()
-        code = cli.main(argv)
-        elapsed = time.perf_counter() - start
-        if code not in (0, 3):
-            raise SystemExit(f"verify failed (exit {code})")
-        verify_rate = args.n / elapsed
-        baseline_again = forward_backward_rate(model_path, images, args.batch_size, args.n)
+        baselines, verifies = [], []
+        for _ in range(args.repeats):
+            baselines.append(forward_backward_rate(model_path, images, args.batch_size, args.n))
+            start = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()) as verdict:
+                code = cli.main(argv)
+            if code not in (0, 3):
+                raise SystemExit(f"verify failed (exit {code})")
+            verifies.append(args.n / (time.perf_counter() - start))
 
-    base = (baseline + baseline_again) / 2
-    print(f"model            {model_path.name}")
+    base, rate = max(baselines), max(verifies)
+    print(f"model            {model_path}")
     print(f"images           {args.n} at batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
-          f"{args.workers} decoding worker(s)")  # fmt: skip
-    print(f"forward+backward {base:8.1f} img/s  (before {baseline:.1f}, after {baseline_again:.1f})")
-    print(f"verify (CLI)     {verify_rate:8.1f} img/s  ({elapsed:.1f} s end to end, exit {code})")
-    print(f"ratio            {verify_rate / base:8.2f}  (target ≥ 0.80)")
+          f"{args.workers} decoding worker(s), best of {args.repeats}")  # fmt: skip
+    print(f"forward+backward {base:8.1f} img/s  (runs: {', '.join(f'{v:.1f}' for v in baselines)})")
+    print(f"verify (CLI)     {rate:8.1f} img/s  (runs: {', '.join(f'{v:.1f}' for v in verifies)})")
+    print(f"ratio            {rate / base:8.2f}  (target ≥ 0.80)")
+    print(f"verdict          {verdict.getvalue().splitlines()[0]}")
 
 
 if __name__ == "__main__":

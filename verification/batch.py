@@ -14,8 +14,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -430,14 +429,6 @@ def _flatten(value: Any, prefix: str, arrays: dict[str, np.ndarray], scalars: di
         scalars[prefix] = list(value)
     else:
         scalars[prefix] = value
-
-
-def batches_of(n: int, batch_size: int) -> int:
-    """How many batches ``n`` items make."""
-    return math.ceil(n / batch_size) if n else 0
-
-
-ProgressCallback = Callable[[int], None]
 
 
 # Per-image CAM files written by ``python -m verification cam``.
