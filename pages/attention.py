@@ -140,9 +140,14 @@ with right:
             )
             if table is not None:
                 st.dataframe(table, hide_index=True, width="stretch")
-                st.caption(
-                    "Flags use the bundle's calibration band for each metric (see the Similarity page)."
-                )
+                calib = ws.bundle.bundle
+                note = "Bands are the bundle's calibration (see the Similarity page)"
+                if calib.method not in (None, method) or calib.layer not in (None, layer):
+                    note += (
+                        f"; they were calibrated on {calib.method} maps at {calib.layer}, so flags for "
+                        f"{loaders.METHOD_LABELS[method]} at {layer} are only indicative"
+                    )
+                st.caption(note + ".")
 
 # ------------------------------------------------------------------------------------------- all methods
 st.subheader("All methods for this image")

@@ -51,7 +51,7 @@ for col, handle, tag in ((cols[1], a, "A"), (cols[2], b, "B")):
             ),
             caption=f"layer {res.layer}{said}",
         )
-colorbar(K.COLORMAP.get())
+        colorbar(K.COLORMAP.get())
 
 if ws.bundle is None:
     st.info("Choose a reference bundle in the sidebar to score both models against it.")

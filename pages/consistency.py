@@ -61,6 +61,14 @@ shown = (
     )
     or methods[0]
 )
+collapsed = [r for r in series.rows if r.method == shown and r.status == "collapsed"]
+if collapsed:
+    st.caption(
+        "Gaps in the C-Score lines are collapsed gold lists (fewer than two images of the class predicted "
+        "correctly with confidence ≥ τ), reported as undefined rather than 0: "
+        + ", ".join(f"{r.class_name} at {r.checkpoint} (|G| = {r.n_gold})" for r in collapsed[:12])
+        + (" …" if len(collapsed) > 12 else "")
+    )
 left, right = st.columns(2)
 c_fig, auc_fig = figures.checkpoint_charts(series, shown)
 left.plotly_chart(c_fig)

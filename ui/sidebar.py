@@ -19,11 +19,16 @@ from ui.widgets import guard
 from verification.io.records import LoadedModel
 
 DEMO_MODELS: dict[str, str] = {
-    "sound": "Sound classifier — trained on clean radiographs",
-    "shortcut": "Shortcut classifier — learned a burned-in marker",
-    "garbage": "Classifier with a garbage class — rejects non-chest inputs",
-    "segmentation": "Lesion segmentation U-Net",
+    "sound": "Sound classifier",
+    "shortcut": "Shortcut classifier (marker)",
+    "garbage": "With garbage class",
+    "segmentation": "Lesion segmentation",
 }
+DEMO_HELP = (
+    "Sound: trained on clean synthetic radiographs. Shortcut: learned the burned-in side marker instead "
+    "of the finding. With garbage class: rejects inputs that are not chest films. Lesion segmentation: a "
+    "small U-Net whose masks drive segmentation Grad-CAM."
+)
 MODEL_TYPES = ["safetensors", "pt", "pth", "pt2", "bin", "ckpt"]
 IMAGE_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom", "zip"]
 TRUST_LABEL = "I trust this file — allow executing code from it"
@@ -74,7 +79,11 @@ def _choose_model(slot: ModelSlotKeys, title: str) -> loaders.ModelSpec | None:
     )
     if source == "demo":
         name = st.selectbox(
-            "Demo model", list(DEMO_MODELS), format_func=lambda n: DEMO_MODELS[n], key=slot.demo_name.name
+            "Demo model",
+            list(DEMO_MODELS),
+            format_func=lambda n: DEMO_MODELS[n],
+            key=slot.demo_name.name,
+            help=DEMO_HELP,
         )
         return loaders.demo_spec(str(name))
     upload = st.file_uploader(
@@ -270,6 +279,8 @@ def _resolve_bundle(
 
 def render() -> Workspace:
     """Draw the sidebar and store what it resolved for the pages of this run."""
+    for key in K.page_widgets():
+        key.persist()
     with st.sidebar:
         st.subheader("Model A")
         model_a = _resolve_model(K.MODEL_A, "Model A")

@@ -30,6 +30,12 @@ class StateKey(Generic[T]):
     def set(self, value: T) -> None:
         st.session_state[self.name] = value
 
+    def persist(self) -> None:
+        """Keep a page widget's value while another page shows: Streamlit drops the state of widgets that a
+        run did not draw, unless the key is written again during the run (its documented workaround)."""
+        if self.name in st.session_state:
+            st.session_state[self.name] = st.session_state[self.name]
+
     def init(self) -> None:
         """Give the key its default if unset, so a widget bound to it starts from that default."""
         if self.name not in st.session_state:
@@ -112,3 +118,25 @@ class K:
     CONSISTENCY_TAU: StateKey[float] = StateKey("consistency_tau", _const(0.9))
     CONSISTENCY_GAMMA: StateKey[float] = StateKey("consistency_gamma", _const(2.0))
     CONSISTENCY_SHOWN: StateKey[str | None] = StateKey("consistency_shown", _const(None))
+
+    @classmethod
+    def page_widgets(cls) -> tuple[StateKey[Any], ...]:
+        """Widget keys drawn by one page but read (or expected back) elsewhere; persisted every run."""
+        return (
+            cls.METHOD,
+            cls.LAYER,
+            cls.TARGET,
+            cls.OPACITY,
+            cls.COLORMAP,
+            cls.SEG_CLASS,
+            cls.SEG_THRESHOLD,
+            cls.ATTENTION_SLOW,
+            cls.CONSISTENCY_METHODS,
+            cls.CONSISTENCY_TAU,
+            cls.CONSISTENCY_GAMMA,
+            cls.CONSISTENCY_SHOWN,
+            cls.FEATURE_STAT,
+            cls.EXPORT_GALLERY,
+            cls.DATASET_SOURCE,
+            cls.DATASET_FOLDER,
+        )

@@ -3,6 +3,7 @@ heatmaps to be decoded. Shared by ``tests/app/test_browser.py`` and ``bench/dash
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -32,9 +33,10 @@ OVERLAY_DECODED_JS = """(sel) => {
   const img = document.querySelector(sel);
   return !!img && img.complete && img.naturalWidth > 0;
 }"""
-# True when every image in the main area is decoded and there are at least n of them.
+# True when every image in the main area (the whole page outside Streamlit) is decoded, and there are ≥ n.
 ALL_DECODED_JS = """(n) => {
-  const imgs = Array.from(document.querySelectorAll('[data-testid="stMain"] img'));
+  const root = document.querySelector('[data-testid="stMain"]') || document;
+  const imgs = Array.from(root.querySelectorAll('img'));
   return imgs.length >= n && imgs.every((i) => i.complete && i.naturalWidth > 0);
 }"""
 # True when the overlay shows a picture other than ``old`` and it is decoded.
@@ -105,8 +107,8 @@ def chromium_page(*, width: int = 1600, height: int = 1100) -> Iterator[Any]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            yield page
+            context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+            yield context.new_page()
         finally:
             browser.close()
 
@@ -127,14 +129,17 @@ def wait_all_images(page: Any, n: int = 1, *, timeout_ms: float = 120_000) -> No
 
 
 def wait_idle(page: Any, *, timeout_ms: float = 180_000) -> None:
-    """Wait until Streamlit has finished the current script run: no status widget ("Running…"), no spinner."""
-    page.wait_for_timeout(300)  # let the rerun request reach the server and the status widget appear
-    page.wait_for_function(
-        """() => !document.querySelector('[data-testid="stStatusWidget"]')
-               && !document.querySelector('[data-testid="stSpinner"]')""",
-        timeout=timeout_ms,
-        polling=100,
-    )
+    """Wait until Streamlit has finished the script run that the last interaction started.
+
+    The app root carries ``data-test-script-state`` ("running" / "notRunning"); a click needs a moment to
+    reach the server, so first give the run up to 2 s to start, then wait for it to end.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    # No "running" within 2 s: the run was over before we looked, or this interaction started none.
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_selector('[data-test-script-state="running"]', timeout=2_000)
+    page.wait_for_selector('[data-test-script-state="notRunning"]', timeout=timeout_ms)
 
 
 def choose(page: Any, label: str, option: str) -> None:

@@ -106,6 +106,22 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
                 path=str(ARTIFACTS / f"browser-{i:02d}-{title.split()[0].lower()}.png"), full_page=True
             )
 
+        # The HTML report downloads and draws offline: every request except the file itself is refused.
+        with page.expect_download(timeout=180_000) as download:
+            page.get_by_role("button", name="Download the HTML report").click()
+        report = tmp_path / "report.html"
+        download.value.save_as(report)
+        offline = page.context.new_page()
+        offline.route(
+            "**/*",
+            lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort(),
+        )
+        offline.goto(report.as_uri())
+        offline.wait_for_selector(".plotly-graph-div .main-svg", timeout=60_000)
+        wait_all_images(offline, 3)
+        offline.screenshot(path=str(ARTIFACTS / "browser-09-report-offline.png"), full_page=True)
+        offline.close()
+
         goto_page(page, "Attention")
         src = wait_overlay(page)
         page.get_by_text("Upload images", exact=True).click()
