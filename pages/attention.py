@@ -21,7 +21,7 @@ item = ws.images.items[min(K.IMAGE_INDEX.get(), len(ws.images.items) - 1)]
 image = item.image
 segmentation = model.task == "segmentation"
 
-for key in (K.METHOD, K.LAYER, K.TARGET, K.OPACITY, K.COLORMAP, K.SEG_CLASS, K.SEG_THRESHOLD):
+for key in (K.METHOD, K.LAYER, K.TARGET, K.OPACITY, K.COLORMAP, K.SEG_CLASS, K.SEG_THRESHOLD, K.SHOW_LESION):
     key.init()
 
 # ------------------------------------------------------------------------------------------- controls
@@ -90,12 +90,17 @@ with cols[0]:
     image_panel("Image", figures.fit(image.display), caption=caption)
 with cols[1], st.container(key="overlay_main"):  # the browser test and bench wait for this picture
     what = "the predicted region" if segmentation else f"class “{model.class_names[result.targets[0]]}”"
+    overlay = figures.heatmap_overlay(image.display, result.maps[0], opacity=opacity, colormap=colormap)
+    if item.lesion_mask is not None and K.SHOW_LESION.get():
+        overlay = figures.outline(overlay, item.lesion_mask)
     image_panel(
         f"{loaders.METHOD_LABELS[method]} — {what}",
-        figures.heatmap_overlay(image.display, result.maps[0], opacity=opacity, colormap=colormap),
+        overlay,
         caption=f"layer {result.layer}" + (" · constant map (no signal)" if bool(result.constant[0]) else ""),
     )
     colorbar(colormap)
+    if item.lesion_mask is not None:
+        st.toggle("Outline the known lesion (demo ground truth)", key=K.SHOW_LESION.name)
 with cols[2]:
     if segmentation:
         with guard("Predicting the mask"):
@@ -105,6 +110,11 @@ with cols[2]:
                 figures.mask_overlay(image.display, mask),
                 caption=f"{mask.mean():.1%} of the image; the CAM explains the sum of these pixels' logits",
             )
+            if not mask.any():
+                st.info(
+                    f"No pixel reaches p({seg_class}) ≥ {threshold:.2f}: the target region is empty, so the "
+                    "segmentation CAM is all zero. Lower the threshold to explain a weaker prediction."
+                )
     else:
         ref = loaders.reference_map(ws.bundle, model.class_names[result.targets[0]]) if ws.bundle else None
         if ref is None:

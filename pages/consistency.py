@@ -51,13 +51,11 @@ if series.warnings:
 else:
     st.success("No early warning: no C-Score fell by more than its threshold while the AUC held.")
 
+if K.CONSISTENCY_SHOWN.get() not in methods:
+    K.CONSISTENCY_SHOWN.set(methods[0])
 shown = (
     st.segmented_control(
-        "Method",
-        methods,
-        format_func=loaders.METHOD_LABELS.get,
-        default=methods[0],
-        key=K.CONSISTENCY_SHOWN.name,
+        "Method", methods, format_func=loaders.METHOD_LABELS.get, key=K.CONSISTENCY_SHOWN.name
     )
     or methods[0]
 )

@@ -87,10 +87,19 @@ def mask_overlay(
     m = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
     out = base.astype(np.float32)
     out[m] = 0.6 * out[m] + 0.4 * np.array(color, np.float32)
-    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    res = np.clip(out, 0, 255).astype(np.uint8)
-    cv2.drawContours(res, contours, -1, color, max(1, w // 256))
-    return res
+    return outline(np.clip(out, 0, 255).astype(np.uint8), m, color=color)
+
+
+def outline(
+    picture: np.ndarray, mask: np.ndarray, *, color: tuple[int, int, int] = (255, 255, 255)
+) -> np.ndarray:
+    """``picture`` (RGB, as drawn) with the contour of a binary mask (any size) traced on it."""
+    h, w = picture.shape[:2]
+    m = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.ascontiguousarray(picture.copy())
+    cv2.drawContours(out, contours, -1, color, max(1, w // 200), lineType=cv2.LINE_AA)
+    return out
 
 
 def colorbar_html(colormap: str, *, low: str = "low attention", high: str = "high attention") -> str:

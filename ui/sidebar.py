@@ -269,8 +269,10 @@ def _resolve_bundle(
         chosen = last
     if chosen is not None:
         st.caption(chosen.summary)
-        for warning in chosen.warnings:
-            st.warning(warning, icon=":material/warning:")
+        if chosen.warnings:
+            with st.expander(f":material/warning: {len(chosen.warnings)} mismatch(es) with model A"):
+                for warning in chosen.warnings:
+                    st.caption(warning)
     return chosen
 
 

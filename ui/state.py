@@ -101,6 +101,7 @@ class K:
     SEG_CLASS: StateKey[str] = StateKey("seg_class", _const(""))
     SEG_THRESHOLD: StateKey[float] = StateKey("seg_threshold", _const(0.5))
     ATTENTION_SLOW: StateKey[bool] = StateKey("attention_slow", _const(False))
+    SHOW_LESION: StateKey[bool] = StateKey("show_lesion", _const(True))
 
     FEATURE_STAT: StateKey[str] = StateKey("feature_stat", _const("mean"))
     EXPORT_GALLERY: StateKey[int] = StateKey("export_gallery", _const(12))
@@ -131,6 +132,7 @@ class K:
             cls.SEG_CLASS,
             cls.SEG_THRESHOLD,
             cls.ATTENTION_SLOW,
+            cls.SHOW_LESION,
             cls.CONSISTENCY_METHODS,
             cls.CONSISTENCY_TAU,
             cls.CONSISTENCY_GAMMA,

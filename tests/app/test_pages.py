@@ -82,7 +82,11 @@ def count_cams(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
     return calls
 
 
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize(
+    "page",
+    # Consistency runs every demo checkpoint over the test set on first view.
+    [pytest.param(p, marks=pytest.mark.slow) if p.endswith("consistency.py") else p for p in PAGES],
+)
 def test_page_renders_on_the_demo(page: str) -> None:
     at = _app()
     if page != PAGES[0]:
@@ -215,6 +219,7 @@ def _labelled_zip(n_per_class: int = 3) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_dataset_check_runs_with_a_result_table() -> None:
     at = _app()
     at.switch_page("pages/dataset.py").run()
@@ -279,3 +284,17 @@ def test_attention_controls_survive_a_visit_to_other_pages() -> None:
     _ok(at)
     assert at.selectbox(key="method").value == "layercam"
     assert at.slider(key="opacity").value == pytest.approx(0.7)
+
+
+def test_garbage_class_is_shown_as_a_rejection_not_a_diagnosis() -> None:
+    at = _app()
+    at.selectbox(key="model_a_demo").set_value("garbage").run()
+    at.selectbox(key="images_split").set_value("ood").run()
+    shown = []
+    for index in range(min(5, len(at.selectbox(key="image_index").options))):
+        at.selectbox(key="image_index").set_value(index).run()
+        assert not at.exception
+        shown.append(any("rejected as out-of-distribution" in e.value for e in at.error))
+        if shown[-1]:
+            assert any("Rejected input" in m.value for m in at.markdown)
+    assert any(shown), "the garbage-class model rejects out-of-distribution demo images"
