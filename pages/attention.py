@@ -82,6 +82,14 @@ if prediction is not None and prediction.rejected:
         icon=":material/block:",
     )
 
+if prediction is not None and not prediction.rejected:
+    truth = f" · true label: **{item.label}**" if item.label else ""
+    explained = "the predicted class" if target.cls is None else f"class “{model.class_names[target.cls]}”"
+    st.markdown(
+        f"Prediction: **{prediction.class_name}** ({prediction.confidence:.1%}){truth} · "
+        f"the heatmap explains {explained}"
+    )
+
 cols = st.columns(3)
 with cols[0]:
     caption = f"{image.source_format.upper()} · {image.size[1]}×{image.size[0]}"
@@ -136,11 +144,9 @@ with left:
         st.caption("Mean class probability over the image's pixels.")
     elif prediction.rejected:
         st.markdown(f"**Rejected input** ({prediction.message})")
-    else:
-        st.markdown(f"**{prediction.class_name}** with probability **{prediction.confidence:.1%}**")
-    st.plotly_chart(
-        figures.probability_bars(model.class_names, result.probs[0], rejected=model.garbage_class)
-    )
+    # Plain HTML bars: a plotly chart here would hold back the first paint of the whole page while the
+    # browser fetches the charting library.
+    st.html(figures.probability_html(model.class_names, result.probs[0], rejected=model.garbage_class))
 with right:
     if not segmentation and ws.bundle is not None:
         st.subheader("Similarity to the reference")
@@ -149,7 +155,7 @@ with right:
                 ws.bundle, model.class_names[result.targets[0]], result.maps[0]
             )
             if table is not None:
-                st.dataframe(table, hide_index=True, width="stretch")
+                st.table(table)
                 calib = ws.bundle.bundle
                 note = "Bands are the bundle's calibration (see the Similarity page)"
                 if calib.method not in (None, method) or calib.layer not in (None, layer):
@@ -185,9 +191,12 @@ with guard("Computing the method grid"):
                     if name in grid
                     else loaders.cam_for(model, handle.lock, image, method=name, layer=layer, target=target)
                 )
-                st.image(
-                    figures.heatmap_overlay(image.display, res.maps[0], opacity=opacity, colormap=colormap),
-                    caption=loaders.METHOD_LABELS[name],
-                    width="stretch",
+                thumb = figures.heatmap_overlay(
+                    image.display,
+                    res.maps[0],
+                    opacity=opacity,
+                    colormap=colormap,
+                    max_side=figures.THUMB_MAX_SIDE,
                 )
+                st.image(thumb, caption=loaders.METHOD_LABELS[name], width="stretch", output_format="JPEG")
     colorbar(colormap)

@@ -28,6 +28,7 @@ COLORMAPS: dict[str, int] = {
     "hot": cv2.COLORMAP_HOT,
 }
 DISPLAY_MAX_SIDE = 512  # what the page draws; the backend keeps full resolution
+THUMB_MAX_SIDE = 256  # grid thumbnails
 _PASS = "#2e9e5b"
 _FAIL = "#d9534f"
 _BAND = "rgba(46, 158, 91, 0.18)"
@@ -62,9 +63,11 @@ def colorize(map01: np.ndarray, colormap: str) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def heatmap_overlay(display: np.ndarray, map01: np.ndarray, *, opacity: float, colormap: str) -> np.ndarray:
+def heatmap_overlay(
+    display: np.ndarray, map01: np.ndarray, *, opacity: float, colormap: str, max_side: int = DISPLAY_MAX_SIDE
+) -> np.ndarray:
     """The map (resized to the picture) blended over the display image; ``opacity`` 0 shows only the image."""
-    base = fit(display)
+    base = fit(display, max_side)
     h, w = base.shape[:2]
     resized = cv2.resize(map01.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     heat = colorize(resized, colormap).astype(np.float32)
@@ -114,29 +117,22 @@ def colorbar_html(colormap: str, *, low: str = "low attention", high: str = "hig
     )
 
 
-def probability_bars(
-    class_names: Sequence[str], probs: np.ndarray, *, rejected: str | None = None
-) -> go.Figure:
-    """Horizontal bars of class probabilities, the garbage class (if any) in red."""
-    order = np.argsort(probs)
-    colors = [_FAIL if class_names[i] == rejected else "#4c8bf5" for i in order]
-    fig = go.Figure(
-        go.Bar(
-            x=[float(probs[i]) for i in order],
-            y=[class_names[i] for i in order],
-            orientation="h",
-            marker_color=colors,
-            text=[f"{probs[i]:.1%}" for i in order],
-            textposition="auto",
+def probability_html(class_names: Sequence[str], probs: np.ndarray, *, rejected: str | None = None) -> str:
+    """Class probabilities as horizontal bars, highest first; the garbage class (if any) in red."""
+    rows = []
+    for i in np.argsort(probs)[::-1]:
+        name, p = class_names[i], float(probs[i])
+        color = _FAIL if name == rejected else "#4c8bf5"
+        label = html.escape(name) + (" (rejects the input)" if name == rejected else "")
+        rows.append(
+            '<div style="display:flex;align-items:center;gap:.6rem;margin:.15rem 0;font-size:.9rem">'
+            f'<span style="width:11rem;text-align:right;opacity:.9">{label}</span>'
+            '<span style="flex:1;background:rgba(255,255,255,.08);border-radius:3px;height:1rem">'
+            f'<span style="display:block;width:{100 * p:.1f}%;height:100%;background:{color};'
+            'border-radius:3px"></span></span>'
+            f'<span style="width:3.5rem;text-align:right">{p:.1%}</span></div>'
         )
-    )
-    fig.update_layout(
-        template=PLOT_TEMPLATE,
-        height=40 + 28 * len(class_names),
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
-        xaxis={"range": [0, 1], "tickformat": ".0%", "title": "probability"},
-    )
-    return fig
+    return "".join(rows)
 
 
 def metric_chart(

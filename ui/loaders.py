@@ -653,11 +653,11 @@ def single_image_metrics(bundle: BundleHandle, class_name: str, cam: np.ndarray)
     return pd.DataFrame(
         {
             "metric": [METRICS[m].label for m in report.metrics],
-            "value": report.values[0],
-            "band": [_band_text(*band[m]) for m in report.metrics],
-            "outside band": report.flags[0],
+            "value": [f"{v:.3f}" for v in report.values[0]],
+            "in-distribution band": [_band_text(*band[m]) for m in report.metrics],
+            "": ["outside ⚠" if f else "inside" for f in report.flags[0]],
         }
-    )
+    ).set_index("metric")
 
 
 def _band_text(lo: float, hi: float) -> str:

@@ -101,7 +101,8 @@ def test_attention_opens_with_heatmaps_and_a_prediction() -> None:
     # image, overlay, reference, the method grid (seven gradient methods)
     assert len(_images(at)) >= 3 + 7
     text = " ".join(m.value for m in at.markdown)
-    assert "probability" in text
+    assert "Prediction: **" in text
+    assert any("%" in h.proto.body for h in at.get("html")), "probability bars"
 
 
 def test_switching_method_redraws_from_the_cache(count_cams: list[tuple[str, ...]]) -> None:
