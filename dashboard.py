@@ -28,5 +28,8 @@ PAGES = [
 ]
 
 navigation = st.navigation(PAGES, position="top")
-sidebar.render()
-navigation.run()
+finish_sidebar = sidebar.render(model_b_now=navigation.url_path == "compare")
+try:
+    navigation.run()
+finally:  # also after a page's st.stop(): the sidebar is always complete
+    finish_sidebar()

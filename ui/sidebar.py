@@ -8,9 +8,11 @@ the last choice that worked, so every page keeps drawing what the user had befor
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from ui import loaders
 from ui.state import K, ModelSlotKeys
@@ -279,24 +281,39 @@ def _resolve_bundle(
 # ---------------------------------------------------------------------------------------------- frame
 
 
-def render() -> Workspace:
-    """Draw the sidebar and store what it resolved for the pages of this run."""
+def render(*, model_b_now: bool) -> Callable[[], None]:
+    """Draw the sidebar and store what it resolved for the pages of this run.
+
+    Model B is resolved before the page only when ``model_b_now`` (the page compares models); otherwise its
+    section is filled by the returned function after the page has drawn, so loading B never delays the
+    first heatmap. Call the returned function at the end of the run (it does nothing when B was done here).
+    """
     for key in K.page_widgets():
         key.persist()
     with st.sidebar:
         st.subheader("Model A")
         model_a = _resolve_model(K.MODEL_A, "Model A")
-        K.MODEL_B_ENABLED.init()
         st.subheader("Model B")
-        model_b = None
-        if st.toggle("Compare with a second model", key=K.MODEL_B_ENABLED.name):
-            model_b = _resolve_model(K.MODEL_B, "Model B")
+        b_slot = st.container()
+        model_b = _model_b_section(b_slot) if model_b_now else None
         st.subheader("Images")
         images = _resolve_images()
         if images is not None:
             _pick_image(images)
         st.subheader("Reference")
         bundle = _resolve_bundle(model_a, images)
-    ws = Workspace(model_a=model_a, model_b=model_b, images=images, bundle=bundle)
-    K.WORKSPACE.set(ws)
-    return ws
+    K.WORKSPACE.set(Workspace(model_a=model_a, model_b=model_b, images=images, bundle=bundle))
+
+    def finish() -> None:
+        if not model_b_now:
+            _model_b_section(b_slot)
+
+    return finish
+
+
+def _model_b_section(slot: DeltaGenerator) -> ModelHandle | None:
+    K.MODEL_B_ENABLED.init()
+    with slot:
+        if st.toggle("Compare with a second model", key=K.MODEL_B_ENABLED.name):
+            return _resolve_model(K.MODEL_B, "Model B")
+    return None
