@@ -299,3 +299,24 @@ def test_garbage_class_is_shown_as_a_rejection_not_a_diagnosis() -> None:
         if shown[-1]:
             assert any("Rejected input" in m.value for m in at.markdown)
     assert any(shown), "the garbage-class model rejects out-of-distribution demo images"
+
+
+class _Broken(_Tiny):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this model always fails")
+
+
+def test_a_model_whose_forward_raises_is_reported_and_the_app_keeps_working() -> None:
+    buf = io.BytesIO()
+    torch.save(_Broken(), buf)
+    at = _app()
+    at.radio(key="model_a_source").set_value("upload").run()
+    at.checkbox(key="model_a_trust").check()
+    at.file_uploader(key="model_a_upload").set_value(
+        ("broken.pt", buf.getvalue(), "application/octet-stream")
+    )
+    at.run()
+    assert not at.exception
+    assert any("broken.pt" in e or "always fails" in e for e in _errors(at)), _errors(at)
+    assert any("Still using" in w.value for w in at.warning)
+    assert len(_images(at)) >= 3
