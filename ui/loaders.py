@@ -384,8 +384,17 @@ def split_label(split: str) -> str:
 
 
 def demo_samples() -> list[tuple[Path, str]]:
-    """Files a user can download and upload again (PNG, DICOM, a model in each format), with descriptions."""
-    return [(Path(s["path"]), str(s.get("description", ""))) for s in demo.demo_samples()]
+    """Files a user can download and upload again (PNG, DICOM, a model in each format with its sidecar),
+    each with a short description."""
+    out: list[tuple[Path, str]] = []
+    for sample in demo.demo_samples():
+        what = str(sample.get("description") or sample.get("format") or sample.get("kind") or "")
+        out.append((Path(sample["path"]), what))
+        if sample.get("sidecar"):
+            out.append(
+                (demo.demo_root() / str(sample["sidecar"]), f"JSON sidecar of {Path(sample['path']).name}")
+            )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- references
