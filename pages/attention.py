@@ -171,32 +171,34 @@ st.caption(
     "The gradient methods come from one forward and one backward pass and are cached together; "
     "the perturbation methods run only when asked."
 )
+grid = {}
 with guard("Computing the method grid"):
     grid = loaders.one_pass_cams(
         model.content_hash, image.content_hash, layer, target, model, handle.lock, image
     )
-    extra = st.toggle(
-        "Add Score-CAM, Ablation-CAM and the pixel attributions (slower)", key=K.ATTENTION_SLOW.name
-    )
-    methods = list(loaders.ONE_PASS_METHODS) + (
-        list(loaders.EXTRA_CAM_METHODS + loaders.ATTRIBUTION_METHODS) if extra else []
-    )
-    per_row = 4
-    for start in range(0, len(methods), per_row):
-        row = st.columns(per_row)
-        for col, name in zip(row, methods[start : start + per_row]):
-            with col:
-                res = (
-                    grid[name]
-                    if name in grid
-                    else loaders.cam_for(model, handle.lock, image, method=name, layer=layer, target=target)
-                )
-                thumb = figures.heatmap_overlay(
-                    image.display,
-                    res.maps[0],
-                    opacity=opacity,
-                    colormap=colormap,
-                    max_side=figures.THUMB_MAX_SIDE,
-                )
-                st.image(thumb, caption=loaders.METHOD_LABELS[name], width="stretch", output_format="JPEG")
-    colorbar(colormap)
+extra = st.toggle(
+    "Add Score-CAM, Ablation-CAM and the pixel attributions (slower)", key=K.ATTENTION_SLOW.name
+)
+methods = [m for m in loaders.ONE_PASS_METHODS if m in grid] + (
+    list(loaders.EXTRA_CAM_METHODS + loaders.ATTRIBUTION_METHODS) if extra else []
+)
+per_row = 4
+for start in range(0, len(methods), per_row):
+    row = st.columns(per_row)
+    for col, name in zip(row, methods[start : start + per_row]):
+        # each slow method on its own: one that fails for this model leaves the others drawn
+        with col, guard(loaders.METHOD_LABELS[name]):
+            res = (
+                grid[name]
+                if name in grid
+                else loaders.cam_for(model, handle.lock, image, method=name, layer=layer, target=target)
+            )
+            thumb = figures.heatmap_overlay(
+                image.display,
+                res.maps[0],
+                opacity=opacity,
+                colormap=colormap,
+                max_side=figures.THUMB_MAX_SIDE,
+            )
+            st.image(thumb, caption=loaders.METHOD_LABELS[name], width="stretch", output_format="JPEG")
+colorbar(colormap)

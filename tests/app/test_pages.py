@@ -320,3 +320,14 @@ def test_a_model_whose_forward_raises_is_reported_and_the_app_keeps_working() ->
     assert any("broken.pt" in e or "always fails" in e for e in _errors(at)), _errors(at)
     assert any("Still using" in w.value for w in at.warning)
     assert len(_images(at)) >= 3
+
+
+@pytest.mark.slow
+def test_slow_methods_join_the_grid_on_request() -> None:
+    at = _app()
+    before = len(_images(at))
+    at.toggle(key="attention_slow").set_value(True).run()
+    _ok(at)
+    assert (
+        len(_images(at)) == before + 5
+    )  # Score-CAM, Ablation-CAM, saliency, integrated gradients, occlusion
