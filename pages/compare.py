@@ -9,7 +9,7 @@ from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import colorbar, guard, image_panel, report_verdict
 
-st.title("Compare models")
+st.title("Compare models", anchor=False)
 ws = workspace()
 if ws.model_a is None or ws.images is None:
     st.info("Choose a model and images in the sidebar.", icon=":material/arrow_back:")

@@ -9,7 +9,7 @@ from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import guard
 
-st.title("Consistency across patients and checkpoints")
+st.title("Consistency across patients and checkpoints", anchor=False)
 st.caption(
     "The C-Score asks whether a model looks at the same kind of place in every confidently and correctly "
     "classified patient of a class: the confidence-weighted mean soft IoU of their attention maps (1 = the "

@@ -10,7 +10,7 @@ from ui.state import K
 from ui.widgets import guard, report_downloads, report_verdict
 from verification.errors import ImageLoadError
 
-st.title("Dataset check")
+st.title("Dataset check", anchor=False)
 st.caption(
     "Verify many images at once against the reference bundle. A zip (or a folder) with one subfolder per "
     "class — `normal/…`, `nodule/…` — also gives the accuracy; images are read chunk by chunk, so the "

@@ -9,7 +9,7 @@ from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import guard, image_panel
 
-st.title("Early feature maps")
+st.title("Early feature maps", anchor=False)
 st.caption(
     "The first layers respond to exposure, contrast, texture and orientation. When an image's early "
     "activations differ from those of the trusted reference set (the demo's in-distribution reference "

@@ -8,7 +8,7 @@ from ui import figures, loaders
 from ui.sidebar import workspace
 from ui.widgets import guard, report_downloads, report_verdict
 
-st.title("Similarity to the reference")
+st.title("Similarity to the reference", anchor=False)
 ws = workspace()
 if ws.model_a is None or ws.images is None or ws.bundle is None:
     st.info("Choose a model, images and a reference bundle in the sidebar.", icon=":material/arrow_back:")

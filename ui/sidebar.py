@@ -216,7 +216,7 @@ def _pick_image(images: loaders.ImageSet) -> None:
 
 
 def _image_title(item: loaders.ImageItem) -> str:
-    return item.image.name + (f"  [{item.label}]" if item.label else "")
+    return item.image.name + (f" ({item.label})" if item.label else "")
 
 
 # ---------------------------------------------------------------------------------------------- bundle
