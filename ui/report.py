@@ -7,7 +7,6 @@ gathers the numbers and pictures and this module only lays them out.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import html
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from verification.reference import VerificationReport
-from verification.report import png_bytes
+
+# The CLI's report helpers (one <img> with base64 PNG, one key/value table) serve this report too.
+from verification.report import _img_tag, _kv
 
 
 @dataclass(frozen=True)
@@ -44,20 +45,8 @@ td:first-child,th:first-child{text-align:left}
 .gallery{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:.6rem;margin-bottom:1.2rem}
 .gallery figure{margin:0} .gallery img{width:100%;image-rendering:auto;border-radius:4px}
 figcaption{font-size:.8rem;opacity:.8} .charts{display:grid;grid-template-columns:repeat(2,minmax(0,1fr))}
-.meta td{text-align:left}
+.kv th,.kv td{text-align:left}
 """
-
-
-def _img(rgb: np.ndarray, alt: str) -> str:
-    data = base64.b64encode(png_bytes(rgb)).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _kv_table(rows: Mapping[str, object]) -> str:
-    body = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows.items()
-    )
-    return f'<table class="meta">{body}</table>'
 
 
 def render_html(
@@ -92,22 +81,22 @@ def render_html(
     }
     numbers.update({f"median {m}": f"{v:.3f}" for m, v in summary["metric_medians"].items()})
     numbers.update({f"flag rate {m}": f"{v:.1%}" for m, v in summary["metric_flag_rates"].items()})
-    parts += ["<h2>The numbers behind the verdict</h2>", _kv_table(numbers)]
+    parts += ["<h2>The numbers behind the verdict</h2>", _kv(numbers)]
 
     if gallery:
         parts.append("<h2>Images, attention and reference</h2>")
         parts.append(colorbar)
         for row in gallery:
             ref = (
-                _img(row.reference, f"reference for {row.name}")
+                _img_tag(row.reference, f"reference for {row.name}")
                 if row.reference is not None
                 else "<p>(no reference for this class)</p>"
             )
             name = html.escape(row.name)
             parts.append(
                 '<div class="gallery">'
-                f"<figure>{_img(row.image, row.name)}<figcaption>{name}</figcaption></figure>"
-                f"<figure>{_img(row.overlay, 'attention ' + row.name)}"
+                f"<figure>{_img_tag(row.image, row.name)}<figcaption>{name}</figcaption></figure>"
+                f"<figure>{_img_tag(row.overlay, 'attention ' + row.name)}"
                 f"<figcaption>{html.escape(row.caption)}</figcaption></figure>"
                 f"<figure>{ref}<figcaption>class reference</figcaption></figure></div>"
             )
@@ -128,6 +117,6 @@ def render_html(
         "<h2>Provenance</h2>",
     ]
     for section, rows in provenance.items():
-        parts += [f"<h3>{html.escape(section)}</h3>", _kv_table(rows)]
+        parts += [f"<h3>{html.escape(section)}</h3>", _kv(rows)]
     parts.append("</body></html>")
     return "\n".join(parts)
