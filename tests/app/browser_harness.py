@@ -56,6 +56,7 @@ def free_port() -> int:
 def streamlit_server(*, timeout: float = 120.0) -> Iterator[str]:
     """``streamlit run dashboard.py`` on 127.0.0.1:<free port>; yields the URL; kills the server after."""
     port = free_port()
+    (ROOT / "test-artifacts").mkdir(exist_ok=True)
     log = open(ROOT / "test-artifacts" / f"streamlit-{port}.log", "wb")  # noqa: SIM115 (closed in finally)
     cmd = [
         sys.executable,
