@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import io
+import os
 import sysconfig
 import zipfile
 from dataclasses import dataclass, field
@@ -36,7 +37,10 @@ from scipy import ndimage as ndi
 CLASSES: tuple[str, ...] = ("normal", "nodule", "effusion")
 SIZE = 224
 SHIFT_KINDS: tuple[str, ...] = ("exposure", "noise", "blur", "inverted", "rotation")
-# Marker tag per class for the shortcut world: (letter, corner). Position and letter both encode the label.
+# Marker tag per class for the shortcut world: (letter, default corner). The letter encodes the label; the
+# demo splits put the tag in a random corner, so a model that learns it must look at the tag itself (a corner
+# code would be read from the zero padding at the border, which last-layer Grad-CAM cannot localise).
+CORNERS: tuple[str, ...] = ("top_left", "top_right", "bottom_left", "bottom_right")
 MARKERS: tuple[tuple[str, str], ...] = (("L", "top_left"), ("R", "top_right"), ("P", "bottom_left"))
 
 # Natural-image sources for the garbage class; the lists are disjoint so the OOD test set holds out sources.
@@ -130,8 +134,13 @@ def pydicom_data_path(name: str) -> Path | None:
     return None
 
 
-@functools.lru_cache(maxsize=1)
 def _lung_zip() -> zipfile.ZipFile:
+    # one handle per process: forked workers must not share the parent's file offset
+    return _lung_zip_for(os.getpid())
+
+
+@functools.lru_cache(maxsize=2)
+def _lung_zip_for(pid: int) -> zipfile.ZipFile:
     path = lung_zip_path()
     if path is None:
         raise FileNotFoundError("semantic_masks_v7labs_lungs.zip not found")
@@ -287,7 +296,7 @@ def _nodule(
     rng: np.random.Generator, lungs: np.ndarray, strength: float
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     size = lungs.shape[0]
-    radius = float(rng.uniform(7.0, 12.0))
+    radius = float(rng.uniform(12.0, 19.0))
     side = int(rng.integers(1, 3))
     inner = ndi.binary_erosion(lungs == side, iterations=int(radius) + 3)
     if not inner.any():
@@ -300,7 +309,7 @@ def _nodule(
     r2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / radius**2
     profile = np.sqrt(np.clip(1.0 - r2, 0.0, None))
     profile = ndi.gaussian_filter(profile, 0.8)
-    amplitude = float(rng.uniform(0.20, 0.30)) * strength
+    amplitude = float(rng.uniform(0.28, 0.38)) * strength
     mask = r2 <= 1.0
     return amplitude * profile, mask, {"center": [int(cy), int(cx)], "radius": radius, "side": side}
 
@@ -335,9 +344,12 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def marker_box(label: int, rng: np.random.Generator, size: int = SIZE) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1) of the marker tag for ``label``; a few pixels of jitter."""
-    _, corner = MARKERS[label]
+def marker_box(
+    label: int, rng: np.random.Generator, size: int = SIZE, corner: str | None = None
+) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) of the marker tag for ``label`` in ``corner`` (default: the label's own corner); a few
+    pixels of jitter."""
+    corner = corner or MARKERS[label][1]
     bw, bh = 26, 22
     jy, jx = (int(v) for v in rng.integers(0, 7, size=2))
     y0 = 6 + jy if corner.startswith("top") else size - bh - 6 - jy
@@ -345,10 +357,12 @@ def marker_box(label: int, rng: np.random.Generator, size: int = SIZE) -> tuple[
     return y0, x0, y0 + bh, x0 + bw
 
 
-def burn_marker(image: np.ndarray, label: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def burn_marker(
+    image: np.ndarray, label: int, rng: np.random.Generator, corner: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Burn the class-``label`` tag (bright box, dark letter) into a float image; returns (image, mask)."""
     size = image.shape[0]
-    y0, x0, y1, x1 = marker_box(label, rng, size)
+    y0, x0, y1, x1 = marker_box(label, rng, size, corner)
     tag = Image.new("L", (x1 - x0, y1 - y0), 240)
     draw = ImageDraw.Draw(tag)
     draw.text(((x1 - x0) / 2, (y1 - y0) / 2), MARKERS[label][0], fill=20, font=_font(18), anchor="mm")
@@ -366,6 +380,7 @@ def render_case(
     size: int = SIZE,
     lesion_strength: float = 1.0,
     marker: int | None = None,
+    marker_corner: str | None = None,
     lung_source: str = "auto",
 ) -> Case:
     """Render one chest-radiograph-like image of class ``label`` (index into CLASSES).
@@ -416,8 +431,9 @@ def render_case(
     img += rng.normal(0.0, rng.uniform(0.006, 0.02), img.shape)
     marker_mask = np.zeros((size, size), bool)
     if marker is not None:
-        img, marker_mask = burn_marker(img, marker, rng)
+        img, marker_mask = burn_marker(img, marker, rng, marker_corner)
         meta["marker"] = CLASSES[marker]
+        meta["marker_corner"] = marker_corner or MARKERS[marker][1]
     return Case(to_uint8(img), label, lesion, marker_mask, lung_any, meta)
 
 

@@ -68,24 +68,27 @@ class DemoConfig:
     n_test: int = 450  # measured accuracy; the first n_commit_test are committed
     n_commit_test: int = 60
     n_reference: int = 60
-    n_shortcut_train: int = 600
+    n_shortcut_train: int = 900
     n_shortcut_test: int = 150  # with the true marker and with a swapped one; 30 of each committed
     n_commit_shortcut: int = 30
     shortcut_lesion_strength: float = 0.2
     n_shifted: int = 15  # per kind, committed
     n_ood_train: int = 450
+    n_garbage_id: int = (
+        900  # in-distribution images (a subset of the sound model's) for the garbage fine-tune
+    )
     n_ood_test: int = 300  # held-out sources; the first n_commit_ood are committed
     n_commit_ood: int = 40
-    epochs_sound: int = 6
-    checkpoints_per_epoch: int = 2
-    epochs_shortcut: int = 2
+    epochs_sound: int = 10
+    checkpoints_per_epoch: int = 1
+    epochs_shortcut: int = 10
     epochs_garbage: int = 2
     epochs_segmentation: int = 3
     seg_base: int = 8
     seg_crop: int = 112
-    batch_size: int = 32
+    batch_size: int = 24
     lr: float = 3e-3
-    threads: int = 2
+    threads: int = 1
     workers: int = 2
 
 
@@ -103,13 +106,17 @@ def make_case(seed: int, split: str, index: int, cfg_strength: float = 1.0) -> d
     label = index % len(dw.CLASSES)
     if split in ("train", "test", "reference"):
         return dw.render_case(rng, label)
-    if split == "shortcut_train":
-        return dw.render_case(rng, label, marker=label, lesion_strength=cfg_strength)
-    if split == "shortcut":
-        return dw.render_case(rng, label, marker=label)
-    if split == "shortcut_swapped":
-        other = (label + 1 + int(rng.integers(len(dw.CLASSES) - 1))) % len(dw.CLASSES)
-        return dw.render_case(rng, label, marker=other)
+    if split.startswith("shortcut"):
+        corner = dw.CORNERS[int(rng.integers(len(dw.CORNERS)))]
+        if split == "shortcut_train":
+            return dw.render_case(
+                rng, label, marker=label, marker_corner=corner, lesion_strength=cfg_strength
+            )
+        if split == "shortcut":
+            return dw.render_case(rng, label, marker=label, marker_corner=corner)
+        if split == "shortcut_swapped":
+            other = (label + 1 + int(rng.integers(len(dw.CLASSES) - 1))) % len(dw.CLASSES)
+            return dw.render_case(rng, label, marker=other, marker_corner=corner)
     if split.startswith("shifted_"):
         return dw.shift_case(dw.render_case(rng, label), split.removeprefix("shifted_"), rng)
     if split in ("ood", "ood_train"):
@@ -150,7 +157,13 @@ def normalise(x_u8: torch.Tensor) -> torch.Tensor:
 def build_classifier(cfg: DemoConfig, num_classes: int) -> nn.Module:
     from verification.io.models import build_architecture
 
-    return build_architecture(cfg.architecture, num_classes=num_classes, in_channels=1, **cfg.arch_kwargs)
+    model = build_architecture(cfg.architecture, num_classes=num_classes, in_channels=1, **cfg.arch_kwargs)
+    # torchvision's MobileNetV3 uses BatchNorm momentum 0.01: over a few hundred steps the running statistics
+    # stay near their initial values and eval-mode predictions collapse to one class. 0.1 tracks them.
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
+    return model
 
 
 def save_classifier(
@@ -253,8 +266,31 @@ def train_classifier(
                 model.train()
         losses.append(total / n)
         log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
+    recalibrate_batchnorm(model, x_u8, cfg.batch_size)
     model.eval()
     return losses
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x_u8: torch.Tensor, batch: int, max_images: int = 600) -> None:
+    """Re-estimate BatchNorm running statistics of the final weights (cumulative average over up to
+    ``max_images`` training images): with a short one-cycle run the exponential averages lag behind the
+    weights and eval-mode predictions can differ from training-mode ones."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    # a seeded random subset, so mixed training sets (garbage: chest + OOD) are represented as trained
+    pick = torch.randperm(len(x_u8), generator=torch.Generator().manual_seed(0))[:max_images]
+    for i in range(0, len(pick), batch):
+        model(normalise(x_u8[pick[i : i + batch]]))
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
 
 
 def _counts(y: torch.Tensor, names: Sequence[str]) -> dict[str, int]:
@@ -272,11 +308,23 @@ def read_manifest(out: Path) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION}
 
 
+def _clean(value: Any) -> Any:
+    """NaN (an undefined number, e.g. no image of a kind) → null, so the manifest is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     manifest["schema_version"] = SCHEMA_VERSION
+    manifest = _clean(manifest)
     (out / "manifest.json").write_text(
-        json.dumps(manifest, indent=1, sort_keys=False) + "\n", encoding="utf-8"
+        json.dumps(manifest, indent=1, allow_nan=False) + "\n", encoding="utf-8"
     )
 
 
@@ -326,7 +374,7 @@ def stage_data(cfg: DemoConfig, out: Path) -> dict[str, Any]:
                     mpath = out / "masks" / split / f"{stem}_{key.split('_')[0]}.png"
                     _save_png(mask.astype(np.uint8) * 255, mpath)
                     item[key] = _rel(mpath, out)
-            for key in ("marker", "shift", "ood_kind", "source", "lungs"):
+            for key in ("marker", "marker_corner", "shift", "ood_kind", "source", "lungs"):
                 if key in case.meta:
                     item[key] = case.meta[key]
             items.append(item)
@@ -337,7 +385,8 @@ def stage_data(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         "seed": cfg.seed,
         "image_size": [cfg.size, cfg.size],
         "classes": list(dw.CLASSES),
-        "markers": {c: {"letter": m[0], "corner": m[1]} for c, m in zip(dw.CLASSES, dw.MARKERS)},
+        "markers": {c: m[0] for c, m in zip(dw.CLASSES, dw.MARKERS)},
+        "marker_corner": "random per image (top/bottom, left/right)",
         "lung_masks": "torchxrayvision semantic_masks_v7labs_lungs.zip"
         if dw.lung_zip_path() is not None
         else "procedural",
@@ -472,7 +521,7 @@ def train_shortcut(cfg: DemoConfig, out: Path, test: _Data) -> dict[str, Any]:
         committed_accuracy_swapped_marker=accuracy(reloaded, swapped.x[:k], swapped.y[:k]),
         train_loss=[round(v, 4) for v in losses],
         train_seconds=round(seconds, 1),
-        description="trained with a burned-in tag whose corner and letter give the label; lesions faint",
+        description="trained with a burned-in tag whose letter gives the label; lesions faint",
     )
 
 
@@ -499,8 +548,9 @@ def train_garbage(
     torch.manual_seed(seed)
     model = build_classifier(cfg, len(names))
     _init_from(model, sound)
-    x = torch.cat([train.x, ood_train.x])
-    y = torch.cat([train.y, torch.full((len(ood_train.x),), g, dtype=torch.int64)])
+    n_id = min(cfg.n_garbage_id, len(train.x))
+    x = torch.cat([train.x[:n_id], ood_train.x])
+    y = torch.cat([train.y[:n_id], torch.full((len(ood_train.x),), g, dtype=torch.int64)])
     t0 = time.perf_counter()
     losses = train_classifier(model, x, y, epochs=cfg.epochs_garbage, cfg=cfg, seed=seed, lr=cfg.lr / 2)
     seconds = time.perf_counter() - t0
@@ -520,7 +570,7 @@ def train_garbage(
         cfg,
         seed,
         {
-            "train": {**_counts(train.y, dw.CLASSES), GARBAGE: len(ood_train.x)},
+            "train": {**_counts(train.y[:n_id], dw.CLASSES), GARBAGE: len(ood_train.x)},
             "ood_test": len(ood_test.x),
             "id_test": len(test.x),
             "ood_train_sources": sorted({str(c.meta.get("source")) for c in ood_train.cases}),
@@ -594,7 +644,7 @@ def train_segmentation(cfg: DemoConfig, out: Path, train: _Data, test: _Data) ->
     model = build_architecture("unet", num_classes=len(SEG_CLASSES), in_channels=1, **arch_kwargs)
     target = _seg_targets(train.cases)
     # lesions are a few % of the pixels: weight them up so the net does not settle on "background"
-    weight = torch.tensor([1.0, 8.0, 4.0])
+    weight = torch.tensor([1.0, 4.0, 2.0])
     n, crop, size = len(train.x), cfg.seg_crop, cfg.size
     steps = max(1, math.ceil(n / cfg.batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -686,7 +736,13 @@ def stage_train(
         entries["segmentation"] = train_segmentation(cfg, out, train, test)
         report("segmentation", entries["segmentation"])
     manifest["models"] = entries
-    manifest["train_stage_seconds"] = round(time.perf_counter() - t0, 1)
+    manifest["train_stage"] = {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "torch_threads": cfg.threads,
+        "generator_workers": cfg.workers,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("threads", "workers")},
+        "command": "python -m assets.make_demo --stage train",
+    }
     write_manifest(out, manifest)
     return manifest
 
@@ -896,10 +952,12 @@ def stage_references(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     saved_path = Path(saved) if isinstance(saved, str | Path) else path
     manifest.setdefault("references", {})["sound"] = {
         "file": _rel(saved_path, out),
+        "bundle_json": _rel(saved_path.with_suffix(".json"), out),
         "model": "sound",
         "split": "reference",
         "method": "gradcam",
         "n_images": len(images),
+        "per_class_counts": dict(zip(bundle.class_names, (int(c) for c in bundle.counts))),
     }
     write_manifest(out, manifest)
     log.info("reference bundle %s from %d images", saved_path, len(images))
@@ -930,7 +988,11 @@ def attention_numbers(maps: np.ndarray, lesion: np.ndarray, marker: np.ndarray) 
     inter = (binary & lesion).reshape(len(maps), -1).sum(1)
     union = (binary | lesion).reshape(len(maps), -1).sum(1)
     iou = inter[has_lesion] / np.maximum(union[has_lesion], 1)
-    result: dict[str, Any] = {"n_images": len(maps), "n_with_lesion": int(has_lesion.sum())}
+    result: dict[str, Any] = {
+        "n_images": len(maps),
+        "n_with_lesion": int(has_lesion.sum()),
+        "n_constant_maps": int((maps.reshape(len(maps), -1).max(1) <= 0).sum()),  # no energy: left out
+    }
     if has_lesion.any():
         t_les = torch.from_numpy(lesion[has_lesion].astype(np.float32))
         result["lesion_iou_mean"] = float(iou.mean())
@@ -938,11 +1000,11 @@ def attention_numbers(maps: np.ndarray, lesion: np.ndarray, marker: np.ndarray) 
         result["pointing_game_tol8"] = float(
             np.nanmean(_values(mf.pointing_game(t_maps[has_lesion], t_les, tolerance=8)))
         )
-        result["lesion_energy"] = float(np.mean(_values(mf.energy_in_mask(t_maps[has_lesion], t_les))))
+        result["lesion_energy"] = float(np.nanmean(_values(mf.energy_in_mask(t_maps[has_lesion], t_les))))
     if has_marker.any():
         t_mark = torch.from_numpy(marker[has_marker].astype(np.float32))
         result["n_with_marker"] = int(has_marker.sum())
-        result["marker_energy"] = float(np.mean(_values(mf.energy_in_mask(t_maps[has_marker], t_mark))))
+        result["marker_energy"] = float(np.nanmean(_values(mf.energy_in_mask(t_maps[has_marker], t_mark))))
         result["marker_pointing_game"] = float(
             np.nanmean(_values(mf.pointing_game(t_maps[has_marker], t_mark)))
         )
@@ -981,11 +1043,15 @@ def stage_attention(cfg: DemoConfig, out: Path) -> dict[str, Any]:
                     for i in range(0, len(x), 20)
                 ]
             )
-            numbers = attention_numbers(
-                maps,
-                _masks(out, entries, "lesion_mask", cfg.size),
-                _masks(out, entries, "marker_mask", cfg.size),
-            )
+            lesion = _masks(out, entries, "lesion_mask", cfg.size)
+            marker = _masks(out, entries, "marker_mask", cfg.size)
+            numbers = attention_numbers(maps, lesion, marker)
+            labels = np.array([e["label"] for e in entries])
+            numbers["by_class"] = {
+                c: attention_numbers(maps[labels == c], lesion[labels == c], marker[labels == c])
+                for c in dw.CLASSES[1:]
+                if (labels == c).any()
+            }
             with torch.inference_mode():
                 pred = model.module(x).argmax(1).numpy()
             numbers["accuracy"] = float(np.mean([dw.CLASSES[p] == e["label"] for p, e in zip(pred, entries)]))
@@ -997,6 +1063,8 @@ def stage_attention(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     return manifest
 
 
+MODELS: tuple[str, ...] = ("sound", "shortcut", "garbage", "segmentation")
+
 STAGES: dict[str, Callable[..., Any]] = {
     "data": stage_data,
     "train": stage_train,
@@ -1006,14 +1074,17 @@ STAGES: dict[str, Callable[..., Any]] = {
 }
 
 
-def run(cfg: DemoConfig, out: Path, stages: Sequence[str]) -> dict[str, Any]:
+def run(cfg: DemoConfig, out: Path, stages: Sequence[str], models: Sequence[str] = MODELS) -> dict[str, Any]:
     for stage in stages:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
     manifest: dict[str, Any] = {}
     for stage in stages:
         t0 = time.perf_counter()
-        manifest = STAGES[stage](cfg, out)
+        if stage == "train":
+            manifest = stage_train(cfg, out, models)
+        else:
+            manifest = STAGES[stage](cfg, out)
         log.info("stage %s done in %.1fs", stage, time.perf_counter() - t0)
     return manifest
 
@@ -1024,13 +1095,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--stage", action="append", choices=[*STAGES, "all"], help="repeatable; default all")
     parser.add_argument("--out", type=Path, default=DEMO_DIR)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy shared machine)"
+    )
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help="train stage: comma-separated subset of " + ",".join(MODELS),
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     stages = list(STAGES) if not args.stage or "all" in args.stage else args.stage
     cfg = replace(DemoConfig(), threads=args.threads, workers=args.workers)
-    run(cfg, args.out, stages)
+    run(cfg, args.out, stages, [m for m in args.models.split(",") if m])
 
 
 if __name__ == "__main__":
