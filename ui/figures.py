@@ -75,12 +75,6 @@ def heatmap_overlay(
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def heatmap_only(map01: np.ndarray, colormap: str, like: np.ndarray) -> np.ndarray:
-    """The map alone in colour, at the size the overlay of ``like`` is drawn."""
-    h, w = fit(like).shape[:2]
-    return colorize(cv2.resize(map01.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR), colormap)
-
-
 def mask_overlay(
     display: np.ndarray, mask: np.ndarray, *, color: tuple[int, int, int] = (0, 200, 255)
 ) -> np.ndarray:

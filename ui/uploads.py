@@ -13,9 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from verification.batch import IMAGE_SUFFIXES as BATCH_SUFFIXES
 from verification.errors import ImageLoadError, InputTooLargeError
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ""})
+# The batch loader's image suffixes, plus none at all: DICOM files inside archives often have no suffix.
+IMAGE_SUFFIXES = frozenset(BATCH_SUFFIXES | {""})
 MAX_ZIP_ENTRIES = 5000
 MAX_ZIP_TOTAL_BYTES = 1 << 30  # 1 GiB decompressed across one archive
 MAX_ZIP_RATIO = 200  # an entry that inflates more than this is treated as a bomb
