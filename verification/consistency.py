@@ -607,9 +607,11 @@ def detect_early_warnings(
 ) -> list[EarlyWarning]:
     """Early-warning pattern per (method, class) series of C-Scores over ``checkpoints``.
 
-    At checkpoint t a warning is raised when ``best − C_t > drop`` (best = the running maximum of the earlier
-    non-NaN C-Scores, reached at checkpoint b) while ``AUC_t ≥ AUC_b − auc_tolerance``; a NaN C-Score after a
-    valid one (collapsed gold list) under the same AUC condition is reported with kind "collapsed".
+    "AUC holds" is read both ways: only earlier checkpoints b with ``|AUC_t − AUC_b| ≤ auc_tolerance`` are
+    compared with t, so the generic, look-alike maps of a half-trained model (high C-Score, low AUC) never
+    raise a warning against the competent model that follows. At checkpoint t a warning is raised when
+    ``best − C_t > drop`` (best = the highest non-NaN C-Score among those b); a NaN C-Score there (collapsed
+    gold list) is reported with kind "collapsed".
     """
     n = len(checkpoints)
     if len(auc) != n:
@@ -618,12 +620,19 @@ def detect_early_warnings(
     for (method, cls), series in scores.items():
         if len(series) != n:
             raise ShapeError(f"{method}/{cls}: {len(series)} C-Scores for {n} checkpoints")
-        best, best_t = -math.inf, -1
         for t, s in enumerate(series):
-            if best_t >= 0:
-                holds = not math.isnan(auc[t]) and auc[t] >= auc[best_t] - auc_tolerance
+            if math.isnan(auc[t]):
+                continue
+            comparable = [
+                b
+                for b in range(t)
+                if not (math.isnan(series[b]) or math.isnan(auc[b])) and abs(auc[t] - auc[b]) <= auc_tolerance
+            ]
+            if comparable:
+                best_t = max(comparable, key=lambda b: series[b])
+                best = float(series[best_t])
                 collapsed = math.isnan(s)
-                if holds and (collapsed or best - s > drop):
+                if collapsed or best - s > drop:
                     out.append(
                         EarlyWarning(
                             kind="collapsed" if collapsed else "c_score_drop",
@@ -639,8 +648,6 @@ def detect_early_warnings(
                             auc_at_best=float(auc[best_t]),
                         )
                     )
-            if not math.isnan(s) and s > best:
-                best, best_t = float(s), t
     out.sort(key=lambda w: (w.checkpoint_index, w.method, w.class_name))
     return out
 
