@@ -11,9 +11,6 @@ from ui.widgets import colorbar, guard, image_panel, notices
 
 st.title("Attention", anchor=False)
 ws = workspace()
-if ws.model_a is None or ws.images is None:
-    st.info("Choose a model and images in the sidebar.", icon=":material/arrow_back:")
-    st.stop()
 
 handle = ws.model_a
 model = handle.model

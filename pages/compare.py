@@ -11,9 +11,6 @@ from ui.widgets import colorbar, guard, image_panel, report_verdict
 
 st.title("Compare models", anchor=False)
 ws = workspace()
-if ws.model_a is None or ws.images is None:
-    st.info("Choose a model and images in the sidebar.", icon=":material/arrow_back:")
-    st.stop()
 if ws.model_b is None:
     st.info(
         "Turn on **Compare with a second model** in the sidebar and choose model B.", icon=":material/add:"

@@ -16,7 +16,7 @@ st.caption(
     "same region every time). Tracked over training checkpoints, a C-Score that falls while the AUC holds is "
     "an early warning that the model is drifting toward a shortcut."
 )
-ws = workspace()
+ws = workspace(images=False)  # the demo test set stands in for unlabelled images
 
 for key in (K.CONSISTENCY_METHODS, K.CONSISTENCY_TAU, K.CONSISTENCY_GAMMA):
     key.init()

@@ -16,10 +16,7 @@ st.caption(
     "class — `normal/…`, `nodule/…` — also gives the accuracy; images are read chunk by chunk, so the "
     "dataset does not have to fit in memory."
 )
-ws = workspace()
-if ws.model_a is None or ws.bundle is None:
-    st.info("Choose a model and a reference bundle in the sidebar.", icon=":material/arrow_back:")
-    st.stop()
+ws = workspace(images=False, bundle=True)
 
 K.DATASET_SOURCE.init()
 source = st.radio(

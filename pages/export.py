@@ -10,10 +10,7 @@ from ui.state import K
 from ui.widgets import guard, report_downloads, report_verdict
 
 st.title("Report & export", anchor=False)
-ws = workspace()
-if ws.model_a is None or ws.images is None or ws.bundle is None:
-    st.info("Choose a model, images and a reference bundle in the sidebar.", icon=":material/arrow_back:")
-    st.stop()
+ws = workspace(bundle=True)
 
 st.caption(
     "One HTML file with the verdict and the numbers behind it, every metric chart, the images with their "

@@ -17,9 +17,6 @@ st.caption(
     "film — even when its final attention still looks plausible."
 )
 ws = workspace()
-if ws.model_a is None or ws.images is None:
-    st.info("Choose a model and images in the sidebar.", icon=":material/arrow_back:")
-    st.stop()
 
 handle = ws.model_a
 index = min(K.IMAGE_INDEX.get(), len(ws.images.items) - 1)

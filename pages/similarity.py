@@ -9,10 +9,7 @@ from ui.sidebar import workspace
 from ui.widgets import guard, report_downloads, report_verdict
 
 st.title("Similarity to the reference", anchor=False)
-ws = workspace()
-if ws.model_a is None or ws.images is None or ws.bundle is None:
-    st.info("Choose a model, images and a reference bundle in the sidebar.", icon=":material/arrow_back:")
-    st.stop()
+ws = workspace(bundle=True)
 
 model = ws.model_a
 bundle = ws.bundle.bundle

@@ -58,10 +58,24 @@ class Workspace:
     bundle: loaders.BundleHandle | None
 
 
-def workspace() -> Workspace:
+def workspace(*, images: bool = True, bundle: bool = False) -> Workspace:
+    """What the sidebar resolved; when model A (and the images / the bundle, if asked for) is missing, the
+    page says what to choose and stops there."""
     ws = K.WORKSPACE.get()
     if not isinstance(ws, Workspace):
         raise RuntimeError("the sidebar has not run yet: open pages through dashboard.py")
+    missing = [
+        what
+        for what, absent in (
+            ("a model", ws.model_a is None),
+            ("images", images and ws.images is None),
+            ("a reference bundle", bundle and ws.bundle is None),
+        )
+        if absent
+    ]
+    if missing:
+        st.info(f"Choose {' and '.join(missing)} in the sidebar.", icon=":material/arrow_back:")
+        st.stop()
     return ws
 
 
