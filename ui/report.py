@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from verification.reference import VerificationReport
 
 # The CLI's report helpers (one <img> with base64 PNG, one key/value table) serve this report too.
-from verification.report import _img_tag, _kv
+from verification.report import img_tag, kv_table
 
 
 @dataclass(frozen=True)
@@ -81,22 +81,22 @@ def render_html(
     }
     numbers.update({f"median {m}": f"{v:.3f}" for m, v in summary["metric_medians"].items()})
     numbers.update({f"flag rate {m}": f"{v:.1%}" for m, v in summary["metric_flag_rates"].items()})
-    parts += ["<h2>The numbers behind the verdict</h2>", _kv(numbers)]
+    parts += ["<h2>The numbers behind the verdict</h2>", kv_table(numbers)]
 
     if gallery:
         parts.append("<h2>Images, attention and reference</h2>")
         parts.append(colorbar)
         for row in gallery:
             ref = (
-                _img_tag(row.reference, f"reference for {row.name}")
+                img_tag(row.reference, f"reference for {row.name}")
                 if row.reference is not None
                 else "<p>(no reference for this class)</p>"
             )
             name = html.escape(row.name)
             parts.append(
                 '<div class="gallery">'
-                f"<figure>{_img_tag(row.image, row.name)}<figcaption>{name}</figcaption></figure>"
-                f"<figure>{_img_tag(row.overlay, 'attention ' + row.name)}"
+                f"<figure>{img_tag(row.image, row.name)}<figcaption>{name}</figcaption></figure>"
+                f"<figure>{img_tag(row.overlay, 'attention ' + row.name)}"
                 f"<figcaption>{html.escape(row.caption)}</figcaption></figure>"
                 f"<figure>{ref}<figcaption>class reference</figcaption></figure></div>"
             )
@@ -117,6 +117,6 @@ def render_html(
         "<h2>Provenance</h2>",
     ]
     for section, rows in provenance.items():
-        parts += [f"<h3>{html.escape(section)}</h3>", _kv(rows)]
+        parts += [f"<h3>{html.escape(section)}</h3>", kv_table(rows)]
     parts.append("</body></html>")
     return "\n".join(parts)

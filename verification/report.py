@@ -72,12 +72,12 @@ def heat_rgb(cam: np.ndarray, *, size: int = 256) -> np.ndarray:
     return cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
 
 
-def _img_tag(rgb: np.ndarray, alt: str) -> str:
+def img_tag(rgb: np.ndarray, alt: str) -> str:
     data = base64.b64encode(png_bytes(rgb)).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _kv(rows: Mapping[str, Any]) -> str:
+def kv_table(rows: Mapping[str, Any]) -> str:
     body = "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows.items()
     )
@@ -153,13 +153,13 @@ def _gallery(doc: Mapping[str, Any]) -> list[str]:
         ref_name = row.get("reference")
         reference = doc.get("references", {}).get(ref_name)
         ref_tag = (
-            _img_tag(heat_rgb(np.asarray(reference, dtype=np.float32)), f"reference {ref_name}")
+            img_tag(heat_rgb(np.asarray(reference, dtype=np.float32)), f"reference {ref_name}")
             if reference is not None
             else "<p>(no reference for this class)</p>"
         )
         title = f"{Path(name).name}: {example['n_flags']} of {len(doc['metrics'])} metrics flagged"
         parts.append(
-            f"<figure>{_img_tag(picture, name)}<figcaption>{html.escape(title)} · {caption}; predicted "
+            f"<figure>{img_tag(picture, name)}<figcaption>{html.escape(title)} · {caption}; predicted "
             f"{html.escape(str(row.get('predicted')))}</figcaption></figure>"
             f"<figure>{ref_tag}<figcaption>reference of {html.escape(str(ref_name))}</figcaption></figure>"
         )
@@ -206,9 +206,9 @@ def render_report(doc: Mapping[str, Any], *, title: str = "Attention-map verific
         f"{html.escape(doc['text'])}</div>",
         *(f'<div class="warn">{html.escape(w)}</div>' for w in doc.get("warnings", [])),
         "<h2>The numbers behind the verdict</h2>",
-        _kv(numbers),
+        kv_table(numbers),
         "<h3>Per metric</h3>",
-        _kv(metric_rows),
+        kv_table(metric_rows),
         "<h2>Charts</h2>",
         *_charts(doc),
         "<h2>Most flagged images and their class reference</h2>",
@@ -219,7 +219,7 @@ def render_report(doc: Mapping[str, Any], *, title: str = "Attention-map verific
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
     ]
     if doc.get("errors"):
-        parts += ["<h2>Unreadable images</h2>", _kv({e["image"]: e["error"] for e in doc["errors"]})]
+        parts += ["<h2>Unreadable images</h2>", kv_table({e["image"]: e["error"] for e in doc["errors"]})]
     provenance = dict(doc.get("provenance", {}))
-    parts += ["<h2>Provenance</h2>", _kv(provenance), "</body></html>"]
+    parts += ["<h2>Provenance</h2>", kv_table(provenance), "</body></html>"]
     return "\n".join(parts)
