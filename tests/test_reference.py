@@ -16,6 +16,7 @@ from verification.io.records import LoadedModel
 from verification.metrics import compute_metrics
 from verification.reference import (
     VerdictParams,
+    VerificationReport,
     boxes_to_masks,
     build_reference,
     compute_bands,
@@ -230,3 +231,24 @@ def test_nan_metrics_count_as_flags_with_reasons() -> None:
         np.zeros((1, SIZE, SIZE), np.float32), [0], bundle, params=VerdictParams(nan_flags=False)
     )
     assert lenient.n_flags[0] < rep.n_flags[0]
+
+
+def test_reports_of_consecutive_chunks_concatenate_to_the_whole() -> None:
+    maps = np.concatenate([blob_set(3, 0, True), np.zeros((1, SIZE, SIZE), np.float32)])
+    bundle = reference_from_maps(blob_set(6, 1, True), ["a"] * 6, ["a"], grid=(SIZE, SIZE))
+    labels = ["a"] * 4
+    names = [f"img{i}" for i in range(4)]
+    whole = verify_maps(maps, labels, bundle, names=names)
+    joined = VerificationReport.concat(
+        [
+            verify_maps(maps[:2], labels[:2], bundle, names=names[:2]),
+            verify_maps(maps[2:], labels[2:], bundle, names=names[2:]),
+        ]
+    )
+    np.testing.assert_array_equal(joined.values, whole.values)
+    np.testing.assert_array_equal(joined.flagged, whole.flagged)
+    assert joined.names == whole.names
+    assert joined.reasons == whole.reasons
+    assert 3 in joined.reasons  # the zero map's reasons keep their index
+    with pytest.raises(ValueError, match="at least one"):
+        VerificationReport.concat([])

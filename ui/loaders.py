@@ -570,28 +570,6 @@ VERIFY_CHUNK = 16
 ProgressFn = Callable[[int, int], None]
 
 
-def _concat_reports(parts: Sequence[VerificationReport]) -> VerificationReport:
-    """One report from reports of consecutive chunks of the same image list (same bundle and parameters)."""
-    first = parts[0]
-    reasons: dict[int, dict[str, str]] = {}
-    offset = 0
-    for part in parts:
-        reasons.update({offset + i: why for i, why in part.reasons.items()})
-        offset += part.n
-    return replace(
-        first,
-        names=tuple(name for part in parts for name in part.names),
-        values=np.concatenate([p.values for p in parts]),
-        flags=np.concatenate([p.flags for p in parts]),
-        n_flags=np.concatenate([p.n_flags for p in parts]),
-        flagged=np.concatenate([p.flagged for p in parts]),
-        reference_class=np.concatenate([p.reference_class for p in parts]),
-        predicted=np.concatenate([p.predicted for p in parts]),
-        labels=np.concatenate([p.labels for p in parts]),
-        reasons=reasons,
-    )
-
-
 def run_verify(
     model: LoadedModel,
     lock: threading.Lock,
@@ -613,7 +591,7 @@ def run_verify(
             parts.append(verify(model, bundle, [item.image for item in chunk], labels))
         if progress is not None:
             progress(min(start + VERIFY_CHUNK, len(items)), len(items))
-    return _concat_reports(parts)
+    return VerificationReport.concat(parts)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -843,7 +821,7 @@ def verify_sources(
             progress(min(start + VERIFY_CHUNK, len(sources)), len(sources))
     if not parts:
         raise ImageLoadError(f"None of the {len(sources)} files could be read as an image.")
-    return DatasetResult(label=label, report=_concat_reports(parts), errors=tuple(errors))
+    return DatasetResult(label=label, report=VerificationReport.concat(parts), errors=tuple(errors))
 
 
 def sources_from_items(images: ImageSet) -> list[Source]:

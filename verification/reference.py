@@ -516,6 +516,30 @@ class VerificationReport:
     reasons: dict[int, dict[str, str]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
+    @classmethod
+    def concat(cls, parts: Sequence[VerificationReport]) -> VerificationReport:
+        """One report from the reports of consecutive chunks of one image list (same bundle, parameters)."""
+        if not parts:
+            raise ValueError("VerificationReport.concat needs at least one report.")
+        first = parts[0]
+        reasons: dict[int, dict[str, str]] = {}
+        offset = 0
+        for part in parts:
+            reasons.update({offset + i: why for i, why in part.reasons.items()})
+            offset += part.n
+        return replace(
+            first,
+            names=tuple(name for part in parts for name in part.names),
+            values=np.concatenate([p.values for p in parts]),
+            flags=np.concatenate([p.flags for p in parts]),
+            n_flags=np.concatenate([p.n_flags for p in parts]),
+            flagged=np.concatenate([p.flagged for p in parts]),
+            reference_class=np.concatenate([p.reference_class for p in parts]),
+            predicted=np.concatenate([p.predicted for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            reasons=reasons,
+        )
+
     @property
     def n(self) -> int:
         return len(self.names)
