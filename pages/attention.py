@@ -104,6 +104,13 @@ with cols[1], st.container(key="overlay_main"):  # the browser test and bench wa
         caption=f"layer {result.layer}" + (" · constant map (no signal)" if bool(result.constant[0]) else ""),
     )
     colorbar(colormap)
+    if result.provenance.get("saturated_baseline"):
+        st.warning(
+            f"The all-zero baseline input already scores class “{model.class_names[result.targets[0]]}” at "
+            "p ≥ 0.99, so Score-CAM's weights (the increase in confidence over that baseline) are all ≈ 0 "
+            "and this map is not evidence. Use a gradient method for this class.",
+            icon=":material/warning:",
+        )
     if item.lesion_mask is not None:
         st.toggle("Outline the known lesion (demo ground truth)", key=K.SHOW_LESION.name)
 with cols[2]:

@@ -70,8 +70,8 @@ ONE_PASS_METHODS: tuple[str, ...] = (
 EXTRA_CAM_METHODS: tuple[str, ...] = ("scorecam", "ablationcam")
 ATTRIBUTION_METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "occlusion")
 ALL_METHODS: tuple[str, ...] = ONE_PASS_METHODS + EXTRA_CAM_METHODS + ATTRIBUTION_METHODS
-# Score-CAM in its fast mode (the 64 channels with the largest activation variance) keeps the page responsive;
-# the CLI runs the exact mode.
+# Score-CAM in its fast mode (at most 64 masked forwards per image: cluster medoids, then a search for the
+# masks that keep the class; see verification.cam.scorecam) keeps the page responsive; the CLI runs exact.
 INTERACTIVE_OPTIONS: dict[str, dict[str, object]] = {"scorecam": {"mode": "fast", "k": 64}}
 METHOD_LABELS: dict[str, str] = {
     "gradcam": "Grad-CAM",
@@ -81,7 +81,7 @@ METHOD_LABELS: dict[str, str] = {
     "layercam": "LayerCAM",
     "eigencam": "EigenCAM (class-agnostic)",
     "ms_gradcampp": "Multi-scale Grad-CAM++",
-    "scorecam": "Score-CAM (fast, top-64 channels)",
+    "scorecam": "Score-CAM (fast, 64 forwards)",
     "ablationcam": "Ablation-CAM (slow)",
     "saliency": "Gradient saliency",
     "integrated_gradients": "Integrated Gradients (slow)",

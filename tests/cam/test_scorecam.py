@@ -237,7 +237,8 @@ def test_exact_mode_streams_bounded_chunks(tiny: nn.Module) -> None:
     sizes: list[int] = []
     handle = tiny.register_forward_pre_hook(lambda _m, args: sizes.append(int(args[0].shape[0])))
     try:
-        res = score_cam(tiny, x, "act2", target=[0, 2, 1], chunk_size=5)
+        # optimize=False: the masked forwards run on `tiny` itself, where the hook counts them
+        res = score_cam(tiny, x, "act2", target=[0, 2, 1], chunk_size=5, optimize=False)
     finally:
         handle.remove()
     # capture (3 rows), baseline (1 row), then 3 x 12 masked rows in chunks of at most 5
@@ -252,7 +253,7 @@ def test_exact_mode_streams_bounded_chunks(tiny: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("weighting", ["paper", "gradcam_lib"])
-@pytest.mark.parametrize("select", ["variance", "gradcam"])
+@pytest.mark.parametrize("select", ["cluster", "variance", "gradcam"])
 def test_fast_mode_with_all_channels_equals_exact(tiny: nn.Module, weighting: str, select: str) -> None:
     x = torch.randn(2, 3, 16, 16)
     exact = score_cam(tiny, x, "act2", weighting=weighting)  # type: ignore[arg-type]
@@ -266,7 +267,7 @@ def test_fast_mode_scores_only_top_k(tiny: nn.Module) -> None:
     sizes: list[int] = []
     handle = tiny.register_forward_pre_hook(lambda _m, args: sizes.append(int(args[0].shape[0])))
     try:
-        fast = score_cam(tiny, x, "act2", mode="fast", k=4, chunk_size=32)
+        fast = score_cam(tiny, x, "act2", mode="fast", k=4, select="variance", chunk_size=32, optimize=False)
     finally:
         handle.remove()
     assert sizes == [1, 1, 4]  # capture, baseline, 4 masked rows
@@ -281,7 +282,7 @@ def test_fast_mode_scores_only_top_k(tiny: nn.Module) -> None:
     top = a.flatten(1).var(dim=1, unbiased=False).topk(4).indices
     w, *_ = np.linalg.lstsq(a[top].flatten(1).T.numpy(), fast.raw[0].ravel(), rcond=None)
     np.testing.assert_allclose(np.einsum("k,khw->hw", w, a[top].numpy()), fast.raw[0], atol=1e-5)
-    rho = fast_fidelity(tiny, x, "act2", k=4)
+    rho = fast_fidelity(tiny, x, "act2", k=4, select="variance")
     assert -1.0 <= rho <= 1.0
 
 
@@ -365,3 +366,178 @@ def test_errors(tiny: nn.Module) -> None:
     with pytest.raises(ShapeError):
         score_cam(tiny, x, "act2", target=7)
     assert _no_hooks(tiny)
+
+
+# ---------------------------------------------- distinct masks, the inference copy, chunk sizes, fast search
+
+
+class Twins(nn.Module):
+    """conv → BN → ReLU with 12 channels: 6..10 copy 0..4 scaled by 2 (equal masks after min-max), channel 11
+    is constant 0 (ReLU of a negative bias)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 12, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(12)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(12, 3)
+        with torch.no_grad():
+            self.conv.weight[6:11] = 2 * self.conv.weight[0:5]
+            self.conv.bias[6:11] = 2 * self.conv.bias[0:5]
+            self.conv.weight[11] = 0
+            self.conv.bias[11] = -1
+            self.bn.running_mean.zero_()
+            self.bn.running_var.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.bn(self.conv(x))).mean(dim=(2, 3)))
+
+
+def _naive_paper_score_cam(model: nn.Module, x: torch.Tensor, cls: int) -> np.ndarray:
+    """Wang et al.'s Score-CAM written out channel by channel, one forward per channel (no sharing)."""
+    acts: list[torch.Tensor] = []
+    h = model.act.register_forward_hook(lambda _m, _i, o: acts.append(o.detach()))
+    with torch.no_grad():
+        model(x)
+        h.remove()
+        a = acts[0][0]
+        p0 = torch.softmax(model(torch.zeros_like(x)), dim=1)[0, cls]
+        weights = []
+        for k in range(a.shape[0]):
+            up = nn.functional.interpolate(a[k][None, None], size=x.shape[2:], mode="bilinear")[0, 0]
+            span = up.max() - up.min()
+            mask = (up - up.min()) / span if span > 0 else torch.zeros_like(up)
+            weights.append(float(torch.softmax(model(x * mask), dim=1)[0, cls] - p0))
+    return np.einsum("k,khw->hw", np.array(weights), a.numpy())
+
+
+def test_exact_mode_shares_forwards_of_equal_masks_and_matches_a_naive_loop() -> None:
+    torch.manual_seed(3)
+    model = Twins().eval()
+    x = torch.randn(1, 3, 16, 16)
+    res = score_cam(model, x, "act", target=1)
+    assert res.provenance["channels_total"] == "12"
+    assert res.provenance["distinct_masks"] == "6"  # 0..5; 6..10 equal 0..4; 11 is constant
+    assert res.provenance["masked_forwards"] == "6"
+    np.testing.assert_allclose(res.raw[0], _naive_paper_score_cam(model, x, 1), rtol=1e-4, atol=1e-6)
+
+
+def test_inference_copy_folds_batch_norm_and_agrees_with_the_model(
+    resnet_case: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, x = resnet_case
+    fast = score_cam(model, x, "layer3", weighting="gradcam_lib")
+    plain = score_cam(model, x, "layer3", weighting="gradcam_lib", optimize=False)
+    assert fast.provenance["forward"].startswith("inference copy: BatchNorm folded")
+    assert plain.provenance["forward"] == "the model itself"
+    np.testing.assert_allclose(fast.raw, plain.raw, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
+    assert _no_hooks(model)
+
+
+class Branchy(Tiny):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.act2(self.bn(self.conv2(self.act1(self.conv1(x)))))
+        if float(a.sum()) < 0:
+            a = -a
+        return self.fc(a.mean(dim=(2, 3)))
+
+
+class Viewer(Tiny):
+    """``.view`` on a 4-D activation: fails on channels_last tensors."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.act2(self.bn(self.conv2(self.act1(self.conv1(x)))))
+        return self.fc(a.view(a.shape[0], -1).reshape(a.shape[0], 12, -1).mean(dim=2))
+
+
+def test_inference_copy_falls_back_and_says_so() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    branchy = Branchy().eval()
+    res = score_cam(branchy, x, "act2")
+    assert res.provenance["forward"] == "inference copy: channels_last"
+    np.testing.assert_allclose(
+        res.raw, score_cam(branchy, x, "act2", optimize=False).raw, rtol=1e-4, atol=1e-6
+    )
+    viewer = Viewer().eval()
+    res = score_cam(viewer, x, "act2")
+    assert res.provenance["forward"].startswith("the model itself (")
+    assert "RuntimeError" in res.provenance["forward"]
+    # a hook on the model's output is not in a traced copy: the copy disagrees and is not used
+    hooked = Tiny().eval()
+    hooked.register_forward_hook(lambda _m, _i, out: out + 5.0 * torch.arange(4.0))
+    res = score_cam(hooked, x, "act2")
+    assert res.provenance["forward"] == "inference copy: channels_last"
+    np.testing.assert_allclose(
+        res.raw, score_cam(hooked, x, "act2", optimize=False).raw, rtol=1e-4, atol=1e-6
+    )
+
+
+def test_inference_copy_is_rebuilt_when_the_weights_change(tiny: nn.Module) -> None:
+    x = torch.randn(1, 3, 16, 16)
+    score_cam(tiny, x, "act2")
+    with torch.no_grad():
+        tiny.conv2.weight.mul_(-1.5)  # in place: same storage, new version
+    np.testing.assert_allclose(
+        score_cam(tiny, x, "act2").raw, score_cam(tiny, x, "act2", optimize=False).raw, rtol=1e-4, atol=1e-6
+    )
+
+
+def test_chunk_sizer_tunes_on_real_work_and_respects_a_fixed_size() -> None:
+    from verification.cam.inference import ChunkSizer
+
+    fixed = ChunkSizer(5, total=1000)
+    assert [fixed.next(r) for r in (1000, 3)] == [5, 3]
+    assert fixed.describe() == "5"
+    small = ChunkSizer(None, total=10)
+    assert small.next(10) == ChunkSizer.DEFAULT or small.next(10) == 10
+    auto = ChunkSizer(None, total=1000)
+    remaining, sizes = 1000, []
+    while remaining:
+        size = auto.next(remaining)
+        sizes.append(size)
+        auto.done(size)
+        remaining -= size
+    assert sizes[:8] == [4, 4, 8, 8, 16, 16, 32, 32]
+    assert auto.best in ChunkSizer.CANDIDATES
+    assert set(sizes[8:-1]) == {auto.best}
+    assert max(sizes) <= auto.largest == 32
+    assert "ms/row" in auto.describe()
+
+
+def test_saturated_baseline_is_named() -> None:
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([30.0, 0.0, 0.0, 0.0]))  # the zero input is class 0 at p ≈ 1
+    x = torch.randn(2, 3, 16, 16)
+    res = score_cam(model, x, "act2", target=[0, 1])
+    assert res.provenance["saturated_baseline"] == "0"
+    assert "saturated_baseline" not in score_cam(model, x, "act2", target=[1, 2]).provenance
+
+
+@pytest.mark.slow
+def test_fast_mode_fidelity_on_the_trained_demo_model() -> None:
+    """METHODS.md: fast mode reports its fidelity against exact mode; the issue asks Pearson >= 0.95 on a
+    trained model. Sound demo model, 30 test images, images whose class the zero baseline already scores at
+    p >= 0.99 left out (their weights are float noise; the provenance names them)."""
+    from verification.demo import demo_images, demo_model_path
+    from verification.io.images import load_image, to_tensor
+    from verification.io.models import load_model
+
+    model = load_model(demo_model_path("sound"))
+    x = to_tensor([load_image(it.path) for it in demo_images("test")[:30]], model)
+    exact = score_cam(model, x, "features")
+    fast = score_cam(model, x, "features", mode="fast", k=64)
+    assert fast.provenance["channels_scored"] == "64"
+    assert int(fast.provenance["masked_forwards"]) == 64 * 30
+    saturated = {int(i) for i in exact.provenance["saturated_baseline"].split(",")}
+    assert 0 < len(saturated) < 30
+    rho = [_pearson(e, f) for i, (e, f) in enumerate(zip(exact.maps, fast.maps)) if i not in saturated]
+    assert float(np.mean(rho)) >= 0.95
+    top_k = score_cam(model, x, "features", mode="fast", k=64, select="variance")
+    rho_top = [_pearson(e, f) for i, (e, f) in enumerate(zip(exact.maps, top_k.maps)) if i not in saturated]
+    assert float(np.mean(rho)) > float(np.mean(rho_top)) + 0.1  # the search beats METHODS.md's top-k here
