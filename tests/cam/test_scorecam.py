@@ -428,11 +428,74 @@ def test_inference_copy_folds_batch_norm_and_agrees_with_the_model(
     model, x = resnet_case
     fast = score_cam(model, x, "layer3", weighting="gradcam_lib")
     plain = score_cam(model, x, "layer3", weighting="gradcam_lib", optimize=False)
-    assert fast.provenance["forward"].startswith("inference copy: BatchNorm folded")
+    assert fast.provenance["forward"].startswith(
+        "inference copy: BatchNorm folded into the convolutions, activations and residual adds fused"
+    )
     assert plain.provenance["forward"] == "the model itself"
     np.testing.assert_allclose(fast.raw, plain.raw, rtol=1e-4, atol=1e-6)
     assert all(p.grad is None for p in model.parameters())
     assert _no_hooks(model)
+
+
+class Residuals(nn.Module):
+    """Residual adds the in-place rewrite must not touch: onto the caller's input, onto a tensor read again
+    later, and onto a fresh tensor (may be done in place); one activation of each kind oneDNN fuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1) for _ in range(11))
+        self.acts = nn.ModuleList(
+            [
+                nn.ReLU(inplace=True),
+                nn.ReLU6(),
+                nn.Hardswish(),
+                nn.SiLU(),
+                nn.Sigmoid(),
+                nn.Tanh(),
+                nn.Hardsigmoid(),
+            ]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.convs
+        a = torch.relu(c[0](x) + x)  # onto the caller's input: must not write into x
+        b = torch.relu(c[1](a) + a) + a  # `a` is read after the add: not in place
+        d = c[2](b)
+        e = torch.relu(c[3](b) + d)  # onto a fresh conv output read by nobody else: may be in place
+        e = nn.functional.relu6(c[4](e) + e)  # an activation the in-place kernel cannot take
+        for conv, act in zip(c[5:], self.acts[1:], strict=False):
+            e = act(conv(e))
+        return self.acts[0](c[10](e))
+
+
+@pytest.mark.parametrize("name", ["residuals", "resnet18", "mobilenet_v3_small", "efficientnet_b0"])
+def test_pointwise_fusion_matches_the_model_and_leaves_the_input_alone(name: str) -> None:
+    import torchvision
+    from torch.fx.experimental.optimization import fuse
+
+    from verification.cam.inference import fuse_pointwise
+
+    torch.manual_seed(0)
+    if name == "residuals":
+        model: nn.Module = Residuals().eval()
+        x = torch.randn(2, 4, 12, 12)
+    else:
+        model = getattr(torchvision.models, name)(num_classes=5).eval()
+        x = torch.randn(2, 3, 64, 64)
+    fused = fuse(model, inplace=False).eval()
+    rewritten = fuse_pointwise(fused)
+    assert rewritten > 0
+    targets = {str(n.target) for n in fused.graph.nodes if n.op == "call_function"}
+    assert any("_convolution_pointwise" in t for t in targets)
+    x0 = x.clone()
+    with torch.inference_mode():
+        expected, got = model(x), fused(x)
+    assert torch.equal(x, x0)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    if name == "residuals":
+        assert rewritten == 11
+        assert "mkldnn._convolution_pointwise_.binary" in targets  # the one fresh residual, in place
+        assert "mkldnn._convolution_pointwise.binary" in targets  # the others allocate
 
 
 class Branchy(Tiny):
