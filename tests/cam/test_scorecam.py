@@ -17,6 +17,7 @@ Intended differences from pytorch-grad-cam (written down as METHODS.md asks):
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 import torchvision
 from torch import nn
 
+from verification.cam.inference import ChunkSizer
 from verification.cam.scorecam import ablation_cam, fast_fidelity, score_cam
 from verification.errors import CancelledError, LayerError, ShapeError
 
@@ -498,6 +500,62 @@ def test_pointwise_fusion_matches_the_model_and_leaves_the_input_alone(name: str
         assert "mkldnn._convolution_pointwise.binary" in targets  # the others allocate
 
 
+class Shapes(nn.Module):
+    """What folding must leave alone: a convolution called twice, a BatchNorm without running statistics,
+    a parameter read directly in ``forward`` (a ``get_attr`` node)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn_shared = nn.BatchNorm2d(3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn_batch = nn.BatchNorm2d(4, track_running_stats=False)
+        self.conv2 = nn.Conv2d(4, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.scale = nn.Parameter(torch.tensor(1.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn_shared(self.shared(self.shared(x)))
+        return self.bn(self.conv2(self.bn_batch(self.conv(x)))) * self.scale
+
+
+@pytest.mark.parametrize("name", ["shapes", "resnet18", "densenet121"])
+def test_folded_copy_owns_everything_and_leaves_the_model_alone(name: str) -> None:
+    from verification.cam.inference import folded_copy
+
+    torch.manual_seed(0)
+    model = Shapes().eval() if name == "shapes" else getattr(torchvision.models, name)(num_classes=5).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and m.running_var is not None:
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.normal_()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32)
+    copy_ = folded_copy(model)
+    with torch.inference_mode():
+        expected, got = model(x), copy_(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    ours = {t.data_ptr() for t in itertools.chain(copy_.parameters(), copy_.buffers())}
+    theirs = {t.data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    assert not ours & theirs
+    assert all(
+        m.weight.is_contiguous(memory_format=torch.channels_last)
+        for m in copy_.modules()
+        if isinstance(m, nn.Conv2d)
+    )
+    folded_bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) - sum(
+        isinstance(m, nn.BatchNorm2d) for m in copy_.modules()
+    )
+    if name == "shapes":
+        assert folded_bns == 1  # only `bn`: the shared conv and the batch-statistics BN are not folded
+    elif name == "resnet18":
+        assert folded_bns == 20
+    else:
+        assert folded_bns == 59  # stem + each dense layer's conv1 → norm2; the pre-activation norm1s stay
+
+
 class Branchy(Tiny):
     """Data-dependent control flow: torch.fx cannot trace it."""
 
@@ -549,26 +607,53 @@ def test_inference_copy_is_rebuilt_when_the_weights_change(tiny: nn.Module) -> N
     )
 
 
-def test_chunk_sizer_tunes_on_real_work_and_respects_a_fixed_size() -> None:
-    from verification.cam.inference import ChunkSizer
+def _run_sizer(sizer: ChunkSizer, total: int, clock: list[float], per_row: dict[int, float]) -> list[int]:
+    remaining, sizes = total, []
+    while remaining:
+        size = sizer.next(remaining)
+        clock[0] += per_row[size] * size  # the fake clock advances by this chunk's cost
+        sizer.done(size)
+        sizes.append(size)
+        remaining -= size
+    return sizes
+
+
+@pytest.mark.parametrize(
+    ("per_row", "tried", "best"),
+    [
+        ({4: 3.0, 8: 2.0, 16: 2.5, 32: 1.0}, [4, 4, 8, 8, 16, 16], 8),  # 16 is dearer: 32 is never tried
+        ({4: 3.0, 8: 2.0, 16: 1.5, 32: 1.0}, [4, 4, 8, 8, 16, 16, 32, 32], 32),
+        ({4: 1.0, 8: 1.0, 16: 0.5, 32: 0.1}, [4, 4, 8, 8], 4),  # no cheaper: stop
+    ],
+)
+def test_chunk_sizer_climbs_while_larger_chunks_pay(
+    monkeypatch: pytest.MonkeyPatch, per_row: dict[int, float], tried: list[int], best: int
+) -> None:
+    from types import SimpleNamespace
+
+    from verification.cam import inference
+
+    clock = [0.0]
+    monkeypatch.setattr(inference, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    auto = ChunkSizer(None, total=1000)
+    sizes = _run_sizer(auto, 1000, clock, per_row)
+    assert sizes[: len(tried)] == tried
+    assert auto.best == best
+    assert set(sizes[len(tried) : -1]) == {best}
+    assert f"auto → {best}" in auto.describe()
+    assert "ms/row" in auto.describe()
+
+
+def test_chunk_sizer_respects_a_fixed_size_and_small_work() -> None:
 
     fixed = ChunkSizer(5, total=1000)
     assert [fixed.next(r) for r in (1000, 3)] == [5, 3]
     assert fixed.describe() == "5"
     small = ChunkSizer(None, total=10)
-    assert small.next(10) == ChunkSizer.DEFAULT or small.next(10) == 10
-    auto = ChunkSizer(None, total=1000)
-    remaining, sizes = 1000, []
-    while remaining:
-        size = auto.next(remaining)
-        sizes.append(size)
-        auto.done(size)
-        remaining -= size
-    assert sizes[:8] == [4, 4, 8, 8, 16, 16, 32, 32]
-    assert auto.best in ChunkSizer.CANDIDATES
-    assert set(sizes[8:-1]) == {auto.best}
-    assert max(sizes) <= auto.largest == 32
-    assert "ms/row" in auto.describe()
+    assert small.next(10) == 10
+    assert small.best == ChunkSizer.DEFAULT
+    assert "too little work" in small.describe()
+    assert ChunkSizer(None, total=1000).largest == 32
 
 
 def test_saturated_baseline_is_named() -> None:
