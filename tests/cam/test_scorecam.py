@@ -624,6 +624,7 @@ def _run_sizer(sizer: ChunkSizer, total: int, clock: list[float], per_row: dict[
         ({4: 3.0, 8: 2.0, 16: 2.5, 32: 1.0}, [4, 4, 8, 8, 16, 16], 8),  # 16 is dearer: 32 is never tried
         ({4: 3.0, 8: 2.0, 16: 1.5, 32: 1.0}, [4, 4, 8, 8, 16, 16, 32, 32], 32),
         ({4: 1.0, 8: 1.0, 16: 0.5, 32: 0.1}, [4, 4, 8, 8], 4),  # no cheaper: stop
+        ({4: 1.0, 8: 0.95, 16: 0.5, 32: 0.1}, [4, 4, 8, 8], 8),  # 5 % cheaper: keep 8, do not climb
     ],
 )
 def test_chunk_sizer_climbs_while_larger_chunks_pay(

@@ -18,8 +18,8 @@ changing what it computes:
 * :class:`ChunkSizer` picks how many rows each forward takes. Per-row cost is not monotone in the batch:
   ResNet-50 on two CPU cores is cheapest at 4–8 rows and up to 1.5× dearer per row at 16–32 (its intermediates
   fall out of cache and each fresh output is page-faulted in), while a small MobileNet is cheapest at 32.
-  ``None`` tries each of :data:`ChunkSizer.CANDIDATES` twice on real work (nothing is computed twice) and
-  keeps the size with the lowest time per row; a given integer is used as is.
+  ``None`` times :data:`ChunkSizer.CANDIDATES` in ascending order on real work (nothing is computed twice)
+  while doubling still pays, and keeps the size with the lowest time per row; a given integer is used as is.
 """
 
 from __future__ import annotations
@@ -380,15 +380,18 @@ class ChunkSizer:
     """Rows per forward: ``size`` when given, else the fastest of :data:`CANDIDATES` rows per forward.
 
     In auto mode the candidates are timed in ascending order, twice each on real chunks (the first call at a
-    new shape pays one-off kernel set-up, the second is kept), until one is no cheaper per row than a smaller
-    one — larger chunks are then not tried, which also keeps their activations out of the peak memory;
-    afterwards the size with the lowest seconds per row is used. Auto
+    new shape pays one-off kernel set-up, the second is kept), until a doubling cuts the time per row by less
+    than :data:`MIN_GAIN`; larger chunks are then not tried, which keeps their activations (memory grows
+    with the rows) out of the peak for a gain under 10 %. Afterwards the size with the lowest seconds per
+    row is used. Auto
     mode only tunes when there is enough work (``total`` rows ≥ :data:`MIN_ROWS_TO_TUNE`); otherwise it uses
     :data:`DEFAULT`.
     """
 
     CANDIDATES = (4, 8, 16, 32)
     DEFAULT = 16
+    MIN_GAIN = 0.1
+    """A larger candidate is tried only while the last doubling cut the time per row by at least this much."""
     MIN_ROWS_TO_TUNE = 4 * sum(CANDIDATES)
 
     def __init__(self, size: int | None, total: int) -> None:
@@ -419,7 +422,7 @@ class ChunkSizer:
         if rows == size and len(self._plan) % 2 == 0:  # the second of the two timings of this size
             previous = min(self._per_row.values(), default=math.inf)
             self._per_row[size] = seconds / rows
-            if seconds / rows >= previous:  # larger chunks stopped paying: do not try (or hold) bigger ones
+            if seconds / rows > (1.0 - self.MIN_GAIN) * previous:  # doubling stopped paying: stop climbing
                 self._plan.clear()
         if not self._plan:
             self.best = min(self._per_row, key=self._per_row.__getitem__) if self._per_row else self.DEFAULT
