@@ -624,7 +624,7 @@ def _run_sizer(sizer: ChunkSizer, total: int, clock: list[float], per_row: dict[
         ({4: 3.0, 8: 2.0, 16: 2.5, 32: 1.0}, [4, 4, 8, 8, 16, 16], 8),  # 16 is dearer: 32 is never tried
         ({4: 3.0, 8: 2.0, 16: 1.5, 32: 1.0}, [4, 4, 8, 8, 16, 16, 32, 32], 32),
         ({4: 1.0, 8: 1.0, 16: 0.5, 32: 0.1}, [4, 4, 8, 8], 4),  # no cheaper: stop
-        ({4: 1.0, 8: 0.95, 16: 0.5, 32: 0.1}, [4, 4, 8, 8], 8),  # 5 % cheaper: keep 8, do not climb
+        ({4: 1.0, 8: 0.95, 16: 0.5, 32: 0.1}, [4, 4, 8, 8, 16, 16, 32, 32], 32),
     ],
 )
 def test_chunk_sizer_climbs_while_larger_chunks_pay(
@@ -643,6 +643,38 @@ def test_chunk_sizer_climbs_while_larger_chunks_pay(
     assert set(sizes[len(tried) : -1]) == {best}
     assert f"auto → {best}" in auto.describe()
     assert "ms/row" in auto.describe()
+
+
+@pytest.mark.parametrize(("row_mb", "allowed"), [(5, [4, 8]), (100, [4]), (1, [4, 8, 16, 32])])
+def test_chunk_sizer_keeps_chunk_activations_under_the_budget(
+    monkeypatch: pytest.MonkeyPatch, row_mb: int, allowed: list[int]
+) -> None:
+    from types import SimpleNamespace
+
+    from verification.cam import inference
+
+    clock = [0.0]
+    monkeypatch.setattr(inference, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    auto = ChunkSizer(None, total=1000, row_bytes=row_mb << 20)
+    sizes = _run_sizer(auto, 1000, clock, {4: 4.0, 8: 3.0, 16: 2.0, 32: 1.0})  # bigger is always cheaper
+    assert max(sizes) == auto.largest == allowed[-1]
+    assert sizes[: 2 * len(allowed)] == [c for c in allowed for _ in range(2)]
+    small = ChunkSizer(None, total=10, row_bytes=row_mb << 20)
+    assert small.next(10) == min(10, [c for c in allowed if c <= ChunkSizer.DEFAULT][-1])
+
+
+def test_activation_bytes_follows_liveness_and_in_place_aliases() -> None:
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from verification.cam.inference import activation_bytes
+
+    for inplace, expected in ((False, 3200 + 3200), (True, 3200 + 1600)):
+        # conv 3→8 (8·10·10·4 B = 3200), ReLU (new 3200, or conv's storage), conv 8→4 (1600)
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=inplace), nn.Conv2d(8, 4, 1))
+        gm = torch.fx.symbolic_trace(net)
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.randn(1, 3, 10, 10))
+        assert activation_bytes(gm) == expected
 
 
 def test_chunk_sizer_respects_a_fixed_size_and_small_work() -> None:

@@ -19,7 +19,8 @@ changing what it computes:
   ResNet-50 on two CPU cores is cheapest at 4–8 rows and up to 1.5× dearer per row at 16–32 (its intermediates
   fall out of cache and each fresh output is page-faulted in), while a small MobileNet is cheapest at 32.
   ``None`` times :data:`ChunkSizer.CANDIDATES` in ascending order on real work (nothing is computed twice)
-  while doubling still pays, and keeps the size with the lowest time per row; a given integer is used as is.
+  while a larger chunk still pays and its activations fit :data:`ChunkSizer.CHUNK_ACTIVATION_BYTES`, and keeps
+  the size with the lowest time per row; a given integer is used as is.
 """
 
 from __future__ import annotations
@@ -37,17 +38,25 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from verification.cam.targets import output_tensor
 
-__all__ = ["COPY_LIMIT_BYTES", "ChunkSizer", "folded_copy", "fuse_pointwise", "inference_forward"]
+__all__ = [
+    "COPY_LIMIT_BYTES",
+    "ChunkSizer",
+    "activation_bytes",
+    "folded_copy",
+    "fuse_pointwise",
+    "inference_forward",
+]
 
 COPY_LIMIT_BYTES = 1 << 30
 """Models whose parameters and buffers take more than this many bytes are not copied."""
 
 Forward = Callable[[Tensor], Tensor]
 
-_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module | None, str]] = (
+_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module | None, str, int | None]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -338,7 +347,7 @@ def _agrees(out: Tensor, reference: Tensor) -> bool:
     return float((out - ref).abs().max()) <= tol
 
 
-def inference_forward(module: nn.Module, probe: Tensor, reference: Tensor) -> tuple[Forward, str]:
+def inference_forward(module: nn.Module, probe: Tensor, reference: Tensor) -> tuple[Forward, str, int | None]:
     """A forward function for many no-grad forwards of ``module`` and a note saying which path it takes.
 
     ``probe`` is one real input (1, C, H, W) and ``reference`` the model's own output tensor for it (eval
@@ -351,60 +360,116 @@ def inference_forward(module: nn.Module, probe: Tensor, reference: Tensor) -> tu
     if cached is None or cached[0] != fingerprint:
         cached = (fingerprint, *_build(module, probe, reference))
         _cache[module] = cached
-    _, fast, note = cached
+    _, fast, note, row_bytes = cached
     if fast is None:
-        return (lambda x: output_tensor(module(x))), note
+        return (lambda x: output_tensor(module(x))), note, None
     fast_module = fast
-    return (lambda x: output_tensor(fast_module(_channels_last(x)))), note
+    return (lambda x: output_tensor(fast_module(_channels_last(x)))), note, row_bytes
 
 
-def _build(module: nn.Module, probe: Tensor, reference: Tensor) -> tuple[nn.Module | None, str]:
+def _build(module: nn.Module, probe: Tensor, reference: Tensor) -> tuple[nn.Module | None, str, int | None]:
     if _state_bytes(module) > COPY_LIMIT_BYTES:
-        return None, f"the model itself (over {COPY_LIMIT_BYTES >> 20} MB: not copied)"
+        return None, f"the model itself (over {COPY_LIMIT_BYTES >> 20} MB: not copied)", None
     reasons = []
     for note, make in _candidates(module, probe):
         try:
             candidate = make()
             with torch.inference_mode():
-                out = output_tensor(candidate(_channels_last(probe)))
+                if isinstance(candidate, torch.fx.GraphModule):
+                    out = output_tensor(ShapeProp(candidate).propagate(_channels_last(probe)))
+                else:
+                    out = output_tensor(candidate(_channels_last(probe)))
         except Exception as err:  # a model fx cannot trace, or one that refuses channels_last input
             reasons.append(f"{note.split(': ', 1)[1]}: {type(err).__name__}")
             continue
         if _agrees(out, reference):
-            return candidate, note
+            row_bytes = activation_bytes(candidate) if isinstance(candidate, torch.fx.GraphModule) else None
+            return candidate, note, row_bytes
         reasons.append(f"{note.split(': ', 1)[1]}: output differs")
-    return None, "the model itself (" + "; ".join(reasons) + ")"
+    return None, "the model itself (" + "; ".join(reasons) + ")", None
+
+
+def _nbytes(meta: Any) -> int:
+    if isinstance(meta, TensorMetadata):
+        return meta.shape.numel() * meta.dtype.itemsize
+    if isinstance(meta, (tuple, list)):
+        return sum(_nbytes(m) for m in meta)
+    if isinstance(meta, dict):
+        return sum(_nbytes(m) for m in meta.values())
+    return 0
+
+
+def activation_bytes(gm: torch.fx.GraphModule) -> int:
+    """Peak bytes of intermediate tensors alive at once in one forward of ``gm``, from the shapes a
+    ``ShapeProp`` pass recorded (``node.meta["tensor_meta"]``): walking the graph in order, each node's output
+    is alive from its node to its last reader. In-place ops (mutable schemas, ``*_`` functions, in-place
+    activation modules) add nothing: they take over their first input's storage, which then lives as long as
+    their own readers. Inputs and weights are not counted. For a probe of one row, this is
+    the activation memory per row; the allocator's own slack comes on top."""
+    nodes = list(gm.graph.nodes)
+    modules = dict(gm.named_modules())
+    last_read = {arg: i for i, node in enumerate(nodes) for arg in node.all_input_nodes}
+    live = peak = 0
+    sizes: dict[torch.fx.Node, int] = {}
+    for i, node in enumerate(nodes):
+        size = 0
+        if node.op in ("call_module", "call_function", "call_method"):
+            schema = getattr(node.target, "_schema", None)
+            in_place = (
+                (schema is not None and schema.is_mutable)
+                or str(getattr(node.target, "__name__", node.target)).endswith("_")
+                or (node.op == "call_module" and getattr(modules.get(str(node.target)), "inplace", False))
+            )
+            base = node.args[0] if node.args else None
+            if in_place and isinstance(base, torch.fx.Node):  # the result is the input's storage: hand it on
+                size, sizes[base] = sizes.get(base, 0), 0
+                live -= size
+            elif not in_place:
+                size = _nbytes(node.meta.get("tensor_meta"))
+        sizes[node] = size
+        live += size
+        peak = max(peak, live)
+        for arg in set(node.all_input_nodes):
+            if last_read[arg] == i:
+                live -= sizes[arg]
+    return peak
 
 
 class ChunkSizer:
     """Rows per forward: ``size`` when given, else the fastest of :data:`CANDIDATES` rows per forward.
 
     In auto mode the candidates are timed in ascending order, twice each on real chunks (the first call at a
-    new shape pays one-off kernel set-up, the second is kept), until a doubling cuts the time per row by less
-    than :data:`MIN_GAIN`; larger chunks are then not tried, which keeps their activations (memory grows
-    with the rows) out of the peak for a gain under 10 %. Afterwards the size with the lowest seconds per
-    row is used. Auto
-    mode only tunes when there is enough work (``total`` rows ≥ :data:`MIN_ROWS_TO_TUNE`); otherwise it uses
-    :data:`DEFAULT`.
+    new shape pays one-off kernel set-up, the second is kept), until one is no cheaper per row than a smaller
+    one; afterwards the size with the lowest seconds per row is used. Given ``row_bytes`` (the activation
+    memory of one row, :func:`activation_bytes`), candidates whose chunk would hold more than
+    :data:`CHUNK_ACTIVATION_BYTES` of activations are not tried (the smallest always is): a ResNet-50 row at
+    224² holds about 4.6 MB, so its chunks stay at ≤ 8 rows, where 16 rows would add some 130 MB to the
+    process peak for no measurable gain per row. Auto mode only tunes when there is enough work (``total``
+    rows ≥ :data:`MIN_ROWS_TO_TUNE`); otherwise it uses :data:`DEFAULT` (or the largest allowed size below
+    it).
     """
 
     CANDIDATES = (4, 8, 16, 32)
     DEFAULT = 16
-    MIN_GAIN = 0.1
-    """A larger candidate is tried only while the last doubling cut the time per row by at least this much."""
+    CHUNK_ACTIVATION_BYTES = 64 << 20
     MIN_ROWS_TO_TUNE = 4 * sum(CANDIDATES)
 
-    def __init__(self, size: int | None, total: int) -> None:
+    def __init__(self, size: int | None, total: int, row_bytes: int | None = None) -> None:
         self.fixed = size
-        self.best: int | None = None if size is None and total >= self.MIN_ROWS_TO_TUNE else self.DEFAULT
-        self._plan = [c for c in self.CANDIDATES for _ in range(2)]
+        allowed = [
+            c for c in self.CANDIDATES if row_bytes is None or c * row_bytes <= self.CHUNK_ACTIVATION_BYTES
+        ] or [self.CANDIDATES[0]]
+        default = max(c for c in allowed if c <= self.DEFAULT)
+        self._default, self._allowed = default, allowed
+        self.best: int | None = None if size is None and total >= self.MIN_ROWS_TO_TUNE else default
+        self._plan = [c for c in allowed for _ in range(2)]
         self._per_row: dict[int, float] = {}
         self._started = 0.0
 
     @property
     def largest(self) -> int:
         """The most rows any chunk can take."""
-        return self.fixed if self.fixed is not None else max(self.CANDIDATES)
+        return self.fixed if self.fixed is not None else max(self._allowed)
 
     def next(self, remaining: int) -> int:
         if self.fixed is not None:
@@ -422,10 +487,10 @@ class ChunkSizer:
         if rows == size and len(self._plan) % 2 == 0:  # the second of the two timings of this size
             previous = min(self._per_row.values(), default=math.inf)
             self._per_row[size] = seconds / rows
-            if seconds / rows > (1.0 - self.MIN_GAIN) * previous:  # doubling stopped paying: stop climbing
+            if seconds / rows >= previous:  # a larger chunk stopped paying: do not try (or hold) bigger ones
                 self._plan.clear()
         if not self._plan:
-            self.best = min(self._per_row, key=self._per_row.__getitem__) if self._per_row else self.DEFAULT
+            self.best = min(self._per_row, key=self._per_row.__getitem__) if self._per_row else self._default
 
     def describe(self) -> str:
         if self.fixed is not None:
@@ -433,4 +498,4 @@ class ChunkSizer:
         if self._per_row:
             timings = ", ".join(f"{k}: {v * 1e3:.1f} ms/row" for k, v in sorted(self._per_row.items()))
             return f"auto → {self.best} ({timings})"
-        return f"auto → {self.best if self.best is not None else self.DEFAULT} (too little work to tune)"
+        return f"auto → {self.best if self.best is not None else self._default} (too little work to tune)"

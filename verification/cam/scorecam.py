@@ -440,14 +440,15 @@ def score_cam(
                 torch.arange(m) if m <= k else _kmeans_medoids(s.distinct.cpu(), math.ceil(k / 2), generator)
             )
     total = sum(budget)
-    chunks = ChunkSizer(chunk_size, total)
     label = f"Score-CAM ({mode})"
 
     with eval_mode(module), torch.inference_mode():
+        row_bytes: int | None = None
         if optimize:
-            forward, path = inference_forward(module, xi[:1], cap.output[:1])
+            forward, path, row_bytes = inference_forward(module, xi[:1], cap.output[:1])
         else:
             forward, path = (lambda t: _forward(module, t)), "the model itself"
+        chunks = ChunkSizer(chunk_size, total, row_bytes)
         zero_in = torch.zeros((1, *xi.shape[1:]), dtype=xi.dtype, device=xi.device)
         zero_out = _run(forward, zero_in)
         # every sample shares the zero input: one forward, scored for each sample's target
