@@ -13,7 +13,8 @@ do not contaminate each other; the floor (model + input + one forward) is measur
 peers' memory scale with L, the per-forward work is that of ResNet-50. Peers' settings: pytorch-grad-cam
 1.5.x ``ScoreCAM`` with its default batch of 16 (it materialises all K masked copies before batching them);
 torchcam 0.5 ``ScoreCAM`` with its default ``batch_size=32``; ours with its defaults: weighting "paper",
-chunk size tuned on the first chunks, masked forwards on the checked inference copy (BatchNorm folded,
+chunk size tuned on the first chunks (under 64 MB of activations a chunk), masked forwards on the checked
+inference copy (BatchNorm folded, activations and residual adds fused into the oneDNN convolutions,
 channels_last), one forward per distinct mask; fast mode ``k=64`` with the clustered search. Each of ours
 prints the path it took (provenance).
 
