@@ -399,8 +399,10 @@ def score_cam(
     convention for upsampling the masks (False as in Wang et al.'s code; pytorch-grad-cam uses True).
     ``chunk_size``: rows per masked forward; None tunes it (:class:`~verification.cam.inference.ChunkSizer`).
     ``optimize`` runs the masked forwards on a checked inference copy of the model (BatchNorm folded,
-    channels_last; :func:`~verification.cam.inference.inference_forward`). ``progress(done, total, msg)`` is
-    called once per chunk, counting masked forwards; returning False raises CancelledError.
+    activations and residual adds fused into the oneDNN convolutions, channels_last;
+    :func:`~verification.cam.inference.inference_forward`), whose activation memory per row also caps the
+    tuned chunk size. ``progress(done, total, msg)`` is called once per chunk, counting masked forwards;
+    returning False raises CancelledError.
     """
     if chunk_size is not None:
         _check_chunk(chunk_size)
