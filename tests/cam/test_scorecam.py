@@ -556,6 +556,24 @@ def test_folded_copy_owns_everything_and_leaves_the_model_alone(name: str) -> No
         assert folded_bns == 59  # stem + each dense layer's conv1 → norm2; the pre-activation norm1s stay
 
 
+def test_a_copy_with_nothing_to_fuse_is_built_once_and_named_folded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from verification.cam import inference
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GELU(), nn.Flatten(), nn.Linear(144, 2))
+    model.eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.inference_mode():
+        reference = model(x)
+    builds: list[nn.Module] = []
+    real = inference.folded_copy
+    monkeypatch.setattr(inference, "folded_copy", lambda m: builds.append(m) or real(m))
+    _, note, row_bytes = inference.inference_forward(model, x, reference)
+    assert note == "inference copy: BatchNorm folded into the convolutions, channels_last"
+    assert len(builds) == 1
+    assert row_bytes == 4 * 6 * 6 * 4 + 4 * 6 * 6 * 4  # conv (BN folded) output, then GELU's beside it
+
+
 class Branchy(Tiny):
     """Data-dependent control flow: torch.fx cannot trace it."""
 

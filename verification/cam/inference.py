@@ -12,15 +12,16 @@ changing what it computes:
   8 rows went from about 35 to 29 ms per image on two cores (Xeon, AVX-512). The copy is checked against the
   model's own output on a probe input before it is used; a model that cannot be traced, a copy that raises or
   disagrees (beyond float32 rounding), or a model over :data:`COPY_LIMIT_BYTES` falls back to the model itself
-  — the result names the path taken. The caller's model is never modified: the copy is made with
-  ``copy.deepcopy``. Copies are kept per model (weakly) and rebuilt when any parameter or buffer changes
-  (storage or in-place version).
+  — the result names the path taken. The caller's model is never modified: the copy owns every tensor
+  (:func:`folded_copy`, or ``copy.deepcopy`` for the plain channels_last copy). Copies are kept per model
+  (weakly) and rebuilt when any parameter or buffer changes (storage or in-place version).
 * :class:`ChunkSizer` picks how many rows each forward takes. Per-row cost is not monotone in the batch:
-  ResNet-50 on two CPU cores is cheapest at 4–8 rows and up to 1.5× dearer per row at 16–32 (its intermediates
-  fall out of cache and each fresh output is page-faulted in), while a small MobileNet is cheapest at 32.
-  ``None`` times :data:`ChunkSizer.CANDIDATES` in ascending order on real work (nothing is computed twice)
-  while a larger chunk still pays and its activations fit :data:`ChunkSizer.CHUNK_ACTIVATION_BYTES`, and keeps
-  the size with the lowest time per row; a given integer is used as is.
+  ResNet-50 on two CPU cores is cheapest at 4–8 rows (eager, one Xeon: 51 ms per image at 8 rows, 78 at 16;
+  the fused copy 30 and 32: intermediates fall out of cache and each fresh output is page-faulted in), while a
+  small MobileNet is cheapest at 32. ``None`` times :data:`ChunkSizer.CANDIDATES` in ascending order on real
+  work (nothing is computed twice) while a larger chunk still pays and its activations fit
+  :data:`ChunkSizer.CHUNK_ACTIVATION_BYTES`, and keeps the size with the lowest time per row; a given integer
+  is used as is.
 """
 
 from __future__ import annotations
@@ -127,7 +128,6 @@ def fuse_pointwise(gm: torch.fx.GraphModule) -> int:
     graph = gm.graph
     modules = dict(gm.named_modules())
     conv_op = torch.ops.mkldnn._convolution_pointwise
-    order = {node: i for i, node in enumerate(graph.nodes)}
     made: set[torch.fx.Node] = set()  # nodes whose output is a tensor made by the rewritten graph itself
 
     def module_of(node: Any) -> nn.Module | None:
@@ -314,14 +314,17 @@ def folded_copy(module: nn.Module) -> torch.fx.GraphModule:
 
 
 def _candidates(module: nn.Module, probe: Tensor) -> list[tuple[str, Callable[[], nn.Module]]]:
+    unfused: list[torch.fx.GraphModule] = []  # a folded copy in which nothing fused, for the next candidate
+
     def folded() -> nn.Module:
-        return folded_copy(module)
+        return unfused.pop() if unfused else folded_copy(module)
 
     def fused() -> nn.Module:
         if not _pointwise_available(probe):
             raise NotImplementedError("oneDNN fused convolutions need float32 on the CPU")
-        gm = folded()
-        if not isinstance(gm, torch.fx.GraphModule) or fuse_pointwise(gm) == 0:
+        gm = folded_copy(module)
+        if fuse_pointwise(gm) == 0:
+            unfused.append(gm)  # not built twice: `folded` takes it as it is
             raise NotImplementedError("no convolution followed by an activation or a residual add")
         return gm
 
