@@ -8,6 +8,7 @@ from ui import figures, loaders
 from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import colorbar, guard, image_panel, notices
+from verification import render
 
 st.title("Attention", anchor=False)
 ws = workspace()
@@ -59,7 +60,7 @@ else:
     )
     target = loaders.TargetKey("logit", None if chosen == "predicted" else model.class_names.index(chosen))
 opacity = c4.slider("Opacity", 0.0, 1.0, step=0.05, key=K.OPACITY.name)
-colormap = c5.selectbox("Colormap", list(figures.COLORMAPS), key=K.COLORMAP.name)
+colormap = c5.selectbox("Colormap", list(render.COLORMAPS), key=K.COLORMAP.name)
 
 notices(list(image.notices))
 
@@ -92,12 +93,14 @@ with cols[0]:
     caption = f"{image.source_format.upper()} · {image.size[1]}×{image.size[0]}"
     if item.label:
         caption += f" · true label: {item.label}"
-    image_panel("Image", figures.fit(image.display), caption=caption)
+    image_panel("Image", render.fit(image.display, figures.DISPLAY_MAX_SIDE), caption=caption)
 with cols[1], st.container(key="overlay_main"):  # the browser test and bench wait for this picture
     what = "the predicted region" if segmentation else f"class “{model.class_names[result.targets[0]]}”"
-    overlay = figures.heatmap_overlay(image.display, result.maps[0], opacity=opacity, colormap=colormap)
+    overlay = render.overlay(
+        image.display, result.maps[0], opacity=opacity, colormap=colormap, max_side=figures.DISPLAY_MAX_SIDE
+    )
     if item.lesion_mask is not None and K.SHOW_LESION.get():
-        overlay = figures.outline(overlay, item.lesion_mask)
+        overlay = render.outline(overlay, item.lesion_mask)
     image_panel(
         f"{loaders.METHOD_LABELS[method]} — {what}",
         overlay,
@@ -119,7 +122,7 @@ with cols[2]:
             mask = loaders.segmentation_mask(model, handle.lock, image, target)
             image_panel(
                 f"Predicted mask — {seg_class} ≥ {threshold:.2f}",
-                figures.mask_overlay(image.display, mask),
+                render.mask_overlay(image.display, mask, max_side=figures.DISPLAY_MAX_SIDE),
                 caption=f"{mask.mean():.1%} of the image; the CAM explains the sum of these pixels' logits",
             )
             if not mask.any():
@@ -135,7 +138,9 @@ with cols[2]:
         else:
             image_panel(
                 f"Reference — class “{model.class_names[result.targets[0]]}”",
-                figures.heatmap_overlay(image.display, ref, opacity=opacity, colormap=colormap),
+                render.overlay(
+                    image.display, ref, opacity=opacity, colormap=colormap, max_side=figures.DISPLAY_MAX_SIDE
+                ),
                 caption=f"mean map of the reference set ({ws.bundle.label})" if ws.bundle else None,
             )
             colorbar(colormap)
@@ -197,7 +202,7 @@ for start in range(0, len(methods), per_row):
                 if name in grid
                 else loaders.cam_for(model, handle.lock, image, method=name, layer=layer, target=target)
             )
-            thumb = figures.heatmap_overlay(
+            thumb = render.overlay(
                 image.display,
                 res.maps[0],
                 opacity=opacity,

@@ -8,6 +8,7 @@ from ui import figures, loaders
 from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import colorbar, guard, image_panel, report_verdict
+from verification import render
 
 st.title("Compare models", anchor=False)
 ws = workspace()
@@ -30,7 +31,9 @@ st.caption(
 cols = st.columns(3)
 with cols[0]:
     image_panel(
-        "Image", figures.fit(item.image.display), caption=f"true label: {item.label}" if item.label else None
+        "Image",
+        render.fit(item.image.display, figures.DISPLAY_MAX_SIDE),
+        caption=f"true label: {item.label}" if item.label else None,
     )
 for col, handle, tag in ((cols[1], a, "A"), (cols[2], b, "B")):
     with col, guard(f"Model {tag}: computing the map"):
@@ -43,8 +46,12 @@ for col, handle, tag in ((cols[1], a, "A"), (cols[2], b, "B")):
         said = "" if pred is None else f" → {pred.message}"
         image_panel(
             f"{tag}: {handle.spec.label}",
-            figures.heatmap_overlay(
-                item.image.display, res.maps[0], opacity=K.OPACITY.get(), colormap=K.COLORMAP.get()
+            render.overlay(
+                item.image.display,
+                res.maps[0],
+                opacity=K.OPACITY.get(),
+                colormap=K.COLORMAP.get(),
+                max_side=figures.DISPLAY_MAX_SIDE,
             ),
             caption=f"layer {res.layer}{said}",
         )

@@ -9,6 +9,7 @@ import streamlit as st
 
 from ui import figures, loaders
 from ui.report import GalleryRow, render_html
+from verification import render
 from verification.cam.records import base_provenance
 from verification.io.records import LoadedModel
 
@@ -48,13 +49,23 @@ def report_html(
         gallery.append(
             GalleryRow(
                 name=item.image.name,
-                image=figures.fit(item.image.display, 384),
-                overlay=figures.heatmap_overlay(
-                    item.image.display, res.maps[0], opacity=opacity, colormap=colormap
+                image=render.fit(item.image.display, 384),
+                overlay=render.overlay(
+                    item.image.display,
+                    res.maps[0],
+                    opacity=opacity,
+                    colormap=colormap,
+                    max_side=figures.DISPLAY_MAX_SIDE,
                 ),
                 reference=None
                 if ref is None
-                else figures.heatmap_overlay(item.image.display, ref, opacity=opacity, colormap=colormap),
+                else render.overlay(
+                    item.image.display,
+                    ref,
+                    opacity=opacity,
+                    colormap=colormap,
+                    max_side=figures.DISPLAY_MAX_SIDE,
+                ),
                 caption=caption,
             )
         )

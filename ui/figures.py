@@ -1,7 +1,7 @@
-"""Pictures and charts: heatmap overlays with their colour scale, and the plotly figures the pages draw.
+"""Charts and page pictures: the colour scale, probability bars and the plotly figures the pages draw.
 
-Only presentation lives here (colour mapping, blending, chart layout); the maps and numbers come from the
-backend untouched.
+Overlays come from the backend's one renderer (:mod:`verification.render`); only chart layout lives here, and
+the maps and numbers come from the backend untouched.
 """
 
 from __future__ import annotations
@@ -18,85 +18,14 @@ from verification.consistency import CheckpointSeries
 from verification.features import FeatureShiftReport
 from verification.metrics import METRICS
 from verification.reference import ReferenceBundle, VerificationReport
+from verification.render import colorize
 
-COLORMAPS: dict[str, int] = {
-    "turbo": cv2.COLORMAP_TURBO,
-    "jet": cv2.COLORMAP_JET,
-    "inferno": cv2.COLORMAP_INFERNO,
-    "magma": cv2.COLORMAP_MAGMA,
-    "viridis": cv2.COLORMAP_VIRIDIS,
-    "hot": cv2.COLORMAP_HOT,
-}
 DISPLAY_MAX_SIDE = 512  # what the page draws; the backend keeps full resolution
 THUMB_MAX_SIDE = 256  # grid thumbnails
 _PASS = "#2e9e5b"
 _FAIL = "#d9534f"
 _BAND = "rgba(46, 158, 91, 0.18)"
 PLOT_TEMPLATE = "plotly_dark"
-
-
-def _rgb(display: np.ndarray) -> np.ndarray:
-    img = np.asarray(display)
-    if img.dtype != np.uint8:
-        img = np.clip(img * 255.0 if img.max() <= 1.0 else img, 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    return img
-
-
-def fit(display: np.ndarray, max_side: int = DISPLAY_MAX_SIDE) -> np.ndarray:
-    """The display image as RGB uint8, shrunk (area interpolation) to at most ``max_side`` per side."""
-    img = _rgb(display)
-    h, w = img.shape[:2]
-    scale = max_side / max(h, w)
-    if scale < 1.0:
-        img = cv2.resize(
-            img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
-        )
-    return img
-
-
-def colorize(map01: np.ndarray, colormap: str) -> np.ndarray:
-    """(H, W) in [0, 1] → (H, W, 3) RGB uint8 through one of ``COLORMAPS``."""
-    scaled = np.clip(np.nan_to_num(map01, nan=0.0), 0.0, 1.0)
-    bgr = cv2.applyColorMap((scaled * 255.0).round().astype(np.uint8), COLORMAPS[colormap])
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def heatmap_overlay(
-    display: np.ndarray, map01: np.ndarray, *, opacity: float, colormap: str, max_side: int = DISPLAY_MAX_SIDE
-) -> np.ndarray:
-    """The map (resized to the picture) blended over the display image; ``opacity`` 0 shows only the image."""
-    base = fit(display, max_side)
-    h, w = base.shape[:2]
-    resized = cv2.resize(map01.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    heat = colorize(resized, colormap).astype(np.float32)
-    out = (1.0 - opacity) * base.astype(np.float32) + opacity * heat
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def mask_overlay(
-    display: np.ndarray, mask: np.ndarray, *, color: tuple[int, int, int] = (0, 200, 255)
-) -> np.ndarray:
-    """The display image with a binary mask tinted and outlined."""
-    base = fit(display)
-    h, w = base.shape[:2]
-    m = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
-    out = base.astype(np.float32)
-    out[m] = 0.6 * out[m] + 0.4 * np.array(color, np.float32)
-    return outline(np.clip(out, 0, 255).astype(np.uint8), m, color=color)
-
-
-def outline(
-    picture: np.ndarray, mask: np.ndarray, *, color: tuple[int, int, int] = (255, 255, 255)
-) -> np.ndarray:
-    """``picture`` (RGB, as drawn) with the contour of a binary mask (any size) traced on it."""
-    h, w = picture.shape[:2]
-    m = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    out = np.ascontiguousarray(picture.copy())
-    cv2.drawContours(out, contours, -1, color, max(1, w // 200), lineType=cv2.LINE_AA)
-    return out
 
 
 def colorbar_html(colormap: str, *, low: str = "low attention", high: str = "high attention") -> str:
