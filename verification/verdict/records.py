@@ -41,6 +41,13 @@ VERDICT_LABELS: dict[str, str] = {
     "unsuitable": "UNSUITABLE",
     "cannot_verify": "CANNOT VERIFY",
 }
+STATUS_LABELS: dict[str, str] = {
+    "pass": "passed",
+    "fail": "failed",
+    "inconclusive": "inconclusive",
+    "not_assessable": "not assessable",
+    "uninformative": "not informative (does not vote)",
+}
 SEVERITY: dict[str, int] = {"suitable": 0, "cannot_verify": 1, "unsuitable": 2}
 
 LINE_NAMES: dict[str, str] = {
@@ -187,7 +194,8 @@ class VerificationReport:
 
     ``verdict`` / ``deciding_line`` / ``reason``: the model's (its worst class's); ``classes`` per class;
     ``lines`` the evidence lines E0 … E6; ``images`` per image; ``accuracy`` over labelled assessable images
-    (None without labels); ``n_not_assessable`` images removed by the E0 gate; ``errors`` unreadable images
+    (None without labels) with its Wilson 95 % ``accuracy_interval``; ``n_not_assessable`` images removed by
+    the E0 gate; ``errors`` unreadable images
     (name, message); ``missing`` what would be needed to verify (for CANNOT VERIFY); ``references`` the
     bundle's per-class reference maps and ``examples`` a few maps, both for the report; ``provenance`` model,
     bundle, method, layer, versions.
@@ -204,6 +212,7 @@ class VerificationReport:
     n_images: int
     n_not_assessable: int
     config: VerdictConfig = field(default_factory=VerdictConfig)
+    accuracy_interval: tuple[float, float] | None = None
     errors: tuple[tuple[str, str], ...] = ()
     warnings: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
@@ -267,6 +276,7 @@ class VerificationReport:
             "text": self.text(),
             "class_names": list(self.class_names),
             "accuracy": _num(self.accuracy),
+            "accuracy_interval": None if self.accuracy_interval is None else list(self.accuracy_interval),
             "n_images": self.n_images,
             "n_not_assessable": self.n_not_assessable,
             "config": self.config.to_dict(),
@@ -315,6 +325,7 @@ class VerificationReport:
                 n_images=int(doc["n_images"]),
                 n_not_assessable=int(doc["n_not_assessable"]),
                 config=VerdictConfig.from_dict(doc.get("config", {})),
+                accuracy_interval=_pair(doc.get("accuracy_interval")),
                 errors=tuple((str(e["image"]), str(e["error"])) for e in doc.get("errors", [])),
                 warnings=tuple(doc.get("warnings", [])),
                 missing=tuple(doc.get("missing", [])),
@@ -341,6 +352,10 @@ def _num(v: Any) -> Any:
 
 def _opt(v: Any) -> float | None:
     return None if v is None else float(v)
+
+
+def _pair(v: Any) -> tuple[float, float] | None:
+    return None if v is None else (float(v[0]), float(v[1]))
 
 
 def _floats(d: Mapping[str, Any]) -> dict[str, float | None]:
