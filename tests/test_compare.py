@@ -25,11 +25,11 @@ def report(verdict: str, *, deciding: str | None = None, accuracy: float | None 
         per_class=tuple(
             ClassLine(
                 c,
-                e3_status,
+                e3_status,  # type: ignore[arg-type]
                 value=0.4 if e3_status == "fail" else 0.05,
                 threshold=0.2,
                 higher_is_better=False,
-            )  # type: ignore[arg-type]
+            )
             for c in CLASSES
         ),
         sentence="…",
