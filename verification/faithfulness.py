@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from verification.cam.concurrency import exclusive
 from verification.errors import ShapeError
 from verification.io.records import LoadedModel
 from verification.metrics.functional import pearson, ssim
@@ -77,6 +78,7 @@ def _scores(module: nn.Module, x: Tensor, targets: Tensor, score: str) -> Tensor
     return vals.gather(1, targets[:, None]).squeeze(1)
 
 
+@exclusive
 def deletion_insertion(
     model: nn.Module | LoadedModel,
     x: Tensor,
@@ -192,6 +194,7 @@ def _spearman(a: Tensor, b: Tensor) -> np.ndarray:
     return pearson(ranks(a), ranks(b)).values
 
 
+@exclusive
 def cascading_randomization(
     model: nn.Module | LoadedModel,
     x: Tensor,

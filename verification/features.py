@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from verification.cam.concurrency import exclusive, this_thread_only
 from verification.errors import LayerError, ShapeError
 from verification.io.records import LoadedImage, LoadedModel
 from verification.metrics.functional import normalize_maps, resize_maps, ssim
@@ -49,6 +50,7 @@ def early_layers(model: nn.Module | LoadedModel, input_shape: Sequence[int], cou
     return stages[:count]
 
 
+@exclusive
 def capture_features(module: nn.Module, x: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
     """Activations (N, C, h, w) of ``layers`` for the batch ``x``: one forward in eval mode under no_grad;
     hooks live for this call only and the modules' train/eval flags are restored."""
@@ -69,7 +71,7 @@ def capture_features(module: nn.Module, x: Tensor, layers: Sequence[str]) -> dic
 
         return fn
 
-    handles = [named[name].register_forward_hook(hook(name)) for name in layers]
+    handles = [named[name].register_forward_hook(this_thread_only(hook(name))) for name in layers]
     try:
         with eval_mode(module), torch.no_grad():
             module(x)

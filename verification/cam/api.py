@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from verification.cam.capture import Capture, capture
+from verification.cam.concurrency import exclusive
 from verification.cam.layers import default_target_layer, resolve_layer_names
 from verification.cam.methods import get_method, postprocess
 from verification.cam.multiscale import Fuse, default_ms_layers, ms_gradcampp
@@ -30,6 +31,7 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy().astype(np.float32, copy=False)
 
 
+@exclusive
 def compute_cams(
     model: nn.Module | Any,
     x: Tensor,

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from verification.cam.capture import Capture, capture
+from verification.cam.concurrency import exclusive
 from verification.cam.layers import eval_mode, model_device_dtype
 from verification.cam.progress import Progress, report
 from verification.cam.records import CamResult
@@ -88,6 +89,7 @@ def _score_fn(target: Target, classes: tuple[int, ...]) -> tuple[Callable[[Tenso
     return matrix, list(classes)
 
 
+@exclusive
 def compute_attribution(
     model: Any,
     x: Tensor,

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from verification.cam.concurrency import exclusive, this_thread_only
 from verification.cam.layers import eval_mode, is_spatial_map, model_device_dtype, resolve_layer_names
 from verification.cam.targets import Target, TargetScores, as_target, output_tensor
 from verification.errors import LayerError, ModelForwardError, ShapeError
@@ -66,6 +67,7 @@ def _first_tensor(output: Any) -> Tensor | None:
     return None
 
 
+@exclusive
 def capture(
     model: nn.Module,
     x: Tensor,
@@ -111,7 +113,7 @@ def capture(
         inp = x.detach().to(device=device, dtype=dtype).clone()
         try:
             for name in names:
-                handles.append(by_name[name].register_forward_hook(make_hook(name)))
+                handles.append(by_name[name].register_forward_hook(this_thread_only(make_hook(name))))
             with eval_mode(module, eval):
                 grad_ctx = torch.enable_grad() if gradients else torch.no_grad()
                 with grad_ctx:

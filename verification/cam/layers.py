@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from verification.cam.concurrency import exclusive, this_thread_only
 from verification.errors import LayerError, ModelForwardError, ShapeError
 
 
@@ -94,6 +95,7 @@ def _structure_key(model: nn.Module) -> tuple[int, ...]:
     return tuple(id(m) for m in model.modules())
 
 
+@exclusive
 def scan_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerScan:
     """Run the dry forward (or reuse a cached one) and describe every module's output."""
     from verification.cam.targets import output_tensor
@@ -132,7 +134,7 @@ def scan_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerScan:
     try:
         for name, module in model.named_modules():
             if name:
-                handles.append(module.register_forward_hook(make_hook(name)))
+                handles.append(module.register_forward_hook(this_thread_only(make_hook(name))))
         with eval_mode(model), torch.no_grad():
             try:
                 out = model(torch.zeros((1, *shape), device=device, dtype=dtype))

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from verification.cam.capture import Capture, capture
+from verification.cam.concurrency import exclusive, this_thread_only
 from verification.cam.inference import ChunkSizer, inference_forward
 from verification.cam.layers import eval_mode, first_tensor, model_device_dtype, resolve_layer_names
 from verification.cam.methods import postprocess
@@ -360,6 +361,7 @@ def _span(counts: list[int]) -> str:
     return str(counts[0]) if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
 
 
+@exclusive
 def score_cam(
     model: Any,
     x: Tensor,
@@ -575,6 +577,7 @@ def fast_fidelity(
 # Ablation-CAM
 
 
+@exclusive
 def ablation_cam(
     model: Any,
     x: Tensor,
@@ -618,7 +621,7 @@ def ablation_cam(
         return type(output)(items) if isinstance(output, list) else tuple(items)
 
     layer_module = dict(module.named_modules())[layer]
-    handle = layer_module.register_forward_hook(zero_channel)
+    handle = layer_module.register_forward_hook(this_thread_only(zero_channel))
     try:
         with eval_mode(module), torch.inference_mode():
             report(progress, 0, total, f"Ablation-CAM: {total} ablated forwards")
