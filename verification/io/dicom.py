@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import math
+import struct
 from typing import Any
 
 import numpy as np
@@ -108,13 +110,90 @@ def _voi_output_range(ds: Dataset) -> tuple[float, float]:
     return lo, hi
 
 
+def _unit_from_range(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(values - lo) / (hi - lo) clipped to [0, 1], as float32, with one working copy (in-place steps)."""
+    out = np.asarray(values).astype(np.float32, copy=True)
+    if not hi > lo:
+        out[...] = 0.0
+        return out
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
 def _robust_unit(values: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(values, ROBUST_PERCENTILES)
+    lo, hi = (float(v) for v in np.percentile(values, ROBUST_PERCENTILES))
     if hi <= lo:
         lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros_like(values, dtype=np.float32)
-    return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return _unit_from_range(values, lo, hi)
+
+
+def _int_tag(ds: Dataset, tag: str, default: int | None, name: str) -> int:
+    """An integer tag as an int, or ImageLoadError naming the tag and its bad value."""
+    if tag not in ds or ds[tag].value in (None, ""):
+        if default is None:
+            raise ImageLoadError(
+                f"'{name}' lacks the DICOM tag {tag}; the image cannot be decoded without it"
+            )
+        return default
+    value = ds[tag].value
+    try:
+        return int(str(value).strip()) if isinstance(value, str | bytes) else int(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ImageLoadError(
+            f"'{name}' has an invalid DICOM {tag} value {str(value)[:40]!r} (not an integer); fix the tag "
+            "with a DICOM editor or export the image again"
+        ) from exc
+
+
+def _read_dataset(data: bytes, name: str, *, stop_before_pixels: bool) -> Dataset:
+    try:
+        return pydicom.dcmread(
+            io.BytesIO(data), force=data[128:132] != b"DICM", stop_before_pixels=stop_before_pixels
+        )
+    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, IndexError) as exc:
+        raise ImageLoadError(f"'{name}' is not a readable DICOM file (corrupt or truncated): {exc}") from exc
+    except (struct.error, AttributeError, OverflowError, RecursionError, NotImplementedError) as exc:
+        raise ImageLoadError(f"'{name}' is not a readable DICOM file (malformed header): {exc}") from exc
+
+
+def geometry_of(ds: Dataset, name: str) -> tuple[int, int, int, int, int]:
+    """(Rows, Columns, SamplesPerPixel, BitsAllocated, NumberOfFrames), each checked to be a sane integer."""
+    rows = _int_tag(ds, "Rows", None, name)
+    cols = _int_tag(ds, "Columns", None, name)
+    samples = _int_tag(ds, "SamplesPerPixel", 1, name)
+    bits = _int_tag(ds, "BitsAllocated", 16, name)
+    frames = _int_tag(ds, "NumberOfFrames", 1, name) or 1
+    if rows < 1 or cols < 1 or not 1 <= samples <= 4 or bits not in (1, 8, 16, 32, 64) or frames < 1:
+        raise ImageLoadError(
+            f"'{name}' has impossible DICOM image tags (Rows {rows}, Columns {cols}, SamplesPerPixel "
+            f"{samples}, BitsAllocated {bits}, NumberOfFrames {frames}); the file is corrupt"
+        )
+    return rows, cols, samples, bits, frames
+
+
+def dicom_geometry(data: bytes, name: str) -> tuple[int, int, int, int, int]:
+    """:func:`geometry_of` read from the header only (pixel data is not parsed)."""
+    return geometry_of(_read_dataset(data, name, stop_before_pixels=True), name)
+
+
+def _window_checked(ds: Dataset, name: str) -> None:
+    """pydicom divides by the window width: a width below 1 (0 in a corrupt file) cannot be applied."""
+    if "WindowWidth" not in ds or "VOILUTSequence" in ds:
+        return
+    width = ds.WindowWidth
+    first = width[0] if isinstance(width, MultiValue) and len(width) else width
+    try:
+        value = float(first)
+    except (TypeError, ValueError) as exc:
+        raise ImageLoadError(f"'{name}' has an invalid DICOM WindowWidth {str(width)[:40]!r}") from exc
+    exact = str(ds.get("VOILUTFunction", "LINEAR")).upper() == "LINEAR_EXACT"
+    if not math.isfinite(value) or value < (0 if exact else 1) or (exact and value == 0):
+        raise ImageLoadError(
+            f"'{name}' has DICOM WindowWidth {value:g}, which cannot be applied (it must be at least 1); "
+            "remove the WindowCenter/WindowWidth tags or set a valid window"
+        )
 
 
 def read_dicom(
@@ -122,12 +201,35 @@ def read_dicom(
 ) -> tuple[np.ndarray, dict[str, Any], tuple[str, ...]]:
     """Decode the first frame to float32 in [0, 1], (H, W) or (H, W, 3), dense tissue bright.
 
-    Returns (pixels, metadata, notices).
+    Returns (pixels, metadata, notices). Every failure is an ImageLoadError (or InputTooLargeError).
     """
+    ds = _read_dataset(data, name, stop_before_pixels=False)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
-        raise ImageLoadError(f"'{name}' is not a readable DICOM file (corrupt or truncated): {exc}") from exc
+        return _decode(ds, name=name, max_pixels=max_pixels, include_identifying=include_identifying)
+    except (ImageLoadError, InputTooLargeError, MemoryError):
+        raise
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        RuntimeError,
+        NotImplementedError,
+        OverflowError,
+        ZeroDivisionError,
+        EOFError,
+        struct.error,
+    ) as exc:
+        raise ImageLoadError(
+            f"'{name}': the DICOM pixel data could not be decoded ({type(exc).__name__}: {str(exc)[:200]}); "
+            "convert it to an uncompressed DICOM or a PNG"
+        ) from exc
+
+
+def _decode(
+    ds: Dataset, *, name: str, max_pixels: int, include_identifying: bool
+) -> tuple[np.ndarray, dict[str, Any], tuple[str, ...]]:
     if "TransferSyntaxUID" not in ds.file_meta:
         # A bare dataset without Part-10 header: name the encoding it was read with so it can be decoded.
         implicit, little = ds.original_encoding
@@ -138,17 +240,21 @@ def read_dicom(
         raise ImageLoadError(
             f"'{name}' is a DICOM file without pixel data (a report or structured document?)"
         )
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise ImageLoadError(f"'{name}' lacks valid Rows/Columns tags") from exc
+    rows, cols, _samples, _bits, frames = geometry_of(ds, name)
     if rows * cols > max_pixels:
         raise InputTooLargeError(
             f"'{name}' is {cols}×{rows} = {rows * cols:,} pixels, above the limit of {max_pixels:,}; "
             "downsample it or raise max_pixels"
         )
     notices: list[str] = []
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR" and "RedPaletteColorLookupTableDescriptor" not in ds:
+        raise ImageLoadError(
+            f"'{name}' is a PALETTE COLOR DICOM without its colour lookup table; export it again as RGB or "
+            "grayscale"
+        )
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        _window_checked(ds, name)
     try:
         arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
     except NotImplementedError as exc:
@@ -162,37 +268,39 @@ def read_dicom(
         ) from exc
     if frames > 1:
         notices.append(f"multi-frame DICOM with {frames} frames: only the first frame is used")
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         values = apply_modality_lut(arr, ds)
+        del arr
         if "VOILUTSequence" in ds or "WindowCenter" in ds:
             lo, hi = _voi_output_range(ds)
-            windowed = apply_voi_lut(values, ds, index=0).astype(np.float64)
-            pixels = np.clip((windowed - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+            windowed = apply_voi_lut(values, ds, index=0)
+            del values
+            pixels = _unit_from_range(windowed, lo, hi)
         else:
-            pixels = _robust_unit(values.astype(np.float64))
+            pixels = _robust_unit(values)
             notices.append(
                 "no window or VOI LUT in the DICOM: contrast set from the 0.5–99.5 percentiles of the pixels"
             )
+        if not np.isfinite(pixels).all():
+            raise ImageLoadError(
+                f"'{name}': the DICOM rescale produced NaN or infinite values; check its tags"
+            )
         if photometric == "MONOCHROME1":
-            pixels = 1.0 - pixels  # MONOCHROME1 stores dense tissue dark; invert so bone is bright
+            np.subtract(1.0, pixels, out=pixels)  # MONOCHROME1 stores dense tissue dark; make bone bright
             notices.append("MONOCHROME1 image inverted so that dense tissue is bright")
     elif arr.ndim == 3 and arr.shape[-1] == 3:
         # pydicom converts YBR colour spaces to RGB by default
         if arr.dtype.kind == "u":
-            pixels = (
-                (arr.astype(np.float64) / (2 ** int(ds.get("BitsStored", 8)) - 1))
-                .clip(0, 1)
-                .astype(np.float32)
-            )
+            stored = _int_tag(ds, "BitsStored", 8, name)
+            pixels = _unit_from_range(arr, 0.0, float(2 ** min(max(stored, 1), 64) - 1))
         else:
-            pixels = _robust_unit(arr.astype(np.float64))
+            pixels = _robust_unit(arr)
     elif photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
         rgb = apply_color_lut(arr, ds)
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-        pixels = (rgb.astype(np.float64) / (2**bits - 1)).clip(0, 1).astype(np.float32)
+        pixels = _unit_from_range(rgb, 0.0, float(2 ** min(max(bits, 1), 64) - 1))
     else:
         raise ImageLoadError(f"'{name}': unsupported DICOM photometric interpretation {photometric}")
     return pixels, dicom_metadata(ds, include_identifying=include_identifying), tuple(notices)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from verification.errors import ImageLoadError, InputTooLargeError, ShapeError
+from verification.io.budget import Budget, ImageCost, probe_image, unsupported_format_message
 from verification.io.dicom import looks_like_dicom, read_dicom
 from verification.io.records import LoadedImage, LoadedModel
 
@@ -26,6 +27,8 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "MIN_SIDE",
+    "Budget",
+    "image_cost",
     "load_image",
     "to_tensor",
 ]
@@ -39,6 +42,7 @@ MIN_SIDE = 8
 LUMA = (0.299, 0.587, 0.114)
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PIL_FORMATS = ("PNG", "JPEG", "MPO", "TIFF")
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
 
@@ -50,27 +54,37 @@ def _too_large(name: str, width: int, height: int, max_pixels: int) -> InputTooL
 
 
 def _to_unit(arr: np.ndarray, notices: list[str]) -> np.ndarray:
-    """Integer/float samples → float32 in [0, 1]: uint8 / 255, uint16 / 65535, others by their range."""
+    """Integer/float samples → float32 in [0, 1]: uint8 / 255, uint16 / 65535, others by their range.
+
+    One float32 working copy, scaled in place (peak memory is part of the budget, see io.budget).
+    """
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
-    values = arr.astype(np.float64)
-    if not np.isfinite(values).all():
+    if arr.dtype in (np.uint8, np.uint16):
+        out = arr.astype(np.float32)
+        out /= np.float32(255.0 if arr.dtype == np.uint8 else 65535.0)
+        return out
+    if arr.dtype.kind not in "iuf":
+        raise ImageLoadError(f"unsupported sample type {arr.dtype}; save the image as 8/16-bit or float")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ImageLoadError(
             "the image contains NaN or infinite values; re-export it with finite pixel values"
         )
-    lo, hi = float(values.min()), float(values.max())
+    lo, hi = float(arr.min()), float(arr.max())
+    out = arr.astype(np.float32)
     if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
-        return values.astype(np.float32)
+        return out
     if arr.dtype.kind in "iu" and lo >= 0 and hi <= 65535:
-        return (values / 65535.0).astype(np.float32)
+        out /= np.float32(65535.0)
+        return out
     notices.append(f"{arr.dtype} samples in [{lo:g}, {hi:g}] rescaled linearly to [0, 1]")
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.float32)
-    return ((values - lo) / (hi - lo)).astype(np.float32)
+    if not hi > lo or not np.isfinite(hi - lo):
+        out[...] = 0.0
+        return out
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 def _channels_last(arr: np.ndarray, name: str, notices: list[str]) -> np.ndarray:
@@ -108,16 +122,14 @@ def _read_pil(
     data: bytes, name: str, max_pixels: int, notices: list[str]
 ) -> tuple[np.ndarray, dict[str, Any]]:
     try:
-        img = Image.open(io.BytesIO(data))
+        # Only the accepted formats' plugins run: no GIF/BMP/WebP, and none of PIL's riskier parsers.
+        img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
     except Image.DecompressionBombError as exc:
         raise InputTooLargeError(
             f"'{name}' declares more pixels than allowed (decompression bomb?): {exc}"
         ) from exc
     except UnidentifiedImageError as exc:
-        raise ImageLoadError(
-            f"'{name}' is not a PNG, JPEG, TIFF or DICOM image (was another file renamed?). Export the image "
-            "again in one of these formats."
-        ) from exc
+        raise ImageLoadError(unsupported_format_message(data, name)) from exc
     width, height = img.size
     if width * height > max_pixels:
         raise _too_large(name, width, height, max_pixels)
@@ -199,6 +211,48 @@ def _read_tiff(
     return arr, meta
 
 
+def _read_source(
+    source: str | Path | bytes | bytearray | memoryview, name: str | None, max_bytes: int
+) -> tuple[bytes, str, str]:
+    """(bytes, display name, lower-case suffix) of a path or of bytes, with the file-size limit applied."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        if len(source) > max_bytes:
+            raise InputTooLargeError(
+                f"image of {len(source) / 1e6:.1f} MB is above the {max_bytes / 1e6:.0f} MB limit"
+            )
+        name = name or "image"
+        return bytes(source), name, Path(name).suffix.lower()
+    path = Path(source)
+    if path.is_dir():
+        raise ImageLoadError(
+            f"'{path}' is a directory, not an image file; give the path of one image (the batch commands "
+            "take folders)"
+        )
+    if not path.exists():
+        raise ImageLoadError(f"image file '{path}' does not exist")
+    if not path.is_file():
+        raise ImageLoadError(
+            f"'{path}' is not a regular file (a device, socket or pipe?); give an image file"
+        )
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InputTooLargeError(
+            f"'{path.name}' is {size / 1e6:.1f} MB, above the {max_bytes / 1e6:.0f} MB limit for images"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageLoadError(f"image file '{path}' cannot be read: {exc.strerror or exc}") from exc
+    return data, name or path.name, path.suffix.lower()
+
+
+def image_cost(data: bytes, name: str = "image") -> ImageCost:
+    """What decoding ``data`` would cost, from its header (see :mod:`verification.io.budget`)."""
+    return probe_image(
+        data, name, is_dicom=looks_like_dicom(data) or Path(name).suffix.lower() in _DICOM_SUFFIXES
+    )
+
+
 def load_image(
     source: str | Path | bytes,
     *,
@@ -206,50 +260,71 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     include_identifying: bool = False,
+    budget: Budget | None = None,
 ) -> LoadedImage:
-    """Read a PNG/JPEG/TIFF (8/16-bit) or DICOM file or its bytes.
+    """Read a PNG/JPEG/TIFF (8/16-bit, float) or DICOM file or its bytes.
 
-    Raises ImageLoadError for unreadable or tiny images (a side below ``MIN_SIDE``), InputTooLargeError above
-    ``max_pixels``/``max_bytes``. DICOM patient tags reach ``metadata`` only with ``include_identifying``.
+    Before any pixel is decoded, the header's width × height × samples × bytes per sample (plus the working
+    copies) is checked against ``budget`` (by default a fresh :class:`~verification.io.budget.Budget` with
+    the default limits; pass one budget to a whole upload or batch to bound their total).
+
+    Raises ImageLoadError for unreadable, unsupported or tiny images (a side below ``MIN_SIDE``),
+    InputTooLargeError above ``max_pixels``/``max_bytes`` or the budget. DICOM patient tags reach
+    ``metadata`` only with ``include_identifying``.
     """
-    suffix = ""
-    if isinstance(source, bytes | bytearray | memoryview):
-        data = bytes(source)
-        if len(data) > max_bytes:
-            raise InputTooLargeError(
-                f"image of {len(data) / 1e6:.1f} MB is above the {max_bytes / 1e6:.0f} MB limit"
-            )
-        name = name or "image"
-        suffix = Path(name).suffix.lower()
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ImageLoadError(f"image file '{path}' does not exist")
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise InputTooLargeError(
-                f"'{path.name}' is {size / 1e6:.1f} MB, above the {max_bytes / 1e6:.0f} MB limit for images"
-            )
-        data = path.read_bytes()
-        name = name or path.name
-        suffix = path.suffix.lower()
+    data, name, suffix = _read_source(source, name, max_bytes)
     if not data:
         raise ImageLoadError(f"'{name}' is empty")
+    is_dicom = looks_like_dicom(data) or suffix in _DICOM_SUFFIXES
+    cost = probe_image(data, name, is_dicom=is_dicom)
+    if cost.width * cost.height > max_pixels:
+        raise _too_large(name, cost.width, cost.height, max_pixels)
+    (budget if budget is not None else Budget()).charge_image(cost, name)
+    try:
+        pixels, meta, notices, source_format = _decode(data, name, is_dicom, max_pixels, include_identifying)
+        return _finish(pixels, data, name, source_format, meta, notices)
+    except (ImageLoadError, InputTooLargeError):
+        raise
+    except MemoryError as exc:
+        raise InputTooLargeError(
+            f"'{name}' ran out of memory while decoding ({cost.describe()}); lower the image size or the "
+            "number of images loaded at once"
+        ) from exc
+    except Exception as exc:  # a hostile file can make any decoder raise anything: report it, typed
+        raise ImageLoadError(
+            f"'{name}' could not be decoded ({type(exc).__name__}: {str(exc)[:200]}); it is corrupt or uses "
+            f"a variant this tool does not read. Export it again as {_ACCEPTED}."
+        ) from exc
+
+
+_ACCEPTED = "PNG, JPEG, TIFF or DICOM"
+
+
+def _decode(
+    data: bytes, name: str, is_dicom: bool, max_pixels: int, include_identifying: bool
+) -> tuple[np.ndarray, dict[str, Any], list[str], str]:
     notices: list[str] = []
-    if looks_like_dicom(data) or suffix in _DICOM_SUFFIXES:
+    if is_dicom:
         pixels, meta, dicom_notices = read_dicom(
             data, name=name, max_pixels=max_pixels, include_identifying=include_identifying
         )
         notices.extend(dicom_notices)
-        source_format = "DICOM"
+        return pixels, meta, notices, "DICOM"
+    if data[:4] in _TIFF_MAGIC:
+        arr, meta = _read_tiff(data, name, max_pixels, notices)
     else:
-        if data[:4] in _TIFF_MAGIC:
-            arr, meta = _read_tiff(data, name, max_pixels, notices)
-        else:
-            arr, meta = _read_pil(data, name, max_pixels, notices)
-        source_format = str(meta.get("format") or "image")
-        meta["dtype"] = str(arr.dtype)
-        pixels = _to_unit(_channels_last(arr, name, notices), notices)
+        arr, meta = _read_pil(data, name, max_pixels, notices)
+    source_format = str(meta.get("format") or "image")
+    meta["dtype"] = str(arr.dtype)
+    arr = _channels_last(arr, name, notices)
+    pixels = _to_unit(arr, notices)
+    del arr
+    return pixels, meta, notices, source_format
+
+
+def _finish(
+    pixels: np.ndarray, data: bytes, name: str, source_format: str, meta: dict[str, Any], notices: list[str]
+) -> LoadedImage:
     if (
         pixels.ndim == 3
         and np.array_equal(pixels[..., 0], pixels[..., 1])
@@ -263,7 +338,10 @@ def load_image(
             f"'{name}' is only {width}×{height} pixels; images need at least {MIN_SIDE} pixels on each side"
         )
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-    display = np.round(pixels * 255.0).astype(np.uint8)
+    scratch = np.multiply(pixels, np.float32(255.0))
+    np.rint(scratch, out=scratch)
+    display = scratch.astype(np.uint8)
+    del scratch
     return LoadedImage(
         pixels=pixels,
         display=display,
