@@ -49,3 +49,14 @@ class BundleError(VerificationError):
 
 class CancelledError(VerificationError):
     """A long computation was cancelled through its progress callback."""
+
+
+class InvalidInputError(VerificationError, ValueError, TypeError):
+    """An argument the operation cannot accept: text where numbers are needed, a value out of its range (a
+    threshold outside [0, 1], a size of 0), NaN. Also a ValueError and a TypeError, which callers catching
+    the built-in kinds for these mistakes still catch."""
+
+
+class NonFiniteError(VerificationError):
+    """NaN or infinite values where finite numbers are needed: an input tensor, a model's output, the
+    activations or gradients at a layer, a map."""
