@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
+from verification.errors import InvalidInputError
 from verification.metrics import (
     DEFAULT_METRICS,
     DEFAULT_SIZE,
@@ -76,5 +77,5 @@ def test_compute_metrics_threshold_and_options() -> None:
     assert not np.allclose(otsu["iou"], fixed["iou"])
     few = compute_metrics(maps, refs, ["wasserstein"], options={"wasserstein": {"n_directions": 4}})
     assert few["wasserstein"].shape == (4,)
-    with pytest.raises(KeyError, match="unknown metric"):
+    with pytest.raises(InvalidInputError, match="unknown metric"):
         compute_metrics(maps, refs, ["nope"])

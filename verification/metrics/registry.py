@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from verification.errors import InvalidInputError, ShapeError
 from verification.metrics import functional as fn
-from verification.metrics.functional import ArrayLike, MetricResult, Threshold, prepare
+from verification.metrics.functional import ArrayLike, MetricResult, Threshold, as_batch, check_grid, prepare
 from verification.metrics.wasserstein import sliced_wasserstein
 
 MetricFn = Callable[..., MetricResult]
@@ -81,6 +83,12 @@ DEFAULT_METRICS: tuple[str, ...] = ("iou", "dice", "ssim", "cosine", "pearson", 
 DEFAULT_SIZE: tuple[int, int] = (64, 64)
 
 
+# Rows of one chunk: their working memory (about 16 copies of each pair's grid, see MAX_GRID_PIXELS in
+# functional) stays under this, so a batch of any length compares in bounded memory.
+WORK_BYTES = 256 * 1024 * 1024
+_COPIES_PER_ROW = 16
+
+
 class MetricValues(dict[str, np.ndarray]):
     """``{metric name: (N,) float64 values}``; ``reasons[name][i]`` says why ``self[name][i]`` is NaN."""
 
@@ -106,21 +114,90 @@ def compute_metrics(
     :func:`prepare`). ``names`` defaults to the seven of :data:`DEFAULT_METRICS`; ``threshold`` (a number or
     ``"otsu"``) binarises for IoU and Dice; ``options`` passes keyword arguments per metric, e.g.
     ``{"wasserstein": {"n_directions": 128}}``.
+
+    A pair in which the map or the reference holds NaN or ±inf is not scored: NaN in every metric, with the
+    reason "map has NaN or infinite values". Batches are processed in chunks of rows whose working memory
+    stays under :data:`WORK_BYTES`. Bad arguments raise typed errors before any work:
+    :class:`~verification.errors.InvalidInputError` (unknown metric or option, text or complex values, a
+    threshold outside [0, 1] or NaN, a size that is not two positive integers),
+    :class:`~verification.errors.ShapeError` (empty batch, 0-pixel maps, mismatched batch sizes, wrong number
+    of dimensions), :class:`~verification.errors.InputTooLargeError` (a grid beyond
+    :data:`~verification.metrics.functional.MAX_GRID_PIXELS`).
     """
-    chosen = tuple(DEFAULT_METRICS if names is None else names)
-    unknown = [n for n in chosen if n not in METRICS]
-    if unknown:
-        raise KeyError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
+    chosen = _check_names(names)
+    threshold = fn.check_threshold(threshold)
+    per_metric = _check_options(options, chosen)
+    a_all = as_batch(maps, "maps")
+    b_all = as_batch(refs, "refs")
+    na, nb = int(a_all.shape[0]), int(b_all.shape[0])
+    if na != nb and 1 not in (na, nb):
+        raise ShapeError(
+            f"cannot compare {na} maps with {nb} references: "
+            "give one reference per map or one reference for all"
+        )
+    grid = check_grid(size if size is not None else (int(a_all.shape[-2]), int(a_all.shape[-1])))
+    n = max(na, nb)
+    itemsize = 8 if torch.float64 in (a_all.dtype, b_all.dtype) else 4
+    rows = max(1, WORK_BYTES // (grid[0] * grid[1] * itemsize * _COPIES_PER_ROW))
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in chosen}
+    reasons: dict[str, dict[int, str]] = {name: {} for name in chosen}
     with torch.inference_mode():
-        a, b = prepare(maps, refs, size, normalize=normalize)
-        values: dict[str, np.ndarray] = {}
-        reasons: dict[str, dict[int, str]] = {}
-        for name in chosen:  # one batched call per metric, never per pair
-            spec = METRICS[name]
-            kwargs = dict((options or {}).get(name, {}))
-            if spec.uses_threshold:
-                kwargs.setdefault("threshold", threshold)
-            res = spec.fn(a, b, **kwargs)
-            values[name] = res.values
-            reasons[name] = res.reasons
+        for start in range(0, n, rows):  # one batched call per metric and chunk, never per pair
+            a = a_all[start : start + rows] if na > 1 else a_all
+            b = b_all[start : start + rows] if nb > 1 else b_all
+            pa, pb = prepare(a, b, grid, normalize=normalize)
+            for name in chosen:
+                spec = METRICS[name]
+                kwargs = dict(per_metric.get(name, {}))
+                if spec.uses_threshold:
+                    kwargs.setdefault("threshold", threshold)
+                res = spec.fn(pa, pb, **kwargs)
+                parts[name].append(res.values)
+                reasons[name].update({start + i: why for i, why in res.reasons.items()})
+    values = {name: np.concatenate(parts[name]) for name in chosen}
     return MetricValues(values, reasons)
+
+
+def _check_names(names: Sequence[str] | None) -> tuple[str, ...]:
+    if isinstance(names, str):
+        names = (names,)
+    try:
+        chosen = tuple(DEFAULT_METRICS if names is None else names)
+    except TypeError:
+        raise InvalidInputError(f"names must be a list of metric names, got {type(names).__name__}") from None
+    unknown = [str(n)[:40] for n in chosen if not isinstance(n, str) or n not in METRICS]
+    if unknown:
+        raise InvalidInputError(f"unknown metric(s) {unknown[:5]}; known: {sorted(METRICS)}")
+    return chosen
+
+
+def _check_options(
+    options: Mapping[str, Mapping[str, Any]] | None, chosen: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Per-metric keyword options: known metrics only, and only keywords the metric's function takes."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidInputError(
+            f"options must map metric names to keyword options, got {type(options).__name__}"
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for name, opts in options.items():
+        if name not in METRICS:
+            raise InvalidInputError(
+                f"options given for an unknown metric {str(name)[:40]!r}; known: {sorted(METRICS)}"
+            )
+        if not isinstance(opts, Mapping):
+            raise InvalidInputError(f"options[{name!r}] must be a mapping of keyword options")
+        params = list(inspect.signature(METRICS[name].fn).parameters.values())[2:]
+        allowed = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        bad = [str(k)[:40] for k in opts if k not in allowed]
+        if bad:
+            raise InvalidInputError(
+                f"metric {name!r} takes no option(s) {bad[:5]}; "
+                f"it takes: {', '.join(sorted(allowed)) or 'none'}"
+            )
+        out[name] = dict(opts)
+        if "threshold" in out[name]:
+            out[name]["threshold"] = fn.check_threshold(out[name]["threshold"])
+    return out

@@ -26,11 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from verification.metrics.functional import MetricResult, _result
+from verification.errors import InvalidInputError
+from verification.metrics.functional import MetricResult, _nonfinite, _result
 
 DEFAULT_DIRECTIONS = 32
 DEFAULT_GRID = 32
 DEFAULT_SEED = 0
+MAX_DIRECTIONS = 4096  # the midpoint rule's error is already far below the pooling error at 32
+MAX_GRID = 256
 _CHUNK_ELEMENTS = 1 << 23  # bound on pairs × directions × cells held at once (about 32 MB in float32)
 
 
@@ -86,8 +89,12 @@ def sliced_wasserstein(
     """Spatial Wasserstein-1 between maps ``a`` and references ``b`` (N|1, H, W) as mass distributions on the
     pixel grid with coordinates in [0, 1]. Negative values are clipped to 0; each map is normalised to unit
     mass. NaN (with a reason) when a map has no mass."""
-    if n_directions < 1:
-        raise ValueError("n_directions must be at least 1")
+    for name, v, hi in (("n_directions", n_directions, MAX_DIRECTIONS), ("grid", grid, MAX_GRID)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= hi:
+            raise InvalidInputError(f"{name} must be a whole number from 1 to {hi}, got {str(v)[:40]}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InvalidInputError(f"seed must be a whole number ≥ 0, got {str(seed)[:40]}")
+    unscored = _nonfinite(a, b)  # before clipping, which would turn -inf into 0
     a, b = torch.broadcast_tensors(a.clamp_min(0), b.clamp_min(0))
     in_hw = (int(a.shape[-2]), int(a.shape[-1]))
     pa, pb = pool_mass(a, grid), pool_mass(b, grid)
@@ -112,5 +119,10 @@ def sliced_wasserstein(
     if rescale:
         out = out * (math.pi / 2)
     return _result(
-        out, [(ma <= 0, "map has no mass (all zeros)"), (mb <= 0, "reference has no mass (all zeros)")]
+        out,
+        [
+            *unscored,
+            (ma <= 0, "map has no mass (all zeros)"),
+            (mb <= 0, "reference has no mass (all zeros)"),
+        ],
     )
