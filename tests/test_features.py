@@ -89,3 +89,26 @@ def test_shifted_images_are_flagged_in_distribution_ones_are_not() -> None:
         assert rep.flag_rate >= 0.8, (kind, rep.flag_rate)
     rows = ind.rows()
     assert {"shift_score", "score_max", "structure_ssim", "ssim_min", "flagged"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("stat", ["mean", "std", "active"])
+def test_channel_stats_read_the_reference_layout_per_layer(stat: str) -> None:
+    """Per layer, the image's statistic and the reference mean / std equal those computed directly with numpy
+    from the captured activations (mean, population std, share > 0 over the pixels of each channel)."""
+    model = small_cnn()
+    images = radiographs(12, 5)
+    ref = build_feature_reference(model, images, count=2, grid=(24, 24))
+    acts = capture_features(model, images, list(ref.layers))
+    direct = {
+        "mean": lambda a: a.mean(axis=(2, 3)),
+        "std": lambda a: a.std(axis=(2, 3)),
+        "active": lambda a: (a > 0).mean(axis=(2, 3)),
+    }[stat]
+    one = {layer: acts[layer][3].numpy() for layer in ref.layers}
+    rows = ref.channel_stats(one, stat)
+    assert [r.layer for r in rows] == list(ref.layers)
+    for r in rows:
+        per_image = direct(acts[r.layer].double().numpy())  # (N, C)
+        np.testing.assert_allclose(r.image, per_image[3], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r.ref_mean, per_image.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r.ref_std, per_image.std(0), rtol=1e-4, atol=1e-6)

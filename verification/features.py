@@ -18,7 +18,7 @@ below its 5th (both parameters). The records carry every number.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +161,44 @@ class FeatureReference:
     ssim_min: float
     score_percentile: float = 95.0
     ssim_percentile: float = 5.0
+
+    def channel_stats(self, activations: Mapping[str, np.ndarray], stat: str) -> list[ChannelStats]:
+        """One image's per-channel ``stat`` (one of :data:`STATS`) in each reference layer beside the
+        reference set's mean and std. ``activations``: layer → (C, h, w) of that image. The reference stores,
+        per layer in order, the C means, then the C stds, then the C active fractions; this reads that
+        layout."""
+        if stat not in STATS:
+            raise ValueError(f"stat must be one of {STATS}, got {stat!r}")
+        k = STATS.index(stat)
+        out = []
+        offset = 0
+        for layer in self.layers:
+            acts = np.asarray(activations[layer])
+            c = acts.shape[0]
+            image = channel_statistics(torch.from_numpy(acts[None]).float()).numpy()[0]
+            part = slice(offset + k * c, offset + (k + 1) * c)
+            out.append(
+                ChannelStats(
+                    layer=layer,
+                    stat=stat,
+                    image=image[k * c : (k + 1) * c],
+                    ref_mean=self.stat_mean[part],
+                    ref_std=self.stat_std[part],
+                )
+            )
+            offset += len(STATS) * c
+        return out
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """One layer's per-channel statistic for an image beside the reference set's mean and spread (C,) each."""
+
+    layer: str
+    stat: str  # "mean" | "std" | "active"
+    image: np.ndarray
+    ref_mean: np.ndarray
+    ref_std: np.ndarray
 
 
 def build_feature_reference(
