@@ -1,0 +1,151 @@
+"""Counterfactual edits: kept pixels byte-identical, no value outside the image's range, fills by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from verification.counterfactual import (
+    dilate_mask,
+    masked_blur,
+    neutralise_inside,
+    neutralise_outside,
+    remove_finding,
+)
+from verification.errors import ShapeError
+
+
+def _phantom(size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noisy float image, a central square region, and a bright 'marker' block in the top-left corner."""
+    rng = np.random.default_rng(0)
+    img = (0.3 + 0.1 * rng.random((size, size))).astype(np.float32)
+    roi = np.zeros((size, size), bool)
+    roi[16:48, 16:48] = True
+    img[roi] = 0.5 + 0.1 * rng.random(int(roi.sum())).astype(np.float32)
+    img[2:10, 2:10] = 0.95  # the marker
+    img[4:8, 4:6] = 0.05  # its letter
+    return img, roi, rng.random((size, size)) < 0.5
+
+
+@pytest.mark.parametrize("layout", ["hw", "chw", "hwc", "uint8"])
+def test_neutralise_outside_keeps_the_anatomy_byte_identical(layout: str) -> None:
+    img, roi, _ = _phantom()
+    if layout == "chw":
+        img = np.stack([img, img * 0.5, img * 0.25])
+    elif layout == "hwc":
+        img = np.stack([img, img * 0.5, img * 0.25], axis=-1)
+    elif layout == "uint8":
+        img = np.round(img * 255).astype(np.uint8)
+    out = neutralise_outside(img, roi)
+    assert out.shape == img.shape
+    assert out.dtype == img.dtype
+    inside = (slice(None), roi) if layout == "chw" else roi
+    assert out[inside].tobytes() == img[inside].tobytes()
+    assert not np.array_equal(out, img)  # the outside did change
+
+
+def test_neutralise_outside_removes_the_marker_and_adds_no_value() -> None:
+    img, roi, _ = _phantom()
+    out = neutralise_outside(img, roi)
+    outside = ~roi
+    assert out[outside].min() >= img[outside].min()
+    assert out[outside].max() <= img[outside].max()
+    # marker 0.95 on a 0.3-0.4 background: a blur of sigma 0.08 * 64 = 5.1 px spreads its 64 px over ~2 pi
+    # sigma^2 = 165 px, so its peak falls to at most 0.35 + 0.6 * 64 / 165 ≈ 0.6, and its dark letter is gone.
+    assert out[2:10, 2:10].max() < 0.65
+    assert out[4:8, 4:6].min() > 0.3
+
+
+def test_neutralise_outside_constant_fill_is_the_outside_median() -> None:
+    img, roi, _ = _phantom()
+    out = neutralise_outside(img, roi, fill="median")
+    assert np.allclose(out[~roi], np.median(img[~roi].astype(np.float64)), atol=1e-6)
+
+
+def test_neutralise_inside_keeps_the_outside_and_fills_with_the_region_median() -> None:
+    img, roi, _ = _phantom()
+    out = neutralise_inside(img, roi)
+    assert out[~roi].tobytes() == img[~roi].tobytes()
+    assert np.allclose(out[roi], np.median(img[roi].astype(np.float64)), atol=1e-6)
+    blurred = neutralise_inside(img, roi, fill="blur")
+    assert blurred[~roi].tobytes() == img[~roi].tobytes()
+    assert img[roi].min() <= blurred[roi].min()
+    assert blurred[roi].max() <= img[roi].max()
+    assert blurred[roi].std() < 0.25 * img[roi].std()  # the region's own texture is averaged away
+
+
+def test_masked_blur_uses_only_valid_pixels() -> None:
+    # a single valid pixel: every output value is that pixel's value (hand-derived: G*(x v) / G*v = x_valid)
+    plane = np.random.default_rng(1).random((21, 21))
+    valid = np.zeros((21, 21), bool)
+    valid[10, 10] = True
+    assert np.allclose(masked_blur(plane, valid, 3.0), plane[10, 10])
+    # valid pixels all equal c: output c everywhere, whatever the invalid pixels hold
+    plane2 = np.where(valid | (np.arange(21)[None, :] < 5), 0.25, 9.0)
+    valid2 = plane2 == 0.25
+    assert np.allclose(masked_blur(plane2, valid2, 4.0), 0.25)
+
+
+def test_remove_finding_changes_only_the_dilated_mask_and_follows_a_ramp() -> None:
+    size = 48
+    ramp = np.tile(np.linspace(0.2, 0.6, size, dtype=np.float32), (size, 1))
+    yy, xx = np.mgrid[0:size, 0:size]
+    lesion = (yy - 24) ** 2 + (xx - 24) ** 2 <= 5**2
+    img = ramp.copy()
+    img[lesion] += 0.3
+    out = remove_finding(img, lesion)
+    grown = dilate_mask(lesion, max(round(0.015 * size), 1))
+    assert out[~grown].tobytes() == img[~grown].tobytes()
+    assert img.min() <= out.min()
+    assert out.max() <= img.max()
+    # Telea fills from the boundary by a distance-weighted first-order extrapolation: on a linear ramp each
+    # filled value lies within the ramp's values over the hole's width (8 px of 0.4/47 per px = 0.07).
+    err = np.abs(out[grown] - ramp[grown])
+    assert err.max() < 0.07, err.max()
+    # regression: OpenCV's float inpainting on [0, 1] values overshot to [-1, 2]
+    assert err.mean() < 0.03
+
+
+def test_remove_finding_on_a_demo_nodule_approaches_the_lesion_free_twin() -> None:
+    from assets import demo_world as dw
+    from assets.make_demo import case_rng, make_case
+
+    case = make_case(1234, "test", 1)  # a nodule
+    twin = dw.render_case(case_rng(1234, "test", 1), case.label, lesion_strength=0.0).image
+    assert case.label == 1
+    assert case.lesion_mask.any()
+    img = case.image.astype(np.float32) / 255
+    out = remove_finding(img, case.lesion_mask)
+    grown = dilate_mask(case.lesion_mask, 3)
+    truth = twin.astype(np.float32) / 255
+    before = float(np.abs(img - truth)[grown].mean())
+    after = float(np.abs(out - truth)[grown].mean())
+    # bench/counterfactual.py on the 20 test nodules: 39.6 grey levels before, 8.7 after. The lung texture
+    # (vessels, ribs, noise) cannot be recovered, so the tolerance is the lesion's error halved, and the
+    # fill's mean must match the lesion-free lung to 0.04 (10 grey levels; the lesion adds ~0.15 on average).
+    assert after < 0.5 * before, (before, after)
+    assert abs(float(out[grown].mean()) - float(truth[grown].mean())) < 0.04
+
+
+@pytest.mark.parametrize(
+    ("func", "mask"),
+    [
+        (neutralise_outside, np.zeros((16, 16), bool)),
+        (neutralise_outside, np.ones((16, 16), bool)),
+        (neutralise_inside, np.zeros((16, 16), bool)),
+        (neutralise_inside, np.zeros((8, 16), bool)),
+        (remove_finding, np.zeros((16, 16), bool)),
+    ],
+)
+def test_edits_refuse_masks_that_leave_nothing_to_do(func, mask) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ShapeError):
+        func(np.zeros((16, 16), np.float32), mask)
+
+
+def test_edits_refuse_non_finite_images() -> None:
+    img = np.zeros((16, 16), np.float32)
+    img[0, 0] = np.nan
+    roi = np.zeros((16, 16), bool)
+    roi[4:8, 4:8] = True
+    with pytest.raises(ShapeError, match="NaN"):
+        neutralise_outside(img, roi)

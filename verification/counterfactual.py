@@ -1,0 +1,233 @@
+"""Counterfactual image edits for evidence lines E3 and E4 (METHODS.md §3): pure functions on image arrays.
+
+- :func:`neutralise_outside`: everything outside the anatomical region replaced by a heavy blur of the
+  outside's own pixels (normalised convolution: no pixel of the region leaks out, no value is invented), so a
+  sharp token, letter or marker outside the anatomy disappears while the region stays byte-identical.
+- :func:`neutralise_inside`: the region filled from its own pixels (their median by default, or their heavy
+  blur), so any finding inside it is gone while the outside stays byte-identical.
+- :func:`remove_finding`: the annotated finding (its mask dilated by a few pixels) inpainted from its
+  surroundings (OpenCV Telea fast marching by default), so only pixels inside the dilated mask change.
+
+Every function takes an (H, W), channels-first (C, H, W) or channels-last (H, W, C) array of any dtype (uint8,
+uint16, float) and returns an array of the same shape and dtype; each output value lies within the range of
+the input's own values (per channel), so nothing brighter or darker than the image is added. Masks are (H, W)
+bool at the image's size. A region that is empty, or covers the whole image, leaves nothing to neutralise:
+:class:`~verification.errors.ShapeError` says so rather than returning the image unchanged.
+
+Fill parameters are fractions of the image's shorter side, so the same edit is made at any resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+
+from verification.errors import ShapeError
+
+__all__ = [
+    "InsideFill",
+    "OutsideFill",
+    "dilate_mask",
+    "masked_blur",
+    "neutralise_inside",
+    "neutralise_outside",
+    "remove_finding",
+]
+
+OutsideFill = Literal["blur", "median", "mean"]
+InsideFill = Literal["median", "mean", "blur"]
+
+# Defaults as fractions of the shorter side; 0.08 × 224 px = 18 px blurs a 26 × 22 px marker letter away.
+DEFAULT_OUTSIDE_SIGMA = 0.08
+DEFAULT_INSIDE_SIGMA = 0.1
+DEFAULT_FINDING_DILATION = (
+    0.015  # 3 px at 224: covers the soft edge that drawing or imaging leaves around a mask
+)
+DEFAULT_INPAINT_RADIUS = 0.025
+
+
+def _split_channels(image: np.ndarray) -> tuple[np.ndarray, str]:
+    """(C, H, W) float64 view of the image and its layout ("hw", "chw" or "hwc")."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        return arr[None].astype(np.float64), "hw"
+    if arr.ndim == 3:
+        if arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+            return arr.astype(np.float64), "chw"
+        if arr.shape[-1] in (1, 3, 4):
+            return np.moveaxis(arr, -1, 0).astype(np.float64), "hwc"
+        if arr.shape[0] in (1, 3, 4):
+            return arr.astype(np.float64), "chw"
+    raise ShapeError(f"image has shape {arr.shape}; expected (H, W), (C, H, W) or (H, W, C) with C = 1 or 3")
+
+
+def _merge(planes: np.ndarray, layout: str, like: np.ndarray) -> np.ndarray:
+    if layout == "hw":
+        out = planes[0]
+    elif layout == "chw":
+        out = planes
+    else:
+        out = np.moveaxis(planes, 0, -1)
+    if like.dtype.kind in "iu":
+        info = np.iinfo(like.dtype)
+        return np.clip(np.round(out), info.min, info.max).astype(like.dtype)
+    if like.dtype == np.bool_:
+        return out >= 0.5
+    return out.astype(like.dtype)
+
+
+def _check(image: np.ndarray, mask: np.ndarray, what: str) -> tuple[np.ndarray, str, np.ndarray]:
+    arr = np.asarray(image)
+    if arr.dtype.kind not in "biuf":
+        raise ShapeError(f"image samples of type {arr.dtype} are not numbers")
+    planes, layout = _split_channels(arr)
+    if not np.isfinite(planes).all():
+        raise ShapeError("image contains NaN or infinite values; counterfactual edits need finite pixels")
+    m = np.asarray(mask)
+    if m.ndim == 3 and 1 in (m.shape[0], m.shape[-1]):
+        m = m.reshape(m.shape[1:] if m.shape[0] == 1 else m.shape[:2])
+    if m.shape != planes.shape[1:]:
+        raise ShapeError(
+            f"{what} has shape {m.shape} but the image is {planes.shape[1:]}; "
+            "resize the mask to the image first"
+        )
+    return planes, layout, m.astype(bool)
+
+
+def _sigma(fraction: float, shape: tuple[int, ...]) -> float:
+    if fraction <= 0:
+        raise ShapeError(f"the blur width must be positive, got {fraction}")
+    return float(fraction * min(shape[-2:]))
+
+
+def masked_blur(plane: np.ndarray, valid: np.ndarray, sigma: float) -> np.ndarray:
+    """Normalised convolution: ``G * (x · valid) / G * valid`` with a Gaussian of ``sigma`` pixels, the heavy
+    blur of the valid pixels alone (invalid pixels never contribute). Where no valid pixel is within reach of
+    the kernel (weight < 1e-6) the value is the valid pixels' mean. (H, W) float64."""
+    v = valid.astype(np.float64)
+    num = ndi.gaussian_filter(plane * v, sigma, mode="nearest", truncate=4.0)
+    den = ndi.gaussian_filter(v, sigma, mode="nearest", truncate=4.0)
+    mean = float(plane[valid].mean())
+    out = np.where(den > 1e-6, num / np.maximum(den, 1e-12), mean)
+    lo, hi = float(plane[valid].min()), float(plane[valid].max())
+    return np.clip(out, lo, hi)
+
+
+def _fill(plane: np.ndarray, source: np.ndarray, how: str, sigma: float) -> np.ndarray:
+    if how == "median":
+        return np.full(plane.shape, float(np.median(plane[source])))
+    if how == "mean":
+        return np.full(plane.shape, float(plane[source].mean()))
+    if how == "blur":
+        return masked_blur(plane, source, sigma)
+    raise ShapeError(f"unknown fill {how!r}; use 'median', 'mean' or 'blur'")
+
+
+def _nonempty(m: np.ndarray, what: str) -> None:
+    if not m.any():
+        raise ShapeError(f"{what}: the anatomical region is empty, there is no anatomy to keep or remove")
+    if m.all():
+        raise ShapeError(f"{what}: the anatomical region covers the whole image, nothing lies outside it")
+
+
+def neutralise_outside(
+    image: np.ndarray,
+    roi: np.ndarray,
+    *,
+    fill: OutsideFill = "blur",
+    sigma: float = DEFAULT_OUTSIDE_SIGMA,
+) -> np.ndarray:
+    """The image with every pixel outside ``roi`` replaced from the outside's own pixels: ``"blur"`` (default)
+    a normalised Gaussian blur of width ``sigma`` × shorter side over the outside pixels only
+    (:func:`masked_blur`), ``"median"``/``"mean"`` their constant median or mean. Pixels inside ``roi`` are
+    returned unchanged, byte for byte; the result is within the outside's own range of values."""
+    planes, layout, m = _check(image, roi, "the anatomical region")
+    _nonempty(m, "neutralise_outside")
+    s = _sigma(sigma, planes.shape)
+    out = planes.copy()
+    for c in range(planes.shape[0]):
+        out[c][~m] = _fill(planes[c], ~m, fill, s)[~m]
+    result = _merge(out, layout, np.asarray(image))
+    return _keep_exact(result, np.asarray(image), m, layout)
+
+
+def neutralise_inside(
+    image: np.ndarray,
+    roi: np.ndarray,
+    *,
+    fill: InsideFill = "median",
+    sigma: float = DEFAULT_INSIDE_SIGMA,
+) -> np.ndarray:
+    """The image with every pixel inside ``roi`` replaced from the region's own pixels: ``"median"`` (default)
+    or ``"mean"`` as a constant, ``"blur"`` a normalised Gaussian blur of width ``sigma`` × shorter side over
+    the region only. Pixels outside ``roi`` are returned unchanged, byte for byte."""
+    planes, layout, m = _check(image, roi, "the anatomical region")
+    _nonempty(m, "neutralise_inside")
+    s = _sigma(sigma, planes.shape)
+    out = planes.copy()
+    for c in range(planes.shape[0]):
+        out[c][m] = _fill(planes[c], m, fill, s)[m]
+    result = _merge(out, layout, np.asarray(image))
+    return _keep_exact(result, np.asarray(image), ~m, layout)
+
+
+def _keep_exact(result: np.ndarray, image: np.ndarray, keep: np.ndarray, layout: str) -> np.ndarray:
+    """Copy the kept pixels from the input itself, so they are identical whatever the dtype round trip did."""
+    if layout == "hw":
+        result[keep] = image[keep]
+    elif layout == "chw":
+        result[:, keep] = image[:, keep]
+    else:
+        result[keep, :] = image[keep, :]
+    return result
+
+
+def dilate_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """(H, W) bool mask dilated by a disc of ``radius_px`` pixels (0: unchanged)."""
+    m = np.asarray(mask, bool)
+    if radius_px <= 0:
+        return m.copy()
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius_px + 1, 2 * radius_px + 1))
+    return cv2.dilate(m.astype(np.uint8), disc) > 0
+
+
+def remove_finding(
+    image: np.ndarray,
+    lesion_mask: np.ndarray,
+    *,
+    dilation: float = DEFAULT_FINDING_DILATION,
+    radius: float = DEFAULT_INPAINT_RADIUS,
+    method: Literal["telea", "ns"] = "telea",
+) -> np.ndarray:
+    """The image with the annotated finding inpainted from its surroundings: ``lesion_mask`` dilated by
+    ``dilation`` × shorter side (at least one pixel), then OpenCV's inpainting (Telea's fast marching, or
+    Navier-Stokes) with neighbourhood ``radius`` × shorter side. Only pixels in the dilated mask change; the
+    result stays within the image's own range."""
+    planes, layout, m = _check(image, lesion_mask, "the finding's mask")
+    if not m.any():
+        raise ShapeError(
+            "remove_finding: the finding's mask is empty; there is no annotated finding to remove"
+        )
+    side = min(planes.shape[1:])
+    grown = dilate_mask(m, max(round(dilation * side), 1))
+    if grown.all():
+        raise ShapeError(
+            "remove_finding: the finding covers the whole image; nothing is left to inpaint from"
+        )
+    flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
+    r = max(float(radius * side), 1.0)
+    out = planes.copy()
+    for c in range(planes.shape[0]):
+        plane = planes[c]
+        lo, hi = float(plane.min()), float(plane.max())
+        # OpenCV's float inpainting assumes grey levels on a 0-255 scale: on [0, 1] values Telea's fast
+        # marching overshoots to [-1, 2] (measured, OpenCV 5.0). Work on the image's range mapped to 0-255.
+        scale = 255.0 / (hi - lo) if hi > lo else 1.0
+        unit = ((plane - lo) * scale).astype(np.float32)
+        filled = cv2.inpaint(unit, grown.astype(np.uint8), r, flag).astype(np.float64) / scale + lo
+        out[c][grown] = np.clip(filled[grown], lo, hi)
+    result = _merge(out, layout, np.asarray(image))
+    return _keep_exact(result, np.asarray(image), ~grown, layout)
