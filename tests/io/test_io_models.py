@@ -225,7 +225,7 @@ def test_export_with_wrong_sidecar_input_size_fails_forward(tmp_path: Path) -> N
     path = tmp_path / "static.pt2"
     torch.export.save(program, path)
     path.with_suffix(".json").write_text(json.dumps({"input_size": [40, 40]}))
-    with pytest.raises(ModelForwardError, match=r"dummy input of shape \(1, 1, 40, 40\)"):
+    with pytest.raises(ModelForwardError, match=r"test input of shape \(1, 1, 40, 40\)"):
         load_model(path)
 
 
@@ -335,11 +335,11 @@ def test_forward_that_raises(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelForwardError, match=r"raised RuntimeError.*boom"):
         check_forward(loaded)
-    # a 3-level U-Net pools a 4×4 input down to nothing: load_model's dry run reports it
+    # a 5-level U-Net pools a 16×16 input down to nothing: load_model's dry run reports it
     path = tmp_path / "w.pth"
-    torch.save(build_architecture("unet", num_classes=2, in_channels=1, base=2).state_dict(), path)
-    sidecar = {"architecture": "unet", "arch_kwargs": {"base": 2}, "input_size": [4, 4]}
-    with pytest.raises(ModelForwardError, match=r"\(1, 1, 4, 4\)"):
+    torch.save(build_architecture("unet", num_classes=2, in_channels=1, base=2, depth=5).state_dict(), path)
+    sidecar = {"architecture": "unet", "arch_kwargs": {"base": 2, "depth": 5}, "input_size": [16, 16]}
+    with pytest.raises(ModelForwardError, match=r"\(1, 1, 16, 16\)"):
         load_model_bytes(path.read_bytes(), "w.pth", sidecar_json=sidecar)
 
 

@@ -6,6 +6,9 @@ Nothing here downloads weights: torchvision builders are called without ``weight
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +31,88 @@ TORCHVISION_FAMILIES: tuple[str, ...] = (
 """Name prefixes of the torchvision classification families that ``build_architecture`` accepts."""
 
 SEGMENTATION_ARCHITECTURES: frozenset[str] = frozenset({"unet"})
+
+
+@dataclass(frozen=True)
+class Param:
+    """One accepted architecture argument: its type and inclusive bounds (numbers) or choices."""
+
+    kind: type
+    lo: float | None = None
+    hi: float | None = None
+
+    def check(self, arch: str, key: str, value: Any) -> Any:
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ModelLoadError(
+                    f"arch_kwargs '{key}' of '{arch}' must be true or false, got {_short(value)}"
+                )
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ModelLoadError(f"arch_kwargs '{key}' of '{arch}' must be a number, got {_short(value)}")
+        if self.kind is int and not float(value).is_integer():
+            raise ModelLoadError(f"arch_kwargs '{key}' of '{arch}' must be an integer, got {_short(value)}")
+        number = int(value) if self.kind is int else float(value)
+        if (
+            not math.isfinite(number)
+            or (self.lo is not None and number < self.lo)
+            or (self.hi is not None and number > self.hi)
+        ):
+            raise ModelLoadError(
+                f"{key} must be between {self.lo:g} and {self.hi:g}, got {_short(value)} "
+                f"(arch_kwargs of '{arch}')"
+            )
+        return number
+
+
+_PROB = Param(float, 0.0, 0.99)
+_FLAG = Param(bool)
+# Accepted keyword arguments per family (name prefix): only sizes and regularisation, never paths,
+# callables or anything a builder would read from disk or download (timm's checkpoint_path, pretrained_cfg).
+ARCH_KWARGS: dict[str, dict[str, Param]] = {
+    "resnet": {"zero_init_residual": _FLAG},
+    "resnext": {"zero_init_residual": _FLAG},
+    "wide_resnet": {"zero_init_residual": _FLAG},
+    "densenet": {"drop_rate": _PROB, "memory_efficient": _FLAG},
+    "efficientnet_": {"dropout": _PROB, "stochastic_depth_prob": _PROB},
+    "mobilenet_v2": {
+        "width_mult": Param(float, 0.1, 2.0),
+        "round_nearest": Param(int, 1, 32),
+        "dropout": _PROB,
+    },
+    "mobilenet_v3_": {
+        "width_mult": Param(float, 0.1, 2.0),
+        "reduced_tail": _FLAG,
+        "dilated": _FLAG,
+        "dropout": _PROB,
+    },
+    "vgg": {"dropout": _PROB, "init_weights": _FLAG},
+    "convnext_": {"stochastic_depth_prob": _PROB, "layer_scale": Param(float, 1e-8, 1.0)},
+    "unet": {"base": Param(int, 1, 128), "depth": Param(int, 1, 5)},
+    "timm/": {"drop_rate": _PROB, "drop_path_rate": _PROB},
+}
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def check_arch_kwargs(name: str, arch_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``arch_kwargs`` checked against :data:`ARCH_KWARGS` for ``name``: unknown keys, wrong types and
+    out-of-bound values raise ModelLoadError (with a message of bounded length)."""
+    family = next((f for f in ARCH_KWARGS if name == f or name.startswith(f)), None)
+    allowed = ARCH_KWARGS.get(family, {}) if family is not None else {}
+    unknown = [str(k) for k in arch_kwargs if k not in allowed]
+    if unknown:
+        accepted = ", ".join(sorted(allowed)) or "none"
+        shown = ", ".join(_short(k, 40) for k in unknown[:5]) + (
+            f" (+{len(unknown) - 5})" if len(unknown) > 5 else ""
+        )
+        raise ModelLoadError(
+            f"architecture '{_short(name, 60)}' does not accept arguments {shown}; accepted: {accepted}"
+        )
+    return {key: allowed[key].check(name, key, value) for key, value in arch_kwargs.items()}
 
 
 class _DoubleConv(nn.Sequential):
@@ -127,6 +212,7 @@ def build_architecture(name: str, *, num_classes: int, in_channels: int = 3, **a
         raise ModelLoadError(
             f"num_classes and in_channels must be positive (got {num_classes}, {in_channels})"
         )
+    arch_kwargs = check_arch_kwargs(name, arch_kwargs)
     model: nn.Module
     try:
         if name == "unet":

@@ -14,9 +14,8 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -29,7 +28,15 @@ from verification.errors import (
     UntrustedFileError,
 )
 from verification.io.architectures import build_architecture, default_task
+from verification.io.pt2 import describe_problems, untrusted_pt2_problems
 from verification.io.records import LoadedModel, SourceFormat, Task
+from verification.io.sidecar import (
+    MAX_IN_CHANNELS,
+    MAX_INPUT_SIDE,
+    Sidecar,
+    parse_sidecar,
+    read_sidecar_file,
+)
 
 __all__ = [
     "DEFAULT_MAX_MODEL_BYTES",
@@ -49,20 +56,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # One-channel default: the mean of the ImageNet statistics, i.e. what a grey copy of an RGB image would get.
 GRAY_MEAN = (0.449,)
 GRAY_STD = (0.226,)
+# Beyond these, weights or dry-run outputs are corrupt or mis-scaled (trained CNNs stay many orders below).
+MAX_ABS_WEIGHT = 1e12
+MAX_ABS_OUTPUT = 1e6
 
-SIDECAR_KEYS = frozenset(
-    {
-        "architecture",
-        "arch_kwargs",
-        "in_channels",
-        "num_classes",
-        "class_names",
-        "input_size",
-        "mean",
-        "std",
-        "task",
-        "garbage_class",
-    }
+_TRUST_ADVICE = (
+    "If you trust where the file came from, opt in (trust=True, the CLI's trust flag or the dashboard's "
+    "'trust this file' checkbox); better, re-save model.state_dict() as .safetensors with a JSON sidecar "
+    "that names its architecture."
 )
 
 _TORCHSCRIPT_ADVICE = (
@@ -73,102 +74,6 @@ _TORCHSCRIPT_ADVICE = (
     "the architecture), or as a torch.export program: torch.export.save(torch.export.export(model, "
     "(example_input,), dynamic_shapes=({0: torch.export.Dim('batch')},)), 'model.pt2')."
 )
-
-
-@dataclass(frozen=True)
-class _Sidecar:
-    """The validated JSON sidecar; ``None`` means "not given"."""
-
-    architecture: str | None = None
-    arch_kwargs: Mapping[str, Any] | None = None
-    in_channels: int | None = None
-    num_classes: int | None = None
-    class_names: tuple[str, ...] | None = None
-    input_size: tuple[int, int] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    task: Task | None = None
-    garbage_class: str | None = None
-
-
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ModelLoadError(f"sidecar key '{key}' must be a positive integer, got {value!r}")
-    return value
-
-
-def _float_tuple(value: Any, key: str) -> tuple[float, ...]:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, list | tuple) or not value:
-        raise ModelLoadError(f"sidecar key '{key}' must be a non-empty list of numbers, got {value!r}")
-    try:
-        return tuple(float(v) for v in value)
-    except (TypeError, ValueError) as exc:
-        raise ModelLoadError(f"sidecar key '{key}' must hold numbers, got {value!r}") from exc
-
-
-def _parse_sidecar(raw: Mapping[str, Any] | None) -> _Sidecar:
-    if raw is None:
-        return _Sidecar()
-    if not isinstance(raw, Mapping):
-        raise ModelLoadError("the model sidecar JSON must be an object with keys such as 'architecture'")
-    unknown = set(raw) - SIDECAR_KEYS
-    if unknown:
-        logger.warning("ignoring unknown sidecar keys %s (known: %s)", sorted(unknown), sorted(SIDECAR_KEYS))
-    arch = raw.get("architecture")
-    if arch is not None and not isinstance(arch, str):
-        raise ModelLoadError(f"sidecar key 'architecture' must be a string, got {arch!r}")
-    kwargs = raw.get("arch_kwargs")
-    if kwargs is not None and not isinstance(kwargs, Mapping):
-        raise ModelLoadError(f"sidecar key 'arch_kwargs' must be an object, got {kwargs!r}")
-    names = raw.get("class_names")
-    if names is not None and (
-        not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) for n in names)
-    ):
-        raise ModelLoadError(f"sidecar key 'class_names' must be a non-empty list of strings, got {names!r}")
-    if names is not None and len(set(names)) != len(names):
-        raise ModelLoadError(f"sidecar key 'class_names' has duplicates: {names!r}")
-    size = raw.get("input_size")
-    if size is not None:
-        if isinstance(size, int):
-            size = [size, size]
-        if not isinstance(size, list | tuple) or len(size) != 2:
-            raise ModelLoadError(f"sidecar key 'input_size' must be [height, width], got {size!r}")
-        size = (_positive_int(size[0], "input_size"), _positive_int(size[1], "input_size"))
-    task = raw.get("task")
-    if task is not None and task not in get_args(Task):
-        raise ModelLoadError(f"sidecar key 'task' must be one of {get_args(Task)}, got {task!r}")
-    garbage = raw.get("garbage_class")
-    if garbage is not None and not isinstance(garbage, str):
-        raise ModelLoadError(f"sidecar key 'garbage_class' must be a class name, got {garbage!r}")
-    std = _float_tuple(raw["std"], "std") if raw.get("std") is not None else None
-    if std is not None and any(s <= 0 for s in std):
-        raise ModelLoadError(f"sidecar key 'std' must be positive, got {list(std)}")
-    return _Sidecar(
-        architecture=arch,
-        arch_kwargs=dict(kwargs) if kwargs is not None else None,
-        in_channels=_positive_int(raw["in_channels"], "in_channels") if "in_channels" in raw else None,
-        num_classes=_positive_int(raw["num_classes"], "num_classes") if "num_classes" in raw else None,
-        class_names=tuple(names) if names is not None else None,
-        input_size=size,
-        mean=_float_tuple(raw["mean"], "mean") if raw.get("mean") is not None else None,
-        std=std,
-        task=cast(Task | None, task),
-        garbage_class=garbage,
-    )
-
-
-def _read_sidecar_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"sidecar file '{path}' does not exist") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"sidecar file '{path}' is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"sidecar file '{path}' must hold a JSON object")
-    return data
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -264,12 +169,14 @@ def _probe_layer_keys(
 
 
 def _summarise(keys: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(keys[:limit])
+    shown = ", ".join(k if len(k) <= 80 else f"{k[:79]}…" for k in keys[:limit])
     return f"{shown}, … ({len(keys) - limit} more)" if len(keys) > limit else shown
 
 
-def _load_weights_checked(model: nn.Module, sd: dict[str, torch.Tensor], architecture: str) -> None:
-    expected = model.state_dict()
+def _check_fit(
+    expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], architecture: str
+) -> None:
+    """The state dict's keys and shapes against the architecture's (``expected`` may be on meta)."""
     missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = sorted(k for k in sd if k not in expected)
     mismatched = [
@@ -289,7 +196,39 @@ def _load_weights_checked(model: nn.Module, sd: dict[str, torch.Tensor], archite
             f"the weights do not fit architecture '{architecture}': {'; '.join(parts)}. Check the "
             "architecture name and arch_kwargs in the sidecar JSON (or the architecture argument)."
         )
-    model.load_state_dict(sd, strict=False)
+
+
+def _check_finite_weights(named: Mapping[str, torch.Tensor], filename: str) -> None:
+    """Non-finite or absurdly large weights load silently and only show as NaN maps later: refuse them."""
+    for key, t in named.items():
+        if not t.is_floating_point() or t.numel() == 0 or t.is_meta:
+            continue
+        if not bool(torch.isfinite(t).all()):
+            raise ModelLoadError(
+                f"'{filename}' has NaN or infinite values in '{key[:80]}'; the weights are broken (a "
+                "diverged training run or a corrupt file). Use a checkpoint from before the failure."
+            )
+        peak = float(t.detach().abs().max())
+        if peak > MAX_ABS_WEIGHT:
+            raise ModelLoadError(
+                f"'{filename}' has a weight of magnitude {peak:.3g} in '{key[:80]}' (above "
+                f"{MAX_ABS_WEIGHT:.0e}); the weights are corrupt or mis-scaled"
+            )
+
+
+def _meta_build(
+    architecture: str, num_classes: int, in_channels: int, kwargs: Mapping[str, Any]
+) -> nn.Module | None:
+    try:
+        with torch.device("meta"):
+            return build_architecture(
+                architecture, num_classes=num_classes, in_channels=in_channels, **kwargs
+            )
+    except ModelLoadError:
+        raise
+    except Exception:  # some builders compute on tensors during __init__
+        logger.debug("meta-device build of %s failed", architecture, exc_info=True)
+        return None
 
 
 def _resolve(name: str, from_sidecar: int | None, from_weights: int | None, default: int) -> int:
@@ -301,7 +240,7 @@ def _resolve(name: str, from_sidecar: int | None, from_weights: int | None, defa
 
 
 def _module_from_state_dict(
-    sd: dict[str, torch.Tensor], sc: _Sidecar, architecture: str | None, filename: str
+    sd: dict[str, torch.Tensor], sc: Sidecar, architecture: str | None, filename: str
 ) -> tuple[nn.Module, str, dict[str, Any], int, int, Task]:
     arch = architecture or sc.architecture
     if arch is None:
@@ -324,8 +263,14 @@ def _module_from_state_dict(
             f"the sidecar says num_classes={sc.num_classes} but lists {n_from_names} class names"
         )
     num_classes = _resolve("num_classes", sc.num_classes or n_from_names, w_cls, 1000)
+    _check_finite_weights(sd, filename)
+    # Shapes checked on an unallocated build first: a mismatched (or huge) architecture costs no memory.
+    probe = _meta_build(arch, num_classes, in_channels, kwargs)
+    if probe is not None:
+        _check_fit(probe.state_dict(), sd, arch)
     model = build_architecture(arch, num_classes=num_classes, in_channels=in_channels, **kwargs)
-    _load_weights_checked(model, sd, arch)
+    _check_fit(model.state_dict(), sd, arch)
+    model.load_state_dict(sd, strict=False)
     return model, arch, kwargs, in_channels, num_classes, task
 
 
@@ -333,15 +278,31 @@ def _module_from_state_dict(
 # The dry run.
 
 
-def _dry_forward(module: nn.Module, in_channels: int, input_size: tuple[int, int]) -> torch.Tensor:
-    x = torch.zeros(1, in_channels, *input_size)
+def probe_input(
+    in_channels: int, input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """A realistic dry-run input (1, C, H, W): a smooth synthetic picture in [0, 1] (a vertical ramp plus a
+    bright disc and a horizontal stripe pattern), normalised with the model's mean/std. Unlike zeros, it
+    makes every weight contribute, so mis-scaled weights overflow here instead of on the first real image."""
+    h, w = input_size
+    yy = torch.linspace(0.0, 1.0, h).view(h, 1).expand(h, w)
+    xx = torch.linspace(0.0, 1.0, w).view(1, w).expand(h, w)
+    disc = (((yy - 0.5) ** 2 + (xx - 0.45) ** 2) < 0.06).float()
+    picture = (0.15 + 0.4 * yy + 0.35 * disc + 0.1 * torch.sin(xx * 37.0)).clamp(0.0, 1.0)
+    x = picture.expand(1, in_channels, h, w)
+    m = torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x - m) / s).contiguous()
+
+
+def _dry_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     try:
         with torch.no_grad():
             out = module(x)
     except Exception as exc:
         raise ModelForwardError(
-            f"the model raised {type(exc).__name__} on a dummy input of shape {tuple(x.shape)}: {exc}. Check "
-            "in_channels and input_size in the sidecar JSON, or the model's code."
+            f"the model raised {type(exc).__name__} on a test input of shape {tuple(x.shape)}: "
+            f"{str(exc)[:300]}. Check in_channels and input_size in the sidecar JSON, or the model's code."
         ) from exc
     if not isinstance(out, torch.Tensor):
         raise ModelForwardError(
@@ -366,13 +327,22 @@ def _validate_output(out: torch.Tensor, loaded: LoadedModel) -> None:
         )
     if not torch.isfinite(out).all():
         raise ModelForwardError(
-            "the model produced NaN or infinite outputs on a dummy input; its weights are broken"
+            "the model produced NaN or infinite outputs on a test image (a synthetic picture normalised with "
+            "its mean/std); its weights or normalisation are broken"
+        )
+    peak = float(out.abs().max()) if out.numel() else 0.0
+    if peak > MAX_ABS_OUTPUT:
+        raise ModelForwardError(
+            f"the model produced outputs of magnitude {peak:.3g} on a test image (above "
+            f"{MAX_ABS_OUTPUT:.0e}); its weights or normalisation are mis-scaled"
         )
 
 
 def check_forward(loaded: LoadedModel) -> None:
-    """Run one dummy forward under no_grad at ``input_size``; raise ModelForwardError if it fails."""
-    _validate_output(_dry_forward(loaded.module, loaded.in_channels, loaded.input_size), loaded)
+    """Run one forward under no_grad on :func:`probe_input` at ``input_size``; raise ModelForwardError if it
+    fails or gives non-finite or absurd outputs."""
+    x = probe_input(loaded.in_channels, loaded.input_size, loaded.mean, loaded.std)
+    _validate_output(_dry_forward(loaded.module, x), loaded)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -396,7 +366,7 @@ def _norm(
 def _assemble(
     module: nn.Module,
     *,
-    sc: _Sidecar,
+    sc: Sidecar,
     source_format: SourceFormat,
     content_hash: str,
     name: str,
@@ -409,9 +379,18 @@ def _assemble(
 ) -> LoadedModel:
     module.eval()
     size = sc.input_size or input_size or DEFAULT_INPUT_SIZE
+    if max(size) > MAX_INPUT_SIDE or min(size) < 1 or not 1 <= in_channels <= MAX_IN_CHANNELS:
+        raise ModelLoadError(
+            f"the model's input of {in_channels} channels × {size[0]}×{size[1]} is outside the accepted "
+            f"range (1 to {MAX_IN_CHANNELS} channels, sides up to {MAX_INPUT_SIDE}); export it smaller"
+        )
+    _check_finite_weights(module.state_dict(), name)
+    rgb = in_channels == 3
+    mean = _norm(sc.mean, IMAGENET_MEAN if rgb else GRAY_MEAN, in_channels, "mean")
+    std = _norm(sc.std, IMAGENET_STD if rgb else GRAY_STD, in_channels, "std")
     out: torch.Tensor | None = None
     if num_classes is None:  # a whole module: the output tells the class count and the task
-        out = _dry_forward(module, in_channels, size)
+        out = _dry_forward(module, probe_input(in_channels, size, mean, std))
         if out.ndim not in (2, 4):
             raise ModelForwardError(
                 f"the model returned shape {tuple(out.shape)}; expected (N, classes) or (N, classes, H, W)"
@@ -425,16 +404,15 @@ def _assemble(
         )
     if sc.garbage_class is not None and sc.garbage_class not in names:
         raise ModelLoadError(
-            f"garbage_class '{sc.garbage_class}' is not one of the class names {list(names)}"
+            f"garbage_class '{sc.garbage_class}' is not one of the class names ({_summarise(list(names), 8)})"
         )
-    rgb = in_channels == 3
     loaded = LoadedModel(
         module=module,
         in_channels=in_channels,
         input_size=size,
         class_names=tuple(names),
-        mean=_norm(sc.mean, IMAGENET_MEAN if rgb else GRAY_MEAN, in_channels, "mean"),
-        std=_norm(sc.std, IMAGENET_STD if rgb else GRAY_STD, in_channels, "std"),
+        mean=mean,
+        std=std,
         source_format=source_format,
         content_hash=content_hash,
         architecture=architecture,
@@ -457,11 +435,30 @@ def _first_conv_in_channels(module: nn.Module) -> int | None:
     return None
 
 
-def _load_export(data: bytes, filename: str) -> tuple[nn.Module, int | None, tuple[int, int] | None]:
+def _untrusted(filename: str, contains: str) -> UntrustedFileError:
+    return UntrustedFileError(
+        f"'{filename}' contains {contains}, so loading it would run code from the file. Nothing was "
+        f"executed. {_TRUST_ADVICE}"
+    )
+
+
+def _load_export(
+    data: bytes, filename: str, *, trust: bool, max_bytes: int
+) -> tuple[nn.Module, int | None, tuple[int, int] | None]:
+    # Inspected before torch.export.load runs: it unpickles, evaluates and executes parts of the archive.
+    problems = untrusted_pt2_problems(data, filename, max_bytes=max_bytes, trust=trust)
+    if problems:
+        found = describe_problems(problems)
+        raise _untrusted(filename, f"parts that torch.export.load would execute ({found})")
+    if trust:
+        logger.warning("loading torch.export archive '%s' with full trust: its code may run", filename)
     try:
         program = torch.export.load(io.BytesIO(data))
     except Exception as exc:
-        raise ModelLoadError(f"'{filename}' could not be read as a torch.export program: {exc}") from exc
+        raise ModelLoadError(
+            f"'{filename}' could not be read as a torch.export program: {type(exc).__name__}: "
+            f"{str(exc)[:300]}"
+        ) from exc
     shape: tuple[Any, ...] = ()
     user_inputs = set(program.graph_signature.user_inputs)
     for node in program.graph.nodes:
@@ -496,8 +493,9 @@ def _load_from_bytes(
     architecture: str | None,
     trust: bool,
     name: str | None,
+    max_bytes: int = DEFAULT_MAX_MODEL_BYTES,
 ) -> LoadedModel:
-    sc = _parse_sidecar(sidecar)
+    sc = parse_sidecar(sidecar)
     digest = hashlib.sha256(data).hexdigest()
     name = name or Path(filename).stem or "model"
     fmt = _detect_format(data, filename)
@@ -506,7 +504,7 @@ def _load_from_bytes(
             f"'{filename}' is a TorchScript file (torch.jit.script or trace). {_TORCHSCRIPT_ADVICE}"
         )
     if fmt == "export":
-        module, in_ch, size = _load_export(data, filename)
+        module, in_ch, size = _load_export(data, filename, trust=trust, max_bytes=max_bytes)
         in_channels = sc.in_channels or in_ch or _first_conv_in_channels(module) or 3
         return _assemble(
             module,
@@ -539,13 +537,7 @@ def _load_from_bytes(
             source = "state_dict"
         except pickle.UnpicklingError as exc:
             if not trust:
-                raise UntrustedFileError(
-                    f"'{filename}' contains pickled Python objects{_unsupported_global(exc)}, so loading "
-                    "it would run code from the file. Nothing was executed. If you trust where the file came "
-                    "from, opt in (trust=True, the CLI's trust flag or the dashboard's 'trust this file' "
-                    "checkbox); better, re-save model.state_dict() as .safetensors with a JSON sidecar "
-                    "that names its architecture."
-                ) from exc
+                raise _untrusted(filename, f"pickled Python objects{_unsupported_global(exc)}") from exc
             logger.warning("unpickling '%s' with full trust: code in the file may run", filename)
             try:
                 obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
@@ -614,9 +606,15 @@ def load_model(
         raise ModelLoadError(f"model file '{path}' does not exist")
     _check_size(path.stat().st_size, max_bytes, f"model file '{path.name}'")
     sidecar_path = Path(sidecar) if sidecar is not None else path.with_suffix(".json")
-    raw = _read_sidecar_file(sidecar_path) if sidecar is not None or sidecar_path.is_file() else None
+    raw = read_sidecar_file(sidecar_path) if sidecar is not None or sidecar_path.is_file() else None
     return _load_from_bytes(
-        path.read_bytes(), path.name, sidecar=raw, architecture=architecture, trust=trust, name=name
+        path.read_bytes(),
+        path.name,
+        sidecar=raw,
+        architecture=architecture,
+        trust=trust,
+        name=name,
+        max_bytes=max_bytes,
     )
 
 
@@ -633,7 +631,13 @@ def load_model_bytes(
     """Load an uploaded model file from memory; same formats and rules as :func:`load_model`."""
     _check_size(len(data), max_bytes, f"uploaded model '{filename}'")
     return _load_from_bytes(
-        bytes(data), filename, sidecar=sidecar_json, architecture=architecture, trust=trust, name=name
+        bytes(data),
+        filename,
+        sidecar=sidecar_json,
+        architecture=architecture,
+        trust=trust,
+        name=name,
+        max_bytes=max_bytes,
     )
 
 
