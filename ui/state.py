@@ -113,6 +113,8 @@ class K:
     DATASET_UPLOAD: StateKey[Any] = StateKey("dataset_upload", _const(None))
     DATASET_FOLDER: StateKey[str] = StateKey("dataset_folder", _const(""))
     DATASET_RESULT: StateKey[Any] = StateKey("dataset_result", _const(None))  # ui.loaders.DatasetResult
+    # Run the faithfulness line E6 (deletion/insertion, ~40 extra forwards per image) in the verdicts.
+    VERIFY_FAITHFULNESS: StateKey[bool] = StateKey("verify_faithfulness", _const(False))
     CONSISTENCY_METHODS: StateKey[list[str]] = StateKey(
         "consistency_methods", lambda: ["gradcam", "gradcampp", "layercam"]
     )
@@ -141,4 +143,5 @@ class K:
             cls.EXPORT_GALLERY,
             cls.DATASET_SOURCE,
             cls.DATASET_FOLDER,
+            cls.VERIFY_FAITHFULNESS,
         )
