@@ -2,24 +2,30 @@
 
 No Streamlit here: the sidebar hands over ``(filename, bytes)`` pairs, so the tests drive this directly. Zip
 archives are opened with limits on the number of entries and on the bytes actually decompressed (not the sizes
-the archive declares, which a zip bomb can lie about).
+the archive declares, which a zip bomb can lie about). One :class:`~verification.io.budget.Budget` spans the
+whole upload: entries and decompressed bytes are summed across all its archives, and the decoded size of all
+its images (from their headers, before any is decoded) is bounded too.
 """
 
 from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from verification.batch import IMAGE_SUFFIXES as BATCH_SUFFIXES
 from verification.errors import ImageLoadError, InputTooLargeError
+from verification.io.archive import entry_name_problem
+from verification.io.budget import Budget, ResourceLimits
+from verification.io.images import image_cost
 
 # The batch loader's image suffixes, plus none at all: DICOM files inside archives often have no suffix.
 IMAGE_SUFFIXES = frozenset(BATCH_SUFFIXES | {""})
 MAX_ZIP_ENTRIES = 5000
-MAX_ZIP_TOTAL_BYTES = 1 << 30  # 1 GiB decompressed across one archive
+MAX_ZIP_TOTAL_BYTES = 1 << 30  # 1 GiB decompressed across all archives of one upload
 MAX_ZIP_RATIO = 200  # an entry that inflates more than this is treated as a bomb
 _CHUNK = 1 << 20
 
@@ -47,6 +53,10 @@ def _skippable(path: PurePosixPath) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
 
 
+def _budget(max_entries: int, max_total_bytes: int) -> Budget:
+    return Budget(ResourceLimits(max_archive_entries=max_entries, max_archive_bytes=max_total_bytes))
+
+
 def _read_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, archive: str) -> bytes:
     """Decompress one entry, stopping as soon as it exceeds its declared size, the ratio or the budget."""
     limit = min(budget, max(info.compress_size, 1) * MAX_ZIP_RATIO, info.file_size)
@@ -58,7 +68,7 @@ def _read_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, archi
                 raise InputTooLargeError(
                     f"{archive}: entry {info.filename!r} decompresses to more than "
                     f"{limit:,} bytes (its declared size, {MAX_ZIP_RATIO}x its compressed size, or what is "
-                    f"left of the {MAX_ZIP_TOTAL_BYTES:,}-byte archive limit). Upload a smaller archive."
+                    "left of the upload's archive limit). Upload a smaller archive."
                 )
     return bytes(out)
 
@@ -70,9 +80,12 @@ def expand_zip(
     max_entries: int = MAX_ZIP_ENTRIES,
     max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
     suffixes: frozenset[str] = IMAGE_SUFFIXES,
+    budget: Budget | None = None,
 ) -> Expanded:
     """The entries of a zip archive whose suffix is in ``suffixes`` (images by default), labelled by their
-    parent folder; other entries are listed as skipped."""
+    parent folder; other entries are listed as skipped. ``budget`` carries the upload's totals across archives
+    (by default one for this archive alone, with ``max_entries`` and ``max_total_bytes``)."""
+    budget = budget if budget is not None else _budget(max_entries, max_total_bytes)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
@@ -89,21 +102,43 @@ def expand_zip(
             raise InputTooLargeError(
                 f"{name} would decompress to {declared:,} bytes; at most {max_total_bytes:,} are accepted."
             )
+        room = budget.archive_room()
+        if declared > room:
+            raise InputTooLargeError(
+                f"{name} would decompress to {declared:,} bytes, more than the {max(room, 0):,} left of this "
+                f"upload's {budget.limits.max_archive_bytes:,}-byte limit for all archives together."
+            )
+        budget.charge_entries(len(infos), name)
+        for info in infos:  # declared ratios first: a bomb is refused before a byte is inflated
+            ratio_cap = max(info.compress_size, 1) * MAX_ZIP_RATIO
+            if info.file_size > max(ratio_cap, _CHUNK):
+                raise InputTooLargeError(
+                    f"{name}: entry {info.filename[:120]!r} decompresses to more than {MAX_ZIP_RATIO}x its "
+                    f"compressed size ({info.file_size:,} bytes from {info.compress_size:,}): a zip bomb."
+                )
         blobs: list[Blob] = []
         skipped: list[str] = []
-        budget = max_total_bytes
         for info in infos:
             path = PurePosixPath(info.filename)
-            if _skippable(path):
+            if _skippable(path) or entry_name_problem(info.filename) is not None:
                 continue
             if path.suffix.lower() not in suffixes:
                 skipped.append(info.filename)
                 continue
             try:
-                content = _read_bounded(zf, info, budget, name)
-            except (zipfile.BadZipFile, OSError, RuntimeError) as exc:  # corrupt entry or encrypted
-                raise ImageLoadError(f"{name}: entry {info.filename!r} cannot be read ({exc}).") from exc
-            budget -= len(content)
+                content = _read_bounded(zf, info, budget.archive_room(), name)
+            except (
+                zipfile.BadZipFile,
+                OSError,
+                RuntimeError,
+                EOFError,
+                NotImplementedError,
+                zlib.error,
+            ) as exc:
+                raise ImageLoadError(
+                    f"{name}: entry {info.filename[:120]!r} cannot be read ({exc})."
+                ) from exc
+            budget.charge_archive_bytes(len(content), name)
             label = path.parent.name or None
             blobs.append(Blob(name=info.filename, data=content, label=label))
     return Expanded(tuple(blobs), tuple(skipped))
@@ -114,15 +149,31 @@ def expand_uploads(
     *,
     max_entries: int = MAX_ZIP_ENTRIES,
     max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
+    budget: Budget | None = None,
+    retain: bool = True,
 ) -> Expanded:
-    """Single files pass through unlabelled; zip archives are expanded with the limits above."""
+    """Single files pass through unlabelled; zip archives are expanded with the limits above, summed across
+    all archives of the upload (one ``budget``). With ``retain`` (all images are kept in memory, as the
+    sidebar does), the decoded size of all images, read from their headers, must fit the budget's
+    ``max_decoded_bytes``; pass ``retain=False`` where images are decoded a chunk at a time. Files whose
+    header cannot be read are passed on: loading them reports the error."""
+    budget = budget if budget is not None else _budget(max_entries, max_total_bytes)
     blobs: list[Blob] = []
     skipped: list[str] = []
     for name, data in files:
         if is_zip(name, data):
-            part = expand_zip(name, data, max_entries=max_entries, max_total_bytes=max_total_bytes)
+            part = expand_zip(
+                name, data, max_entries=max_entries, max_total_bytes=max_total_bytes, budget=budget
+            )
             blobs.extend(part.blobs)
             skipped.extend(part.skipped)
         else:
             blobs.append(Blob(name=name, data=data))
+    if retain:
+        for blob in blobs:
+            try:
+                cost = image_cost(blob.data, blob.name)
+            except (ImageLoadError, InputTooLargeError):
+                continue  # unreadable or refused on its own: load_image reports it for this file
+            budget.charge_decoded(cost, blob.name)
     return Expanded(tuple(blobs), tuple(skipped))

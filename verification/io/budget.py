@@ -148,8 +148,12 @@ class Budget:
             )
 
     def charge_image(self, cost: ImageCost, name: str) -> None:
-        """:meth:`check_image`, then add what the image keeps to the upload's decoded total."""
+        """:meth:`check_image`, then :meth:`charge_decoded`."""
         self.check_image(cost, name)
+        self.charge_decoded(cost, name)
+
+    def charge_decoded(self, cost: ImageCost, name: str) -> None:
+        """Add what the image keeps once loaded to the upload's decoded total, refusing past the limit."""
         with self._lock:
             total = self.decoded_bytes + cost.retained_bytes
             if total > self.limits.max_decoded_bytes:
@@ -195,6 +199,20 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 
 
+def _png_chunks_before_data(data: bytes) -> set[bytes]:
+    """Types of the chunks between IHDR and the first IDAT (where PLTE and tRNS must be)."""
+    kinds: set[bytes] = set()
+    pos = 8
+    while pos + 8 <= len(data) and len(kinds) < 1000:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IDAT":
+            break
+        kinds.add(kind)
+        pos += 12 + length
+    return kinds
+
+
 def _probe_png(data: bytes, name: str) -> ImageCost:
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise ImageLoadError(f"'{name}' is a truncated PNG (no IHDR header); export it again")
@@ -202,8 +220,13 @@ def _probe_png(data: bytes, name: str) -> ImageCost:
     if colour not in _PNG_SAMPLES or depth not in (1, 2, 4, 8, 16):
         raise ImageLoadError(f"'{name}' has an invalid PNG header (colour type {colour}, bit depth {depth})")
     samples = _PNG_SAMPLES[colour]
-    if colour == 3 and b"tRNS" in data:
-        samples = 4
+    if colour == 3:
+        kinds = _png_chunks_before_data(data)
+        if b"PLTE" not in kinds:  # PIL would invent a palette: a silently wrong picture
+            raise ImageLoadError(
+                f"'{name}' is a palette PNG without its palette (PLTE chunk); export it again"
+            )
+        samples = 4 if b"tRNS" in kinds else 3
     return ImageCost("PNG", width, height, samples, 2 if depth == 16 else 1)
 
 
@@ -215,6 +238,10 @@ def _probe_jpeg(data: bytes, name: str) -> ImageCost:
             width, height = img.size
             samples = len(img.getbands())
             frames = int(getattr(img, "n_frames", 1))
+    except Image.DecompressionBombError as exc:
+        raise InputTooLargeError(
+            f"'{name}' declares more pixels than allowed (decompression bomb?): {exc}"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageLoadError(f"'{name}' is a corrupt or truncated JPEG ({exc}); export it again") from exc
     # PIL holds RGB as 4 bytes per pixel; count it as such.

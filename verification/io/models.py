@@ -602,6 +602,11 @@ def load_model(
     The sidecar defaults to ``<stem>.json`` beside the file; ``architecture`` overrides the sidecar's.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(
+            f"'{path}' is a directory, not a model file; give the path of the weights file (.safetensors, "
+            ".pt/.pth or .pt2)"
+        )
     if not path.is_file():
         raise ModelLoadError(f"model file '{path}' does not exist")
     _check_size(path.stat().st_size, max_bytes, f"model file '{path.name}'")
