@@ -71,10 +71,10 @@ def test_the_suitable_model_wins_even_with_lower_accuracy() -> None:
     assert "A is UNSUITABLE (fails E3 reliance on evidence outside the anatomy)" in result.reason
 
 
-def test_cannot_verify_names_what_is_missing_and_wins_nothing() -> None:
+def test_cannot_verify_says_why_and_wins_nothing() -> None:
     result = compare_reports(report("cannot_verify"), report("unsuitable"))
     assert result.better is None
-    assert "labels or annotations" in result.reason
+    assert "A CANNOT BE VERIFIED (reason for cannot_verify)" in result.reason
 
 
 def test_rows_put_both_models_side_by_side_per_line_and_class() -> None:

@@ -54,8 +54,7 @@ def _why(tag: str, report: VerificationReport) -> str:
         line = report.deciding_line or "a decisive line"
         return f"{tag} is UNSUITABLE (fails {line} {LINE_NAMES.get(line, '')}".rstrip() + ")"
     if report.verdict == "cannot_verify":
-        missing = "; ".join(report.missing) if report.missing else report.reason
-        return f"{tag} CANNOT BE VERIFIED ({missing})"
+        return f"{tag} CANNOT BE VERIFIED ({report.reason.rstrip('.')})"
     return f"{tag} is SUITABLE"
 
 
