@@ -80,7 +80,7 @@ class VerdictConfig:
     confidence: float = 0.95
     max_not_assessable: float = 0.5
     faithfulness: bool = True
-    e6_steps: int = 10
+    e6_steps: int = 6
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -435,8 +435,13 @@ def _image(im: Mapping[str, Any]) -> ImageEvidence:
 
 def _line(ln: Mapping[str, Any]) -> LineResult:
     return LineResult(
-        key=ln["key"], name=ln["name"], status=cast(Status, _check(ln["status"], STATUSES)),
-        decisive=bool(ln["decisive"]), per_class=tuple(_class_line(c) for c in ln.get("per_class", [])),
-        calibration=str(ln.get("calibration", "")), separation=_opt(ln.get("separation")),
-        numbers=_floats(ln.get("numbers", {})), sentence=str(ln.get("sentence", "")),
-    )  # fmt: skip
+        key=ln["key"],
+        name=ln["name"],
+        status=cast(Status, _check(ln["status"], STATUSES)),
+        decisive=bool(ln["decisive"]),
+        per_class=tuple(_class_line(c) for c in ln.get("per_class", [])),
+        calibration=str(ln.get("calibration", "")),
+        separation=_opt(ln.get("separation")),
+        numbers=_floats(ln.get("numbers", {})),
+        sentence=str(ln.get("sentence", "")),
+    )

@@ -1,0 +1,288 @@
+"""The verdict's statistics, calibration, lines and combiner on hand-built measurements (no model, fast)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from verification.verdict import VerdictConfig, VerificationReport
+from verification.verdict.calibration import Calibration, Edge, calibrate
+from verification.verdict.combine import combine
+from verification.verdict.lines import evaluate_lines
+from verification.verdict.measure import Measurements
+from verification.verdict.stats import auroc, judge, mean_interval, wilson
+
+CLASSES = ("normal", "nodule", "effusion")
+METRICS = ("iou",)
+CFG = VerdictConfig(min_images=20)
+
+
+def measurements(
+    labels: np.ndarray,
+    predicted: np.ndarray,
+    values: dict[str, np.ndarray] | None = None,
+    assessable: np.ndarray | None = None,
+    has_finding: np.ndarray | None = None,
+) -> Measurements:
+    n = len(labels)
+    probs = np.full((n, 3), 0.05, np.float32)
+    probs[np.arange(n), np.maximum(predicted, 0)] = 0.9
+    return Measurements(
+        names=tuple(f"img{i}" for i in range(n)),
+        class_names=CLASSES,
+        model_classes=CLASSES,
+        labels=np.asarray(labels, np.int64),
+        predicted=np.asarray(predicted, np.int64),
+        probs=probs,
+        assessable=np.ones(n, bool) if assessable is None else assessable,
+        gate_reasons=tuple(None if assessable is None or assessable[i] else "gated" for i in range(n)),
+        has_finding=np.zeros(n, bool) if has_finding is None else has_finding,
+        values=values or {},
+        maps=np.zeros((n, 4, 4), np.float32),
+        lesions=np.zeros((n, 4, 4), np.float32),
+    )
+
+
+def healthy_values(n: int, rng: np.random.Generator, shift: float = 0.0) -> dict[str, np.ndarray]:
+    return {
+        "E3.outside_energy": np.clip(0.15 + shift + 0.05 * rng.standard_normal(n), 0, 1),
+        "E3.outside_drop": 0.02 + shift + 0.02 * rng.standard_normal(n),
+        "E3.inside_survival": np.clip(0.05 + shift + 0.03 * rng.standard_normal(n), 0, 1),
+    }
+
+
+def balanced(n_per: int) -> np.ndarray:
+    return np.repeat(np.arange(3), n_per)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def test_wilson_by_hand() -> None:
+    z2 = 1.959963984540054**2
+    p, lo, hi = wilson(0, 20)
+    assert p == 0.0
+    assert lo == 0.0
+    assert hi == pytest.approx(z2 / (20 + z2))  # k = 0: the upper edge is z²/(n + z²)
+    p, lo, hi = wilson(20, 20)
+    assert hi == 1.0
+    assert lo == pytest.approx(20 / (20 + z2))
+    assert wilson(0, 0)[1:] == (0.0, 1.0)
+
+
+def test_auroc_matches_sklearn_and_direction() -> None:
+    rng = np.random.default_rng(0)
+    bad, healthy = rng.normal(1.0, 1.0, 40), rng.normal(0.0, 1.0, 50)
+    expected = roc_auc_score(np.r_[np.zeros(50), np.ones(40)], np.r_[healthy, bad])
+    assert auroc(bad, healthy, higher_is_better=False) == pytest.approx(expected)
+    assert auroc(-bad, -healthy, higher_is_better=True) == pytest.approx(expected)
+    assert auroc([1.0, 1.0], [1.0, 1.0], False) == pytest.approx(0.5)  # ties count one half
+
+
+def test_judge_three_ways_and_t_interval() -> None:
+    assert judge(0.6, 0.8, 0.5, True) == "pass"
+    assert judge(0.1, 0.4, 0.5, True) == "fail"
+    assert judge(0.4, 0.6, 0.5, True) == "inconclusive"
+    assert judge(0.1, 0.2, 0.3, False) == "pass"
+    assert judge(0.4, 0.5, 0.3, False) == "fail"
+    m, _lo, hi = mean_interval([1.0, 2.0, 3.0])
+    assert m == 2.0
+    assert hi - m == pytest.approx(4.302652729911275 * 1.0 / np.sqrt(3))  # t(0.975, 2) · s / √n
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+def test_quantity_that_cannot_separate_is_uninformative_and_a_separating_one_is_not() -> None:
+    rng = np.random.default_rng(1)
+    lab = balanced(30)
+    healthy = {f"h{i}": measurements(lab, lab, healthy_values(90, rng)) for i in range(3)}
+    same = measurements(lab, lab, healthy_values(90, rng))  # a "bad" model that looks healthy
+    shortcut = measurements(lab, lab, healthy_values(90, rng, shift=0.5))
+    cal_none = calibrate(healthy, {"lookalike": same})
+    assert all(not e.informative for e in cal_none.edges)
+    assert all("separates" in e.note or "range" in e.note for e in cal_none.edges)
+    cal = calibrate(healthy, {"shortcut": shortcut})
+    edge = cal.edge("E3.outside_energy", "nodule")
+    assert edge is not None
+    assert edge.informative
+    assert edge.auroc is not None
+    assert edge.auroc > 0.95
+    assert edge.threshold is not None
+    assert edge.healthy_edge is not None
+    assert edge.threshold > edge.healthy_edge
+    assert "3 models" in cal.scheme
+    back = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back.edge("E3.outside_energy", "nodule") == edge
+
+
+def test_a_band_that_cannot_fail_is_uninformative_by_construction() -> None:
+    rng = np.random.default_rng(2)
+    lab = balanced(30)
+    v = {"E3.inside_survival": np.clip(0.97 + 0.02 * rng.standard_normal(90), 0, 1)}
+    healthy = {f"h{i}": measurements(lab, lab, dict(v)) for i in range(2)}
+    bad = measurements(lab, lab, {"E3.inside_survival": np.ones(90)})
+    cal = calibrate(healthy, {"bad": bad})
+    for e in cal.edges:
+        assert e.threshold is not None
+        assert e.threshold > 1.0
+        assert not e.informative
+        assert "cannot fail" in e.note
+
+
+def test_one_trusted_model_uses_a_bootstrap() -> None:
+    rng = np.random.default_rng(3)
+    lab = balanced(30)
+    cal = calibrate(
+        {"trusted": measurements(lab, lab, healthy_values(90, rng))},
+        {"bad": measurements(lab, lab, healthy_values(90, rng, 0.5))},
+    )
+    assert "bootstrap" in cal.scheme
+    e = cal.edge("E3.outside_drop", "normal")
+    assert e is not None
+    assert len(e.healthy) == 3
+
+
+# ---------------------------------------------------------------------------------------------- combiner
+def _calibrated(rng: np.random.Generator) -> Calibration:
+    lab = balanced(30)
+    healthy = {f"h{i}": measurements(lab, lab, healthy_values(90, rng)) for i in range(3)}
+    return calibrate(healthy, {"bad": measurements(lab, lab, healthy_values(90, rng, 0.5))})
+
+
+def _report(m: Measurements, cal: Calibration | None) -> tuple:
+    lines = evaluate_lines(m, cal, CFG, METRICS)
+    return combine(m, lines, CFG), lines
+
+
+def test_healthy_is_suitable_and_shortcut_reliance_is_unsuitable_naming_e3() -> None:
+    rng = np.random.default_rng(4)
+    cal = _calibrated(rng)
+    lab = balanced(25)
+    (classes, verdict, deciding, _, _), _ = _report(measurements(lab, lab, healthy_values(75, rng)), cal)
+    assert verdict == "suitable", classes
+    assert all(c.verdict == "suitable" and "E1" in str(c.deciding_line) for c in classes)
+    (classes, verdict, deciding, reason, _), _ = _report(
+        measurements(lab, lab, healthy_values(75, rng, 0.5)), cal
+    )
+    assert verdict == "unsuitable"
+    assert deciding == "E3"
+    assert "E3" in reason
+
+
+def test_a_model_at_chance_is_never_suitable() -> None:
+    rng = np.random.default_rng(5)
+    cal = _calibrated(rng)
+    lab = balanced(30)
+    everything_effusion = np.full(90, 2)
+    (classes, verdict, deciding, _, _), _lines = _report(
+        measurements(lab, everything_effusion, healthy_values(90, rng)), cal
+    )
+    assert verdict == "unsuitable"
+    assert deciding == "E1"
+    assert {c.verdict for c in classes} == {"unsuitable"}
+    # random guessing: never suitable either (unsuitable or cannot verify, whatever the draw)
+    for seed in range(5):
+        guess = np.random.default_rng(seed).integers(0, 3, 90)
+        (_, verdict, _, _, _), _ = _report(measurements(lab, guess, healthy_values(90, rng)), cal)
+        assert verdict != "suitable"
+
+
+def test_no_measurements_and_no_labels_are_cannot_verify() -> None:
+    cal = _calibrated(np.random.default_rng(6))
+    empty = measurements(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    (_, verdict, _, _reason, missing), _ = _report(empty, cal)
+    assert verdict == "cannot_verify"
+    assert missing
+    lab = balanced(25)
+    unlabelled = measurements(np.full(75, -1), lab, healthy_values(75, np.random.default_rng(7)))
+    (_classes, verdict, _, _, missing), _ = _report(unlabelled, cal)
+    assert verdict == "cannot_verify"
+    assert any("labels" in m for m in missing)
+
+
+def test_without_calibration_e3_is_not_assessable_and_nothing_is_suitable() -> None:
+    rng = np.random.default_rng(8)
+    lab = balanced(25)
+    m = measurements(lab, lab, healthy_values(75, rng))
+    (_classes, verdict, deciding, _, _), lines = _report(m, None)
+    e3 = next(ln for ln in lines if ln.key == "E3")
+    assert e3.status == "not_assessable"
+    assert "no calibration" in e3.per_class[0].reason
+    assert verdict == "cannot_verify"
+    assert deciding == "E3"
+
+
+def test_not_assessable_images_never_count_as_passing() -> None:
+    rng = np.random.default_rng(9)
+    cal = _calibrated(rng)
+    lab = balanced(25)
+    gated = np.ones(75, bool)
+    gated[lab == 1] = np.arange(25) < 10  # 15 of 25 nodule images removed by the gate
+    (classes, verdict, _deciding, _, _), lines = _report(
+        measurements(lab, lab, healthy_values(75, rng), assessable=gated), cal
+    )
+    nodule = next(c for c in classes if c.class_name == "nodule")
+    assert (nodule.n_images, nodule.n_assessable) == (25, 10)
+    assert nodule.verdict == "cannot_verify"
+    assert nodule.deciding_line == "E0"
+    assert verdict == "cannot_verify"
+    e1 = next(ln for ln in lines if ln.key == "E1").for_class("nodule")
+    assert e1 is not None
+    assert e1.numbers["positives"] == 10
+
+
+def test_per_class_results_add_up_to_the_model() -> None:
+    rng = np.random.default_rng(10)
+    cal = _calibrated(rng)
+    lab = balanced(25)
+    gated = rng.random(75) > 0.1
+    m = measurements(lab, lab, healthy_values(75, rng), assessable=gated)
+    (classes, verdict, *_), lines = _report(m, cal)
+    assert sum(c.n_images for c in classes) == m.n
+    assert sum(c.n_assessable for c in classes) == int(gated.sum())
+    worst = max(classes, key=lambda c: {"suitable": 0, "cannot_verify": 1, "unsuitable": 2}[c.verdict])
+    assert verdict == worst.verdict
+    e1 = next(ln for ln in lines if ln.key == "E1")
+    assert sum(c.numbers["positives"] or 0 for c in e1.per_class) == int(gated.sum())
+
+
+def test_uninformative_edges_do_not_vote() -> None:
+    rng = np.random.default_rng(11)
+    lab = balanced(25)
+    edges = tuple(
+        Edge(k, c, 0.01, False, 0.55, 0.0, 0.0, note="overlaps")
+        for k in ("E3.outside_energy",)
+        for c in CLASSES
+    )
+    cal = Calibration("test", ("h",), ("b",), edges, 75)
+    (_classes, verdict, *_), lines = _report(measurements(lab, lab, healthy_values(75, rng, 0.5)), cal)
+    e3 = next(ln for ln in lines if ln.key == "E3")
+    assert all(c.status != "fail" for c in e3.per_class)  # far beyond 0.01, but the edge has no power
+    assert verdict == "cannot_verify"  # E1 passed, but nothing shows why the model decides
+
+
+def test_report_document_round_trip() -> None:
+    from verification.verdict.api import assemble
+
+    class _Bundle:
+        calibration = _calibrated(np.random.default_rng(12))
+        metrics = METRICS
+        class_names = CLASSES
+        references = np.zeros((3, 4, 4), np.float32)
+        counts = np.array([1, 1, 1])
+        method, layer, grid, created, model_hash, schema_version = "gradcam", "x", (4, 4), "", None, 2
+
+    class _Model:
+        task, name, content_hash, architecture = "classification", "m", "h", "toy"
+        class_names, input_size = CLASSES, (4, 4)
+
+    lab = balanced(25)
+    m = measurements(lab, lab, healthy_values(75, np.random.default_rng(13)))
+    rep = assemble(m, _Model(), _Bundle(), CFG)  # type: ignore[arg-type]
+    doc = json.loads(json.dumps(rep.to_document()))
+    back = VerificationReport.from_document(doc)
+    assert back.to_document() == doc
+    assert back.verdict == rep.verdict
+    assert back.lines[3].per_class == rep.lines[3].per_class
+    with pytest.raises(Exception, match="not a verification result"):
+        VerificationReport.from_document({"schema": "other"})

@@ -1,0 +1,422 @@
+"""The one verify path (issue #16): :func:`verify` for the Python API, the CLI (local and Ray engines, through
+:class:`verification.batch.VerifyJob`, which calls :func:`measure_batch` and :func:`assemble` below) and the
+dashboard; :func:`calibrate_bundle` attaches the verdict's calibration to a reference bundle."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from verification.errors import ImageLoadError, InputTooLargeError, VerificationError
+from verification.io.records import LoadedImage, LoadedModel
+from verification.verdict.calibration import calibrate
+from verification.verdict.combine import accuracy, combine, image_why
+from verification.verdict.lines import evaluate_lines
+from verification.verdict.measure import Measurements, MeasureSpec, measure_batch
+from verification.verdict.records import Example, ImageEvidence, VerdictConfig, VerificationReport
+
+log = logging.getLogger(__name__)
+
+ImageInput = LoadedImage | str | Path
+Masks = Sequence[np.ndarray | None] | None
+Progress = Callable[[int, int], None]
+
+
+def class_mismatch(model: LoadedModel, bundle: Any) -> str | None:
+    """Why the model's classes cannot be compared with the bundle's (None when they can): every bundle class
+    must be a model class and every model class but the garbage class a bundle class."""
+    own = [c for c in model.class_names if c != model.garbage_class]
+    if set(own) != set(bundle.class_names):
+        return (
+            f"the bundle's classes {list(bundle.class_names)} do not match the model's {own}: a bundle built "
+            "for this model's classes is needed"
+        )
+    return None
+
+
+def layer_for(model: LoadedModel, bundle: Any) -> tuple[str | None, list[str]]:
+    """The bundle's layer when the model has it, else None (the model's default target layer) with a
+    warning."""
+    from verification.cam.layers import list_layers
+
+    if bundle.layer is None:
+        return None, []
+    names = {li.name for li in list_layers(model.module, (1, model.in_channels, *model.input_size))}
+    if bundle.layer in names:
+        return str(bundle.layer), []
+    return None, [f"the model has no layer '{bundle.layer}' (the bundle's); its default target layer is used"]
+
+
+def measure_spec(
+    model: LoadedModel, bundle: Any, config: VerdictConfig, gate: LoadedModel | None = None
+) -> tuple[MeasureSpec, list[str]]:
+    """Everything a measurement pass of ``model`` against ``bundle`` needs, with the warnings found."""
+    from verification.verdict.gate import build_gate
+
+    layer, found = layer_for(model, bundle)
+    input_gate = None
+    if bundle.thumbnails is not None and len(bundle.thumbnails) >= 5:
+        try:
+            input_gate = build_gate(model, bundle.thumbnails)
+        except VerificationError as exc:
+            found.append(f"the early-feature gate could not be built for this model: {exc}")
+    else:
+        found.append("the bundle stores no reference images: the E0 feature/image-statistics gate is off")
+    spec = MeasureSpec(
+        class_names=tuple(bundle.class_names),
+        references=np.asarray(bundle.references, np.float32),
+        has_reference=np.asarray(bundle.counts) > 0,
+        grid=bundle.grid,
+        metrics=tuple(bundle.metrics),
+        threshold=bundle.threshold,
+        method=bundle.method or "gradcam",
+        layer=layer,
+        gate=input_gate,
+        gate_model=gate,
+        faithfulness=config.faithfulness,
+        e6_steps=config.e6_steps,
+    )
+    return spec, found
+
+
+def label_indices(
+    labels: Sequence[str | int | None] | None, class_names: Sequence[str], n: int
+) -> np.ndarray:
+    """Labels (names, indices or None) → indices into ``class_names`` (−1: unknown or not a bundle class)."""
+    out = np.full(n, -1, dtype=np.int64)
+    if labels is None:
+        return out
+    for i, lab in enumerate(labels):
+        if lab is None:
+            continue
+        if isinstance(lab, str):
+            out[i] = list(class_names).index(lab) if lab in class_names else -1
+        else:
+            out[i] = int(lab) if 0 <= int(lab) < len(class_names) else -1
+    return out
+
+
+def _name(item: ImageInput) -> str:
+    return item.name if isinstance(item, LoadedImage) else str(item)
+
+
+def _load(item: ImageInput) -> LoadedImage:
+    from verification.io.images import load_image
+
+    return item if isinstance(item, LoadedImage) else load_image(item)
+
+
+def verify(
+    model: LoadedModel,
+    bundle: Any,
+    images: Sequence[ImageInput] | Tensor,
+    labels: Sequence[str | int | None] | None = None,
+    *,
+    annotations: Masks = None,
+    anatomy: Masks = None,
+    gate: LoadedModel | None = None,
+    config: VerdictConfig | None = None,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+    names: Sequence[str] | None = None,
+) -> VerificationReport:
+    """Verify ``model`` on ``images`` against a reference ``bundle``: the evidence lines E0–E6 and the
+    verdict.
+
+    ``images``: LoadedImages, paths (read lazily; an unreadable file becomes an entry of ``errors``) or an
+    already preprocessed (N, C, H, W) tensor; ``labels`` per image (class name, index or None);
+    ``annotations`` per image a finding mask (lesion; any size; None = none annotated); ``anatomy`` per
+    image a
+    region-of-interest mask (None = automatic); ``gate`` a model with a garbage class that screens the inputs.
+    """
+    config = config or VerdictConfig()
+    n = len(images)
+    warns: list[str] = list(getattr(bundle, "warnings", ()))
+    mismatch = class_mismatch(model, bundle)
+    if mismatch is not None:
+        return cannot_verify(model, bundle, config, mismatch, n, warns)
+    spec, found = measure_spec(model, bundle, config, gate)
+    warns += found
+    lab = label_indices(labels, bundle.class_names, n)
+    parts: list[Measurements] = []
+    errors: list[tuple[str, str]] = []
+    done = 0
+    for s in range(0, n, batch_size):
+        idx = list(range(s, min(s + batch_size, n)))
+        if isinstance(images, Tensor):
+            x, ok = images[s : s + batch_size].float(), idx
+            chunk_names = [names[i] if names else f"image {i}" for i in idx]
+        else:
+            from verification.io.images import to_tensor
+
+            loaded, ok = [], []
+            for i in idx:
+                try:
+                    loaded.append(_load(images[i]))
+                    ok.append(i)
+                except (ImageLoadError, InputTooLargeError, OSError) as exc:
+                    errors.append(
+                        (
+                            _name(images[i]),
+                            str(exc),
+                        )
+                    )
+            chunk_names = [names[i] if names else im.name for i, im in zip(ok, loaded)]
+            x = to_tensor(loaded, model) if loaded else torch.empty(0)
+        if ok:
+            parts.append(
+                measure_batch(
+                    model,
+                    spec,
+                    x,
+                    names=chunk_names,
+                    labels=lab[ok],
+                    lesions=[annotations[i] for i in ok] if annotations is not None else None,
+                    anatomy=[anatomy[i] for i in ok] if anatomy is not None else None,
+                )
+            )
+        done += len(idx)
+        if progress is not None:
+            progress(done, n)
+    if not parts:
+        why = "none of the images could be read" if n else "no images were given"
+        return cannot_verify(model, bundle, config, why, n, warns, errors)
+    m = Measurements.concat(parts)
+    return assemble(m, model, bundle, config, warnings=warns, errors=errors)
+
+
+def cannot_verify(
+    model: LoadedModel,
+    bundle: Any,
+    config: VerdictConfig,
+    why: str,
+    n: int,
+    warns: Sequence[str],
+    errors: Sequence[tuple[str, str]] = (),
+) -> VerificationReport:
+    """A CANNOT VERIFY report without measurements, saying what is missing."""
+    from verification.verdict.records import ClassVerdict
+
+    classes = tuple(ClassVerdict(c, "cannot_verify", None, why, 0, 0, (why,)) for c in bundle.class_names)
+    return VerificationReport(
+        verdict="cannot_verify",
+        deciding_line=None,
+        reason=why,
+        class_names=tuple(bundle.class_names),
+        classes=classes,
+        lines=(),
+        images=(),
+        accuracy=None,
+        n_images=n,
+        n_not_assessable=0,
+        config=config,
+        errors=tuple(errors),
+        warnings=tuple(warns),
+        missing=(why,),
+        provenance=provenance(model, bundle),
+    )
+
+
+def provenance(model: LoadedModel, bundle: Any, roi: str | None = None) -> dict[str, Any]:
+    from verification.cam.records import base_provenance
+
+    return {
+        "model": {
+            "name": model.name,
+            "content_hash": model.content_hash,
+            "architecture": model.architecture,
+            "class_names": list(model.class_names),
+            "task": model.task,
+            "input_size": list(model.input_size),
+        },
+        "bundle": {
+            "method": bundle.method,
+            "layer": bundle.layer,
+            "grid": list(bundle.grid),
+            "created": bundle.created,
+            "model_hash": bundle.model_hash,
+            "counts": [int(c) for c in bundle.counts],
+            "schema_version": getattr(bundle, "schema_version", None),
+            "calibration": None if bundle.calibration is None else bundle.calibration.scheme,
+        },
+        "anatomy": roi,
+        **base_provenance(),
+    }
+
+
+def assemble(
+    m: Measurements,
+    model: LoadedModel,
+    bundle: Any,
+    config: VerdictConfig,
+    *,
+    warnings: Sequence[str] = (),
+    errors: Sequence[tuple[str, str]] = (),
+    examples: int = 8,
+) -> VerificationReport:
+    """The report of one run from its measurements: lines, combiner, per-image evidence."""
+    lines = evaluate_lines(m, bundle.calibration, config, bundle.metrics, model.task == "multilabel")
+    classes, verdict, deciding, reason, missing = combine(m, lines, config)
+    acc, acc_ci = accuracy(m, config.confidence)
+    images = []
+    for i in range(m.n):
+        images.append(
+            ImageEvidence(
+                name=m.names[i],
+                label=m.class_names[m.labels[i]] if m.labels[i] >= 0 else None,
+                predicted=m.model_classes[int(m.probs[i].argmax())] if m.probs.size else None,
+                probabilities=tuple(float(p) for p in m.probs[i]),
+                assessable=bool(m.assessable[i]),
+                not_assessable_reason=m.gate_reasons[i],
+                values={k: (float(v[i]) if np.isfinite(v[i]) else None) for k, v in m.values.items()},
+                why=image_why(m, i),
+            )
+        )
+    outside = m.values.get("E3.outside_energy", np.zeros(m.n))
+    order = np.argsort(-np.nan_to_num(outside, nan=-1.0))[:examples]
+    ex = tuple(
+        Example(
+            m.names[i],
+            m.class_names[m.predicted[i]] if m.predicted[i] >= 0 else None,
+            m.maps[i],
+            note=images[i].why,
+        )
+        for i in order.tolist()
+    )
+    refs = {
+        c: np.asarray(bundle.references[k]) for k, c in enumerate(bundle.class_names) if bundle.counts[k] > 0
+    }
+    return VerificationReport(
+        verdict=verdict,  # type: ignore[arg-type]
+        deciding_line=deciding,
+        reason=reason,
+        class_names=tuple(m.class_names),
+        classes=classes,
+        lines=lines,
+        images=tuple(images),
+        accuracy=acc,
+        accuracy_interval=acc_ci,
+        n_images=m.n + len(errors),
+        n_not_assessable=int((~m.assessable).sum()),
+        config=config,
+        errors=tuple(errors),
+        warnings=tuple(dict.fromkeys(warnings)),
+        missing=missing,
+        examples=ex,
+        references=refs,
+        provenance=provenance(model, bundle, m.roi_method),
+    )
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+
+def randomised_model(model: LoadedModel, seed: int = 0) -> LoadedModel:
+    """The cascading-randomised model (Adebayo et al. 2018), all steps applied: every parameter group of a
+    deep copy re-initialised (:func:`verification.faithfulness.parameter_groups`); the known-bad reference
+    every calibration has."""
+    from verification.faithfulness import _reinit, parameter_groups
+
+    clone = copy.deepcopy(model.module)
+    named = dict(clone.named_modules())
+    gen = torch.Generator().manual_seed(seed)
+    for g in parameter_groups(clone, 2):
+        _reinit(named[g], gen)
+    return dataclasses.replace(
+        model,
+        module=clone.eval(),
+        name=f"{model.name} (randomised)",
+        content_hash=f"randomised:{model.content_hash}",
+    )
+
+
+def measure_all(
+    model: LoadedModel,
+    bundle: Any,
+    images: Sequence[ImageInput] | Tensor,
+    labels: Sequence[str | int | None],
+    *,
+    annotations: Masks = None,
+    anatomy: Masks = None,
+    config: VerdictConfig | None = None,
+    batch_size: int = 16,
+) -> Measurements:
+    """Measurements of one model on labelled images (the calibration pass; no gate: reference data)."""
+    from verification.io.images import to_tensor
+
+    config = config or VerdictConfig()
+    spec, _ = measure_spec(model, bundle, config)
+    spec = dataclasses.replace(spec, gate=None)
+    lab = label_indices(labels, bundle.class_names, len(images))
+    parts = []
+    for s in range(0, len(images), batch_size):
+        idx = list(range(s, min(s + batch_size, len(images))))
+        if isinstance(images, Tensor):
+            x, nm = images[s : s + batch_size].float(), [f"image {i}" for i in idx]
+        else:
+            loaded = [_load(images[i]) for i in idx]
+            x, nm = to_tensor(loaded, model), [im.name for im in loaded]
+        parts.append(
+            measure_batch(
+                model,
+                spec,
+                x,
+                names=nm,
+                labels=lab[idx],
+                lesions=[annotations[i] for i in idx] if annotations is not None else None,
+                anatomy=[anatomy[i] for i in idx] if anatomy is not None else None,
+            )
+        )
+    return Measurements.concat(parts)
+
+
+def calibrate_bundle(
+    bundle: Any,
+    healthy: Mapping[str, LoadedModel],
+    images: Sequence[ImageInput] | Tensor,
+    labels: Sequence[str | int | None],
+    *,
+    bad: Mapping[str, LoadedModel] | None = None,
+    annotations: Masks = None,
+    anatomy: Masks = None,
+    config: VerdictConfig | None = None,
+    randomised: bool = True,
+    batch_size: int = 16,
+) -> Any:
+    """The bundle with the verdict's calibration attached (and the E0 gate's reference thumbnails).
+
+    ``healthy``: trusted models of the same task (several: their spread; one: a bootstrap over images);
+    ``bad``: known-bad references (shortcut models, ...); ``randomised`` adds the cascading-randomised copy of
+    the first healthy model. ``images`` / ``labels`` (and ``annotations`` / ``anatomy`` masks): a labelled
+    calibration set, ideally not the set the verdict will be run on."""
+    from verification.io.images import to_tensor
+    from verification.verdict.gate import thumbnails
+
+    config = config or VerdictConfig()
+    first = next(iter(healthy.values()))
+    bad_models = dict(bad or {})
+    if randomised:
+        bad_models["randomised"] = randomised_model(first)
+    kw = dict(annotations=annotations, anatomy=anatomy, config=config, batch_size=batch_size)
+    h = {name: measure_all(mod, bundle, images, labels, **kw) for name, mod in healthy.items()}  # type: ignore[arg-type]
+    b = {name: measure_all(mod, bundle, images, labels, **kw) for name, mod in bad_models.items()}  # type: ignore[arg-type]
+    cal = calibrate(h, b, min_separation=config.min_separation)
+    if isinstance(images, Tensor):
+        x = images.float()
+    else:
+        x = torch.cat(
+            [
+                to_tensor([_load(images[i]) for i in range(s, min(s + 32, len(images)))], first)
+                for s in range(0, len(images), 32)
+            ]
+        )
+    thumbs = thumbnails(first, x)
+    return bundle.with_calibration(cal, thumbs, label_indices(labels, bundle.class_names, len(images)))

@@ -1,0 +1,145 @@
+"""The combiner (METHODS.md §3): evidence lines → a verdict per class and per model, naming the deciding line.
+
+Per class, in this order:
+
+1. **UNSUITABLE** when a voting decisive line fails for the class (E1, E3, E4, E2 with annotations; E5 and E6
+   only where calibration found them informative). The first failing line in the order E1, E3, E4, E2, E5, E6
+   decides. A failure needs its whole 95 % interval beyond the threshold, however few the images.
+2. **CANNOT VERIFY** when the run has neither labels nor annotations; when fewer than ``min_images`` of the
+   class's images are assessable; when a required line is inconclusive or not assessable (E1 with labels; E3
+   always; E2 and E4 where the class has annotated findings) — an uninformative line does not block, but
+3. ... at least one line that tests *why* the model decides (E2, E3, E4, or an informative E5/E6) must pass,
+   else CANNOT VERIFY: performance alone never makes a model suitable.
+4. Otherwise **SUITABLE**; the lines that passed are named.
+
+The model's verdict is its worst class's (UNSUITABLE > CANNOT VERIFY > SUITABLE). No images measured → CANNOT
+VERIFY. Not-assessable images never count as passing evidence: they are excluded before any line is evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from verification.verdict.measure import Measurements
+from verification.verdict.records import LINE_NAMES, SEVERITY, ClassVerdict, LineResult, VerdictConfig
+
+ORDER = ("E1", "E3", "E4", "E2", "E5", "E6")
+RELIANCE = ("E2", "E3", "E4", "E5", "E6")
+
+
+def combine(
+    m: Measurements, lines: Sequence[LineResult], config: VerdictConfig
+) -> tuple[tuple[ClassVerdict, ...], str, str | None, str, tuple[str, ...]]:
+    """(per-class verdicts, model verdict, deciding line, reason, what is missing)."""
+    by_key = {ln.key: ln for ln in lines}
+    has_labels = bool((m.labels >= 0).any())
+    has_annotations = bool(m.has_finding.any())
+    classes = []
+    for k, name in enumerate(m.class_names):
+        n_img = int((m.group == k).sum())
+        n_ok = int(((m.group == k) & m.assessable).sum())
+        classes.append(_class_verdict(name, n_img, n_ok, by_key, has_labels, has_annotations, m, k, config))
+    worst = max(classes, key=lambda c: SEVERITY[c.verdict]) if classes else None
+    missing = tuple(dict.fromkeys(x for c in classes for x in c.missing))
+    if worst is None or not m.n or not m.assessable.any():
+        why = "no image could be assessed" if m.n else "no images were measured"
+        return (
+            tuple(classes),
+            "cannot_verify",
+            "E0",
+            f"{why}: a verdict needs measurements",
+            missing or (why,),
+        )
+    if worst.verdict == "suitable":
+        return (
+            tuple(classes),
+            "suitable",
+            worst.deciding_line,
+            "every class passed its decisive lines",
+            missing,
+        )
+    return tuple(classes), worst.verdict, worst.deciding_line, f"{worst.class_name}: {worst.reason}", missing
+
+
+def _class_verdict(
+    name: str,
+    n_img: int,
+    n_ok: int,
+    by_key: dict[str, LineResult],
+    has_labels: bool,
+    has_annotations: bool,
+    m: Measurements,
+    k: int,
+    config: VerdictConfig,
+) -> ClassVerdict:
+    for key in ORDER:
+        ln = by_key.get(key)
+        if ln is None or not ln.decisive:
+            continue
+        c = ln.for_class(name)
+        if c is not None and c.status == "fail":
+            return ClassVerdict(
+                name, "unsuitable", key, f"{key} {LINE_NAMES[key]} failed — {c.reason}", n_img, n_ok
+            )
+    if not has_labels and not has_annotations:
+        what = "labels (class subfolders or a CSV) or finding annotations (lesion masks or boxes)"
+        return ClassVerdict(name, "cannot_verify", None, f"no {what}", n_img, n_ok, (what,))
+    if n_ok < config.min_images:
+        what = f"at least {config.min_images} assessable images of '{name}' ({n_ok} of {n_img} assessable)"
+        return ClassVerdict(
+            name, "cannot_verify", "E0", f"too few assessable images: {what}", n_img, n_ok, (what,)
+        )
+    class_has_findings = bool((m.has_finding & (m.group == k) & m.assessable).any())
+    required = (["E1"] if has_labels else []) + ["E3"] + (["E4", "E2"] if class_has_findings else [])
+    for key in required:
+        ln = by_key.get(key)
+        c = ln.for_class(name) if ln is not None else None
+        status = c.status if c is not None else "not_assessable"
+        if status in ("pass", "uninformative"):
+            continue
+        reason = c.reason if c is not None else "not measured"
+        what = f"{key} {LINE_NAMES[key]} {status.replace('_', ' ')} for '{name}' ({reason})"
+        return ClassVerdict(name, "cannot_verify", key, what, n_img, n_ok, (what,))
+    passed = []
+    for key in ORDER:
+        ln = by_key.get(key)
+        c = ln.for_class(name) if ln is not None else None
+        if ln is not None and ln.decisive and c is not None and c.status == "pass":
+            passed.append(key)
+    if not any(key in RELIANCE for key in passed):
+        what = "a passing line showing the model decides from the findings (E2, E3, E4, informative E5/E6)"
+        return ClassVerdict(
+            name, "cannot_verify", "E3", f"no evidence of why the model decides: {what}", n_img, n_ok, (what,)
+        )
+    return ClassVerdict(name, "suitable", "+".join(passed), f"passed {', '.join(passed)}", n_img, n_ok)
+
+
+def accuracy(m: Measurements, confidence: float = 0.95) -> tuple[float | None, tuple[float, float] | None]:
+    from verification.verdict.stats import wilson
+
+    sel = m.assessable & (m.labels >= 0)
+    if not sel.any():
+        return None, None
+    k = int((m.predicted[sel] == m.labels[sel]).sum())
+    p, lo, hi = wilson(k, int(sel.sum()), confidence)
+    return float(p), (lo, hi)
+
+
+def image_why(m: Measurements, i: int) -> str:
+    """One plain sentence about image ``i``."""
+    if not m.assessable[i]:
+        return f"not assessable: {m.gate_reasons[i]}"
+    cls = m.class_names[m.predicted[i]] if m.predicted[i] >= 0 else "a class outside the bundle"
+    parts = [f"predicted {cls} ({100 * float(m.probs[i].max()):.0f} %)"]
+    if m.labels[i] >= 0:
+        parts.append("correct" if m.labels[i] == m.predicted[i] else f"label {m.class_names[m.labels[i]]}")
+    v = m.values
+    if np.isfinite(v.get("E3.outside_energy", np.array([np.nan] * m.n))[i]):
+        parts.append(f"{100 * v['E3.outside_energy'][i]:.0f} % of attention outside the anatomy")
+    if np.isfinite(v.get("E3.inside_survival", np.array([np.nan] * m.n))[i]):
+        parts.append(f"{100 * v['E3.inside_survival'][i]:.0f} % kept with the anatomy removed")
+    if np.isfinite(v.get("E4.finding_drop", np.array([np.nan] * m.n))[i]):
+        parts.append(f"removing the finding lowered it by {100 * v['E4.finding_drop'][i]:.0f} points")
+    return "; ".join(parts)

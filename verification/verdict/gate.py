@@ -1,0 +1,162 @@
+"""E0, the input-validity gate (METHODS.md §3): which images can be assessed at all.
+
+An image is *not assessable* when
+
+* the model's garbage class (or a separate gate model's) wins — the input was rejected as out-of-distribution;
+* the **early feature maps** of the model under test shift away from its own early features on the bundle's
+  stored reference images (:mod:`verification.features`: the mean |z| of per-channel statistics, and the SSIM
+  of channel-mean maps); or
+* the **image statistics** (model-free: grey-level percentiles, spread, edge energy) shift away from the
+  reference images'.
+
+Reference images are stored in the bundle as small uint8 thumbnails (``THUMB`` px); the images under test take
+the same round trip (down to the thumbnail size and back) before their features are compared, so resizing
+cannot itself look like a shift. Each score's edge is the far-out fence of the reference images' own
+leave-one-out scores, Q3 + 3 × IQR (Tukey): a stated rule that flags strong shifts, not the tail of the
+in-distribution spread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from verification.io.records import LoadedModel
+
+THUMB = 128
+FENCE = 3.0
+
+
+def unit_images(model: LoadedModel, x: Tensor) -> Tensor:
+    """Model input (N, C, H, W) → grey images (N, 1, H, W) in [0, 1] (undoing the normalisation)."""
+    mean = torch.tensor(model.mean, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(model.std, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x * std + mean).mean(1, keepdim=True).clamp(0.0, 1.0)
+
+
+def thumbnails(model: LoadedModel, x: Tensor) -> np.ndarray:
+    """(N, THUMB, THUMB) uint8 thumbnails of model inputs, as stored in a bundle."""
+    u = F.interpolate(unit_images(model, x), size=(THUMB, THUMB), mode="bilinear", antialias=True)
+    return np.round(u[:, 0].numpy() * 255).astype(np.uint8)
+
+
+def from_thumbnails(model: LoadedModel, thumbs: np.ndarray) -> Tensor:
+    """Stored thumbnails → model input (N, C, H, W)."""
+    u = torch.from_numpy(thumbs.astype(np.float32) / 255.0)[:, None]
+    u = F.interpolate(u, size=model.input_size, mode="bilinear", align_corners=False)
+    mean = torch.tensor(model.mean, dtype=u.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(model.std, dtype=u.dtype).view(1, -1, 1, 1)
+    return (u.expand(-1, model.in_channels, -1, -1) - mean) / std
+
+
+def round_trip(model: LoadedModel, x: Tensor) -> Tensor:
+    """The input as a stored thumbnail would give it back (same resampling as the reference images)."""
+    return from_thumbnails(model, thumbnails(model, x))
+
+
+def image_statistics(thumbs: np.ndarray) -> np.ndarray:
+    """(N, s, s) uint8 → (N, 12): grey-level percentiles 1/5/25/50/75/95/99, mean, std, mean |gradient|,
+    shares of near-black and near-white pixels."""
+    u = thumbs.astype(np.float64).reshape(len(thumbs), -1) / 255.0
+    pct = np.percentile(u, [1, 5, 25, 50, 75, 95, 99], axis=1).T
+    img = thumbs.astype(np.float64) / 255.0
+    grad = np.abs(np.diff(img, axis=1)).mean((1, 2)) + np.abs(np.diff(img, axis=2)).mean((1, 2))
+    return np.column_stack([pct, u.mean(1), u.std(1), grad, (u < 0.02).mean(1), (u > 0.98).mean(1)])
+
+
+def _fence(scores: np.ndarray) -> float:
+    q1, q3 = np.percentile(scores, [25, 75])
+    return float(q3 + FENCE * (q3 - q1))
+
+
+@dataclass(frozen=True)
+class InputGate:
+    """The gate of one model: its feature reference on the bundle's thumbnails and the image-statistics
+    reference, with their edges (``feature_max``, ``ssim_min``, ``stats_max``)."""
+
+    feature: object  # verification.features.FeatureReference
+    feature_max: float
+    ssim_min: float
+    stat_mean: np.ndarray
+    stat_std: np.ndarray
+    stats_max: float
+    n_reference: int
+
+
+def _stat_scores(s: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    floor = max(1e-3, 0.05 * float(np.median(std)))
+    return np.clip(np.abs((s - mean) / np.maximum(std, floor)), 0, 20).mean(1)
+
+
+def build_gate(model: LoadedModel, thumbs: np.ndarray) -> InputGate:
+    """The gate for ``model`` from the bundle's reference thumbnails (at least 5)."""
+    from verification.features import build_feature_reference
+
+    x = from_thumbnails(model, thumbs)
+    ref = build_feature_reference(model, x)
+    s = image_statistics(thumbs)
+    n = len(s)
+    loo_mean = (s.sum(0) - s) / (n - 1)
+    loo_sq = ((s**2).sum(0) - s**2) / (n - 1)
+    loo_std = np.sqrt(np.clip(loo_sq - loo_mean**2, 0, None))
+    floor = max(1e-3, 0.05 * float(np.median(s.std(0))))
+    loo = np.clip(np.abs((s - loo_mean) / np.maximum(loo_std, floor)), 0, 20).mean(1)
+    q1, q3 = np.percentile(ref.calib_ssim, [25, 75])
+    return InputGate(
+        feature=ref,
+        feature_max=_fence(ref.calib_scores),
+        ssim_min=float(q1 - FENCE * (q3 - q1)),
+        stat_mean=s.mean(0),
+        stat_std=s.std(0),
+        stats_max=_fence(loo),
+        n_reference=n,
+    )
+
+
+def apply_gate(
+    gate: InputGate | None, model: LoadedModel, x: Tensor, probs: np.ndarray, gate_model: LoadedModel | None
+) -> tuple[np.ndarray, list[str | None], dict[str, np.ndarray]]:
+    """(assessable (N,), reasons, numbers) for the batch ``x`` whose predictions are ``probs``."""
+    from verification.features import check_features
+
+    n = len(x)
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    numbers: dict[str, np.ndarray] = {}
+    if model.garbage_index is not None:
+        rejected = probs.argmax(1) == model.garbage_index
+        for j in np.nonzero(rejected)[0].tolist():
+            reasons[j].append(f"the model's garbage class '{model.garbage_class}' rejected it")
+        numbers["E0.garbage"] = rejected.astype(np.float64)
+    if gate_model is not None and gate_model.garbage_index is not None:
+        from verification.verdict.measure import _forward_probs
+
+        gp = _forward_probs(gate_model, x)
+        rej = gp.argmax(1) == gate_model.garbage_index
+        for j in np.nonzero(rej)[0].tolist():
+            reasons[j].append(f"the gate model '{gate_model.name}' rejected it as out-of-distribution")
+        numbers["E0.gate_model"] = rej.astype(np.float64)
+    if gate is not None:
+        xr = round_trip(model, x)
+        rep = check_features(model, gate.feature, xr)  # type: ignore[arg-type]
+        numbers["E0.feature_shift"] = rep.score
+        numbers["E0.feature_ssim"] = rep.structure_ssim
+        stats = _stat_scores(image_statistics(thumbnails(model, x)), gate.stat_mean, gate.stat_std)
+        numbers["E0.image_shift"] = stats
+        for i in range(n):
+            if rep.score[i] > gate.feature_max:
+                reasons[i].append(
+                    f"early feature maps shifted (score {rep.score[i]:.2f} > {gate.feature_max:.2f})"
+                )
+            elif rep.structure_ssim[i] < gate.ssim_min:
+                reasons[i].append(
+                    "early feature structure differs "
+                    f"(SSIM {rep.structure_ssim[i]:.2f} < {gate.ssim_min:.2f})"
+                )
+            if stats[i] > gate.stats_max:
+                reasons[i].append(f"image statistics shifted (score {stats[i]:.2f} > {gate.stats_max:.2f})")
+    out = [("; ".join(r) if r else None) for r in reasons]
+    return np.array([r is None for r in out], dtype=bool), out, numbers
