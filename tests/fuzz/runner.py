@@ -139,6 +139,25 @@ def run_corpus(
     return [json.loads(line) for line in out_file.read_text().splitlines() if line.strip()]
 
 
+def once_per_run(tmp_path_factory: Any, key: str, compute: Callable[[Path], Any]) -> tuple[Any, Path]:
+    """``compute(folder)`` once per test run, also under pytest-xdist: the first worker computes it (JSON) in
+    the run's shared temporary folder, the others wait on a file lock and read it."""
+    import fcntl
+
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run_id:
+        base = Path(tmp_path_factory.mktemp(key))
+        return compute(base), base
+    base = Path(tmp_path_factory.getbasetemp()).parent / f"{key}-{run_id}"
+    base.mkdir(exist_ok=True)
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = base / "result.json"
+        if not done.exists():
+            done.write_text(json.dumps(compute(base)))
+        return json.loads(done.read_text()), base
+
+
 # ============================================================================================== zygote
 
 

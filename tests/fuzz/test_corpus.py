@@ -21,9 +21,7 @@ mark goes when the fix lands (strict, so the test turns red until then).
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -101,22 +99,8 @@ def _run(base: Path) -> list[dict[str, Any]]:
 def fuzz(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[dict[str, runner.Verdict], list[runner.Verdict], dict]:
-    """Run the corpus once per test run, also under pytest-xdist: the first worker runs it and the others
-    read its results (a file lock in the run's shared temporary folder)."""
-    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if run_id:
-        shared = tmp_path_factory.getbasetemp().parent / f"fuzz-{run_id}"
-        shared.mkdir(exist_ok=True)
-        with open(shared / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            done = shared / "raws.json"
-            if not done.exists():
-                done.write_text(json.dumps(_run(shared)))
-            raws = json.loads(done.read_text())
-            base = shared
-    else:
-        base = tmp_path_factory.mktemp("fuzz")
-        raws = _run(base)
+    """The corpus, run once per test run (also under pytest-xdist)."""
+    raws, base = runner.once_per_run(tmp_path_factory, "fuzz", _run)
     per_item, every = _aggregate(raws)
     return per_item, every, json.loads((base / "timing.json").read_text())
 

@@ -1,0 +1,269 @@
+"""Property-based fuzzing of the image and sidecar parsers (hypothesis), run by ``test_properties.py`` in a
+child process whose address space is capped.
+
+The property, for any input hypothesis makes: the parser returns a sane result (an image with finite pixels in
+[0, 1]; a model whose normalisation is finite) or raises a :mod:`verification.errors` exception with a message
+under 2,000 characters. Any other exception, or a wrong result, fails with hypothesis's shrunk example.
+
+Inputs: arbitrary bytes under every image suffix; valid PNG/JPEG/TIFF/DICOM files with bytes flipped,
+truncated or spliced; PNG and DICOM headers with arbitrary geometry and depth over little data; the demo
+model's sidecar with keys replaced by arbitrary JSON (huge integers, NaN/inf, deep lists, strings) and
+unknown keys added. No example database is written (``database=None``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.fuzz import corpus
+
+MAX_MESSAGE = 2000
+SETTINGS = settings(
+    database=None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    print_blob=True,
+)
+
+
+def _check_error(exc: BaseException) -> None:
+    from verification.errors import VerificationError
+
+    if not isinstance(exc, VerificationError):
+        raise AssertionError(f"untyped {type(exc).__name__}: {exc}") from exc
+    if len(str(exc)) > MAX_MESSAGE:
+        raise AssertionError(f"{type(exc).__name__} message of {len(str(exc)):,} characters")
+
+
+def _image_ok(data: bytes, name: str) -> None:
+    import numpy as np
+
+    from verification.io import load_image
+
+    try:
+        img = load_image(data, name=name)
+    except Exception as exc:
+        _check_error(exc)
+        return
+    px = img.pixels
+    assert px.dtype == np.float32, px.dtype
+    assert px.ndim in (2, 3), px.shape
+    assert np.isfinite(px).all(), "non-finite pixels"
+    assert px.min() >= 0, px.min()
+    assert px.max() <= 1, px.max()
+    assert min(px.shape[:2]) >= 8
+
+
+# ---------------------------------------------------------------------------------------------- seeds
+
+
+def _seeds() -> dict[str, bytes]:
+    import numpy as np
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (np.arange(32 * 32, dtype=np.uint16) * 61).reshape(32, 32))
+    return {
+        "seed.png": corpus.pil_bytes("PNG", 32),
+        "seed16.png": corpus.png_bytes(32, 32, bit_depth=16, colour=0),
+        "seed.jpg": corpus.pil_bytes("JPEG", 32),
+        "seed.tif": buf.getvalue(),
+        "seed.dcm": corpus.dicom_bytes(corpus._dataset(32, 32)),
+    }
+
+
+SEEDS = _seeds()
+SUFFIXES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".gif", ".bmp", ""]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> tuple[bytes, str]:
+    name = draw(st.sampled_from(sorted(SEEDS)))
+    data = bytearray(SEEDS[name])
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["flip", "set", "truncate", "splice", "insert"]))
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        if kind == "flip":
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set":
+            value = draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80]))
+            width = draw(st.integers(1, 4))
+            data[at : at + width] = bytes([value]) * width
+        elif kind == "truncate":
+            del data[at:]
+        elif kind == "splice":
+            other = SEEDS[draw(st.sampled_from(sorted(SEEDS)))]
+            start = draw(st.integers(0, len(other) - 1))
+            data[at:] = other[start:]
+        else:
+            data[at:at] = draw(st.binary(min_size=1, max_size=64))
+    return bytes(data), draw(st.sampled_from([name, "upload" + draw(st.sampled_from(SUFFIXES))]))
+
+
+@st.composite
+def png_headers(draw: st.DrawFn) -> bytes:
+    width = draw(st.one_of(st.integers(0, 64), st.integers(0, 2**31 - 1)))
+    height = draw(st.one_of(st.integers(0, 64), st.integers(0, 2**31 - 1)))
+    depth = draw(st.sampled_from([1, 2, 4, 8, 16, 3, 32]))
+    colour = draw(st.sampled_from([0, 2, 3, 4, 6, 1, 7]))
+    body = draw(st.binary(max_size=256))
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, draw(st.sampled_from([0, 1])))
+    idat = __import__("zlib").compress(body)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + corpus._chunk(b"IHDR", ihdr)
+        + corpus._chunk(b"IDAT", idat)
+        + corpus._chunk(b"IEND", b"")
+    )
+
+
+@st.composite
+def dicom_headers(draw: st.DrawFn) -> bytes:
+    ds = corpus._dataset(16, 16)
+    ds.Rows = draw(st.one_of(st.integers(0, 64), st.integers(0, 65535)))
+    ds.Columns = draw(st.one_of(st.integers(0, 64), st.integers(0, 65535)))
+    ds.BitsAllocated = draw(st.sampled_from([1, 8, 12, 16, 32, 64, 0, 7]))
+    ds.BitsStored = draw(st.integers(0, 64))
+    ds.HighBit = draw(st.integers(0, 63))
+    ds.SamplesPerPixel = draw(st.sampled_from([1, 3, 4, 0, 2]))
+    ds.PixelRepresentation = draw(st.sampled_from([0, 1]))
+    ds.PhotometricInterpretation = draw(
+        st.sampled_from(["MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "HSV"])
+    )
+    if draw(st.booleans()):
+        ds.NumberOfFrames = draw(st.integers(-5, 10**6))
+    if draw(st.booleans()):
+        ds.WindowCenter = draw(st.floats(-1e6, 1e6))
+        ds.WindowWidth = draw(st.floats(-10, 1e6))
+    if draw(st.booleans()):
+        ds.RescaleSlope = draw(st.floats(-1e10, 1e10))
+        ds.RescaleIntercept = draw(st.floats(-1e10, 1e10))
+    ds.PixelData = draw(st.binary(max_size=2048))
+    if len(ds.PixelData) % 2:
+        ds.PixelData += b"\0"
+    return corpus.dicom_bytes(ds)
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+@given(st.binary(max_size=4096), st.sampled_from(SUFFIXES))
+def image_from_random_bytes(data: bytes, suffix: str) -> None:
+    _image_ok(data, "random" + suffix)
+
+
+@given(mutated())
+def image_from_mutated_file(case: tuple[bytes, str]) -> None:
+    _image_ok(*case)
+
+
+@given(png_headers())
+def image_from_png_header(data: bytes) -> None:
+    _image_ok(data, "header.png")
+
+
+@given(dicom_headers())
+def image_from_dicom_header(data: bytes) -> None:
+    _image_ok(data, "header.dcm")
+
+
+# ---------------------------------------------------------------------------------------------- sidecars
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.integers(-(10**40), 10**40)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+SIDECAR = json.loads(corpus.SOUND_JSON.read_text())
+WEIGHTS = corpus.SOUND.read_bytes()
+
+
+@st.composite
+def sidecars(draw: st.DrawFn) -> dict[str, Any]:
+    doc = dict(SIDECAR)
+    for key in draw(st.lists(st.sampled_from(sorted(SIDECAR)), min_size=1, max_size=3, unique=True)):
+        doc[key] = draw(json_values)
+    if draw(st.booleans()):
+        doc[draw(st.text(min_size=1, max_size=12))] = draw(json_values)
+    if draw(st.booleans()):
+        doc["arch_kwargs"] = {draw(st.text(max_size=16)): draw(json_values)}
+    return doc
+
+
+def _sidecar_ok(doc: dict[str, Any]) -> None:
+    from verification.io import load_model_bytes
+
+    try:
+        model = load_model_bytes(WEIGHTS, "sound.safetensors", sidecar_json=doc)
+    except Exception as exc:
+        _check_error(exc)
+        return
+    assert all(math.isfinite(v) for v in (*model.mean, *model.std)), (model.mean, model.std)
+    assert len(model.class_names) == model.num_classes
+
+
+@given(sidecars())
+def sidecar_mutated(doc: dict[str, Any]) -> None:
+    _sidecar_ok(doc)
+
+
+@given(st.dictionaries(st.text(max_size=12), json_values, max_size=6))
+def sidecar_arbitrary(doc: dict[str, Any]) -> None:
+    _sidecar_ok(doc)
+
+
+CHECKS: dict[str, tuple[Callable[[], None], int]] = {
+    "image_from_random_bytes": (image_from_random_bytes, 200),
+    "image_from_mutated_file": (image_from_mutated_file, 300),
+    "image_from_png_header": (image_from_png_header, 150),
+    "image_from_dicom_header": (image_from_dicom_header, 150),
+    "sidecar_mutated": (sidecar_mutated, 30),
+    "sidecar_arbitrary": (sidecar_arbitrary, 60),
+}
+
+
+def main(out: str) -> int:
+    """Run every check; write ``{name: {"ok", "seconds", "examples", "failure"}}`` as JSON to ``out``."""
+    results: dict[str, dict[str, Any]] = {}
+    for name, (fn, n) in CHECKS.items():
+        t0 = time.monotonic()
+        failure = ""
+        try:
+            settings(SETTINGS, max_examples=n)(fn)()
+        except Exception:
+            failure = traceback.format_exc()[-4000:]
+        results[name] = {
+            "ok": not failure,
+            "seconds": time.monotonic() - t0,
+            "examples": n,
+            "failure": failure,
+        }
+        print(
+            f"{'ok  ' if not failure else 'FAIL'}  {name}: {n} examples, {results[name]['seconds']:.1f} s",
+            flush=True,
+        )
+        with open(out, "w") as fh:
+            json.dump(results, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
