@@ -240,6 +240,14 @@ def test_jpeg_whose_header_declares_a_bomb_is_typed() -> None:
         load_image(bytes(data), name="sof.jpg")
 
 
+@pytest.mark.parametrize(
+    "data", [b"\xff\xd8\xff", b"\xff\xd8\xff\xe0" + bytes(20), b"\x89PNG\r\n\x1a\n", b"II*\x00"]
+)
+def test_truncated_headers_are_typed(data: bytes) -> None:
+    with pytest.raises(ImageLoadError):
+        load_image(data, name="truncated")
+
+
 def test_palette_png_without_plte_is_refused() -> None:
     ihdr = struct.pack(">IIBBBBB", 16, 16, 8, 3, 0, 0, 0)
     body = zlib.compress(b"".join(b"\x00" + bytes(16) for _ in range(16)))

@@ -28,6 +28,7 @@ __all__ = [
     "ImageCost",
     "ResourceLimits",
     "probe_image",
+    "register_pil_plugins",
 ]
 
 MiB = 1 << 20
@@ -233,8 +234,10 @@ def _probe_png(data: bytes, name: str) -> ImageCost:
 def _probe_jpeg(data: bytes, name: str) -> ImageCost:
     from PIL import Image, UnidentifiedImageError
 
+    register_pil_plugins()
+
     try:
-        with Image.open(io.BytesIO(data), formats=["JPEG", "MPO"]) as img:
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as img:
             width, height = img.size
             samples = len(img.getbands())
             frames = int(getattr(img, "n_frames", 1))
@@ -242,10 +245,24 @@ def _probe_jpeg(data: bytes, name: str) -> ImageCost:
         raise InputTooLargeError(
             f"'{name}' declares more pixels than allowed (decompression bomb?): {exc}"
         ) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        KeyError,
+        struct.error,
+    ) as exc:
         raise ImageLoadError(f"'{name}' is a corrupt or truncated JPEG ({exc}); export it again") from exc
     # PIL holds RGB as 4 bytes per pixel; count it as such.
     return ImageCost("JPEG", width, height, 4 if samples == 3 else samples, 1, frames=frames)
+
+
+def register_pil_plugins() -> None:
+    """Register the plugins of the accepted formats: ``Image.open(formats=[...])`` looks them up by name and
+    raises KeyError for one not imported yet in a fresh process."""
+    from PIL import JpegImagePlugin, PngImagePlugin, TiffImagePlugin  # noqa: F401
 
 
 def _probe_tiff(data: bytes, name: str) -> ImageCost:

@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from verification.errors import ImageLoadError, InputTooLargeError, ShapeError
-from verification.io.budget import Budget, ImageCost, probe_image, unsupported_format_message
+from verification.io.budget import (
+    Budget,
+    ImageCost,
+    probe_image,
+    register_pil_plugins,
+    unsupported_format_message,
+)
 from verification.io.dicom import looks_like_dicom, read_dicom
 from verification.io.records import LoadedImage, LoadedModel
 
@@ -42,7 +48,7 @@ MIN_SIDE = 8
 LUMA = (0.299, 0.587, 0.114)
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_PIL_FORMATS = ("PNG", "JPEG", "MPO", "TIFF")
+_PIL_FORMATS = ("PNG", "JPEG", "TIFF")  # JPEG also opens MPO (multi-picture) files
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
 
@@ -123,6 +129,7 @@ def _read_pil(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         # Only the accepted formats' plugins run: no GIF/BMP/WebP, and none of PIL's riskier parsers.
+        register_pil_plugins()
         img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
     except Image.DecompressionBombError as exc:
         raise InputTooLargeError(
