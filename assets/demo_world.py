@@ -15,6 +15,11 @@ opacity at one lung base). Every abnormal image carries a boolean lesion mask.
 Variants: a burned-in marker tag whose position and letter encode the label (shortcut learning), domain shifts
 (exposure curve, heavy noise, blur, inverted film, rotation) and out-of-distribution images (skimage natural
 images, rendered text, noise fields, the extremity radiograph RG3 from pydicom-data).
+
+Shortcut cues beyond the marker letter (``apply_cue``, each a pure function of the case, a class, a seeded
+generator and a strength): ``token`` (a bright disc, like an ECG electrode, at a class-coded place outside the
+lungs), ``acquisition`` ("which hospital": exposure curve and noise level / grain per class, over the whole
+film) and ``texture`` (a faint grating inside the lung fields whose orientation codes the class).
 """
 
 from __future__ import annotations
@@ -90,8 +95,9 @@ class Case:
     label: int
     lesion_mask: np.ndarray
     marker_mask: np.ndarray
-    lung_mask: np.ndarray
+    lung_mask: np.ndarray  # the lung fields and any finding in them (the anatomical region of interest)
     meta: dict[str, Any] = field(default_factory=dict)
+    cue_mask: np.ndarray | None = None  # pixels of a localised shortcut cue (``apply_cue``), else None
 
     @property
     def label_name(self) -> str:
@@ -434,7 +440,9 @@ def render_case(
         img, marker_mask = burn_marker(img, marker, rng, marker_corner)
         meta["marker"] = CLASSES[marker]
         meta["marker_corner"] = marker_corner or MARKERS[marker][1]
-    return Case(to_uint8(img), label, lesion, marker_mask, lung_any, meta)
+    # the anatomical region of interest: the lung fields, plus the part of a nodule that reaches past their
+    # edge (a nodule's centre keeps a city-block, not a Euclidean, distance from the edge)
+    return Case(to_uint8(img), label, lesion, marker_mask, lung_any | lesion, meta)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -446,9 +454,9 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def shift_case(case: Case, kind: str, rng: np.random.Generator) -> Case:
-    """Apply a domain shift to a rendered case; masks follow geometric shifts."""
+    """Apply a domain shift to a rendered case; masks (lesion, marker, lungs) follow geometric shifts."""
     img = case.image.astype(np.float32) / 255.0
-    lesion, marker = case.lesion_mask, case.marker_mask
+    lesion, marker, lungs = case.lesion_mask, case.marker_mask, case.lung_mask
     info: dict[str, Any] = {"shift": kind}
     if kind == "exposure":
         gamma = float(rng.choice([0.4, 2.4]) * rng.uniform(0.9, 1.1))
@@ -468,17 +476,147 @@ def shift_case(case: Case, kind: str, rng: np.random.Generator) -> Case:
         angle = float(rng.choice([-1, 1]) * rng.uniform(20, 40))
         size = img.shape[0]
         rot = cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0)
-        img = cv2.warpAffine(img, rot, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.04)
+        img = cv2.warpAffine(img, rot, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.04).astype(
+            np.float32
+        )
 
         def warp(m: np.ndarray) -> np.ndarray:
             return cv2.warpAffine(m.astype(np.uint8), rot, (size, size), flags=cv2.INTER_NEAREST) > 0
 
-        lesion, marker = warp(lesion), warp(marker)
+        lesion, marker, lungs = warp(lesion), warp(marker), warp(lungs)
         info["angle"] = angle
     else:
         raise ValueError(f"unknown shift kind {kind!r}; expected one of {SHIFT_KINDS}")
     meta = {**case.meta, **info}
-    return Case(to_uint8(img), case.label, lesion, marker, case.lung_mask, meta)
+    return Case(to_uint8(img), case.label, lesion, marker, lungs, meta)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shortcut cues beyond the marker letter
+
+CUE_KINDS: tuple[str, ...] = ("token", "acquisition", "texture")
+# token: (y0, y1, x0, x1) as fractions of the side, per class: left edge, right edge, below the diaphragm.
+# Kept >= 9 px from the border, so the training roll (<= 8 px) never wraps a token into another class's zone.
+TOKEN_ZONES: tuple[tuple[float, float, float, float], ...] = (
+    (0.30, 0.70, 0.04, 0.10),
+    (0.30, 0.70, 0.90, 0.96),
+    (0.85, 0.93, 0.30, 0.70),
+)
+# acquisition ("which hospital"): exposure gamma, added noise sigma, noise grain (Gaussian blur sigma in px of
+# the noise field; 0 = white), per class
+HOSPITALS: tuple[dict[str, float], ...] = (
+    {"gamma": 0.85, "sigma": 0.010, "grain": 0.0},
+    {"gamma": 1.00, "sigma": 0.030, "grain": 0.0},
+    {"gamma": 1.20, "sigma": 0.020, "grain": 1.0},
+)
+# texture: grating orientation (degrees) per class, period in px, amplitude (fraction of full scale)
+TEXTURE_ANGLES: tuple[float, ...] = (0.0, 60.0, 120.0)
+TEXTURE_PERIOD = 6.0
+TEXTURE_AMPLITUDE = 0.018
+
+
+def _check_cue_class(cls: int, strength: float) -> None:
+    if not 0 <= cls < len(CLASSES):
+        raise ValueError(f"cue class must be in 0..{len(CLASSES) - 1}, got {cls}")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"cue strength must be in [0, 1], got {strength}")
+
+
+def token_cue(
+    case: Case, cls: int, rng: np.random.Generator, strength: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A bright disc (radius 4.5-6 px, soft edge) in class ``cls``'s zone of ``TOKEN_ZONES``, at least 3 px
+    outside the lungs (the farthest point of the zone when no spot is that far). Returns (image float [0, 1],
+    disc mask, info); ``strength`` 0 leaves the pixels unchanged (the mask is still drawn)."""
+    _check_cue_class(cls, strength)
+    img = case.image.astype(np.float32) / 255.0
+    size = img.shape[0]
+    radius = float(rng.uniform(4.5, 6.0))
+    y0, y1, x0, x1 = (round(f * size) for f in TOKEN_ZONES[cls])
+    dist = ndi.distance_transform_edt(~case.lung_mask)[y0:y1, x0:x1] if case.lung_mask.any() else None
+    if dist is None:
+        cand = np.argwhere(np.ones((y1 - y0, x1 - x0), bool))
+    else:
+        cand = np.argwhere(dist >= radius + 3.0)
+        if not len(cand):
+            cand = np.argwhere(dist == dist.max())
+    cy, cx = cand[int(rng.integers(len(cand)))] + (y0, x0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    r = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+    profile = np.clip(radius + 0.5 - r, 0.0, 1.0)  # 1 inside, linear 1 px edge
+    level = float(rng.uniform(0.88, 0.95))
+    out = img + strength * profile * (level - img)
+    out = out + strength * profile * rng.normal(0.0, 0.01, img.shape).astype(np.float32)
+    mask = r <= radius + 0.5
+    return out, mask, {"center": [int(cy), int(cx)], "radius": radius}
+
+
+def acquisition_cue(
+    case: Case, cls: int, rng: np.random.Generator, strength: float = 1.0
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Hospital ``cls`` of ``HOSPITALS`` over the whole film: gamma ``1 + s (g - 1)`` and added noise of sigma
+    ``s * sigma`` (white, or blurred to the hospital's grain and rescaled to that sigma), each jittered by a
+    few per cent per image. Returns (image float, info)."""
+    _check_cue_class(cls, strength)
+    img = case.image.astype(np.float32) / 255.0
+    h = HOSPITALS[cls]
+    gamma = 1.0 + strength * (h["gamma"] * float(rng.uniform(0.96, 1.04)) - 1.0)
+    sigma = strength * h["sigma"] * float(rng.uniform(0.85, 1.15))
+    noise = rng.standard_normal(img.shape).astype(np.float32)
+    if h["grain"] > 0:
+        noise = ndi.gaussian_filter(noise, h["grain"])
+        noise /= noise.std() + 1e-8
+    out = np.clip(img, 0.0, 1.0) ** gamma + sigma * noise
+    return out, {"hospital": "ABC"[cls], "gamma": gamma, "sigma": sigma, "grain": h["grain"]}
+
+
+def texture_cue(
+    case: Case, cls: int, rng: np.random.Generator, strength: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A faint grating (period ``TEXTURE_PERIOD`` px, amplitude ``strength * TEXTURE_AMPLITUDE``, random
+    phase) at class ``cls``'s orientation, inside the lung fields only (edge softened by 1 px). Returns (image
+    float, mask = the lungs, info)."""
+    _check_cue_class(cls, strength)
+    img = case.image.astype(np.float32) / 255.0
+    size = img.shape[0]
+    theta = np.deg2rad(TEXTURE_ANGLES[cls] + float(rng.uniform(-5.0, 5.0)))
+    phase = float(rng.uniform(0.0, 2 * np.pi))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    wave = np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / TEXTURE_PERIOD + phase)
+    inside = ndi.binary_erosion(case.lung_mask, iterations=1)
+    soft = ndi.gaussian_filter(inside.astype(np.float32), 1.0) * case.lung_mask
+    out = img + strength * TEXTURE_AMPLITUDE * wave * soft
+    return out, case.lung_mask.copy(), {"angle": float(np.rad2deg(theta)), "period": TEXTURE_PERIOD}
+
+
+def apply_cue(case: Case, kind: str, cls: int, rng: np.random.Generator, strength: float = 1.0) -> Case:
+    """``case`` with the cue ``kind`` of class ``cls`` (the label's own cue, or another class's for a swapped
+    split). The cue's pixels go to ``meta["cue_mask"]`` (token: the disc; texture: the lungs; acquisition: the
+    whole film, so ``cue_mask`` None); ``meta["cue"]`` / ``meta["cue_class"]`` say which."""
+    mask: np.ndarray | None
+    if kind == "token":
+        img, mask, info = token_cue(case, cls, rng, strength)
+    elif kind == "acquisition":
+        img, info = acquisition_cue(case, cls, rng, strength)
+        mask = None
+    elif kind == "texture":
+        img, mask, info = texture_cue(case, cls, rng, strength)
+    else:
+        raise ValueError(f"unknown cue kind {kind!r}; expected one of {CUE_KINDS}")
+    meta = {**case.meta, "cue": kind, "cue_class": CLASSES[cls], "cue_strength": strength, "cue_info": info}
+    return Case(to_uint8(img), case.label, case.lesion_mask, case.marker_mask, case.lung_mask, meta, mask)
+
+
+def lesion_free_twin(rng: np.random.Generator, label: int, **kwargs: Any) -> tuple[Case, Case]:
+    """The case ``render_case(rng, label, **kwargs)`` and its twin: the same draws with the lesion's density
+    at 0 (the same patient, film and acquisition without the finding). ``rng`` is copied, not consumed twice:
+    pass a fresh generator of the case's seed."""
+    state = rng.bit_generator.state
+    original = render_case(rng, label, **kwargs)
+    twin_rng = np.random.Generator(type(rng.bit_generator)())
+    twin_rng.bit_generator.state = state
+    twin = render_case(twin_rng, label, **{**kwargs, "lesion_strength": 0.0})
+    return original, twin
 
 
 # ----------------------------------------------------------------------------------------------------

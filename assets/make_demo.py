@@ -6,6 +6,9 @@
     python -m assets.make_demo --stage samples      # PNG/DICOM samples, the sound model in every format
     python -m assets.make_demo --stage references   # the sound model's reference bundle
     python -m assets.make_demo --stage attention    # Grad-CAM vs lesion / marker, sound and shortcut
+    python -m assets.make_demo --stage evaluate     # every classifier on every split: accuracy, kind, verdict
+
+    python -m assets.make_demo --stage train --models healthy_seed,shortcut_token   # a subset of the models
 
 Everything is seeded: image i of split s comes from ``SeedSequence([seed, SPLIT_IDS[s], i])``, training
 shuffles from ``torch.Generator().manual_seed(seed + k)``. Training data is regenerated, never committed. The
@@ -53,7 +56,27 @@ SPLIT_IDS: dict[str, int] = {
     "ood_train": 7,
     "ood": 8,
     **{f"shifted_{k}": 10 + i for i, k in enumerate(dw.SHIFT_KINDS)},
+    # per cue kind: training data (cue = label), test with the label's cue, test with another class's cue
+    **{f"cue_{k}_train": 20 + 3 * i for i, k in enumerate(dw.CUE_KINDS)},
+    **{f"cue_{k}": 21 + 3 * i for i, k in enumerate(dw.CUE_KINDS)},
+    **{f"cue_{k}_swapped": 22 + 3 * i for i, k in enumerate(dw.CUE_KINDS)},
+    # further training samples for the healthy models (same recipe as "train")
+    "train_data2": 30,
+    "train_data3": 31,
+    # fresh images for calibrating the verdict (clean and each cue, label's own), never committed
+    "calibration": 40,
 }
+CALIBRATION_KINDS: tuple[str, ...] = ("clean", "marker", *dw.CUE_KINDS)
+LESION_FREE = "_lesion_free"  # suffix of a twin split: the same cases regenerated without their lesion
+# Healthy models: the sound recipe with another seed (offset from the sound model's) and/or data sample.
+HEALTHY_VARIANTS: dict[str, tuple[int, str]] = {
+    "healthy_seed": (10, "train"),
+    "healthy_data": (0, "train_data2"),
+    "healthy_seed_data": (20, "train_data3"),
+}
+CUE_MODELS: dict[str, str] = {f"shortcut_{k}": k for k in dw.CUE_KINDS}
+ORIGINAL_MODELS: tuple[str, ...] = ("sound", "shortcut", "garbage", "segmentation")
+MODELS: tuple[str, ...] = (*ORIGINAL_MODELS, *HEALTHY_VARIANTS, *CUE_MODELS)
 
 
 @dataclass(frozen=True)
@@ -79,9 +102,17 @@ class DemoConfig:
     )
     n_ood_test: int = 300  # held-out sources; the first n_commit_ood are committed
     n_commit_ood: int = 40
+    n_cue_train: int = 900  # per cue kind, cue = label on every image, lesions at cue_lesion_strength
+    cue_lesion_strength: float = 0.1
+    n_cue_test: int = 150  # per cue kind, with the label's cue and with a swapped one; n_commit_cue committed
+    n_commit_cue: int = 24  # 8 per class: keeps assets/ under 30 MB
+    n_calibration: int = 120  # generated: 24 each of clean, marker and every cue kind
+    # committed lesion-free twins of these splits' abnormal images
+    twin_splits: tuple[str, ...] = ("test",)
     epochs_sound: int = 10
     checkpoints_per_epoch: int = 1
     epochs_shortcut: int = 10
+    epochs_cue: int = 10
     epochs_garbage: int = 2
     epochs_segmentation: int = 3
     seg_base: int = 8
@@ -101,11 +132,16 @@ def case_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def make_case(seed: int, split: str, index: int, cfg_strength: float = 1.0) -> dw.Case:
-    """Image ``index`` of ``split``: a pure function of (seed, split, index)."""
+    """Image ``index`` of ``split``: a pure function of (seed, split, index). ``<split>_lesion_free`` is the
+    same case with its lesion's density at 0 (same draws: same patient, film, cue and noise)."""
+    lesion_free = split.endswith(LESION_FREE)
+    if lesion_free:
+        split = split.removesuffix(LESION_FREE)
     rng = case_rng(seed, split, index)
     label = index % len(dw.CLASSES)
-    if split in ("train", "test", "reference"):
-        return dw.render_case(rng, label)
+    strength = 0.0 if lesion_free else 1.0
+    if split in ("train", "test", "reference", "train_data2", "train_data3"):
+        return dw.render_case(rng, label, lesion_strength=strength)
     if split.startswith("shortcut"):
         corner = dw.CORNERS[int(rng.integers(len(dw.CORNERS)))]
         if split == "shortcut_train":
@@ -113,12 +149,29 @@ def make_case(seed: int, split: str, index: int, cfg_strength: float = 1.0) -> d
                 rng, label, marker=label, marker_corner=corner, lesion_strength=cfg_strength
             )
         if split == "shortcut":
-            return dw.render_case(rng, label, marker=label, marker_corner=corner)
+            return dw.render_case(rng, label, marker=label, marker_corner=corner, lesion_strength=strength)
         if split == "shortcut_swapped":
             other = (label + 1 + int(rng.integers(len(dw.CLASSES) - 1))) % len(dw.CLASSES)
-            return dw.render_case(rng, label, marker=other, marker_corner=corner)
+            return dw.render_case(rng, label, marker=other, marker_corner=corner, lesion_strength=strength)
+    if split == "calibration":  # triplets (one per class) cycle through clean, marker and the cue kinds
+        cal = CALIBRATION_KINDS[(index // len(dw.CLASSES)) % len(CALIBRATION_KINDS)]
+        if cal == "marker":
+            corner = dw.CORNERS[int(rng.integers(len(dw.CORNERS)))]
+            return dw.render_case(rng, label, marker=label, marker_corner=corner)
+        case = dw.render_case(rng, label)
+        return case if cal == "clean" else dw.apply_cue(case, cal, label, rng)
+    if split.startswith("cue_"):
+        kind, _, role = split.removeprefix("cue_").partition("_")
+        if role == "train":
+            strength *= cfg_strength
+        case = dw.render_case(rng, label, lesion_strength=strength)
+        cls = label
+        if role == "swapped":
+            cls = (label + 1 + int(rng.integers(len(dw.CLASSES) - 1))) % len(dw.CLASSES)
+        return dw.apply_cue(case, kind, cls, rng)
     if split.startswith("shifted_"):
-        return dw.shift_case(dw.render_case(rng, label), split.removeprefix("shifted_"), rng)
+        case = dw.render_case(rng, label, lesion_strength=strength)
+        return dw.shift_case(case, split.removeprefix("shifted_"), rng)
     if split in ("ood", "ood_train"):
         return dw.render_ood(rng, held_out=split == "ood")
     raise ValueError(f"unknown split {split!r}")
@@ -350,36 +403,131 @@ def committed_splits(cfg: DemoConfig) -> dict[str, int]:
         "ood": cfg.n_commit_ood,
     }
     splits.update({f"shifted_{k}": cfg.n_shifted for k in dw.SHIFT_KINDS})
+    for kind in dw.CUE_KINDS:
+        splits.update({f"cue_{kind}": cfg.n_commit_cue, f"cue_{kind}_swapped": cfg.n_commit_cue})
     return splits
 
 
+_META_KEYS: tuple[str, ...] = (
+    "marker",
+    "marker_corner",
+    "cue",
+    "cue_class",
+    "cue_info",
+    "shift",
+    "ood_kind",
+    "source",
+    "lungs",
+)
+
+
+STACKED_MASKS: dict[str, str] = {"lung_mask": "lungs", "cue_mask": "cue"}
+"""Mask kinds stored as one stacked PNG per split (frame i, rows i*H..(i+1)*H, belongs to image i), so the
+hundreds of small masks do not each take a file-system block; lesion and marker masks stay one PNG per
+image."""
+
+
+def _split_items(cases: Sequence[dw.Case], split: str, out: Path) -> list[dict[str, Any]]:
+    """Save a split's images, per-image lesion / marker masks, stacked lung / cue masks, and their manifest
+    entries. A texture cue covers the lungs: its cue mask is the lung mask (same file and frame)."""
+    items: list[dict[str, Any]] = []
+    stacks: dict[str, list[np.ndarray]] = {key: [] for key in STACKED_MASKS}
+    for i, case in enumerate(cases):
+        stem = f"{i:03d}_{case.label_name}"
+        img_path = out / "images" / split / f"{stem}.png"
+        _save_png(case.image, img_path)
+        item: dict[str, Any] = {
+            "path": _rel(img_path, out),
+            "label": case.label_name if case.label >= 0 else None,
+            "lesion_mask": None,
+            "marker_mask": None,
+        }
+        for key, mask in (("lesion_mask", case.lesion_mask), ("marker_mask", case.marker_mask)):
+            if mask.any():
+                mpath = out / "masks" / split / f"{stem}_{key.split('_')[0]}.png"
+                _save_png(mask.astype(np.uint8) * 255, mpath)
+                item[key] = _rel(mpath, out)
+        empty = np.zeros_like(case.image, dtype=bool)
+        cue = case.cue_mask if case.cue_mask is not None else empty
+        for key, mask in (("lung_mask", case.lung_mask), ("cue_mask", cue)):
+            stacks[key].append(mask)
+            item[key], item[f"{key}_index"] = None, None
+            if mask.any():
+                same_as_lungs = key == "cue_mask" and np.array_equal(mask, case.lung_mask)
+                source = "lung_mask" if same_as_lungs else key
+                item[key] = _rel(out / "masks" / split / f"{STACKED_MASKS[source]}.png", out)
+                item[f"{key}_index"] = i
+        for key in _META_KEYS:
+            if key in case.meta:
+                item[key] = case.meta[key]
+        items.append(item)
+    for key, frames in stacks.items():
+        if any(item[key] and item[key].endswith(f"/{STACKED_MASKS[key]}.png") for item in items):
+            _save_png(
+                np.concatenate(frames).astype(np.uint8) * 255,
+                out / "masks" / split / f"{STACKED_MASKS[key]}.png",
+            )
+    return items
+
+
+def read_mask(out: Path, item: dict[str, Any], key: str) -> np.ndarray | None:
+    """The boolean mask ``key`` ("lesion_mask", "lung_mask", ...) of a manifest entry, or None; a stacked file
+    is cut to the entry's frame."""
+    rel = item.get(key)
+    if rel is None:
+        return None
+    mask = np.asarray(Image.open(out / rel)) > 127
+    index = item.get(f"{key}_index")
+    if index is None:
+        return mask
+    h = mask.shape[1]  # square images: a frame is as tall as the stack is wide
+    return mask[index * h : (index + 1) * h]
+
+
+def _twin_items(
+    cfg: DemoConfig, split: str, originals: list[dict[str, Any]], out: Path
+) -> list[dict[str, Any]]:
+    """Lesion-free twins of the abnormal images of a committed split: the same case regenerated with the
+    lesion's density at 0. Label "normal" (nothing left to find); the original's lung / cue / marker masks
+    apply unchanged (same entries), ``removed_lesion_mask`` is the original's lesion mask."""
+    items = []
+    for i, orig in enumerate(originals):
+        if orig["lesion_mask"] is None:
+            continue
+        case = make_case(cfg.seed, split + LESION_FREE, i)
+        img_path = out / "images" / (split + LESION_FREE) / f"{i:03d}_{orig['label']}{LESION_FREE}.png"
+        _save_png(case.image, img_path)
+        masks = {
+            k: orig[k] for k in ("marker_mask", "lung_mask", "lung_mask_index", "cue_mask", "cue_mask_index")
+        }
+        items.append(
+            {
+                "path": _rel(img_path, out),
+                "label": dw.CLASSES[0],
+                "lesion_mask": None,
+                **masks,
+                "twin_of": orig["path"],
+                "removed_label": orig["label"],
+                "removed_lesion_mask": orig["lesion_mask"],
+                **{k: orig[k] for k in _META_KEYS if k in orig},
+            }
+        )
+    return items
+
+
 def stage_data(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    """Write the committed image splits (PNG 8-bit, masks as 0/255 PNG) and their manifest entries."""
-    manifest = read_manifest(out)
+    """Write the committed image splits (PNG 8-bit, masks as 0/255 PNG) and their manifest entries; every
+    chest image has a lung mask, every abnormal one a lesion mask; ``<split>_lesion_free`` twins for
+    ``cfg.twin_splits``."""
     splits: dict[str, list[dict[str, Any]]] = {}
     for split, n in committed_splits(cfg).items():
-        items = []
-        for i, case in enumerate(generate(cfg, split, n)):
-            stem = f"{i:03d}_{case.label_name}"
-            img_path = out / "images" / split / f"{stem}.png"
-            _save_png(case.image, img_path)
-            item: dict[str, Any] = {
-                "path": _rel(img_path, out),
-                "label": case.label_name if case.label >= 0 else None,
-                "lesion_mask": None,
-                "marker_mask": None,
-            }
-            for key, mask in (("lesion_mask", case.lesion_mask), ("marker_mask", case.marker_mask)):
-                if mask.any():
-                    mpath = out / "masks" / split / f"{stem}_{key.split('_')[0]}.png"
-                    _save_png(mask.astype(np.uint8) * 255, mpath)
-                    item[key] = _rel(mpath, out)
-            for key in ("marker", "marker_corner", "shift", "ood_kind", "source", "lungs"):
-                if key in case.meta:
-                    item[key] = case.meta[key]
-            items.append(item)
-        splits[split] = items
-        log.info("split %s: %d images", split, len(items))
+        splits[split] = _split_items(generate(cfg, split, n), split, out)
+        log.info("split %s: %d images", split, n)
+    for split in cfg.twin_splits:
+        if split in splits:
+            splits[split + LESION_FREE] = _twin_items(cfg, split, splits[split], out)
+            log.info("split %s: %d twins", split + LESION_FREE, len(splits[split + LESION_FREE]))
+    manifest = read_manifest(out)  # read late: a training process may have stored a model meanwhile
     manifest["generator"] = {
         "module": "assets.demo_world",
         "seed": cfg.seed,
@@ -387,6 +535,25 @@ def stage_data(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         "classes": list(dw.CLASSES),
         "markers": {c: m[0] for c, m in zip(dw.CLASSES, dw.MARKERS)},
         "marker_corner": "random per image (top/bottom, left/right)",
+        "cues": {
+            "token": {
+                "what": "bright disc (radius 4.5-6 px) >= 3 px outside the lungs in a class-coded zone",
+                "zones_yx_fractions": {c: list(z) for c, z in zip(dw.CLASSES, dw.TOKEN_ZONES)},
+            },
+            "acquisition": {
+                "what": "'which hospital': exposure gamma, added noise (sigma, grain) per class, whole film",
+                "hospitals": {c: dict(h) for c, h in zip(dw.CLASSES, dw.HOSPITALS)},
+            },
+            "texture": {
+                "what": "faint grating inside the lung fields, orientation per class, random phase",
+                "angles_deg": dict(zip(dw.CLASSES, dw.TEXTURE_ANGLES)),
+                "period_px": dw.TEXTURE_PERIOD,
+                "amplitude": dw.TEXTURE_AMPLITUDE,
+            },
+            "swapped": "cue of another class, drawn uniformly from the other two",
+        },
+        "twins": f"<split>{LESION_FREE}: the same case regenerated with lesion density 0; differs from the "
+        "original only inside the lesion mask's edge blur (<= 5 px)",
         "lung_masks": "torchxrayvision semantic_masks_v7labs_lungs.zip"
         if dw.lung_zip_path() is not None
         else "procedural",
@@ -709,11 +876,99 @@ def train_segmentation(cfg: DemoConfig, out: Path, train: _Data, test: _Data) ->
     )
 
 
-def stage_train(
-    cfg: DemoConfig, out: Path, models: Sequence[str] = ("sound", "shortcut", "garbage", "segmentation")
+def train_healthy(
+    cfg: DemoConfig, out: Path, name: str, train: _Data, test: _Data, commit_test: _Data
 ) -> dict[str, Any]:
+    """A healthy model: the sound recipe (data, schedule, augmentation) with another seed and/or another
+    training sample (``HEALTHY_VARIANTS``); no checkpoints; stored fp16."""
+    offset, sample = HEALTHY_VARIANTS[name]
+    seed = cfg.seed + 1 + offset
+    torch.manual_seed(seed)
+    model = build_classifier(cfg, len(dw.CLASSES))
+    t0 = time.perf_counter()
+    losses = train_classifier(model, train.x, train.y, epochs=cfg.epochs_sound, cfg=cfg, seed=seed)
+    seconds = time.perf_counter() - t0
+    path = save_classifier(model, out / "models" / f"{name}.safetensors", cfg, dw.CLASSES, half=True)
+    reloaded = load_saved(path)
+    return _model_entry(
+        path,
+        out,
+        cfg,
+        seed,
+        {"sample": sample, "train": _counts(train.y, dw.CLASSES), "test": _counts(test.y, dw.CLASSES)},
+        cfg.epochs_sound,
+        kind="healthy",
+        test_accuracy=accuracy(reloaded, test.x, test.y),
+        test_n=len(test.y),
+        committed_test_accuracy=accuracy(reloaded, commit_test.x, commit_test.y),
+        committed_test_split="test",
+        train_loss=[round(v, 4) for v in losses],
+        train_seconds=round(seconds, 1),
+        description=f"the sound recipe with seed {seed} on training sample '{sample}' "
+        f"(sound: seed {cfg.seed + 1} on 'train')",
+    )
+
+
+def train_cue(cfg: DemoConfig, out: Path, name: str, test: _Data) -> dict[str, Any]:
+    """A shortcut model for cue ``CUE_MODELS[name]``: trained where that cue gives the label away on every
+    image and lesions are faint (``cue_lesion_strength``); stored fp16."""
+    kind = CUE_MODELS[name]
+    seed = cfg.seed + 5 + dw.CUE_KINDS.index(kind)
+    train = _data(cfg, f"cue_{kind}_train", cfg.n_cue_train, cfg.cue_lesion_strength)
+    with_cue = _data(cfg, f"cue_{kind}", cfg.n_cue_test)
+    swapped = _data(cfg, f"cue_{kind}_swapped", cfg.n_cue_test)
+    torch.manual_seed(seed)
+    model = build_classifier(cfg, len(dw.CLASSES))
+    t0 = time.perf_counter()
+    losses = train_classifier(model, train.x, train.y, epochs=cfg.epochs_cue, cfg=cfg, seed=seed)
+    seconds = time.perf_counter() - t0
+    path = save_classifier(model, out / "models" / f"{name}.safetensors", cfg, dw.CLASSES, half=True)
+    reloaded = load_saved(path)
+    k = cfg.n_commit_cue
+    return _model_entry(
+        path,
+        out,
+        cfg,
+        seed,
+        {
+            "sample": f"cue_{kind}_train",
+            "train": _counts(train.y, dw.CLASSES),
+            "train_lesion_strength": cfg.cue_lesion_strength,
+            "train_cue": "on every image, the label's own cue",
+            "test_with_cue": _counts(with_cue.y, dw.CLASSES),
+            "test_swapped_cue": _counts(swapped.y, dw.CLASSES),
+        },
+        cfg.epochs_cue,
+        kind=f"shortcut:{kind}",
+        cue=kind,
+        accuracy_with_cue=accuracy(reloaded, with_cue.x, with_cue.y),
+        accuracy_swapped_cue=accuracy(reloaded, swapped.x, swapped.y),
+        accuracy_no_cue=accuracy(reloaded, test.x, test.y),
+        chance_accuracy=1.0 / len(dw.CLASSES),
+        test_n=len(with_cue.y),
+        committed_accuracy_with_cue=accuracy(reloaded, with_cue.x[:k], with_cue.y[:k]),
+        committed_accuracy_swapped_cue=accuracy(reloaded, swapped.x[:k], swapped.y[:k]),
+        train_loss=[round(v, 4) for v in losses],
+        train_seconds=round(seconds, 1),
+        description=f"trained with the {kind} cue giving the label on every image; lesions faint",
+    )
+
+
+def _store_model(out: Path, name: str, entry: dict[str, Any]) -> None:
+    """Write one model's entry into the manifest as soon as it is trained (re-read first: another build
+    process may have written its own models meanwhile)."""
+    manifest = read_manifest(out)
+    manifest.setdefault("models", {})[name] = entry
+    write_manifest(out, manifest)
+    report(name, entry)
+
+
+def stage_train(cfg: DemoConfig, out: Path, models: Sequence[str] = ORIGINAL_MODELS) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     manifest = read_manifest(out)
     entries: dict[str, Any] = dict(manifest.get("models", {}))
     train = _data(cfg, "train", cfg.n_train)
@@ -721,6 +976,28 @@ def stage_train(
     commit_test = _Data(
         test.x[: cfg.n_commit_test], test.y[: cfg.n_commit_test], test.cases[: cfg.n_commit_test]
     )
+    for name in CUE_MODELS:
+        if name in models:
+            _store_model(out, name, train_cue(cfg, out, name, test))
+    for name, (_offset, sample) in HEALTHY_VARIANTS.items():
+        if name in models:
+            data = train if sample == "train" else _data(cfg, sample, cfg.n_train)
+            _store_model(out, name, train_healthy(cfg, out, name, data, test, commit_test))
+    if not set(models) & set(ORIGINAL_MODELS):
+        manifest = read_manifest(out)
+        manifest.setdefault("train_runs", []).append(
+            {
+                "models": list(models),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "torch_threads": cfg.threads,
+                "generator_workers": cfg.workers,
+                "command": f"python -m assets.make_demo --stage train --models {','.join(models)}",
+            }
+        )
+        write_manifest(out, manifest)
+        return manifest
+    manifest = read_manifest(out)
+    entries = dict(manifest.get("models", {}))
     if "sound" in models:
         entries["sound"] = train_sound(cfg, out, train, test, commit_test)
         manifest["checkpoints"] = entries["sound"].pop("checkpoints")
@@ -753,6 +1030,9 @@ def report(name: str, entry: dict[str, Any]) -> None:
         "accuracy_with_marker",
         "accuracy_swapped_marker",
         "accuracy_no_marker",
+        "accuracy_with_cue",
+        "accuracy_swapped_cue",
+        "accuracy_no_cue",
         "ood_rejection_rate",
         "id_false_rejection_rate",
         "dice",
@@ -770,7 +1050,7 @@ def _dicom(pixels_u8: np.ndarray, path: Path, *, modality: str, photometric: str
     """A synthetic 12-bit-in-16 DICOM with rescale and a VOI window; no real patient data."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     sop_class = {"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1"}[modality]
     # deterministic UIDs: derived from the file's role, so rebuilding gives identical files
@@ -779,7 +1059,7 @@ def _dicom(pixels_u8: np.ndarray, path: Path, *, modality: str, photometric: str
     series = uid(entropy_srcs=["assets.make_demo", "series", modality])
     instance = uid(entropy_srcs=["assets.make_demo", "instance", path.name])
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = instance
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = uid(entropy_srcs=["assets.make_demo", "implementation"])
@@ -993,20 +1273,21 @@ def attention_numbers(maps: np.ndarray, lesion: np.ndarray, marker: np.ndarray) 
         "n_with_lesion": int(has_lesion.sum()),
         "n_constant_maps": int((maps.reshape(len(maps), -1).max(1) <= 0).sum()),  # no energy: left out
     }
+    t_has_lesion, t_has_marker = torch.from_numpy(has_lesion), torch.from_numpy(has_marker)
     if has_lesion.any():
         t_les = torch.from_numpy(lesion[has_lesion].astype(np.float32))
         result["lesion_iou_mean"] = float(iou.mean())
-        result["pointing_game"] = float(np.nanmean(_values(mf.pointing_game(t_maps[has_lesion], t_les))))
+        result["pointing_game"] = float(np.nanmean(_values(mf.pointing_game(t_maps[t_has_lesion], t_les))))
         result["pointing_game_tol8"] = float(
-            np.nanmean(_values(mf.pointing_game(t_maps[has_lesion], t_les, tolerance=8)))
+            np.nanmean(_values(mf.pointing_game(t_maps[t_has_lesion], t_les, tolerance=8)))
         )
-        result["lesion_energy"] = float(np.nanmean(_values(mf.energy_in_mask(t_maps[has_lesion], t_les))))
+        result["lesion_energy"] = float(np.nanmean(_values(mf.energy_in_mask(t_maps[t_has_lesion], t_les))))
     if has_marker.any():
         t_mark = torch.from_numpy(marker[has_marker].astype(np.float32))
         result["n_with_marker"] = int(has_marker.sum())
-        result["marker_energy"] = float(np.nanmean(_values(mf.energy_in_mask(t_maps[has_marker], t_mark))))
+        result["marker_energy"] = float(np.nanmean(_values(mf.energy_in_mask(t_maps[t_has_marker], t_mark))))
         result["marker_pointing_game"] = float(
-            np.nanmean(_values(mf.pointing_game(t_maps[has_marker], t_mark)))
+            np.nanmean(_values(mf.pointing_game(t_maps[t_has_marker], t_mark)))
         )
         result["marker_area_share"] = float(marker[has_marker].mean())
     return result
@@ -1063,7 +1344,174 @@ def stage_attention(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     return manifest
 
 
-MODELS: tuple[str, ...] = ("sound", "shortcut", "garbage", "segmentation")
+# ----------------------------------------------------------------------------------------------------
+# Stage: evaluate
+
+_ORIGINAL_KINDS: dict[str, str] = {
+    "sound": "healthy",
+    "shortcut": "shortcut:marker",
+    "garbage": "garbage",
+    "segmentation": "segmentation",
+}
+HEALTHY_MIN_ACCURACY = 0.9  # a healthy model is expected SUITABLE on a split only where it is this accurate
+
+
+def model_kind(name: str, entry: dict[str, Any]) -> str:
+    """ "healthy", "shortcut:<cue>", "garbage" or "segmentation"."""
+    return str(entry.get("kind") or _ORIGINAL_KINDS.get(name) or f"shortcut:{CUE_MODELS[name]}")
+
+
+def expected_verdict(kind: str, split: str, accuracy_: float | None) -> tuple[str, str] | None:
+    """The verdict the demo's ground truth calls for, and why; None for a twin split (the finding
+    counterfactual's companion of its original, not a split to judge on its own)."""
+    if split.endswith(LESION_FREE):
+        return None
+    if split == "ood":
+        return "CANNOT VERIFY", "out-of-distribution images: none is assessable"
+    if split.startswith("shifted_"):
+        return "CANNOT VERIFY", f"strongly shifted images ({split.removeprefix('shifted_')}): not assessable"
+    if kind.startswith("shortcut:"):
+        cue = kind.split(":", 1)[1]
+        return "UNSUITABLE", f"shortcut model: learned the {cue} cue, not the findings"
+    if kind in ("healthy", "garbage"):
+        if accuracy_ is not None and accuracy_ < HEALTHY_MIN_ACCURACY:
+            return "UNSUITABLE", f"healthy recipe, but accuracy {accuracy_:.2f} < {HEALTHY_MIN_ACCURACY} here"
+        return "SUITABLE", "healthy recipe: decides from the findings; markers and cues are not used"
+    return None
+
+
+def _committed_x(out: Path, entries: Sequence[dict[str, Any]]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(Image.open(out / e["path"])) for e in entries]))[:, None]
+
+
+def stage_evaluate(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    """Every classifier on every committed split (the committed PNGs, as a user loads them) and on larger
+    generated samples of the clean and cue splits: accuracy, the predicted class of every committed image, the
+    model's kind and the verdict expected on each split."""
+    torch.set_num_threads(cfg.threads)
+    manifest = read_manifest(out)
+    splits: dict[str, list[dict[str, Any]]] = manifest["splits"]
+    committed = {split: _committed_x(out, entries) for split, entries in splits.items()}
+    gen_sizes = {"test": cfg.n_test, "shortcut": cfg.n_shortcut_test, "shortcut_swapped": cfg.n_shortcut_test}
+    for kind in dw.CUE_KINDS:
+        gen_sizes.update({f"cue_{kind}": cfg.n_cue_test, f"cue_{kind}_swapped": cfg.n_cue_test})
+    generated = {split: _data(cfg, split, n) for split, n in gen_sizes.items()}
+    results: dict[str, dict[str, Any]] = {}
+    for name, entry in manifest.get("models", {}).items():
+        kind = model_kind(name, entry)
+        if kind == "segmentation":
+            results[name] = {"kind": kind}
+            continue
+        model = load_saved(out / entry["file"])
+        names = list(entry["class_names"])
+        acc: dict[str, float] = {}
+        preds: dict[str, str] = {}
+        for split, entries in splits.items():
+            pred = predict(model, committed[split]).argmax(1).tolist()
+            preds[split] = "".join(str(p) for p in pred)
+            truth = [e["label"] if e["label"] is not None else entry.get("garbage_class") for e in entries]
+            if all(t is None for t in truth):
+                continue  # OOD images and no garbage class: nothing to count
+            acc[split] = round(float(np.mean([names[p] == t for p, t in zip(pred, truth)])), 4)
+        acc_gen = {split: round(accuracy(model, d.x, d.y), 4) for split, d in generated.items()}
+        verdicts, basis = {}, {}
+        for split in splits:
+            ev = expected_verdict(kind, split, acc_gen.get(split, acc.get(split)))
+            if ev is not None:
+                verdicts[split], basis[split] = ev
+        results[name] = {
+            "kind": kind,
+            "accuracy": acc,
+            "accuracy_n": {split: len(splits[split]) for split in acc},
+            "accuracy_generated": acc_gen,
+            "accuracy_generated_n": {split: len(d.y) for split, d in generated.items()},
+            "committed_predictions": preds,
+            "expected_verdict": verdicts,
+            "expected_verdict_basis": basis,
+        }
+        log.info("evaluate %s (%s): %s", name, kind, json.dumps(acc_gen))
+    manifest = read_manifest(out)  # read late: keep what another build process wrote meanwhile
+    for name, fields in results.items():
+        if name in manifest.get("models", {}):
+            manifest["models"][name].update(fields)
+    manifest["evaluation"] = {
+        "committed": "every committed split, images read from their PNGs; committed_predictions holds the "
+        "predicted class index of each image, in manifest order",
+        "generated": {split: n for split, n in gen_sizes.items()},
+        "healthy_min_accuracy": HEALTHY_MIN_ACCURACY,
+        "command": "python -m assets.make_demo --stage evaluate",
+    }
+    write_manifest(out, manifest)
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage: calibrate
+
+
+def stage_calibrate(cfg: DemoConfig, out: Path) -> dict[str, Any]:
+    """Attach the verdict's calibration to the sound model's reference bundle: thresholds from the spread of
+    the healthy demo models, their power checked against the known-bad ones (every shortcut model and the
+    cascading-randomised copy of the sound model), on ``cfg.n_calibration`` freshly generated images (clean,
+    marker and every cue; none of them committed or in a bench split) with their lesion and lung masks."""
+    torch.set_num_threads(cfg.threads)
+    try:
+        from verification.verdict.api import calibrate_bundle
+        from verification.verdict.records import VerdictConfig
+    except ImportError as exc:
+        raise RuntimeError(
+            "verification.verdict's calibration API is not available; run this stage later"
+        ) from exc
+    from verification.io.models import load_model
+    from verification.reference import load_bundle
+
+    manifest = read_manifest(out)
+    models = manifest["models"]
+    healthy = {
+        n: load_model(out / e["file"], name=n) for n, e in models.items() if model_kind(n, e) == "healthy"
+    }
+    bad = {
+        n: load_model(out / e["file"], name=n)
+        for n, e in models.items()
+        if model_kind(n, e).startswith("shortcut:")
+    }
+    ref = manifest["references"]["sound"]
+    bundle = load_bundle(out / ref["file"], model=healthy["sound"])
+    cal = _data(cfg, "calibration", cfg.n_calibration)
+    labels = [dw.CLASSES[int(y)] for y in cal.y]
+    config = VerdictConfig(faithfulness=False)
+    t0 = time.perf_counter()
+    calibrated = calibrate_bundle(
+        bundle,
+        healthy,
+        normalise(cal.x),  # the models' input: every demo model shares the sound model's preprocessing
+        labels,
+        bad=bad,
+        annotations=[c.lesion_mask if c.lesion_mask.any() else None for c in cal.cases],
+        anatomy=[c.lung_mask for c in cal.cases],
+        config=config,
+        randomised=True,
+    )
+    seconds = time.perf_counter() - t0
+    calibrated.save(out / ref["file"])
+    manifest = read_manifest(out)
+    manifest["references"]["sound"]["calibration"] = {
+        "healthy": list(healthy),
+        "known_bad": [*bad, "randomised (cascading, from the sound model)"],
+        "images": {
+            "split": "calibration (generated, not committed)",
+            "n": len(cal.y),
+            "kinds": list(CALIBRATION_KINDS),
+        },
+        "annotations": "lesion masks; anatomy: the generator's lung masks",
+        "config": config.to_dict(),
+        "seconds": round(seconds, 1),
+        "command": "python -m assets.make_demo --stage calibrate",
+    }
+    write_manifest(out, manifest)
+    log.info("calibrated the sound bundle in %.1fs on %d images", seconds, len(cal.y))
+    return manifest
+
 
 STAGES: dict[str, Callable[..., Any]] = {
     "data": stage_data,
@@ -1071,6 +1519,8 @@ STAGES: dict[str, Callable[..., Any]] = {
     "samples": stage_samples,
     "references": stage_references,
     "attention": stage_attention,
+    "evaluate": stage_evaluate,
+    "calibrate": stage_calibrate,
 }
 
 
