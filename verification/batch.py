@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from verification.errors import BundleError, ImageLoadError, InputTooLargeError, VerificationError
+from verification.errors import (
+    BundleError,
+    ModelForwardError,
+    NonFiniteError,
+    VerificationError,
+)
 from verification.io.records import LoadedImage, LoadedModel
 
 __all__ = [
@@ -182,8 +188,10 @@ def preprocessing_view(model: LoadedModel) -> LoadedModel:
 class ImageDataset(Dataset[ImageItem]):
     """Image paths → ``ImageItem`` with per-file error capture.
 
-    A file the loader rejects (corrupt, not an image, too large) becomes an item with ``error`` set and no
-    tensor; any other exception is a bug and propagates.
+    A file the loader rejects (corrupt, not an image, too large: any typed error, OSError, MemoryError)
+    becomes an item with ``error`` set and no tensor. So does any other exception, which is a loader bug on
+    that file: it is logged with its traceback and its row says "unexpected error", but one hostile file
+    never stops the batch.
     """
 
     def __init__(
@@ -210,8 +218,12 @@ class ImageDataset(Dataset[ImageItem]):
         try:
             image: LoadedImage = load_image(path)
             tensor = to_tensor(image, self.model)[0]
-        except (ImageLoadError, InputTooLargeError, OSError) as exc:
+        except (VerificationError, OSError, MemoryError) as exc:
             return ImageItem(index=index, path=path, tensor=None, display=None, error=_message(exc))
+        except Exception as exc:  # a loader bug on one hostile file: an error row, not an aborted run
+            logging.getLogger(__name__).warning("unexpected error reading %s", path, exc_info=True)
+            message = _message(exc, "unexpected error reading this file ({})")
+            return ImageItem(index=index, path=path, tensor=None, display=None, error=message)
         return ImageItem(
             index=index,
             path=path,
@@ -223,9 +235,13 @@ class ImageDataset(Dataset[ImageItem]):
         )
 
 
-def _message(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, VerificationError) else f"{type(exc).__name__}: {text}"
+MAX_MESSAGE = 300  # characters of an error row's message (a hostile file may raise a huge one)
+
+
+def _message(exc: BaseException, template: str = "{}") -> str:
+    text = str(exc)[: MAX_MESSAGE + 1] or type(exc).__name__
+    text = template.format(text if isinstance(exc, VerificationError) else f"{type(exc).__name__}: {text}")
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 2] + "…" + template[-1:].strip("}")
 
 
 def collate_items(items: Sequence[ImageItem]) -> Batch:
@@ -349,19 +365,22 @@ class CamJob(BatchJob):
         self.keep_display = keep_display
 
     def process(self, batch: Batch) -> list[Row]:
+        return per_sample_on_error(self._cams, batch)
+
+    def _cams(self, batch: Batch, x: torch.Tensor, ok: Sequence[int]) -> list[Row]:
         from verification.cam import compute_cams
 
         model = self.model
         results = compute_cams(
             model,
-            batch.x,
+            x,
             methods=self.methods,
             layers=self.layers,
             target=resolve_target(self.target, model),
         )
         first = results[0]
         rows: list[Row] = []
-        for n, pos in enumerate(batch.ok):
+        for n, pos in enumerate(ok):
             item = batch.items[pos]
             row: Row = {
                 "pred": int(np.argmax(first.logits[n])),
@@ -383,6 +402,31 @@ class CamJob(BatchJob):
                 row["display"] = item.display
             rows.append(row)
         return rows
+
+
+# Errors that one image of a batch can cause on its own (NaN/inf in its tensor, a model that fails on it);
+# configuration errors (an unknown layer, a bad target) fail every image alike and stop the run instead.
+PER_IMAGE_ERRORS: tuple[type[Exception], ...] = (NonFiniteError, ModelForwardError)
+
+
+def per_sample_on_error(
+    compute: Callable[[Batch, torch.Tensor, Sequence[int]], list[Row]], batch: Batch
+) -> list[Row]:
+    """Rows for ``batch.x`` from ``compute(batch, x, ok_positions)``; when the whole batch fails with a
+    per-image error, each image is run alone and the ones that fail become error rows (``{"error": ...}``),
+    so one hostile image does not take its batch-mates down with it."""
+    try:
+        return compute(batch, batch.x, batch.ok)
+    except PER_IMAGE_ERRORS as exc:
+        if len(batch.ok) == 1:
+            return [{"error": _message(exc)}]
+    rows: list[Row] = []
+    for n, pos in enumerate(batch.ok):
+        try:
+            rows.extend(compute(batch, batch.x[n : n + 1], [pos]))
+        except PER_IMAGE_ERRORS as exc:
+            rows.append({"error": _message(exc)})
+    return rows
 
 
 # Rows cross process boundaries (Ray) as npz bytes: arrays, numbers and strings only, no pickle either way.

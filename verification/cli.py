@@ -495,7 +495,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
         failed = sum(1 for e in entries if e["error"])
         if failed == len(entries):
             raise CliError(
-                f"none of the {len(entries)} images could be read; first error: {entries[0]['error']}"
+                f"none of the {len(entries)} images could be processed; first error: {entries[0]['error']}"
             )
         manifest = {
             "schema": "verification.cli.cam",
