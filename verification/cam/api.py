@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -10,21 +11,82 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from verification.cam.capture import Capture, capture
+from verification.cam.capture import ADVICE_MODEL, Capture, capture, check_finite, check_input
 from verification.cam.concurrency import exclusive
 from verification.cam.layers import default_target_layer, resolve_layer_names
-from verification.cam.methods import get_method, postprocess
+from verification.cam.methods import METHODS, get_method, list_methods, postprocess
 from verification.cam.multiscale import Fuse, default_ms_layers, ms_gradcampp
 from verification.cam.progress import Progress
 from verification.cam.records import CamResult, base_provenance
-from verification.errors import ModelForwardError, ShapeError
+from verification.errors import InvalidInputError, ModelForwardError
 
 
 def _module(model: Any) -> nn.Module:
     module = getattr(model, "module", model)
     if not isinstance(module, nn.Module):
-        raise TypeError(f"expected an nn.Module or a LoadedModel, got {type(model).__name__}")
+        raise InvalidInputError(f"expected an nn.Module or a LoadedModel, got {type(model).__name__}")
     return module
+
+
+def _check_methods(methods: Any) -> list[str]:
+    """One method name or a sequence of them; each registered. InvalidInputError otherwise."""
+    names = [methods] if isinstance(methods, str) else methods
+    if not isinstance(names, Sequence) or not all(isinstance(m, str) for m in names):
+        raise InvalidInputError(f"methods must be method names, got {type(methods).__name__}")
+    if not names:
+        raise InvalidInputError(f"no CAM method requested; choose from {', '.join(list_methods())}")
+    unknown = [m[:40] for m in names if m not in METHODS]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown CAM method(s) {unknown[:5]}; available: {', '.join(list_methods())}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def _check_layers(layers: Any, what: str = "layers") -> None:
+    if layers is None or isinstance(layers, str):
+        return
+    if not isinstance(layers, Sequence) or not layers or not all(isinstance(n, str) for n in layers):
+        raise InvalidInputError(f"{what} must be a layer name or a non-empty list of layer names")
+
+
+def _check_options(options: Any) -> dict[str, dict[str, Any]]:
+    """Per-method keyword options: registered methods only, and only keywords the method takes."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidInputError(
+            f"options must map method names to keyword options, got {type(options).__name__}"
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for name, opts in options.items():
+        if name not in METHODS:
+            raise InvalidInputError(f"options given for an unknown method {str(name)[:40]!r}")
+        if not isinstance(opts, Mapping):
+            raise InvalidInputError(f"options[{name!r}] must be a mapping of keyword options")
+        allowed = _option_names(name)
+        bad = [str(k)[:40] for k in opts if k not in allowed]
+        if bad:
+            raise InvalidInputError(
+                f"method {name!r} takes no option(s) {bad[:5]}; "
+                f"it takes: {', '.join(sorted(allowed)) or 'none'}"
+            )
+        out[name] = dict(opts)
+    return out
+
+
+def _option_names(method: str) -> set[str]:
+    spec = METHODS[method]
+    if spec.kind == "multiscale":
+        return {"fuse"}
+    if spec.kind == "perturbation":
+        from verification.cam import scorecam
+
+        fn = scorecam.score_cam if method == "scorecam" else scorecam.ablation_cam
+        skip = {"model", "x", "layer", "target", "progress"}
+        return {p for p in inspect.signature(fn).parameters if p not in skip}
+    assert spec.fn is not None
+    return set(list(inspect.signature(spec.fn).parameters)[2:])
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -59,12 +121,18 @@ def compute_cams(
     ``{"gradcampp": {"eps": 1e-6}, "scorecam": {"mode": "fast", "k": 64}}``.
     ``progress(done, total, message)`` is forwarded to the perturbation methods
     (return False from it to cancel).
+
+    Hostile input gets typed errors before the model runs (:class:`~verification.errors.ShapeError` for an
+    empty batch or a non-(N, C, H, W) input, :class:`~verification.errors.InvalidInputError` for unknown
+    methods, options or targets); NaN or ±inf in the input, the model's output, activations, gradients or a
+    map raise :class:`~verification.errors.NonFiniteError` naming the samples. Safe to call from several
+    threads on one shared model (:mod:`verification.cam.concurrency`).
     """
     module = _module(model)
-    if not isinstance(x, Tensor) or x.ndim != 4:
-        raise ShapeError(
-            f"expected an input tensor (N, C, H, W); got {getattr(x, 'shape', type(x).__name__)}"
-        )
+    check_input(x)
+    methods = _check_methods(methods)
+    _check_layers(layers)
+    _check_layers(ms_layers, "ms_layers")
     kwargs: dict[str, Any] = {
         "methods": methods,
         "layers": layers,
@@ -72,7 +140,7 @@ def compute_cams(
         "normalize": normalize,
         "ms_layers": ms_layers,
         "ms_fuse": ms_fuse,
-        "options": options,
+        "options": _check_options(options),
         "progress": progress,
         "eval": eval,
     }
@@ -209,6 +277,7 @@ def _record(
     target_dependent: bool,
     extra: Mapping[str, str],
 ) -> CamResult:
+    check_finite(raw, f"the {method} map at {layer!r}", ADVICE_MODEL)
     maps, constant = postprocess(raw, cap.input_size, normalize)
     empty = cap.scores.empty.to(maps.device)
     if target_dependent and bool(empty.any()):

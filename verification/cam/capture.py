@@ -14,6 +14,10 @@ Details that matter for correctness:
   detached leaf that requires grad, so the gradient still reaches it; later captured layers hang off it.
 - A module called several times in one forward (a shared ReLU) is captured at its last call.
 - Runs under ``torch.enable_grad()`` and outside inference mode whatever the caller's grad mode.
+- Non-finite numbers are reported, never explained: NaN or ±inf in the input, the model's output, the
+  captured activations or their gradients raise :class:`~verification.errors.NonFiniteError` naming the
+  samples (a sidecar's NaN mean/std or weights scaled by 1e30 end here, not in a blank "constant" map).
+- Safe for concurrent calls on one model (:mod:`verification.cam.concurrency`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch import Tensor, nn
 from verification.cam.concurrency import exclusive, this_thread_only
 from verification.cam.layers import eval_mode, is_spatial_map, model_device_dtype, resolve_layer_names
 from verification.cam.targets import Target, TargetScores, as_target, output_tensor
-from verification.errors import LayerError, ModelForwardError, ShapeError
+from verification.errors import InvalidInputError, LayerError, ModelForwardError, NonFiniteError, ShapeError
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,44 @@ def _replace_first_tensor(output: Any, new: Tensor) -> Any:
     return items
 
 
+def _samples(idx: list[int], n: int) -> str:
+    shown = ", ".join(map(str, idx[:8])) + (", …" if len(idx) > 8 else "")
+    return f"sample{'s' if len(idx) > 1 else ''} {shown} of {n}"
+
+
+def check_finite(t: Tensor, what: str, advice: str) -> None:
+    """Raise NonFiniteError when any sample (first dimension) of ``t`` holds NaN or ±inf."""
+    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+        return
+    bad = ~torch.isfinite(t.detach().reshape(t.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        idx = torch.nonzero(bad).reshape(-1).tolist()
+        raise NonFiniteError(f"{what} has NaN or infinite values for {_samples(idx, t.shape[0])}; {advice}")
+
+
+ADVICE_INPUT = "check the image and the preprocessing (mean/std in the model's sidecar)"
+ADVICE_MODEL = (
+    "the model does not give finite numbers on this input: check its weights and the preprocessing "
+    "(mean/std in the sidecar)"
+)
+
+
+def check_input(x: Any) -> None:
+    """The checks every CAM entry point makes on its input batch (N, C, H, W): a real-valued tensor with at
+    least one sample and one pixel, all finite."""
+    if not isinstance(x, Tensor) or x.ndim != 4:
+        raise ShapeError(
+            f"expected an input tensor (N, C, H, W); got {getattr(x, 'shape', type(x).__name__)}"
+        )
+    if x.shape[0] == 0:
+        raise ShapeError(f"the input batch is empty (shape {tuple(x.shape)}); give at least one image")
+    if 0 in x.shape[1:]:
+        raise ShapeError(f"the input has no pixels or channels (shape {tuple(x.shape)})")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise InvalidInputError(f"the input must be real numbers, got dtype {x.dtype}")
+    check_finite(x, "the input", ADVICE_INPUT)
+
+
 def _first_tensor(output: Any) -> Tensor | None:
     if isinstance(output, Tensor):
         return output
@@ -84,10 +126,7 @@ def capture(
     model, no update of running statistics — and restores every module's own flag afterwards.
     """
     module: nn.Module = getattr(model, "module", model)
-    if not isinstance(x, Tensor) or x.ndim != 4:
-        raise ShapeError(
-            f"expected an input tensor (N, C, H, W); got {getattr(x, 'shape', type(x).__name__)}"
-        )
+    check_input(x)
     names = resolve_layer_names(module, layers)
     by_name = dict(module.named_modules())
     device, dtype = model_device_dtype(module)
@@ -142,11 +181,18 @@ def capture(
         if missing:
             raise LayerError(f"these layers did not run during the forward pass: {', '.join(missing)}")
         out = output_tensor(raw_out)
+        check_finite(out, "the model's output", ADVICE_MODEL)
         tgt = as_target(target, out)
         scores = tgt(out)
+        if not isinstance(scores, TargetScores):
+            raise InvalidInputError(
+                f"the target {tgt!r:.60} returned {type(scores).__name__}, not TargetScores"
+            )
         last = {n: acts[n][-1] for n in names}
         calls = {n: len(acts[n]) for n in names}
         acts.clear()
+        for n in names:
+            check_finite(last[n], f"the activations of layer {n!r}", ADVICE_MODEL)
         if gradients:
             total = scores.scores.sum()
             inputs = [last[n] for n in names]
@@ -157,6 +203,8 @@ def capture(
                 n: (g.detach() if g is not None else torch.zeros_like(a)).float()
                 for n, g, a in zip(names, grads, inputs)
             }
+            for n in names:
+                check_finite(gdict[n], f"the gradient at layer {n!r}", ADVICE_MODEL)
         else:
             gdict = {}
     adict = {n: last[n].detach().float() for n in names}

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from verification.errors import InvalidInputError
+
 MethodFn = Callable[..., Tensor]
 MethodKind = Literal["capture", "multiscale", "perturbation"]
 
@@ -73,7 +75,9 @@ def get_method(name: str) -> MethodSpec:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown CAM method {name!r}; available: {', '.join(METHODS)}") from None
+        raise InvalidInputError(
+            f"unknown CAM method {str(name)[:40]!r}; available: {', '.join(METHODS)}"
+        ) from None
 
 
 def _weighted_sum(w: Tensor, a: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ from verification.cam.methods import postprocess
 from verification.cam.progress import Progress, report
 from verification.cam.records import CamResult, base_provenance
 from verification.cam.targets import Target, output_tensor
-from verification.errors import ModelForwardError, ShapeError
+from verification.errors import InputTooLargeError, InvalidInputError, ModelForwardError, ShapeError
 
 __all__ = ["ablation_cam", "fast_fidelity", "score_cam"]
 
@@ -71,7 +71,7 @@ def _module_of(model: Any) -> nn.Module:
     """The ``nn.Module`` behind a ``LoadedModel`` or the module itself."""
     module = getattr(model, "module", model)
     if not isinstance(module, nn.Module):
-        raise TypeError(f"Expected an nn.Module or a LoadedModel, got {type(model).__name__}.")
+        raise InvalidInputError(f"Expected an nn.Module or a LoadedModel, got {type(model).__name__}.")
     return module
 
 
@@ -172,13 +172,28 @@ def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, total)
 
 
-def _check_chunk(chunk_size: int) -> None:
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+# A caller-fixed chunk holds chunk_size masked copies of one input row (and the model's activations for
+# them); bound the masked inputs so that a huge chunk_size is refused instead of allocated.
+MAX_CHUNK_INPUT_BYTES = 512 << 20
+
+
+def _check_chunk(chunk_size: int, x: Tensor | None = None) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InvalidInputError(f"chunk_size must be a positive integer, got {chunk_size!r:.40}.")
+    if isinstance(x, Tensor) and x.ndim == 4:
+        row = max(1, math.prod(x.shape[1:])) * x.element_size()
+        if chunk_size * row > MAX_CHUNK_INPUT_BYTES:
+            raise InputTooLargeError(
+                f"chunk_size {chunk_size} would hold {chunk_size * row / 2**20:,.0f} MiB of masked inputs "
+                f"of shape {tuple(x.shape[1:])}; use at most {max(1, MAX_CHUNK_INPUT_BYTES // row)} rows, "
+                "or None to tune it."
+            )
 
 
 def _prepare(model: Any, x: Tensor, layer: str) -> tuple[nn.Module, Tensor]:
     _check_input(x)
+    if not isinstance(layer, str):
+        raise InvalidInputError(f"layer must be a layer name, got {type(layer).__name__}.")
     module = _module_of(model)
     resolve_layer_names(module, [layer])
     device, dtype = model_device_dtype(module)
@@ -407,15 +422,17 @@ def score_cam(
     returning False raises CancelledError.
     """
     if chunk_size is not None:
-        _check_chunk(chunk_size)
+        _check_chunk(chunk_size, x)
     if mode not in ("exact", "fast"):
-        raise ValueError(f"mode must be 'exact' or 'fast', got {mode!r}.")
+        raise InvalidInputError(f"mode must be 'exact' or 'fast', got {mode!r:.40}.")
     if weighting not in ("paper", "gradcam_lib"):
-        raise ValueError(f"weighting must be 'paper' or 'gradcam_lib', got {weighting!r}.")
-    if mode == "fast" and (not isinstance(k, int) or k < 1):
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
+        raise InvalidInputError(f"weighting must be 'paper' or 'gradcam_lib', got {weighting!r:.40}.")
+    if mode == "fast" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise InvalidInputError(f"k must be a positive integer, got {k!r:.40}.")
     if select not in ("cluster", "variance", "gradcam"):
-        raise ValueError(f"select must be 'cluster', 'variance' or 'gradcam', got {select!r}.")
+        raise InvalidInputError(f"select must be 'cluster', 'variance' or 'gradcam', got {select!r:.40}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidInputError(f"seed must be a whole number ≥ 0, got {seed!r:.40}.")
     module, xi = _prepare(model, x, layer)
     n = xi.shape[0]
     topk = mode == "fast" and select != "cluster"
@@ -594,7 +611,7 @@ def ablation_cam(
     (sample, channel) rows per batched forward. ``y`` is the target's score (the class logit by default).
     See the module docstring for ``|y|``.
     """
-    _check_chunk(chunk_size)
+    _check_chunk(chunk_size, x)
     module, xi = _prepare(model, x, layer)
     n = xi.shape[0]
     cap = capture(module, xi, [layer], target, gradients=False)

@@ -8,14 +8,15 @@ threshold).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from verification.errors import ShapeError
+from verification.errors import InvalidInputError, ShapeError
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,20 @@ def _classes_per_sample(classes: int | Sequence[int] | Tensor | None, fallback: 
         return fallback
     if isinstance(classes, int):
         return torch.full((n,), classes, dtype=torch.long, device=fallback.device)
-    idx = torch.as_tensor(list(classes) if not isinstance(classes, Tensor) else classes, dtype=torch.long)
+    if isinstance(classes, Tensor):
+        if classes.is_floating_point() or classes.is_complex():
+            raise InvalidInputError(f"target classes must be whole numbers, got dtype {classes.dtype}")
+        idx = classes.to(torch.long)
+    else:
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+            raise InvalidInputError(f"target classes must be whole numbers, got {type(classes).__name__}")
+        if len(classes) != n:
+            raise ShapeError(
+                f"got {len(classes)} per-sample targets for a batch of {n}; give one class per sample"
+            )
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+            raise InvalidInputError("target classes must be whole numbers (one class index per sample)")
+        idx = torch.as_tensor(list(classes), dtype=torch.long)
     if idx.ndim != 1 or idx.shape[0] != n:
         raise ShapeError(
             f"got {idx.numel()} per-sample targets for a batch of {n}; give one class per sample"
@@ -156,8 +170,14 @@ class SegmentationTarget:
     kind = "segmentation"
 
     def __init__(self, classes: int | Sequence[int] | None = None, threshold: float = 0.5) -> None:
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not 0.0 <= threshold <= 1.0
+        ):
+            raise InvalidInputError(
+                f"the segmentation threshold must be a number in [0, 1], got {threshold!r:.40}"
+            )
         self.classes = classes
         self.threshold = threshold
 
@@ -232,8 +252,23 @@ def as_target(spec: TargetSpec, output: Tensor | None = None) -> Target:
     per sample → that class's logit (segmentation target for mask outputs); a Target is returned as is;
     any other callable is wrapped as a :class:`CustomTarget`.
     """
+    if isinstance(spec, type):
+        raise InvalidInputError(
+            f"target must be a Target object, not the class {spec.__name__[:40]}; e.g. SegmentationTarget(1)"
+        )
     if isinstance(spec, Target):
         return spec
+    if isinstance(spec, (bool, str, bytes)):
+        raise InvalidInputError(
+            f"target must be None, a class index, one class index per sample, or a Target; got {spec!r:.40}"
+            + (
+                " (look a class name up in the model's class_names to get its index)"
+                if isinstance(spec, str)
+                else ""
+            )
+        )
+    if not isinstance(spec, (int, Tensor)) and hasattr(spec, "__index__") and not callable(spec):
+        spec = operator.index(cast(Any, spec))  # numpy integers
     seg = output is not None and output.ndim == 4
     if spec is None or isinstance(spec, (int, Tensor)):
         classes = spec.tolist() if isinstance(spec, Tensor) else spec
@@ -242,7 +277,7 @@ def as_target(spec: TargetSpec, output: Tensor | None = None) -> Target:
         return SegmentationTarget(spec) if seg else ClassLogit(spec)
     if callable(spec):
         return CustomTarget(spec)
-    raise TypeError(
+    raise InvalidInputError(
         "target must be None, a class index, one class index per sample, or a Target; "
         f"got {type(spec).__name__}"
     )
