@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import figures, loaders
+from ui import figures, loaders, server_paths
 from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import guard, report_downloads, report_verdict
@@ -19,12 +19,16 @@ st.caption(
 ws = workspace(images=False, bundle=True)
 
 K.DATASET_SOURCE.init()
+# A folder on the *server*: offered only when the operator allows folders (ui/server_paths.py, off by default)
+server_folders = server_paths.enabled()
+if K.DATASET_SOURCE.get() == "folder" and not server_folders:
+    K.DATASET_SOURCE.set("upload")
 source = st.radio(
     "Dataset",
-    ["upload", "folder", "current"],
+    ["upload", "folder", "current"] if server_folders else ["upload", "current"],
     format_func={
         "upload": "Upload a zip or images",
-        "folder": "A folder on this machine",
+        "folder": "A folder on the server",
         "current": "The images in the sidebar",
     }.get,
     horizontal=True,
@@ -40,7 +44,10 @@ if source == "upload":
         key=K.DATASET_UPLOAD.name,
     )
 elif source == "folder":
-    folder = st.text_input("Folder path", key=K.DATASET_FOLDER.name, placeholder="/data/chest/test")
+    folder = st.text_input(
+        "Folder path", key=K.DATASET_FOLDER.name, placeholder=str(server_paths.allowed_roots()[0])
+    )
+    st.caption(f"Folders inside {server_paths.describe_roots()} on the server running this app.")
 
 if st.button("Run the check", type="primary", icon=":material/play_arrow:"):
     with guard("Dataset check"):

@@ -766,17 +766,22 @@ class Source:
 
 def sources_from_folder(folder: str) -> list[Source]:
     """A folder on this machine: one subfolder per class gives labels, otherwise every image unlabelled."""
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise ImageLoadError(f"'{folder}' is not a folder on this machine.")
+    from ui import server_paths
+
+    root = server_paths.resolve_folder(folder)  # only inside the folders the operator allows (off by default)
     has_classes = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
     try:
+        labels: list[str | None]
         if has_classes:
-            paths, labels = scan_labelled(root)
-            return [Source(str(p.relative_to(root)), lab, path=p) for p, lab in zip(paths, labels)]
-        return [Source(str(p.relative_to(root)), None, path=p) for p in scan_images([root])]
+            paths, class_names = scan_labelled(root)
+            labels = list(class_names)
+        else:
+            paths = scan_images([root])
+            labels = [None] * len(paths)
     except (FileNotFoundError, ValueError) as exc:
         raise ImageLoadError(str(exc)) from exc
+    inside = set(server_paths.keep_within_roots(paths)[0])  # links that lead out of the roots are dropped
+    return [Source(str(p.relative_to(root)), lab, path=p) for p, lab in zip(paths, labels) if p in inside]
 
 
 def sources_from_upload(files: Sequence[tuple[str, bytes]]) -> tuple[list[Source], tuple[str, ...]]:
