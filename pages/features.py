@@ -8,6 +8,8 @@ from ui import figures, loaders
 from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import guard, image_panel
+from verification import render
+from verification.features import STATS
 
 st.title("Early feature maps", anchor=False)
 st.caption(
@@ -53,7 +55,7 @@ with guard("Capturing the early activations"):
 if acts is not None:
     cols = st.columns([1, 3])
     with cols[0]:
-        image_panel("Image", figures.fit(item.image.display, 256))
+        image_panel("Image", render.fit(item.image.display, 256))
         if shift is not None:
             st.metric("Shift score", f"{shift.score[index]:.2f}", help=f"flagged above {shift.score_max:.2f}")
             st.metric(
@@ -76,14 +78,14 @@ if acts is not None:
     stat = (
         st.segmented_control(
             "Channel statistic",
-            list(loaders.STATS),
+            list(STATS),
             format_func={"mean": "mean", "std": "standard deviation", "active": "fraction active"}.get,
             key=K.FEATURE_STAT.name,
         )
         or "mean"
     )
     charts = st.columns(len(reference.layers))
-    for col, stats in zip(charts, loaders.channel_stats(reference, acts, stat)):
+    for col, stats in zip(charts, reference.channel_stats(acts, stat)):
         col.plotly_chart(figures.channel_stat_chart(stats))
 
 if shift is not None:
