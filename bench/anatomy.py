@@ -26,14 +26,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--splits", nargs="+", default=["test", "reference"])
     ap.add_argument("--base-extension", type=float, default=LungParams().base_extension)
     ap.add_argument("--margin", type=float, default=LungParams().margin)
-    ap.add_argument("--no-mirror", action="store_true")
+    ap.add_argument("--mirror", choices=["off", "base", "full"], default=LungParams().mirror)
+    ap.add_argument("--no-match-base", action="store_true")
     args = ap.parse_args(argv)
     from assets import demo_world as dw
     from assets.make_demo import make_case
 
-    params = LungParams(base_extension=args.base_extension, margin=args.margin, mirror=not args.no_mirror)
+    params = LungParams(
+        base_extension=args.base_extension,
+        margin=args.margin,
+        mirror=args.mirror,
+        match_base=not args.no_match_base,
+    )
     print(f"params: {params}")
     rows: list[tuple[int, float, float, float, str]] = []
+    tokens: dict[int, list[float]] = {}
     t0 = time.perf_counter()
     for split in args.splits:
         for i in range(args.n):
@@ -47,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             lung_in = float(m[lungs].mean())
             cov = float(m[case.lesion_mask].mean()) if case.lesion_mask.any() else np.nan
             rows.append((case.label, iou, lung_in, cov, rec.source))
+            if hasattr(dw, "token_cue"):  # a class-coded disc outside the lungs: must stay outside the region
+                for cls in range(len(dw.CLASSES)):
+                    _, disc, _ = dw.token_cue(case, cls, np.random.default_rng([i, cls]))
+                    tokens.setdefault(cls, []).append(float(m[disc].mean()))
     dt = (time.perf_counter() - t0) / max(len(rows), 1)
     print(f"{len(rows)} images ({', '.join(args.splits)}), {1000 * dt:.0f} ms per image incl. generation")
     print(
@@ -64,6 +75,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"{name:<10}{len(sel):>4}{iou.mean():>10.3f}{iou.min():>9.3f}{lung_in.mean():>10.3f}{cov_txt}  {sources}"
         )
+    for cls, shares in tokens.items():
+        inside = np.array(shares)
+        print(
+            f"token zone of {dw.CLASSES[cls]}: disc pixels inside the region mean {inside.mean():.3f}, "
+            f"discs touching it {(inside > 0).mean():.2f}, over half inside {(inside > 0.5).mean():.2f}"
+        )
+    committed(params)
     path = dw.pydicom_data_path("RG1_UNCR.dcm")
     if path is None:
         print("RG1_UNCR.dcm: pydicom-data not installed")
@@ -77,6 +95,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"RG1_UNCR.dcm {img.size}: {rec.source}, region {rec.area_fraction:.2f} of the image, "
         f"{1000 * (time.perf_counter() - t1):.0f} ms; {rec.reason or 'ok'}"
     )
+
+
+def committed(params: LungParams) -> None:
+    """Every committed demo split that has lung masks (``DemoItem.load_mask("lung")``): sources used, IoU."""
+    from verification.demo import demo_images, demo_splits
+    from verification.io.images import load_image
+
+    print(
+        f"\n{'committed split':<26}{'n':>4}{'lungs':>7}{'body':>6}{'failed':>8}{'IoU mean':>10}{'IoU min':>9}"
+    )
+    for split in demo_splits():
+        items = demo_images(split)
+        if not items or not hasattr(items[0], "load_mask"):
+            continue
+        counts = {"automatic_lungs": 0, "automatic_body": 0, "failed": 0}
+        ious = []
+        for item in items:
+            rec = automatic_roi(load_image(item.path), params)
+            counts[rec.source] = counts.get(rec.source, 0) + 1
+            lungs = item.load_mask("lung")
+            if rec.mask is not None and lungs is not None and rec.source == "automatic_lungs":
+                ious.append(float((rec.mask & lungs).sum() / (rec.mask | lungs).sum()))
+        iou = f"{np.mean(ious):>10.3f}{np.min(ious):>9.3f}" if ious else f"{'-':>10}{'-':>9}"
+        print(
+            f"{split:<26}{len(items):>4}{counts['automatic_lungs']:>7}{counts['automatic_body']:>6}"
+            f"{counts['failed']:>8}{iou}"
+        )
 
 
 if __name__ == "__main__":

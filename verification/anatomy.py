@@ -20,14 +20,32 @@ The automatic lung method (parameters in :class:`LungParams`, all explicit):
 3. Lungs: pixels of the eroded body below the Otsu threshold of the body, opened (radius ``open_radius`` ×
    side), the two largest connected parts of at least ``min_lung_area`` of the image that lie side by side
    (one part spanning both sides is split at its narrowest column).
-4. Each lung's convex hull; each side also takes the other lung mirrored about the midline between the two
-   lungs (``mirror``) and its own hull shifted down by ``base_extension`` × lung height. A dense effusion at
-   a lung base is BRIGHT, so a darkness threshold misses it and shortens that lung from below; the mirror and
-   the base extension put the missing base back. Then the region is cut to the body and dilated by ``margin``
-   × side.
+4. Each lung's convex hull. A dense effusion at a lung base is BRIGHT, so a darkness threshold misses it and
+   shortens that lung from below. Three repairs put the base back: a lung whose base lies above the other's
+   is extended down to the other's base (``match_base``); each side takes the rows of the contralateral lung,
+   mirrored about the midline between the lungs, that lie below its own base (``mirror="base"``); each hull is
+   extended down by ``base_extension`` × lung height. Then the region is cut to the body and dilated by
+   ``margin`` × side. ``fields`` keeps the dark lung fields themselves (the sources for inpainting a finding).
 
-Measured with ``python -m bench.anatomy`` on demo images regenerated with ``assets.make_demo.make_case`` (seed
-1234; their true lung masks include the fluid of an effusion): see :data:`MEASURED` for the numbers.
+Measured with ``python -m bench.anatomy`` (defaults; demo images regenerated with
+``assets.make_demo.make_case``, seed 1234, 60 each of test, reference and shortcut; their true lung masks
+include the fluid of an effusion):
+
+============  ====  ==========  =========  ================  =======================
+class         n     IoU mean    IoU min    lungs inside      lesion inside mean/min
+============  ====  ==========  =========  ================  =======================
+normal        60    0.675       0.595      99.9 %            -
+nodule        60    0.676       0.575      100 %             100 % / 100 %
+effusion      60    0.706       0.613      99.3 %            95.9 % / 80.6 %
+============  ====  ==========  =========  ================  =======================
+
+A tighter region (``base_extension=0.05, margin=0.01``) reaches IoU 0.74 but effusion coverage 93 % / 62 %; a
+looser one (0.25, the mirror of the whole contralateral lung) 97 % / 86 % at IoU 0.55 and takes in
+class-coded tokens placed a few pixels below the diaphragm (47 % of their pixels; 7 % with the defaults). On
+every committed chest split (incl. the cue splits and the shifts exposure, noise, blur) the lungs are found in
+every image; on inverted films in 9 of 15 (IoU 0.45), and "lungs" are found in 17 of 40 out-of-distribution
+images: the region does not judge the input, evidence line E0 does. pydicom-data's real PA chest CR
+``RG1_UNCR.dcm`` (1955 × 1841): lungs found, region 59 % of the film, ~0.1-0.2 s.
 """
 
 from __future__ import annotations
@@ -35,7 +53,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -47,7 +65,6 @@ from verification.io.records import LoadedImage, LoadedModel
 
 __all__ = [
     "MASK_SUFFIXES",
-    "MEASURED",
     "AnatomyROI",
     "LungParams",
     "RoiSource",
@@ -66,23 +83,24 @@ RoiSource = Literal["provided", "model", "automatic_lungs", "automatic_body", "f
 
 # File names tried, in order, for the mask of image ``<stem>.<ext>`` in a folder: ``<stem><suffix>.<ext>``.
 MASK_SUFFIXES: tuple[str, ...] = ("_lung", "_lungs", "_anatomy", "_roi", "_mask", "")
-_MASK_EXTS: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp", ".npy")
-
-# Filled in from `python -m bench.anatomy` (see that script for the protocol); quoted in docstrings and tests.
-MEASURED: dict[str, Any] = {}
+_MASK_EXTS: tuple[str, ...] = (".png", ".tif", ".tiff", ".npy")
 
 
 @dataclass(frozen=True)
 class AnatomyROI:
     """One image's region of interest. ``mask`` is (H, W) bool at the image's size, None when ``source`` is
     ``"failed"``; ``method`` says how it was made, ``reason`` why a fallback or a failure happened;
-    ``numbers`` holds what the method measured (area fractions, thresholds) for reports."""
+    ``numbers`` holds what the method measured (area fractions, thresholds) for reports. ``fields`` are the
+    pixels known to be aerated lung (the automatic method's dark fields before hull, mirror and margin; the
+    mask itself for provided and model masks; None for the body fallback): the sources from which
+    :func:`verification.counterfactual.remove_finding` may fill a finding."""
 
     mask: np.ndarray | None
     source: RoiSource
     method: str
     reason: str = ""
     numbers: dict[str, float] = field(default_factory=dict)
+    fields: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
@@ -105,8 +123,13 @@ class LungParams:
     min_lung_area: float = 0.02  # a lung covers at least this share of the image
     max_lungs_body: float = 0.75  # both lungs cover at most this share of the body
     min_side_gap: float = 0.12  # the lungs' centroids are at least this far apart horizontally
-    mirror: bool = True  # add the contralateral lung mirrored about the midline
-    base_extension: float = 0.25  # extend each lung's hull down by this share of the lungs' height
+    # add the contralateral lung mirrored about the midline: "full" all of it, "base" only its rows below this
+    # lung's own base (restores a base an effusion hid without widening the lung laterally), "off" none
+    mirror: Literal["off", "base", "full"] = "base"
+    base_extension: float = 0.1  # extend each lung's hull down by this share of the lungs' height ...
+    match_base: bool = (
+        True  # ... and a lung whose base is higher than the other's down to the other's base first
+    )
     margin: float = 0.015  # final dilation
     min_body_area: float = 0.15  # the body fallback needs at least this share of the image ...
     max_body_area: float = 0.97  # ... and at most this (a body that fills the image separates nothing)
@@ -179,7 +202,7 @@ def roi_from_mask(mask: np.ndarray, shape: tuple[int, int], *, name: str = "prov
     m = _fit_mask(mask, (int(shape[0]), int(shape[1])), name)
     if not m.any():
         return AnatomyROI(None, "failed", name, reason=f"{name} is empty (no pixel inside the anatomy)")
-    return AnatomyROI(m, "provided", name, numbers={"area_fraction": float(m.mean())})
+    return AnatomyROI(m, "provided", name, numbers={"area_fraction": float(m.mean())}, fields=m)
 
 
 def find_mask_file(
@@ -292,7 +315,7 @@ def roi_from_model(
         return AnatomyROI(
             None, "failed", method, reason="the segmentation model found no anatomy in the image"
         )
-    return AnatomyROI(m, "model", method, numbers={"area_fraction": float(m.mean())})
+    return AnatomyROI(m, "model", method, numbers={"area_fraction": float(m.mean())}, fields=m)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -466,12 +489,19 @@ def _lungs_roi(parts: _Parts, p: LungParams, side: int) -> np.ndarray:
     hl, hr = _hull(left), _hull(right)
     ys = np.nonzero(hl | hr)[0]
     shift = round(p.base_extension * float(ys.max() - ys.min()))
+    bottoms = (int(np.nonzero(hl)[0].max()), int(np.nonzero(hr)[0].max()))
     mid = (float(np.nonzero(left)[1].mean()) + float(np.nonzero(right)[1].mean())) / 2
     sides = []
-    for own, other in ((hl, hr), (hr, hl)):
-        parts_ = own | _shift_down(own, shift)
-        if p.mirror:
+    for k, (own, other) in enumerate(((hl, hr), (hr, hl))):
+        # a lung whose base lies above the other's (shortened from below) reaches down to the other's base
+        lift = max(bottoms[1 - k] - bottoms[k], 0) if p.match_base else 0
+        parts_ = own | _shift_down(own, shift + lift)
+        if p.mirror == "full":
             parts_ |= _mirror(other, mid)
+        elif p.mirror == "base":
+            below = _mirror(other, mid)
+            below[: bottoms[k] + 1] = False
+            parts_ |= below
         sides.append(_hull(parts_))
     roi = (sides[0] | sides[1]) & parts.body
     margin = round(p.margin * side)
@@ -483,7 +513,9 @@ def _lungs_roi(parts: _Parts, p: LungParams, side: int) -> np.ndarray:
 def _describe(p: LungParams) -> str:
     return (
         "automatic lung fields (two-stage Otsu, per-lung convex hull"
-        + (", mirrored contralateral lung" if p.mirror else "")
+        + {"full": ", mirrored contralateral lung", "base": ", mirrored contralateral base", "off": ""}[
+            p.mirror
+        ]
         + f", base extension {p.base_extension:g}, margin {p.margin:g})"
     )
 
@@ -498,9 +530,14 @@ def lung_region(
     parts = _find_parts(work, p)
     if not parts.lungs:
         return AnatomyROI(None, "failed", _describe(p), reason=parts.reason, numbers=parts.numbers)
-    roi = _resize_to(_lungs_roi(parts, p, min(work.shape)), gray.shape)
+    return _lungs_record(parts, p, work, gray.shape)
+
+
+def _lungs_record(parts: _Parts, p: LungParams, work: np.ndarray, shape: tuple[int, int]) -> AnatomyROI:
+    roi = _resize_to(_lungs_roi(parts, p, min(work.shape)), shape)
+    fields = _resize_to(np.logical_or.reduce(parts.lungs), shape)
     numbers = {**parts.numbers, "area_fraction": float(roi.mean())}
-    return AnatomyROI(roi, "automatic_lungs", _describe(p), numbers=numbers)
+    return AnatomyROI(roi, "automatic_lungs", _describe(p), numbers=numbers, fields=fields)
 
 
 def body_region(
@@ -545,13 +582,7 @@ def automatic_roi(
     work = _working_copy(gray, p.work_size)
     parts = _find_parts(work, p)
     if parts.lungs:
-        roi = _resize_to(_lungs_roi(parts, p, min(work.shape)), gray.shape)
-        return AnatomyROI(
-            roi,
-            "automatic_lungs",
-            _describe(p),
-            numbers={**parts.numbers, "area_fraction": float(roi.mean())},
-        )
+        return _lungs_record(parts, p, work, gray.shape)
     if not fallback_body:
         return AnatomyROI(None, "failed", _describe(p), reason=parts.reason, numbers=parts.numbers)
     return _body_record(parts, p, gray.shape, prefix=f"lungs: {parts.reason}; ")

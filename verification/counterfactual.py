@@ -194,10 +194,34 @@ def dilate_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
     return cv2.dilate(m.astype(np.uint8), disc) > 0
 
 
+def _inpaint(unit: np.ndarray, unknown: np.ndarray, radius: float, flag: int) -> np.ndarray:
+    return np.asarray(cv2.inpaint(unit, unknown.astype(np.uint8), radius, flag), dtype=np.float64)
+
+
+def _inpaint_from(
+    unit: np.ndarray, grown: np.ndarray, sources: np.ndarray, radius: float, flag: int
+) -> np.ndarray:
+    """Inpaint ``grown`` using only ``sources`` as known pixels: everything else in a window around ``grown``
+    is marked unknown too, so the fast march starts from the sources alone. (H, W) float64, valid on
+    ``grown``."""
+    ys, xs = np.nonzero(grown)
+    h, w = grown.shape
+    pad = max(int(ys.max() - ys.min()), int(xs.max() - xs.min()), int(4 * radius))
+    y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, h)
+    x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, w)
+    if not sources[y0:y1, x0:x1].any():  # no source near the finding: march from the nearest, wherever
+        y0, y1, x0, x1 = 0, h, 0, w
+    out = np.zeros((h, w))
+    window = (slice(y0, y1), slice(x0, x1))
+    out[window] = _inpaint(np.ascontiguousarray(unit[window]), ~sources[window], radius, flag)
+    return out
+
+
 def remove_finding(
     image: np.ndarray,
     lesion_mask: np.ndarray,
     *,
+    sources: np.ndarray | None = None,
     dilation: float = DEFAULT_FINDING_DILATION,
     radius: float = DEFAULT_INPAINT_RADIUS,
     method: Literal["telea", "ns"] = "telea",
@@ -205,12 +229,21 @@ def remove_finding(
     """The image with the annotated finding inpainted from its surroundings: ``lesion_mask`` dilated by
     ``dilation`` × shorter side (at least one pixel), then OpenCV's inpainting (Telea's fast marching, or
     Navier-Stokes) with neighbourhood ``radius`` × shorter side. Only pixels in the dilated mask change; the
-    result stays within the image's own range."""
+    result stays within the image's own range.
+
+    ``sources`` (optional, (H, W) bool): the only pixels the fill is drawn from, e.g. the lung mask or the
+    automatic method's aerated lung fields (:attr:`verification.anatomy.AnatomyROI.fields`), so an effusion at
+    a lung base is filled from the lung above it and not from the dense tissue below the diaphragm. Measured
+    by ``python -m bench.counterfactual`` against the demo's lesion-free twins (mean absolute error inside the
+    dilated mask, grey levels): effusions 47.5 without sources, 18.6 from the true lung mask, 18.5 from the
+    automatic lung fields (the lesion itself: 53.5); nodules 8.6 / 8.0 / 8.5 (the lesion: 39.0). Sources with
+    no pixel outside the dilated mask are ignored."""
     planes, layout, m = _check(image, lesion_mask, "the finding's mask")
     if not m.any():
         raise ShapeError(
             "remove_finding: the finding's mask is empty; there is no annotated finding to remove"
         )
+    src = None if sources is None else _check(image, sources, "the sources mask")[2]
     side = min(planes.shape[1:])
     grown = dilate_mask(m, max(round(dilation * side), 1))
     if grown.all():
@@ -219,6 +252,7 @@ def remove_finding(
         )
     flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
     r = max(float(radius * side), 1.0)
+    known = np.zeros_like(grown) if src is None else src & ~grown
     out = planes.copy()
     for c in range(planes.shape[0]):
         plane = planes[c]
@@ -227,7 +261,9 @@ def remove_finding(
         # marching overshoots to [-1, 2] (measured, OpenCV 5.0). Work on the image's range mapped to 0-255.
         scale = 255.0 / (hi - lo) if hi > lo else 1.0
         unit = ((plane - lo) * scale).astype(np.float32)
-        filled = cv2.inpaint(unit, grown.astype(np.uint8), r, flag).astype(np.float64) / scale + lo
-        out[c][grown] = np.clip(filled[grown], lo, hi)
+        filled = _inpaint(unit, grown, r, flag)
+        if known.any():
+            filled[grown] = _inpaint_from(unit, grown, known, r, flag)[grown]
+        out[c][grown] = np.clip(filled[grown] / scale + lo, lo, hi)
     result = _merge(out, layout, np.asarray(image))
     return _keep_exact(result, np.asarray(image), ~grown, layout)
