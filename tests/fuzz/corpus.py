@@ -431,6 +431,11 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "huge.jpg", bytes(data))
 
 
+@item("jpeg_soi_only", "image", "load_image", note="3 bytes: JPEG start-of-image (found by hypothesis)")
+def _(root: Path) -> dict[str, Any]:
+    return _img(root, "soi.jpg", b"\xff\xd8\xff")
+
+
 @item("jpeg_garbage", "image", "load_image")
 def _(root: Path) -> dict[str, Any]:
     return _img(root, "garbage.jpg", b"\xff\xd8\xff\xe0" + os.urandom(4096))

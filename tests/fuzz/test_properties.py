@@ -29,10 +29,7 @@ CHECKS = [
     "sidecar_arbitrary",
 ]
 # name → reason; strict: remove the entry when the fix lands.
-KNOWN_FAILING: dict[str, str] = {
-    "image_from_mutated_file": "IO: load_image(b'\\xff\\xd8\\xff', name='x.jpg') raises KeyError 'MPO' "
-    "in budget._probe_jpeg (NOTES 02:03)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 IMPORT_MAPPING = 4 << 30  # what importing torch & co. maps before any work (measured: ~3.3 GiB)
 
 
