@@ -20,13 +20,15 @@ from verification.batch import IMAGE_SUFFIXES as BATCH_SUFFIXES
 from verification.errors import ImageLoadError, InputTooLargeError
 from verification.io.archive import entry_name_problem
 from verification.io.budget import Budget, ResourceLimits
-from verification.io.images import image_cost
+from verification.io.images import DEFAULT_MAX_IMAGE_BYTES, image_cost
 
 # The batch loader's image suffixes, plus none at all: DICOM files inside archives often have no suffix.
 IMAGE_SUFFIXES = frozenset(BATCH_SUFFIXES | {""})
 MAX_ZIP_ENTRIES = 5000
 MAX_ZIP_TOTAL_BYTES = 1 << 30  # 1 GiB decompressed across all archives of one upload
 MAX_ZIP_RATIO = 200  # an entry that inflates more than this is treated as a bomb
+# One entry is never larger than one image may be (load_image's file limit): its copy is the transient peak.
+MAX_ENTRY_BYTES = DEFAULT_MAX_IMAGE_BYTES
 _CHUNK = 1 << 20
 
 
@@ -116,6 +118,11 @@ def expand_zip(
                     f"{name}: entry {info.filename[:120]!r} decompresses to more than {MAX_ZIP_RATIO}x its "
                     f"compressed size ({info.file_size:,} bytes from {info.compress_size:,}): a zip bomb."
                 )
+            if info.file_size > MAX_ENTRY_BYTES and PurePosixPath(info.filename).suffix.lower() in suffixes:
+                raise InputTooLargeError(
+                    f"{name}: entry {info.filename[:120]!r} is {info.file_size / 1e6:,.0f} MB, above the "
+                    f"{MAX_ENTRY_BYTES / 1e6:,.0f} MB limit for one file; it could not be loaded."
+                )
         blobs: list[Blob] = []
         skipped: list[str] = []
         for info in infos:
@@ -125,8 +132,15 @@ def expand_zip(
             if path.suffix.lower() not in suffixes:
                 skipped.append(info.filename)
                 continue
+            room = budget.archive_room()
+            if 2 * info.file_size > room:  # inflating briefly holds the entry twice (buffer, then bytes)
+                raise InputTooLargeError(
+                    f"{name}: entry {info.filename[:120]!r} ({info.file_size:,} bytes) does not fit in what "
+                    f"is left of this upload's {budget.limits.max_archive_bytes:,}-byte limit for all "
+                    "archives together (reading it takes twice its size). Upload fewer or smaller files."
+                )
             try:
-                content = _read_bounded(zf, info, budget.archive_room(), name)
+                content = _read_bounded(zf, info, room, name)
             except (
                 zipfile.BadZipFile,
                 OSError,

@@ -164,20 +164,18 @@ def test_zip_of_max_size_pngs_is_refused_before_any_decode() -> None:
 
 
 def test_archive_limits_are_summed_across_archives() -> None:
+    """Four archives of 300 kB under a 1.2 MB limit for the upload: three fit (reading one briefly takes twice
+    its size, so the fourth cannot), whichever archive they come from."""
     entry = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()  # incompressible
     zips = [(f"part{i}.zip", _zip({f"p{i}/x.dcm": entry})) for i in range(4)]
-    budget = Budget(ResourceLimits(max_archive_bytes=1_000_000))
+    limits = ResourceLimits(max_archive_bytes=1_200_000)
+    budget = Budget(limits)
     with pytest.raises(InputTooLargeError, match="all archives"):
         expand_uploads(zips, budget=budget, retain=False)
-    assert budget.archive_bytes <= 1_000_000
-    assert (
-        len(
-            expand_uploads(
-                zips[:3], retain=False, budget=Budget(ResourceLimits(max_archive_bytes=1_000_000))
-            ).blobs
-        )
-        == 3
-    )
+    assert budget.archive_bytes == 900_000
+    assert len(expand_uploads(zips[:3], retain=False, budget=Budget(limits)).blobs) == 3
+    each_alone = [expand_uploads([z], retain=False, budget=Budget(limits)) for z in zips]
+    assert all(len(e.blobs) == 1 for e in each_alone)
 
 
 def test_entry_count_is_summed_across_archives() -> None:
@@ -292,3 +290,14 @@ def test_image_cost_type_is_frozen() -> None:
     cost = ImageCost("PNG", 10, 10, 3, 1)
     with pytest.raises(AttributeError):
         cost.width = 5  # type: ignore[misc]
+
+
+def test_entry_larger_than_one_image_may_be_is_refused_before_inflating(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ui.uploads
+
+    monkeypatch.setattr(ui.uploads, "MAX_ENTRY_BYTES", 4000)
+    data = _zip({"a/x.png": bytes(range(256)) * 20})  # 5,120 bytes
+    with pytest.raises(InputTooLargeError, match="limit for one file"):
+        expand_uploads([("big.zip", data)], retain=False)
