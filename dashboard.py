@@ -1,18 +1,26 @@
 """The dashboard frame: page config, the shared sidebar, navigation over the pages.
 
 Run with ``streamlit run dashboard.py``; it opens on the built-in demo (sound model, demo test images, demo
-reference bundle), so the first page draws real heatmaps with nothing uploaded.
+reference bundle), so the first page draws real heatmaps with nothing uploaded. Nothing the page loads comes
+from another host (the favicon and fonts are served by the app itself). Reading folders on the server is off
+unless the operator allows chosen folders: ``VERIFICATION_FOLDER_ROOTS=/data/a:/data/b`` (ui/server_paths.py).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import streamlit as st
 
 from ui import sidebar
 
+# The favicon is a local file served by this app: a ":material/...:" or emoji icon makes the browser fetch it
+# from fonts.gstatic.com on every page load, which an offline tool must not do (tests/app/test_offline.py).
+FAVICON = Path(__file__).resolve().parent / "assets" / "favicon.png"
+
 st.set_page_config(
     page_title="Attention verification",
-    page_icon=":material/radiology:",
+    page_icon=str(FAVICON),
     layout="wide",
     initial_sidebar_state="expanded",
 )
