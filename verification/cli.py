@@ -814,9 +814,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.quiet:
         logging.getLogger().setLevel(logging.ERROR)
+    for handler in logging.getLogger().handlers:  # -q also for libraries that set their own logger's level
+        if getattr(handler, "stream", None) is sys.stderr:  # when imported later (pydicom's tag warnings)
+            handler.setLevel(logging.ERROR if args.quiet else logging.NOTSET)
     if not (args.verbose or args.debug):
         # torch's advisory warnings (pickle protocol, ...) are noise for a CLI user; -v shows them.
         warnings.filterwarnings("ignore", module=r"torch(\.|$)")
+        # pydicom warns about malformed tags it still parses; the loader checks those itself (typed errors)
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
         # NaN medians of an all-NaN metric column are reported as NaN in the table; numpy's note adds nothing.
         warnings.filterwarnings("ignore", message="All-NaN slice encountered", category=RuntimeWarning)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
