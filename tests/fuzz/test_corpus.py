@@ -36,10 +36,7 @@ pytestmark = [pytest.mark.slow]
 ARTIFACTS = corpus.ROOT / "test-artifacts"
 
 # id → (reason, who fixes it). Remove an entry when its fix lands (strict xfail turns red).
-KNOWN_FAILING: dict[str, str] = {
-    "cli_cam_mixed_folder_strict": "IO/CLI: pydicom's WARNING lines reach stderr under -q, so exit 1 is "
-    "not one clear line (NOTES: FUZZ FINDING: CLI)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 
 def _specs(root: Path) -> list[dict[str, Any]]:
