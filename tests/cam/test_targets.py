@@ -148,3 +148,17 @@ def test_custom_callable_target() -> None:
     np.testing.assert_allclose(custom.raw, a.raw - b.raw, rtol=1e-4, atol=1e-6)
     assert custom.targets == (-1, -1)
     assert custom.target_kind == "custom"
+
+
+def test_segmentation_region_is_the_scored_mask() -> None:
+    """region(output) is M: the score is Σ over M of the class logit, and M is where its probability ≥ 0.5."""
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(2, 3, 6, 5, generator=g)
+    target = SegmentationTarget(2)
+    m = target.region(out)
+    assert m.shape == (2, 6, 5)
+    assert m.dtype == torch.bool
+    assert torch.equal(m, torch.softmax(out, 1)[:, 2] >= 0.5)
+    torch.testing.assert_close(target(out).scores, (out[:, 2] * m).sum(dim=(1, 2)))
+    with pytest.raises(ShapeError):
+        target.region(torch.zeros(2, 3))

@@ -185,6 +185,18 @@ class SegmentationTarget:
         return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
     def __call__(self, output: Tensor) -> TargetScores:
+        n = output.shape[0]
+        idx, mask = self._region(output)
+        sel = idx[:, None, None, None].expand(n, 1, *output.shape[2:])
+        scores = (output.gather(1, sel)[:, 0] * mask).sum(dim=(1, 2))
+        empty = ~mask.flatten(1).any(dim=1)
+        return TargetScores(scores, tuple(int(i) for i in idx.tolist()), empty)
+
+    def region(self, output: Tensor) -> Tensor:
+        """M for each sample: (N, H, W) bool, the pixels whose target-class probability ≥ ``threshold``."""
+        return self._region(output)[1]
+
+    def _region(self, output: Tensor) -> tuple[Tensor, Tensor]:
         if output.ndim != 4:
             raise ShapeError(f"the segmentation target needs (N, C, H, W) logits; got {tuple(output.shape)}")
         n, c = output.shape[:2]
@@ -197,10 +209,7 @@ class SegmentationTarget:
         idx = _classes_per_sample(self.classes, fallback, n)
         _check_range(idx, c)
         sel = idx[:, None, None, None].expand(n, 1, *output.shape[2:])
-        mask = probs.gather(1, sel)[:, 0] >= self.threshold  # (N, H, W)
-        scores = (output.gather(1, sel)[:, 0] * mask).sum(dim=(1, 2))
-        empty = ~mask.flatten(1).any(dim=1)
-        return TargetScores(scores, tuple(int(i) for i in idx.tolist()), empty)
+        return idx, probs.gather(1, sel)[:, 0] >= self.threshold
 
     def probabilities(self, output: Tensor) -> Tensor:
         return self._probs(output.detach().float()).mean(dim=(2, 3))
