@@ -127,7 +127,10 @@ def expand_zip(
         skipped: list[str] = []
         for info in infos:
             path = PurePosixPath(info.filename)
-            if _skippable(path) or entry_name_problem(info.filename) is not None:
+            if _skippable(path):
+                continue
+            if entry_name_problem(info.filename) is not None:  # absolute, '..', control characters
+                skipped.append(info.filename[:120].encode("ascii", "backslashreplace").decode())
                 continue
             if path.suffix.lower() not in suffixes:
                 skipped.append(info.filename)

@@ -301,3 +301,10 @@ def test_entry_larger_than_one_image_may_be_is_refused_before_inflating(
     data = _zip({"a/x.png": bytes(range(256)) * 20})  # 5,120 bytes
     with pytest.raises(InputTooLargeError, match="limit for one file"):
         expand_uploads([("big.zip", data)], retain=False)
+
+
+def test_unsafe_entry_names_are_skipped_and_listed() -> None:
+    data = _zip({"../evil.png": png_bomb(16, 16), "/abs.png": png_bomb(16, 16), "ok/a.png": png_bomb(16, 16)})
+    out = expand_uploads([("names.zip", data)])
+    assert [b.name for b in out.blobs] == ["ok/a.png"]
+    assert out.skipped == ("/abs.png",)  # "../evil.png" is dropped with the hidden entries ("." prefix)
