@@ -12,13 +12,14 @@ engines give the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -215,15 +216,15 @@ class ImageDataset(Dataset[ImageItem]):
 
         path = self.paths[i]
         index = self.first_index + i
-        try:
-            image: LoadedImage = load_image(path)
-            tensor = to_tensor(image, self.model)[0]
-        except (VerificationError, OSError, MemoryError) as exc:
-            return ImageItem(index=index, path=path, tensor=None, display=None, error=_message(exc))
-        except Exception as exc:  # a loader bug on one hostile file: an error row, not an aborted run
-            logging.getLogger(__name__).warning("unexpected error reading %s", path, exc_info=True)
-            message = _message(exc, "unexpected error reading this file ({})")
-            return ImageItem(index=index, path=path, tensor=None, display=None, error=message)
+
+        def load() -> tuple[LoadedImage, torch.Tensor]:
+            image = load_image(path)
+            return image, to_tensor(image, self.model)[0]
+
+        loaded, error = guarded(load, path)
+        if loaded is None:
+            return ImageItem(index=index, path=path, tensor=None, display=None, error=error)
+        image, tensor = loaded
         return ImageItem(
             index=index,
             path=path,
@@ -236,6 +237,38 @@ class ImageDataset(Dataset[ImageItem]):
 
 
 MAX_MESSAGE = 300  # characters of an error row's message (a hostile file may raise a huge one)
+T = TypeVar("T")
+
+
+def guarded(read: Callable[[], T], path: str | Path) -> tuple[T | None, str | None]:
+    """``(read(), None)``, or ``(None, message)`` — the error row of one file that cannot be read: any typed
+    error, OSError or MemoryError gives its message; any other exception is a reader bug on that file, logged
+    with its traceback and reported as "unexpected error". Every batch command reads files through this."""
+    try:
+        return read(), None
+    except (VerificationError, OSError, MemoryError) as exc:
+        return None, _message(exc)
+    except Exception as exc:  # a loader bug on one hostile file: an error row, not an aborted run
+        logging.getLogger(__name__).warning("unexpected error reading %s", path, exc_info=True)
+        return None, _message(exc, "unexpected error reading this file ({})")
+
+
+def read_images(paths: Sequence[str | Path]) -> tuple[list[LoadedImage], list[int], list[Row]]:
+    """Load every image: the ones that loaded, their positions in ``paths``, and an error row
+    (``index``, ``path``, ``error``) for each one that did not."""
+    from verification.io.images import load_image
+
+    images: list[LoadedImage] = []
+    kept: list[int] = []
+    errors: list[Row] = []
+    for i, path in enumerate(paths):
+        image, error = guarded(functools.partial(load_image, path), path)
+        if image is None:
+            errors.append({"index": i, "path": str(path), "error": error})
+        else:
+            images.append(image)
+            kept.append(i)
+    return images, kept, errors
 
 
 def _message(exc: BaseException, template: str = "{}") -> str:

@@ -354,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (0)")
     p.add_argument("--drop", type=float, default=0.1, help="C-Score drop that raises an early warning (0.1)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (16)")
+    p.add_argument("--strict", action="store_true", help="fail (exit 1) on the first unreadable image")
     p.add_argument(
         "--trust", action="store_true", help="allow pickled checkpoints (runs code from the files)"
     )
@@ -573,7 +574,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_consistency(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from verification.batch import scan_labelled
+    from verification.batch import read_images, scan_labelled
     from verification.consistency import track_checkpoints
     from verification.io.models import load_model
 
@@ -583,13 +584,19 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     paths, labels = scan_labelled(args.data)
     first = load_model(args.checkpoints[0], trust=args.trust)
     y = _label_indices(labels, first.class_names, args.data)
+    # as in cam and verify: an unreadable file is left out and named (--strict: the first one fails the run)
+    images, kept, errors = read_images(paths)
+    for row in errors:
+        _check_row(row, args)
+    if not images:
+        raise CliError(f"none of the {len(paths)} images could be read; first error: {errors[0]['error']}")
     with tqdm(
         total=len(args.checkpoints), unit="ckpt", disable=True if args.quiet else None, leave=False
     ) as bar:
         series = track_checkpoints(
             [first, *args.checkpoints[1:]],
-            paths,
-            y,
+            images,
+            [y[i] for i in kept],
             methods=args.methods,
             layer=args.layer,
             names=[Path(c).stem for c in args.checkpoints],
@@ -609,6 +616,13 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     sys.stdout.write(series.table().to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n")
     for warning in series.warnings:
         sys.stdout.write(f"warning: {warning.message()}\n")
+    if errors:
+        sys.stdout.write(
+            f"warning: {len(errors)} unreadable image(s) left out: "
+            + "; ".join(f"{Path(e['path']).name}: {e['error']}" for e in errors[:3])
+            + ("; …" if len(errors) > 3 else "")
+            + "\n"
+        )
     return EXIT_OK
 
 
