@@ -117,3 +117,25 @@ def test_single_image_batch_with_nan_is_an_error_row(model: Any) -> None:
     (row,) = job.run(one)
     assert "NaN or infinite" in row["error"]
     assert torch.isnan(batch.x[0]).any()
+
+
+def test_consistency_command_leaves_unreadable_images_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Like cam and verify: an unreadable file in the labelled set is named and left out (exit 0); with
+    --strict it fails the run with one line (exit 1). Before, it aborted the command."""
+    data = tmp_path / "data"
+    for label, png in (("normal", GOOD[0]), ("nodule", GOOD[1])):
+        (data / label).mkdir(parents=True)
+        shutil.copy(png, data / label / png.name)
+        shutil.copy(GOOD[2], data / label / f"x_{png.name}")
+    (data / "nodule" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    rc = cli.main(["consistency", str(SOUND), "--data", str(data), "-q", "--batch-size", "8"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "1 unreadable image(s) left out: broken.png" in out
+    assert cli.main(["consistency", str(SOUND), "--data", str(data), "-q", "--strict"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "broken.png" in err[0]
+    assert "--strict" in err[0]
