@@ -7,6 +7,7 @@ modules beside it; :func:`verify` is the one verify path used by the API, the CL
 
 from __future__ import annotations
 
+from verification.verdict.api import calibrate_bundle, verify
 from verification.verdict.records import (
     LINE_NAMES,
     SCHEMA,
@@ -39,4 +40,6 @@ __all__ = [
     "Verdict",
     "VerdictConfig",
     "VerificationReport",
+    "calibrate_bundle",
+    "verify",
 ]

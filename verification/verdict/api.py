@@ -25,7 +25,7 @@ from verification.verdict.records import Example, ImageEvidence, VerdictConfig, 
 
 log = logging.getLogger(__name__)
 
-ImageInput = LoadedImage | str | Path
+ImageInput = LoadedImage | str | Path | bytes
 Masks = Sequence[np.ndarray | None] | None
 Progress = Callable[[int, int], None]
 
@@ -81,10 +81,15 @@ def measure_spec(
         layer=layer,
         gate=input_gate,
         gate_model=gate,
-        faithfulness=config.faithfulness,
+        faithfulness=config.faithfulness and _calibrated(bundle, "E6."),
         e6_steps=config.e6_steps,
     )
     return spec, found
+
+
+def _calibrated(bundle: Any, prefix: str) -> bool:
+    cal = getattr(bundle, "calibration", None)
+    return cal is not None and any(e.key.startswith(prefix) and e.threshold is not None for e in cal.edges)
 
 
 def label_indices(
@@ -104,14 +109,20 @@ def label_indices(
     return out
 
 
-def _name(item: ImageInput) -> str:
-    return item.name if isinstance(item, LoadedImage) else str(item)
+def _name(item: ImageInput, given: str | None = None) -> str:
+    if given is not None:
+        return given
+    if isinstance(item, LoadedImage):
+        return item.name
+    return "uploaded image" if isinstance(item, bytes) else str(item)
 
 
-def _load(item: ImageInput) -> LoadedImage:
+def _load(item: ImageInput, name: str | None = None) -> LoadedImage:
     from verification.io.images import load_image
 
-    return item if isinstance(item, LoadedImage) else load_image(item)
+    if isinstance(item, LoadedImage):
+        return item
+    return load_image(item, name=name) if isinstance(item, bytes) else load_image(item)
 
 
 def verify(
@@ -127,6 +138,7 @@ def verify(
     batch_size: int = 16,
     progress: Progress | None = None,
     names: Sequence[str] | None = None,
+    examples: int = 8,
 ) -> VerificationReport:
     """Verify ``model`` on ``images`` against a reference ``bundle``: the evidence lines E0–E6 and the
     verdict.
@@ -135,7 +147,10 @@ def verify(
     already preprocessed (N, C, H, W) tensor; ``labels`` per image (class name, index or None);
     ``annotations`` per image a finding mask (lesion; any size; None = none annotated); ``anatomy`` per
     image a
-    region-of-interest mask (None = automatic); ``gate`` a model with a garbage class that screens the inputs.
+    region-of-interest mask (None = automatic); ``gate`` a model with a garbage class that screens the inputs;
+    ``names`` per image (required for bytes); ``examples`` maps kept for the report;
+    ``progress(done, total)`` after each batch.
+    E6 runs only when ``config.faithfulness`` and the bundle's calibration covers it (else it could not vote).
     """
     config = config or VerdictConfig()
     n = len(images)
@@ -160,16 +175,16 @@ def verify(
             loaded, ok = [], []
             for i in idx:
                 try:
-                    loaded.append(_load(images[i]))
+                    loaded.append(_load(images[i], names[i] if names else None))
                     ok.append(i)
                 except (ImageLoadError, InputTooLargeError, OSError) as exc:
                     errors.append(
                         (
-                            _name(images[i]),
+                            _name(images[i], names[i] if names else None),
                             str(exc),
                         )
                     )
-            chunk_names = [names[i] if names else im.name for i, im in zip(ok, loaded)]
+            chunk_names = [_name(images[i], names[i] if names else None) for i in ok]
             x = to_tensor(loaded, model) if loaded else torch.empty(0)
         if ok:
             parts.append(
@@ -190,7 +205,7 @@ def verify(
         why = "none of the images could be read" if n else "no images were given"
         return cannot_verify(model, bundle, config, why, n, warns, errors)
     m = Measurements.concat(parts)
-    return assemble(m, model, bundle, config, warnings=warns, errors=errors)
+    return assemble(m, model, bundle, config, warnings=warns, errors=errors, examples=examples)
 
 
 def cannot_verify(
@@ -354,7 +369,7 @@ def measure_all(
 
     config = config or VerdictConfig()
     spec, _ = measure_spec(model, bundle, config)
-    spec = dataclasses.replace(spec, gate=None)
+    spec = dataclasses.replace(spec, gate=None, faithfulness=config.faithfulness)
     lab = label_indices(labels, bundle.class_names, len(images))
     parts = []
     for s in range(0, len(images), batch_size):

@@ -9,13 +9,15 @@ every class, the healthy side is described by
   mean; the edge is the 2.5th / 97.5th percentile on the bad side and the spread the bootstrap standard
   deviation.
 
-The threshold is the healthy edge moved towards "worse" by a tolerance, max(3 × spread, 5 % of the quantity's
-range). **Power**: the same quantity is measured on known-bad references (the cascading-randomised model at
-least; shortcut models where given). For each, the AUROC of its per-image values against the healthy models'
-per-image values (bad = worse); a quantity is *informative* for a class only when some known-bad reference
-both separates (AUROC ≥ ``min_separation``, **default** 0.8) and has its class mean beyond the threshold.
-Otherwise it is *uninformative* — reported with its numbers, never voting. A threshold outside the quantity's
-possible range (a band that cannot fail) is uninformative by construction.
+The threshold is the healthy edge moved towards "worse" by a tolerance: max(3 × spread, 5 % of the quantity's
+range, 0.4 × the gap to the nearest separating known-bad class mean) — room for healthy models the
+calibration has not seen, never more than 40 % of the way to the bad side. **Power**: the same quantity
+is measured on known-bad references (the cascading-randomised model at least; shortcut models where given).
+For each, the AUROC of its per-image values against the healthy models' per-image values (bad = worse); a
+quantity is *informative* for a class only when some known-bad reference both separates (AUROC ≥
+``min_separation``, **default** 0.8) and has its class mean beyond the threshold. Otherwise it is
+*uninformative* — reported with its numbers, never voting. A threshold outside the quantity's possible range
+(a band that cannot fail) is uninformative by construction.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ CALIBRATION_VERSION = 1
 CALIBRATED = tuple(k for k, q in QUANTITIES.items() if q.stated is None)
 TOLERANCE_SPREADS = 3.0
 TOLERANCE_RANGE = 0.05
+TOLERANCE_GAP = 0.4
 
 
 @dataclass(frozen=True)
@@ -194,17 +197,20 @@ def calibrate(
                     float(np.percentile(boots, 97.5)),
                 )
             tol = max(TOLERANCE_SPREADS * spread, TOLERANCE_RANGE * (hi - lo))
-            threshold = edge + worse * tol
             bad_numbers: dict[str, tuple[float, float]] = {}
-            caught = []
             for bname, bm in bad.items():
                 bv = class_values(bm, key, k)
-                if bv.size == 0:
-                    continue
-                a = auroc(bv, pooled, q.higher_is_better)
-                bad_numbers[bname] = (float(bv.mean()), a)
-                beyond = (bv.mean() - threshold) * worse > 0
-                caught.append((a, bool(beyond)))
+                if bv.size:
+                    bad_numbers[bname] = (float(bv.mean()), auroc(bv, pooled, q.higher_is_better))
+            gaps = [
+                (mean - edge) * worse
+                for mean, a in bad_numbers.values()
+                if np.isfinite(a) and a >= min_separation and (mean - edge) * worse > tol
+            ]
+            if gaps:
+                tol = max(tol, TOLERANCE_GAP * min(gaps))
+            threshold = edge + worse * tol
+            caught = [(a, bool((mean - threshold) * worse > 0)) for mean, a in bad_numbers.values()]
             best = max((a for a, _ in caught if np.isfinite(a)), default=float("nan"))
             informative = any(np.isfinite(a) and a >= min_separation and b for a, b in caught)
             note = ""
@@ -237,11 +243,13 @@ def calibrate(
             )
     scheme = (
         f"healthy variation of {len(healthy)} models ({', '.join(healthy)}): worst class mean, tolerance "
-        f"max({TOLERANCE_SPREADS:g} × between-model SD, {100 * TOLERANCE_RANGE:g} % of the range)"
+        f"max({TOLERANCE_SPREADS:g} × between-model SD, {100 * TOLERANCE_RANGE:g} % of the range, "
+        f"{TOLERANCE_GAP:g} × gap to the nearest separating known-bad mean)"
         if len(healthy) >= 2
         else f"one trusted model ({next(iter(healthy))}), bootstrap over its images ({n_boot} resamples): "
         f"97.5th percentile of the class mean, tolerance max({TOLERANCE_SPREADS:g} × bootstrap SD, "
-        f"{100 * TOLERANCE_RANGE:g} % of the range)"
+        f"{100 * TOLERANCE_RANGE:g} % of the range, {TOLERANCE_GAP:g} × gap to the nearest separating "
+        "known-bad mean)"
     )
     return Calibration(
         scheme=scheme,

@@ -9,7 +9,9 @@ Per class, in this order:
    class's images are assessable; when a required line is inconclusive or not assessable (E1 with labels; E3
    always; E2 and E4 where the class has annotated findings) — an uninformative line does not block, but
 3. ... at least one line that tests *why* the model decides (E2, E3, E4, or an informative E5/E6) must pass,
-   else CANNOT VERIFY: performance alone never makes a model suitable.
+   else CANNOT VERIFY: performance alone never makes a model suitable. A class with no annotated finding and
+   no informative reliance line of its own (typically "normal": the absence of a finding) borrows this
+   evidence from the model: some other class must have passed a reliance line.
 4. Otherwise **SUITABLE**; the lines that passed are named.
 
 The model's verdict is its worst class's (UNSUITABLE > CANNOT VERIFY > SUITABLE). No images measured → CANNOT
@@ -37,10 +39,14 @@ def combine(
     has_labels = bool((m.labels >= 0).any())
     has_annotations = bool(m.has_finding.any())
     classes = []
+    relied = {name: _reliance_passed(by_key, name) for name in m.class_names}
     for k, name in enumerate(m.class_names):
         n_img = int((m.group == k).sum())
         n_ok = int(((m.group == k) & m.assessable).sum())
-        classes.append(_class_verdict(name, n_img, n_ok, by_key, has_labels, has_annotations, m, k, config))
+        others = any(v for c, v in relied.items() if c != name)
+        classes.append(
+            _class_verdict(name, n_img, n_ok, by_key, has_labels, has_annotations, m, k, config, others)
+        )
     worst = max(classes, key=lambda c: SEVERITY[c.verdict]) if classes else None
     missing = tuple(dict.fromkeys(x for c in classes for x in c.missing))
     if worst is None or not m.n or not m.assessable.any():
@@ -73,6 +79,7 @@ def _class_verdict(
     m: Measurements,
     k: int,
     config: VerdictConfig,
+    others_relied: bool = False,
 ) -> ClassVerdict:
     for key in ORDER:
         ln = by_key.get(key)
@@ -108,12 +115,26 @@ def _class_verdict(
         c = ln.for_class(name) if ln is not None else None
         if ln is not None and ln.decisive and c is not None and c.status == "pass":
             passed.append(key)
-    if not any(key in RELIANCE for key in passed):
+    own_reliance = class_has_findings or any(
+        (c := by_key[key].for_class(name)) is not None and c.status in ("pass", "fail", "inconclusive")
+        for key in RELIANCE
+        if key in by_key and by_key[key].decisive
+    )
+    if not any(key in RELIANCE for key in passed) and (own_reliance or not others_relied):
         what = "a passing line showing the model decides from the findings (E2, E3, E4, informative E5/E6)"
         return ClassVerdict(
             name, "cannot_verify", "E3", f"no evidence of why the model decides: {what}", n_img, n_ok, (what,)
         )
     return ClassVerdict(name, "suitable", "+".join(passed), f"passed {', '.join(passed)}", n_img, n_ok)
+
+
+def _reliance_passed(by_key: dict[str, LineResult], name: str) -> bool:
+    for key in RELIANCE:
+        ln = by_key.get(key)
+        c = ln.for_class(name) if ln is not None and ln.decisive else None
+        if c is not None and c.status == "pass":
+            return True
+    return False
 
 
 def accuracy(m: Measurements, confidence: float = 0.95) -> tuple[float | None, tuple[float, float] | None]:

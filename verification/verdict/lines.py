@@ -12,8 +12,10 @@ the images predicted as it).
   annotation's area share; the class's leave-one-out mean map of this run); paired, Student-t interval of the
   mean difference; threshold 0 (the maps must localise better than the baseline).
 * E3, E4, E5, E6: class mean of the per-image quantity with a Student-t interval against the calibrated edge
-  (:mod:`verification.verdict.calibration`); E3 combines its three sub-measures (any informative failure
-  fails, all informative passes pass); E5 uses, per class, the metric that separated best in calibration.
+  (:mod:`verification.verdict.calibration`); E3 votes with its two counterfactuals (behaviour: any informative
+  failure fails, all informative passes pass); its attention energy outside the anatomy is reported beside
+  them but does not vote (where attention lies is supporting evidence, not proof of reliance); E5 uses, per
+  class, the metric that separated best in calibration.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from verification.verdict.records import LINE_NAMES, ClassLine, LineResult, Stat
 from verification.verdict.stats import judge, mean_interval, wilson
 
 T_INTERVAL = "Student t 95 % interval of the class mean"
-E3_KEYS = ("E3.outside_energy", "E3.outside_drop", "E3.inside_survival")
+E3_KEYS = ("E3.outside_drop", "E3.inside_survival")
+E3_REPORTED = ("E3.outside_energy",)
 
 
 def _overall(statuses: Sequence[Status]) -> Status:
@@ -327,10 +330,13 @@ def _calibrated_line(key: str, per: Sequence[ClassLine], cal: Calibration | None
 
 
 def line_e3(m: Measurements, cal: Calibration | None, config: VerdictConfig) -> LineResult:
-    per = [
-        _merge(name, [_quantity_class(m, key, k, cal, config) for key in E3_KEYS])
-        for k, name in enumerate(m.class_names)
-    ]
+    per = []
+    for k, name in enumerate(m.class_names):
+        merged = _merge(name, [_quantity_class(m, key, k, cal, config) for key in E3_KEYS])
+        extra = {
+            key: _f(float(v.mean())) if (v := class_values(m, key, k)).size else None for key in E3_REPORTED
+        }
+        per.append(ClassLine(**{**merged.__dict__, "numbers": {**merged.numbers, **extra}}))
     ln = _calibrated_line("E3", per, cal, True)
     return LineResult(
         **{**ln.__dict__, "numbers": {"region": None}, "sentence": f"region: {m.roi_method}; " + ln.sentence}

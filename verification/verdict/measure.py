@@ -334,26 +334,45 @@ def region_masks(
     return out, ok, sources
 
 
-def _neutralise(model: LoadedModel, x: Tensor, remove: np.ndarray) -> Tensor:
-    """``x`` with the pixels where ``remove`` (N, H, W) is 1 neutralised: filled with the per-image,
-    per-channel
-    median of the pixels kept, so nothing new (no edge, no texture, no token) is added."""
-    r = torch.from_numpy(remove > 0.5)[:, None].expand_as(x)
-    kept = x.masked_fill(r, float("nan")).flatten(2)
-    fill = kept.nanmedian(dim=2).values  # (N, C); NaN only when nothing is kept
-    fill = torch.where(torch.isnan(fill), x.flatten(2).median(dim=2).values, fill)
-    return torch.where(r, fill[:, :, None, None].expand_as(x), x)
+def _pixel_edit(model: LoadedModel, x: Tensor, edit: Any) -> Tensor:
+    """Apply ``edit(plane (H, W) in [0, 1], i) -> plane`` to every channel of every image in pixel space (the
+    model's normalisation undone, then redone)."""
+    mean = torch.tensor(model.mean, dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(model.std, dtype=x.dtype).view(1, -1, 1, 1)
+    unit = (x * std + mean).numpy().astype(np.float64)
+    out = np.empty_like(unit)
+    for i in range(len(unit)):
+        for c in range(unit.shape[1]):
+            out[i, c] = edit(unit[i, c], i)
+    return (torch.from_numpy(out.astype(np.float32)) - mean) / std
 
 
-def _inpaint(model: LoadedModel, x: Tensor, lesion: np.ndarray) -> Tensor:
-    """``x`` with the annotated finding (N, H, W) filled from its surroundings: the mean of a ring around it
-    (the mask dilated by 3 % of the image side, minus the mask)."""
-    m = torch.from_numpy(lesion > 0.5).float()[:, None]
-    k = max(3, round(0.03 * max(x.shape[-2:])) * 2 + 1)
-    grown = F.max_pool2d(m, kernel_size=k, stride=1, padding=k // 2)
-    ring = (grown - m).clamp(0, 1)
-    fill = (x * ring).sum((2, 3), keepdim=True) / ring.sum((2, 3), keepdim=True).clamp_min(1.0)
-    return x * (1 - m) + fill * m
+def _neutralise(model: LoadedModel, x: Tensor, roi: np.ndarray, *, inside: bool) -> Tensor:
+    """``x`` with the anatomy (``inside``) or everything outside it neutralised by
+    :mod:`verification.counterfactual`: outside → the constant median of the outside's own pixels (a token or
+    text there is erased, nothing new is added); inside → the region's own median. Kept pixels are
+    unchanged."""
+    from verification.counterfactual import neutralise_inside, neutralise_outside
+
+    keep = roi > 0.5
+    if inside:
+        return _pixel_edit(model, x, lambda p, i: neutralise_inside(p, keep[i]))
+    return _pixel_edit(model, x, lambda p, i: neutralise_outside(p, keep[i], fill="median"))
+
+
+def _inpaint(model: LoadedModel, x: Tensor, lesion: np.ndarray, roi: np.ndarray | None = None) -> Tensor:
+    """``x`` with the annotated finding inpainted from its surroundings
+    (:func:`verification.counterfactual.remove_finding`, drawn from the anatomy when it is known)."""
+    from verification.counterfactual import remove_finding
+
+    les = lesion > 0.5
+    src = None if roi is None else roi > 0.5
+
+    def edit(p: np.ndarray, i: int) -> np.ndarray:
+        s = None if src is None or not src[i].any() else src[i]
+        return np.asarray(remove_finding(p, les[i], sources=s))
+
+    return _pixel_edit(model, x, edit)
 
 
 # ------------------------------------------------------------------------------------------- the batch
@@ -415,8 +434,11 @@ def measure_batch(
     values["E3.outside_energy"] = np.where(roi_ok, outside, np.nan)
     p_pred = probs[np.arange(n), model_pred]
     if roi_ok.any():
-        p_out = _forward_probs(model, _neutralise(model, x, 1.0 - roi))
-        p_in = _forward_probs(model, _neutralise(model, x, roi))
+        ok_idx = np.nonzero(roi_ok)[0]
+        p_out = np.full_like(probs, np.nan)
+        p_in = np.full_like(probs, np.nan)
+        p_out[ok_idx] = _forward_probs(model, _neutralise(model, x[ok_idx], roi[ok_idx], inside=False))
+        p_in[ok_idx] = _forward_probs(model, _neutralise(model, x[ok_idx], roi[ok_idx], inside=True))
         values["E3.outside_drop"] = np.where(roi_ok, p_pred - p_out[np.arange(n), model_pred], np.nan)
         values["E3.inside_survival"] = np.where(roi_ok, p_in[np.arange(n), model_pred], np.nan)
     else:
@@ -432,7 +454,8 @@ def measure_batch(
     use = has & (model_lab >= 0)
     if use.any():
         idx = np.nonzero(use)[0]
-        p_f = _forward_probs(model, _inpaint(model, x[idx], les_full[idx]))
+        src = np.where(roi_ok[idx, None, None], roi[idx], 0.0)
+        p_f = _forward_probs(model, _inpaint(model, x[idx], les_full[idx], src))
         values["E4.finding_drop"][idx] = probs[idx, model_lab[idx]] - p_f[np.arange(len(idx)), model_lab[idx]]
 
     # E2 (raw energies; the baselines are applied when the line is evaluated).
@@ -458,8 +481,9 @@ def measure_batch(
 
         tgt = [int(t) for t in model_pred]
         cur = deletion_insertion(model, x, maps_full, target=tgt, steps=spec.e6_steps)
+        # One fixed random pixel order (seeded) for every image, so the numbers do not depend on batching.
         gen = torch.Generator().manual_seed(spec.seed)
-        rnd = torch.rand((n, *size), generator=gen).numpy()
+        rnd = np.repeat(torch.rand(size, generator=gen).numpy()[None], n, axis=0)
         base = deletion_insertion(model, x, rnd, target=tgt, steps=spec.e6_steps)
         gain = (cur.insertion_auc - cur.deletion_auc) - (base.insertion_auc - base.deletion_auc)
         values["E6.faithfulness_gain"] = gain.astype(np.float64)
