@@ -1322,6 +1322,165 @@ _raw_sidecar_item(
 )
 
 
+# =========================================================================================== bundles
+
+
+def _bundle_parts() -> tuple[dict[str, Any], dict[str, Any]]:
+    import numpy as np
+
+    with np.load(BUNDLE.with_suffix(".npz"), allow_pickle=False) as data:
+        arrays = {k: np.asarray(data[k]) for k in data.files}
+    return arrays, json.loads(BUNDLE.with_suffix(".json").read_text())
+
+
+def _npz(arrays: dict[str, Any]) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _bundle(root: Path, name: str, npz: bytes, manifest: bytes) -> dict[str, Any]:
+    stem = root / "bundles" / name / "bundle"
+    _write(stem.with_suffix(".npz"), npz)
+    _write(stem.with_suffix(".json"), manifest)
+    return {"path": str(stem)}
+
+
+def _bundle_item(
+    id: str,
+    make: Callable[[Path], tuple[bytes, bytes]],
+    *,
+    expect: str = "error",
+    note: str = "",
+    marker: str | None = None,
+) -> None:
+    def build(root: Path) -> dict[str, Any]:
+        npz, manifest = make(root)
+        spec = _bundle(root, id, npz, manifest)
+        if marker:
+            spec["marker"] = str(marker_path(root, marker))
+        return spec
+
+    item(id, "bundle", "load_bundle", expect=expect, note=note, isolate=True)(build)
+
+
+def _valid_bundle(root: Path) -> tuple[bytes, bytes]:
+    return BUNDLE.with_suffix(".npz").read_bytes(), BUNDLE.with_suffix(".json").read_bytes()
+
+
+def _manifest_with(**changes: Any) -> Callable[[Path], tuple[bytes, bytes]]:
+    def make(root: Path) -> tuple[bytes, bytes]:
+        arrays, doc = _bundle_parts()
+        doc.update(changes)
+        return _npz(arrays), json.dumps(doc).encode()
+
+    return make
+
+
+def _arrays_with(**changes: Any) -> Callable[[Path], tuple[bytes, bytes]]:
+    def make(root: Path) -> tuple[bytes, bytes]:
+        arrays, doc = _bundle_parts()
+        arrays.update({k: v() if callable(v) else v for k, v in changes.items()})
+        return _npz(arrays), json.dumps(doc).encode()
+
+    return make
+
+
+def _raw_manifest(tail: bytes) -> Callable[[Path], tuple[bytes, bytes]]:
+    def make(root: Path) -> tuple[bytes, bytes]:
+        arrays, doc = _bundle_parts()
+        return _npz(arrays), json.dumps(doc).encode()[:-1] + tail
+
+    return make
+
+
+def _npy_header_only(shape: tuple[int, ...]) -> bytes:
+    """A .npy member whose header declares ``shape`` float64 and which holds 64 bytes of data."""
+    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    text = repr(header).encode()
+    text += b" " * (-(len(text) + 11) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + bytes(64)
+
+
+def _npz_replacing(
+    member: str, data: bytes, *, deflate: bool = False
+) -> Callable[[Path], tuple[bytes, bytes]]:
+    def make(root: Path) -> tuple[bytes, bytes]:
+        src = zipfile.ZipFile(io.BytesIO(BUNDLE.with_suffix(".npz").read_bytes()))
+        buf = io.BytesIO()
+        method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+        with zipfile.ZipFile(buf, "w", method) as out:
+            for info in src.infolist():
+                out.writestr(info.filename, data if info.filename == member else src.read(info.filename))
+        return buf.getvalue(), BUNDLE.with_suffix(".json").read_bytes()
+
+    return make
+
+
+def _object_array_payload(root: Path) -> tuple[bytes, bytes]:
+    header = {"descr": "|O", "fortran_order": False, "shape": (1,)}
+    text = repr(header).encode()
+    text += b" " * (-(len(text) + 11) % 64) + b"\n"
+    payload = pickle.dumps([_Payload(str(marker_path(root, "bundle_npz")))], protocol=2)
+    member = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + payload
+    return _npz_replacing("references.npy", member)(root)
+
+
+def _zeros_npy_bomb(root: Path) -> tuple[bytes, bytes]:
+    """maps.npy declaring (32768, 64, 64) float64 = 1 GiB of zeros, deflated to ~1 MB."""
+    shape = (32768, 64, 64)
+    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
+    text = repr(header).encode()
+    text += b" " * (-(len(text) + 11) % 64) + b"\n"
+    src = zipfile.ZipFile(io.BytesIO(BUNDLE.with_suffix(".npz").read_bytes()))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as out:
+        for info in src.infolist():
+            if info.filename != "maps.npy":
+                out.writestr(info.filename, src.read(info.filename))
+                continue
+            with out.open("maps.npy", "w") as fh:
+                fh.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text)
+                chunk = bytes(8 << 20)
+                for _ in range(32768 * 64 * 64 * 8 // len(chunk)):
+                    fh.write(chunk)
+    return buf.getvalue(), BUNDLE.with_suffix(".json").read_bytes()
+
+
+_bundle_item("bundle_valid", _valid_bundle, expect="load")
+_bundle_item("bundle_schema_999", _manifest_with(schema_version=999))
+_bundle_item("bundle_manifest_not_json", lambda root: (_valid_bundle(root)[0], b"\xff\xfe not json"))
+_bundle_item("bundle_manifest_nested", lambda root: (_valid_bundle(root)[0], b"[" * 100000 + b"]" * 100000))
+_bundle_item("bundle_manifest_5001_digits", _raw_manifest(b', "threshold": ' + b"7" * 5001 + b"}"))
+_bundle_item("bundle_class_names_1e6", _manifest_with(class_names=[f"c{i}" for i in range(10**6)]))
+_bundle_item("bundle_threshold_nan", _raw_manifest(b', "threshold": NaN}'))
+_bundle_item(
+    "bundle_references_nan",
+    _arrays_with(references=lambda: __import__("numpy").full((3, 64, 64), float("nan"), "float32")),
+)
+_bundle_item(
+    "bundle_references_wrong_shape",
+    _arrays_with(references=lambda: __import__("numpy").zeros((2, 7), "float32")),
+)
+_bundle_item(
+    "bundle_npz_object_payload",
+    _object_array_payload,
+    marker="bundle_npz",
+    note="references.npy holds a pickled object array that writes a marker",
+)
+_bundle_item(
+    "bundle_npz_header_shape_lie",
+    _npz_replacing("maps.npy", _npy_header_only((100000, 100000))),
+    note="maps.npy declares 100000² float64 (80 GB), holds 64 bytes",
+)
+_bundle_item(
+    "bundle_npz_zeros_1GiB", _zeros_npy_bomb, expect="either", note="maps.npy: 1 GiB of zeros, deflated"
+)
+_bundle_item("bundle_npz_truncated", lambda root: (_valid_bundle(root)[0][:5000], _valid_bundle(root)[1]))
+
+
 # =========================================================================================== metrics
 
 
@@ -1476,6 +1635,25 @@ def _(root: Path) -> dict[str, Any]:
     return {"model": str(SOUND), "images": [str(p) for p in GOOD_PNGS]}
 
 
+# ================================================================================ dashboard model upload
+
+
+def _model_upload_item(id: str, source_id: str) -> None:
+    source = next(i for i in ITEMS if i.id == source_id)
+
+    def build(root: Path) -> dict[str, Any]:
+        spec = source.build(root)
+        return {**spec, "upload": True}
+
+    item(id, "model", "upload_model", expect=source.expect, note=f"dashboard upload of {source_id}")(build)
+
+
+UPLOADED: tuple[str, ...] = ("pt2_use_pickle_payload", "pt_legacy_pickle_payload", "sidecar_nested_100000")
+UPLOADED += ("sidecar_5001_digits", "sidecar_NaN_literal", "sidecar_unknown_key", "sidecar_valid")
+for _source in UPLOADED:
+    _model_upload_item(f"upload_{_source}", _source)
+
+
 # =========================================================================================== CLI
 
 
@@ -1597,6 +1775,20 @@ def _verify_cli(root: Path, work: Path) -> dict[str, Any]:
     return {"argv": argv, "n_images": n, "n_good": 2}
 
 
+def _verify_bundle_cli(bundle_item: str) -> Callable[[Path, Path], dict[str, Any]]:
+    source = next(i for i in ITEMS if i.id == bundle_item)
+
+    def make(root: Path, work: Path) -> dict[str, Any]:
+        spec = source.build(root)
+        argv = ["verify", str(SOUND), str(GOOD_PNGS[0]), "--bundle", spec["path"], "-q"]
+        return {"argv": argv, **({"marker": spec["marker"]} if "marker" in spec else {})}
+
+    return make
+
+
+_cli_item("cli_verify_bundle_nested", _verify_bundle_cli("bundle_manifest_nested"))
+_cli_item("cli_verify_bundle_shape_lie", _verify_bundle_cli("bundle_npz_header_shape_lie"))
+_cli_item("cli_verify_bundle_payload", _verify_bundle_cli("bundle_npz_object_payload"))
 _cli_item("cli_verify_mixed_folder", _verify_cli, expect="verify_rows", note="errors listed in JSON and CSV")
 
 

@@ -579,6 +579,54 @@ def op_load_model(args: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     return {"wrong": wrong, "summary": f"{model.source_format} {model.architecture} {model.input_size}"}
 
 
+def op_upload_model(args: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's model upload: weights and sidecar as bytes → ui.loaders.upload_spec / get_model."""
+    import torch
+
+    from ui.loaders import get_model, upload_spec
+    from verification.io import to_tensor
+
+    sidecar = Path(args["sidecar"]).read_bytes() if args.get("sidecar") else None
+    model, _ = get_model(
+        upload_spec(Path(args["path"]).name, Path(args["path"]).read_bytes(), sidecar_bytes=sidecar)
+    )
+    wrong = None
+    if not all(math.isfinite(v) for v in (*model.mean, *model.std)):
+        wrong = f"non-finite normalisation mean={model.mean} std={model.std}"
+    else:
+        with torch.no_grad():
+            out = model.module(to_tensor(_probe_image(), model))
+        if not torch.isfinite(out).all():
+            wrong = "the loaded model gives non-finite outputs on a real image"
+    return {"wrong": wrong, "summary": f"{model.source_format} {model.architecture}"}
+
+
+def op_load_bundle(args: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """A reference bundle from disk (``verify --bundle``) and from bytes (the dashboard's upload)."""
+    import warnings
+
+    import numpy as np
+
+    from verification.reference import load_bundle, load_bundle_bytes
+
+    stem = Path(args["path"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bundle = load_bundle(stem)
+        again = load_bundle_bytes(
+            stem.with_suffix(".npz").read_bytes(), stem.with_suffix(".json").read_bytes()
+        )
+    wrong = None
+    refs = np.asarray(bundle.references)
+    if not np.isfinite(refs).all():
+        wrong = "the bundle's reference maps hold NaN/inf"
+    elif refs.ndim != 3 or refs.shape[0] != len(bundle.class_names):
+        wrong = f"references of shape {refs.shape} for {len(bundle.class_names)} classes"
+    elif not np.array_equal(refs, np.asarray(again.references)):
+        wrong = "load_bundle and load_bundle_bytes disagree"
+    return {"wrong": wrong, "summary": f"{len(bundle.class_names)} classes, references {refs.shape}"}
+
+
 def _array(value: Any) -> Any:
     import numpy as np
 
@@ -778,6 +826,8 @@ OPS: dict[str, Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]] = {
     "upload": op_upload,
     "load_model": op_load_model,
     "compute_metrics": op_compute_metrics,
+    "upload_model": op_upload_model,
+    "load_bundle": op_load_bundle,
     "compute_cams": op_compute_cams,
     "cams_threads": op_cams_threads,
     "cli": op_cli,
