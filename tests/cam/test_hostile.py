@@ -200,3 +200,18 @@ def test_absurd_chunk_size_refused_before_allocating(fn: Callable[..., Any]) -> 
 def test_not_a_model() -> None:
     for fn in (lambda: compute_cams("model", _x(1)), lambda: score_cam(None, _x(1), "act")):
         _message(InvalidInputError, fn)
+
+
+class SelfStandardising(Tiny):
+    """Divides each input by its own standard deviation: finite on images, NaN on the all-zero input that
+    Score-CAM uses as its baseline."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x / x.flatten(1).std(dim=1)[:, None, None, None])
+
+
+def test_score_cam_reports_nan_scores_instead_of_a_constant_map() -> None:
+    model, x = SelfStandardising(), _x(1)
+    assert torch.isfinite(model(x)).all()
+    text = _message(NonFiniteError, lambda: score_cam(model, x, "act", optimize=False))
+    assert "raw map" in text

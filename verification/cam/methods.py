@@ -199,7 +199,12 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
 
 def postprocess(raw: Tensor, size: tuple[int, int], normalize: bool = True) -> tuple[Tensor, Tensor]:
     """ReLU → bilinear upsample to ``size`` → per-map min-max to [0, 1] (skipped when ``normalize`` is False;
-    constant maps are still flagged). Returns (maps (N, H, W), constant (N,))."""
+    constant maps are still flagged). Returns (maps (N, H, W), constant (N,)). A raw map with NaN or ±inf
+    raises NonFiniteError: it is not a constant map (Score-CAM gets one when the model gives NaN on a masked
+    or all-zero input, e.g. a model that standardises each input by its own standard deviation)."""
+    from verification.cam.capture import ADVICE_MODEL, check_finite
+
+    check_finite(raw, "the raw map", ADVICE_MODEL)
     up = upsample(F.relu(raw), size)
     norm, constant = minmax(up)
     if not normalize:
