@@ -67,10 +67,15 @@ def _inputs() -> list[torch.Tensor]:
     return [torch.randn(2, 3, 12, 12, generator=g) for _ in range(THREADS)]
 
 
-def _hammer(work: Callable[[int], Any], expected: list[Any], same: Callable[[Any, Any], bool]) -> None:
-    """Run ``work(i)`` in THREADS threads started together, ROUNDS times each; every result must equal
+def _hammer(
+    work: Callable[[int], Any],
+    expected: list[Any],
+    same: Callable[[Any, Any], bool],
+    n_threads: int = THREADS,
+) -> None:
+    """Run ``work(i)`` in ``n_threads`` threads started together, ROUNDS times each; every result must equal
     ``expected[i]``. Errors and mismatches are collected and reported together."""
-    barrier = threading.Barrier(THREADS)
+    barrier = threading.Barrier(n_threads)
     errors: list[str] = []
     wrong: list[int] = []
 
@@ -85,12 +90,12 @@ def _hammer(work: Callable[[int], Any], expected: list[Any], same: Callable[[Any
             if not same(got, expected[i]):
                 wrong.append(i)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(THREADS)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_threads)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    calls = THREADS * ROUNDS
+    calls = n_threads * ROUNDS
     assert not errors, f"{len(errors)} of {calls} concurrent calls raised, e.g. {errors[:2]}"
     assert not wrong, f"{len(wrong)} of {calls} concurrent calls differ from the single-threaded result"
 
@@ -114,7 +119,8 @@ def _assert_untouched(m: nn.Module, before: dict[str, torch.Tensor]) -> None:
     assert all(not mod._forward_hooks for mod in m.modules()), "a hook was left on the model"
 
 
-def test_compute_cams_gradient_family_concurrently() -> None:
+@pytest.mark.parametrize("n_threads", [4, 8])
+def test_compute_cams_gradient_family_concurrently(n_threads: int) -> None:
     m, xs = _model(), _inputs()
     methods = ["gradcam", "gradcampp", "layercam", "eigencam", "ms_gradcampp"]
     ms = ["features.0", "features.2", "features.4"]
@@ -123,8 +129,8 @@ def test_compute_cams_gradient_family_concurrently() -> None:
         return _maps(compute_cams(m, xs[i], methods=methods, layers="features", ms_layers=ms))
 
     before = _state(m)
-    expected = [work(i) for i in range(THREADS)]
-    _hammer(work, expected, _same_maps)
+    expected = [work(i) for i in range(n_threads)]
+    _hammer(work, expected, _same_maps, n_threads)
     _assert_untouched(m, before)
 
 
