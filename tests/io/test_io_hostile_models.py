@@ -377,3 +377,19 @@ def test_overflowing_weights_fail_the_realistic_dry_run() -> None:
     )
     with pytest.raises(ModelForwardError, match="NaN or infinite outputs on a test image"):
         check_forward(loaded)
+
+
+def test_state_dict_nested_100000_deep_is_typed() -> None:
+    """A torch.save zip whose data.pkl nests {"model": {"model": ...}} 100,000 deep (built with pickle opcodes,
+    no recursion): the weights-only unpickler builds it; the loader must not recurse into it."""
+    ops = bytearray(b"\x80\x02}")
+    ops += (b"X" + (5).to_bytes(4, "little") + b"model}") * 100_000 + b"s" * 100_000 + b"."
+    buf = io.BytesIO()
+    torch.save({"a": torch.zeros(1)}, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, bytes(ops) if info.filename.endswith("data.pkl") else src.read(info.filename))
+    with pytest.raises(ModelLoadError, match="more than 4 levels"):
+        load_model_bytes(out.getvalue(), "deep.pt", architecture="resnet18")

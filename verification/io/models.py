@@ -126,7 +126,11 @@ def _strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _as_state_dict(obj: Any, filename: str) -> dict[str, torch.Tensor] | nn.Module:
+def _as_state_dict(obj: Any, filename: str, depth: int = 0) -> dict[str, torch.Tensor] | nn.Module:
+    if depth > 4:
+        raise ModelLoadError(
+            f"'{filename}' nests its state dict more than 4 levels deep; save model.state_dict()"
+        )
     if isinstance(obj, nn.Module):
         return obj
     if isinstance(obj, Mapping):
@@ -135,8 +139,8 @@ def _as_state_dict(obj: Any, filename: str) -> dict[str, torch.Tensor] | nn.Modu
         for key in ("state_dict", "model_state_dict", "model", "net", "weights"):
             inner = obj.get(key)
             if isinstance(inner, nn.Module | Mapping):
-                return _as_state_dict(inner, filename)
-        keys = ", ".join(map(str, list(obj)[:8]))
+                return _as_state_dict(inner, filename, depth + 1)
+        keys = _summarise([str(k) for k in list(obj)[:9]], 8)
         raise ModelLoadError(
             f"'{filename}' holds a dictionary (keys: {keys}) without a state dict of tensors; save "
             "model.state_dict() instead"
