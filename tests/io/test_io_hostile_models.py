@@ -380,7 +380,7 @@ def test_overflowing_weights_fail_the_realistic_dry_run() -> None:
 
 
 def test_state_dict_nested_100000_deep_is_typed() -> None:
-    """A torch.save zip whose data.pkl nests {"model": {"model": ...}} 100,000 deep (built with pickle opcodes,
+    """A torch.save zip whose data.pkl nests {"model": {"model": ...}} 100,000 deep (made with pickle opcodes,
     no recursion): the weights-only unpickler builds it; the loader must not recurse into it."""
     ops = bytearray(b"\x80\x02}")
     ops += (b"X" + (5).to_bytes(4, "little") + b"model}") * 100_000 + b"s" * 100_000 + b"."
