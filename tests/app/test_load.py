@@ -12,7 +12,7 @@ hit. Pass: no session shows an exception or an error box; each session's heatmap
 choice (decoded pixels; cross-talk between sessions would show another map) and so does its prediction line;
 the server's resident memory (sampled from /proc every 0.2 s) stays under :data:`RSS_BOUND_MB` and within
 :data:`SESSION_MEMORY_BOUND_MB` of A's. The latencies (median, p95) and the memory are printed (``pytest -s``)
-and written to ``test-artifacts/load.json``.
+and written to ``test-artifacts/load.json``. No request of any session may leave loopback (favicon, fonts).
 """
 
 from __future__ import annotations
@@ -69,6 +69,14 @@ CHOICES: list[tuple[str, int, str]] = [
 ]
 DEFAULTS = ("Sound classifier", 0, "Grad-CAM")  # what a new session shows
 ERROR_SELECTORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+
+
+LOOPBACK = ("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:", "about:")
+OUTSIDE: list[str] = []  # requests that would leave the machine (any session, both servers)
+
+
+def _record_outside(context: Any) -> None:
+    context.on("request", lambda r: None if r.url.startswith(LOOPBACK) else OUTSIDE.append(r.url))
 
 
 @dataclass
@@ -155,7 +163,9 @@ async def _single_session(url: str) -> list[Outcome]:
     outcomes = []
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        page = await (await browser.new_context(viewport={"width": 1600, "height": 1100})).new_page()
+        context = await browser.new_context(viewport={"width": 1600, "height": 1100})
+        _record_outside(context)
+        page = await context.new_page()
         await page.goto(url)
         current = (DEFAULTS[0], DEFAULTS[2])
         for choice in CHOICES:
@@ -185,6 +195,7 @@ async def _concurrent_sessions(url: str) -> list[Outcome]:
             model, image, method = choice
             out = Outcome(choice)
             context = await browser.new_context(viewport={"width": 1600, "height": 1100})
+            _record_outside(context)
             page = await context.new_page()
             await page.goto(url)
             await _prepare(page, (DEFAULTS[0], DEFAULTS[2]), model, method)
@@ -276,6 +287,7 @@ def test_eight_concurrent_sessions_match_one_session() -> None:
         "server_rss_peak_one_session_mb": round(peak_a, 1),
         "server_rss_peak_8_sessions_mb": round(peak_b, 1),
         "wall_s": round(time.monotonic() - t_start, 1),
+        "requests_outside_loopback": sorted(set(OUTSIDE)),
         "load_average": Path("/proc/loadavg").read_text().split()[:3],
     }
     ARTIFACTS.mkdir(exist_ok=True)
@@ -301,5 +313,6 @@ def test_eight_concurrent_sessions_match_one_session() -> None:
     # the choices really differ from each other, so the equalities above are not vacuous
     distinct = {o.overlay.tobytes() for o in single if o.overlay is not None}
     assert len(distinct) == len(CHOICES)
+    assert not OUTSIDE, f"requests left the machine: {sorted(set(OUTSIDE))[:5]}"
     assert peak_b < RSS_BOUND_MB, f"server resident memory peaked at {peak_b:.0f} MB"
     assert peak_b < peak_a + SESSION_MEMORY_BOUND_MB, (peak_a, peak_b)

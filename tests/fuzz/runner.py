@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,47 @@ def verdict(raw: dict[str, Any], expect: str) -> Verdict:
         peak_mb=float(raw.get("peak_mb", 0.0)),
         growth_mb=growth,
     )
+
+
+def summary(per_item: dict[str, Verdict], every: list[Verdict], timing: dict[str, float]) -> str:
+    """The closing table of issue #14: inputs tried per category and what became of them, worst memory."""
+    rows: dict[str, Counter[str]] = defaultdict(Counter)
+    worst: dict[str, Verdict] = {}
+    slowest: dict[str, Verdict] = {}
+    for v in every:
+        cat = v.category
+        rows[cat][v.outcome] += 1
+        if cat not in worst or v.growth_mb > worst[cat].growth_mb:
+            worst[cat] = v
+        if cat not in slowest or v.seconds > slowest[cat].seconds:
+            slowest[cat] = v
+    head = ["category", "inputs", *OUTCOMES, "worst growth MB (bound)", "worst input", "slowest s"]
+    lines = [head]
+    for cat in sorted(rows):
+        c = rows[cat]
+        bound = memory_bound(cat)
+        lines.append(
+            [
+                cat,
+                str(sum(c.values())),
+                *(str(c[o]) for o in OUTCOMES),
+                f"{worst[cat].growth_mb:.0f} ({bound:.0f})",
+                worst[cat].id[:38],
+                f"{slowest[cat].seconds:.1f}",
+            ]
+        )
+    total = Counter(v.outcome for v in every)
+    lines.append(["all", str(len(every)), *(str(total[o]) for o in OUTCOMES), "", "", ""])
+    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
+    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in lines)
+    failures = [v for v in per_item.values() if v.outcome not in OK]
+    text += f"\n\ncorpus built in {timing['build_s']:.0f} s, run in {timing['run_s']:.0f} s"
+    text += f" (address-space cap +{CAP_BYTES >> 30} GiB per child)\n"
+    if failures:
+        text += "\nfailing inputs:\n" + "\n".join(
+            f"  {v.id}: {v.outcome} — {v.detail[:200]}" for v in failures
+        )
+    return text + "\n"
 
 
 # ============================================================================================== parent side
@@ -426,6 +468,10 @@ def _clear_peak() -> int:
     return _status()["VmRSS"]
 
 
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[-120:]
+
+
 def _logs(root: Path) -> Path:
     """Where children keep their stdout/stderr: beside the corpus root, outside the watched tree."""
     logs = root.parent / f"{root.name}-logs"
@@ -438,7 +484,7 @@ def _child(spec: dict[str, Any], root: Path) -> dict[str, Any]:
 
     args = spec["args"]
     os.chdir(args.get("cwd") or (root / "work"))
-    log = open(_logs(root) / f"{spec['id'].replace('/', '_')}.log", "wb")  # noqa: SIM115
+    log = open(_logs(root) / f"{_safe(spec['id'])}.log", "wb")  # noqa: SIM115
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     start = _clear_peak()
@@ -742,8 +788,8 @@ def _run_cli(argv: list[str]) -> int:
 
 def op_cli(args: dict[str, Any], spec: dict[str, Any], *, proc: bool = False) -> dict[str, Any]:
     logs = _logs(Path(spec["root"]))
-    err_file = logs / f"{spec['id']}.stderr"
-    out_file = logs / f"{spec['id']}.stdout"
+    err_file = logs / f"{_safe(spec['id'])}.stderr"
+    out_file = logs / f"{_safe(spec['id'])}.stdout"
     if proc:
         cap = resource.getrlimit(resource.RLIMIT_AS)[0]
         with open(err_file, "wb") as e, open(out_file, "wb") as o:

@@ -136,50 +136,7 @@ def test_every_item_ran_and_no_payload_ran(
     assert set(per_item) == {i.id for i in corpus.ITEMS}
     payloads = [v for v in every if "payload ran" in v.detail]
     assert not payloads, payloads
-    table = summary(per_item, every, timing)
+    table = runner.summary(per_item, every, timing)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "fuzz-summary.txt").write_text(table)
     print("\n" + table)
-
-
-def summary(
-    per_item: dict[str, runner.Verdict], every: list[runner.Verdict], timing: dict[str, float]
-) -> str:
-    """The closing table of issue #14: inputs tried per category and what became of them, worst memory."""
-    rows: dict[str, Counter[str]] = defaultdict(Counter)
-    worst: dict[str, runner.Verdict] = {}
-    slowest: dict[str, runner.Verdict] = {}
-    for v in every:
-        cat = v.category
-        rows[cat][v.outcome] += 1
-        if cat not in worst or v.growth_mb > worst[cat].growth_mb:
-            worst[cat] = v
-        if cat not in slowest or v.seconds > slowest[cat].seconds:
-            slowest[cat] = v
-    head = ["category", "inputs", *runner.OUTCOMES, "worst growth MB (bound)", "worst input", "slowest s"]
-    lines = [head]
-    for cat in sorted(rows):
-        c = rows[cat]
-        bound = runner.memory_bound(cat)
-        lines.append(
-            [
-                cat,
-                str(sum(c.values())),
-                *(str(c[o]) for o in runner.OUTCOMES),
-                f"{worst[cat].growth_mb:.0f} ({bound:.0f})",
-                worst[cat].id[:38],
-                f"{slowest[cat].seconds:.1f}",
-            ]
-        )
-    total = Counter(v.outcome for v in every)
-    lines.append(["all", str(len(every)), *(str(total[o]) for o in runner.OUTCOMES), "", "", ""])
-    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
-    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in lines)
-    failures = [v for v in per_item.values() if v.outcome not in runner.OK]
-    text += f"\n\ncorpus built in {timing['build_s']:.0f} s, run in {timing['run_s']:.0f} s"
-    text += f" (address-space cap +{runner.CAP_BYTES >> 30} GiB per child)\n"
-    if failures:
-        text += "\nfailing inputs:\n" + "\n".join(
-            f"  {v.id}: {v.outcome} — {v.detail[:200]}" for v in failures
-        )
-    return text + "\n"
