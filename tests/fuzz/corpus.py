@@ -316,6 +316,27 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "tall.png", png_bytes(1, 100_000_000, colour=0, rows=2))
 
 
+@item(
+    "png_100k_idat_chunks", "image", "load_image", expect="either", note="pixel data split in 100000 chunks"
+)
+def _(root: Path) -> dict[str, Any]:
+    data = png_bytes(256, 256, colour=0)
+    start = data.index(b"IDAT") - 4
+    length = struct.unpack(">I", data[start : start + 4])[0]
+    payload = data[start + 8 : start + 8 + length]
+    pieces = [payload[i : i + 1] for i in range(len(payload))]
+    pieces += [b""] * (100_000 - len(pieces))
+    chunks = b"".join(_chunk(b"IDAT", p) for p in pieces)
+    return _img(root, "manyidat.png", data[:start] + chunks + data[start + 12 + length :])
+
+
+@item("png_apng_acTL_1e9", "image", "load_image", expect="either", note="animation control says 10^9 frames")
+def _(root: Path) -> dict[str, Any]:
+    return _img(
+        root, "apng.png", png_bytes(64, 64, colour=0, extra=_chunk(b"acTL", struct.pack(">II", 10**9, 0)))
+    )
+
+
 @item("png_truncated", "image", "load_image")
 def _(root: Path) -> dict[str, Any]:
     data = small_png(256, "RGB")
@@ -554,6 +575,14 @@ def _(root: Path) -> dict[str, Any]:
     return _img(
         root, "lie.tif", tiff_bytes(30000, 30000, strip_rows=30000, payload=zlib.compress(b"\0" * 64))
     )
+
+
+@item("tiff_ifd_loop", "image", "load_image", expect="either", note="the IFD chain points back at itself")
+def _(root: Path) -> dict[str, Any]:
+    data = bytearray(tiff_bytes(64, 64))
+    n = struct.unpack("<H", data[8:10])[0]
+    struct.pack_into("<I", data, 8 + 2 + 12 * n, 8)  # next IFD offset = the first IFD
+    return _img(root, "loop.tif", bytes(data))
 
 
 @item("tiff_valid_uint16", "image", "load_image", expect="load")
@@ -1075,6 +1104,42 @@ def _(root: Path) -> dict[str, Any]:
     return _model_file(root, "module.pt", buf.getvalue())
 
 
+@item("pt_nested_dict_200", "model", "load_model", note="a state dict nested 200 levels deep")
+def _(root: Path) -> dict[str, Any]:
+    import torch
+
+    doc: dict[str, Any] = {"w": torch.zeros(2)}
+    for _ in range(200):
+        doc = {"state_dict": doc}
+    buf = io.BytesIO()
+    torch.save(doc, buf)
+    return _model_file(root, "nested.pt", buf.getvalue(), _sound_sidecar())
+
+
+@item(
+    "pt_storage_size_lie",
+    "model",
+    "load_model",
+    note="data.pkl says 10^12 elements, the record holds 40 bytes",
+)
+def _(root: Path) -> dict[str, Any]:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(10)}, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(
+                    b"K\nt", b"\x8a\x06\x00\x10\xa5\xd4\xe8\x00t"
+                )  # size 10 -> 10**12 (LONG1)
+            dst.writestr(info.filename, data)
+    return _model_file(root, "storage_lie.pt", out.getvalue(), _sound_sidecar())
+
+
 @item("torchscript", "model", "load_model")
 def _(root: Path) -> dict[str, Any]:
     import torch
@@ -1236,6 +1301,13 @@ _sidecar_item(
     "sidecar_input_size_4096", lambda: _with(input_size=[4096, 4096]), expect="either", isolate=True
 )
 _sidecar_item("sidecar_input_size_zero", lambda: _with(input_size=[0, 224]))
+_sidecar_item("sidecar_input_size_1", lambda: _with(input_size=[1, 1]), expect="either")
+_sidecar_item(
+    "sidecar_unet_input_8",
+    lambda: {**json.loads((DEMO / "models" / "segmentation.json").read_text()), "input_size": [8, 8]},
+    expect="either",
+    weights=SEGMENTATION,
+)
 _sidecar_item("sidecar_input_size_float", lambda: _with(input_size=[224.5, 224]))
 _sidecar_item("sidecar_width_mult_1000", lambda: _with(arch_kwargs={"width_mult": 1000}), isolate=True)
 _sidecar_item("sidecar_width_mult_negative", lambda: _with(arch_kwargs={"width_mult": -1.0}))
