@@ -1757,6 +1757,23 @@ def mixed_folder(root: Path) -> tuple[Path, int]:
     return folder, 2 + len(bad)
 
 
+def labelled_folder(root: Path) -> tuple[Path, int]:
+    """Class subfolders with two good demo images each and hostile files among them; (folder, n good)."""
+    folder = root / "cli" / "labelled"
+    mixed, _ = mixed_folder(root)
+    refs = sorted((DEMO / "images" / "reference").glob("*.png"))
+    n_good = 0
+    for cls in ("normal", "nodule", "effusion"):
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        for p in [r for r in refs if r.stem.endswith(cls)][:2]:
+            (folder / cls / p.name).write_bytes(p.read_bytes())
+            n_good += 1
+    for k, bad in enumerate(sorted(p for p in mixed.iterdir() if not p.name.startswith("00"))):
+        cls = ("normal", "nodule", "effusion")[k % 3]
+        (folder / cls / bad.name).write_bytes(bad.read_bytes())
+    return folder, n_good
+
+
 def _cli(root: Path, id: str, argv: list[str], **extra: Any) -> dict[str, Any]:
     work = root / "work" / id
     work.mkdir(parents=True, exist_ok=True)
@@ -1858,6 +1875,47 @@ def _verify_bundle_cli(bundle_item: str) -> Callable[[Path, Path], dict[str, Any
     return make
 
 
+def _reference_build_cli(root: Path, work: Path) -> dict[str, Any]:
+    folder, _ = labelled_folder(root)
+    return {"argv": ["reference", "build", str(SOUND), str(folder), "-o", str(work / "out" / "bundle"), "-q"]}
+
+
+def _consistency_cli(root: Path, work: Path) -> dict[str, Any]:
+    folder, _ = labelled_folder(root)
+    payload = next(i for i in ITEMS if i.id == "pt2_use_pickle_payload").build(root)
+    argv = ["consistency", payload["path"], str(SOUND), "--data", str(folder), "-q"]
+    return {"argv": argv, "marker": payload["marker"]}
+
+
+def _consistency_mixed_cli(root: Path, work: Path) -> dict[str, Any]:
+    folder, _ = labelled_folder(root)
+    ckpts = sorted((DEMO / "checkpoints").glob("*.safetensors"))[:2]
+    argv = [
+        "consistency",
+        *map(str, ckpts),
+        "--data",
+        str(folder),
+        "-q",
+        "--json",
+        str(work / "out" / "c.json"),
+    ]
+    return {"argv": argv}
+
+
+_cli_item(
+    "cli_reference_build_labelled_mixed",
+    _reference_build_cli,
+    expect="load",
+    note="reference build on class folders with hostile files among the images",
+)
+_cli_item("cli_consistency_payload_checkpoint", _consistency_cli, note="a .pt2 pickle payload as checkpoint")
+_cli_item(
+    "cli_consistency_labelled_mixed",
+    _consistency_mixed_cli,
+    expect="load",
+    timeout_s=180.0,
+    note="two checkpoints on class folders with hostile files",
+)
 _cli_item("cli_verify_bundle_nested", _verify_bundle_cli("bundle_manifest_nested"))
 _cli_item("cli_verify_bundle_shape_lie", _verify_bundle_cli("bundle_npz_header_shape_lie"))
 _cli_item("cli_verify_bundle_payload", _verify_bundle_cli("bundle_npz_object_payload"))
