@@ -5,7 +5,9 @@ The property, for any input hypothesis makes: the parser returns a sane result (
 [0, 1]; a model whose normalisation is finite) or raises a :mod:`verification.errors` exception with a message
 under 2,000 characters. Any other exception, or a wrong result, fails with hypothesis's shrunk example.
 
-Inputs: arbitrary bytes under every image suffix; valid PNG/JPEG/TIFF/DICOM files with bytes flipped,
+Inputs: arbitrary bytes under every image suffix; a small upload zip with bytes changed or cut (the
+dashboard's expand_uploads, then every entry decoded); maps/references of any shape, dtype (NaN/inf included),
+threshold and grid for compute_metrics; valid PNG/JPEG/TIFF/DICOM files with bytes flipped,
 truncated or spliced; PNG and DICOM headers with arbitrary geometry and depth over little data; the demo
 model's sidecar with keys replaced by arbitrary JSON (huge integers, NaN/inf, deep lists, strings) and
 unknown keys added. No example database is written (``database=None``).
@@ -180,6 +182,88 @@ def image_from_dicom_header(data: bytes) -> None:
     _image_ok(data, "header.dcm")
 
 
+# ---------------------------------------------------------------------------------------------- uploads
+
+
+def _seed_zip() -> bytes:
+    buf = io.BytesIO()
+    import zipfile
+
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("normal/a.png", SEEDS["seed.png"])
+        zf.writestr("nodule/b.dcm", SEEDS["seed.dcm"])
+        zf.writestr("README.txt", b"hello")
+    return buf.getvalue()
+
+
+SEED_ZIP = _seed_zip()
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, len(SEED_ZIP) - 1), st.integers(0, 255)), max_size=6),
+    st.integers(1, len(SEED_ZIP)),
+)
+def upload_from_mutated_zip(edits: list[tuple[int, int]], keep: int) -> None:
+    from ui.uploads import expand_uploads
+    from verification.io import load_image
+
+    data = bytearray(SEED_ZIP)
+    for at, value in edits:
+        data[at] = value
+    try:
+        expanded = expand_uploads([("upload.zip", bytes(data[:keep]))])
+    except Exception as exc:
+        _check_error(exc)
+        return
+    for blob in expanded.blobs:
+        try:
+            load_image(blob.data, name=blob.name)
+        except Exception as exc:
+            _check_error(exc)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+finite_or_not = st.floats(allow_nan=True, allow_infinity=True, width=32)
+
+
+@st.composite
+def metric_arrays(draw: st.DrawFn) -> Any:
+    import numpy as np
+    from hypothesis.extra import numpy as hnp
+
+    ndim = draw(st.integers(1, 4))
+    shape = tuple(draw(st.integers(0, 12)) for _ in range(ndim))
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.int64, np.bool_]))
+    elements = finite_or_not if dtype in (np.float32, np.float64) else None
+    return draw(hnp.arrays(dtype, shape, elements=elements))
+
+
+@given(
+    metric_arrays(),
+    metric_arrays(),
+    st.one_of(finite_or_not, st.just("otsu"), st.text(max_size=3)),
+    st.one_of(st.none(), st.tuples(st.integers(-2, 300), st.integers(-2, 300))),
+)
+def metrics_from_arrays(maps: Any, refs: Any, threshold: Any, size: Any) -> None:
+    import numpy as np
+
+    from verification.metrics import METRICS, compute_metrics
+
+    try:
+        values = compute_metrics(maps, refs, threshold=threshold, size=size)
+    except Exception as exc:
+        _check_error(exc)
+        return
+    for name, vals in values.items():
+        lo, hi = METRICS[name].range
+        for i, v in enumerate(np.asarray(vals)):
+            if np.isnan(v):
+                assert i in values.reasons.get(name, {}), f"{name}[{i}] is NaN without a reason"
+            else:
+                assert lo - 1e-6 <= v <= hi + 1e-6, (name, v)
+
+
 # ---------------------------------------------------------------------------------------------- sidecars
 
 json_values = st.recursive(
@@ -235,6 +319,8 @@ CHECKS: dict[str, tuple[Callable[[], None], int]] = {
     "image_from_mutated_file": (image_from_mutated_file, 300),
     "image_from_png_header": (image_from_png_header, 150),
     "image_from_dicom_header": (image_from_dicom_header, 150),
+    "upload_from_mutated_zip": (upload_from_mutated_zip, 150),
+    "metrics_from_arrays": (metrics_from_arrays, 200),
     "sidecar_mutated": (sidecar_mutated, 30),
     "sidecar_arbitrary": (sidecar_arbitrary, 60),
 }

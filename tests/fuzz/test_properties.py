@@ -25,6 +25,8 @@ CHECKS = [
     "image_from_mutated_file",
     "image_from_png_header",
     "image_from_dicom_header",
+    "upload_from_mutated_zip",
+    "metrics_from_arrays",
     "sidecar_mutated",
     "sidecar_arbitrary",
 ]
