@@ -1,22 +1,23 @@
-"""Throughput of ``python -m verification verify`` against the model's own forward+backward.
+"""Throughput of ``python -m verification verify`` against the model's own forward+backward, and what the
+verdict's counterfactual lines cost.
 
-    python -m bench.batch [--model PATH] [--n 512] [--batch-size 16] [--workers 1] [--threads 0]
+    python -m bench.batch [--model PATH] [--n 128] [--batch-size 16] [--workers 1] [--threads 0]
 
 The demo's test split (60 images) is replicated to ``--n`` files in a temporary folder, each copy a distinct
-PNG (flipped / shifted / re-exposed), so decoding is real work and nothing is cached. A reference bundle is
-built from the demo's reference split with ``reference build``. Then, in this one process and on the same
-torch thread count:
+PNG (flipped / shifted / re-exposed), so decoding is real work and nothing is cached. The bundle is the demo's
+sound reference bundle (with its calibration); labels are the class subfolders (``--labelled``). Then, in this
+one process and on the same torch thread count, alternately ``--repeats`` times (best of each is compared: the
+machine is shared):
 
 * baseline: the model's own forward + backward (``loss.backward()`` of the predicted-class logits through all
-  parameters) on preprocessed batches of ``--batch-size`` at the model's input size, ``n / batch`` batches;
-* verify: the whole ``verify`` command (``verification.cli.main``: DataLoader decoding in ``--workers``
-  processes, one forward + one backward per batch for the CAM, the seven metrics against the references, the
-  verdict, the JSON table written), timed from call to return.
+  parameters) on preprocessed batches of ``--batch-size`` at the model's input size;
+* verify, no counterfactuals: the whole ``verify`` command with ``--no-counterfactuals`` (decoding, the CAM's
+  forward + backward, the E0 gate's early-feature forward, E1, E5, the verdict, the JSON written);
+* verify: the default command, which adds the counterfactual lines — E3's two neutralised forwards and E4's
+  inpainted forward per annotated image (with the anatomy found automatically per image) — and E6's
+  deletion/insertion (4 × (steps + 1) forwards per image) when the bundle's calibration covers E6.
 
-The two are measured alternately ``--repeats`` times and the best of each is compared (the machine is
-shared; best-of is the least noisy estimate of what each can do). Prints images/s for both and their ratio
-(target ≥ 0.80). The CAM's backward stops at the target layer and touches no parameter gradients, so
-verify can exceed the full forward+backward. Run by hand, not in CI.
+Prints images/s for each and the ratios. Run by hand, not in CI.
 """
 
 from __future__ import annotations
@@ -72,15 +73,6 @@ def _replicate(sources: list[Path], n: int, out: Path) -> list[Path]:
     return paths
 
 
-def _labelled(items: list, out: Path) -> Path:
-    for item in items:
-        if item.label is None:
-            continue
-        (out / item.label).mkdir(parents=True, exist_ok=True)
-        shutil.copy(item.path, out / item.label / item.path.name)
-    return out
-
-
 def forward_backward_rate(model_path: Path, images: list[Path], batch_size: int, n: int) -> float:
     """Images/s of the model's own forward + backward on preprocessed batches (no I/O)."""
     from verification.io.images import load_image, to_tensor
@@ -109,7 +101,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path, help="model file (default: the demo's sound model)")
-    parser.add_argument("--n", type=int, default=512, help="images verified (512)")
+    parser.add_argument("--n", type=int, default=128, help="images verified (128)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader decoding processes for verify (1)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -119,43 +111,62 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from verification import cli
-    from verification.demo import demo_images
+    from verification.demo import demo_images, demo_reference_bundle
 
     model_path = args.model or _demo_model()
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
         root = Path(tmp)
-        images = _replicate([item.path for item in demo_images("test")], args.n, root / "images")
-        labelled = _labelled(demo_images("reference"), root / "reference")
-        bundle = root / "bundle"
-        if (
-            cli.main(["reference", "build", str(model_path), str(labelled), "-o", str(bundle), "--quiet"])
-            != 0
-        ):
-            raise SystemExit("reference build failed")
+        items = demo_images("test")
+        images = _replicate([item.path for item in items], args.n, root / "images")
+        labelled = root / "labelled"
+        for k, path in enumerate(images):  # class subfolders for --labelled
+            dest = labelled / str(items[k % len(items)].label) / path.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, dest)
+        bundle = demo_reference_bundle("sound")
 
-        argv = [
-            "verify", str(model_path), str(root / "images"), "--bundle", str(bundle), "--json",
-            str(root / "verify.json"), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
-            "--quiet",
-        ]  # fmt: skip
-        baselines, verifies = [], []
+        def argv(*extra: str) -> list[str]:
+            return [
+                "verify", str(model_path), str(labelled), "--labelled", "--bundle", str(bundle), "--json",
+                str(root / "verify.json"), "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+                "--quiet", *extra,
+            ]  # fmt: skip
+
+        runs: dict[str, list[float]] = {
+            "forward+backward": [],
+            "verify, no counterfactuals": [],
+            "verify": [],
+        }
+        verdict = ""
         for _ in range(args.repeats):
-            baselines.append(forward_backward_rate(model_path, images, args.batch_size, args.n))
-            start = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()) as verdict:
-                code = cli.main(argv)
-            if code not in (0, 3):
-                raise SystemExit(f"verify failed (exit {code})")
-            verifies.append(args.n / (time.perf_counter() - start))
+            runs["forward+backward"].append(
+                forward_backward_rate(model_path, images, args.batch_size, args.n)
+            )
+            for name, extra in (("verify, no counterfactuals", ("--no-counterfactuals",)), ("verify", ())):
+                start = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()) as out:
+                    code = cli.main(argv(*extra))
+                if code not in (0, 3, 4):
+                    raise SystemExit(f"verify failed (exit {code})")
+                runs[name].append(args.n / (time.perf_counter() - start))
+                verdict = out.getvalue().splitlines()[0]
 
-    base, rate = max(baselines), max(verifies)
+    best = {name: max(v) for name, v in runs.items()}
     print(f"model            {model_path}")
     print(f"images           {args.n} at batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
           f"{args.workers} decoding worker(s), best of {args.repeats}")  # fmt: skip
-    print(f"forward+backward {base:8.1f} img/s  (runs: {', '.join(f'{v:.1f}' for v in baselines)})")
-    print(f"verify (CLI)     {rate:8.1f} img/s  (runs: {', '.join(f'{v:.1f}' for v in verifies)})")
-    print(f"ratio            {rate / base:8.2f}  (target ≥ 0.80)")
-    print(f"verdict          {verdict.getvalue().splitlines()[0]}")
+    for name, rates in runs.items():
+        print(f"{name:28s} {best[name]:7.2f} img/s  (runs: {', '.join(f'{v:.2f}' for v in rates)})")
+    base = best["forward+backward"]
+    print(
+        f"ratio verify, no counterfactuals / forward+backward  {best['verify, no counterfactuals'] / base:6.2f}"
+    )
+    print(f"ratio verify / forward+backward                      {best['verify'] / base:6.2f}")
+    print(
+        f"cost of the counterfactual lines: verify takes {best['verify, no counterfactuals'] / best['verify']:.2f}"
+        " × the time of verify without them"
+    )
+    print(f"verdict          {verdict}")
 
 
 if __name__ == "__main__":

@@ -1,109 +1,185 @@
-"""Demo-world verdicts: the numbers behind "sound is suitable, shortcut is not" and the feature-map shift check.
+"""The truth matrix: every demo model on every relevant split → verdict, expected verdict, deciding line.
 
-Run: ``.venv/bin/python -m bench.verdicts [--splits test shortcut] [--method gradcam]``
+Run: ``.venv/bin/python -m bench.verdicts [--models sound shortcut ...] [--faithfulness] [--threads 2]``
 
-1. Reference bundle of the sound demo model on the "reference" split (the committed demo bundle when present,
-   else built here), then ``verify`` of the sound and the shortcut model on the same test split(s): verdict,
-   flagged images, per-metric flag rates and accuracy.
-2. Early feature maps: a feature reference of the sound model on the "reference" split, then the flag rate on
-   the in-distribution test split, on every "shifted_<kind>" split and on "ood".
+1. The bundle is the demo's sound reference bundle (``assets/demo/references``), as a user gets it. When it
+   carries no verdict calibration (a schema-1 bundle), one is made here with the same recipe as
+   ``python -m assets.make_demo --stage calibrate`` would (healthy demo models, shortcut models and the
+   cascading-randomised model on the "reference" split) and the fact is printed.
+2. Each model is verified (:func:`verification.verify`, the one verify path) on its relevant splits — healthy
+   and garbage models: clean test, strongly shifted, OOD; each shortcut model: clean test, its cue split and
+   the cue-swapped split — with the demo's lesion masks (annotations) and lung masks (anatomy), labels except
+   on OOD. Printed per run: accuracy, verdict, expected verdict (``demo.demo_expected_verdicts()``, else the
+   demo's ground truth rule), the deciding line, and per class the verdict with E1's Youden J, E3's survival
+   with the anatomy removed and E4's drop when the finding is removed.
+3. The summary counts verdicts that match and lists the ones that do not.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
+import numpy as np
 import torch
 
-from verification.demo import demo_images, demo_model_path, demo_reference_bundle, demo_splits
-from verification.errors import VerificationError
-from verification.features import build_feature_reference, check_features
-from verification.io.images import load_image, to_tensor
+from verification import demo
 from verification.io.models import load_model
-from verification.io.records import LoadedImage, LoadedModel
-from verification.reference import ReferenceBundle, build_reference, load_bundle, verify
+from verification.io.records import LoadedModel
+from verification.reference import ReferenceBundle, load_bundle
+from verification.verdict import VerdictConfig, VerificationReport, calibrate_bundle, verify
+
+SHIFTS = ("shifted_inverted", "shifted_rotation", "shifted_exposure", "shifted_noise", "shifted_blur")
 
 
-def split_images(split: str) -> tuple[list[LoadedImage], list[str | None]]:
-    items = demo_images(split)
-    return [load_image(it.path) for it in items], [it.label for it in items]
+def relevant_splits(kind: str, available: set[str]) -> list[str]:
+    if kind.startswith("shortcut"):
+        cue = kind.split(":", 1)[1] if ":" in kind else "marker"
+        own = ["shortcut", "shortcut_swapped"] if cue == "marker" else [f"cue_{cue}", f"cue_{cue}_swapped"]
+        wanted = ["test", *own]
+    else:
+        wanted = ["test", *SHIFTS, "ood"]
+    return [s for s in wanted if s in available]
 
 
-def reference_bundle(sound: LoadedModel, method: str) -> tuple[ReferenceBundle, str]:
-    try:
-        path = demo_reference_bundle("sound")
-        bundle = load_bundle(path, model=sound, method=method)
-        return bundle, f"demo bundle {path.name}"
-    except VerificationError:
-        images, labels = split_images("reference")
-        known = [(im, lab) for im, lab in zip(images, labels) if lab is not None]
-        bundle = build_reference(sound, [k[0] for k in known], [k[1] for k in known], method=method)
-        return bundle, f"built here from {len(known)} 'reference' images"
+def ground_truth(kind: str, split: str) -> str:
+    """The demo's rule when the manifest has no expected verdict: what the ground truth supports."""
+    sk = demo.split_kind(split) if hasattr(demo, "split_kind") else split
+    if split == "ood" or sk.startswith("shifted"):
+        return "CANNOT VERIFY"
+    if kind.startswith("shortcut"):
+        return "UNSUITABLE"
+    if kind in ("healthy", "garbage") and split == "test":
+        return "SUITABLE"
+    return "CANNOT VERIFY"
+
+
+def split_data(
+    split: str,
+) -> tuple[list[str], list[str | None], list[np.ndarray | None], list[np.ndarray | None]]:
+    items = demo.demo_images(split)
+    return (
+        [str(it.path) for it in items],
+        [it.label for it in items],
+        [_mask(it, "lesion") for it in items],
+        [_mask(it, "lung") for it in items],
+    )
+
+
+def _mask(item: demo.DemoItem, kind: str) -> np.ndarray | None:
+    load = getattr(item, "load_mask", None)
+    if load is not None:
+        return load(kind)
+    if kind == "lesion" and item.lesion_mask is not None:
+        from verification.reference import load_mask
+
+        return load_mask(item.lesion_mask)
+    return None
+
+
+def the_bundle(
+    models: dict[str, LoadedModel], kinds: dict[str, str], config: VerdictConfig
+) -> ReferenceBundle:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bundle = load_bundle(demo.demo_reference_bundle("sound"))
+    if bundle.calibration is not None:
+        print(f"bundle: the demo's sound bundle, calibrated: {bundle.calibration.scheme}")
+        print(f"        known-bad references: {', '.join(bundle.calibration.bad)}")
+        return bundle
+    healthy = {n: m for n, m in models.items() if kinds[n] == "healthy"}
+    bad = {n: m for n, m in models.items() if kinds[n].startswith("shortcut")}
+    paths, labels, lesions, lungs = split_data("reference")
+    t = time.perf_counter()
+    bundle = calibrate_bundle(
+        bundle, healthy, paths, labels, bad=bad, annotations=lesions, anatomy=lungs, config=config
+    )
+    assert bundle.calibration is not None
+    print(
+        f"bundle: the demo's sound bundle has NO calibration (schema {bundle.schema_version}); calibrated here on "
+        f"the 'reference' split in {time.perf_counter() - t:.0f} s: {bundle.calibration.scheme}; known-bad: "
+        f"{', '.join(bundle.calibration.bad)}"
+    )
+    return bundle
+
+
+def _num(v: float | None, fmt: str = "{:.2f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def describe(rep: VerificationReport) -> list[str]:
+    out = []
+    e1, e3, e4 = rep.line("E1"), rep.line("E3"), rep.line("E4")
+    for c in rep.classes:
+        j = e1.for_class(c.class_name) if e1 else None
+        s = e3.for_class(c.class_name) if e3 else None
+        d = e4.for_class(c.class_name) if e4 else None
+        surv = s.numbers.get("E3.inside_survival") if s else None
+        out.append(
+            f"      {c.class_name:9s} {c.label:13s} [{c.deciding_line or '-'}] n={c.n_assessable}/{c.n_images} "
+            f"J={_num(j.value if j else None)} E3:{s.status if s else '-'} survival={_num(surv)} "
+            f"E4:{d.status if d else '-'} drop={_num(d.value if d else None)}"
+        )
+    return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--splits", nargs="+", default=["test", "shortcut"], help="test splits for the verdicts")
-    ap.add_argument("--method", default="gradcam")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", help="demo models (default: every classifier in the demo)")
+    ap.add_argument("--faithfulness", action="store_true", help="run E6 too (about 9 × slower)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quiet-classes", action="store_true", help="no per-class lines")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    warnings.simplefilter("ignore")
     t0 = time.perf_counter()
-    sound = load_model(demo_model_path("sound"), name="sound")
-    shortcut = load_model(demo_model_path("shortcut"), name="shortcut")
-    bundle, origin = reference_bundle(sound, args.method)
+    info = demo.demo_models()
+    kinds = {n: str(v.get("kind", "")) for n, v in info.items() if v.get("kind") != "segmentation"}
+    names = args.models or list(kinds)
+    models = {
+        n: load_model(demo.demo_model_path(n), name=n) for n in kinds if n in names or kinds[n] != "garbage"
+    }
+    config = VerdictConfig(faithfulness=args.faithfulness)
+    bundle = the_bundle(models, kinds, config)
+    try:
+        expected = demo.demo_expected_verdicts(min_images_per_class=config.min_images)
+    except (AttributeError, demo.DemoAssetsError):
+        expected = {}
+    available = set(demo.demo_splits())
+    rows: list[tuple[str, str, str, str, str | None, float | None, float]] = []
     print(
-        f"reference: {origin}; method {bundle.method}, layer {bundle.layer}, classes {list(bundle.class_names)}, "
-        f"images per class {bundle.counts.tolist()}, band sources {list(bundle.band_source)}"
+        f"\n{'model':20s} {'kind':22s} {'split':26s} {'n':>4s} {'acc':>6s}  {'verdict':13s} {'expected':13s} decided by"
     )
-    print(
-        f"verdict rule: an image is flagged when ≥ {bundle.params.min_flags} of {len(bundle.metrics)} metrics "
-        f"fall outside the band; a model is unsuitable when > {100 * bundle.params.max_flagged_share:.0f} % "
-        "of images are flagged"
-    )
-    available = set(demo_splits())
-    for split in args.splits:
-        if split not in available:
-            print(f"\n(split '{split}' is not in the demo; skipped)")
-            continue
-        images, labels = split_images(split)
-        print(f"\n== split '{split}': {len(images)} images")
-        for model in (sound, shortcut):
-            rep = verify(model, bundle, images, labels)
-            s = rep.summary()
-            rates = ", ".join(f"{m} {100 * v:.0f}%" for m, v in s["metric_flag_rates"].items())
-            medians = ", ".join(f"{m} {v:.3f}" for m, v in s["metric_medians"].items())
-            acc = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.1f} %"
+    for name in names:
+        kind = kinds[name]
+        for split in relevant_splits(kind, available):
+            paths, labels, lesions, lungs = split_data(split)
+            t = time.perf_counter()
+            rep = verify(
+                models[name], bundle, paths, None if split == "ood" else labels, annotations=lesions,
+                anatomy=lungs, config=config,
+            )  # fmt: skip
+            dt = time.perf_counter() - t
+            exp = expected.get((name, split)) or ground_truth(kind, split)
+            acc = "  n/a" if rep.accuracy is None else f"{100 * rep.accuracy:5.1f}%"
+            mark = "" if rep.label == exp else "   <-- MISMATCH"
             print(
-                f"  {model.name:9s} {s['verdict'].upper():10s} flagged {s['flagged']}/{s['images']} "
-                f"({100 * s['flagged_share']:.1f} %), mean flags/image {s['mean_flags_per_image']:.2f}, "
-                f"accuracy {acc}"
+                f"{name:20s} {kind:22s} {split:26s} {rep.n_images:4d} {acc:>6s}  {rep.label:13s} {exp:13s} "
+                f"{rep.deciding_line or '-'} ({rep.n_not_assessable} not assessable; {dt:.0f} s){mark}",
+                flush=True,
             )
-            print(f"            per-metric flag rates: {rates}")
-            print(f"            metric medians: {medians}")
-
-    ref_images, _ = split_images("reference")
-    fref = build_feature_reference(sound, to_tensor(ref_images, sound))
-    print(
-        f"\nfeature-map check: layers {list(fref.layers)}, shift score band ≤ {fref.score_max:.3f} "
-        f"(p{fref.score_percentile:.0f}), structure SSIM band ≥ {fref.ssim_min:.3f} (p{fref.ssim_percentile:.0f}), "
-        f"{len(ref_images)} reference images"
-    )
-    shifted = (
-        ["test"]
-        + sorted(s for s in available if s.startswith("shifted_"))
-        + (["ood"] if "ood" in available else [])
-    )
-    for split in shifted:
-        images, _ = split_images(split)
-        rep = check_features(sound, fref, to_tensor(images, sound))
-        print(
-            f"  {split:18s} flagged {int(rep.flagged.sum()):3d}/{len(images):3d} = {100 * rep.flag_rate:5.1f} %   "
-            f"(score flag {100 * rep.score_flag.mean():5.1f} %, SSIM flag {100 * rep.ssim_flag.mean():5.1f} %, "
-            f"median score {float(torch.tensor(rep.score).median()):.2f})"
-        )
-    print(f"\ntotal {time.perf_counter() - t0:.1f} s")
+            if not args.quiet_classes:
+                print("\n".join(describe(rep)), flush=True)
+            rows.append((name, split, rep.label, exp, rep.deciding_line, rep.accuracy, dt))
+    ok = [r for r in rows if r[2] == r[3]]
+    print(f"\n{len(ok)} of {len(rows)} verdicts as expected")
+    for r in rows:
+        if r[2] != r[3]:
+            print(f"  mismatch: {r[0]} on {r[1]}: {r[2]} (expected {r[3]}, decided by {r[4]})")
+    worst = [r for r in rows if {r[2], r[3]} == {"SUITABLE", "UNSUITABLE"}]
+    print(f"worst defects (SUITABLE ↔ UNSUITABLE): {len(worst)}")
+    print(f"total {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -13,5 +13,5 @@ def test_readme_python_example_runs(monkeypatch) -> None:
     monkeypatch.chdir(ROOT)
     namespace: dict[str, object] = {}
     exec(compile(blocks[0], "README.md", "exec"), namespace)
-    assert namespace["report"].verdict in {"suitable", "unsuitable"}
+    assert namespace["report"].verdict == "cannot_verify"  # one image: never a verdict from so little
     assert len(namespace["cams"]) == 3

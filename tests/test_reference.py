@@ -159,19 +159,21 @@ def test_save_load_roundtrip_and_mismatch_warnings(tmp_path: pytest.TempPathFact
     bundle = build_reference(sound, x_ref, y_ref, layer="features", grid=(SIZE, SIZE))
     path = bundle.save(tmp_path / "ref")  # type: ignore[operator]
     doc = json.loads(path.with_suffix(".json").read_text())
-    assert doc["schema_version"] == 1
+    assert doc["schema_version"] == 2
     assert doc["model_hash"] == "a" * 64
     assert doc["preprocessing"] == {"input_size": [SIZE, SIZE], "mean": [0.0], "std": [1.0], "channels": 1}
     assert set(doc["bands"]["top"]) == {*bundle.metrics, "source"}
-    back = load_bundle(path, model=sound, method="gradcam", layer="features")
-    assert back.warnings == ()
+    with pytest.warns(UserWarning, match="no verdict calibration"):
+        back = load_bundle(path, model=sound, method="gradcam", layer="features")
+    assert len(back.warnings) == 1  # built without calibration: said, never silently passed
+    assert back.calibration is None
     np.testing.assert_array_equal(back.references, bundle.references)
     np.testing.assert_array_equal(back.bands_lo, bundle.bands_lo)
     assert back.class_names == bundle.class_names
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         other = load_bundle(path, model=shortcut, method="layercam", layer="head")
-    assert len(other.warnings) == 3
+    assert len(other.warnings) == 4
     assert [str(r.message) for r in rec] == list(other.warnings)
     assert all(r.category is UserWarning for r in rec)
     assert "not the model" in other.warnings[0]

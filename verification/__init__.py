@@ -2,7 +2,7 @@
 
 The backend: usable from a notebook, the command line (``python -m verification``) and the dashboard; it never
 imports a UI. One data flow: files → :mod:`verification.io` → tensors → :mod:`verification.cam` → maps →
-:mod:`verification.metrics` / :mod:`verification.reference` → records.
+:mod:`verification.metrics` / :mod:`verification.reference` → :mod:`verification.verdict` → records.
 
 The names below are the curated public API. They are imported lazily, so ``import verification`` stays cheap
 and a command that only loads images never pays for captum or the reference machinery.
@@ -49,11 +49,18 @@ _EXPORTS: dict[str, str] = {
     "METRICS": "verification.metrics",
     "compute_metrics": "verification.metrics",
     "ReferenceBundle": "verification.reference",
-    "VerificationReport": "verification.reference",
     "VerdictParams": "verification.reference",
     "build_reference": "verification.reference",
     "load_bundle": "verification.reference",
-    "verify": "verification.reference",
+    "load_bundle_bytes": "verification.reference",
+    # the verdict (evidence lines E0-E6, METHODS.md §3): the one verify path
+    "verify": "verification.verdict.api",
+    "calibrate_bundle": "verification.verdict.api",
+    "VerificationReport": "verification.verdict",
+    "VerdictConfig": "verification.verdict",
+    "LineResult": "verification.verdict",
+    "ClassVerdict": "verification.verdict",
+    "ImageEvidence": "verification.verdict",
     "build_feature_reference": "verification.features",
     "check_features": "verification.features",
     "deletion_insertion": "verification.faithfulness",

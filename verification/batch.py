@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from verification.errors import (
     VerificationError,
 )
 from verification.io.records import LoadedImage, LoadedModel
+
+if TYPE_CHECKING:
+    from verification.verdict.records import VerificationReport
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -551,19 +554,22 @@ def load_image_cams(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     return maps, raw, meta
 
 
+LESION_SUFFIXES = ("_lesion", "_finding", "_annotation")
+"""File names :class:`VerifyJob` looks for in an annotation folder: ``<image stem><suffix>.png`` (or .npy)."""
+
+
 class VerifyJob(BatchJob):
-    """Each image's CAM compared with the reference of its predicted class (or its label), batch by batch.
+    """The verdict's measurements, batch by batch (:func:`verification.verdict.measure.measure_batch`).
 
-    The rules of :func:`verification.reference.verify`: the bundle's method; the bundle's layer when the
-    model has it, else the model's default target layer (with a warning); a prediction of a class the bundle
-    has no reference for (a garbage class) gets no reference and NaN metrics. Per-image values and flags come
-    from :func:`verification.reference.verify_maps` on each batch (they depend on the image alone); the
-    verdict over the whole folder is formed by :func:`merge_verify_rows`.
-
-    Row fields: ``values`` / ``flags`` (n_metrics,), ``n_flags``, ``flagged``, ``reference_class``,
-    ``predicted`` (bundle class index, -1 when the bundle lacks the class), ``model_pred`` (model class
-    index), ``prob``, ``rejected`` (the garbage class won), ``label`` (-1: unknown), ``reasons`` and ``map``
-    (the CAM on the bundle's grid).
+    The rules of :func:`verification.verify` — one path: the bundle's method, the bundle's layer when the
+    model
+    has it (else the default target layer, with a warning), the E0 gate from the bundle's reference images,
+    the
+    anatomy from ``anatomy_dir`` masks or the automatic method, findings from ``annotation_dir`` masks
+    (``<stem>_lesion.png``). Rows are :meth:`Measurements.rows` (numbers, strings and arrays, so they cross
+    the
+    Ray engine's process boundary); :func:`merge_verify_rows` turns them back into the frozen
+    :class:`~verification.verdict.measure.Measurements` and the :class:`VerificationReport`.
     """
 
     def __init__(
@@ -572,43 +578,43 @@ class VerifyJob(BatchJob):
         bundle_path: str,
         *,
         labels: Sequence[str] | None = None,
-        compare_to: str = "predicted",
+        annotation_dir: str | None = None,
+        anatomy_dir: str | None = None,
+        gate: ModelSpec | None = None,
+        config: Any = None,
     ) -> None:
         super().__init__(spec)
-        if compare_to not in ("predicted", "label"):
-            raise ValueError(f"compare_to must be 'predicted' or 'label', got {compare_to!r}")
-        if compare_to == "label" and labels is None:
-            raise ValueError("comparing with the label's reference needs labels for every image")
         self.bundle_path = bundle_path
         self.labels = tuple(labels) if labels is not None else None
-        self.compare_to = compare_to
+        self.annotation_dir = annotation_dir
+        self.anatomy_dir = anatomy_dir
+        self.gate_spec = gate
+        self.config = config
         self._bundle: Any = None
-        self.layer: str | None = None
+        self._measure: Any = None
         self.warnings: tuple[str, ...] = ()
+        self.mismatch: str | None = None
 
     def setup(self, model: LoadedModel | None = None) -> LoadedModel:
         loaded = super().setup(model)
         if self._bundle is None:
             import warnings
 
-            from verification.cam.layers import list_layers
             from verification.reference import load_bundle
+            from verification.verdict import VerdictConfig
+            from verification.verdict.api import class_mismatch, measure_spec
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the mismatches are kept in bundle.warnings and reported
                 bundle = load_bundle(self.bundle_path, model=loaded)
+            self.config = self.config or VerdictConfig()
+            self.mismatch = class_mismatch(loaded, bundle)
             found = list(bundle.warnings)
-            layer = bundle.layer
-            if layer is not None:
-                names = {
-                    li.name for li in list_layers(loaded.module, (1, loaded.in_channels, *loaded.input_size))
-                }
-                if layer not in names:
-                    found.append(
-                        f"the model has no layer '{layer}' (the bundle's); its default target layer is used"
-                    )
-                    layer = None
-            self._bundle, self.layer, self.warnings = bundle, layer, tuple(found)
+            if self.mismatch is None:
+                gate = self.gate_spec.load() if self.gate_spec is not None else None
+                self._measure, more = measure_spec(loaded, bundle, self.config, gate)
+                found += more
+            self._bundle, self.warnings = bundle, tuple(dict.fromkeys(found))
         return loaded
 
     @property
@@ -620,74 +626,53 @@ class VerifyJob(BatchJob):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_bundle"] = None
+        state["_measure"] = None
         return state
 
+    def _mask(self, folder: str | None, path: str, suffixes: Sequence[str]) -> np.ndarray | None:
+        if folder is None:
+            return None
+        from verification.anatomy import _read_mask_file, find_mask_file
+
+        found = find_mask_file(folder, Path(path).name, suffixes)
+        return None if found is None else np.asarray(_read_mask_file(found), dtype=np.float32)
+
     def process(self, batch: Batch) -> list[Row]:
-        from verification.cam import compute_cams
-        from verification.reference import to_grid, verify_maps
+        """Measurement rows; an image whose forward fails (NaN, model error) alone becomes an error row."""
+        if self.mismatch is not None:
+            raise BundleError(self.mismatch)
+        return per_sample_on_error(self._measure_rows, batch)
 
-        model, bundle = self.model, self.bundle
-        method = bundle.method or "gradcam"
-        res = compute_cams(
-            model, batch.x, methods=(method,), layers=None if self.layer is None else [self.layer]
-        )[0]
-        grid = to_grid(res.maps, bundle.grid)
-        model_pred = res.logits.argmax(1)
-        by_name = {name: k for k, name in enumerate(bundle.class_names)}
-        predicted = np.array([by_name.get(model.class_names[p], -1) for p in model_pred], dtype=np.int64)
-        labels = None
-        if self.labels is not None:
-            labels = [self.labels[batch.items[pos].index] for pos in batch.ok]
-        ref_cls = (
-            predicted if self.compare_to == "predicted" else np.array([by_name[v] for v in labels or []])
-        )
-        report = verify_maps(grid, ref_cls, bundle, predicted=predicted, labels=labels)
-        garbage = model.garbage_index
-        rows = []
-        for n in range(len(batch.ok)):
-            rows.append(
-                {
-                    "values": report.values[n].astype(np.float64),
-                    "flags": report.flags[n].astype(bool),
-                    "n_flags": int(report.n_flags[n]),
-                    "flagged": bool(report.flagged[n]),
-                    "reference_class": int(report.reference_class[n]),
-                    "predicted": int(report.predicted[n]),
-                    "label": int(report.labels[n]),
-                    "model_pred": int(model_pred[n]),
-                    "prob": float(res.probs[n, model_pred[n]]),
-                    "rejected": garbage is not None and int(model_pred[n]) == garbage,
-                    "reasons": report.reasons.get(n, {}),
-                    "map": grid[n].astype(np.float32),
-                }
-            )
-        return rows
+    def _measure_rows(self, batch: Batch, x: torch.Tensor, positions: Sequence[int]) -> list[Row]:
+        from verification.anatomy import MASK_SUFFIXES
+        from verification.verdict.api import label_indices
+        from verification.verdict.measure import measure_batch
+
+        items = [batch.items[pos] for pos in positions]
+        labels = [self.labels[it.index] for it in items] if self.labels is not None else None
+        m = measure_batch(
+            self.model, self._measure, x, names=[it.path for it in items],
+            labels=label_indices(labels, self.bundle.class_names, len(items)),
+            lesions=[self._mask(self.annotation_dir, it.path, LESION_SUFFIXES) for it in items],
+            anatomy=[self._mask(self.anatomy_dir, it.path, MASK_SUFFIXES) for it in items],
+        )  # fmt: skip
+        return m.rows()
 
 
-def merge_verify_rows(rows: Sequence[Row], job: VerifyJob) -> Any:
-    """The :class:`~verification.reference.VerificationReport` over every readable image of a run."""
-    from verification.reference import VerificationReport
+def merge_verify_rows(rows: Sequence[Row], job: VerifyJob) -> VerificationReport:
+    """The :class:`~verification.verdict.VerificationReport` of a run: readable images measured, unreadable
+    ones listed as errors (never counted as evidence)."""
+    from verification.verdict.api import assemble, cannot_verify
+    from verification.verdict.measure import Measurements
 
+    bundle, model = job.bundle, job.model
+    errors = [(str(r["path"]), str(r["error"])) for r in rows if r["error"]]
+    if job.mismatch is not None:
+        return cannot_verify(model, bundle, job.config, job.mismatch, len(rows), job.warnings, errors)
     ok = [r for r in rows if not r["error"]]
-    bundle = job.bundle
-    m = len(bundle.metrics)
-
-    def stack(key: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
-        return np.array([r[key] for r in ok], dtype=dtype).reshape(len(ok), *shape)
-
-    n_flags = stack("n_flags", np.int64, ())
-    return VerificationReport(
-        names=tuple(str(r["path"]) for r in ok),
-        metrics=bundle.metrics,
-        class_names=bundle.class_names,
-        values=stack("values", np.float64, (m,)),
-        flags=stack("flags", bool, (m,)),
-        n_flags=n_flags,
-        flagged=n_flags >= bundle.params.min_flags,
-        reference_class=stack("reference_class", np.int64, ()),
-        predicted=stack("predicted", np.int64, ()),
-        labels=stack("label", np.int64, ()),
-        params=bundle.params,
-        reasons={i: dict(r["reasons"]) for i, r in enumerate(ok) if r["reasons"]},
-        warnings=job.warnings,
-    )
+    if not ok:
+        return cannot_verify(model, bundle, job.config, "none of the images could be read", len(rows),
+                             job.warnings, errors)  # fmt: skip
+    m = Measurements.from_rows(ok, bundle.class_names, model.class_names, bundle.grid)
+    m = dataclasses.replace(m, names=tuple(str(r["path"]) for r in ok))
+    return assemble(m, model, bundle, job.config, warnings=job.warnings, errors=errors)

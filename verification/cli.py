@@ -2,12 +2,12 @@
 
 Exit codes (scripts can rely on them):
 
-* ``0`` — success; for ``verify``, the model is suitable for the data.
-* ``1`` — the run failed (a file that cannot be read, a model that does not load, a bad bundle, every image
-  unreadable, ...): one clear line on stderr, no traceback unless ``--debug``.
+* ``0`` — success; for ``verify``, the verdict is SUITABLE.
+* ``1`` — the run failed (a file that cannot be read, a model that does not load, a bad bundle, ...): one
+  clear line on stderr, no traceback unless ``--debug``.
 * ``2`` — bad usage (unknown option, missing argument, invalid value), reported by argparse.
-* ``3`` — ``verify`` completed and the model is *unsuitable* for the data (the share of flagged images
-  exceeds the bundle's threshold).
+* ``3`` — ``verify`` completed and the verdict is UNSUITABLE (a decisive evidence line failed).
+* ``4`` — ``verify`` completed and the verdict is CANNOT VERIFY (what is missing is printed and in the JSON).
 * ``130`` — interrupted (Ctrl-C / SIGTERM); nothing partial is left behind.
 
 Unreadable images do not stop ``cam`` or ``verify``: each becomes an error row (in the manifest / the table)
@@ -46,7 +46,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_UNSUITABLE = 3
+EXIT_CANNOT_VERIFY = 4
 EXIT_INTERRUPTED = 130
+VERDICT_EXIT = {"suitable": EXIT_OK, "unsuitable": EXIT_UNSUITABLE, "cannot_verify": EXIT_CANNOT_VERIFY}
 
 
 class CliError(VerificationError):
@@ -229,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m verification",
         description="Verify medical-imaging CNNs through their attention maps.",
-        epilog="Exit codes: 0 ok / suitable, 1 failure, 2 bad usage, 3 verify: unsuitable, 130 interrupted.",
+        epilog="Exit codes: 0 ok / verify: SUITABLE, 1 failure, 2 bad usage, 3 verify: UNSUITABLE, "
+        "4 verify: CANNOT VERIFY, 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -275,8 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
         "build",
         help="build a reference bundle from a labelled folder of trusted images",
         description="Per class, the mean CAM over the correctly classified images of a labelled reference "
-        "set (class subfolders, or a CSV of path,label), with leave-one-out calibration bands. Writes "
-        "<stem>.npz and <stem>.json (the manifest, written last).",
+        "set (class subfolders, or a CSV of path,label), the reference images (small thumbnails, for the "
+        "input gate) and the verdict's calibration: thresholds from healthy variation (--healthy models; "
+        "with none, a bootstrap over this model's images), checked for power against the "
+        "cascading-randomised model and --bad models. Writes <stem>.npz and <stem>.json (the manifest, "
+        "written last).",
     )
     _model_args(p)
     p.add_argument("data", help="labelled images: a folder of class subfolders, or a CSV file of path,label")
@@ -286,16 +292,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--all-images", action="store_true", help="use misclassified images too (default: correct ones only)"
     )
+    cal = p.add_argument_group("verdict calibration")
+    cal.add_argument(
+        "--healthy",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="another healthy model of the same task (repeat); the spread of healthy models "
+        "sets the thresholds (default: a bootstrap over the trusted model's images)",
+    )
+    cal.add_argument(
+        "--bad",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="a known-bad model (e.g. a shortcut model; repeat) for the power check",
+    )
+    cal.add_argument("--annotations", help="folder of finding masks <image stem>_lesion.png (E2, E4)")
+    cal.add_argument(
+        "--anatomy", help="folder of anatomy masks <image stem>_lung.png (E3; default: automatic)"
+    )
+    cal.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also calibrate E6 (deletion/insertion; about 28 extra forwards per image and model)",
+    )
+    cal.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="skip the calibration (verify will then say CANNOT VERIFY)",
+    )
     _batch_args(p, engines=False)
     _common(p)
     p.set_defaults(handler=cmd_reference_build)
 
     p = sub.add_parser(
         "verify",
-        help="verify a model on a folder against a reference bundle: per-image table and the verdict",
-        description="Compare each image's CAM with the bundle's reference of its predicted class on seven "
-        "metrics; an image is flagged when enough metrics fall outside the calibration band, and the model "
-        "is unsuitable when too many images are flagged. Exit 0: suitable; 3: unsuitable; 1: failure.",
+        help="verify a model on a folder against a reference bundle: evidence lines and the verdict",
+        description="Judge a model on a dataset from independent lines of evidence (METHODS.md §3): E0 input "
+        "validity, E1 task performance per class (labels), E2 localisation and E4 finding counterfactual "
+        "(annotations), E3 reliance outside the anatomy, E5 agreement with the reference maps, E6 "
+        "faithfulness. Verdict per class and per model: SUITABLE, UNSUITABLE (a decisive line failed; named) "
+        "or CANNOT VERIFY (what is missing is said). Exit 0: SUITABLE; 3: UNSUITABLE; 4: CANNOT VERIFY; "
+        "1: failure; 2: usage.",
     )
     _model_args(p)
     p.add_argument(
@@ -305,19 +344,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--labelled",
         action="store_true",
-        help="read the input as labelled (class subfolders or a CSV of path,label): adds labels and accuracy",
+        help="read the input as labelled (class subfolders or a CSV of path,label): adds labels and E1",
+    )
+    p.add_argument("--annotations", help="folder of finding masks named <image stem>_lesion.png (E2, E4)")
+    p.add_argument(
+        "--anatomy", help="folder of anatomy masks named <image stem>_lung.png (E3; default: automatic)"
+    )
+    p.add_argument("--gate", help="a model with a garbage class that screens the inputs (E0)")
+    p.add_argument(
+        "--min-images",
+        type=_positive_int,
+        default=20,
+        help="assessable images a class needs before it can be judged suitable (20)",
     )
     p.add_argument(
-        "--compare-to", choices=("predicted", "label"), default="predicted",
-        help="which class's reference each map is compared with (predicted; label needs --labelled)",
-    )  # fmt: skip
+        "--no-counterfactuals",
+        action="store_true",
+        help="skip E3's and E4's counterfactual forwards (then they are not assessable: CANNOT VERIFY)",
+    )
     p.add_argument(
-        "--json", dest="json_out", help="write the result (verdict, numbers, rows, provenance) as JSON"
+        "--no-faithfulness",
+        action="store_true",
+        help="skip E6 (deletion/insertion: about 4 × 11 extra forwards per image)",
+    )
+    p.add_argument(
+        "--json",
+        dest="json_out",
+        help="write the result document (verdict, lines, images, provenance) as JSON",
     )
     p.add_argument("--csv", dest="csv_out", help="write the per-image table as CSV")
-    p.add_argument(
-        "--examples", type=_non_negative_int, default=8, help="most-flagged maps kept for the report (8)"
-    )
+    p.add_argument("--examples", type=_non_negative_int, default=8, help="maps kept for the report (8)")
     _batch_args(p)
     _common(p)
     p.set_defaults(handler=cmd_verify)
@@ -328,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render the JSON written by 'verify --json' as one HTML file that works offline "
         "(pictures embedded as PNG, plotly inlined).",
     )
-    p.add_argument("result", help="the verify result (JSON from 'verify --json')")
+    p.add_argument("result", help="the verify result (JSON from 'verify --json' or the dashboard's download)")
     p.add_argument("-o", "--out", required=True, help="HTML file to write")
     p.add_argument("--title", default="Attention-map verification", help="the report's title")
     _common(p)
@@ -565,7 +621,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise BundleError(f"{source} is not a JSON verify result: {exc}") from exc
     if not isinstance(doc, dict):
         raise BundleError(f"{source} is not a JSON verify result")
-    write_text_atomic(args.out, render_report(doc, title=args.title))
+    from verification.verdict import VerificationReport
+
+    report = VerificationReport.from_document(doc)
+    write_text_atomic(args.out, render_report(report, title=args.title))
     if not args.quiet:
         sys.stderr.write(f"report → {args.out}\n")
     return EXIT_OK
@@ -627,49 +686,41 @@ def cmd_consistency(args: argparse.Namespace) -> int:
 
 
 def cmd_reference_build(args: argparse.Namespace) -> int:
-    from verification.batch import CamJob, scan_labelled
-    from verification.engines import run_job
-    from verification.metrics import DEFAULT_SIZE
-    from verification.reference import preprocessing_of, reference_from_maps, to_grid
+    from verification.batch import scan_labelled
+    from verification.reference import build_reference_from_paths
 
     paths, labels = scan_labelled(args.data)
-    spec, model = _load_model(args)
+    _, model = _load_model(args)
     y = _label_indices(labels, model.class_names, args.data)
-    job = CamJob(spec, methods=(args.method,), layers=[args.layer] if args.layer else None)
-    job.setup(model)
-    maps: list[np.ndarray] = []
-    kept: list[int] = []
-    layer = args.layer
-    skipped = 0
-    for row in run_job(job, paths, _engine_options(args), progress=_progress(args)):
-        _check_row(row, args)
-        if row["error"]:
-            skipped += 1
-            continue
-        key = next(iter(row["maps"]))
-        layer = key.split("@", 1)[1]
-        label = y[int(row["index"])]
-        if args.all_images or int(row["pred"]) == label:
-            maps.append(to_grid(row["maps"][key], DEFAULT_SIZE)[0])
-            kept.append(label)
-    if len(maps) < 2:
-        raise CliError(
-            f"only {len(maps)} of {len(paths)} reference images are usable (readable"
-            + ("" if args.all_images else " and correctly classified")
-            + "); a reference set needs at least two"
-        )
-    bundle = reference_from_maps(
-        np.stack(maps), kept, model.class_names, source="model", method=args.method, layer=layer,
-        model_hash=model.content_hash, architecture=model.architecture, preprocessing=preprocessing_of(model),
+    for flag, folder in (("--annotations", args.annotations), ("--anatomy", args.anatomy)):
+        if folder is not None and not Path(folder).is_dir():
+            raise CliError(f"{flag} {folder} is not a folder")
+    healthy = {Path(p).stem: _load_other(p, args) for p in args.healthy}
+    bad = {Path(p).stem: _load_other(p, args) for p in args.bad}
+    bundle, used, skipped = build_reference_from_paths(
+        model, paths, y, method=args.method, layer=args.layer, correct_only=not args.all_images,
+        batch_size=args.batch_size, workers=args.workers, progress=_progress(args) is not False,
+        calibrate=not args.no_calibration, healthy=healthy, bad=bad, annotation_dir=args.annotations,
+        anatomy_dir=args.anatomy,
+        faithfulness=args.faithfulness,
     )  # fmt: skip
     npz, manifest = _save_bundle(bundle, Path(args.out))
     if not args.quiet:
         counts = ", ".join(f"{n}: {int(c)}" for n, c in zip(model.class_names, bundle.counts))
+        cal = "no calibration" if bundle.calibration is None else f"calibration: {bundle.calibration.scheme}"
         sys.stderr.write(
-            f"reference bundle → {npz} (+ {manifest.name}); {len(maps)} of {len(paths)} images used "
-            f"({counts})" + (f"; {skipped} unreadable" if skipped else "") + "\n"
+            f"reference bundle → {npz} (+ {manifest.name}); {used} of {len(paths)} images used "
+            f"({counts})" + (f"; {skipped} unreadable" if skipped else "") + f"; {cal}\n"
         )
     return EXIT_OK
+
+
+def _load_other(path: str, args: argparse.Namespace) -> Any:
+    from verification.io.models import load_model
+
+    if not Path(path).is_file():
+        raise CliError(f"model file {path} does not exist")
+    return load_model(path, trust=args.trust, name=Path(path).stem)
 
 
 def _bundle_files(path: Path) -> tuple[Path, Path]:
@@ -696,11 +747,10 @@ def _save_bundle(bundle: Any, out: Path) -> tuple[Path, Path]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from verification.batch import VerifyJob, merge_verify_rows, scan_images, scan_labelled
+    from verification.batch import ModelSpec, VerifyJob, merge_verify_rows, scan_images, scan_labelled
     from verification.engines import run_job
+    from verification.verdict import VerdictConfig
 
-    if args.compare_to == "label" and not args.labelled:
-        raise CliError("--compare-to label needs --labelled input (class subfolders or a CSV of path,label)")
     labels: list[str] | None = None
     if args.labelled:
         if len(args.inputs) != 1:
@@ -713,96 +763,78 @@ def cmd_verify(args: argparse.Namespace) -> int:
     missing = [p for p in _bundle_files(Path(args.bundle)) if not p.is_file()]
     if missing:
         raise CliError(f"reference bundle {args.bundle}: {', '.join(map(str, missing))} not found")
+    for flag, folder in (("--annotations", args.annotations), ("--anatomy", args.anatomy)):
+        if folder is not None and not Path(folder).is_dir():
+            raise CliError(f"{flag} {folder} is not a folder")
+    if args.gate is not None and not Path(args.gate).is_file():
+        raise CliError(f"gate model {args.gate} does not exist")
     spec, model = _load_model(args)
-    job = VerifyJob(spec, args.bundle, labels=labels, compare_to=args.compare_to)
+    config = VerdictConfig(
+        min_images=args.min_images,
+        faithfulness=not args.no_faithfulness,
+        counterfactuals=not args.no_counterfactuals,
+    )
+    job = VerifyJob(
+        spec, args.bundle, labels=labels, annotation_dir=args.annotations, anatomy_dir=args.anatomy,
+        gate=ModelSpec(path=args.gate, trust=args.trust) if args.gate else None, config=config,
+    )  # fmt: skip
     job.setup(model)
     if labels is not None:
         unknown = sorted(set(labels) - set(job.bundle.class_names))
         if unknown:
             raise CliError(f"labels {unknown} are not classes of the bundle {list(job.bundle.class_names)}")
     rows = []
-    for row in run_job(job, paths, _engine_options(args), progress=_progress(args)):
-        _check_row(row, args)
-        rows.append(row)
-    errors = [{"image": str(r["path"]), "error": r["error"]} for r in rows if r["error"]]
-    if len(errors) == len(rows):
-        raise CliError(f"none of the {len(rows)} images could be read; first error: {errors[0]['error']}")
+    if job.mismatch is None:
+        for row in run_job(job, paths, _engine_options(args), progress=_progress(args)):
+            _check_row(row, args)
+            rows.append(row)
     report = merge_verify_rows(rows, job)
-    doc = verify_document(args, model, job, report, rows, errors)
+    doc = verify_document(args, report)
     if args.json_out:
         write_text_atomic(args.json_out, dumps(doc))
     if args.csv_out:
-        import pandas as pd
-
-        table = pd.DataFrame.from_records(
-            [{**r, "status": "ok"} for r in doc["rows"]] + [{**e, "status": "error"} for e in errors]
-        )
-        write_text_atomic(args.csv_out, table.convert_dtypes().to_csv(index=False))
+        write_text_atomic(args.csv_out, verify_table(report).to_csv(index=False))
     out = [report.text()]
-    if errors:
-        out.append(f"{len(errors)} unreadable image(s) left out of the verdict (see the table)")
-    out.extend(f"warning: {w}" for w in job.warnings)
+    if report.errors:
+        out.append(f"{len(report.errors)} unreadable image(s) left out of the verdict (see the table)")
+    out.extend(f"warning: {w}" for w in report.warnings)
     sys.stdout.write("\n".join(out) + "\n")
-    return EXIT_OK if report.suitable else EXIT_UNSUITABLE
+    return VERDICT_EXIT[report.verdict]
 
 
-def verify_document(
-    args: argparse.Namespace, model: Any, job: Any, report: Any, rows: Sequence[dict[str, Any]],
-    errors: Sequence[dict[str, Any]],
-) -> dict[str, Any]:  # fmt: skip
-    """The verify result as a JSON-ready document: what ``report`` renders."""
-    from verification.cam.records import base_provenance
+def verify_document(args: argparse.Namespace, report: Any) -> dict[str, Any]:
+    """The verify result as written by ``--json``: the report's one document, examples trimmed to
+    ``--examples``, with the run's paths and engine added to the provenance."""
+    import dataclasses
 
-    bundle = job.bundle
-    ok = [r for r in rows if not r["error"]]
-    table = report.rows()
-    for entry, row in zip(table, ok):
-        entry["probability"] = row["prob"]
-        entry["rejected"] = row["rejected"]
-        entry["model_prediction"] = model.class_names[row["model_pred"]]
-        if row["reasons"]:
-            entry["reasons"] = "; ".join(f"{k}: {v}" for k, v in row["reasons"].items())
-    order = sorted(range(len(ok)), key=lambda i: (-int(ok[i]["n_flags"]), i))[: args.examples]
-    return {
-        "schema": "verification.cli.verify",
-        "schema_version": 1,
-        "verdict": report.verdict,
-        "text": report.text(),
-        "summary": report.summary(),
-        "metrics": list(report.metrics),
-        "higher_is_better": _directions(report.metrics),
-        "bands": {name: bundle.band(name) for name in bundle.class_names},
-        "rows": table,
-        "errors": list(errors),
-        "warnings": list(job.warnings),
-        "examples": [
-            {"image": str(ok[i]["path"]), "n_flags": int(ok[i]["n_flags"]), "map": np.round(ok[i]["map"], 3)}
-            for i in order
-        ],
-        "references": {
-            name: np.round(bundle.references[k], 3)
-            for k, name in enumerate(bundle.class_names)
-            if bundle.counts[k] > 0
-        },
-        "provenance": {
-            "model": {
-                "path": str(args.model), "name": model.name, "content_hash": model.content_hash,
-                "architecture": model.architecture, "class_names": list(model.class_names),
-                "input_size": list(model.input_size),
-            },
-            "bundle": {
-                "path": str(args.bundle), "method": bundle.method, "layer": bundle.layer,
-                "grid": list(bundle.grid), "created": bundle.created, "model_hash": bundle.model_hash,
-                "counts": bundle.counts,
-            },
-            "layer_used": job.layer or "default target layer",
-            "compare_to": args.compare_to,
-            "engine": args.engine,
-            "batch_size": args.batch_size,
-            "inputs": list(args.inputs),
-            **base_provenance(),
+    report = dataclasses.replace(report, examples=report.examples[: args.examples])
+    doc: dict[str, Any] = report.to_document()
+    doc["provenance"] = {
+        **doc["provenance"],
+        "run": {
+            "model_path": str(args.model), "bundle_path": str(args.bundle), "inputs": list(args.inputs),
+            "engine": args.engine, "batch_size": args.batch_size, "labelled": bool(args.labelled),
+            "annotations": args.annotations, "anatomy": args.anatomy, "gate": args.gate,
         },
     }  # fmt: skip
+    return doc
+
+
+def verify_table(report: Any) -> Any:
+    """One row per image (status ok / not assessable / error) with the line values."""
+    import pandas as pd
+
+    records = []
+    for im in report.images:
+        records.append(
+            {
+                "image": im.name, "status": "ok" if im.assessable else "not assessable", "label": im.label,
+                "predicted": im.predicted, "probability": max(im.probabilities) if im.probabilities else None,
+                **dict(im.values), "why": im.why,
+            }
+        )  # fmt: skip
+    records += [{"image": name, "status": "error", "why": err} for name, err in report.errors]
+    return pd.DataFrame.from_records(records).convert_dtypes()
 
 
 def _directions(metrics: Sequence[str]) -> dict[str, bool]:

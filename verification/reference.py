@@ -1,17 +1,21 @@
-"""Reference maps, leave-one-out calibration and the suitability verdict (METHODS.md §3).
+"""Reference bundles: per-class reference maps, the seven-metric comparison (E5), the verdict's calibration.
 
 A :class:`ReferenceBundle` holds one reference map per class — the mean normalised CAM over the correctly
 classified images of a trusted reference set (or the mean annotation mask, or another model's maps) — together
-with the per-image maps it came from and the in-distribution spread of every metric, measured leave-one-out:
-each reference image's map is compared with its class reference computed without it. A new image is flagged on
-a metric when it falls outside that band (**default** below the 5th percentile for similarities, above the
-95th for distances; the direction comes from the metric registry); it is flagged overall when at least 4 of
-the 7 metrics flag it, and a model is unsuitable on a dataset when more than 20 % of its images are flagged.
-Every verdict carries the numbers behind it.
+with the per-image maps it came from and their leave-one-out metric values. Since schema 2 it also carries the
+verdict's :class:`~verification.verdict.calibration.Calibration` (thresholds from healthy variation with their
+power against known-bad references, METHODS.md §3) and small uint8 thumbnails of the reference images, from
+which the input gate (E0) compares the early feature maps of the model under test. Schema-1 bundles still
+load; they say they lack the calibration, and the lines that need it are not assessable.
 
-Bundles are saved as ``<stem>.npz`` (arrays) + ``<stem>.json``
-(manifest with ``schema_version``, the model's content hash, architecture, method, layer, preprocessing, class
-names, bands, parameters, creation time).
+The per-image leave-one-out bands (``bands_lo`` / ``bands_hi``) and :class:`VerificationReport` /
+:func:`verify` below are the first paper's flag-share comparison; they are kept for the E5 comparison and the
+dashboard pages that still draw them. **They are not the verdict**: the verdict is
+:func:`verification.verify` (:mod:`verification.verdict`).
+
+Bundles are saved as ``<stem>.npz`` (arrays) + ``<stem>.json`` (manifest with ``schema_version``, the model's
+content hash, architecture, method, layer, preprocessing, class names, bands, parameters, calibration,
+creation time); :func:`load_bundle_bytes` reads them from bytes (uploads).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import datetime as _dt
 import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,12 +36,15 @@ from verification.errors import BundleError, ShapeError
 from verification.io.records import LoadedImage, LoadedModel
 from verification.metrics import DEFAULT_METRICS, DEFAULT_SIZE, METRICS, compute_metrics
 from verification.metrics.functional import Threshold, as_batch, normalize_maps, resize_maps
+from verification.verdict.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
 SCHEMA_NAME = "verification.reference.ReferenceBundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READS_VERSIONS = (1, 2)
 _ARRAYS = ("references", "counts", "maps", "calib_labels", "calib_values", "bands_lo", "bands_hi")
+_OPTIONAL_ARRAYS = ("thumbnails", "thumb_labels")
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,10 @@ class ReferenceBundle:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     warnings: tuple[str, ...] = ()
+    calibration: Calibration | None = None
+    thumbnails: np.ndarray | None = None
+    thumb_labels: np.ndarray | None = None
+    schema_version: int = SCHEMA_VERSION
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -108,6 +119,9 @@ class ReferenceBundle:
         npz, manifest = _paths(path)
         npz.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {name: np.asarray(getattr(self, name)) for name in _ARRAYS}
+        for name in _OPTIONAL_ARRAYS:
+            if getattr(self, name) is not None:
+                arrays[name] = np.asarray(getattr(self, name))
         np.savez_compressed(npz, **arrays)
         doc = {
             "schema": SCHEMA_NAME,
@@ -130,9 +144,23 @@ class ReferenceBundle:
                 for k, name in enumerate(self.class_names)
             },
             "created": self.created,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "reference_images": 0 if self.thumbnails is None else len(self.thumbnails),
         }
         manifest.write_text(json.dumps(doc, indent=2, default=_json_default))
         return npz
+
+    def with_calibration(
+        self, calibration: Calibration | None, thumbnails: np.ndarray | None = None,
+        thumb_labels: np.ndarray | None = None,
+    ) -> ReferenceBundle:  # fmt: skip
+        """The bundle with the verdict's calibration (and the E0 gate's reference thumbnails) attached."""
+        return replace(
+            self, calibration=calibration,
+            thumbnails=self.thumbnails if thumbnails is None else np.asarray(thumbnails, np.uint8),
+            thumb_labels=self.thumb_labels if thumb_labels is None else np.asarray(thumb_labels, np.int64),
+            schema_version=SCHEMA_VERSION,
+        )  # fmt: skip
 
 
 def _json_default(o: object) -> object:
@@ -392,21 +420,103 @@ def build_reference(
     params: VerdictParams | None = None,
     batch_size: int = 16,
     correct_only: bool = True,
+    calibrate: bool = False,
+    healthy: Mapping[str, LoadedModel] | None = None,
+    bad: Mapping[str, LoadedModel] | None = None,
+    annotations: Sequence[np.ndarray | None] | None = None,
+    anatomy: Sequence[np.ndarray | None] | None = None,
+    faithfulness: bool = False,
 ) -> ReferenceBundle:
     """Reference bundle from a trusted model on a labelled reference set: per class, the mean normalised CAM
-    (of the true class) over the correctly classified images, with leave-one-out calibration bands.
-    ``images``: LoadedImages or an already preprocessed (N, C, H, W) tensor."""
+    (of the true class) over the correctly classified images, with leave-one-out bands for the seven metrics.
+    ``images``: LoadedImages or an already preprocessed (N, C, H, W) tensor.
+
+    With ``calibrate``, the verdict's calibration is attached (:func:`verification.verdict.calibrate_bundle`):
+    the healthy models are this model plus ``healthy`` (one model: a bootstrap over images), the known-bad
+    ones the cascading-randomised model plus ``bad``; ``annotations`` / ``anatomy`` masks feed E2–E4;
+    ``faithfulness`` also calibrates E6 (deletion/insertion: about 4 × 7 extra forwards per image and model;
+    verify runs E6 only for a bundle calibrated with it)."""
     idx = _class_indices(labels, model.class_names)
     if len(idx) != len(images):
         raise ShapeError(f"{len(images)} images but {len(idx)} labels")
     maps, preds, used_layer = _model_maps(model, images, method, layer, batch_size, grid)
     keep = preds == idx if correct_only else np.ones(len(idx), dtype=bool)
     log.info("reference set: %d of %d images correctly classified", int(keep.sum()), len(idx))
-    return reference_from_maps(
+    if int(keep.sum()) < 2:
+        raise BundleError(
+            f"only {int(keep.sum())} of {len(idx)} reference images are usable"
+            + (" (correctly classified)" if correct_only else "")
+            + "; a reference set needs at least two"
+        )
+    bundle = reference_from_maps(
         maps[keep], idx[keep], model.class_names, grid=grid, metrics=metrics, threshold=threshold,
         params=params, source="model", method=method, layer=used_layer, model_hash=model.content_hash,
         architecture=model.architecture, preprocessing=preprocessing_of(model),
     )  # fmt: skip
+    if not calibrate:
+        return bundle
+    from verification.verdict.api import calibrate_bundle
+
+    names = [model.class_names[i] for i in idx]
+    from verification.verdict import VerdictConfig
+
+    return calibrate_bundle(
+        bundle, {model.name: model, **dict(healthy or {})}, images, names, bad=bad,
+        annotations=annotations, anatomy=anatomy, batch_size=batch_size,
+        config=VerdictConfig(faithfulness=faithfulness),
+    )  # fmt: skip
+
+
+def build_reference_from_paths(
+    model: LoadedModel,
+    paths: Sequence[str | Path],
+    labels: Sequence[int],
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+    correct_only: bool = True,
+    batch_size: int = 16,
+    workers: int = 0,
+    progress: bool = False,
+    calibrate: bool = True,
+    healthy: Mapping[str, LoadedModel] | None = None,
+    bad: Mapping[str, LoadedModel] | None = None,
+    annotation_dir: str | Path | None = None,
+    anatomy_dir: str | Path | None = None,
+    faithfulness: bool = False,
+) -> tuple[ReferenceBundle, int, int]:
+    """:func:`build_reference` over image files (the command line's path): unreadable files are skipped;
+    masks are read from ``<stem>_lesion.png`` / ``<stem>_lung.png`` files in the two folders.
+    Returns (bundle, images used for the references, images skipped)."""
+    from verification.anatomy import MASK_SUFFIXES, _read_mask_file, find_mask_file
+    from verification.batch import LESION_SUFFIXES
+    from verification.errors import ImageLoadError, InputTooLargeError
+    from verification.io.images import load_image
+
+    loaded: list[LoadedImage] = []
+    y: list[int] = []
+    skipped = 0
+    for path, lab in zip(paths, labels):
+        try:
+            loaded.append(load_image(path))
+            y.append(int(lab))
+        except (ImageLoadError, InputTooLargeError, OSError) as exc:
+            log.warning("skipped %s: %s", path, exc)
+            skipped += 1
+
+    def masks(folder: str | Path | None, suffixes: Sequence[str]) -> list[np.ndarray | None] | None:
+        if folder is None:
+            return None
+        found = [find_mask_file(folder, Path(img.name).name, suffixes) for img in loaded]
+        return [None if f is None else np.asarray(_read_mask_file(f), np.float32) for f in found]
+
+    bundle = build_reference(
+        model, loaded, y, method=method, layer=layer, batch_size=batch_size, correct_only=correct_only,
+        calibrate=calibrate, healthy=healthy, bad=bad, annotations=masks(annotation_dir, LESION_SUFFIXES),
+        anatomy=masks(anatomy_dir, MASK_SUFFIXES),
+        faithfulness=faithfulness,
+    )  # fmt: skip
+    return bundle, int(bundle.counts.sum()), skipped
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -424,19 +534,49 @@ def load_bundle(
     if not manifest.is_file() or not npz.is_file():
         raise BundleError(f"a reference bundle needs both {npz.name} and {manifest.name} in {npz.parent}")
     try:
-        doc = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = manifest.read_text(encoding="utf-8")
+        data = npz.read_bytes()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{manifest} is not a readable JSON manifest: {exc}") from exc
+    return load_bundle_bytes(
+        data, text, model=model, method=method, layer=layer, name=str(npz), manifest_name=str(manifest)
+    )
+
+
+def load_bundle_bytes(
+    arrays_npz: bytes,
+    manifest_json: str | bytes,
+    *,
+    model: LoadedModel | None = None,
+    method: str | None = None,
+    layer: str | None = None,
+    name: str = "uploaded bundle",
+    manifest_name: str | None = None,
+) -> ReferenceBundle:
+    """A bundle from the bytes of its two files (an upload): no file is written, nothing is unpickled."""
+    import io
+
+    manifest = manifest_name or f"{name} manifest"
+    npz = name
+    try:
+        doc = json.loads(manifest_json)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest} is not a readable JSON manifest: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_NAME:
         raise BundleError(f"{manifest} is not a reference bundle manifest")
-    if doc.get("schema_version") != SCHEMA_VERSION:
+    version = doc.get("schema_version")
+    if version not in READS_VERSIONS:
         raise BundleError(
-            f"{manifest} has schema_version {doc.get('schema_version')!r}; this version reads "
-            f"{SCHEMA_VERSION}. Rebuild the bundle with this version."
+            f"{manifest} has schema_version {version!r}; this version reads "
+            f"{', '.join(map(str, READS_VERSIONS))}. Rebuild the bundle with this version."
         )
     try:
-        with np.load(npz, allow_pickle=False) as data:
+        with np.load(io.BytesIO(arrays_npz), allow_pickle=False) as data:
             arrays: dict[str, Any] = {name: np.asarray(data[name]) for name in _ARRAYS}
+            for name_ in _OPTIONAL_ARRAYS:
+                if name_ in data.files:
+                    arrays[name_] = np.asarray(data[name_])
+        cal_doc = doc.get("calibration")
         bundle = ReferenceBundle(
             class_names=tuple(doc["class_names"]),
             band_source=tuple(doc["bands"][c]["source"] for c in doc["class_names"]),
@@ -450,14 +590,21 @@ def load_bundle(
             architecture=doc.get("architecture"),
             preprocessing=dict(doc.get("preprocessing") or {}),
             created=str(doc.get("created", "")),
+            calibration=Calibration.from_dict(cal_doc) if isinstance(cal_doc, dict) else None,
+            schema_version=int(version),
             **arrays,
         )
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, EOFError) as exc:
         raise BundleError(f"reference bundle {npz} is missing data or is corrupt: {exc}") from exc
     unknown = [m for m in bundle.metrics if m not in METRICS]
     if unknown:
         raise BundleError(f"bundle {npz} uses metrics this version does not know: {unknown}")
     found = _mismatches(bundle, model, method, layer)
+    if bundle.calibration is None:
+        found.append(
+            "the bundle carries no verdict calibration (built before schema 2, or without healthy models): "
+            "lines that need calibrated thresholds (E3, E4, E5, E6) are not assessable"
+        )
     for msg in found:
         warnings.warn(msg, UserWarning, stacklevel=2)
     return replace(bundle, warnings=tuple(found))

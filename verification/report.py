@@ -1,75 +1,34 @@
-"""Pictures and the self-contained HTML report.
+"""The one self-contained HTML report of a verification result.
 
-``overlay_png`` draws a map over an image (used by ``python -m verification cam``). ``render_report`` turns a
-verification result into one HTML file that works offline: PNG images embedded as base64, plotly's JavaScript
-inlined, the verdict with the numbers behind it, the per-image table and the provenance.
+``render_report`` turns a :class:`~verification.verdict.VerificationReport` (or its ``to_document()`` JSON, as
+written by ``python -m verification verify --json`` and offered by the dashboard) into one HTML file that
+works
+offline: the verdict per model and per class with the line that decided it, every evidence line in plain words
+with its numbers, thresholds and calibration, the images that could not be assessed, the per-image "why",
+example maps beside the class references (PNG, base64, drawn by :mod:`verification.render`), plotly charts
+(JavaScript inlined), warnings and provenance. ``overlay_png`` is the PNG of an overlay (used by ``cam``).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-from PIL import Image
 
-from verification.errors import BundleError
+from verification.render import heat, overlay, png_bytes
 
-__all__ = ["heat_rgb", "overlay_png", "overlay_rgb", "png_bytes", "render_report"]
-
-
-def overlay_rgb(
-    display: np.ndarray, cam: np.ndarray, *, alpha: float = 0.45, max_side: int = 1024
-) -> np.ndarray:
-    """Blend a [0, 1] map (h, w) as a JET heat map over ``display`` (uint8 (H, W) or (H, W, 3)); uint8 RGB.
-
-    The map is resized (bilinear) to the image, which is first shrunk so its longest side is ≤ ``max_side``.
-    """
-    image = np.asarray(display)
-    if image.dtype != np.uint8:
-        raise ValueError(f"display image must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"display image must be (H, W) or (H, W, 3), got {image.shape}")
-    h, w = image.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    if scale < 1.0:
-        h, w = max(1, round(h * scale)), max(1, round(w * scale))
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-    heat = cv2.resize(
-        np.clip(np.asarray(cam, dtype=np.float32), 0.0, 1.0), (w, h), interpolation=cv2.INTER_LINEAR
-    )
-    colour = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colour.astype(np.float32)
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """Encode a uint8 (H, W) or (H, W, 3) array as PNG."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
+__all__ = ["img_tag", "kv_table", "overlay_png", "render_report"]
 
 
 def overlay_png(display: np.ndarray, cam: np.ndarray, *, alpha: float = 0.45) -> bytes:
-    """PNG bytes of :func:`overlay_rgb`."""
-    return png_bytes(overlay_rgb(display, cam, alpha=alpha))
-
-
-def heat_rgb(cam: np.ndarray, *, size: int = 256) -> np.ndarray:
-    """A [0, 1] map (h, w) as a JET picture, resized (bilinear) to ``size`` × ``size``; uint8 RGB."""
-    heat = cv2.resize(np.clip(np.asarray(cam, dtype=np.float32), 0.0, 1.0), (size, size))
-    colour = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.cvtColor(colour, cv2.COLOR_BGR2RGB)
+    """PNG bytes of :func:`verification.render.overlay`."""
+    return png_bytes(overlay(display, cam, opacity=alpha))
 
 
 def img_tag(rgb: np.ndarray, alt: str) -> str:
@@ -99,127 +58,205 @@ body{font-family:system-ui,sans-serif;margin:2rem;color:#1d1d1f;max-width:1200px
 h2{margin-top:2rem;border-bottom:1px solid #ccc;padding-bottom:.2rem}
 .verdict{padding:1rem;border-radius:6px;font-size:1.1rem}
 .suitable{background:#e3f4e8;border:1px solid #2e9e5b}.unsuitable{background:#fbe4e4;border:1px solid #d9534f}
+.cannot_verify{background:#fff4d6;border:1px solid #c99a2e}
 .warn{background:#fff4d6;border:1px solid #c99a2e;padding:.4rem .7rem;border-radius:4px;margin:.3rem 0}
 table{border-collapse:collapse;font-size:.8rem}
-td,th{border:1px solid #ddd;padding:.2rem .45rem;text-align:right}
-th{background:#f3f3f3}.kv th,.kv td{text-align:left}
+td,th{border:1px solid #ddd;padding:.2rem .45rem;text-align:left;vertical-align:top}
+th{background:#f3f3f3}
+.pass{color:#2e7d32}.fail{color:#c62828;font-weight:bold}.inconclusive{color:#b26a00}
 .gallery{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:.6rem}
 .gallery figure{margin:0}.gallery img{width:100%;border-radius:3px}figcaption{font-size:.75rem}
 """
 
 
-def _charts(doc: Mapping[str, Any]) -> list[str]:
+def _esc(v: Any) -> str:
+    return html.escape(_fmt(v))
+
+
+def _table(cols: list[str], rows: list[list[Any]], classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        f"<tr class='{(classes or [''] * len(rows))[i]}'>"
+        + "".join(f"<td>{_esc(v)}</td>" for v in r)
+        + "</tr>"
+        for i, r in enumerate(rows)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _charts(report: Any) -> list[str]:
     import plotly.graph_objects as go
 
-    summary = doc["summary"]
-    metrics = list(doc["metrics"])
-    rows = doc["rows"]
-    rates = go.Figure(go.Bar(x=metrics, y=[summary["metric_flag_rates"][m] for m in metrics]))
-    rates.update_layout(
-        title="Share of images flagged per metric", yaxis={"tickformat": ".0%", "range": [0, 1]}
-    )
-    counts = np.bincount([int(r["n_flags"]) for r in rows], minlength=len(metrics) + 1)
-    hist = go.Figure(go.Bar(x=list(range(len(counts))), y=counts.tolist()))
-    hist.add_vline(x=summary["min_flags"] - 0.5, line_dash="dash", annotation_text="flagged from here")
-    hist.update_layout(
-        title="Metrics outside their band, per image", xaxis_title="metrics flagged", yaxis_title="images"
-    )
-    values = go.Figure()
-    for m in metrics:
-        values.add_trace(go.Box(y=[r[m] for r in rows], name=m, boxpoints="outliers"))
-    values.update_layout(title="Metric values (per image)", showlegend=False)
-    return [
-        fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
-        for fig in (rates, hist, values)
-    ]
+    out = []
+    for ln in report.lines:
+        pts = [c for c in ln.per_class if c.value is not None]
+        if not pts or ln.key == "E0":
+            continue
+        fig = go.Figure()
+        fig.add_trace(
+            go.Scatter(
+                x=[c.class_name for c in pts],
+                y=[c.value for c in pts],
+                mode="markers",
+                name="measured",
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [(c.high - c.value) if c.high is not None else 0 for c in pts],
+                    "arrayminus": [(c.value - c.low) if c.low is not None else 0 for c in pts],
+                },
+            )
+        )
+        thr = [c for c in pts if c.threshold is not None]
+        if thr:
+            fig.add_trace(
+                go.Scatter(
+                    x=[c.class_name for c in thr],
+                    y=[c.threshold for c in thr],
+                    mode="markers",
+                    marker={"symbol": "line-ew-open", "size": 30},
+                    name="threshold",
+                )
+            )
+        fig.update_layout(title=f"{ln.key} {ln.name} per class (95 % interval, threshold)", height=300)
+        out.append(fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
+    return out
 
 
-def _gallery(doc: Mapping[str, Any]) -> list[str]:
+def _gallery(report: Any, displays: Mapping[str, np.ndarray] | None) -> list[str]:
     from verification.errors import VerificationError
     from verification.io.images import load_image
 
-    by_image = {r["image"]: r for r in doc["rows"]}
     parts = []
-    for example in doc.get("examples", []):
-        name = str(example["image"])
-        cam = np.asarray(example["map"], dtype=np.float32)
-        row = by_image.get(name, {})
-        try:
-            picture = overlay_rgb(load_image(name).display, cam, max_side=512)
-            caption = "attention over the image"
-        except (VerificationError, OSError):
-            picture = heat_rgb(cam)  # the image has moved since the run: the map alone
-            caption = "attention (image not found)"
-        ref_name = row.get("reference")
-        reference = doc.get("references", {}).get(ref_name)
+    for ex in report.examples:
+        cam = np.asarray(ex.map, dtype=np.float32)
+        picture = None
+        if displays is not None and ex.image in displays:
+            picture = overlay(displays[ex.image], cam, max_side=512)
+        else:
+            try:
+                picture = overlay(load_image(ex.image).display, cam, max_side=512)
+            except (VerificationError, OSError):
+                picture = None
+        caption = "attention over the image" if picture is not None else "attention (image not found)"
+        picture = picture if picture is not None else heat(cam)
+        ref = report.references.get(ex.class_name) if ex.class_name else None
         ref_tag = (
-            img_tag(heat_rgb(np.asarray(reference, dtype=np.float32)), f"reference {ref_name}")
-            if reference is not None
-            else "<p>(no reference for this class)</p>"
+            img_tag(heat(np.asarray(ref, np.float32)), f"reference {ex.class_name}")
+            if ref is not None
+            else "<p>(no reference map for this class)</p>"
         )
-        title = f"{Path(name).name}: {example['n_flags']} of {len(doc['metrics'])} metrics flagged"
         parts.append(
-            f"<figure>{img_tag(picture, name)}<figcaption>{html.escape(title)} · {caption}; predicted "
-            f"{html.escape(str(row.get('predicted')))}</figcaption></figure>"
-            f"<figure>{ref_tag}<figcaption>reference of {html.escape(str(ref_name))}</figcaption></figure>"
+            f"<figure>{img_tag(picture, ex.image)}<figcaption>{html.escape(Path(ex.image).name)} · {caption}"
+            f"<br>{html.escape(ex.note)}</figcaption></figure>"
+            f"<figure>{ref_tag}<figcaption>reference map of {html.escape(str(ex.class_name))}"
+            "</figcaption></figure>"
         )
     return parts
 
 
-def render_report(doc: Mapping[str, Any], *, title: str = "Attention-map verification") -> str:
-    """One offline HTML document from a verify result (the JSON written by ``python -m verification verify
-    --json``): the verdict and the numbers behind it, charts (plotly, JavaScript inlined), the most flagged
-    images with their class references (PNG, base64), the per-image table, errors, warnings, provenance."""
+def render_report(
+    report: Any,
+    *,
+    title: str = "Attention-map verification",
+    displays: Mapping[str, np.ndarray] | None = None,
+) -> str:
+    """One offline HTML document from a :class:`~verification.verdict.VerificationReport` or its document.
+    ``displays`` maps image names to uint8 pictures (else the images are read from their paths)."""
     import plotly.offline
 
-    if doc.get("schema") != "verification.cli.verify":
-        raise BundleError("not a verify result (expected the JSON written by 'verify --json')")
-    summary = doc["summary"]
-    verdict = str(doc["verdict"])
+    from verification.verdict import STATUS_LABELS, VerificationReport
+
+    if not isinstance(report, VerificationReport):
+        report = VerificationReport.from_document(report)
+    acc = "n/a (no labels)" if report.accuracy is None else f"{100 * report.accuracy:.1f} %"
+    if report.accuracy_interval is not None:
+        lo, hi = report.accuracy_interval
+        acc += f" (Wilson 95 % {100 * lo:.1f}–{100 * hi:.1f} %)"
+    decided = f" — decided by {report.deciding_line}" if report.deciding_line else ""
     numbers = {
-        "images verified": summary["images"],
-        "flagged images": f"{summary['flagged']} ({100 * summary['flagged_share']:.1f} %)",
-        "unsuitable above": f"{100 * summary['max_flagged_share']:.0f} % flagged",
-        "an image is flagged when": f"≥ {summary['min_flags']} of {len(doc['metrics'])} metrics out of band",
-        "mean metrics flagged per image": summary["mean_flags_per_image"],
-        "accuracy (labelled inputs)": summary["accuracy"],
-        "unreadable images (left out)": len(doc.get("errors", [])),
+        "verdict": report.label,
+        "accuracy": acc,
+        "images": report.n_images,
+        "not assessable (input gate)": report.n_not_assessable,
+        "unreadable": len(report.errors),
+        "assessable images a class needs": report.config.min_images,
     }
-    metric_rows = {
-        m: f"flag rate {100 * summary['metric_flag_rates'][m]:.1f} %, "
-        f"median {_fmt(summary['metric_medians'][m])}, "
-        f"{'higher' if doc['higher_is_better'][m] else 'lower'} is better"
-        for m in doc["metrics"]
-    }
-    table_cols = ["image", "label", "predicted", "reference", *doc["metrics"], "n_flags", "flagged"]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table_cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in table_cols) + "</tr>"
-        for r in doc["rows"]
-    )
+    class_rows = [
+        [c.class_name, c.label, c.deciding_line, c.reason, f"{c.n_assessable}/{c.n_images}"]
+        for c in report.classes
+    ]
+    line_parts = []
+    for ln in report.lines:
+        votes = "votes" if ln.decisive else "does not vote"
+        line_parts.append(
+            f"<h3>{html.escape(ln.key)} {html.escape(ln.name)}: "
+            f"<span class='{ln.status}'>{html.escape(STATUS_LABELS[ln.status])}</span> ({votes})</h3>"
+            f"<p>{html.escape(ln.sentence)}</p><p><i>Threshold: {html.escape(ln.calibration)}</i>"
+            + (f"; separation from known-bad AUROC {ln.separation:.2f}" if ln.separation is not None else "")
+            + "</p>"
+            + _table(
+                ["class", "status", "value", "95 % interval", "threshold", "images", "why"],
+                [
+                    [
+                        c.class_name,
+                        STATUS_LABELS[c.status],
+                        c.value,
+                        "—" if c.low is None else f"[{c.low:.3f}, {c.high:.3f}]",
+                        c.threshold,
+                        c.n,
+                        c.reason,
+                    ]
+                    for c in ln.per_class
+                ],
+                [c.status for c in ln.per_class],
+            )
+        )
+    not_ok = [[im.name, im.not_assessable_reason] for im in report.images if not im.assessable]
+    image_rows = [
+        [
+            im.name,
+            im.label,
+            im.predicted,
+            max(im.probabilities) if im.probabilities else None,
+            "yes" if im.assessable else "no",
+            im.why,
+        ]
+        for im in report.images
+    ]
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_CSS}</style>",
         f"<script>{plotly.offline.get_plotlyjs()}</script></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<div class="verdict {verdict}"><b>{html.escape(verdict.upper())}</b> — '
-        f"{html.escape(doc['text'])}</div>",
-        *(f'<div class="warn">{html.escape(w)}</div>' for w in doc.get("warnings", [])),
-        "<h2>The numbers behind the verdict</h2>",
+        f'<div class="verdict {report.verdict}"><b>{html.escape(report.label)}</b>{html.escape(decided)}: '
+        f"{html.escape(report.reason)}<br>accuracy {html.escape(acc)}</div>",
+        *(f'<div class="warn">What is missing: {html.escape(m)}</div>' for m in report.missing),
+        *(f'<div class="warn">{html.escape(w)}</div>' for w in report.warnings),
+        "<h2>Verdict per class</h2>",
+        _table(
+            ["class", "verdict", "decided by", "why", "assessable"],
+            class_rows,
+            [c.verdict for c in report.classes],
+        ),
+        "<h2>The numbers</h2>",
         kv_table(numbers),
-        "<h3>Per metric</h3>",
-        kv_table(metric_rows),
+        "<h2>Evidence lines</h2>",
+        *line_parts,
         "<h2>Charts</h2>",
-        *_charts(doc),
-        "<h2>Most flagged images and their class reference</h2>",
+        *_charts(report),
+        "<h2>Example maps and their class reference</h2>",
         '<div class="gallery">',
-        *_gallery(doc),
+        *_gallery(report, displays),
         "</div>",
-        "<h2>Per image</h2>",
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
     ]
-    if doc.get("errors"):
-        parts += ["<h2>Unreadable images</h2>", kv_table({e["image"]: e["error"] for e in doc["errors"]})]
-    provenance = dict(doc.get("provenance", {}))
-    parts += ["<h2>Provenance</h2>", kv_table(provenance), "</body></html>"]
+    if not_ok:
+        parts += ["<h2>Images that could not be assessed</h2>", _table(["image", "why"], not_ok)]
+    parts += [
+        "<h2>Per image</h2>",
+        _table(["image", "label", "predicted", "probability", "assessable", "why"], image_rows),
+    ]
+    if report.errors:
+        parts += ["<h2>Unreadable images</h2>", kv_table(dict(report.errors))]
+    parts += ["<h2>Provenance</h2>", kv_table(dict(report.provenance)), "</body></html>"]
     return "\n".join(parts)

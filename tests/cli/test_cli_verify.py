@@ -12,63 +12,91 @@ from .helpers import Env, run_cli
 
 
 def test_reference_build_verify_and_report(env: Env, bundle: Path, tmp_path: Path) -> None:
-    from verification.io.images import load_image
+    import verification
+    from verification.cli import VERDICT_EXIT
     from verification.io.models import load_model
-    from verification.reference import load_bundle, verify
+    from verification.reference import load_bundle
 
-    # The bundle fixture ran 'reference build': its two files and nothing else (no staging folder left).
+    # The bundle fixture ran 'reference build': its two files and nothing else (no staging folder left),
+    # with a calibration (one trusted model: bootstrap over images; randomised model as known-bad).
     assert sorted(p.name for p in bundle.parent.iterdir()) == ["ref.json", "ref.npz"]
-    assert load_bundle(bundle).counts.tolist() == [3, 3, 3]
+    built = load_bundle(bundle)
+    assert built.counts.tolist() == [3, 3, 3]
+    assert built.calibration is not None
+    assert "bootstrap" in built.calibration.scheme
+    assert built.calibration.bad == ("randomised",)
+    assert built.thumbnails is not None
+    assert built.thumbnails.shape[0] == 9
 
-    # Each reference image against its own class reference: the CLI's batched run must agree with
-    # reference.verify on the same images, and its exit code with the verdict.
     result, table = tmp_path / "out" / "verify.json", tmp_path / "out" / "verify.csv"
     res = run_cli(
-        "verify", env.model, env.labelled, "--bundle", bundle, "--labelled", "--compare-to", "label",
-        "--json", result, "--csv", table, "--batch-size", "4", "--workers", "1",
+        "verify", env.model, env.labelled, "--bundle", bundle, "--labelled", "--json", result, "--csv", table,
+        "--batch-size", "4", "--workers", "1",
     )  # fmt: skip
     doc = json.loads(result.read_text())
-    assert res.returncode == (0 if doc["verdict"] == "suitable" else 3), res.stderr
-    assert doc["verdict"] in res.stdout
+    assert res.returncode == VERDICT_EXIT[doc["verdict"]], res.stderr
+    assert doc["schema"] == "verification.verdict.VerificationReport"
+    assert doc["verdict_label"] in res.stdout
+    # 3 images per class cannot make anything suitable (20 assessable images per class needed).
+    assert doc["verdict"] != "suitable"
+    assert [ln["key"] for ln in doc["lines"]] == ["E0", "E1", "E2", "E3", "E4", "E5", "E6"]
 
+    # Parity: the Python API on the same files gives the same numbers.
     model = load_model(env.model)
-    paths = [Path(r["image"]) for r in doc["rows"]]
-    labels = [p.parent.name for p in paths]
-    expected = verify(model, load_bundle(bundle), [load_image(p) for p in paths], labels, compare_to="label")
-    assert doc["verdict"] == expected.verdict
-    assert doc["summary"]["flagged"] == int(expected.flagged.sum())
-    for row, values, n_flags in zip(doc["rows"], expected.values, expected.n_flags):
-        got = np.array([np.nan if row[m] is None else row[m] for m in expected.metrics], dtype=float)
-        np.testing.assert_allclose(got, values, rtol=1e-4, atol=1e-5, equal_nan=True)
-        assert row["n_flags"] == n_flags
-        assert row["label"] == row["reference"]
+    paths = [im["name"] for im in doc["images"]]
+    labels = [Path(p).parent.name for p in paths]
+    api = verification.verify(model, load_bundle(bundle), paths, labels).to_document()
+    assert api["verdict"] == doc["verdict"]
+    assert api["deciding_line"] == doc["deciding_line"]
+    assert [c["verdict"] for c in api["classes"]] == [c["verdict"] for c in doc["classes"]]
+    for a_line, c_line in zip(api["lines"], doc["lines"]):
+        assert a_line["status"] == c_line["status"]
+        for a, c in zip(a_line["per_class"], c_line["per_class"]):
+            assert a["status"] == c["status"]
+            assert (a["value"] is None) == (c["value"] is None)
+            if a["value"] is not None:
+                np.testing.assert_allclose(a["value"], c["value"], rtol=1e-4, atol=1e-5)
+    for a_im, c_im in zip(api["images"], doc["images"]):
+        assert a_im["name"] == c_im["name"]
+        assert a_im["predicted"] == c_im["predicted"]
+        for key, value in a_im["values"].items():
+            if value is None:
+                assert c_im["values"][key] is None
+            else:
+                np.testing.assert_allclose(value, c_im["values"][key], rtol=1e-4, atol=1e-5)
+
     csv_lines = table.read_text().splitlines()
-    assert csv_lines[0].startswith("image,label,predicted,reference,iou")
+    assert csv_lines[0].startswith("image,status,label,predicted,probability")
     assert len(csv_lines) == 1 + len(paths)
 
     html_path = tmp_path / "report.html"
     rendered = run_cli("report", result, "-o", html_path)
     assert rendered.returncode == 0, rendered.stderr
     page = html_path.read_text()
-    assert doc["verdict"].upper() in page
-    assert page.count("data:image/png;base64,") >= 2  # most flagged images and their references
+    assert doc["verdict_label"] in page
+    assert "E3 reliance on evidence outside the anatomy" in page
+    assert page.count("data:image/png;base64,") >= 2  # example maps and their references
     assert "<script src=" not in page  # plotly is inlined: the file opens offline
     assert "Plotly.newPlot" in page
 
 
-def test_verify_exit_code_follows_the_verdict_and_bad_bundles_fail(
-    env: Env, bundle: Path, tmp_path: Path
-) -> None:
-    # Predicted-class references on other images, a corrupt file among them: an error row, still a verdict.
+def test_verify_exit_codes_unlabelled_and_bad_bundles(env: Env, bundle: Path, tmp_path: Path) -> None:
+    # No labels, no annotations: CANNOT VERIFY (exit 4), saying what is missing; a corrupt file is an error
+    # row.
     folder = tmp_path / "with_bad"
     shutil.copytree(env.images, folder)
     (folder / "bad.png").write_bytes(b"not an image")
-    res = run_cli("verify", env.model, folder, "--bundle", bundle, "--json", tmp_path / "v.json")
+    res = run_cli(
+        "verify", env.model, folder, "--bundle", bundle, "--json", tmp_path / "v.json", "--no-faithfulness"
+    )
     doc = json.loads((tmp_path / "v.json").read_text())
-    assert res.returncode == (0 if doc["verdict"] == "suitable" else 3)
+    assert res.returncode == 4, res.stderr
+    assert doc["verdict"] == "cannot_verify"
+    assert any("labels" in m for m in doc["missing"])
     assert [Path(e["image"]).name for e in doc["errors"]] == ["bad.png"]
-    assert doc["summary"]["images"] == len(doc["rows"]) == 7
+    assert len(doc["images"]) == 7
     assert "1 unreadable image(s) left out of the verdict" in res.stdout
+    assert "CANNOT VERIFY" in res.stdout
 
     missing = run_cli("verify", env.model, env.images, "--bundle", tmp_path / "nothing")
     assert missing.returncode == 1
@@ -80,6 +108,9 @@ def test_verify_exit_code_follows_the_verdict_and_bad_bundles_fail(
     broken.with_suffix(".npz").write_bytes(b"")
     res = run_cli("verify", env.model, env.images, "--bundle", broken, "--json", tmp_path / "b.json")
     assert res.returncode == 1
-    assert "broken.json" in res.stderr
+    assert "broken" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "b.json").exists()
+
+    helptext = run_cli("verify", "--help")
+    assert "4: CANNOT VERIFY" in helptext.stdout

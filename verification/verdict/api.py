@@ -83,6 +83,7 @@ def measure_spec(
         gate_model=gate,
         faithfulness=config.faithfulness and _calibrated(bundle, "E6."),
         e6_steps=config.e6_steps,
+        counterfactuals=config.counterfactuals,
     )
     return spec, found
 
@@ -405,13 +406,15 @@ def calibrate_bundle(
     config: VerdictConfig | None = None,
     randomised: bool = True,
     batch_size: int = 16,
+    max_thumbnails: int = 64,
 ) -> Any:
     """The bundle with the verdict's calibration attached (and the E0 gate's reference thumbnails).
 
     ``healthy``: trusted models of the same task (several: their spread; one: a bootstrap over images);
     ``bad``: known-bad references (shortcut models, ...); ``randomised`` adds the cascading-randomised copy of
     the first healthy model. ``images`` / ``labels`` (and ``annotations`` / ``anatomy`` masks): a labelled
-    calibration set, ideally not the set the verdict will be run on."""
+    calibration set, ideally not the set the verdict will be run on. At most ``max_thumbnails`` of its images
+    (taken in turn from each class, in order) are stored as the E0 gate's 128-px reference thumbnails."""
     from verification.io.images import to_tensor
     from verification.verdict.gate import thumbnails
 
@@ -424,14 +427,22 @@ def calibrate_bundle(
     h = {name: measure_all(mod, bundle, images, labels, **kw) for name, mod in healthy.items()}  # type: ignore[arg-type]
     b = {name: measure_all(mod, bundle, images, labels, **kw) for name, mod in bad_models.items()}  # type: ignore[arg-type]
     cal = calibrate(h, b, min_separation=config.min_separation)
-    if isinstance(images, Tensor):
-        x = images.float()
-    else:
-        x = torch.cat(
-            [
-                to_tensor([_load(images[i]) for i in range(s, min(s + 32, len(images)))], first)
-                for s in range(0, len(images), 32)
-            ]
-        )
-    thumbs = thumbnails(first, x)
-    return bundle.with_calibration(cal, thumbs, label_indices(labels, bundle.class_names, len(images)))
+    lab = label_indices(labels, bundle.class_names, len(images))
+    keep = _stratified(lab, max_thumbnails)
+    x = (
+        images[keep].float()
+        if isinstance(images, Tensor)
+        else to_tensor([_load(images[i]) for i in keep], first)
+    )
+    return bundle.with_calibration(cal, thumbnails(first, x), lab[keep])
+
+
+def _stratified(labels: np.ndarray, cap: int) -> list[int]:
+    """Up to ``cap`` indices, taken in turn from each label's images (in order)."""
+    groups = [list(np.nonzero(labels == k)[0]) for k in sorted(set(labels.tolist()))]
+    out: list[int] = []
+    while len(out) < cap and any(groups):
+        for g in groups:
+            if g and len(out) < cap:
+                out.append(int(g.pop(0)))
+    return sorted(out)

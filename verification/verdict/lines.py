@@ -12,10 +12,10 @@ the images predicted as it).
   annotation's area share; the class's leave-one-out mean map of this run); paired, Student-t interval of the
   mean difference; threshold 0 (the maps must localise better than the baseline).
 * E3, E4, E5, E6: class mean of the per-image quantity with a Student-t interval against the calibrated edge
-  (:mod:`verification.verdict.calibration`); E3 votes with its two counterfactuals (behaviour: any informative
-  failure fails, all informative passes pass); its attention energy outside the anatomy is reported beside
-  them but does not vote (where attention lies is supporting evidence, not proof of reliance); E5 uses, per
-  class, the metric that separated best in calibration.
+  (:mod:`verification.verdict.calibration`); E3 votes with its two counterfactuals (behaviour: either one
+  failing clearly fails, one passing with none failing passes); its attention energy outside the anatomy is
+  reported beside them but does not vote (where attention lies is supporting evidence, not proof of
+  reliance); E5 uses, per class, the metric that separated best in calibration.
 """
 
 from __future__ import annotations
@@ -282,16 +282,16 @@ def _quantity_class(
 
 
 def _merge(name: str, parts: Sequence[ClassLine]) -> ClassLine:
+    """E3's two counterfactuals are two detectors of one thing (reliance outside the anatomy): the class fails
+    when either fails clearly, passes when at least one passes and none fails, and is inconclusive when the
+    informative ones are all inconclusive."""
     statuses = [p.status for p in parts]
-    voting = [p for p in parts if p.status in ("pass", "fail", "inconclusive")]
     if any(s == "fail" for s in statuses):
         status: Status = "fail"
+    elif any(s == "pass" for s in statuses):
+        status = "pass"
     elif any(s == "inconclusive" for s in statuses):
         status = "inconclusive"
-    elif voting and all(p.status == "pass" for p in voting) and "not_assessable" not in statuses:
-        status = "pass"
-    elif voting:
-        status = "not_assessable"
     elif statuses and all(s == "uninformative" for s in statuses):
         status = "uninformative"
     else:

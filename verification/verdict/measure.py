@@ -395,6 +395,7 @@ class MeasureSpec:
     gate_model: LoadedModel | None = None
     faithfulness: bool = True
     e6_steps: int = 6
+    counterfactuals: bool = True
     seed: int = 0
 
 
@@ -433,7 +434,7 @@ def measure_batch(
     outside = energy_share(maps_full, 1.0 - roi)
     values["E3.outside_energy"] = np.where(roi_ok, outside, np.nan)
     p_pred = probs[np.arange(n), model_pred]
-    if roi_ok.any():
+    if roi_ok.any() and spec.counterfactuals:
         ok_idx = np.nonzero(roi_ok)[0]
         p_out = np.full_like(probs, np.nan)
         p_in = np.full_like(probs, np.nan)
@@ -451,7 +452,7 @@ def measure_batch(
     model_lab = np.array(
         [model.class_names.index(spec.class_names[k]) if k >= 0 else -1 for k in lab], dtype=np.int64
     )
-    use = has & (model_lab >= 0)
+    use = has & (model_lab >= 0) & spec.counterfactuals
     if use.any():
         idx = np.nonzero(use)[0]
         src = np.where(roi_ok[idx, None, None], roi[idx], 0.0)

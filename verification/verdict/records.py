@@ -71,7 +71,8 @@ class VerdictConfig:
     Youden index J = sensitivity + specificity − 1 must clear chance (0) by this much (its 95 % Wilson
     interval decides); ``confidence``: level of every interval; ``max_not_assessable``: share of images the E0
     gate may remove before the whole run cannot be verified; ``faithfulness``: run E6
-    (deletion/insertion, about 4 × steps extra forwards per image); ``e6_steps``: deletion/insertion steps.
+    (deletion/insertion, about 4 × steps extra forwards per image); ``e6_steps``: deletion/insertion steps;
+    ``counterfactuals``: run E3's and E4's counterfactual forwards (without them E3/E4 are not assessable).
     """
 
     min_images: int = 20
@@ -81,6 +82,7 @@ class VerdictConfig:
     max_not_assessable: float = 0.5
     faithfulness: bool = True
     e6_steps: int = 6
+    counterfactuals: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
