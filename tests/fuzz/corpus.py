@@ -768,6 +768,21 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "lenlie.dcm", body + b"A" * 100)
 
 
+def _meta_vr(vr: bytes) -> Builder:
+    def build(root: Path) -> dict[str, Any]:
+        data = dicom_bytes(_dataset(32, 32))
+        at = data.index(b"\x02\x00\x00\x00UL")
+        return _img(root, f"meta_{vr.decode()}.dcm", data[: at + 4] + vr + data[at + 6 :])
+
+    return build
+
+
+item("dicom_meta_vr_UN", "dicom", "load_image", note="group length VR UL → UN (found by hypothesis)")(
+    _meta_vr(b"UN")
+)
+item("dicom_meta_vr_SQ", "dicom", "load_image", note="group length VR UL → SQ")(_meta_vr(b"SQ"))
+
+
 @item("dicom_big_endian_bare", "dicom", "load_image", expect="either")
 def _(root: Path) -> dict[str, Any]:
     body = struct.pack(">HHI", 0x0008, 0x0060, 2) + b"CR"
@@ -1636,6 +1651,23 @@ _metric_item(
     lambda: _rand(1, 16, 16),
     options={"wasserstein": {"n_directions": 10**9}},
     isolate=True,
+)
+_metric_item(
+    "metrics_otsu_inf_ref",
+    lambda: __import__("numpy").zeros((1, 1), "float32"),
+    refs=lambda: __import__("numpy").array([[float("inf"), 0.0]], "float32"),
+    threshold="otsu",
+    expect="nan_or_error",
+    note="found by hypothesis",
+)
+_metric_item(
+    "metrics_constant_wasserstein_reason",
+    lambda: __import__("numpy").zeros((1, 1), "float32"),
+    refs=lambda: __import__("numpy").zeros((1, 1), "float32"),
+    threshold="otsu",
+    size=[11, 33],
+    expect="either",
+    note="every NaN needs its reason (found by hypothesis)",
 )
 _metric_item("metrics_bool_maps", lambda: _rand(1, 16, 16) > 0.5, expect="either")
 

@@ -706,6 +706,9 @@ def op_compute_metrics(args: dict[str, Any], spec: dict[str, Any]) -> dict[str, 
             break
         lo, hi = METRICS[name].range
         for i, v in enumerate(vals):
+            if math.isnan(v) and i not in values.reasons.get(name, {}):
+                wrong = f"{name}[{i}] is NaN without a reason"
+                break
             if i in bad_rows:
                 if not (math.isnan(v) and i in values.reasons.get(name, {})):
                     wrong = f"{name}[{i}] = {v} for a map with NaN/inf (should be NaN with a reason)"
