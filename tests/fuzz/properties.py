@@ -324,7 +324,7 @@ CHECKS: dict[str, tuple[Callable[[], None], int]] = {
     "image_from_png_header": (image_from_png_header, 150),
     "image_from_dicom_header": (image_from_dicom_header, 150),
     "upload_from_mutated_zip": (upload_from_mutated_zip, 150),
-    "metrics_from_arrays": (metrics_from_arrays, 200),
+    "metrics_from_arrays": (metrics_from_arrays, 120),
     "sidecar_mutated": (sidecar_mutated, 30),
     "sidecar_arbitrary": (sidecar_arbitrary, 60),
 }

@@ -13,7 +13,7 @@ mapped) and whose time is limited. A result counts as a pass when it is
 and no payload marker file exists and nothing changed outside the input's output folder. The other outcomes
 (``silently wrong``, ``untyped crash``, ``hang``, ``blow-up``: resident growth above the bound or an
 allocation failure) fail. ``pytest -s`` prints the table per category; it is also written to
-``test-artifacts/fuzz-summary.txt``.
+``test-artifacts/fuzz-summary.txt``, and every input's outcome, time and memory to ``fuzz-items.tsv``.
 
 Inputs that fail today and are being fixed are marked ``xfail(strict=True)`` in :data:`KNOWN_FAILING`: the
 mark goes when the fix lands (strict, so the test turns red until then).
@@ -143,4 +143,11 @@ def test_every_item_ran_and_no_payload_ran(
     table = runner.summary(per_item, every, timing)
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "fuzz-summary.txt").write_text(table)
+    rows = ["id\tcategory\toutcome\tseconds\tpeak_rss_mb\tgrowth_mb\tdetail"]
+    rows += [
+        f"{v.id}\t{v.category}\t{v.outcome}\t{v.seconds:.2f}\t{v.peak_mb:.0f}\t{v.growth_mb:.0f}\t"
+        + v.detail.replace("\t", " ").replace("\n", " ")[:300]
+        for v in every
+    ]
+    (ARTIFACTS / "fuzz-items.tsv").write_text("\n".join(rows) + "\n")
     print("\n" + table)
