@@ -36,7 +36,7 @@ def chest_like(n: int, seed: int) -> torch.Tensor:
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
     out = []
     for _ in range(n):
-        img = 0.75 + 0.05 * rng.standard_normal((SIZE, SIZE))
+        img = 0.75 + 0.02 * rng.standard_normal((SIZE, SIZE))
         for cx in (0.3, 0.7):
             c = cx + 0.03 * rng.standard_normal()
             img -= 0.4 * (((xx - c) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1)
@@ -50,10 +50,10 @@ def normalised(model: LoadedModel, unit: torch.Tensor) -> torch.Tensor:
 
 def test_gate_passes_in_distribution_and_stops_shifted_images() -> None:
     model = toy()
-    ref = normalised(model, chest_like(24, 0))
+    ref = normalised(model, chest_like(48, 0))
     thumbs = thumbnails(model, ref)
     assert thumbs.dtype == np.uint8
-    assert thumbs.shape == (24, 128, 128)
+    assert thumbs.shape == (48, 128, 128)
     back = from_thumbnails(model, thumbs)
     assert back.shape == ref.shape
     # the stored thumbnails give the images back (mean grey-level error below 3 %, resampling of pixel noise)
@@ -62,9 +62,14 @@ def test_gate_passes_in_distribution_and_stops_shifted_images() -> None:
     x = normalised(model, chest_like(12, 1))
     probs = torch.softmax(model.module(x), 1).detach().numpy()
     ok, reasons, numbers = apply_gate(gate, model, x, probs, None)
-    assert ok.all(), reasons
+    assert ok.sum() >= 11, reasons  # in-distribution: at most one of twelve in the far tail
     inverted = normalised(model, 1.0 - chest_like(6, 2))
     noise = normalised(model, torch.rand(6, 1, SIZE, SIZE))
+    rotated = normalised(model, torch.rot90(chest_like(6, 4), 1, dims=(2, 3)))
+    p = torch.softmax(model.module(rotated), 1).detach().numpy()
+    ok, reasons, numbers = apply_gate(gate, model, rotated, p, None)
+    assert not ok.any()
+    assert np.all(numbers["E0.layout_shift"] > gate.layout_max)  # same statistics, other layout
     for bad in (inverted, noise):
         p = torch.softmax(model.module(bad), 1).detach().numpy()
         ok, reasons, numbers = apply_gate(gate, model, bad, p, None)

@@ -7,13 +7,14 @@ An image is *not assessable* when
   stored reference images (:mod:`verification.features`: the mean |z| of per-channel statistics, and the SSIM
   of channel-mean maps); or
 * the **image statistics** (model-free: grey-level percentiles, spread, edge energy) shift away from the
-  reference images'.
+  reference images', or the **layout** does: 1 − Pearson correlation of the 16 × 16 grey image with the
+  reference images' mean (catches rotated, flipped or cropped films whose statistics look normal).
 
 Reference images are stored in the bundle as small uint8 thumbnails (``THUMB`` px); the images under test take
 the same round trip (down to the thumbnail size and back) before their features are compared, so resizing
 cannot itself look like a shift. Each score's edge is the far-out fence of the reference images' own
-leave-one-out scores, Q3 + 3 × IQR (Tukey): a stated rule that flags strong shifts, not the tail of the
-in-distribution spread.
+leave-one-out scores, Q3 + 3 × IQR (Tukey), and at least 1.25 × their largest score (+ 0.05 for the layout): a
+stated rule that flags strong shifts, not the tail of the in-distribution spread.
 """
 
 from __future__ import annotations
@@ -68,9 +69,29 @@ def image_statistics(thumbs: np.ndarray) -> np.ndarray:
     return np.column_stack([pct, u.mean(1), u.std(1), grad, (u < 0.02).mean(1), (u > 0.98).mean(1)])
 
 
-def _fence(scores: np.ndarray) -> float:
+LAYOUT = 16
+
+
+def layout(thumbs: np.ndarray) -> np.ndarray:
+    """(N, s, s) uint8 → (N, LAYOUT²) area-averaged grey images, each centred and scaled to unit norm."""
+    t = torch.from_numpy(thumbs.astype(np.float32) / 255.0)[:, None]
+    small = F.adaptive_avg_pool2d(t, LAYOUT).reshape(len(thumbs), -1).numpy().astype(np.float64)
+    small -= small.mean(1, keepdims=True)
+    return small / np.maximum(np.linalg.norm(small, axis=1, keepdims=True), 1e-9)
+
+
+def layout_scores(thumbs: np.ndarray, mean_layout: np.ndarray) -> np.ndarray:
+    """1 − Pearson correlation of each image's layout with the reference mean layout."""
+    ref = mean_layout - mean_layout.mean()
+    ref = ref / max(float(np.linalg.norm(ref)), 1e-9)
+    return 1.0 - layout(thumbs) @ ref
+
+
+def _fence(scores: np.ndarray, floor: float = 0.0) -> float:
+    """Q3 + 3 IQR, and at least 1.25 × the largest reference score (+ ``floor``): a tight reference set must
+    not make its own tail look shifted."""
     q1, q3 = np.percentile(scores, [25, 75])
-    return float(q3 + FENCE * (q3 - q1))
+    return float(max(q3 + FENCE * (q3 - q1), 1.25 * float(np.max(scores)) + floor))
 
 
 @dataclass(frozen=True)
@@ -85,6 +106,8 @@ class InputGate:
     stat_std: np.ndarray
     stats_max: float
     n_reference: int
+    mean_layout: np.ndarray | None = None
+    layout_max: float = float("inf")
 
 
 def _stat_scores(s: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -106,6 +129,10 @@ def build_gate(model: LoadedModel, thumbs: np.ndarray) -> InputGate:
     floor = max(1e-3, 0.05 * float(np.median(s.std(0))))
     loo = np.clip(np.abs((s - loo_mean) / np.maximum(loo_std, floor)), 0, 20).mean(1)
     q1, q3 = np.percentile(ref.calib_ssim, [25, 75])
+    lay = layout(thumbs)
+    loo_layout = np.array(
+        [layout_scores(thumbs[i : i + 1], (lay.sum(0) - lay[i]) / (n - 1))[0] for i in range(n)]
+    )
     return InputGate(
         feature=ref,
         feature_max=_fence(ref.calib_scores),
@@ -114,6 +141,8 @@ def build_gate(model: LoadedModel, thumbs: np.ndarray) -> InputGate:
         stat_std=s.std(0),
         stats_max=_fence(loo),
         n_reference=n,
+        mean_layout=lay.mean(0),
+        layout_max=_fence(loo_layout, floor=0.05),
     )
 
 
@@ -144,8 +173,13 @@ def apply_gate(
         rep = check_features(model, gate.feature, xr)  # type: ignore[arg-type]
         numbers["E0.feature_shift"] = rep.score
         numbers["E0.feature_ssim"] = rep.structure_ssim
-        stats = _stat_scores(image_statistics(thumbnails(model, x)), gate.stat_mean, gate.stat_std)
+        thumbs = thumbnails(model, x)
+        stats = _stat_scores(image_statistics(thumbs), gate.stat_mean, gate.stat_std)
         numbers["E0.image_shift"] = stats
+        lay = (
+            layout_scores(thumbs, gate.mean_layout) if gate.mean_layout is not None else np.zeros(len(thumbs))
+        )
+        numbers["E0.layout_shift"] = lay
         for i in range(n):
             if rep.score[i] > gate.feature_max:
                 reasons[i].append(
@@ -158,5 +192,7 @@ def apply_gate(
                 )
             if stats[i] > gate.stats_max:
                 reasons[i].append(f"image statistics shifted (score {stats[i]:.2f} > {gate.stats_max:.2f})")
+            if lay[i] > gate.layout_max:
+                reasons[i].append(f"image layout differs (1 − r = {lay[i]:.2f} > {gate.layout_max:.2f})")
     out = [("; ".join(r) if r else None) for r in reasons]
     return np.array([r is None for r in out], dtype=bool), out, numbers
