@@ -940,7 +940,10 @@ def _(root: Path) -> dict[str, Any]:
 def _(root: Path) -> dict[str, Any]:
     png = small_png()
     names = ["../../evil.png", "/tmp/abs_evil.png", "..\\..\\win_evil.png", "normal/../../../up.png"]
-    return _upload(root, [("traversal.zip", _zip([(n, png) for n in names]))])
+    spec = _upload(root, [("traversal.zip", _zip([(n, png) for n in names]))])
+    outside = [root.parent / "evil.png", root.parent.parent / "evil.png", Path("/tmp/abs_evil.png")]
+    outside += [root.parent.parent / "up.png", root.parent / "win_evil.png"]
+    return {**spec, "must_not_exist": [str(p) for p in outside if not p.exists()]}
 
 
 @item("zip_nested", "zip", "upload", expect="either", note="a zip in a zip in a zip")

@@ -48,8 +48,6 @@ KNOWN_FAILING: dict[str, str] = {
     "bundle_npz_truncated": f"BadZipFile — {_BUNDLES}",
     "cli_verify_bundle_nested": f"internal error RecursionError — {_BUNDLES}",
     "cli_verify_bundle_shape_lie": f"MemoryError — {_BUNDLES}",
-    "dicom_meta_vr_UN": "IO: untyped BytesLengthException in dicom.dicom_geometry (NOTES 02:38)",
-    "dicom_meta_vr_SQ": "IO: untyped BytesLengthException in dicom.dicom_geometry (NOTES 02:38)",
     "metrics_otsu_inf_ref": "COMPUTE: RuntimeError bincount in otsu_thresholds (NOTES 02:31)",
     "metrics_constant_wasserstein_reason": "COMPUTE: wasserstein NaN without a reason (NOTES 02:31)",
 }
