@@ -203,6 +203,12 @@ def test_pt2_code_paths_are_refused_without_trust(exported: bytes, attack: str) 
         load_model_bytes(_rewrite(exported, edit, extra), "evil.pt2")
 
 
+def test_malformed_module_structure_is_typed(exported: bytes) -> None:
+    bad_fqn = _graph(lambda d: d["graph_module"]["module_call_graph"][0].update(fqn=1))
+    with pytest.raises(ModelLoadError, match="module structure cannot be restored"):
+        load_model_bytes(_rewrite(exported, bad_fqn), "fqn.pt2")
+
+
 def test_clean_export_loads_untrusted(exported: bytes) -> None:
     loaded = load_model_bytes(exported, "net.pt2")
     assert loaded.source_format == "export"

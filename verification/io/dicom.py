@@ -154,8 +154,11 @@ def _read_dataset(data: bytes, name: str, *, stop_before_pixels: bool) -> Datase
         )
     except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError, IndexError) as exc:
         raise ImageLoadError(f"'{name}' is not a readable DICOM file (corrupt or truncated): {exc}") from exc
-    except (struct.error, AttributeError, OverflowError, RecursionError, NotImplementedError) as exc:
-        raise ImageLoadError(f"'{name}' is not a readable DICOM file (malformed header): {exc}") from exc
+    except Exception as exc:  # pydicom raises its own types (BytesLengthException, ...) on malformed elements
+        raise ImageLoadError(
+            f"'{name}' is not a readable DICOM file (malformed header: {type(exc).__name__}: "
+            f"{str(exc)[:160]})"
+        ) from exc
 
 
 def geometry_of(ds: Dataset, name: str) -> tuple[int, int, int, int, int]:
@@ -175,7 +178,14 @@ def geometry_of(ds: Dataset, name: str) -> tuple[int, int, int, int, int]:
 
 def dicom_geometry(data: bytes, name: str) -> tuple[int, int, int, int, int]:
     """:func:`geometry_of` read from the header only (pixel data is not parsed)."""
-    return geometry_of(_read_dataset(data, name, stop_before_pixels=True), name)
+    try:
+        return geometry_of(_read_dataset(data, name, stop_before_pixels=True), name)
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # pydicom converts values lazily: a malformed element raises on first access
+        raise ImageLoadError(
+            f"'{name}' has a malformed DICOM header ({type(exc).__name__}: {str(exc)[:160]}); export it again"
+        ) from exc
 
 
 def _window_checked(ds: Dataset, name: str) -> None:

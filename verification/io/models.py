@@ -483,7 +483,13 @@ def _load_export(
             shape[0],
         )
     # unflatten restores the original module hierarchy, so forward hooks on named submodules fire.
-    module = torch.export.unflatten(program)
+    try:
+        module = torch.export.unflatten(program)
+    except Exception as exc:  # a malformed module call graph: torch asserts
+        raise ModelLoadError(
+            f"'{filename}' holds a torch.export program whose module structure cannot be restored: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
     return module, in_ch, size
 
 
