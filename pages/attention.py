@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import figures, loaders
+from ui import evidence, figures, loaders
 from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import colorbar, guard, image_panel, notices
@@ -18,6 +18,7 @@ model = handle.model
 item = ws.images.items[min(K.IMAGE_INDEX.get(), len(ws.images.items) - 1)]
 image = item.image
 segmentation = model.task == "segmentation"
+multilabel = model.task == "multilabel"  # independent labels: sigmoid probabilities, no single prediction
 
 for key in (K.METHOD, K.LAYER, K.TARGET, K.OPACITY, K.COLORMAP, K.SEG_CLASS, K.SEG_THRESHOLD, K.SHOW_LESION):
     key.init()
@@ -58,7 +59,10 @@ else:
         format_func=lambda c: "predicted class" if c == "predicted" else c,
         key=K.TARGET.name,
     )
-    target = loaders.TargetKey("logit", None if chosen == "predicted" else model.class_names.index(chosen))
+    target = loaders.TargetKey(
+        "multilabel" if multilabel else "logit",
+        None if chosen == "predicted" else model.class_names.index(chosen),
+    )
 opacity = c4.slider("Opacity", 0.0, 1.0, step=0.05, key=K.OPACITY.name)
 colormap = c5.selectbox("Colormap", list(render.COLORMAPS), key=K.COLORMAP.name)
 
@@ -71,7 +75,18 @@ with guard(f"Computing {loaders.METHOD_LABELS[method]}"), st.spinner("Computing 
 if result is None:
     st.stop()
 
-prediction = None if segmentation else loaders.prediction(model, handle.lock, image)
+# Where this image stands in the verdict (the E0 gate first: an image outside the model's domain is not
+# assessable, and nothing drawn below is evidence about the model).
+image_evidence = None
+if not segmentation and ws.bundle is not None:
+    with guard("Checking this image against the evidence lines"):
+        single = loaders.verify_items(
+            model, handle.lock, ws.bundle, [item], faithfulness=K.VERIFY_FAITHFULNESS.get()
+        )
+        image_evidence = single.images[0] if single.images else None
+assessable = image_evidence is None or image_evidence.assessable
+
+prediction = None if segmentation or multilabel else loaders.prediction(model, handle.lock, image)
 if prediction is not None and prediction.rejected:
     st.error(
         f"**Input rejected as out-of-distribution** — the model's garbage class “{model.garbage_class}” wins "
@@ -79,13 +94,19 @@ if prediction is not None and prediction.rejected:
         "trained on, so no diagnosis is given; the heatmap only shows what drove the rejection.",
         icon=":material/block:",
     )
+elif image_evidence is not None and not image_evidence.assessable:
+    evidence.image_verdict(image_evidence)
 
+truth = f" · true label: **{item.label}**" if item.label else ""
+explained = "the predicted class" if target.cls is None else f"class “{model.class_names[target.cls]}”"
 if prediction is not None and not prediction.rejected:
-    truth = f" · true label: **{item.label}**" if item.label else ""
-    explained = "the predicted class" if target.cls is None else f"class “{model.class_names[target.cls]}”"
+    said = f"**{prediction.class_name}** ({prediction.confidence:.1%})"
+    if not assessable:
+        said += " — not a diagnosis: the image is not assessable"
+    st.markdown(f"Prediction: {said}{truth} · the heatmap explains {explained}")
+elif multilabel:
     st.markdown(
-        f"Prediction: **{prediction.class_name}** ({prediction.confidence:.1%}){truth} · "
-        f"the heatmap explains {explained}"
+        f"Labels are independent (sigmoid probabilities below){truth} · the heatmap explains {explained}"
     )
 
 cols = st.columns(3)
@@ -149,30 +170,36 @@ with cols[2]:
 left, right = st.columns([1, 1])
 with left:
     st.subheader("Prediction")
-    if prediction is None:
+    if segmentation:
         st.caption("Mean class probability over the image's pixels.")
+    elif multilabel:
+        st.caption("Sigmoid probability of each label on its own (they need not add up to 100 %).")
     elif prediction.rejected:
         st.markdown(f"**Rejected input** ({prediction.message})")
     # Plain HTML bars: a plotly chart here would hold back the first paint of the whole page while the
     # browser fetches the charting library.
     st.html(figures.probability_html(model.class_names, result.probs[0], rejected=model.garbage_class))
 with right:
-    if not segmentation and ws.bundle is not None:
-        st.subheader("Similarity to the reference")
-        with guard("Comparing with the reference"):
-            table = loaders.single_image_metrics(
-                ws.bundle, model.class_names[result.targets[0]], result.maps[0]
+    if not segmentation:
+        st.subheader("This image in the verdict")
+        if ws.bundle is None:
+            st.info(
+                "Choose a reference bundle in the sidebar to check this image against the evidence lines."
             )
-            if table is not None:
-                st.table(table)
-                calib = ws.bundle.bundle
-                note = "Bands are the bundle's calibration (see the Similarity page)"
-                if calib.method not in (None, method) or calib.layer not in (None, layer):
-                    note += (
-                        f"; they were calibrated on {calib.method} maps at {calib.layer}, so flags for "
-                        f"{loaders.METHOD_LABELS[method]} at {layer} are only indicative"
-                    )
-                st.caption(note + ".")
+        elif image_evidence is not None and not image_evidence.assessable:
+            st.markdown("**Not assessable** (see above): no evidence line uses this image.")
+        elif image_evidence is not None:
+            evidence.image_verdict(image_evidence)
+            st.caption(
+                "The model's verdict needs many images: see **Similarity** or **Dataset check**. Numbers "
+                f"here are for this image under {ws.bundle.label}'s calibration"
+                + (
+                    f" ({ws.bundle.bundle.method} at {ws.bundle.bundle.layer}; the map above is "
+                    f"{loaders.METHOD_LABELS[method]} at {layer})."
+                    if (ws.bundle.bundle.method, ws.bundle.bundle.layer) != (method, layer)
+                    else "."
+                )
+            )
 
 # ------------------------------------------------------------------------------------------- all methods
 st.subheader("All methods for this image")

@@ -1,14 +1,15 @@
-"""Compare models: A and B on the same images side by side, metric deltas, which is better aligned."""
+"""Compare models: A and B on the same images side by side, each with its verdict; ranked by the evidence."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import figures, loaders
+from ui import evidence, figures, loaders
 from ui.sidebar import workspace
 from ui.state import K
-from ui.widgets import colorbar, guard, image_panel, report_verdict
+from ui.widgets import colorbar, guard, image_panel
 from verification import render
+from verification.compare import compare_reports
 
 st.title("Compare models", anchor=False)
 ws = workspace()
@@ -62,42 +63,38 @@ if ws.bundle is None:
     st.stop()
 
 st.subheader(f"Both models against {ws.bundle.label} on {ws.images.label}")
+faithful = evidence.faithfulness_switch()
 reports = {}
 for handle, tag in ((a, "A"), (b, "B")):
     with guard(f"Model {tag}: verifying"), st.spinner(f"Verifying model {tag}…"):
-        reports[tag] = loaders.verify_set(handle.model, handle.lock, ws.bundle, ws.images)
+        reports[tag] = loaders.verify_set(
+            handle.model, handle.lock, ws.bundle, ws.images, faithfulness=faithful
+        )
 if len(reports) < 2:
     st.stop()
 
-left, right = st.columns(2)
-for col, tag, handle in ((left, "A", a), (right, "B", b)):
-    with col:
-        report_verdict(reports[tag], f"{tag} ({handle.spec.label}): {reports[tag].verdict}")
-comparison = loaders.compare_reports(reports["A"], reports["B"])
+for tag, handle in (("A", a), ("B", b)):
+    evidence.verdict_banner(reports[tag], f"{tag} ({handle.spec.label})")
+comparison = compare_reports(reports["A"], reports["B"])
 if comparison.better is None:
-    st.info(f"**Neither model is better aligned** — {comparison.reason}.")
+    st.info(f"**No model is ranked above the other** — {comparison.reason}.", icon=":material/balance:")
 else:
     winner = a if comparison.better == "A" else b
     st.success(
-        f"**Model {comparison.better} ({winner.spec.label}) is better aligned with the reference** — "
+        f"**Model {comparison.better} ({winner.spec.label}) is better supported by the evidence** — "
         f"{comparison.reason}.",
         icon=":material/emoji_events:",
     )
-st.dataframe(
-    comparison.table,
-    hide_index=True,
-    width="stretch",
-    column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("median A", "median B", "B − A")}
-    | {
-        c: st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent")
-        for c in ("flag rate A", "flag rate B")
-    },
-)
-st.plotly_chart(
-    figures.bars(
-        list(comparison.table["metric"]),
-        {"A": list(comparison.table["flag rate A"]), "B": list(comparison.table["flag rate B"])},
-        title="Share of images outside the band, per metric",
-        y_title="flag rate",
-    )
-)
+cols = st.columns(4)
+for col, tag in zip(cols[:2], ("A", "B")):
+    acc = reports[tag].accuracy
+    col.metric(f"Accuracy {tag}", "n/a" if acc is None else f"{acc:.1%}")
+for col, tag in zip(cols[2:], ("A", "B")):
+    rep = reports[tag]
+    col.metric(f"Not assessable {tag}", f"{rep.n_not_assessable} of {rep.n_images}")
+
+st.markdown("**Line by line** — each evidence line for each class in both models")
+st.dataframe(evidence.comparison_table(comparison), hide_index=True, width="stretch")
+for tag, handle in (("A", a), ("B", b)):
+    with st.expander(f"Evidence of model {tag} ({handle.spec.label})"):
+        evidence.evidence(reports[tag], per_image=False)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import figures, loaders, server_paths
+from ui import evidence, figures, loaders, server_paths
 from ui.sidebar import workspace
 from ui.state import K
-from ui.widgets import guard, report_downloads, report_verdict
+from ui.widgets import guard
 from verification.errors import ImageLoadError
 
 st.title("Dataset check", anchor=False)
@@ -49,32 +49,41 @@ elif source == "folder":
     )
     st.caption(f"Folders inside {server_paths.describe_roots()} on the server running this app.")
 
+faithful = evidence.faithfulness_switch()
 if st.button("Run the check", type="primary", icon=":material/play_arrow:"):
     with guard("Dataset check"):
-        if source == "upload":
-            if not files:
-                raise ImageLoadError("Upload a zip or some images first.")
-            sources, skipped = loaders.sources_from_upload([(f.name, f.getvalue()) for f in files])
-            label = ", ".join(f.name for f in files)
-            if skipped:
-                st.caption(f"Skipped {len(skipped)} non-image file(s).")
-        elif source == "folder":
-            sources, label = loaders.sources_from_folder(folder), folder
-        else:
+        bar = st.progress(0.0, text="Verifying…")
+
+        def moved(done: int, total: int) -> None:
+            bar.progress(done / max(total, 1), text=f"{done} of {total} images verified")
+
+        model = ws.model_a
+        if source == "current":
             if ws.images is None:
                 raise ImageLoadError("No images are loaded in the sidebar.")
-            sources, label = loaders.sources_from_items(ws.images), ws.images.label
-        bar = st.progress(0.0, text=f"Verifying {len(sources)} images…")
-        result = loaders.verify_sources(
-            ws.model_a.model,
-            ws.model_a.lock,
-            ws.bundle.bundle,
-            sources,
-            label=label,
-            progress=lambda done, total: bar.progress(
-                done / total, text=f"{done} of {total} images verified"
-            ),
-        )
+            report = loaders.verify_set(
+                model.model, model.lock, ws.bundle, ws.images, faithfulness=faithful, progress=moved
+            )
+            result = loaders.DatasetResult(label=ws.images.label, report=report)
+        else:
+            if source == "upload":
+                if not files:
+                    raise ImageLoadError("Upload a zip or some images first.")
+                sources, skipped = loaders.sources_from_upload([(f.name, f.getvalue()) for f in files])
+                label = ", ".join(f.name for f in files)
+                if skipped:
+                    st.caption(f"Skipped {len(skipped)} non-image file(s).")
+            else:
+                sources, label = loaders.sources_from_folder(folder), folder
+            result = loaders.verify_sources(
+                model.model,
+                model.lock,
+                ws.bundle,
+                sources,
+                label=label,
+                faithfulness=faithful,
+                progress=moved,
+            )
         bar.empty()
         K.DATASET_RESULT.set(result)
 
@@ -84,26 +93,20 @@ if result is None:
     st.stop()
 
 report = result.report
-report_verdict(report, f"Model {report.verdict} on {result.label}")
-for message in result.errors:
-    st.error(message, icon=":material/broken_image:")
-for warning in report.warnings:
-    st.warning(warning, icon=":material/warning:")
+evidence.verdict_banner(report, f"Model on {result.label}")
+evidence.verdict_metrics(report)
+if report.errors:
+    st.metric("Unreadable files", len(report.errors))
 
-summary = report.summary()
-cols = st.columns(4)
-cols[0].metric("Images verified", summary["images"])
-cols[1].metric("Flagged", f"{summary['flagged']} ({summary['flagged_share']:.0%})")
-cols[2].metric("Unreadable files", len(result.errors))
-if summary["accuracy"] is not None:
-    cols[3].metric("Accuracy", f"{summary['accuracy']:.1%}")
-
-st.subheader("Distributions")
-charts = figures.distribution_charts(report, ws.bundle.bundle)
+st.subheader("Evidence, class by class")
 grid = st.columns(2)
-for i, fig in enumerate(charts):
+for i, fig in enumerate(figures.evidence_charts(report)):
     grid[i % 2].plotly_chart(fig)
 
-st.subheader("Per image")
-st.dataframe(loaders.report_table(report), hide_index=True, width="stretch")
-report_downloads(report, stem="dataset_check")
+st.subheader("Per-image numbers")
+grid = st.columns(2)
+for i, fig in enumerate(figures.per_image_charts(report)):
+    grid[i % 2].plotly_chart(fig)
+
+evidence.evidence(report)
+evidence.downloads(report, stem="dataset_check")

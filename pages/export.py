@@ -1,56 +1,44 @@
-"""Report & export: the self-contained HTML report, the numbers as CSV/JSON, and the demo sample files."""
+"""Report & export: the self-contained HTML report, the result document (JSON) and the per-image table (CSV),
+and the demo sample files."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import export, loaders
+from ui import evidence, export, loaders
 from ui.sidebar import workspace
-from ui.state import K
-from ui.widgets import guard, report_downloads, report_verdict
+from ui.widgets import guard
 
 st.title("Report & export", anchor=False)
 ws = workspace(bundle=True)
 
 st.caption(
-    "One HTML file with the verdict and the numbers behind it, every metric chart, the images with their "
-    "heatmaps and class references, and the provenance (model and bundle hashes, versions). Pictures are "
-    "embedded and the charting library is inlined, so it opens offline and can be archived or attached."
-)
-K.EXPORT_GALLERY.init()
-K.COLORMAP.init()
-K.OPACITY.init()
-n_images = len(ws.images.items)
-if K.EXPORT_GALLERY.get() > min(60, n_images):
-    K.EXPORT_GALLERY.set(min(60, n_images))
-n_gallery = (
-    st.slider(
-        "Images shown with their heatmaps in the report", 1, min(60, n_images), key=K.EXPORT_GALLERY.name
-    )
-    if n_images > 1
-    else 1
+    "One HTML file with the verdict, the evidence lines with their numbers, thresholds and calibration, the "
+    "per-class and per-image results, example heatmaps with their class references, and the provenance "
+    "(model and bundle hashes, versions). Pictures are embedded and the charting library is inlined, so it "
+    "opens offline and can be archived or attached. The JSON is the same result document the command line "
+    "writes: `python -m verification report result.json` turns it into this report."
 )
 
+faithful = evidence.faithfulness_switch()
 report = None
 with guard("Verifying the images"), st.spinner("Verifying…"):
-    report = loaders.verify_set(ws.model_a.model, ws.model_a.lock, ws.bundle, ws.images)
+    report = loaders.verify_set(
+        ws.model_a.model, ws.model_a.lock, ws.bundle, ws.images, faithfulness=faithful
+    )
 if report is None:
     st.stop()
-report_verdict(report, f"Model {report.verdict}")
+evidence.verdict_banner(report, f"Model on {ws.images.label}")
+evidence.verdict_metrics(report)
 
 with guard("Writing the HTML report"):
     html = export.report_html(
         ws.model_a.model.content_hash,
         ws.bundle.key,
         ws.images.hashes,
-        int(min(n_gallery, n_images)),
-        K.COLORMAP.get(),
-        float(K.OPACITY.get()),
-        ws.model_a.model,
-        ws.model_a.lock,
-        ws.bundle,
+        f"Attention verification — {ws.model_a.spec.label}",
+        report,
         ws.images,
-        ws.model_a.spec.label,
     )
     st.download_button(
         "Download the HTML report",
@@ -64,7 +52,7 @@ with guard("Writing the HTML report"):
     st.caption(f"{len(html) / 1e6:.1f} MB, self-contained.")
 
 st.subheader("Numbers")
-report_downloads(report, stem="verification")
+evidence.downloads(report, stem="verification")
 
 samples = loaders.demo_samples()
 if samples:

@@ -1,12 +1,13 @@
-"""Similarity: every metric for the chosen images against their class references, bands, flags, verdict."""
+"""Similarity: the verdict on the chosen images with every evidence line; the seven-metric agreement with the
+reference maps (E5) is one supporting line among them."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import figures, loaders
+from ui import evidence, figures, loaders
 from ui.sidebar import workspace
-from ui.widgets import guard, report_downloads, report_verdict
+from ui.widgets import guard
 
 st.title("Similarity to the reference", anchor=False)
 ws = workspace(bundle=True)
@@ -14,35 +15,27 @@ ws = workspace(bundle=True)
 model = ws.model_a
 bundle = ws.bundle.bundle
 st.caption(
-    f"Each image's {bundle.method or 'CAM'} map (layer {bundle.layer}) from **{model.spec.label}** is "
-    f"compared with the reference map of its predicted class in **{ws.bundle.label}**. The shaded bar is the "
-    "in-distribution band calibrated on the reference set (leave-one-out); a point outside it is flagged."
+    f"**{model.spec.label}** on **{ws.images.label}** against **{ws.bundle.label}**. The verdict rests on "
+    "independent lines of evidence (input validity, task performance, localisation, reliance on evidence "
+    "outside the anatomy, the finding counterfactual, agreement with the reference maps, faithfulness); each "
+    "says whether it passed, failed, could not be assessed or was not informative, with its numbers and the "
+    "threshold it was judged against."
 )
 
+faithful = evidence.faithfulness_switch()
 report = None
 with guard("Verifying the images"), st.spinner(f"Verifying {len(ws.images.items)} images…"):
-    report = loaders.verify_set(model.model, model.lock, ws.bundle, ws.images)
+    report = loaders.verify_set(model.model, model.lock, ws.bundle, ws.images, faithfulness=faithful)
 if report is None:
     st.stop()
 
-summary = report.summary()
-report_verdict(report, f"Model {report.verdict} on {ws.images.label}")
-for warning in report.warnings:
-    st.warning(warning, icon=":material/warning:")
+evidence.verdict_banner(report, f"Model on {ws.images.label}")
+evidence.verdict_metrics(report)
 
-cols = st.columns(4)
-cols[0].metric("Images", summary["images"])
-cols[1].metric("Flagged", f"{summary['flagged']} ({summary['flagged_share']:.0%})")
-cols[2].metric("Mean metrics flagged / image", f"{summary['mean_flags_per_image']:.2f}")
-if summary["accuracy"] is not None:
-    cols[3].metric("Accuracy (labelled images)", f"{summary['accuracy']:.1%}")
-
-charts = figures.similarity_charts(report, bundle)
+charts = figures.evidence_charts(report)
 grid = st.columns(2)
-for i, fig in enumerate([*charts, figures.flag_count_chart(report)]):
+for i, fig in enumerate(charts):
     grid[i % 2].plotly_chart(fig)
 
-st.subheader("Per image")
-table = loaders.report_table(report)
-st.dataframe(table, hide_index=True, width="stretch")
-report_downloads(report, stem="similarity")
+evidence.evidence(report)
+evidence.downloads(report, stem="similarity")

@@ -9,12 +9,15 @@ lay them out.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
 
 import pandas as pd
 import streamlit as st
 
+from ui.state import K
+from verification.compare import Comparison
+from verification.metrics import METRICS
 from verification.verdict import (
     LINE_NAMES,
     STATUS_LABELS,
@@ -23,6 +26,7 @@ from verification.verdict import (
     LineResult,
     VerificationReport,
 )
+from verification.verdict.measure import QUANTITIES
 
 STATUS_MARK = {
     "pass": "✅",
@@ -63,16 +67,35 @@ def line_numbers(c: ClassLine) -> str:
     return f"{text} ({extra})"
 
 
+def quantity_words(key: str) -> str:
+    """A per-image number's key (``E3.outside_energy``) in words, from the backend's registries."""
+    if key in QUANTITIES:
+        return QUANTITIES[key].description
+    line, _, name = key.partition(".")
+    if line == "E5" and name in METRICS:
+        return f"{METRICS[name].label} of the map with its class reference"
+    return key
+
+
 def threshold_words(c: ClassLine) -> str:
     if c.threshold is None:
         return "—"
     return f"{'≥' if c.higher_is_better else '≤'} {_num(c.threshold)} to pass"
 
 
+def accuracy_words(report: VerificationReport) -> str:
+    if report.accuracy is None:
+        return "accuracy n/a (no labels)"
+    text = f"accuracy {report.accuracy:.1%}"
+    if report.accuracy_interval is not None:
+        lo, hi = report.accuracy_interval
+        text += f" [{lo:.1%}, {hi:.1%}]"
+    return text
+
+
 def verdict_detail(report: VerificationReport) -> str:
     """The sentence under the verdict word: the reason, accuracy and what could not be assessed."""
-    acc = "accuracy n/a (no labels)" if report.accuracy is None else f"accuracy {report.accuracy:.1%}"
-    parts = [report.reason.rstrip("."), acc, f"{report.n_images} images"]
+    parts = [report.reason.rstrip("."), accuracy_words(report), f"{report.n_images} images"]
     if report.n_not_assessable:
         parts.append(f"{report.n_not_assessable} not assessable")
     if report.errors:
@@ -184,6 +207,19 @@ def image_evidence(report: VerificationReport, name: str) -> ImageEvidence | Non
 # ---------------------------------------------------------------------------------------------- drawing
 
 
+def faithfulness_switch() -> bool:
+    """The switch for E6 (deletion/insertion against a random order: ~40 extra forwards per image)."""
+    K.VERIFY_FAITHFULNESS.init()
+    return bool(
+        st.toggle(
+            "Include the faithfulness line (E6, slower)",
+            key=K.VERIFY_FAITHFULNESS.name,
+            help="Deletion and insertion curves against a random pixel order: about 40 extra forwards per "
+            "image. Off, E6 is reported as not assessed and does not vote.",
+        )
+    )
+
+
 def verdict_banner(report: VerificationReport, subject: str = "") -> None:
     """The verdict word with the deciding line in the headline and every number behind it in the detail:
     green for SUITABLE, red for UNSUITABLE, amber for CANNOT VERIFY (a missing input is not a failure)."""
@@ -201,7 +237,12 @@ def verdict_metrics(report: VerificationReport) -> None:
     """Accuracy beside the verdict, and how many images the verdict rests on."""
     cols = st.columns(4)
     cols[0].metric("Verdict", report.label)
-    cols[1].metric("Accuracy", "n/a" if report.accuracy is None else f"{report.accuracy:.1%}")
+    interval = report.accuracy_interval
+    cols[1].metric(
+        "Accuracy",
+        "n/a" if report.accuracy is None else f"{report.accuracy:.1%}",
+        help=None if interval is None else f"Wilson 95 % interval {interval[0]:.1%} – {interval[1]:.1%}",
+    )
     cols[2].metric("Images assessed", f"{report.n_images - report.n_not_assessable} of {report.n_images}")
     cols[3].metric("Not assessable", report.n_not_assessable)
 
@@ -243,7 +284,7 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
         st.dataframe(images_table(report), hide_index=True, width="stretch")
 
 
-def image_verdict(im: ImageEvidence, class_names: Sequence[str]) -> None:
+def image_verdict(im: ImageEvidence) -> None:
     """One image's place in the verdict: not assessable (and why), or its per-line numbers and why."""
     if not im.assessable:
         st.error(
@@ -255,8 +296,68 @@ def image_verdict(im: ImageEvidence, class_names: Sequence[str]) -> None:
         return
     st.markdown(f"**Assessed** — {im.why}" if im.why else "**Assessed**")
     if im.values:
-        st.dataframe(
-            pd.DataFrame({"number": list(im.values), "value": [_num(v) for v in im.values.values()]}),
-            hide_index=True,
-            width="stretch",
+        st.dataframe(image_values_table(im), hide_index=True, width="stretch")
+
+
+def image_values_table(im: ImageEvidence) -> pd.DataFrame:
+    """One image's numbers, line by line, in words (numbers not measured on this image left out)."""
+    keys = sorted(k for k, v in im.values.items() if v is not None)
+    return pd.DataFrame(
+        {
+            "line": [
+                f"{k.partition('.')[0]} {LINE_NAMES.get(k.partition('.')[0], '')}".strip() for k in keys
+            ],
+            "measured on this image": [quantity_words(k) for k in keys],
+            "value": [_num(im.values[k]) for k in keys],
+        }
+    )
+
+
+def document_json(report: VerificationReport) -> str:
+    """The backend's one result document as JSON (what ``python -m verification report`` renders)."""
+    return json.dumps(report.to_document(), indent=2, allow_nan=False)
+
+
+def downloads(report: VerificationReport, *, stem: str) -> None:
+    """The per-image table as CSV and the whole result document as JSON, side by side."""
+    c1, c2, _ = st.columns([1, 1, 4])
+    c1.download_button(
+        "Download CSV",
+        images_table(report).to_csv(index=False),
+        file_name=f"{stem}.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/table:",
+    )
+    c2.download_button(
+        "Download JSON",
+        document_json(report),
+        file_name=f"{stem}.json",
+        mime="application/json",
+        on_click="ignore",
+        icon=":material/data_object:",
+        help="The full result document; `python -m verification report` turns it into the HTML report.",
+    )
+
+
+def comparison_table(comparison: Comparison) -> pd.DataFrame:
+    """Compare models' line-by-line table: per line (and class), each model's result and number."""
+    rows = []
+    for r in comparison.rows:
+        rows.append(
+            {
+                "line": f"{r.line} {r.name}",
+                "class": r.class_name or "all classes",
+                "A": "—" if r.status_a is None else status_words(r.status_a),
+                "A measured": _num(r.value_a),
+                "B": "—" if r.status_b is None else status_words(r.status_b),
+                "B measured": _num(r.value_b),
+                "threshold": "—"
+                if r.threshold_a is None
+                else f"{'≥' if r.higher_is_better else '≤'} {_num(r.threshold_a)}",
+                "votes": "yes" if (r.votes_a or r.votes_b) else "no",
+            }
         )
+    return pd.DataFrame.from_records(
+        rows, columns=["line", "class", "A", "A measured", "B", "B measured", "threshold", "votes"]
+    )

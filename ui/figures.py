@@ -13,12 +13,10 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
-from ui.loaders import ChannelStats
 from verification.consistency import CheckpointSeries
-from verification.features import FeatureShiftReport
-from verification.metrics import METRICS
-from verification.reference import ReferenceBundle, VerificationReport
+from verification.features import ChannelStats, FeatureShiftReport
 from verification.render import colorize
+from verification.verdict import STATUS_LABELS, LineResult, VerificationReport
 
 DISPLAY_MAX_SIDE = 512  # what the page draws; the backend keeps full resolution
 THUMB_MAX_SIDE = 256  # grid thumbnails
@@ -56,73 +54,6 @@ def probability_html(class_names: Sequence[str], probs: np.ndarray, *, rejected:
             f'<span style="width:3.5rem;text-align:right">{p:.1%}</span></div>'
         )
     return "".join(rows)
-
-
-def metric_chart(
-    *,
-    label: str,
-    names: Sequence[str],
-    values: np.ndarray,
-    flags: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    value_range: tuple[float, float],
-    higher_is_better: bool,
-) -> go.Figure:
-    """One metric over the chosen images: each image's calibration band (its reference class's) as a shaded
-    bar, the image's value as a point, green inside the band and red when flagged."""
-    # Zoom on the data and the finite band edges (a [-1, 1] axis would squash cosine values near 1), never
-    # past the metric's own range.
-    seen = np.concatenate([values, lo, hi])
-    seen = seen[np.isfinite(seen)]
-    if seen.size == 0:
-        seen = np.array([0.0, 1.0])
-    pad = max(float(np.ptp(seen)) * 0.12, 0.02)
-    low_edge = max(float(seen.min()) - pad, value_range[0])
-    high_edge = min(float(seen.max()) + pad, value_range[1])
-    band_lo = np.clip(np.where(np.isfinite(lo), lo, low_edge), low_edge, high_edge)
-    band_hi = np.clip(np.where(np.isfinite(hi), hi, high_edge), low_edge, high_edge)
-    x = list(range(len(names)))
-    fig = go.Figure()
-    fig.add_trace(
-        go.Bar(
-            x=x,
-            y=band_hi - band_lo,
-            base=band_lo,
-            marker_color=_BAND,
-            width=0.8,
-            name="in-distribution band",
-            hoverinfo="skip",
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=np.nan_to_num(values, nan=low_edge),
-            mode="markers",
-            marker={
-                "size": 10,
-                "color": [_FAIL if f else _PASS for f in flags],
-                "symbol": ["x" if not np.isfinite(v) else "circle" for v in values],
-                "line": {"width": 1, "color": "#111"},
-            },
-            customdata=list(names),
-            name="image",
-            hovertemplate="%{customdata}<br>" + label + " = %{y:.3f}<extra></extra>",
-        )
-    )
-    direction = "higher is better" if higher_is_better else "lower is better"
-    fig.update_layout(
-        template=PLOT_TEMPLATE,
-        title={"text": f"{label} <span style='font-size:0.8em;opacity:0.7'>({direction})</span>", "x": 0.01},
-        height=250,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        showlegend=False,
-        bargap=0.2,
-        xaxis={"showticklabels": False, "title": f"{len(names)} images"},
-        yaxis={"range": [low_edge, high_edge]},
-    )
-    return fig
 
 
 def histogram(
@@ -232,59 +163,83 @@ def checkpoint_charts(series: CheckpointSeries, method: str) -> tuple[go.Figure,
     return left, right
 
 
-def similarity_charts(report: VerificationReport, bundle: ReferenceBundle) -> list[go.Figure]:
-    """One :func:`metric_chart` per metric of a verification report, bands from the bundle."""
-    figs = []
-    for j, name in enumerate(report.metrics):
-        spec = METRICS[name]
-        figs.append(
-            metric_chart(
-                label=spec.label,
-                names=report.names,
-                values=report.values[:, j],
-                flags=report.flags[:, j],
-                lo=bundle.bands_lo[report.reference_class, j],
-                hi=bundle.bands_hi[report.reference_class, j],
-                value_range=spec.range,
-                higher_is_better=spec.higher_is_better,
+_STATUS_COLOR = {
+    "pass": _PASS,
+    "fail": _FAIL,
+    "inconclusive": "#c99a2e",
+    "not_assessable": "#888888",
+    "uninformative": "#888888",
+}
+
+
+def line_chart(line: LineResult) -> go.Figure:
+    """One evidence line, per class: the measured value with its interval, coloured by the class's result,
+    and the threshold it was judged against (a short dash at each class)."""
+    classes = [c for c in line.per_class if c.value is not None]
+    names = [c.class_name for c in classes]
+    values = [float(c.value) for c in classes if c.value is not None]
+    up = [(c.high - c.value) if c.high is not None and c.value is not None else 0.0 for c in classes]
+    down = [(c.value - c.low) if c.low is not None and c.value is not None else 0.0 for c in classes]
+    fig = go.Figure(
+        go.Scatter(
+            x=names,
+            y=values,
+            mode="markers",
+            error_y={"type": "data", "array": up, "arrayminus": down, "visible": True},
+            marker={"size": 12, "color": [_STATUS_COLOR.get(c.status, "#888888") for c in classes]},
+            customdata=[STATUS_LABELS.get(c.status, c.status) for c in classes],
+            hovertemplate="%{x}: %{y:.3f} (%{customdata})<extra></extra>",
+            name="measured",
+        )
+    )
+    thresholds = [c.threshold for c in classes]
+    if any(t is not None for t in thresholds):
+        fig.add_trace(
+            go.Scatter(
+                x=names,
+                y=[np.nan if t is None else t for t in thresholds],
+                mode="markers",
+                marker={"symbol": "line-ew-open", "size": 30, "line": {"width": 2, "color": "#dddddd"}},
+                name="threshold",
+                hovertemplate="threshold %{y:.3f}<extra></extra>",
             )
         )
-    return figs
-
-
-def flag_count_chart(report: VerificationReport) -> go.Figure:
-    """How many metrics flag each image, with the verdict's cut-off."""
-    counts = np.bincount(report.n_flags, minlength=len(report.metrics) + 1)
-    k = report.params.min_flags
-    colors = [_FAIL if i >= k else _PASS for i in range(len(counts))]
-    fig = go.Figure(go.Bar(x=list(range(len(counts))), y=counts, marker_color=colors))
-    fig.add_vline(x=k - 0.5, line_dash="dash", annotation_text=f"flagged at ≥ {k}")
+    votes = "" if line.decisive and line.status != "uninformative" else " · does not vote"
     fig.update_layout(
         template=PLOT_TEMPLATE,
-        title={"text": "Metrics outside their band, per image", "x": 0.01},
-        height=250,
+        title={
+            "text": f"{line.key} {line.name} <span style='font-size:0.8em;opacity:0.7'>"
+            f"({STATUS_LABELS.get(line.status, line.status)}{votes})</span>",
+            "x": 0.01,
+        },
+        height=260,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        xaxis={"title": "number of metrics flagged", "dtick": 1},
-        yaxis={"title": "images"},
+        showlegend=False,
     )
     return fig
 
 
-def distribution_charts(report: VerificationReport, bundle: ReferenceBundle) -> list[go.Figure]:
-    """Per metric, the distribution of values by predicted class with the pooled band edges marked; then the
-    number of flagged metrics per image."""
+def evidence_charts(report: VerificationReport) -> list[go.Figure]:
+    """A :func:`line_chart` for every line that measured a number for at least one class."""
+    return [line_chart(ln) for ln in report.lines if any(c.value is not None for c in ln.per_class)]
+
+
+def per_image_charts(report: VerificationReport) -> list[go.Figure]:
+    """Per number measured on each image (``E3.outside_energy``, ...), its distribution by predicted class
+    over the assessable images."""
+    assessed = [im for im in report.images if im.assessable]
+    keys = sorted({k for im in assessed for k in im.values})
     figs = []
-    classes = [report.class_names[k] for k in report.reference_class]
-    for j, name in enumerate(report.metrics):
-        spec = METRICS[name]
-        by_class = {c: report.values[[cl == c for cl in classes], j] for c in dict.fromkeys(classes)}
-        fig = histogram(by_class, title=f"{spec.label} by predicted class")
-        for k, c in enumerate(bundle.class_names):
-            for edge in (bundle.bands_lo[k, j], bundle.bands_hi[k, j]):
-                if np.isfinite(edge) and c in by_class:
-                    fig.add_vline(x=float(edge), line_dash="dot", line_color="#bbb", opacity=0.6)
-        figs.append(fig)
-    figs.append(flag_count_chart(report))
+    for key in keys:
+        by_class: dict[str, list[float]] = {}
+        for im in assessed:
+            v = im.values.get(key)
+            if v is not None:
+                by_class.setdefault(im.predicted or "—", []).append(float(v))
+        if by_class:
+            figs.append(
+                histogram({c: np.asarray(v) for c, v in by_class.items()}, title=f"{key} by predicted class")
+            )
     return figs
 
 

@@ -9,8 +9,6 @@ so moving a slider or switching between methods already computed redraws without
 from __future__ import annotations
 
 import hashlib
-import json
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -19,70 +17,60 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 import torch
 
 from ui.uploads import Blob, expand_uploads, expand_zip
 from verification import demo
 from verification.batch import scan_images, scan_labelled
-from verification.cam import compute_attribution, compute_cams, default_target_layer, list_layers
-from verification.cam.records import CamResult
-from verification.cam.targets import ClassLogit, SegmentationTarget, Target
-from verification.consistency import CheckpointSeries, track_checkpoints
-from verification.errors import BundleError, ImageLoadError, ModelLoadError, VerificationError
-from verification.features import (
-    STATS as STATS,
+from verification.cam import (
+    METHODS,
+    compute_attribution,
+    compute_cams,
+    default_target_layer,
+    list_layers,
+    list_methods,
 )
+from verification.cam.attribution import ATTRIBUTION_METHODS
+from verification.cam.records import CamResult
+from verification.cam.targets import ClassLogit, MultiLabel, SegmentationTarget, Target
+from verification.consistency import CheckpointSeries, track_checkpoints
+from verification.errors import BundleError, ImageLoadError, VerificationError
 from verification.features import (
     FeatureReference,
     FeatureShiftReport,
     build_feature_reference,
     capture_features,
-    channel_statistics,
     check_features,
 )
 from verification.garbage import Prediction, predict
 from verification.io.images import load_image, to_tensor
 from verification.io.models import load_model, load_model_bytes
 from verification.io.records import LoadedImage, LoadedModel
-from verification.metrics import METRICS
-from verification.reference import (
-    ReferenceBundle,
-    VerificationReport,
-    build_reference,
-    load_bundle,
-    verify,
-    verify_maps,
-)
+from verification.io.sidecar import read_sidecar_bytes
+from verification.reference import ReferenceBundle, build_reference, load_bundle, load_bundle_bytes
+from verification.verdict import VerdictConfig, VerificationReport, verify
 
-# The gradient family: one forward and one backward give all of them (multi-scale Grad-CAM++ adds its depths
-# to the same capture), so they are computed and cached together and switching between them never recomputes.
-ONE_PASS_METHODS: tuple[str, ...] = (
-    "gradcam",
-    "gradcampp",
-    "xgradcam",
-    "hirescam",
-    "layercam",
-    "eigencam",
-    "ms_gradcampp",
-)
-EXTRA_CAM_METHODS: tuple[str, ...] = ("scorecam", "ablationcam")
-ATTRIBUTION_METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "occlusion")
+# Methods as the backend registers them. The gradient family (capture and multi-scale methods) comes from one
+# forward and one backward (multi-scale Grad-CAM++ adds its depths to the same capture), so those maps are
+# computed and cached together and switching between them never recomputes.
+ONE_PASS_METHODS: tuple[str, ...] = (*list_methods("capture"), *list_methods("multiscale"))
+EXTRA_CAM_METHODS: tuple[str, ...] = tuple(list_methods("perturbation"))
 ALL_METHODS: tuple[str, ...] = ONE_PASS_METHODS + EXTRA_CAM_METHODS + ATTRIBUTION_METHODS
 # Score-CAM in its fast mode (at most 64 masked forwards per image: cluster medoids, then a search for the
 # masks that keep the class; see verification.cam.scorecam) keeps the page responsive; the CLI runs exact.
 INTERACTIVE_OPTIONS: dict[str, dict[str, object]] = {"scorecam": {"mode": "fast", "k": 64}}
+# What the page adds to the registry's names: the interactive settings and what a user should expect.
+_LABEL_NOTES = {
+    "eigencam": " (class-agnostic)",
+    "scorecam": " (fast, 64 forwards)",
+    "ablationcam": " (slow)",
+}
 METHOD_LABELS: dict[str, str] = {
-    "gradcam": "Grad-CAM",
-    "gradcampp": "Grad-CAM++",
-    "xgradcam": "XGrad-CAM",
-    "hirescam": "HiResCAM",
-    "layercam": "LayerCAM",
-    "eigencam": "EigenCAM (class-agnostic)",
-    "ms_gradcampp": "Multi-scale Grad-CAM++",
-    "scorecam": "Score-CAM (fast, 64 forwards)",
-    "ablationcam": "Ablation-CAM (slow)",
+    **{
+        name: METHODS[name].label + _LABEL_NOTES.get(name, "")
+        for name in ONE_PASS_METHODS + EXTRA_CAM_METHODS
+    },
     "saliency": "Gradient saliency",
     "integrated_gradients": "Integrated Gradients (slow)",
     "occlusion": "Occlusion sensitivity (13×13 patches)",
@@ -95,16 +83,19 @@ def sha256(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class TargetKey:
-    """What the map explains, as a hashable cache key: a class logit (None: the predicted class), or for a
-    segmentation model the pixels of ``cls`` whose probability is at least ``threshold``."""
+    """What the map explains, as a hashable cache key: a class logit (None: the predicted class; for a
+    multi-label model, probabilities by sigmoid), or for a segmentation model the pixels of ``cls`` whose
+    probability is at least ``threshold``."""
 
-    kind: Literal["logit", "segmentation"] = "logit"
+    kind: Literal["logit", "multilabel", "segmentation"] = "logit"
     cls: int | None = None
     threshold: float = 0.5
 
     def build(self) -> Target:
         if self.kind == "segmentation":
             return SegmentationTarget(self.cls, threshold=self.threshold)
+        if self.kind == "multilabel":
+            return MultiLabel(self.cls)
         return ClassLogit(self.cls)
 
 
@@ -151,14 +142,7 @@ def upload_spec(
     sidecar: dict[str, object] | None = None
     digest = hashlib.sha256(data)
     if sidecar_bytes:
-        try:
-            parsed = json.loads(sidecar_bytes)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(
-                f"The sidecar is not valid JSON ({exc}); fix it or upload without it."
-            ) from exc
-        if not isinstance(parsed, dict):
-            raise ModelLoadError('The sidecar must be a JSON object such as {"architecture": "resnet18"}.')
+        parsed = read_sidecar_bytes(sidecar_bytes)  # bounded: size, depth, numbers; ModelLoadError otherwise
         sidecar = parsed
         digest.update(sidecar_bytes)
     if architecture:
@@ -218,11 +202,13 @@ def model_layers(model_hash: str, _model: LoadedModel, _lock: threading.Lock) ->
 
 @dataclass(frozen=True, eq=False)
 class ImageItem:
-    """One image in the working set with what is known about it (label and masks only for the demo)."""
+    """One image in the working set with what is known about it: its class label, and (for the demo) the
+    annotated lesion and the anatomical region of interest (lungs) as (H, W) bool masks."""
 
     image: LoadedImage
     label: str | None = None
     lesion_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    anatomy_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,18 +230,19 @@ def image_from_bytes(name: str, data: bytes) -> LoadedImage:
     return _cached_image(sha256(data), name, data)
 
 
-def _mask(path: Path | None) -> np.ndarray | None:
-    if path is None:
-        return None
-    return load_image(path).pixels > 0.5
-
-
 @st.cache_data(show_spinner="Loading the demo images…", max_entries=16)
 def demo_image_set(split: str) -> ImageSet:
     items = []
     for entry in demo.demo_images(split):
         image = load_image(entry.path)
-        items.append(ImageItem(image=image, label=entry.label, lesion_mask=_mask(entry.lesion_mask)))
+        items.append(
+            ImageItem(
+                image=image,
+                label=entry.label,
+                lesion_mask=entry.load_mask("lesion"),
+                anatomy_mask=entry.load_mask("lung"),
+            )
+        )
     return ImageSet(label=f"demo: {split}", items=tuple(items))
 
 
@@ -354,47 +341,35 @@ def prediction(model: LoadedModel, lock: threading.Lock, image: LoadedImage) -> 
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def _segmentation_probs(
+def _segmentation_logits(
     model_hash: str, image_hash: str, _model: LoadedModel, _lock: threading.Lock, _image: LoadedImage
-) -> np.ndarray:
-    """(C, H, W) per-pixel class probabilities at the model's input size."""
+) -> torch.Tensor:
+    """(1, C, H, W) logits of a segmentation model for one image."""
     from verification.cam.targets import output_tensor
 
     with _lock, torch.inference_mode():
-        logits = output_tensor(_model.module(to_tensor(_image, _model)))[0].float()
-    probs = torch.sigmoid(logits) if logits.shape[0] == 1 else torch.softmax(logits, dim=0)
-    return probs.numpy()
+        return output_tensor(_model.module(to_tensor(_image, _model))).float()
 
 
 def segmentation_mask(
     model: LoadedModel, lock: threading.Lock, image: LoadedImage, target: TargetKey
 ) -> np.ndarray:
-    """The region the segmentation target sums over: pixels of ``target.cls`` at or above its threshold."""
-    probs = _segmentation_probs(model.content_hash, image.content_hash, model, lock, image)
-    cls = 0 if target.cls is None else target.cls
-    return probs[cls] >= target.threshold
+    """The region the segmentation target sums over (the backend's rule: pixels of ``target.cls`` at or above
+    its threshold), (H, W) bool."""
+    logits = _segmentation_logits(model.content_hash, image.content_hash, model, lock, image)
+    return SegmentationTarget(target.cls, threshold=target.threshold).region(logits)[0].numpy()
 
 
 # ---------------------------------------------------------------------------------------------- demo
 
 
 def demo_splits() -> list[str]:
-    """The demo image sets, the in-distribution test set first."""
-    splits = demo.demo_splits()
-    return sorted(splits, key=lambda s: (s != "test", s.startswith("shifted_"), s == "ood"))
+    """The demo image sets, the in-distribution test set first (the demo's own order)."""
+    return demo.demo_splits_ordered()
 
 
 def split_label(split: str) -> str:
-    labels = {
-        "test": "Test set (in distribution)",
-        "reference": "Reference set (trusted)",
-        "shortcut": "Marker matches the class",
-        "shortcut_swapped": "Markers swapped between classes",
-        "ood": "Out of distribution (not chest films)",
-    }
-    if split.startswith("shifted_"):
-        return f"Domain shift: {split.removeprefix('shifted_')}"
-    return labels.get(split, split)
+    return demo.split_label(split)
 
 
 def demo_samples() -> list[tuple[Path, str]]:
@@ -466,18 +441,18 @@ def demo_bundle(model: LoadedModel | None) -> BundleHandle:
 def _bundle_from_files(
     digest: str, model_hash: str | None, _files: tuple[tuple[str, bytes], ...], _model: LoadedModel | None
 ) -> BundleHandle:
-    with tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
-        root = Path(tmp)
-        names: list[str] = []
-        for blob in expand_bundle_upload(_files):
-            target = root / PurePosixPath(blob.name).name
-            target.write_bytes(blob.data)
-            names.append(target.name)
-        manifests = [n for n in names if n.endswith(".json")]
-        if not manifests:
-            raise BundleError("The bundle upload needs the bundle's .json manifest (and its .npz arrays).")
-        bundle, caught = _load_checked(root / manifests[0], _model)
-    return _bundle_handle(bundle, f"{digest}:{model_hash}", f"uploaded bundle {manifests[0]}", caught)
+    blobs = {PurePosixPath(blob.name).name: blob.data for blob in expand_bundle_upload(_files)}
+    manifests = sorted(n for n in blobs if n.endswith(".json"))
+    arrays = sorted(n for n in blobs if n.endswith(".npz"))
+    if not manifests or not arrays:
+        raise BundleError("The bundle upload needs the bundle's .json manifest and its .npz arrays.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bundle = load_bundle_bytes(
+            blobs[arrays[0]], blobs[manifests[0]], model=_model, name=arrays[0], manifest_name=manifests[0]
+        )
+    label = f"uploaded bundle {manifests[0]}"
+    return _bundle_handle(bundle, f"{digest}:{model_hash}", label, [str(w.message) for w in caught])
 
 
 def bundle_from_upload(files: Sequence[tuple[str, bytes]], model: LoadedModel | None) -> BundleHandle:
@@ -566,54 +541,86 @@ def labelled_or_demo(images: ImageSet | None) -> ImageSet:
 
 # ---------------------------------------------------------------------------------------------- verification
 
-VERIFY_CHUNK = 16
 ProgressFn = Callable[[int, int], None]
 
 
-def run_verify(
+def _verify_items(
     model: LoadedModel,
     lock: threading.Lock,
     bundle: ReferenceBundle,
     items: Sequence[ImageItem],
-    *,
-    progress: ProgressFn | None = None,
+    config: VerdictConfig,
+    progress: ProgressFn | None,
 ) -> VerificationReport:
-    """``verify`` over the items in chunks (so a progress bar can move), labels where every item has one the
-    bundle knows, the predicted class's reference otherwise."""
+    """The backend's one verify over the items, with their labels and masks (None where unknown)."""
     if not items:
         raise BundleError("No images to verify: choose or upload some in the sidebar.")
-    labelled = all(item.label in bundle.class_names for item in items)
-    parts = []
-    for start in range(0, len(items), VERIFY_CHUNK):
-        chunk = items[start : start + VERIFY_CHUNK]
-        labels = [item.label for item in chunk] if labelled else None
-        with lock:
-            parts.append(verify(model, bundle, [item.image for item in chunk], labels))
-        if progress is not None:
-            progress(min(start + VERIFY_CHUNK, len(items)), len(items))
-    return VerificationReport.concat(parts)
+    labels = [item.label for item in items] if any(item.label for item in items) else None
+    with lock:
+        return verify(
+            model,
+            bundle,
+            [item.image for item in items],
+            labels,
+            annotations=[item.lesion_mask for item in items],
+            anatomy=[item.anatomy_mask for item in items],
+            config=config,
+            progress=progress,
+        )
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def cached_verify(
+def _cached_verify(
     model_hash: str,
     bundle_key: str,
     image_hashes: tuple[str, ...],
+    labels: tuple[str | None, ...],
+    config: VerdictConfig,
     _model: LoadedModel,
     _lock: threading.Lock,
     _bundle: ReferenceBundle,
     _items: tuple[ImageItem, ...],
+    _progress: ProgressFn | None = None,
 ) -> VerificationReport:
-    return run_verify(_model, _lock, _bundle, _items)
+    return _verify_items(_model, _lock, _bundle, _items, config, _progress)
+
+
+def verify_items(
+    model: LoadedModel,
+    lock: threading.Lock,
+    bundle: BundleHandle,
+    items: Sequence[ImageItem],
+    *,
+    faithfulness: bool = False,
+    progress: ProgressFn | None = None,
+) -> VerificationReport:
+    """The verdict of a model on some images against a bundle (cached by content: model, bundle, images,
+    labels, configuration). ``faithfulness`` runs E6 (~40 extra forwards per image)."""
+    return _cached_verify(
+        model.content_hash,
+        bundle.key,
+        tuple(item.image.content_hash for item in items),
+        tuple(item.label for item in items),
+        VerdictConfig(faithfulness=faithfulness),
+        model,
+        lock,
+        bundle.bundle,
+        tuple(items),
+        progress,
+    )
 
 
 def verify_set(
-    model: LoadedModel, lock: threading.Lock, bundle: BundleHandle, images: ImageSet
+    model: LoadedModel,
+    lock: threading.Lock,
+    bundle: BundleHandle,
+    images: ImageSet,
+    *,
+    faithfulness: bool = False,
+    progress: ProgressFn | None = None,
 ) -> VerificationReport:
-    """The verification report of a model on the working image set (cached by content)."""
-    return cached_verify(
-        model.content_hash, bundle.key, images.hashes, model, lock, bundle.bundle, images.items
-    )
+    """The verdict of a model on the working image set."""
+    return verify_items(model, lock, bundle, images.items, faithfulness=faithfulness, progress=progress)
 
 
 def build_bundle(model: LoadedModel, lock: threading.Lock, images: ImageSet | None) -> BundleHandle:
@@ -644,124 +651,18 @@ def reference_map(bundle: BundleHandle, class_name: str) -> np.ndarray | None:
     return None if int(b.counts[k]) == 0 else np.asarray(b.references[k])
 
 
-def single_image_metrics(bundle: BundleHandle, class_name: str, cam: np.ndarray) -> pd.DataFrame | None:
-    """One map against its class reference: value, band and flag per metric."""
-    b = bundle.bundle
-    if reference_map(bundle, class_name) is None:
-        return None
-    report = verify_maps(cam[None], [class_name], b, names=["this image"])
-    band = b.band(class_name)
-    return pd.DataFrame(
-        {
-            "metric": [METRICS[m].label for m in report.metrics],
-            "value": [f"{v:.3f}" for v in report.values[0]],
-            "in-distribution band": [_band_text(*band[m]) for m in report.metrics],
-            "": ["outside ⚠" if f else "inside" for f in report.flags[0]],
-        }
-    ).set_index("metric")
-
-
-def _band_text(lo: float, hi: float) -> str:
-    if np.isinf(lo):
-        return f"≤ {hi:.3f}"
-    if np.isinf(hi):
-        return f"≥ {lo:.3f}"
-    return f"{lo:.3f} – {hi:.3f}"
-
-
-def report_table(report: VerificationReport) -> pd.DataFrame:
-    """The per-image rows of a report, flags folded into the verdict column for reading."""
-    frame = pd.DataFrame.from_records(report.rows())
-    flag_cols = [f"{m}_flagged" for m in report.metrics]
-    frame["flagged metrics"] = [
-        ", ".join(METRICS[m].label for m, f in zip(report.metrics, row) if f)
-        for row in frame[flag_cols].itertuples(index=False)
-    ]
-    frame = frame.drop(columns=flag_cols).rename(columns={m: METRICS[m].label for m in report.metrics})
-    frame["verdict"] = np.where(frame.pop("flagged"), "flagged", "ok")
-    return frame
-
-
-def report_json(report: VerificationReport, **context: object) -> str:
-    """Summary, per-image rows and warnings as JSON (NaN written as null)."""
-    doc = {"summary": report.summary(), "rows": report.rows(), "warnings": list(report.warnings), **context}
-    return json.dumps(_finite(doc), indent=2, allow_nan=False)
-
-
-def _finite(value: object) -> object:
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    return value
-
-
-@dataclass(frozen=True, eq=False)
-class Comparison:
-    """Two models' reports on the same images: per-metric medians, deltas, who is closer to the reference."""
-
-    table: pd.DataFrame
-    better: str | None  # "A", "B" or None for a tie
-    reason: str
-
-
-def compare_reports(a: VerificationReport, b: VerificationReport) -> Comparison:
-    """Which model's attention is better aligned with the reference: the lower flagged share wins; on a tie,
-    the one whose median is better on more metrics."""
-    rows = []
-    wins = {"A": 0, "B": 0}
-    for j, m in enumerate(a.metrics):
-        spec = METRICS[m]
-        ma, mb = float(np.nanmedian(a.values[:, j])), float(np.nanmedian(b.values[:, j]))
-        delta = mb - ma
-        if np.isfinite(delta) and delta != 0:
-            winner = "B" if (delta > 0) == spec.higher_is_better else "A"
-            wins[winner] += 1
-        else:
-            winner = "—"
-        rows.append(
-            {
-                "metric": spec.label,
-                "direction": "higher is better" if spec.higher_is_better else "lower is better",
-                "median A": ma,
-                "median B": mb,
-                "B − A": delta,
-                "flag rate A": float(a.flags[:, j].mean()),
-                "flag rate B": float(b.flags[:, j].mean()),
-                "better": winner,
-            }
-        )
-    sa, sb = a.flagged_share, b.flagged_share
-    if sa != sb:
-        better = "A" if sa < sb else "B"
-        reason = f"flagged images: A {sa:.0%} vs B {sb:.0%}"
-    elif wins["A"] != wins["B"]:
-        better = "A" if wins["A"] > wins["B"] else "B"
-        n_better = max(wins.values())
-        reason = f"equal flagged share ({sa:.0%}); better median on {n_better} of {len(a.metrics)} metrics"
-    else:
-        better, reason = None, f"equal flagged share ({sa:.0%}) and as many better medians each"
-    return Comparison(table=pd.DataFrame.from_records(rows), better=better, reason=reason)
-
-
 # ---------------------------------------------------------------------------------------------- datasets
 
 
 @dataclass(frozen=True)
 class Source:
-    """One image of a dataset check, read only when its chunk runs (a dataset need not fit in memory)."""
+    """One image of a dataset check: a file on the server or uploaded bytes, read by the backend when its
+    batch runs (a dataset need not fit in memory)."""
 
     name: str
     label: str | None
     path: Path | None = None
     data: bytes = field(default=b"", repr=False)
-
-    def load(self) -> LoadedImage:
-        return load_image(self.path if self.path is not None else self.data, name=self.name)
 
 
 def sources_from_folder(folder: str) -> list[Source]:
@@ -786,7 +687,7 @@ def sources_from_folder(folder: str) -> list[Source]:
 
 def sources_from_upload(files: Sequence[tuple[str, bytes]]) -> tuple[list[Source], tuple[str, ...]]:
     """Uploaded files or zips (labels from folder names); also the names of skipped non-image entries."""
-    expanded = expand_uploads(files)
+    expanded = expand_uploads(files, retain=False)  # the backend decodes them one chunk at a time
     return [Source(b.name, b.label, data=b.data) for b in expanded.blobs], expanded.skipped
 
 
@@ -794,53 +695,35 @@ def sources_from_upload(files: Sequence[tuple[str, bytes]]) -> tuple[list[Source
 class DatasetResult:
     label: str
     report: VerificationReport
-    errors: tuple[str, ...]
 
 
 def verify_sources(
     model: LoadedModel,
     lock: threading.Lock,
-    bundle: ReferenceBundle,
+    bundle: BundleHandle,
     sources: Sequence[Source],
     *,
     label: str,
+    faithfulness: bool = False,
     progress: ProgressFn | None = None,
 ) -> DatasetResult:
-    """Verify a dataset chunk by chunk: each chunk is read, verified and dropped; unreadable files become
-    error lines and the run goes on."""
+    """The verdict on a dataset: the backend reads each file when its turn comes (unreadable files become
+    the report's errors) and the progress bar moves as it goes."""
     if not sources:
         raise ImageLoadError("No images found there.")
-    parts: list[VerificationReport] = []
-    errors: list[str] = []
-    for start in range(0, len(sources), VERIFY_CHUNK):
-        chunk = sources[start : start + VERIFY_CHUNK]
-        items: list[ImageItem] = []
-        for src in chunk:
-            try:
-                items.append(ImageItem(image=src.load(), label=src.label))
-            except VerificationError as exc:
-                errors.append(f"{src.name}: {exc}")
-        if items:
-            parts.append(run_verify(model, lock, bundle, items))
-        if progress is not None:
-            progress(min(start + VERIFY_CHUNK, len(sources)), len(sources))
-    if not parts:
-        raise ImageLoadError(f"None of the {len(sources)} files could be read as an image.")
-    return DatasetResult(label=label, report=VerificationReport.concat(parts), errors=tuple(errors))
-
-
-def sources_from_items(images: ImageSet) -> list[Source]:
-    """The sidebar's images as dataset sources (already decoded, so loading is free)."""
-    return [_LoadedSource(item.image.name, item.label, image=item.image) for item in images.items]
-
-
-@dataclass(frozen=True)
-class _LoadedSource(Source):
-    image: LoadedImage | None = field(default=None, repr=False)
-
-    def load(self) -> LoadedImage:
-        assert self.image is not None
-        return self.image
+    inputs = [src.path if src.path is not None else src.data for src in sources]
+    labels = [src.label for src in sources] if any(src.label for src in sources) else None
+    with lock:
+        report = verify(
+            model,
+            bundle.bundle,
+            inputs,
+            labels,
+            config=VerdictConfig(faithfulness=faithfulness),
+            progress=progress,
+            names=[src.name for src in sources],
+        )
+    return DatasetResult(label=label, report=report)
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -900,39 +783,3 @@ def early_activations(
 ) -> dict[str, np.ndarray]:
     """(C, h, w) activations of the reference's early layers for one image."""
     return _activations(model.content_hash, image.content_hash, reference.layers, model, lock, image)
-
-
-@dataclass(frozen=True)
-class ChannelStats:
-    """One layer's per-channel statistics for an image beside the reference set's mean and spread."""
-
-    layer: str
-    stat: str  # "mean" | "std" | "active"
-    image: np.ndarray  # (C,)
-    ref_mean: np.ndarray  # (C,)
-    ref_std: np.ndarray  # (C,)
-
-
-def channel_stats(
-    reference: FeatureReference, activations: dict[str, np.ndarray], stat: str
-) -> list[ChannelStats]:
-    """Split the reference's concatenated statistics (per layer: mean, std, active, C each) by layer."""
-    out = []
-    offset = 0
-    k = STATS.index(stat)
-    for layer in reference.layers:
-        acts = activations[layer]
-        c = acts.shape[0]
-        image_stats = channel_statistics(torch.from_numpy(acts[None])).numpy()[0]
-        sl = slice(offset + k * c, offset + (k + 1) * c)
-        out.append(
-            ChannelStats(
-                layer=layer,
-                stat=stat,
-                image=image_stats[k * c : (k + 1) * c],
-                ref_mean=reference.stat_mean[sl],
-                ref_std=reference.stat_std[sl],
-            )
-        )
-        offset += len(STATS) * c
-    return out

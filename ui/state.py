@@ -104,7 +104,6 @@ class K:
     SHOW_LESION: StateKey[bool] = StateKey("show_lesion", _const(True))
 
     FEATURE_STAT: StateKey[str] = StateKey("feature_stat", _const("mean"))
-    EXPORT_GALLERY: StateKey[int] = StateKey("export_gallery", _const(12))
 
     # Pages with longer work keep their last result so a rerun does not lose it.
     DATASET_SOURCE: StateKey[str] = StateKey(
@@ -140,7 +139,6 @@ class K:
             cls.CONSISTENCY_GAMMA,
             cls.CONSISTENCY_SHOWN,
             cls.FEATURE_STAT,
-            cls.EXPORT_GALLERY,
             cls.DATASET_SOURCE,
             cls.DATASET_FOLDER,
             cls.VERIFY_FAITHFULNESS,

@@ -46,7 +46,25 @@ VERDICT_ICON = (
 
 
 def _errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error if e.icon != VERDICT_ICON]
+    return [e.value for e in at.error if e.icon not in (VERDICT_ICON, NOT_ASSESSABLE_ICON)]
+
+
+NOT_ASSESSABLE_ICON = ":material/block:"  # an image outside the model's domain: a result, not a failure
+
+
+def _metric(at: AppTest, label: str) -> str:
+    found = [m.value for m in at.metric if m.label == label]
+    assert found, f"no metric {label!r} in {[m.label for m in at.metric]}"
+    return str(found[0])
+
+
+def _verdict(at: AppTest) -> str:
+    """The word of the (first) verdict metric: SUITABLE, UNSUITABLE or CANNOT VERIFY."""
+    return _metric(at, "Verdict")
+
+
+def _banners(at: AppTest) -> list[str]:
+    return [b.value for b in [*at.success, *at.error, *at.warning]]
 
 
 def _ok(at: AppTest) -> None:
@@ -226,9 +244,9 @@ def test_dataset_check_runs_with_a_result_table() -> None:
     at.switch_page("pages/dataset.py").run()
     at.button[0].click().run()  # "Run the check" on the sidebar's images
     _ok(at)
-    assert at.dataframe, "per-image table"
-    assert len(at.get("plotly_chart")) >= 7
-    assert any(m.label == "Images verified" for m in at.metric)
+    assert at.dataframe, "per-class, per-line and per-image tables"
+    assert at.get("plotly_chart"), "evidence charts"
+    assert _metric(at, "Images assessed").endswith("of 60")
 
 
 def test_dataset_check_on_an_uploaded_labelled_zip() -> None:
@@ -238,9 +256,10 @@ def test_dataset_check_on_an_uploaded_labelled_zip() -> None:
     at.file_uploader(key="dataset_upload").set_value(("set.zip", _labelled_zip(), "application/zip")).run()
     at.button[0].click().run()
     _ok(at)
-    verified = next(m for m in at.metric if m.label == "Images verified")
-    assert verified.value == "9"
-    assert any(m.label == "Accuracy" for m in at.metric)
+    assert _metric(at, "Images assessed").endswith("of 9")
+    assert _metric(at, "Accuracy") != "n/a", "labels from the zip's folders give the accuracy"
+    # Nine images cannot reach the images a class needs: the verdict says so instead of passing.
+    assert _verdict(at) != "SUITABLE"
 
 
 def test_dataset_check_on_a_broken_zip_shows_an_error() -> None:
@@ -274,6 +293,23 @@ def test_bad_bundle_upload_keeps_the_demo_bundle() -> None:
     assert not at.exception
     assert any("bundle" in e.value.lower() for e in at.error)
     assert any(c.value.startswith("demo bundle") for c in at.sidebar.caption)
+
+
+def test_a_bundle_uploaded_as_its_two_files_is_read_from_bytes() -> None:
+    from verification import demo
+
+    npz = demo.demo_reference_bundle()
+    manifest = npz.with_suffix(".json")
+    at = _app()
+    at.radio(key="bundle_source").set_value("upload").run()
+    at.file_uploader(key="bundle_upload").set_value(
+        [
+            (npz.name, npz.read_bytes(), "application/octet-stream"),
+            (manifest.name, manifest.read_bytes(), "application/json"),
+        ]
+    ).run()
+    _ok(at)
+    assert any(c.value.startswith(f"uploaded bundle {manifest.name}") for c in at.sidebar.caption)
 
 
 def test_attention_controls_survive_a_visit_to_other_pages() -> None:
@@ -331,3 +367,78 @@ def test_slow_methods_join_the_grid_on_request() -> None:
     assert (
         len(_images(at)) == before + 5
     )  # Score-CAM, Ablation-CAM, saliency, integrated gradients, occlusion
+
+
+# ---------------------------------------------------------------------------------------------- verdicts
+
+
+def test_shortcut_model_on_the_marker_split_is_unsuitable_naming_the_deciding_line() -> None:
+    at = _app()
+    at.selectbox(key="model_a_demo").set_value("shortcut").run()
+    at.selectbox(key="images_split").set_value("shortcut").run()
+    at.switch_page("pages/similarity.py").run()
+    _ok(at)
+    assert _verdict(at) == "UNSUITABLE"
+    banner = next(b for b in at.error if b.icon == VERDICT_ICON).value
+    assert "UNSUITABLE — decided by E" in banner, banner
+    assert "accuracy" in banner
+    lines = at.dataframe[1].value  # per class, then the evidence lines
+    deciding = lines[lines["votes"] == "deciding"]
+    assert len(deciding) == 1
+    assert deciding.iloc[0]["result"].endswith("failed")
+
+
+def _mismatched_model() -> bytes:
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save(_Tiny(), buf)  # three outputs named class_0 … class_2: not the bundle's classes
+    return buf.getvalue()
+
+
+def test_a_model_whose_classes_do_not_match_the_bundle_cannot_be_verified() -> None:
+    at = _app()
+    at.radio(key="model_a_source").set_value("upload").run()
+    at.checkbox(key="model_a_trust").check()
+    at.file_uploader(key="model_a_upload").set_value(
+        ("tiny.pt", _mismatched_model(), "application/octet-stream")
+    )
+    at.run()
+    at.switch_page("pages/similarity.py").run()
+    _ok(at)
+    assert _verdict(at) == "CANNOT VERIFY"
+    assert not [b for b in at.error if b.icon == VERDICT_ICON], "a missing input is not a red 'unsuitable'"
+    banner = next(w.value for w in at.warning if "CANNOT VERIFY" in w.value)
+    assert "missing" in banner
+
+
+def test_compare_never_calls_the_shortcut_model_better() -> None:
+    at = _app()
+    at.selectbox(key="images_split").set_value("shortcut").run()
+    at.switch_page("pages/compare.py").run()
+    _ok(at)
+    winners = [s.value for s in at.success if "better supported" in s.value]
+    assert not any("shortcut" in w for w in winners), winners
+    assert at.dataframe, "line-by-line table"
+
+
+def test_a_multilabel_model_gets_independent_sigmoid_probabilities() -> None:
+    import json
+    import re
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save(_Tiny(), buf)
+    sidecar = json.dumps({"task": "multilabel", "class_names": ["normal", "nodule", "effusion"]}).encode()
+    at = _app()
+    at.radio(key="model_a_source").set_value("upload").run()
+    at.checkbox(key="model_a_trust").check()
+    at.file_uploader(key="model_a_sidecar").set_value(("tiny.json", sidecar, "application/json"))
+    at.file_uploader(key="model_a_upload").set_value(("tiny.pt", buf.getvalue(), "application/octet-stream"))
+    at.run()
+    _ok(at)
+    assert any("multilabel" in c.value for c in at.sidebar.caption)
+    assert any("Labels are independent" in m.value for m in at.markdown)
+    bars = next(h.proto.body for h in at.get("html") if "%" in h.proto.body and "normal" in h.proto.body)
+    probs = [float(p) / 100 for p in re.findall(r">(\d+\.\d)%<", bars)]
+    assert len(probs) == 3
+    assert abs(sum(probs) - 1.0) > 0.05, "sigmoid per label, not a softmax over the labels"
