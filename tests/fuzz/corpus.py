@@ -48,7 +48,9 @@ class Item:
     op: str
     build: Builder = field(repr=False)
     expect: str = "error"  # error | load | either
-    isolate: bool = False  # run alone in its own child (bombs); others share a child, one fork per item
+    # marks the dangerous inputs (bombs); every input runs in its own forked child anyway, except the
+    # read-only pydicom test files, which share children
+    isolate: bool = False
     timeout_s: float = 60.0
     note: str = ""
 

@@ -269,9 +269,7 @@ def zygote(spec_file: Path, out_file: Path) -> None:
         for spec in doc["items"]:
             subs = _expand({**spec, "root": str(root)})
             raws = (
-                _run_batch(subs, root, cap)
-                if spec["op"] == "load_images"
-                else [_run_one(subs[0], root, cap, base)]
+                _run_batch(subs, root, cap) if spec["op"] == "load_images" else [_run_one(subs[0], root, cap)]
             )
             for raw in raws:
                 out.write(json.dumps(raw, default=str) + "\n")
@@ -380,7 +378,7 @@ def _run_batch(specs: list[dict[str, Any]], root: Path, cap: int) -> list[dict[s
     return results
 
 
-def _run_one(spec: dict[str, Any], root: Path, cap: int, base: dict[str, int]) -> dict[str, Any]:
+def _run_one(spec: dict[str, Any], root: Path, cap: int) -> dict[str, Any]:
     args = spec["args"]
     allowed = [a for a in (args.get("out"),) if a]
     markers = [m for m in (args.get("marker"),) if m]
