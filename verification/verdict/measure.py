@@ -309,19 +309,20 @@ def mask_grid(masks: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 def region_masks(
     model: LoadedModel, x: Tensor, provided: Sequence[np.ndarray | None]
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Anatomical region of interest per image at the input size: (masks (N, H, W) float32, ok (N,), sources).
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Anatomical region of interest per image at the input size: (masks (N, H, W) float32, ok (N,), sources,
+    aerated lung fields (N, H, W): the pixels a finding is refilled from, zeros where the method has none).
 
     A provided mask is used as given; otherwise :func:`verification.anatomy.anatomy_roi` finds one (lung
-    fields,
-    else the body) and says which method it used; a failure leaves the image without a region (E3 is then not
-    measured on it)."""
+    fields, else the body) and says which method it used; a failure leaves the image without a region (E3 is
+    then not measured on it)."""
     from verification.anatomy import anatomy_roi
     from verification.verdict.gate import unit_images
 
     grey = unit_images(model, x)[:, 0].numpy()
     size = (int(model.input_size[0]), int(model.input_size[1]))
     out = np.zeros((len(x), *size), np.float32)
+    fields = np.zeros((len(x), *size), np.float32)
     ok = np.zeros(len(x), bool)
     sources: list[str] = []
     for i in range(len(x)):
@@ -331,7 +332,10 @@ def region_masks(
             m, _ = masks_to_size([roi.mask.astype(np.float32)], size)
             out[i] = m[0]
             ok[i] = bool(0 < m[0].mean() < 1)
-    return out, ok, sources
+            aerated = getattr(roi, "fields", None)
+            if aerated is not None:
+                fields[i] = masks_to_size([np.asarray(aerated, np.float32)], size)[0][0]
+    return out, ok, sources, fields
 
 
 def _pixel_edit(model: LoadedModel, x: Tensor, edit: Any) -> Tensor:
@@ -349,15 +353,16 @@ def _pixel_edit(model: LoadedModel, x: Tensor, edit: Any) -> Tensor:
 
 def _neutralise(model: LoadedModel, x: Tensor, roi: np.ndarray, *, inside: bool) -> Tensor:
     """``x`` with the anatomy (``inside``) or everything outside it neutralised by
-    :mod:`verification.counterfactual`: outside → the constant median of the outside's own pixels (a token or
-    text there is erased, nothing new is added); inside → the region's own median. Kept pixels are
-    unchanged."""
+    :mod:`verification.counterfactual`, with its defaults: outside → a Gaussian blur of the outside's own
+    pixels (σ = 0.08 × side: a token or text there is smeared away, nothing new is added; a flat fill would
+    itself shift healthy models — measured by ``python -m bench.counterfactual``); inside → the region's own
+    median. Kept pixels are unchanged."""
     from verification.counterfactual import neutralise_inside, neutralise_outside
 
     keep = roi > 0.5
     if inside:
         return _pixel_edit(model, x, lambda p, i: neutralise_inside(p, keep[i]))
-    return _pixel_edit(model, x, lambda p, i: neutralise_outside(p, keep[i], fill="median"))
+    return _pixel_edit(model, x, lambda p, i: neutralise_outside(p, keep[i]))
 
 
 def _inpaint(model: LoadedModel, x: Tensor, lesion: np.ndarray, roi: np.ndarray | None = None) -> Tensor:
@@ -430,7 +435,9 @@ def measure_batch(
     values: dict[str, np.ndarray] = {}
 
     # E3: attention outside the anatomy and the two neutralisations.
-    roi, roi_ok, sources = region_masks(model, x, list(anatomy) if anatomy is not None else [None] * n)
+    roi, roi_ok, sources, fields = region_masks(
+        model, x, list(anatomy) if anatomy is not None else [None] * n
+    )
     outside = energy_share(maps_full, 1.0 - roi)
     values["E3.outside_energy"] = np.where(roi_ok, outside, np.nan)
     p_pred = probs[np.arange(n), model_pred]
@@ -455,7 +462,7 @@ def measure_batch(
     use = has & (model_lab >= 0) & spec.counterfactuals
     if use.any():
         idx = np.nonzero(use)[0]
-        src = np.where(roi_ok[idx, None, None], roi[idx], 0.0)
+        src = fields[idx]  # the aerated lung fields (an effusion is refilled from the lung above it)
         p_f = _forward_probs(model, _inpaint(model, x[idx], les_full[idx], src))
         values["E4.finding_drop"][idx] = probs[idx, model_lab[idx]] - p_f[np.arange(len(idx)), model_lab[idx]]
 
