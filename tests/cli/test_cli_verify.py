@@ -114,3 +114,50 @@ def test_verify_exit_codes_unlabelled_and_bad_bundles(env: Env, bundle: Path, tm
 
     helptext = run_cli("verify", "--help")
     assert "4: CANNOT VERIFY" in helptext.stdout
+
+
+def test_api_and_cli_give_identical_numbers_on_the_demo(tmp_path: Path) -> None:
+    import verification
+    from verification import demo
+    from verification.io.models import load_model
+    from verification.reference import load_bundle
+
+    items = [it for it in demo.demo_images("test") if it.label][:6]
+    labelled = tmp_path / "labelled"
+    for it in items:
+        (labelled / str(it.label)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(it.path, labelled / str(it.label) / it.path.name)
+    model_path, bundle_path = demo.demo_model_path("sound"), demo.demo_reference_bundle("sound")
+    out = tmp_path / "v.json"
+    res = run_cli(
+        "verify",
+        model_path,
+        labelled,
+        "--labelled",
+        "--bundle",
+        bundle_path,
+        "--json",
+        out,
+        "--batch-size",
+        "3",
+    )
+    doc = json.loads(out.read_text())
+    assert res.returncode == 4, res.stderr  # six images: too few to verify, and the run says so
+    paths = [im["name"] for im in doc["images"]]
+    api = verification.verify(
+        load_model(model_path), load_bundle(bundle_path), paths, [Path(p).parent.name for p in paths]
+    ).to_document()
+    assert api["verdict"] == doc["verdict"]
+    assert api["reason"] == doc["reason"]
+    for a, c in zip(api["images"], doc["images"]):
+        assert a["name"] == c["name"]
+        np.testing.assert_allclose(a["probabilities"], c["probabilities"], rtol=1e-4, atol=1e-6)
+        assert a["assessable"] == c["assessable"]
+        assert a["values"].keys() == c["values"].keys()
+        for key, value in a["values"].items():
+            if value is None:
+                assert c["values"][key] is None
+            else:
+                np.testing.assert_allclose(value, c["values"][key], rtol=1e-4, atol=1e-5)
+    for a_line, c_line in zip(api["lines"], doc["lines"]):
+        assert [x["status"] for x in a_line["per_class"]] == [x["status"] for x in c_line["per_class"]]
