@@ -247,3 +247,26 @@ def test_long_batches_run_in_chunks_with_the_same_results(monkeypatch: pytest.Mo
         assert chunked.reasons[name] == whole.reasons[name]
     assert whole.reasons["pearson"][4] == "map is constant"
     assert whole.reasons["pearson"][8] == NONFINITE_MAP
+
+
+@pytest.mark.parametrize("threshold", [0.5, "otsu"])
+@pytest.mark.parametrize("size", [(11, 33), (64, 64), (40, 12)])
+def test_every_nan_carries_its_reason(threshold: Any, size: tuple[int, int]) -> None:
+    """Zero, constant, non-finite and ordinary maps against the same kinds of references, every pairing:
+    a value is NaN exactly where a reason is given, with Otsu too (it used to fail on a non-finite reference)
+    and on grids that the sliced Wasserstein pools unevenly (33 columns: 0/0 in float32 gave a bare NaN)."""
+    kinds = {
+        "zero": np.zeros((9, 7), np.float32),
+        "const": np.full((9, 7), 0.3, np.float32),
+        "inf": np.where(np.eye(9, 7) > 0, np.inf, 0.2).astype(np.float32),
+        "nan": np.where(np.eye(9, 7) > 0, np.nan, 0.2).astype(np.float32),
+        "ok": _rand(9, 7).astype(np.float32),
+    }
+    names = list(kinds)
+    maps = np.stack([kinds[a] for a in names for _ in names])
+    refs = np.stack([kinds[b] for _ in names for b in names])
+    got = compute_metrics(maps, refs, ALL, threshold=threshold, size=size)
+    for name in ALL:
+        assert set(np.flatnonzero(np.isnan(got[name]))) == set(got.reasons[name]), name
+    ok = names.index("ok") * (len(names) + 1)  # the (ok, ok) pair is scored by every metric
+    assert all(np.isfinite(got[name][ok]) for name in ALL)

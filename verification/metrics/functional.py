@@ -219,9 +219,12 @@ def _flat(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 def otsu_thresholds(x: torch.Tensor, nbins: int = 256) -> torch.Tensor:
     """Per-map Otsu threshold (N,), the same histogram rule as ``skimage.filters.threshold_otsu``.
 
-    The histogram has ``nbins`` equal bins over each map's own [min, max]; a constant map returns its value.
+    The histogram has ``nbins`` equal bins over each map's own [min, max]; a constant map returns its value;
+    a map with NaN or ±inf gets NaN (the metrics leave such a pair unscored).
     """
     flat = x.reshape(x.shape[0], -1).to(torch.float64)
+    bad = nonfinite_rows(flat)
+    flat = torch.where(bad[:, None], torch.zeros_like(flat), flat)
     n = flat.shape[0]
     lo = flat.amin(dim=1, keepdim=True)
     hi = flat.amax(dim=1, keepdim=True)
@@ -242,7 +245,8 @@ def otsu_thresholds(x: torch.Tensor, nbins: int = 256) -> torch.Tensor:
     var12 = w1[:, :-1] * w2[:, 1:] * (m1[:, :-1] - m2[:, 1:]) ** 2
     best = var12.argmax(dim=1, keepdim=True)
     thr = centers.gather(1, best).reshape(-1)
-    return torch.where(const, lo.reshape(-1), thr).to(x.dtype)
+    thr = torch.where(const, lo.reshape(-1), thr)
+    return torch.where(bad, torch.full_like(thr, math.nan), thr).to(x.dtype)
 
 
 def check_threshold(threshold: object) -> Threshold:

@@ -72,9 +72,11 @@ def pool_mass(x: torch.Tensor, grid: int) -> torch.Tensor:
     if (oh, ow) == (h, w):
         return x
     pooled = F.adaptive_avg_pool2d(x.unsqueeze(1), (oh, ow)).squeeze(1)
-    # Adaptive cells may differ in size: rescale so each map keeps its mass exactly.
-    scale = x.sum((-2, -1), keepdim=True) / pooled.sum((-2, -1), keepdim=True).clamp_min(1e-300)
-    return pooled * scale
+    # Adaptive cells may differ in size: rescale so each map keeps its mass exactly (a massless map stays 0;
+    # a float32 clamp at 1e-300 would be 0 and give 0/0 = NaN).
+    total, pooled_total = x.sum((-2, -1), keepdim=True), pooled.sum((-2, -1), keepdim=True)
+    safe = torch.where(pooled_total > 0, pooled_total, torch.ones_like(pooled_total))
+    return pooled * torch.where(pooled_total > 0, total / safe, torch.zeros_like(total))
 
 
 def sliced_wasserstein(
