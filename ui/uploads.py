@@ -90,7 +90,7 @@ def expand_zip(
     budget = budget if budget is not None else _budget(max_entries, max_total_bytes)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
         raise ImageLoadError(f"{name} is not a readable zip archive ({exc}).") from exc
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
@@ -150,6 +150,7 @@ def expand_zip(
                 RuntimeError,
                 EOFError,
                 NotImplementedError,
+                ValueError,
                 zlib.error,
             ) as exc:
                 raise ImageLoadError(

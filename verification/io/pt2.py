@@ -119,10 +119,10 @@ def _expr_problem(expr: str) -> str | None:
     return None
 
 
-def _guard_problem(guard: str) -> str | None:
-    bad = f"the guard {guard[:60]!r} (Python source executed when the program is unlifted)"
+def _guard_problem(guard: object) -> str | None:
     if not isinstance(guard, str) or len(guard) > 2000:
-        return bad
+        return f"the guard {str(guard)[:60]!r} (Python source executed when the program is unlifted)"
+    bad = f"the guard {guard[:60]!r} (Python source executed when the program is unlifted)"
     rest = _GUARD_INPUT.sub("x", guard)
     if "__" in rest or not re.fullmatch(r"[\w\s().\[\]<>=!+\-*/%,]*", rest):
         return bad
