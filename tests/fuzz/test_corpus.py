@@ -36,21 +36,7 @@ pytestmark = [pytest.mark.slow]
 ARTIFACTS = corpus.ROOT / "test-artifacts"
 
 # id → (reason, who fixes it). Remove an entry when its fix lands (strict xfail turns red).
-_BUNDLES = "VERDICT (reference.py load_bundle_bytes), NOTES 02:22 'FUZZ FINDING: bundles'"
-KNOWN_FAILING: dict[str, str] = {
-    "bundle_manifest_nested": f"RecursionError from json.loads — {_BUNDLES}",
-    "bundle_manifest_5001_digits": f"ValueError (int digits) — {_BUNDLES}",
-    "bundle_threshold_nan": f"NaN threshold accepted — {_BUNDLES}",
-    "bundle_references_nan": f"NaN references accepted — {_BUNDLES}",
-    "bundle_references_wrong_shape": f"references (2, 7) for 3 classes accepted — {_BUNDLES}",
-    "bundle_npz_header_shape_lie": f"MemoryError allocating 74.5 GiB in np.load — {_BUNDLES}",
-    "bundle_npz_zeros_1GiB": f"+2 GB resident for a 1 MB npz — {_BUNDLES}",
-    "bundle_npz_truncated": f"BadZipFile — {_BUNDLES}",
-    "cli_verify_bundle_nested": f"internal error RecursionError — {_BUNDLES}",
-    "cli_verify_bundle_shape_lie": f"MemoryError — {_BUNDLES}",
-    "metrics_otsu_inf_ref": "COMPUTE: RuntimeError bincount in otsu_thresholds (NOTES 02:31)",
-    "metrics_constant_wasserstein_reason": "COMPUTE: wasserstein NaN without a reason (NOTES 02:31)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 
 def _specs(root: Path) -> list[dict[str, Any]]:

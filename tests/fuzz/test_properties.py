@@ -31,9 +31,7 @@ CHECKS = [
     "sidecar_arbitrary",
 ]
 # name → reason; strict: remove the entry when the fix lands.
-KNOWN_FAILING: dict[str, str] = {
-    "metrics_from_arrays": "COMPUTE: otsu with an inf reference → RuntimeError bincount (NOTES 02:31)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 IMPORT_MAPPING = 4 << 30  # what importing torch & co. maps before any work (measured: ~3.3 GiB)
 
 
