@@ -21,6 +21,7 @@ creation time); :func:`load_bundle_bytes` reads them from bytes (uploads).
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import warnings
@@ -554,14 +555,10 @@ def load_bundle_bytes(
     manifest_name: str | None = None,
 ) -> ReferenceBundle:
     """A bundle from the bytes of its two files (an upload): no file is written, nothing is unpickled."""
-    import io
 
     manifest = manifest_name or f"{name} manifest"
     npz = name
-    try:
-        doc = json.loads(manifest_json)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{manifest} is not a readable JSON manifest: {exc}") from exc
+    doc = _read_manifest(manifest_json, manifest)
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_NAME:
         raise BundleError(f"{manifest} is not a reference bundle manifest")
     version = doc.get("schema_version")
@@ -570,12 +567,12 @@ def load_bundle_bytes(
             f"{manifest} has schema_version {version!r}; this version reads "
             f"{', '.join(map(str, READS_VERSIONS))}. Rebuild the bundle with this version."
         )
+    members = _read_npz(arrays_npz, npz)
     try:
-        with np.load(io.BytesIO(arrays_npz), allow_pickle=False) as data:
-            arrays: dict[str, Any] = {name: np.asarray(data[name]) for name in _ARRAYS}
-            for name_ in _OPTIONAL_ARRAYS:
-                if name_ in data.files:
-                    arrays[name_] = np.asarray(data[name_])
+        arrays: dict[str, Any] = {name: members[name] for name in _ARRAYS}
+        for name_ in _OPTIONAL_ARRAYS:
+            if name_ in members:
+                arrays[name_] = members[name_]
         cal_doc = doc.get("calibration")
         bundle = ReferenceBundle(
             class_names=tuple(doc["class_names"]),
@@ -595,7 +592,8 @@ def load_bundle_bytes(
             **arrays,
         )
     except (OSError, KeyError, ValueError, TypeError, EOFError) as exc:
-        raise BundleError(f"reference bundle {npz} is missing data or is corrupt: {exc}") from exc
+        raise BundleError(f"reference bundle {npz} is missing data or is corrupt: {str(exc)[:200]}") from exc
+    _check_arrays(bundle, npz)
     unknown = [m for m in bundle.metrics if m not in METRICS]
     if unknown:
         raise BundleError(f"bundle {npz} uses metrics this version does not know: {unknown}")
@@ -608,6 +606,109 @@ def load_bundle_bytes(
     for msg in found:
         warnings.warn(msg, UserWarning, stacklevel=2)
     return replace(bundle, warnings=tuple(found))
+
+
+MAX_MANIFEST_BYTES = 8 << 20
+
+
+def _read_manifest(text: str | bytes, what: str) -> Any:
+    """The manifest's JSON, bounded: at most ``MAX_MANIFEST_BYTES``, numbers of at most 40 characters, no NaN
+    (±Infinity is how open band edges are written); any failure, deep nesting included, is a BundleError."""
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise BundleError(
+            f"{what} is {len(text):,} bytes; a bundle manifest is at most {MAX_MANIFEST_BYTES:,}"
+        )
+
+    def number(kind: type) -> Any:
+        def parse(token: str) -> Any:
+            if len(token) > 40:
+                raise ValueError(f"a number of {len(token)} characters")
+            return kind(token)
+
+        return parse
+
+    def constant(token: str) -> float:
+        if token == "NaN":
+            raise ValueError("NaN")
+        return float(token)
+
+    try:
+        raw = text.decode("utf-8") if isinstance(text, bytes) else text
+        return json.loads(raw, parse_int=number(int), parse_float=number(float), parse_constant=constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BundleError(f"{what} is not a readable JSON manifest: {str(exc)[:160]}") from exc
+
+
+MAX_BUNDLE_BYTES = 512 << 20
+
+
+def _read_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
+    """The arrays of a bundle's ``.npz`` read without trusting it: a zip checked for entry count, sizes and
+    inflation (:mod:`verification.io.archive`), each ``.npy`` header's shape × item size compared with the
+    member's real size before anything is allocated, no pickle."""
+    import zipfile
+
+    from verification.io.archive import ZipLimits, check_entries, open_zip, read_entry
+
+    zf = open_zip(data, f"reference bundle {what}", BundleError)
+    out: dict[str, np.ndarray] = {}
+    with zf:
+        infos = check_entries(
+            zf, f"reference bundle {what}", ZipLimits(64, MAX_BUNDLE_BYTES, 200), BundleError
+        )
+        for info in infos:
+            name = info.filename.removesuffix(".npy")
+            if name not in _ARRAYS and name not in _OPTIONAL_ARRAYS:
+                continue
+            raw = read_entry(zf, info, MAX_BUNDLE_BYTES, f"reference bundle {what}", BundleError)
+            buf = io.BytesIO(raw)
+            try:
+                version = np.lib.format.read_magic(buf)
+                header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = header(buf)
+                if dtype.hasobject:
+                    raise BundleError(
+                        f"reference bundle {what}: array '{name}' holds Python objects; refused"
+                    )
+                need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                if need > len(raw):
+                    raise BundleError(
+                        f"reference bundle {what}: array '{name}' declares shape {tuple(shape)} "
+                        f"({need:,} bytes) but holds {len(raw):,} bytes; the file is corrupt"
+                    )
+                buf.seek(0)
+                out[name] = np.asarray(np.load(buf, allow_pickle=False))
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise BundleError(
+                    f"reference bundle {what}: array '{name}' cannot be read: {str(exc)[:160]}"
+                ) from exc
+    return out
+
+
+def _check_arrays(bundle: ReferenceBundle, what: str) -> None:
+    """Shapes and values a bundle must have for its numbers to mean anything."""
+    k = len(bundle.class_names)
+    refs = np.asarray(bundle.references)
+    problems = []
+    if refs.ndim != 3 or refs.shape[0] != k:
+        problems.append(f"references have shape {refs.shape}, expected ({k}, h, w) for {k} classes")
+    elif not np.isfinite(refs).all():
+        problems.append("references contain NaN or infinite values")
+    if np.asarray(bundle.counts).shape != (k,):
+        problems.append(f"counts have shape {np.asarray(bundle.counts).shape}, expected ({k},)")
+    thr = bundle.threshold
+    if not (
+        thr == "otsu" or (isinstance(thr, int | float) and np.isfinite(thr) and 0.0 <= float(thr) <= 1.0)
+    ):
+        problems.append(f"threshold {thr!r} is neither 'otsu' nor a number in [0, 1]")
+    if bundle.thumbnails is not None and (bundle.thumbnails.ndim != 3 or bundle.thumbnails.dtype != np.uint8):
+        problems.append("reference thumbnails must be (N, s, s) uint8")
+    if problems:
+        raise BundleError(f"reference bundle {what} is corrupt: {'; '.join(problems)}")
 
 
 def _mismatches(
