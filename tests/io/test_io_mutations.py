@@ -123,6 +123,27 @@ def test_pt2_with_swapped_json_values_loads_or_raises_typed() -> None:
             load_model_bytes(out.getvalue(), "m.pt2")
 
 
+def _model_files() -> dict[str, bytes]:
+    from safetensors.torch import save
+
+    sd = nn_net().state_dict()
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    program = torch.export.export(nn_net(), (torch.zeros(1, 1, 32, 32),))
+    pt2 = io.BytesIO()
+    torch.export.save(program, pt2)
+    return {"m.safetensors": save(sd), "m.pt": buf.getvalue(), "m.pt2": pt2.getvalue()}
+
+
+def test_model_files_with_flipped_bytes_load_or_raise_typed() -> None:
+    """Safetensors, a torch.save state dict and a .pt2 with random bytes flipped: loaded or typed."""
+    rng = random.Random("models")
+    for name, seed in _model_files().items():
+        for _ in range(8):
+            with contextlib.suppress(VerificationError):
+                load_model_bytes(_flip(seed, rng), name, architecture="mobilenet_v2")
+
+
 def nn_net() -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3),
