@@ -50,6 +50,31 @@ def test_neutralise_outside_removes_the_marker_and_adds_no_value() -> None:
     outside = ~roi
     assert out[outside].min() >= img[outside].min()
     assert out[outside].max() <= img[outside].max()
+    # median window 0.2 x 64 -> 13 px (169 px): the 8 x 8 = 64 px marker is under half of any window, so every
+    # value there is a background value in [0.3, 0.4] (give or take one of 256 levels of the outside's range
+    # 0.05-0.95, 0.0035); its bright box and dark letter are gone.
+    step = 0.9 / 255
+    assert out[2:10, 2:10].max() <= 0.4 + step
+    assert out[2:10, 2:10].min() >= 0.3 - step
+
+
+def test_neutralise_outside_median_filter_keeps_large_edges_blur_smears_them() -> None:
+    img = np.full((64, 64), 0.2, np.float32)
+    img[:, 32:] = 0.8  # a large structure outside: a step at column 32
+    roi = np.zeros((64, 64), bool)
+    roi[24:40, 8:20] = True
+    out = neutralise_outside(img, roi)
+    assert np.array_equal(out[:, 31] <= 0.2 + 1e-6, np.ones(64, bool))
+    assert np.allclose(out[:, 32], 0.8, atol=1e-6)
+    blurred = neutralise_outside(img, roi, fill="blur")
+    assert 0.3 < blurred[0, 31] < 0.5  # the blur halves the step at the edge
+
+
+def test_neutralise_outside_blur_spreads_the_marker() -> None:
+    img, roi, _ = _phantom()
+    out = neutralise_outside(img, roi, fill="blur")
+    assert out[~roi].min() >= img[~roi].min()
+    assert out[~roi].max() <= img[~roi].max()
     # marker 0.95 on a 0.3-0.4 background: a blur of sigma 0.08 * 64 = 5.1 px spreads its 64 px over ~2 pi
     # sigma^2 = 165 px, so its peak falls to at most 0.35 + 0.6 * 64 / 165 ≈ 0.6, and its dark letter is gone.
     assert out[2:10, 2:10].max() < 0.65

@@ -1,8 +1,9 @@
 """Counterfactual image edits for evidence lines E3 and E4 (METHODS.md §3): pure functions on image arrays.
 
-- :func:`neutralise_outside`: everything outside the anatomical region replaced by a heavy blur of the
-  outside's own pixels (normalised convolution: no pixel of the region leaks out, no value is invented), so a
-  sharp token, letter or marker outside the anatomy disappears while the region stays byte-identical.
+- :func:`neutralise_outside`: everything outside the anatomical region replaced by a large-window median of
+  the outside's own pixels (the region's pixels do not count, no value outside the outside's range is made),
+  so a small token, letter or marker outside the anatomy disappears, large structures keep their place, and
+  the region stays byte-identical.
 - :func:`neutralise_inside`: the region filled from its own pixels (their median by default, or their heavy
   blur), so any finding inside it is gone while the outside stays byte-identical.
 - :func:`remove_finding`: the annotated finding (its mask dilated by a few pixels) inpainted from its
@@ -37,10 +38,12 @@ __all__ = [
     "remove_finding",
 ]
 
-OutsideFill = Literal["blur", "median", "mean"]
+OutsideFill = Literal["median_filter", "blur", "median", "mean"]
 InsideFill = Literal["median", "mean", "blur"]
 
-# Defaults as fractions of the shorter side; 0.08 × 224 px = 18 px blurs a 26 × 22 px marker letter away.
+# Defaults as fractions of the shorter side. A median window of 0.2 × 224 = 45 px (2025 px) erases any object
+# of less than half its area (a 26 × 22 px marker tag, an 11 px token disc) and keeps edges of larger ones.
+DEFAULT_OUTSIDE_WINDOW = 0.2
 DEFAULT_OUTSIDE_SIGMA = 0.08
 DEFAULT_INSIDE_SIGMA = 0.1
 DEFAULT_FINDING_DILATION = (
@@ -126,6 +129,22 @@ def _fill(plane: np.ndarray, source: np.ndarray, how: str, sigma: float) -> np.n
     raise ShapeError(f"unknown fill {how!r}; use 'median', 'mean' or 'blur'")
 
 
+def _median_filter_outside(plane: np.ndarray, roi: np.ndarray, window: float, sigma: float) -> np.ndarray:
+    """Median filter of the outside of ``roi`` (see :func:`neutralise_outside`); (H, W) float64."""
+    if window <= 0:
+        raise ShapeError(f"the median window must be positive, got {window}")
+    outside = ~roi
+    pre = plane.copy()
+    pre[roi] = masked_blur(plane, outside, sigma)[roi]
+    lo, hi = float(plane[outside].min()), float(plane[outside].max())
+    if hi <= lo:
+        return np.full(plane.shape, lo)
+    levels = np.round(np.clip((pre - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
+    k = max(round(window * min(plane.shape)) | 1, 3)
+    med = cv2.medianBlur(levels, k).astype(np.float64)
+    return np.clip(med / 255.0 * (hi - lo) + lo, lo, hi)
+
+
 def _nonempty(m: np.ndarray, what: str) -> None:
     if not m.any():
         raise ShapeError(f"{what}: the anatomical region is empty, there is no anatomy to keep or remove")
@@ -137,19 +156,37 @@ def neutralise_outside(
     image: np.ndarray,
     roi: np.ndarray,
     *,
-    fill: OutsideFill = "blur",
+    fill: OutsideFill = "median_filter",
+    window: float = DEFAULT_OUTSIDE_WINDOW,
     sigma: float = DEFAULT_OUTSIDE_SIGMA,
 ) -> np.ndarray:
-    """The image with every pixel outside ``roi`` replaced from the outside's own pixels: ``"blur"`` (default)
-    a normalised Gaussian blur of width ``sigma`` × shorter side over the outside pixels only
-    (:func:`masked_blur`), ``"median"``/``"mean"`` their constant median or mean. Pixels inside ``roi`` are
-    returned unchanged, byte for byte; the result is within the outside's own range of values."""
+    """The image with every pixel outside ``roi`` replaced from the outside's own pixels. Pixels inside
+    ``roi`` are returned unchanged, byte for byte; the result is within the outside's own range of values.
+
+    - ``"median_filter"`` (default): a median filter of ``window`` × shorter side (odd, in pixels) over the
+      outside, the region first filled with :func:`masked_blur` of the outside so that its pixels do not
+      count; computed on the outside's range quantised to 256 levels (OpenCV's large-window median is
+      8-bit). Small objects (tokens, letters, tags) vanish; the body outline, diaphragm and film edge keep
+      their place.
+    - ``"blur"``: a normalised Gaussian blur of width ``sigma`` × shorter side over the outside pixels only
+      (:func:`masked_blur`);
+    - ``"median"`` / ``"mean"``: the outside's constant median or mean.
+
+    Measured by ``python -m bench.counterfactual`` with the automatic region (flip rate of the prediction when
+    the outside is neutralised, normal / nodule / effusion images): the second healthy demo model
+    (``healthy_seed``) flips 5 % / 0 % / 0 % of test images with the median filter, 30 % / 0 % / 0 % with the
+    blur (sigma 0.08), 35 % / 0 % / 5 % with sigma 0.15; the constant median flips the sound model on 50 % of
+    normal images. The shortcut models still flip: marker letter 100 % / 100 % of nodule / effusion marker
+    images, token disc 88 % / 88 % / 38 % (its effusion class is also its answer without a token)."""
     planes, layout, m = _check(image, roi, "the anatomical region")
     _nonempty(m, "neutralise_outside")
     s = _sigma(sigma, planes.shape)
     out = planes.copy()
     for c in range(planes.shape[0]):
-        out[c][~m] = _fill(planes[c], ~m, fill, s)[~m]
+        if fill == "median_filter":
+            out[c][~m] = _median_filter_outside(planes[c], m, window, s)[~m]
+        else:
+            out[c][~m] = _fill(planes[c], ~m, fill, s)[~m]
     result = _merge(out, layout, np.asarray(image))
     return _keep_exact(result, np.asarray(image), m, layout)
 
