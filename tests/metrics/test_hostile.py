@@ -106,6 +106,15 @@ def test_sizes_are_checked_before_allocating(size: Any, kind: type[VerificationE
     assert grown_kib < 100 * 1024, f"peak memory grew by {grown_kib / 1024:.0f} MiB"
 
 
+def test_huge_input_maps_refused_without_copying() -> None:
+    """A (1, 10⁵, 10⁵) map is refused by its shape: an expanded view of 4 bytes, so a copy would show."""
+    huge = torch.zeros(1, 1, 1).expand(1, 100_000, 100_000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputTooLargeError, match="too large"):
+        compute_metrics(huge, _rand(1, 16, 16))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024
+
+
 def test_numpy_and_torch_integer_sizes_accepted() -> None:
     size: Any = (np.int64(20), torch.tensor(20))
     a = compute_metrics(_rand(2, 16, 16), _rand(1, 16, 16), ["iou"], size=size)

@@ -37,6 +37,8 @@ ArrayLike = np.ndarray | torch.Tensor
 # SSIM keeps an n × n filter matrix per side length (134 MB for n = 4096).
 MAX_GRID_PIXELS = 2048 * 2048
 MAX_GRID_SIDE = 4096
+# A map as given (before resizing to the grid): the image loader's pixel limit (verification.io.images).
+MAX_INPUT_PIXELS = 8192 * 8192
 NONFINITE_MAP = "map has NaN or infinite values"
 NONFINITE_REF = "reference has NaN or infinite values"
 
@@ -113,6 +115,11 @@ def as_batch(x: ArrayLike, name: str = "maps") -> torch.Tensor:
         raise ShapeError(f"no {name} to compare: the batch is empty (shape {tuple(t.shape)})")
     if t.shape[1] == 0 or t.shape[2] == 0:
         raise ShapeError(f"{name} have no pixels (shape {tuple(t.shape)}); each map needs at least one")
+    if t.shape[1] * t.shape[2] > MAX_INPUT_PIXELS:
+        raise InputTooLargeError(
+            f"{name} of {t.shape[1]}×{t.shape[2]} pixels are too large "
+            f"(at most {MAX_INPUT_PIXELS:,} per map); resize them first"
+        )
     if not t.is_floating_point():
         t = t.to(torch.float32)
     return t
