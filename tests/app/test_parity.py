@@ -60,6 +60,7 @@ def _close(a: Any, b: Any) -> bool:
 def _assert_same(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
     for key in a:
         if not _close(a[key], b[key]):
+            diff: object
             if isinstance(a[key], dict):
                 diff = {
                     k: (a[key].get(k), b[key].get(k))
