@@ -79,11 +79,20 @@ def _mask(item: demo.DemoItem, kind: str) -> np.ndarray | None:
 
 
 def the_bundle(
-    models: dict[str, LoadedModel], kinds: dict[str, str], config: VerdictConfig
+    models: dict[str, LoadedModel],
+    kinds: dict[str, str],
+    config: VerdictConfig,
+    path: str | None,
+    save: str | None,
 ) -> ReferenceBundle:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bundle = load_bundle(demo.demo_reference_bundle("sound"))
+        bundle = load_bundle(path or demo.demo_reference_bundle("sound"))
+    if path is not None and bundle.calibration is not None:
+        print(
+            f"bundle: {path}, calibrated: {bundle.calibration.scheme}; known-bad: {', '.join(bundle.calibration.bad)}"
+        )
+        return bundle
     if bundle.calibration is not None:
         print(f"bundle: the demo's sound bundle, calibrated: {bundle.calibration.scheme}")
         print(f"        known-bad references: {', '.join(bundle.calibration.bad)}")
@@ -96,8 +105,10 @@ def the_bundle(
         bundle, healthy, paths, labels, bad=bad, annotations=lesions, anatomy=lungs, config=config
     )
     assert bundle.calibration is not None
+    if save:
+        bundle.save(save)
     print(
-        f"bundle: the demo's sound bundle has NO calibration (schema {bundle.schema_version}); calibrated here on "
+        "bundle: the demo's sound bundle has NO calibration; calibrated here on "
         f"the 'reference' split in {time.perf_counter() - t:.0f} s: {bundle.calibration.scheme}; known-bad: "
         f"{', '.join(bundle.calibration.bad)}"
     )
@@ -130,6 +141,9 @@ def main() -> None:
     ap.add_argument("--faithfulness", action="store_true", help="run E6 too (about 9 × slower)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quiet-classes", action="store_true", help="no per-class lines")
+    ap.add_argument("--bundle", help="use this (calibrated) bundle instead of the demo's")
+    ap.add_argument("--save-bundle", help="when calibrating here, save the calibrated bundle to this stem")
+    ap.add_argument("--calibrate-only", action="store_true", help="stop after the bundle")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
@@ -141,7 +155,9 @@ def main() -> None:
         n: load_model(demo.demo_model_path(n), name=n) for n in kinds if n in names or kinds[n] != "garbage"
     }
     config = VerdictConfig(faithfulness=args.faithfulness)
-    bundle = the_bundle(models, kinds, config)
+    bundle = the_bundle(models, kinds, config, args.bundle, args.save_bundle)
+    if args.calibrate_only:
+        return
     try:
         expected = demo.demo_expected_verdicts(min_images_per_class=config.min_images)
     except (AttributeError, demo.DemoAssetsError):

@@ -438,6 +438,7 @@ def measure_batch(
     roi, roi_ok, sources, fields = region_masks(
         model, x, list(anatomy) if anatomy is not None else [None] * n
     )
+    roi_ok = roi_ok & assessable  # gated images (E0) are never evidence: no counterfactuals for them
     outside = energy_share(maps_full, 1.0 - roi)
     values["E3.outside_energy"] = np.where(roi_ok, outside, np.nan)
     p_pred = probs[np.arange(n), model_pred]
@@ -459,7 +460,7 @@ def measure_batch(
     model_lab = np.array(
         [model.class_names.index(spec.class_names[k]) if k >= 0 else -1 for k in lab], dtype=np.int64
     )
-    use = has & (model_lab >= 0) & spec.counterfactuals
+    use = has & (model_lab >= 0) & spec.counterfactuals & assessable
     if use.any():
         idx = np.nonzero(use)[0]
         src = fields[idx]  # the aerated lung fields (an effusion is refilled from the lung above it)
