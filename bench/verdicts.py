@@ -8,8 +8,8 @@ Run: ``.venv/bin/python -m bench.verdicts [--models sound shortcut ...] [--faith
    cascading-randomised model on the "reference" split) and the fact is printed.
 2. Each model is verified (:func:`verification.verify`, the one verify path) on its relevant splits — healthy
    and garbage models: clean test, strongly shifted, OOD; each shortcut model: clean test, its cue split and
-   the cue-swapped split — with the demo's lesion masks (annotations) and lung masks (anatomy), labels except
-   on OOD. Printed per run: accuracy, verdict, expected verdict (``demo.demo_expected_verdicts()``, else the
+   the cue-swapped split — with labels (except on OOD), the demo's lesion masks (``--no-annotations``: none)
+   and the anatomy found automatically (``--lung-masks``: the demo's lung masks). Printed per run: accuracy, verdict, expected verdict (``demo.demo_expected_verdicts()``, else the
    demo's ground truth rule), the deciding line, and per class the verdict with E1's Youden J, E3's survival
    with the anatomy removed and E4's drop when the finding is removed.
 3. The summary counts verdicts that match and lists the ones that do not.
@@ -99,11 +99,10 @@ def the_bundle(
         return bundle
     healthy = {n: m for n, m in models.items() if kinds[n] == "healthy"}
     bad = {n: m for n, m in models.items() if kinds[n].startswith("shortcut")}
-    paths, labels, lesions, lungs = split_data("reference")
+    paths, labels, lesions, _ = split_data("reference")
     t = time.perf_counter()
-    bundle = calibrate_bundle(
-        bundle, healthy, paths, labels, bad=bad, annotations=lesions, anatomy=lungs, config=config
-    )
+    # Anatomy found automatically, as a user without lung masks will have it at verify time.
+    bundle = calibrate_bundle(bundle, healthy, paths, labels, bad=bad, annotations=lesions, config=config)
     assert bundle.calibration is not None
     if save:
         bundle.save(save)
@@ -144,6 +143,10 @@ def main() -> None:
     ap.add_argument("--bundle", help="use this (calibrated) bundle instead of the demo's")
     ap.add_argument("--save-bundle", help="when calibrating here, save the calibrated bundle to this stem")
     ap.add_argument("--calibrate-only", action="store_true", help="stop after the bundle")
+    ap.add_argument(
+        "--lung-masks", action="store_true", help="give the demo's lung masks (default: automatic)"
+    )
+    ap.add_argument("--no-annotations", action="store_true", help="no lesion masks: labels only (E2/E4 off)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
@@ -173,8 +176,9 @@ def main() -> None:
             paths, labels, lesions, lungs = split_data(split)
             t = time.perf_counter()
             rep = verify(
-                models[name], bundle, paths, None if split == "ood" else labels, annotations=lesions,
-                anatomy=lungs, config=config,
+                models[name], bundle, paths, None if split == "ood" else labels,
+                annotations=None if args.no_annotations else lesions, anatomy=lungs if args.lung_masks else None,
+                config=config,
             )  # fmt: skip
             dt = time.perf_counter() - t
             exp = expected.get((name, split)) or ground_truth(kind, split)
