@@ -51,7 +51,9 @@ pytestmark = [
 
 ARTIFACTS = ROOT / "test-artifacts"
 SESSIONS = 8
-RSS_BOUND_MB = 3072.0  # the server with 8 sessions on 4 models (measured peak: see load.json)
+# Measured (this test, 2 cores, load average ~20): one session's server peaks at 1.20 GB resident, eight
+# concurrent sessions at 1.70 GB (+0.49 GB). The bounds leave room for machine-to-machine variation.
+RSS_BOUND_MB = 3072.0  # the server with 8 sessions on 4 models
 SESSION_MEMORY_BOUND_MB = 1024.0  # what 7 more concurrent sessions may add over one session's peak
 TIMEOUT_MS = 240_000
 # (demo model label, image option index, method label): 8 distinct (model, image) pairs, 4 methods. Each model
