@@ -90,7 +90,14 @@ def expand_zip(
     budget = budget if budget is not None else _budget(max_entries, max_total_bytes)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        ValueError,
+        OSError,
+        EOFError,
+    ) as exc:
         raise ImageLoadError(f"{name} is not a readable zip archive ({exc}).") from exc
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]

@@ -174,3 +174,16 @@ def test_sidecar_with_changed_characters_parses_or_raises_typed() -> None:
             data[rng.randrange(len(data))] = rng.choice(b'{}[]":,0123456789.eE-+naNIfty ')
         with contextlib.suppress(VerificationError):
             parse_sidecar(read_sidecar_bytes(bytes(data)))
+
+
+def test_zip_needing_an_unknown_version_is_typed() -> None:
+    """zipfile raises NotImplementedError when the central directory asks for a newer extract version."""
+    buf = io.BytesIO()
+    torch.save(nn_net().state_dict(), buf)
+    data = bytearray(buf.getvalue())
+    pos = data.find(b"PK\x01\x02")
+    data[pos + 6 : pos + 8] = (79).to_bytes(2, "little")
+    with pytest.raises(VerificationError):
+        load_model_bytes(bytes(data), "v79.pt", architecture="resnet18")
+    with pytest.raises(VerificationError):
+        expand_uploads([("v79.zip", bytes(data))])

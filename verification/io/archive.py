@@ -29,7 +29,14 @@ class ZipLimits:
 def open_zip(data: bytes, what: str, error: type[VerificationError]) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        OSError,
+        ValueError,
+        EOFError,
+    ) as exc:
         raise error(f"{what} is not a readable zip archive ({str(exc)[:120]})") from exc
 
 

@@ -86,7 +86,14 @@ def _detect_format(data: bytes, filename: str) -> str:
     if data[:4] == b"PK\x03\x04":
         try:
             names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            NotImplementedError,
+            ValueError,
+            OSError,
+            EOFError,
+        ) as exc:
             raise ModelLoadError(
                 f"'{filename}' looks like a zip archive but is corrupt or truncated"
             ) from exc
