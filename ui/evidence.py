@@ -100,9 +100,23 @@ def verdict_detail(report: VerificationReport) -> str:
         parts.append(f"{report.n_not_assessable} not assessable")
     if report.errors:
         parts.append(f"{len(report.errors)} unreadable")
-    if report.verdict == "cannot_verify" and report.missing:
-        parts.append("missing: " + "; ".join(report.missing))
+    if report.verdict == "cannot_verify" and (missing := missing_words(report)):
+        parts.append(missing)
     return " · ".join(parts)
+
+
+def missing_words(report: VerificationReport, *, shown: int = 2) -> str:
+    """What would be needed to verify beyond what the reason says: the first ``shown`` items and a count
+    ("" when the reason already says it all)."""
+    items = [m for m in report.missing if m not in report.reason]
+    if not items:
+        return ""
+    more = len(items) - shown
+    return (
+        "missing: "
+        + "; ".join(items[:shown])
+        + (f"; and {more} more (see the classes below)" if more > 0 else "")
+    )
 
 
 def verdict_headline(report: VerificationReport, subject: str = "") -> str:
@@ -307,8 +321,8 @@ def image_values_table(im: ImageEvidence) -> pd.DataFrame:
             "line": [
                 f"{k.partition('.')[0]} {LINE_NAMES.get(k.partition('.')[0], '')}".strip() for k in keys
             ],
-            "measured on this image": [quantity_words(k) for k in keys],
             "value": [_num(im.values[k]) for k in keys],
+            "measured on this image": [quantity_words(k) for k in keys],
         }
     )
 

@@ -199,7 +199,12 @@ def line_chart(line: LineResult) -> go.Figure:
                 x=names,
                 y=[np.nan if t is None else t for t in thresholds],
                 mode="markers",
-                marker={"symbol": "line-ew-open", "size": 30, "line": {"width": 2, "color": "#dddddd"}},
+                marker={
+                    "symbol": "line-ew-open",
+                    "size": 30,
+                    "color": "#dddddd",
+                    "line": {"width": 2, "color": "#dddddd"},
+                },
                 name="threshold",
                 hovertemplate="threshold %{y:.3f}<extra></extra>",
             )

@@ -408,7 +408,7 @@ def test_a_model_whose_classes_do_not_match_the_bundle_cannot_be_verified() -> N
     assert _verdict(at) == "CANNOT VERIFY"
     assert not [b for b in at.error if b.icon == VERDICT_ICON], "a missing input is not a red 'unsuitable'"
     banner = next(w.value for w in at.warning if "CANNOT VERIFY" in w.value)
-    assert "missing" in banner
+    assert "do not match" in banner, "it says what is missing: a bundle for this model's classes"
 
 
 def test_compare_never_calls_the_shortcut_model_better() -> None:
