@@ -1674,6 +1674,24 @@ _metric_item(
     expect="either",
     note="every NaN needs its reason (found by hypothesis)",
 )
+
+
+def _peaked_map() -> Any:
+    import numpy as np
+
+    m = np.full((1, 11, 9), 0.0049, np.float32)
+    m[0, 0, 1], m[0, 0, 2] = 0.0, 1.0
+    return m
+
+
+_metric_item(
+    "metrics_cosine_self_float32",
+    _peaked_map,
+    refs=_peaked_map,
+    size=[174, 256],
+    expect="load",
+    note="a float32 map against itself: cosine must stay within [-1, 1] (found by hypothesis)",
+)
 _metric_item("metrics_bool_maps", lambda: _rand(1, 16, 16) > 0.5, expect="either")
 
 

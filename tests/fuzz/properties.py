@@ -33,7 +33,8 @@ from tests.fuzz import corpus
 
 MAX_MESSAGE = 2000
 # Derandomised in the suite (the same examples every run, so a result is reproducible and an xfail is stable);
-# FUZZ_RANDOM=1 explores new examples on every run.
+# FUZZ_RANDOM=1 explores new examples on every run, FUZZ_SCALE=<k> runs k times as many:
+#   FUZZ_RANDOM=1 FUZZ_SCALE=10 python -m tests.fuzz.properties /tmp/properties.json
 SETTINGS = settings(
     derandomize=os.environ.get("FUZZ_RANDOM") != "1",
     database=None,
@@ -333,7 +334,9 @@ CHECKS: dict[str, tuple[Callable[[], None], int]] = {
 def main(out: str) -> int:
     """Run every check; write ``{name: {"ok", "seconds", "examples", "failure"}}`` as JSON to ``out``."""
     results: dict[str, dict[str, Any]] = {}
+    scale = max(1, int(os.environ.get("FUZZ_SCALE", "1")))  # FUZZ_SCALE=10: ten times the examples
     for name, (fn, n) in CHECKS.items():
+        n *= scale
         t0 = time.monotonic()
         failure = ""
         try:
