@@ -629,13 +629,10 @@ def build_bundle(model: LoadedModel, lock: threading.Lock, images: ImageSet | No
         raise BundleError(
             "Building a reference needs labelled images: upload a zip with one folder per class."
         )
-    unknown = sorted({str(item.label) for item in images.items if item.label not in model.class_names})
-    if unknown:
-        raise BundleError(
-            f"These labels are not classes of {model.name}: {', '.join(unknown)}. Name each folder after one "
-            f"of {', '.join(model.class_names)}."
-        )
+    if any(item.label is None for item in images.items):
+        raise BundleError("Every reference image needs its class: upload a zip with one folder per class.")
     with lock:
+        # the backend checks that every label is one of the model's classes
         bundle = build_reference(model, [i.image for i in images.items], [str(i.label) for i in images.items])
     label = f"built from {images.label}"
     key = sha256(("built", model.content_hash, *images.hashes).__repr__().encode())
