@@ -587,6 +587,23 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "loop.tif", bytes(data))
 
 
+@item(
+    "tiff_ifd_zeroed",
+    "image",
+    "load_image",
+    note="IFD entries from the 3rd field on zeroed (found by hypothesis)",
+)
+def _(root: Path) -> dict[str, Any]:
+    import numpy as np
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (np.arange(32 * 32, dtype=np.uint16) * 61).reshape(32, 32))
+    data = bytearray(buf.getvalue())
+    data[26:200] = bytes(174)
+    return _img(root, "ifd_zeroed.tif", bytes(data))
+
+
 @item("tiff_valid_uint16", "image", "load_image", expect="load")
 def _(root: Path) -> dict[str, Any]:
     return _img(root, "ok16.tif", tiff_bytes(256, 256, bits=16))

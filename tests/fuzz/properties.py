@@ -22,7 +22,6 @@ import os
 import struct
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -331,6 +330,20 @@ CHECKS: dict[str, tuple[Callable[[], None], int]] = {
 }
 
 
+def _describe(exc: BaseException) -> str:
+    """The error(s) and hypothesis's falsifying example(s), each cut to a readable length."""
+    parts = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
+    lines = []
+    for k, part in enumerate(parts, 1):
+        cause = part.__cause__ or part.__context__
+        lines.append(f"[{k}/{len(parts)}] {type(part).__name__}: {str(part)[:600]}")
+        if cause is not None:
+            lines.append(f"    caused by {type(cause).__name__}: {str(cause)[:400]}")
+        for note in getattr(part, "__notes__", []):
+            lines.append("    " + (note if len(note) < 800 else note[:700] + " …"))
+    return "\n".join(lines)
+
+
 def main(out: str) -> int:
     """Run every check; write ``{name: {"ok", "seconds", "examples", "failure"}}`` as JSON to ``out``."""
     results: dict[str, dict[str, Any]] = {}
@@ -342,14 +355,7 @@ def main(out: str) -> int:
         try:
             settings(SETTINGS, max_examples=n)(fn)()
         except Exception as exc:
-            # the error and hypothesis's falsifying example (its notes), each cut to a readable length
-            notes = [n if len(n) < 1500 else n[:1400] + " …" for n in getattr(exc, "__notes__", [])]
-            cause = exc.__cause__ or exc.__context__
-            failure = "\n".join(
-                [f"{type(exc).__name__}: {str(exc)[:1000]}", *notes]
-                + ([f"caused by {type(cause).__name__}: {str(cause)[:500]}"] if cause else [])
-                + [traceback.format_exc()[-1500:]]
-            )
+            failure = _describe(exc)
         results[name] = {
             "ok": not failure,
             "seconds": time.monotonic() - t0,
