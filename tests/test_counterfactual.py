@@ -99,6 +99,21 @@ def test_neutralise_inside_keeps_the_outside_and_fills_with_the_region_median() 
     assert blurred[roi].std() < 0.25 * img[roi].std()  # the region's own texture is averaged away
 
 
+def test_large_images_are_filtered_on_a_working_copy_with_the_same_guarantees() -> None:
+    # 640 px > WORK_SIDE (512): wide filters run on a shrunk copy; kept pixels, range and marker removal hold
+    img, roi, _ = _phantom(64)
+    big = np.kron(img, np.ones((10, 10), np.float32))
+    big_roi = np.kron(roi, np.ones((10, 10), bool))
+    for fill in ("median_filter", "blur"):
+        out = neutralise_outside(big, big_roi, fill=fill)  # type: ignore[arg-type]
+        assert out[big_roi].tobytes() == big[big_roi].tobytes()
+        assert out[~big_roi].min() >= big[~big_roi].min()
+        assert out[~big_roi].max() <= big[~big_roi].max()
+        assert out[20:100, 20:100].max() < 0.65  # the marker (rows/cols 20-100 at this scale) is gone
+    inside = neutralise_inside(big, big_roi, fill="blur")
+    assert inside[~big_roi].tobytes() == big[~big_roi].tobytes()
+
+
 def test_masked_blur_uses_only_valid_pixels() -> None:
     # a single valid pixel: every output value is that pixel's value (hand-derived: G*(x v) / G*v = x_valid)
     plane = np.random.default_rng(1).random((21, 21))
