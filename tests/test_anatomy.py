@@ -202,6 +202,37 @@ def test_segmentation_model_channel_is_the_region() -> None:
         roi_from_model(img, model, "heart")
 
 
+class _TopSegmenter(nn.Module):
+    """One output channel: logit +2 on the top half, -2 below (sigmoid 0.88 / 0.12)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        out = torch.full((n, 1, h, w), -2.0)
+        out[:, :, : h // 2] = 2.0
+        return out
+
+
+def test_single_channel_segmentation_uses_the_sigmoid() -> None:
+    model = LoadedModel(
+        module=_TopSegmenter().eval(),
+        in_channels=1,
+        input_size=(32, 32),
+        class_names=("lungs",),
+        mean=(0.5,),
+        std=(0.25,),
+        source_format="module",
+        content_hash="toy1",
+        task="segmentation",
+        name="toy1",
+    )
+    img = np.zeros((64, 64), np.float32)
+    rec = roi_from_model(img, model, 0)
+    assert rec.mask is not None
+    assert rec.mask[:31].all()
+    assert not rec.mask[33:].any()
+    assert roi_from_model(img, model, 0, threshold=0.9).source == "failed"  # 0.88 < 0.9 everywhere
+
+
 def test_first_source_given_wins() -> None:
     img, *_ = _chest()
     mask = np.zeros(img.shape, bool)
