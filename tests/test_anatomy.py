@@ -164,6 +164,15 @@ def test_provided_masks_array_and_folder(tmp_path: Path) -> None:
     missing = roi_from_folder(tmp_path, "008_normal.png", (32, 32))
     assert missing.source == "failed"
     assert "008_normal_lung.png" in missing.reason
+    # a mask folder of its own may name masks exactly like the images; the image's own folder may not
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "masks" / "009_normal.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "009_normal.png")
+    assert (
+        find_mask_file(tmp_path / "masks", str(tmp_path / "009_normal.png"))
+        == tmp_path / "masks" / "009_normal.png"
+    )
+    assert find_mask_file(tmp_path, str(tmp_path / "009_normal.png")) is None
     via = anatomy_roi(np.zeros((32, 32), np.float32), mask_folder=tmp_path, image_name="007_nodule.png")
     assert via.source == "provided"
 

@@ -208,14 +208,19 @@ def roi_from_mask(mask: np.ndarray, shape: tuple[int, int], *, name: str = "prov
 def find_mask_file(
     folder: str | Path, image_name: str, suffixes: Sequence[str] = MASK_SUFFIXES
 ) -> Path | None:
-    """The mask of ``image_name`` in ``folder``: ``<stem><suffix><ext>`` for the first suffix in ``suffixes``
-    and an image extension that exists (an exact ``<stem>.<ext>`` only when the folder is not the image's)."""
+    """The mask of ``image_name`` (a file name or a path) in ``folder``: ``<stem><suffix><ext>`` for the first
+    suffix in ``suffixes`` and an extension that exists. A file with the image's own name counts only in a
+    mask folder that is not the image's (``image_name`` given with its folder, or a bare name)."""
     folder = Path(folder)
-    stem = Path(image_name).stem
+    name = Path(image_name)
+    own = (name.parent if str(name.parent) not in ("", ".") else None, name.name)
     for suffix in suffixes:
         for ext in _MASK_EXTS:
-            path = folder / f"{stem}{suffix}{ext}"
-            if path.is_file() and path.name != Path(image_name).name:
+            path = folder / f"{name.stem}{suffix}{ext}"
+            if not path.is_file():
+                continue
+            same_file = path.name == own[1] and own[0] is not None and own[0].resolve() == folder.resolve()
+            if not same_file:
                 return path
     return None
 
