@@ -604,6 +604,35 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "ifd_zeroed.tif", bytes(data))
 
 
+def _tiff_tag_type(tag: int, new_type: int) -> Builder:
+    """A small valid TIFF whose IFD entry ``tag`` is given another field type (found by hypothesis)."""
+
+    def build(root: Path) -> dict[str, Any]:
+        import numpy as np
+        import tifffile
+
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, (np.arange(32 * 32, dtype=np.uint16) * 61).reshape(32, 32))
+        data = bytearray(buf.getvalue())
+        ifd = struct.unpack("<I", data[4:8])[0]
+        for k in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
+            at = ifd + 2 + 12 * k
+            if struct.unpack("<H", data[at : at + 2])[0] == tag:
+                struct.pack_into("<H", data, at + 2, new_type)
+        return _img(root, f"tag{tag}_type{new_type}.tif", bytes(data))
+
+    return build
+
+
+for _tag, _type, _what in (
+    (256, 5, "ImageWidth as RATIONAL"),
+    (278, 12, "RowsPerStrip as DOUBLE"),
+    (278, 5, "RowsPerStrip as RATIONAL"),
+    (277, 2, "SamplesPerPixel as ASCII"),
+):
+    item(f"tiff_tag{_tag}_type{_type}", "image", "load_image", note=_what)(_tiff_tag_type(_tag, _type))
+
+
 @item("tiff_valid_uint16", "image", "load_image", expect="load")
 def _(root: Path) -> dict[str, Any]:
     return _img(root, "ok16.tif", tiff_bytes(256, 256, bits=16))
