@@ -376,9 +376,31 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     manifest["schema_version"] = SCHEMA_VERSION
     manifest = _clean(manifest)
-    (out / "manifest.json").write_text(
-        json.dumps(manifest, indent=1, allow_nan=False) + "\n", encoding="utf-8"
-    )
+    (out / "manifest.json").write_text(_dumps(manifest) + "\n", encoding="utf-8")
+
+
+def _dumps(manifest: dict[str, Any]) -> str:
+    """Indented JSON, except that each split entry and each model's per-image predictions take one line (the
+    manifest lists ~600 images: one entry per line keeps it readable and small)."""
+    compact: dict[str, str] = {}
+
+    def mark(value: Any) -> str:
+        key = f"@@compact{len(compact)}@@"
+        compact[key] = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        return key
+
+    doc = dict(manifest)
+    if isinstance(doc.get("splits"), dict):
+        doc["splits"] = {split: [mark(e) for e in entries] for split, entries in doc["splits"].items()}
+    if isinstance(doc.get("models"), dict):
+        doc["models"] = {
+            name: {k: mark(v) if k == "committed_predictions" else v for k, v in entry.items()}
+            for name, entry in doc["models"].items()
+        }
+    text = json.dumps(doc, indent=1, allow_nan=False)
+    for key, value in compact.items():
+        text = text.replace(f'"{key}"', value, 1)
+    return text
 
 
 def _rel(path: Path, out: Path) -> str:
@@ -545,9 +567,9 @@ def stage_data(cfg: DemoConfig, out: Path) -> dict[str, Any]:
                 "hospitals": {c: dict(h) for c, h in zip(dw.CLASSES, dw.HOSPITALS)},
             },
             "texture": {
-                "what": "faint grating inside the lung fields, orientation per class, random phase",
+                "what": "faint grating inside the lungs, orientation and period per class, random phase",
                 "angles_deg": dict(zip(dw.CLASSES, dw.TEXTURE_ANGLES)),
-                "period_px": dw.TEXTURE_PERIOD,
+                "periods_px": dict(zip(dw.CLASSES, dw.TEXTURE_PERIODS)),
                 "amplitude": dw.TEXTURE_AMPLITUDE,
             },
             "swapped": "cue of another class, drawn uniformly from the other two",
@@ -971,7 +993,15 @@ def stage_train(cfg: DemoConfig, out: Path, models: Sequence[str] = ORIGINAL_MOD
         raise ValueError(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     manifest = read_manifest(out)
     entries: dict[str, Any] = dict(manifest.get("models", {}))
-    train = _data(cfg, "train", cfg.n_train)
+    uses_train = {*ORIGINAL_MODELS, *(n for n, (_, sample) in HEALTHY_VARIANTS.items() if sample == "train")}
+    # the training sample is only generated when a model needs it (the cue models have their own)
+    train = (
+        _data(cfg, "train", cfg.n_train)
+        if set(models) & uses_train
+        else _Data(
+            torch.zeros((0, 1, cfg.size, cfg.size), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64), []
+        )
+    )
     test = _data(cfg, "test", cfg.n_test)
     commit_test = _Data(
         test.x[: cfg.n_commit_test], test.y[: cfg.n_commit_test], test.cases[: cfg.n_commit_test]
@@ -1456,8 +1486,7 @@ def stage_calibrate(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     marker and every cue; none of them committed or in a bench split) with their lesion and lung masks."""
     torch.set_num_threads(cfg.threads)
     try:
-        from verification.verdict.api import calibrate_bundle
-        from verification.verdict.records import VerdictConfig
+        from verification.verdict import VerdictConfig, calibrate_bundle
     except ImportError as exc:
         raise RuntimeError(
             "verification.verdict's calibration API is not available; run this stage later"
