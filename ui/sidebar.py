@@ -22,15 +22,33 @@ from verification.io.records import LoadedModel
 
 DEMO_MODELS: dict[str, str] = {
     "sound": "Sound classifier",
+    "healthy_seed": "Healthy classifier, another seed",
+    "healthy_data": "Healthy classifier, another training sample",
+    "healthy_seed_data": "Healthy classifier, another seed and sample",
     "shortcut": "Shortcut classifier (marker)",
+    "shortcut_token": "Shortcut classifier (token outside the lungs)",
+    "shortcut_acquisition": "Shortcut classifier (which hospital: exposure and noise)",
+    "shortcut_texture": "Shortcut classifier (texture inside the lungs)",
     "garbage": "With garbage class",
     "segmentation": "Lesion segmentation",
 }
 DEMO_HELP = (
-    "Sound: trained on clean synthetic radiographs. Shortcut: learned the burned-in side marker instead "
-    "of the finding. With garbage class: rejects inputs that are not chest films. Lesion segmentation: a "
-    "small U-Net whose masks drive segmentation Grad-CAM."
+    "Sound and the other healthy classifiers: the same recipe on clean synthetic radiographs (other seeds, "
+    "other training samples). Shortcut classifiers: each learned a cue instead of the finding — the "
+    "burned-in marker letter, a token outside the lungs, the hospital's exposure and noise, or a faint "
+    "texture inside the lungs. With garbage class: rejects inputs that are not chest films. Lesion "
+    "segmentation: a small U-Net whose masks drive segmentation Grad-CAM."
 )
+
+
+def available_demo_models() -> list[str]:
+    """The demo models of DEMO_MODELS whose files are in this checkout, in that order."""
+    from verification import demo
+
+    on_disk = set(demo.demo_models())
+    return [name for name in DEMO_MODELS if name in on_disk]
+
+
 MODEL_TYPES = ["safetensors", "pt", "pth", "pt2", "bin", "ckpt"]
 IMAGE_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom", "zip"]
 TRUST_LABEL = "I trust this file — allow executing code from it"
@@ -96,7 +114,7 @@ def _choose_model(slot: ModelSlotKeys, title: str) -> loaders.ModelSpec | None:
     if source == "demo":
         name = st.selectbox(
             "Demo model",
-            list(DEMO_MODELS),
+            available_demo_models(),
             format_func=lambda n: DEMO_MODELS[n],
             key=slot.demo_name.name,
             help=DEMO_HELP,
