@@ -585,3 +585,14 @@ def test_stacked_mask_frames_and_errors(tmp_path: Path) -> None:
         demo.demo_twins("reference")
     assert demo.split_kind("cue_token_swapped") == "cue_swapped:token"
     assert demo.demo_splits_ordered()[0] == "test"
+
+
+def test_reference_bundle_is_calibrated_on_the_healthy_demo_models(manifest: dict) -> None:
+    record = manifest["references"]["sound"]["calibration"]
+    doc = json.loads(demo.demo_reference_bundle().with_suffix(".json").read_text(encoding="utf-8"))
+    calibration = doc["calibration"]
+    assert calibration is not None
+    assert set(calibration["healthy"]) == set(demo.demo_models("healthy")) == set(record["healthy"])
+    assert set(demo.demo_models("shortcut")) | {"randomised"} == set(calibration["bad"])
+    assert calibration["n_images"] == record["images"]["n"] == md.DemoConfig().n_calibration
+    assert doc["reference_images"] > 0  # the E0 gate's thumbnails
