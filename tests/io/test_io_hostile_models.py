@@ -399,3 +399,20 @@ def test_state_dict_nested_100000_deep_is_typed() -> None:
             dst.writestr(info, bytes(ops) if info.filename.endswith("data.pkl") else src.read(info.filename))
     with pytest.raises(ModelLoadError, match="more than 4 levels"):
         load_model_bytes(out.getvalue(), "deep.pt", architecture="resnet18")
+
+
+def test_dry_run_activations_are_bounded_before_the_dry_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A U-Net of base 2, depth 2 at 1024² holds 56 MiB of activations at its peak (measured on the meta
+    device: 14 float32 maps of 1024² alive at once); under a 32 MiB limit it is refused before any real
+    forward, and accepted at 64²."""
+    import verification.io.models as models
+
+    monkeypatch.setattr(models, "MAX_DRY_RUN_BYTES", 32 << 20)
+    weights = _unet_weights()
+    side = {"architecture": "unet", "arch_kwargs": {"base": 2, "depth": 2}}
+    with pytest.raises(InputTooLargeError, match="MiB of activations"):
+        load_model_bytes(weights, "u.safetensors", sidecar_json={**side, "input_size": [1024, 1024]})
+    assert (
+        load_model_bytes(weights, "u.safetensors", sidecar_json={**side, "input_size": [64, 64]}).num_classes
+        == 2
+    )

@@ -13,6 +13,7 @@ import logging
 import math
 import pickle
 import re
+import weakref
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any, cast
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from verification.errors import (
     InputTooLargeError,
@@ -60,6 +63,8 @@ GRAY_STD = (0.226,)
 # Beyond these, weights or dry-run outputs are corrupt or mis-scaled (trained CNNs stay many orders below).
 MAX_ABS_WEIGHT = 1e12
 MAX_ABS_OUTPUT = 1e6
+# Activations of the dry run, measured on the meta device before it runs (ResNet-50 at 1024²: ~210 MiB).
+MAX_DRY_RUN_BYTES = 1 << 30
 
 _TRUST_ADVICE = (
     "If you trust where the file came from, opt in (trust=True, the CLI's trust flag or the dashboard's "
@@ -230,6 +235,55 @@ def _check_finite_weights(named: Mapping[str, torch.Tensor], filename: str) -> N
             )
 
 
+class _ActivationMeter(TorchDispatchMode):
+    """Counts the bytes of new storages alive at once while a module runs on the meta device (no memory is
+    allocated): the activation peak of the dry run, before it runs for real."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def _free(self, key: int, n: int) -> None:
+        self._seen.discard(key)
+        self.live -= n
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = int(storage._cdata)
+                if key in self._seen:  # a view or an in-place result: no new memory
+                    continue
+                n = int(storage.nbytes())
+                self._seen.add(key)
+                self.live += n
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._free, key, n)
+        return out
+
+
+def _check_dry_run_memory(
+    probe: nn.Module, in_channels: int, size: tuple[int, int], architecture: str
+) -> None:
+    """Refuse a dry run whose activations (measured on the meta-device build) exceed MAX_DRY_RUN_BYTES."""
+    meter = _ActivationMeter()
+    try:
+        with torch.no_grad(), meter:
+            probe.eval()(torch.empty(1, in_channels, *size, device="meta"))
+    except Exception:  # an op without a meta kernel: the real dry run will tell
+        logger.debug("meta-device forward of %s failed; no activation estimate", architecture, exc_info=True)
+        return
+    if meter.peak > MAX_DRY_RUN_BYTES:
+        raise InputTooLargeError(
+            f"architecture '{architecture}' at input_size {size[0]}×{size[1]} would hold about "
+            f"{meter.peak / 2**20:,.0f} MiB of activations in one forward pass, above the "
+            f"{MAX_DRY_RUN_BYTES / 2**20:,.0f} MiB limit; use a smaller input_size or a narrower architecture"
+        )
+
+
 def _meta_build(
     architecture: str, num_classes: int, in_channels: int, kwargs: Mapping[str, Any]
 ) -> nn.Module | None:
@@ -282,6 +336,7 @@ def _module_from_state_dict(
     probe = _meta_build(arch, num_classes, in_channels, kwargs)
     if probe is not None:
         _check_fit(probe.state_dict(), sd, arch)
+        _check_dry_run_memory(probe, in_channels, sc.input_size or DEFAULT_INPUT_SIZE, arch)
     model = build_architecture(arch, num_classes=num_classes, in_channels=in_channels, **kwargs)
     _check_fit(model.state_dict(), sd, arch)
     model.load_state_dict(sd, strict=False)
