@@ -661,7 +661,7 @@ def train_sound(cfg: DemoConfig, out: Path, train: _Data, test: _Data, commit_te
         out,
         cfg,
         seed,
-        {"train": _counts(train.y, dw.CLASSES), "test": _counts(test.y, dw.CLASSES)},
+        {"sample": "train", "train": _counts(train.y, dw.CLASSES), "test": _counts(test.y, dw.CLASSES)},
         cfg.epochs_sound,
         test_accuracy=accuracy(reloaded, test.x, test.y),
         test_n=len(test.y),
@@ -695,6 +695,7 @@ def train_shortcut(cfg: DemoConfig, out: Path, test: _Data) -> dict[str, Any]:
         cfg,
         seed,
         {
+            "sample": "shortcut_train",
             "train": _counts(train.y, dw.CLASSES),
             "train_lesion_strength": cfg.shortcut_lesion_strength,
             "test_with_marker": _counts(with_marker.y, dw.CLASSES),
@@ -759,6 +760,7 @@ def train_garbage(
         cfg,
         seed,
         {
+            "sample": f"train[:{n_id}] + ood_train",
             "train": {**_counts(train.y[:n_id], dw.CLASSES), GARBAGE: len(ood_train.x)},
             "ood_test": len(ood_test.x),
             "id_test": len(test.x),
@@ -887,7 +889,12 @@ def train_segmentation(cfg: DemoConfig, out: Path, train: _Data, test: _Data) ->
         out,
         cfg,
         seed,
-        {"train": _counts(train.y, dw.CLASSES), "test": _counts(test.y, dw.CLASSES), "crop": crop},
+        {
+            "sample": "train",
+            "train": _counts(train.y, dw.CLASSES),
+            "test": _counts(test.y, dw.CLASSES),
+            "crop": crop,
+        },
         cfg.epochs_segmentation,
         task="segmentation",
         dice=dice,
