@@ -6,9 +6,10 @@ An image is *not assessable* when
 * the **early feature maps** of the model under test shift away from its own early features on the bundle's
   stored reference images (:mod:`verification.features`: the mean |z| of per-channel statistics, and the SSIM
   of channel-mean maps); or
-* the **image statistics** (model-free: grey-level percentiles, spread, edge energy) shift away from the
-  reference images', or the **layout** does: 1 − Pearson correlation of the 16 × 16 grey image with the
-  reference images' mean (catches rotated, flipped or cropped films whose statistics look normal).
+* the **image statistics** (model-free: grey-level percentiles, spread, edge energy; the largest |z| against
+  the reference images, so one shifted statistic is enough) shift away from the reference images', or the
+  **layout** does: 1 − Pearson correlation of the 16 × 16 grey image with the reference images' mean
+  (catches rotated, flipped or cropped films whose statistics look normal).
 
 Reference images are stored in the bundle as small uint8 thumbnails (``THUMB`` px); the images under test take
 the same round trip (down to the thumbnail size and back) before their features are compared, so resizing
@@ -111,8 +112,10 @@ class InputGate:
 
 
 def _stat_scores(s: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The largest |z| over the statistics (clipped at 20): one strongly shifted statistic (noise raises the
+    edge energy alone) is not diluted by the others."""
     floor = max(1e-3, 0.05 * float(np.median(std)))
-    return np.clip(np.abs((s - mean) / np.maximum(std, floor)), 0, 20).mean(1)
+    return np.clip(np.abs((s - mean) / np.maximum(std, floor)), 0, 20).max(1)
 
 
 def build_gate(model: LoadedModel, thumbs: np.ndarray) -> InputGate:
@@ -127,7 +130,7 @@ def build_gate(model: LoadedModel, thumbs: np.ndarray) -> InputGate:
     loo_sq = ((s**2).sum(0) - s**2) / (n - 1)
     loo_std = np.sqrt(np.clip(loo_sq - loo_mean**2, 0, None))
     floor = max(1e-3, 0.05 * float(np.median(s.std(0))))
-    loo = np.clip(np.abs((s - loo_mean) / np.maximum(loo_std, floor)), 0, 20).mean(1)
+    loo = np.clip(np.abs((s - loo_mean) / np.maximum(loo_std, floor)), 0, 20).max(1)
     q1, q3 = np.percentile(ref.calib_ssim, [25, 75])
     lay = layout(thumbs)
     loo_layout = np.array(
