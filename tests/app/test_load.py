@@ -94,10 +94,12 @@ class Outcome:
 
 
 async def _choose(page: Any, label: str, option: str | int) -> None:
+    """Pick ``option`` (its label, typed to filter the list, or its position) in the selectbox ``label``."""
     await page.get_by_role("combobox", name=label, exact=True).first.click()
     if isinstance(option, int):
         await page.get_by_role("option").nth(option).click()
     else:
+        await page.keyboard.type(option)  # the list is virtualised: only typed matches are sure to be drawn
         await page.get_by_role("option", name=option, exact=True).first.click()
 
 
