@@ -105,7 +105,7 @@ class DemoConfig:
     n_cue_train: int = 900  # per cue kind, cue = label on every image, lesions at cue_lesion_strength
     cue_lesion_strength: float = 0.1
     n_cue_test: int = 150  # per cue kind, with the label's cue and with a swapped one; n_commit_cue committed
-    n_commit_cue: int = 24  # 8 per class: keeps assets/ under 30 MB
+    n_commit_cue: int = 21  # 7 per class: keeps assets/ under 30 MB (du)
     n_calibration: int = 120  # generated: 24 each of clean, marker and every cue kind
     # committed lesion-free twins of these splits' abnormal images
     twin_splits: tuple[str, ...] = ("test",)

@@ -559,7 +559,7 @@ def test_expected_verdicts_follow_the_model_kinds() -> None:
         for split in ("test", "shortcut", "cue_token", "cue_texture_swapped"):
             assert verdicts[(name, split)] == "UNSUITABLE"
     assert not any(split.endswith("_lesion_free") for _, split in verdicts)
-    # 8 images per class on a cue split: too few for a SUITABLE at 20 per class
+    # 7 images per class on a cue split: too few for a SUITABLE at 20 per class
     strict = demo.demo_expected_verdicts(min_images_per_class=20)
     assert strict[("sound", "cue_token")] == "CANNOT VERIFY"
     assert strict[("sound", "test")] == "SUITABLE"
