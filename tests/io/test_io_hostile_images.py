@@ -7,6 +7,7 @@ address space is capped (tests/io/memcap.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import zipfile
@@ -306,3 +307,22 @@ def test_unsafe_entry_names_are_skipped_and_listed() -> None:
     out = expand_uploads([("names.zip", data)])
     assert [b.name for b in out.blobs] == ["ok/a.png"]
     assert out.skipped == ("/abs.png",)  # "../evil.png" is dropped with the hidden entries ("." prefix)
+
+
+@pytest.mark.parametrize(("tag", "new_type"), [(256, 5), (278, 12), (278, 5), (277, 2), (None, None)])
+def test_tiff_tags_of_the_wrong_type_are_typed(tag: int | None, new_type: int | None) -> None:
+    """ImageWidth as RATIONAL, RowsPerStrip as DOUBLE/RATIONAL, SamplesPerPixel as ASCII, or the IFD zeroed
+    (cases FUZZ's hypothesis run found): tifffile raises TypeError/OverflowError from the header."""
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (np.arange(32 * 32, dtype=np.uint16) * 61).reshape(32, 32))
+    data = bytearray(buf.getvalue())
+    if tag is None:
+        data[26:200] = bytes(174)
+    else:
+        (ifd,) = struct.unpack("<I", data[4:8])
+        for k in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
+            at = ifd + 2 + 12 * k
+            if struct.unpack("<H", data[at : at + 2])[0] == tag:
+                struct.pack_into("<H", data, at + 2, new_type)
+    with contextlib.suppress(ImageLoadError, InputTooLargeError):
+        load_image(bytes(data), name="t.tif")

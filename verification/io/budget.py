@@ -296,14 +296,21 @@ def probe_image(data: bytes, name: str, *, is_dicom: bool) -> ImageCost:
 
     Raises ImageLoadError for a format that is not accepted or a header that cannot be read.
     """
-    if is_dicom:
-        return _probe_dicom(data, name)
-    if data[:8] == _PNG_MAGIC:
-        return _probe_png(data, name)
-    if data[:4] in _TIFF_MAGIC:
-        return _probe_tiff(data, name)
-    if data[:3] == b"\xff\xd8\xff":
-        return _probe_jpeg(data, name)
+    try:
+        if is_dicom:
+            return _probe_dicom(data, name)
+        if data[:8] == _PNG_MAGIC:
+            return _probe_png(data, name)
+        if data[:4] in _TIFF_MAGIC:
+            return _probe_tiff(data, name)
+        if data[:3] == b"\xff\xd8\xff":
+            return _probe_jpeg(data, name)
+    except (ImageLoadError, InputTooLargeError):
+        raise
+    except Exception as exc:  # a hostile header can make a parser raise anything (tag types, infinities)
+        raise ImageLoadError(
+            f"'{name}' has a malformed header ({type(exc).__name__}: {str(exc)[:160]}); export it again"
+        ) from exc
     raise ImageLoadError(unsupported_format_message(data, name))
 
 
