@@ -388,6 +388,19 @@ def test_shortcut_model_on_the_marker_split_is_unsuitable_naming_the_deciding_li
     assert deciding.iloc[0]["result"].endswith("failed")
 
 
+def test_sound_model_on_ood_images_is_not_assessable_never_suitable() -> None:
+    at = _app()
+    at.selectbox(key="images_split").set_value("ood").run()
+    _ok(at)
+    assert any(e.icon == NOT_ASSESSABLE_ICON and "Not assessable" in e.value for e in at.error)
+    assert not any("SUITABLE" in b and "UNSUITABLE" not in b for b in _banners(at))
+    at.switch_page("pages/similarity.py").run()
+    _ok(at)
+    assert _verdict(at) != "SUITABLE"
+    images = at.dataframe[-1].value
+    assert images["assessed"].str.startswith("not assessable").mean() >= 0.9
+
+
 def _mismatched_model() -> bytes:
     torch.manual_seed(0)
     buf = io.BytesIO()
