@@ -84,16 +84,17 @@ def the_bundle(
     config: VerdictConfig,
     path: str | None,
     save: str | None,
+    recalibrate: bool = False,
 ) -> ReferenceBundle:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bundle = load_bundle(path or demo.demo_reference_bundle("sound"))
-    if path is not None and bundle.calibration is not None:
+    if path is not None and bundle.calibration is not None and not recalibrate:
         print(
             f"bundle: {path}, calibrated: {bundle.calibration.scheme}; known-bad: {', '.join(bundle.calibration.bad)}"
         )
         return bundle
-    if bundle.calibration is not None:
+    if bundle.calibration is not None and not recalibrate:
         print(f"bundle: the demo's sound bundle, calibrated: {bundle.calibration.scheme}")
         print(f"        known-bad references: {', '.join(bundle.calibration.bad)}")
         return bundle
@@ -107,7 +108,7 @@ def the_bundle(
     if save:
         bundle.save(save)
     print(
-        "bundle: the demo's sound bundle has NO calibration; calibrated here on "
+        "bundle: calibrated here on "
         f"the 'reference' split in {time.perf_counter() - t:.0f} s: {bundle.calibration.scheme}; known-bad: "
         f"{', '.join(bundle.calibration.bad)}"
     )
@@ -144,6 +145,9 @@ def main() -> None:
     ap.add_argument("--save-bundle", help="when calibrating here, save the calibrated bundle to this stem")
     ap.add_argument("--calibrate-only", action="store_true", help="stop after the bundle")
     ap.add_argument(
+        "--recalibrate", action="store_true", help="calibrate here even if the bundle is calibrated"
+    )
+    ap.add_argument(
         "--lung-masks", action="store_true", help="give the demo's lung masks (default: automatic)"
     )
     ap.add_argument("--no-annotations", action="store_true", help="no lesion masks: labels only (E2/E4 off)")
@@ -158,7 +162,7 @@ def main() -> None:
         n: load_model(demo.demo_model_path(n), name=n) for n in kinds if n in names or kinds[n] != "garbage"
     }
     config = VerdictConfig(faithfulness=args.faithfulness)
-    bundle = the_bundle(models, kinds, config, args.bundle, args.save_bundle)
+    bundle = the_bundle(models, kinds, config, args.bundle, args.save_bundle, args.recalibrate)
     if args.calibrate_only:
         return
     try:
