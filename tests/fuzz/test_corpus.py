@@ -37,11 +37,6 @@ ARTIFACTS = corpus.ROOT / "test-artifacts"
 
 # id → (reason, who fixes it). Remove an entry when its fix lands (strict xfail turns red).
 KNOWN_FAILING: dict[str, str] = {
-    "tiff_ifd_zeroed": "IO: untyped TypeError from tifffile in budget._probe_tiff (NOTES 03:06)",
-    "tiff_tag256_type5": "IO: untyped TypeError from tifffile in budget._probe_tiff (NOTES 03:10)",
-    "tiff_tag278_type12": "IO: untyped OverflowError from tifffile in budget._probe_tiff (NOTES 03:10)",
-    "tiff_tag278_type5": "IO: untyped TypeError from tifffile in budget._probe_tiff (NOTES 03:10)",
-    "tiff_tag277_type2": "IO: untyped TypeError from tifffile in budget._probe_tiff (NOTES 03:10)",
     "metrics_cosine_self_float32": "COMPUTE: cosine of a float32 map with itself is 1.0001 on a 174×256 "
     "grid, outside its range [-1, 1] (NOTES 02:59)",
 }

@@ -32,9 +32,7 @@ CHECKS = [
     "sidecar_arbitrary",
 ]
 # name → reason; strict: remove the entry when the fix lands.
-KNOWN_FAILING: dict[str, str] = {
-    "image_from_tiff_ifd": "IO: tifffile errors on typed-IFD lies escape _probe_tiff untyped (NOTES 03:10)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 IMPORT_MAPPING = 4 << 30  # what importing torch & co. maps before any work (measured: ~3.3 GiB)
 
 
