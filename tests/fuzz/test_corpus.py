@@ -36,10 +36,7 @@ pytestmark = [pytest.mark.slow]
 ARTIFACTS = corpus.ROOT / "test-artifacts"
 
 # id → (reason, who fixes it). Remove an entry when its fix lands (strict xfail turns red).
-KNOWN_FAILING: dict[str, str] = {
-    "metrics_cosine_self_float32": "COMPUTE: cosine of a float32 map with itself is 1.0001 on a 174×256 "
-    "grid, outside its range [-1, 1] (NOTES 02:59)",
-}
+KNOWN_FAILING: dict[str, str] = {}
 
 
 def _specs(root: Path) -> list[dict[str, Any]]:

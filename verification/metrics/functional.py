@@ -408,7 +408,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     """Cosine similarity of the flattened maps; NaN when either map is all zeros."""
     fa, fb = _flat(a, b)
     na, nb = fa.norm(dim=1).to(torch.float64), fb.norm(dim=1).to(torch.float64)
-    val = torch.linalg.vecdot(fa, fb).to(torch.float64) / (na * nb).clamp_min(1e-300)
+    # float32 accumulation can land a hair outside [-1, 1] (1.0001 for a map with itself): clamp to the range.
+    val = (torch.linalg.vecdot(fa, fb).to(torch.float64) / (na * nb).clamp_min(1e-300)).clamp(-1.0, 1.0)
     return _result(
         val, [*_nonfinite(a, b), (na == 0, "map is all zeros"), (nb == 0, "reference is all zeros")]
     )
