@@ -54,7 +54,7 @@ __all__ = [
     "scan_labelled",
 ]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom"})
 
 Row = dict[str, Any]
 """One image's result: ``index``, ``path``, ``error`` (None or the message) plus job-specific fields."""
