@@ -85,6 +85,8 @@ def threshold_words(c: ClassLine) -> str:
 
 def accuracy_words(report: VerificationReport) -> str:
     if report.accuracy is None:
+        if any(im.label for im in report.images):
+            return "accuracy n/a (no labelled image could be assessed)"
         return "accuracy n/a (no labels)"
     text = f"accuracy {report.accuracy:.1%}"
     if report.accuracy_interval is not None:

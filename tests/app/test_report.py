@@ -152,6 +152,16 @@ def test_a_not_assessable_image_says_so_and_why() -> None:
     assert table.loc["a.png", "E3.flip"] == 1.0
 
 
+def test_accuracy_without_assessable_labelled_images_says_why() -> None:
+    from dataclasses import replace
+
+    report = _report()
+    gated = replace(report, accuracy=None, accuracy_interval=None)
+    assert "no labelled image could be assessed" in evidence.verdict_detail(gated)
+    unlabelled = replace(gated, images=tuple(replace(im, label=None) for im in report.images))
+    assert "accuracy n/a (no labels)" in evidence.verdict_detail(unlabelled)
+
+
 def test_cannot_verify_names_what_is_missing() -> None:
     from dataclasses import replace
 
