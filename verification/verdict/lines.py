@@ -30,7 +30,7 @@ from verification.verdict.records import LINE_NAMES, ClassLine, LineResult, Stat
 from verification.verdict.stats import judge, mean_interval, wilson
 
 T_INTERVAL = "Student t 95 % interval of the class mean"
-E3_KEYS = ("E3.outside_drop", "E3.inside_survival")
+E3_KEYS = ("E3.outside_drop", "E3.inside_survival", "E3.texture_drop")
 E3_REPORTED = ("E3.outside_energy",)
 
 
