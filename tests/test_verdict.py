@@ -286,3 +286,15 @@ def test_report_document_round_trip() -> None:
     assert back.lines[3].per_class == rep.lines[3].per_class
     with pytest.raises(Exception, match="not a verification result"):
         VerificationReport.from_document({"schema": "other"})
+
+
+def test_a_sub_measure_the_bundle_has_no_edge_for_does_not_block() -> None:
+    rng = np.random.default_rng(14)
+    cal = _calibrated(rng)  # calibrated on E3's outside energy, drop and survival only
+    lab = balanced(25)
+    values = healthy_values(75, rng)
+    values["E3.texture_drop"] = np.zeros(75)  # measured, but the bundle predates it: no edge
+    (_classes, verdict, *_), lines = _report(measurements(lab, lab, values), cal)
+    e3 = next(ln for ln in lines if ln.key == "E3")
+    assert all(c.status == "pass" for c in e3.per_class)
+    assert verdict == "suitable"

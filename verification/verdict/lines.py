@@ -282,10 +282,12 @@ def _quantity_class(
 
 
 def _merge(name: str, parts: Sequence[ClassLine]) -> ClassLine:
-    """E3's two counterfactuals are two detectors of one thing (reliance outside the anatomy): the class fails
-    when either fails clearly, passes when at least one passes and none fails, and is inconclusive when the
-    informative ones are all inconclusive."""
-    statuses = [p.status for p in parts]
+    """E3's counterfactuals are detectors of one thing (reliance on what should not decide): the class fails
+    when one fails clearly, passes when at least one passes and none fails, and is inconclusive when the
+    informative ones are all inconclusive. A sub-measure that could not be assessed (a bundle calibrated
+    before it existed, no region) does not count when the others could be."""
+    measured = [p for p in parts if p.status != "not_assessable"]
+    statuses = [p.status for p in (measured or parts)]
     if any(s == "fail" for s in statuses):
         status: Status = "fail"
     elif any(s == "pass" for s in statuses):
