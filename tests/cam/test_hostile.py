@@ -154,7 +154,8 @@ def test_non_finite_gradients_reported_while_gradient_free_methods_work() -> Non
         {"target": object()},
         {"target": SegmentationTarget},  # a class is callable, but not a target of these logits
     ],
-    ids=lambda kw: repr(kw)[:60],
+    # stable ids (no object addresses): pytest-xdist workers must collect the same names
+    ids=lambda kw: re.sub(r" at 0x[0-9a-f]+", "", repr(kw))[:60],
 )
 def test_bad_arguments_are_typed(kwargs: dict[str, Any]) -> None:
     kw = {"layers": "act", **kwargs}
