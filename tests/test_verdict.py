@@ -17,7 +17,7 @@ from verification.verdict.stats import auroc, judge, mean_interval, wilson
 
 CLASSES = ("normal", "nodule", "effusion")
 METRICS = ("iou",)
-CFG = VerdictConfig(min_images=20)
+CFG = VerdictConfig(min_images=20, require_findings=False)  # toy runs carry no annotations
 
 
 def measurements(
@@ -298,3 +298,20 @@ def test_a_sub_measure_the_bundle_has_no_edge_for_does_not_block() -> None:
     e3 = next(ln for ln in lines if ln.key == "E3")
     assert all(c.status == "pass" for c in e3.per_class)
     assert verdict == "suitable"
+
+
+def test_without_finding_annotations_a_model_that_passes_everything_cannot_be_verified() -> None:
+    """Labels alone cannot tell a finding from a cue inside the anatomy: no SUITABLE without annotations."""
+    rng = np.random.default_rng(4)
+    cal = _calibrated(rng)
+    lab = balanced(25)
+    m = measurements(lab, lab, healthy_values(75, rng))
+    strict = VerdictConfig(min_images=20)  # require_findings defaults on
+    lines = evaluate_lines(m, cal, strict, METRICS)
+    classes, verdict, deciding, _reason, missing = combine(m, lines, strict)
+    assert verdict == "cannot_verify", classes
+    assert deciding == "E4"
+    assert any("finding annotations" in w for w in missing)
+    # the same measurements pass once the rule is off: the rule, not another line, decided
+    lines = evaluate_lines(m, cal, CFG, METRICS)
+    assert combine(m, lines, CFG)[1] == "suitable"

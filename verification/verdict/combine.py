@@ -12,7 +12,10 @@ Per class, in this order:
    else CANNOT VERIFY: performance alone never makes a model suitable. A class with no annotated finding and
    no informative reliance line of its own (typically "normal": the absence of a finding) borrows this
    evidence from the model: some other class must have passed a reliance line.
-4. Otherwise **SUITABLE**; the lines that passed are named.
+4. Without any finding annotation in the run (``VerdictConfig.require_findings``, default on): CANNOT VERIFY,
+   since no labels-only line separates a cue inside the anatomy from the finding (the demo's texture shortcut
+   overlaps the healthy models on every labels-only line).
+5. Otherwise **SUITABLE**; the lines that passed are named.
 
 The model's verdict is its worst class's (UNSUITABLE > CANNOT VERIFY > SUITABLE). No images measured → CANNOT
 VERIFY. Not-assessable images never count as passing evidence: they are excluded before any line is evaluated.
@@ -124,6 +127,14 @@ def _class_verdict(
         what = "a passing line showing the model decides from the findings (E2, E3, E4, informative E5/E6)"
         return ClassVerdict(
             name, "cannot_verify", "E3", f"no evidence of why the model decides: {what}", n_img, n_ok, (what,)
+        )
+    if config.require_findings and not has_annotations:
+        what = (
+            "finding annotations (lesion masks or boxes): without them no line can tell the finding from "
+            "a cue inside the anatomy (E2, E4)"
+        )
+        return ClassVerdict(
+            name, "cannot_verify", "E4", f"passed {', '.join(passed)}, but no {what}", n_img, n_ok, (what,)
         )
     return ClassVerdict(name, "suitable", "+".join(passed), f"passed {', '.join(passed)}", n_img, n_ok)
 

@@ -73,6 +73,9 @@ class VerdictConfig:
     gate may remove before the whole run cannot be verified; ``faithfulness``: run E6
     (deletion/insertion, about 4 × steps extra forwards per image); ``e6_steps``: deletion/insertion steps;
     ``counterfactuals``: run E3's and E4's counterfactual forwards (without them E3/E4 are not assessable).
+    ``require_findings``: SUITABLE needs finding annotations in the run (E2/E4 assessable). Without them no
+    line tells the finding from a cue *inside* the anatomy (on the demo, the texture-in-the-lungs shortcut's
+    labels-only lines overlap the healthy models'), so a run that passes the rest is CANNOT VERIFY, saying so.
     """
 
     min_images: int = 20
@@ -83,6 +86,7 @@ class VerdictConfig:
     faithfulness: bool = True
     e6_steps: int = 6
     counterfactuals: bool = True
+    require_findings: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
