@@ -56,6 +56,7 @@ SESSIONS = 8
 RSS_BOUND_MB = 3072.0  # the server with 8 sessions on 4 models
 SESSION_MEMORY_BOUND_MB = 1024.0  # what 7 more concurrent sessions may add over one session's peak
 TIMEOUT_MS = 240_000
+RETRY_MS = 60_000  # an image choice with no new heatmap by then is chosen again (the latency keeps it)
 # (demo model label, image option index, method label): 8 distinct (model, image) pairs, 4 methods. Each model
 # keeps one method and gets two images of its own, so one session needs at most 4 page runs (ordered this way,
 # the single session A needs 15) and no measured (model, image) pair was computed before.
@@ -155,7 +156,12 @@ async def _measure(page: Any, image: int) -> tuple[float, str]:
     old = await _overlay_src(page)
     t0 = time.monotonic()
     await _choose(page, "Image to inspect", image)
-    await page.wait_for_function(OVERLAY_CHANGED_JS, arg=[OVERLAY, old], timeout=TIMEOUT_MS, polling=20)
+    try:
+        await page.wait_for_function(OVERLAY_CHANGED_JS, arg=[OVERLAY, old], timeout=RETRY_MS, polling=20)
+    except Exception:  # a click that landed while the page was redrawing is lost: choose once more
+        await _idle(page)
+        await _choose(page, "Image to inspect", image)
+        await page.wait_for_function(OVERLAY_CHANGED_JS, arg=[OVERLAY, old], timeout=TIMEOUT_MS, polling=20)
     latency = time.monotonic() - t0
     await _idle(page)
     return latency, await _overlay_src(page)
