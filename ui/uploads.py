@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 
 from verification.batch import IMAGE_SUFFIXES as BATCH_SUFFIXES
 from verification.errors import ImageLoadError, InputTooLargeError
-from verification.io.archive import entry_name_problem
+from verification.io.archive import ZIP_OPEN_ERRORS, entry_name_problem
 from verification.io.budget import Budget, ResourceLimits
 from verification.io.images import DEFAULT_MAX_IMAGE_BYTES, image_cost
 
@@ -90,14 +90,7 @@ def expand_zip(
     budget = budget if budget is not None else _budget(max_entries, max_total_bytes)
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except (
-        zipfile.BadZipFile,
-        zipfile.LargeZipFile,
-        NotImplementedError,
-        ValueError,
-        OSError,
-        EOFError,
-    ) as exc:
+    except ZIP_OPEN_ERRORS as exc:
         raise ImageLoadError(f"{name} is not a readable zip archive ({exc}).") from exc
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]

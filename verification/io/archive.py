@@ -26,17 +26,21 @@ class ZipLimits:
     max_ratio: int = 200
 
 
+# What zipfile raises on a corrupt, truncated or unsupported archive when it is opened.
+ZIP_OPEN_ERRORS: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    NotImplementedError,
+    OSError,
+    ValueError,
+    EOFError,
+)
+
+
 def open_zip(data: bytes, what: str, error: type[VerificationError]) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(io.BytesIO(data))
-    except (
-        zipfile.BadZipFile,
-        zipfile.LargeZipFile,
-        NotImplementedError,
-        OSError,
-        ValueError,
-        EOFError,
-    ) as exc:
+    except ZIP_OPEN_ERRORS as exc:
         raise error(f"{what} is not a readable zip archive ({str(exc)[:120]})") from exc
 
 

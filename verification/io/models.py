@@ -32,6 +32,7 @@ from verification.errors import (
     UntrustedFileError,
 )
 from verification.io.architectures import build_architecture, default_task
+from verification.io.archive import ZIP_OPEN_ERRORS
 from verification.io.pt2 import describe_problems, untrusted_pt2_problems
 from verification.io.records import LoadedModel, SourceFormat, Task
 from verification.io.sidecar import (
@@ -91,14 +92,7 @@ def _detect_format(data: bytes, filename: str) -> str:
     if data[:4] == b"PK\x03\x04":
         try:
             names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-        except (
-            zipfile.BadZipFile,
-            zipfile.LargeZipFile,
-            NotImplementedError,
-            ValueError,
-            OSError,
-            EOFError,
-        ) as exc:
+        except ZIP_OPEN_ERRORS as exc:
             raise ModelLoadError(
                 f"'{filename}' looks like a zip archive but is corrupt or truncated"
             ) from exc
