@@ -60,3 +60,20 @@ class InvalidInputError(VerificationError, ValueError, TypeError):
 class NonFiniteError(VerificationError):
     """NaN or infinite values where finite numbers are needed: an input tensor, a model's output, the
     activations or gradients at a layer, a map."""
+
+
+class PacsError(VerificationError):
+    """A PACS (DICOMweb server) could not be used: a bad address, a refused request, an answer that is not
+    DICOM. Messages name the server (scheme, host, port, path) but never a password or token."""
+
+
+class PacsUnavailableError(PacsError):
+    """The PACS cannot be reached, refused the connection, did not answer in time, or kept failing (5xx)."""
+
+
+class PacsAuthError(PacsError):
+    """The PACS refused the credentials (HTTP 401/403), or none were configured."""
+
+
+class PacsNotFoundError(PacsError):
+    """The study, series or instance asked for is not on the PACS (HTTP 404 or an empty answer)."""
