@@ -77,3 +77,15 @@ class PacsAuthError(PacsError):
 
 class PacsNotFoundError(PacsError):
     """The study, series or instance asked for is not on the PACS (HTTP 404 or an empty answer)."""
+
+
+class MissingFieldError(ModelLoadError):
+    """A model cannot be built because one piece of information is missing or does not fit the weights.
+
+    ``field`` names it in the sidecar's vocabulary ("architecture", "class_names", ...); ``str(exc)`` is
+    worded for the command line and the Python API. A user interface maps ``field`` to its own control (the
+    dashboard: "the **Architecture** field below") instead of repeating advice meant for another surface."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field

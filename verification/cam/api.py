@@ -18,6 +18,7 @@ from verification.cam.methods import METHODS, get_method, list_methods, postproc
 from verification.cam.multiscale import Fuse, default_ms_layers, ms_gradcampp
 from verification.cam.progress import Progress
 from verification.cam.records import CamResult, base_provenance
+from verification.cam.targets import task_target
 from verification.errors import InvalidInputError, ModelForwardError
 
 
@@ -130,6 +131,7 @@ def compute_cams(
     """
     module = _module(model)
     check_input(x)
+    target = task_target(model, target)  # a multi-label LoadedModel: label logits, sigmoid probabilities
     methods = _check_methods(methods)
     _check_layers(layers)
     _check_layers(ms_layers, "ms_layers")

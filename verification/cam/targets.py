@@ -159,6 +159,63 @@ class MultiLabel(ClassLogit):
         return f"MultiLabel({self.classes!r})"
 
 
+class LabelLogit(ClassLogit):
+    """Raw logit of one label of a multi-label model (the score pytorch-grad-cam's ``ClassifierOutputTarget``
+    takes), with per-label sigmoid probabilities; ``classes=None`` → each sample's top label.
+
+    The map explains the label's logit, not its sigmoid: σ'(z) only rescales each sample's gradient (see
+    :class:`MultiLabel`), but it underflows for a saturated label (z ≳ 17 in float32 leaves a map of rounding
+    noise), and a confident finding is the one a clinician most wants explained."""
+
+    kind = "label_logit"
+
+    def probabilities(self, output: Tensor) -> Tensor:
+        return torch.sigmoid(output.detach().float())
+
+    def __repr__(self) -> str:
+        return f"LabelLogit({self.classes!r})"
+
+
+def task_probabilities(task: str | None, logits: Tensor) -> Tensor:
+    """Class probabilities of (N, K) logits for a model's ``task``: a sigmoid per label for "multilabel"
+    (they need not add up to 1), the softmax over the classes otherwise."""
+    out = logits.detach().float()
+    return torch.sigmoid(out) if task == "multilabel" else torch.softmax(out, dim=1)
+
+
+def task_target(model: Any, spec: TargetSpec) -> TargetSpec:
+    """``spec`` read for ``model``'s task: on a multi-label model (a LoadedModel whose task is "multilabel")
+    None, a label index or one index per sample become a :class:`LabelLogit` (sigmoid probabilities, each
+    sample's top label by default); anything else, and every other model, is returned unchanged."""
+    if getattr(model, "task", None) != "multilabel":
+        return spec
+    if spec is None or (isinstance(spec, int) and not isinstance(spec, bool)):
+        return LabelLogit(spec)
+    if isinstance(spec, Tensor) and not spec.is_floating_point():
+        return LabelLogit(spec.tolist())
+    if (
+        isinstance(spec, Sequence)
+        and not isinstance(spec, (str, bytes))
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in spec)
+    ):
+        return LabelLogit(list(spec))
+    return spec
+
+
+def default_labels(probs: Tensor | Any, threshold: float = 0.5) -> tuple[tuple[int, ...], ...]:
+    """The labels a multi-label map explains by default, per sample: every label with probability ≥
+    ``threshold`` (in descending probability), or the top label when none reaches it."""
+    p = torch.as_tensor(probs, dtype=torch.float64)
+    if p.ndim != 2 or p.shape[1] == 0:
+        raise ShapeError(f"expected (N, K) label probabilities, got {tuple(p.shape)}")
+    out = []
+    for row in p:
+        order = torch.argsort(-row, stable=True).tolist()
+        positive = [int(k) for k in order if float(row[k]) >= threshold]
+        out.append(tuple(positive) if positive else (int(order[0]),))
+    return tuple(out)
+
+
 class SegmentationTarget:
     """Segmentation Grad-CAM: ``y = Σ_{p∈M} logit_c(p)``, M the pixels whose class-c probability ≥ threshold.
 

@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from verification.errors import (
     InputTooLargeError,
+    MissingFieldError,
     ModelForwardError,
     ModelLoadError,
     TorchScriptError,
@@ -306,9 +307,11 @@ def _module_from_state_dict(
 ) -> tuple[nn.Module, str, dict[str, Any], int, int, Task]:
     arch = architecture or sc.architecture
     if arch is None:
-        raise ModelLoadError(
+        raise MissingFieldError(
             f"'{filename}' holds only weights; name the architecture in a JSON sidecar next to it "
-            '(<stem>.json with {"architecture": "resnet18"}) or pass the architecture argument.'
+            '(<stem>.json with {"architecture": "resnet18"}), or pass --architecture on the command line '
+            "(architecture= in load_model).",
+            field="architecture",
         )
     sd = _strip_prefixes(sd)
     # fp16/bf16 weights are upcast: the verification maths runs in float32.
@@ -462,8 +465,9 @@ def _assemble(
         task = task or ("segmentation" if out.ndim == 4 else "classification")
     names = sc.class_names or tuple(f"class_{i}" for i in range(num_classes))
     if len(names) != num_classes:
-        raise ModelLoadError(
-            f"the sidecar lists {len(names)} class names but the model has {num_classes} outputs"
+        raise MissingFieldError(
+            f"the sidecar lists {len(names)} class names but the model has {num_classes} outputs",
+            field="class_names",
         )
     if sc.garbage_class is not None and sc.garbage_class not in names:
         raise ModelLoadError(
