@@ -70,11 +70,14 @@ class PerturbationCurves:
     targets: np.ndarray
 
 
-def _scores(module: nn.Module, x: Tensor, targets: Tensor, score: str) -> Tensor:
+def _scores(module: nn.Module, x: Tensor, targets: Tensor, score: str, task: str | None = None) -> Tensor:
     logits = module(x)
     if logits.ndim != 2:
         raise ShapeError("deletion/insertion needs a classifier with (N, K) outputs")
-    vals = logits.softmax(1) if score == "prob" else logits
+    if score == "prob":  # a multi-label model's labels are independent: each its own sigmoid
+        vals = logits.sigmoid() if task == "multilabel" else logits.softmax(1)
+    else:
+        vals = logits
     return vals.gather(1, targets[:, None]).squeeze(1)
 
 
@@ -126,7 +129,7 @@ def deletion_insertion(
                 top = (rank[i] < counts[k].reshape(-1, 1, 1, 1)).to(x.dtype)  # first counts[k] pixels
                 keep = torch.where((kind == 0).reshape(-1, 1, 1, 1), 1 - top, top)
                 batch = x[i] * keep + base[i] * (1 - keep)
-                out.append(_scores(module, batch, tgt[i], score))
+                out.append(_scores(module, batch, tgt[i], score, getattr(model, "task", None)))
         vals = torch.cat(out).reshape(2, steps + 1, n).permute(0, 2, 1).numpy()
     frac = (counts.double() / (h * w)).numpy()
     dele, ins = vals[0].astype(np.float64), vals[1].astype(np.float64)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from verification.cam.targets import task_probabilities
 from verification.errors import LayerError, ShapeError, VerificationError
 from verification.io.records import LoadedImage, LoadedModel
 
@@ -292,7 +293,7 @@ def _probs(model: LoadedModel, x: Tensor, batch_size: int) -> np.ndarray:
                 out = module(x[s : s + batch_size])
                 if out.ndim != 2:
                     raise ShapeError(f"expected (N, K) logits from a classifier; got {tuple(out.shape)}")
-                parts.append(torch.softmax(out.float(), dim=1).cpu().numpy())
+                parts.append(task_probabilities(model.task, out).cpu().numpy())
     finally:
         module.train(was_training)
     return np.concatenate(parts, axis=0)
