@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -314,3 +315,160 @@ def _decode(
     else:
         raise ImageLoadError(f"'{name}': unsupported DICOM photometric interpretation {photometric}")
     return pixels, dicom_metadata(ds, include_identifying=include_identifying), tuple(notices)
+
+
+# ------------------------------------------------------------------------------------------- display windows
+# The viewer's window/level works on the modality values (after the rescale), in the file's own units. It only
+# changes what is drawn: the model's input stays what :func:`read_dicom` returned.
+
+
+@dataclass(frozen=True)
+class WindowPreset:
+    """One way to map modality values to grey: a window (``center``, ``width``, ``function`` one of LINEAR,
+    LINEAR_EXACT, SIGMOID; PS3.3 C.11.2.1.2) or, with ``lut_index``, an item of the VOI LUT Sequence."""
+
+    label: str
+    center: float = 0.0
+    width: float = 1.0
+    function: str = "LINEAR"
+    lut_index: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ModalityFrame:
+    """The first frame of a grey DICOM after its modality LUT (float32, file units), the window presets the
+    file carries (the first is what :func:`read_dicom` applied), whether MONOCHROME1 inversion follows the
+    window, and the header (no pixel data) that holds the VOI LUTs."""
+
+    values: np.ndarray
+    presets: tuple[WindowPreset, ...]
+    invert: bool
+    units: str
+    header: Dataset
+
+
+def _floats(value: Any) -> list[float]:
+    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    out = []
+    for v in items:
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            out.append(float("nan"))
+    return out
+
+
+def window_presets(ds: Dataset) -> tuple[WindowPreset, ...]:
+    """The VOI LUTs, then the WindowCenter/WindowWidth pairs of a dataset, in the order :func:`read_dicom`
+    prefers them (its first is the one the loader applied). Pairs that cannot be applied (a width below 1, or
+    not a number) are left out."""
+    presets: list[WindowPreset] = []
+    for i, item in enumerate(ds.get("VOILUTSequence") or []):
+        what = str(item.get("LUTExplanation", "") or "").strip()[:40]
+        presets.append(
+            WindowPreset(f"VOI LUT {i + 1} from the file" + (f" ({what})" if what else ""), lut_index=i)
+        )
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        centers, widths = _floats(ds.WindowCenter), _floats(ds.WindowWidth)
+        explanations = ds.get("WindowCenterWidthExplanation")
+        names = (
+            [str(e) for e in explanations]
+            if isinstance(explanations, MultiValue)
+            else [str(explanations or "")]
+        )
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+            function = "LINEAR"
+        for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
+            if (
+                not (math.isfinite(c) and math.isfinite(w))
+                or w < (1.0 if function == "LINEAR" else 0.0)
+                or w == 0
+            ):
+                continue
+            what = names[i].strip()[:40] if i < len(names) else ""
+            presets.append(
+                WindowPreset(
+                    f"window {i + 1} from the file: C {c:g} / W {w:g}" + (f" ({what})" if what else ""),
+                    c,
+                    w,
+                    function,
+                )
+            )
+    return tuple(presets)
+
+
+def window_unit(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """PS3.3 C.11.2.1.2 windowing onto [0, 1] (float32): LINEAR (width ≥ 1), LINEAR_EXACT or SIGMOID
+    (width > 0). Anything else is a ValueError."""
+    x = np.asarray(values, dtype=np.float64)
+    fn = function.upper()
+    if fn == "LINEAR":
+        if not width >= 1.0:
+            raise ValueError(f"a LINEAR window needs a width of at least 1, got {width:g}")
+        lo, hi = center - 0.5 - (width - 1.0) / 2.0, center - 0.5 + (width - 1.0) / 2.0
+        ramp = (x - (center - 0.5)) / max(width - 1.0, 1e-300) + 0.5
+        y = np.where(x <= lo, 0.0, np.where(x > hi, 1.0, ramp))
+    elif fn == "LINEAR_EXACT":
+        if not width > 0.0:
+            raise ValueError(f"a LINEAR_EXACT window needs a positive width, got {width:g}")
+        y = np.where(
+            x <= center - width / 2.0,
+            0.0,
+            np.where(x > center + width / 2.0, 1.0, (x - center) / width + 0.5),
+        )
+    elif fn == "SIGMOID":
+        if not width > 0.0:
+            raise ValueError(f"a SIGMOID window needs a positive width, got {width:g}")
+        y = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - center) / width, -700.0, 700.0)))
+    else:
+        raise ValueError(f"unknown VOI LUT function {function!r}; one of LINEAR, LINEAR_EXACT, SIGMOID")
+    return np.asarray(y, dtype=np.float32)
+
+
+def modality_frame(data: bytes, *, name: str, max_pixels: int) -> ModalityFrame | None:
+    """The first frame's modality values and the file's window presets, for a grey (MONOCHROME1/2) DICOM;
+    None for colour images (they have no window). Errors as :func:`read_dicom`."""
+    ds = _read_dataset(data, name, stop_before_pixels=False)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    try:
+        if "TransferSyntaxUID" not in ds.file_meta:
+            implicit, _little = ds.original_encoding
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        rows, cols, _s, _b, frames = geometry_of(ds, name)
+        if rows * cols > max_pixels:
+            raise InputTooLargeError(
+                f"'{name}' is {cols}×{rows} = {rows * cols:,} pixels, above the limit of {max_pixels:,}"
+            )
+        arr = pixel_array(ds, index=0) if frames > 1 else ds.pixel_array
+        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    except (ImageLoadError, InputTooLargeError, MemoryError):
+        raise
+    except Exception as exc:  # the same decoders as read_dicom: report any failure typed
+        raise ImageLoadError(
+            f"'{name}': the DICOM pixel data could not be decoded ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+    if not np.isfinite(values).all():
+        raise ImageLoadError(f"'{name}': the DICOM rescale produced NaN or infinite values; check its tags")
+    presets = window_presets(ds)
+    units = str(
+        ds.get("RescaleType", "") or ("HU" if str(ds.get("Modality", "")) == "CT" else "stored values")
+    )
+    del ds.PixelData
+    return ModalityFrame(values, presets, photometric == "MONOCHROME1", units, ds)
+
+
+def apply_preset(frame: ModalityFrame, preset: WindowPreset) -> np.ndarray:
+    """The frame through one preset onto [0, 1] (float32), dense tissue bright (MONOCHROME1 inverted)."""
+    if preset.lut_index is not None:
+        lo, hi = _voi_output_range(frame.header)
+        sub = Dataset()
+        sub.VOILUTSequence = [frame.header.VOILUTSequence[preset.lut_index]]
+        out = _unit_from_range(apply_voi_lut(frame.values, sub, index=0), lo, hi)
+    else:
+        out = window_unit(frame.values, preset.center, preset.width, preset.function)
+    if frame.invert:
+        np.subtract(1.0, out, out=out)
+    return out
