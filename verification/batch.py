@@ -64,11 +64,18 @@ def scan_images(sources: Iterable[str | Path]) -> list[Path]:
     """Expand files and folders into a sorted, de-duplicated list of image files.
 
     Folders are searched recursively for files with an image suffix (``IMAGE_SUFFIXES``, case-insensitive);
-    files named explicitly are kept whatever their suffix (DICOM files often have none). Raises
+    files named explicitly are kept whatever their suffix (DICOM files often have none). A DICOMweb address
+    (``dicomweb+http(s)://host:port/root/studies/<uid>[/series/<uid>]``) is retrieved from the PACS into a
+    private temporary folder (:func:`verification.pacs.materialize`: bounded, typed ``PacsError``s). Raises
     ``FileNotFoundError`` for a source that does not exist.
     """
     found: list[Path] = []
     for source in sources:
+        if isinstance(source, str) and source.lower().startswith("dicomweb+"):
+            from verification.pacs.sources import materialize
+
+            found.extend(materialize(source))
+            continue
         path = Path(source)
         if path.is_dir():
             found.extend(

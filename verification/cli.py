@@ -251,7 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
         "manifest.json last.",
     )
     _model_args(p)
-    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files and/or folders, or DICOMweb studies/series: "
+        "dicomweb+http://host:port/dicom-web/studies/<uid>[/series/<uid>] (credentials from "
+        "VERIFICATION_DICOMWEB_USER/_PASSWORD or _TOKEN)",
+    )
     p.add_argument("-o", "--out", required=True, help="output folder (absent or empty, or use --force)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument(
@@ -266,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target", help="class index or name to explain (default: the predicted class)")
     p.add_argument("--no-overlays", action="store_true", help="write only the .npz files")
+    p.add_argument(
+        "--pacs-store",
+        action="store_true",
+        help="also store each heatmap back into its PACS study (inputs from dicomweb+ addresses): a "
+        "Secondary Capture overlay in a new series, all validated before one STOW-RS request per study",
+    )
+    p.add_argument(
+        "--pacs-verdict",
+        metavar="VERIFY_JSON",
+        help="with --pacs-store: record the verdict of this 'verify --json' result in the stored objects",
+    )
     _batch_args(p)
     _common(p)
     p.set_defaults(handler=cmd_cam)
@@ -528,6 +545,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     from verification.engines import run_job
 
     check_output_dir(Path(args.out), force=args.force)  # before the slow part
+    verdict = _pacs_verdict(args)
     paths = scan_images(args.inputs)
     spec, model = _load_model(args)
     if not paths:
@@ -540,6 +558,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     options = _engine_options(args)
     entries: list[dict[str, Any]] = []
     keys: list[str] = []
+    to_store: list[Any] = []
     with atomic_dir(args.out, force=args.force) as staging:
         for row in run_job(job, paths, options, progress=_progress(args)):
             stem = stems[int(row["index"])]
@@ -548,6 +567,8 @@ def cmd_cam(args: argparse.Namespace) -> int:
             if not row["error"]:
                 keys = list(row["maps"])
                 entry.update(_write_cam_row(staging, stem, row, model, overlays=not args.no_overlays))
+                if args.pacs_store:
+                    to_store.append(_pacs_record(row, entry, model.class_names))
             entries.append(entry)
         failed = sum(1 for e in entries if e["error"])
         if failed == len(entries):
@@ -576,7 +597,47 @@ def cmd_cam(args: argparse.Namespace) -> int:
             + (f", {failed} unreadable" if failed else "")
             + "\n"
         )
+    if to_store:
+        from verification.pacs.sources import store_cam_records
+
+        stored = store_cam_records(to_store, model=model.name, verdict=verdict)
+        if not args.quiet:
+            sys.stderr.write(f"cam: {stored} heatmap object(s) stored in the PACS, in a new series\n")
     return EXIT_OK
+
+
+def _pacs_verdict(args: argparse.Namespace) -> str:
+    """The verdict to record in heatmaps stored back (``--pacs-verdict``), checked before the slow part."""
+    from verification.pacs import is_dicomweb
+
+    if args.pacs_store and args.no_overlays:
+        raise CliError("--pacs-store stores the overlays: drop --no-overlays")
+    if args.pacs_store and not any(is_dicomweb(i) for i in args.inputs):
+        raise CliError("--pacs-store needs inputs from a PACS (dicomweb+http://host:port/…/studies/<uid>)")
+    if args.pacs_verdict is None:
+        return "not verified"
+    if not args.pacs_store:
+        raise CliError("--pacs-verdict is recorded only with --pacs-store")
+    from verification.verdict.records import VerificationReport
+
+    try:
+        doc = json.loads(Path(args.pacs_verdict).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--pacs-verdict {args.pacs_verdict}: not a readable JSON file ({exc})") from None
+    report = VerificationReport.from_document(doc)
+    line = f" ({report.deciding_line})" if report.deciding_line else ""
+    return f"{report.label}{line}"
+
+
+def _pacs_record(row: dict[str, Any], entry: dict[str, Any], class_names: Sequence[str]) -> Any:
+    from verification.pacs import origin
+    from verification.pacs.sources import CamRecord
+
+    if origin(row["path"]) is None:
+        raise CliError(f"{row['path']} was not read from a PACS; --pacs-store takes only dicomweb+ inputs")
+    target = int(entry["target"])
+    name = class_names[target] if 0 <= target < len(class_names) else str(target)
+    return CamRecord(str(row["path"]), row["display"], dict(row["maps"]), name)
 
 
 def _write_cam_row(
