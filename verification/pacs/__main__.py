@@ -1,4 +1,4 @@
-"""``python -m verification.pacs search dicomweb+http://host:port/dicom-web [--modality CR] ...``: list studies
+"""``python -m verification.pacs search dicomweb+http://host:port/dicom-web [--modality CR]``: list studies
 (or, with ``--study``, its series) without identifying tags, with the address to give ``cam`` / ``verify``."""
 
 from __future__ import annotations
