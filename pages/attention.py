@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
-from ui import evidence, figures, loaders
+from ui import evidence, figures, loaders, viewer
 from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import colorbar, guard, image_panel, notices
 from verification import render
+from verification.errors import VerificationError
 
 st.title("Attention", anchor=False)
 ws = workspace()
@@ -77,12 +79,28 @@ if result is None:
 
 # Where this image stands in the verdict (the E0 gate first: an image outside the model's domain is not
 # assessable, and nothing drawn below is evidence about the model).
+# A region drawn by the reader (below) is this image's finding annotation: it replaces the demo's lesion mask.
+region_store = viewer.store()
+drawn = region_store.get(image.content_hash)
 image_evidence = None
 if not segmentation and ws.bundle is not None:
     with guard("Checking this image against the evidence lines"):
-        single = loaders.verify_items(
-            model, handle.lock, ws.bundle, [item], faithfulness=K.VERIFY_FAITHFULNESS.get()
-        )
+        if drawn is not None:
+            single = viewer.verify_with_region(
+                model,
+                handle.lock,
+                ws.bundle.key,
+                ws.bundle.bundle,
+                image,
+                item.label,
+                drawn,
+                item.anatomy_mask,
+                faithfulness=K.VERIFY_FAITHFULNESS.get(),
+            )
+        else:
+            single = loaders.verify_items(
+                model, handle.lock, ws.bundle, [item], faithfulness=K.VERIFY_FAITHFULNESS.get()
+            )
         image_evidence = single.images[0] if single.images else None
 assessable = image_evidence is None or image_evidence.assessable
 
@@ -109,62 +127,216 @@ elif multilabel:
         f"Labels are independent (sigmoid probabilities below){truth} · the heatmap explains {explained}"
     )
 
-cols = st.columns(3)
-with cols[0]:
-    caption = f"{image.source_format.upper()} · {image.size[1]}×{image.size[0]}"
-    if item.label:
-        caption += f" · true label: {item.label}"
-    image_panel("Image", render.fit(image.display, figures.DISPLAY_MAX_SIDE), caption=caption)
-with cols[1], st.container(key="overlay_main"):  # the browser test and bench wait for this picture
-    what = "the predicted region" if segmentation else f"class “{model.class_names[result.targets[0]]}”"
-    overlay = render.overlay(
-        image.display, result.maps[0], opacity=opacity, colormap=colormap, max_side=figures.DISPLAY_MAX_SIDE
-    )
-    if item.lesion_mask is not None and K.SHOW_LESION.get():
-        overlay = render.outline(overlay, item.lesion_mask)
-    image_panel(
-        f"{loaders.METHOD_LABELS[method]} — {what}",
-        overlay,
-        caption=f"layer {result.layer}" + (" · constant map (no signal)" if bool(result.constant[0]) else ""),
-    )
-    colorbar(colormap)
-    if result.provenance.get("saturated_baseline"):
-        st.warning(
-            f"The all-zero baseline input already scores class “{model.class_names[result.targets[0]]}” at "
-            "p ≥ 0.99, so Score-CAM's weights (the increase in confidence over that baseline) are all ≈ 0 "
-            "and this map is not evidence. Use a gradient method for this class.",
-            icon=":material/warning:",
+# ------------------------------------------------------------------------------------------- the viewer
+source = viewer.display_source(image, getattr(item, "data", None))
+view_state = viewer.controls(image, source)
+view = view_state.view
+base = viewer.base_picture(image, source, view_state)
+map_key = (model.content_hash, method, layer, target)
+region_mask = drawn.mask() if drawn is not None else None
+lesion = item.lesion_mask if item.lesion_mask is not None and K.SHOW_LESION.get() else None
+viewer.zoom_css()
+with st.container(key="viewer_panels"):
+    cols = st.columns(3)
+    with cols[0]:
+        caption = f"{image.source_format.upper()} · {image.size[1]}×{image.size[0]}"
+        if item.label:
+            caption += f" · true label: {item.label}"
+        image_panel(
+            "Image",
+            viewer.outlined(base, region_mask, image.size, view, viewer.REGION_COLOR),
+            caption=f"{caption} · {view.describe(image.size)} · {view_state.window.describe(source.units)}",
         )
-    if item.lesion_mask is not None:
-        st.toggle("Outline the known lesion (demo ground truth)", key=K.SHOW_LESION.name)
-with cols[2]:
-    if segmentation:
-        with guard("Predicting the mask"):
-            mask = loaders.segmentation_mask(model, handle.lock, image, target)
-            image_panel(
-                f"Predicted mask — {seg_class} ≥ {threshold:.2f}",
-                render.mask_overlay(image.display, mask, max_side=figures.DISPLAY_MAX_SIDE),
-                caption=f"{mask.mean():.1%} of the image; the CAM explains the sum of these pixels' logits",
+    with cols[1], st.container(key="overlay_main"):  # the browser test and bench wait for this picture
+        what = "the predicted region" if segmentation else f"class “{model.class_names[result.targets[0]]}”"
+        overlay = viewer.overlay_picture(
+            map_key, base, result.maps[0], image, view_state, opacity=opacity, colormap=colormap
+        )
+        overlay = viewer.outlined(overlay, lesion, image.size, view, (255, 255, 255))
+        overlay = viewer.outlined(overlay, region_mask, image.size, view, viewer.REGION_COLOR)
+        grid_note = viewer.grid_caption(
+            tuple(result.raw.shape[1:]), result.layer, image.size, view_state.nearest
+        )
+        image_panel(
+            f"{loaders.METHOD_LABELS[method]} — {what}",
+            overlay,
+            caption=grid_note + (" · constant map (no signal)" if bool(result.constant[0]) else ""),
+        )
+        colorbar(colormap, low="lowest in this image", high="highest in this image")
+        if result.provenance.get("saturated_baseline"):
+            st.warning(
+                f"The all-zero baseline input already scores class “{model.class_names[result.targets[0]]}” "
+                "at p ≥ 0.99, so Score-CAM's weights (the increase in confidence over that baseline) are all "
+                "≈ 0 and this map is not evidence. Use a gradient method for this class.",
+                icon=":material/warning:",
             )
-            if not mask.any():
-                st.info(
-                    f"No pixel reaches p({seg_class}) ≥ {threshold:.2f}: the target region is empty, so the "
-                    "segmentation CAM is all zero. Lower the threshold to explain a weaker prediction."
+        if item.lesion_mask is not None:
+            st.toggle("Outline the known lesion (demo ground truth)", key=K.SHOW_LESION.name)
+    with cols[2]:
+        if segmentation:
+            with guard("Predicting the mask"):
+                mask = loaders.segmentation_mask(model, handle.lock, image, target)
+                image_panel(
+                    f"Predicted mask — {seg_class} ≥ {threshold:.2f}",
+                    render.mask_overlay(
+                        base, viewer.crop_mask(mask, image.size, view), max_side=max(view.out)
+                    ),
+                    caption=f"{mask.mean():.1%} of the image; the CAM explains the sum of these pixels' "
+                    "logits",
                 )
-    else:
-        ref = loaders.reference_map(ws.bundle, model.class_names[result.targets[0]]) if ws.bundle else None
-        if ref is None:
-            st.markdown("**Reference map**")
-            st.info("No reference for this class: choose a reference bundle in the sidebar.")
+                if not mask.any():
+                    st.info(
+                        f"No pixel reaches p({seg_class}) ≥ {threshold:.2f}: the target region is empty, so "
+                        "the segmentation CAM is all zero. Lower the threshold to explain a weaker "
+                        "prediction."
+                    )
         else:
-            image_panel(
-                f"Reference — class “{model.class_names[result.targets[0]]}”",
-                render.overlay(
-                    image.display, ref, opacity=opacity, colormap=colormap, max_side=figures.DISPLAY_MAX_SIDE
-                ),
-                caption=f"mean map of the reference set ({ws.bundle.label})" if ws.bundle else None,
+            cls_name = model.class_names[result.targets[0]]
+            ref = loaders.reference_map(ws.bundle, cls_name) if ws.bundle else None
+            if ref is None:
+                st.markdown("**Reference map**")
+                if ws.bundle is None:
+                    st.info("No reference: choose a reference bundle in the sidebar.")
+                else:
+                    has = [
+                        c
+                        for c, n in zip(ws.bundle.bundle.class_names, ws.bundle.bundle.counts, strict=False)
+                        if int(n)
+                    ]
+                    st.info(
+                        f"The reference bundle ({ws.bundle.label}) has no map for class “{cls_name}” (it has "
+                        f"maps for: {', '.join(has) or 'no class'})."
+                    )
+            else:
+                ref_pic = viewer.overlay_picture(
+                    ("reference", ws.bundle.key, cls_name),
+                    base,
+                    ref,
+                    image,
+                    view_state,
+                    opacity=opacity,
+                    colormap=colormap,
+                )
+                image_panel(
+                    f"Reference — class “{cls_name}”",
+                    viewer.outlined(ref_pic, region_mask, image.size, view, viewer.REGION_COLOR),
+                    caption=f"mean map of the reference set ({ws.bundle.label}), "
+                    + viewer.grid_caption(
+                        tuple(np.asarray(ref).shape), ws.bundle.bundle.layer, image.size, view_state.nearest
+                    ),
+                )
+                colorbar(colormap, low="lowest", high="highest")
+st.caption(viewer.PER_IMAGE_SCALE)
+
+# ------------------------------------------------------------------------------------- the expected region
+st.subheader("Expected region")
+st.caption(
+    "Drag a box (or pick the lasso in the chart's toolbar) on the image to mark where the finding is. The "
+    "region is this image's finding annotation at once: the numbers beside it and this image's verdict below "
+    "are measured against it. It is kept for this session by the image's content; export it to keep it."
+)
+draw_left, draw_right = st.columns([1.25, 1])
+with draw_left, st.container(key="viewer_draw"):
+    bump = int(st.session_state.get("viewer_draw_round", 0))
+    event = st.plotly_chart(
+        viewer.drawing_figure(base, view, drawn),
+        key=f"viewer_draw_chart_{image.content_hash[:12]}_{bump}",
+        on_select="rerun",
+        selection_mode=("box", "lasso"),
+        config={"displaylogo": False, "modeBarButtonsToRemove": ["toImage"]},
+    )
+    finding_name = (
+        model.class_names[result.targets[0]] if not segmentation and result.targets[0] >= 0 else "finding"
+    )
+    new_regions = viewer.regions_from_selection(getattr(event, "selection", None))
+    if new_regions:
+        add = st.session_state.get("viewer_region_mode", "replace") == "add"
+        with guard("Saving the drawn region"):
+            viewer.apply_selection(region_store, image, new_regions, replace=not add, finding=finding_name)
+        st.session_state["viewer_draw_round"] = bump + 1
+        st.rerun()
+with draw_right:
+    st.radio(
+        "A new drawing",
+        ["replace", "add"],
+        format_func={"replace": "replaces the region", "add": "adds to the region"}.get,
+        horizontal=True,
+        key="viewer_region_mode",
+    )
+    if drawn is None:
+        st.info("No region drawn on this image yet.", icon=":material/draw:")
+    else:
+        st.markdown(
+            f"**Drawn region** ({drawn.finding}): {drawn.describe()} · {int(region_mask.sum()):,} pixels"
+        )
+        if st.button("Clear the region", key="viewer_clear"):
+            region_store.clear(image.content_hash)
+            st.session_state["viewer_draw_round"] = int(st.session_state.get("viewer_draw_round", 0)) + 1
+            st.rerun()
+        numbers = viewer.region_numbers(result.maps[0], region_mask)
+        st.markdown(f"**{loaders.METHOD_LABELS[method]} at {result.layer} against the drawn region**")
+        st.dataframe(
+            {"measure": list(numbers), "value": [f"{v:.3f}" for v in numbers.values()]},
+            hide_index=True,
+            width="stretch",
+            key="viewer_region_numbers",
+        )
+        if image_evidence is not None and image_evidence.assessable:
+            inside = image_evidence.values.get("E2.energy_inside")
+            if inside is not None:
+                st.markdown(
+                    f"**E2 localisation** on this image (the verdict's method and grid): energy inside the "
+                    f"drawn finding **{inside:.3f}**"
+                )
+    with st.expander("Export or import annotations"):
+        if drawn is not None:
+            st.download_button(
+                "PNG mask of this image",
+                viewer.png_bytes(drawn),
+                f"{image.name}.mask.png",
+                "image/png",
+                key="viewer_dl_png",
             )
-            colorbar(colormap)
+            data = getattr(item, "data", None)
+            if image.source_format == "DICOM" and data is not None:
+                keep_ids = st.checkbox(
+                    "Keep the patient and study identifiers in the DICOM SEG (so the PACS files it with the "
+                    "study)",
+                    key="viewer_seg_ids",
+                )
+                try:
+                    seg = viewer.seg_bytes(drawn, data, keep_ids)
+                    st.download_button(
+                        "DICOM SEG of this image",
+                        seg,
+                        f"{image.name}.seg.dcm",
+                        "application/dicom",
+                        key="viewer_dl_seg",
+                    )
+                except VerificationError as exc:
+                    st.caption(f"No DICOM SEG: {exc}")
+        if len(region_store):
+            st.download_button(
+                f"All annotations of this session (JSON, {len(region_store)})",
+                viewer.json_bytes(region_store),
+                "annotations.json",
+                "application/json",
+                key="viewer_dl_json",
+            )
+        upload = st.file_uploader(
+            "Import annotations (this tool's JSON) or a mask of this image (PNG, its native size)",
+            type=["json", "png", "tif", "tiff"],
+            key="viewer_import",
+        )
+        if upload is not None and st.session_state.get("viewer_imported") != upload.file_id:
+            with guard(f"Reading {upload.name}") as failed:
+                said = viewer.import_file(region_store, image, upload.name, upload.getvalue(), finding_name)
+            if not failed:
+                st.session_state["viewer_imported"] = upload.file_id
+                st.session_state["viewer_import_note"] = said
+                st.rerun()
+        if st.session_state.get("viewer_import_note"):
+            st.caption(st.session_state["viewer_import_note"])
 
 # ------------------------------------------------------------------------------------------- prediction
 left, right = st.columns([1, 1])
