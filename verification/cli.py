@@ -397,12 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "report",
-        help="the self-contained HTML report of a verify result",
+        help="the self-contained HTML report (and/or a PDF to file) of a verify result",
         description="Render the JSON written by 'verify --json' as one HTML file that works offline "
-        "(pictures embedded as PNG, plotly inlined).",
+        "(pictures embedded as JPEG, band charts as inline SVG) and/or as a PDF of a few pages (verdict, "
+        "evidence lines with their numbers, example images with their sentence); each says when it was made.",
     )
     p.add_argument("result", help="the verify result (JSON from 'verify --json' or the dashboard's download)")
-    p.add_argument("-o", "--out", required=True, help="HTML file to write")
+    p.add_argument("-o", "--out", help="HTML file to write (a name ending in .pdf writes the PDF)")
+    p.add_argument("--pdf", dest="pdf_out", help="PDF file to write (beside or instead of the HTML)")
     p.add_argument("--title", default="Attention-map verification", help="the report's title")
     _common(p)
     p.set_defaults(handler=cmd_report)
@@ -685,9 +687,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     from verification.verdict import VerificationReport
 
     report = VerificationReport.from_document(doc)
-    write_text_atomic(args.out, render_report(report, title=args.title))
-    if not args.quiet:
-        sys.stderr.write(f"report → {args.out}\n")
+    html_out, pdf_out = args.out, args.pdf_out
+    if html_out is not None and str(html_out).lower().endswith(".pdf"):
+        html_out, pdf_out = None, pdf_out or html_out
+    if html_out is None and pdf_out is None:
+        raise CliError("say where to write the report: -o report.html and/or --pdf report.pdf")
+    for target in (html_out, pdf_out):
+        if target is None:
+            continue
+        if target == pdf_out:
+            from verification.report_pdf import render_pdf
+
+            with atomic_file(target) as tmp:
+                tmp.write_bytes(render_pdf(report, title=args.title))
+        else:
+            write_text_atomic(target, render_report(report, title=args.title))
+        if not args.quiet:
+            sys.stderr.write(f"report → {target}\n")
     return EXIT_OK
 
 

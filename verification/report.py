@@ -2,20 +2,26 @@
 
 ``render_report`` turns a :class:`~verification.verdict.VerificationReport` (or its ``to_document()`` JSON, as
 written by ``python -m verification verify --json`` and offered by the dashboard) into one HTML file that
-works
-offline: the verdict per model and per class with the line that decided it, every evidence line in plain words
-with its numbers, thresholds and calibration, the images that could not be assessed, the per-image "why",
-example maps beside the class references (PNG, base64, drawn by :mod:`verification.render`), plotly charts
-(JavaScript inlined), warnings and provenance. ``overlay_png`` is the PNG of an overlay (used by ``cam``).
+works offline: the verdict per model and per class with the line that decided it, every evidence line in plain
+words with its numbers, thresholds and calibration and a band chart (inline SVG: the axis zoomed to the
+numbers, the passing side, the healthy models' edge, the threshold and this run's value with its interval,
+each labelled), the images that could not be assessed, the per-image "why"
+(:mod:`verification.verdict.explain` for the example images), example maps beside the class references (JPEG
+at display size, base64, drawn by :mod:`verification.render`), warnings and provenance, and the time the
+report was made. No script. ``overlay_png`` is the PNG of an overlay (used by ``cam``); :func:`bands` is the
+geometry of the band charts, shared with the PDF (:mod:`verification.report_pdf`).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import html
+import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,39 @@ import numpy as np
 
 from verification.render import heat, overlay, png_bytes
 
-__all__ = ["img_tag", "kv_table", "overlay_png", "render_report"]
+__all__ = [
+    "Band",
+    "bands",
+    "example_pictures",
+    "img_tag",
+    "jpeg_bytes",
+    "kv_table",
+    "made_now",
+    "overlay_png",
+    "render_report",
+]
+
+EXAMPLE_SIDE = 320
+"""Longest side (px) of an example overlay in the reports: the HTML gallery shows it at about 290 px."""
+REFERENCE_SIDE = 160
+"""Side (px) of a class reference map in the reports (a smooth map: more pixels add nothing)."""
+JPEG_QUALITY = 82
+
+
+def made_now() -> str:
+    """The current time, UTC, to the second: when a report is made (not when its verdict was computed)."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """Encode a uint8 (H, W) or (H, W, 3) array as baseline JPEG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).convert("RGB").save(
+        buf, format="JPEG", quality=quality, optimize=True
+    )
+    return buf.getvalue()
 
 
 def overlay_png(display: np.ndarray, cam: np.ndarray, *, alpha: float = 0.45) -> bytes:
@@ -31,9 +69,12 @@ def overlay_png(display: np.ndarray, cam: np.ndarray, *, alpha: float = 0.45) ->
     return png_bytes(overlay(display, cam, opacity=alpha))
 
 
-def img_tag(rgb: np.ndarray, alt: str) -> str:
-    data = base64.b64encode(png_bytes(rgb)).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+def img_tag(rgb: np.ndarray, alt: str, *, fmt: str = "jpeg") -> str:
+    """An ``<img>`` with the picture inline (JPEG by default; ``fmt="png"`` for lossless)."""
+    raw = png_bytes(rgb) if fmt == "png" else jpeg_bytes(rgb)
+    data = base64.b64encode(raw).decode("ascii")
+    mime = "image/png" if fmt == "png" else "image/jpeg"
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{data}">'
 
 
 def kv_table(rows: Mapping[str, Any]) -> str:
@@ -66,6 +107,7 @@ th{background:#f3f3f3}
 .pass{color:#2e7d32}.fail{color:#c62828;font-weight:bold}.inconclusive{color:#b26a00}
 .gallery{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:.6rem}
 .gallery figure{margin:0}.gallery img{width:100%;border-radius:3px}figcaption{font-size:.75rem}
+svg.band{display:block;margin:.5rem 0 1rem;max-width:100%;height:auto}.made{color:#555;font-size:.85rem}
 """
 
 
@@ -84,71 +126,215 @@ def _table(cols: list[str], rows: list[list[Any]], classes: list[str] | None = N
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _charts(report: Any) -> list[str]:
-    import plotly.graph_objects as go
+@dataclass(frozen=True)
+class Band:
+    """One class of one evidence line, laid out for a band chart.
 
-    out = []
-    for ln in report.lines:
-        pts = [c for c in ln.per_class if c.value is not None]
-        if not pts or ln.key == "E0":
-            continue
-        fig = go.Figure()
-        fig.add_trace(
-            go.Scatter(
-                x=[c.class_name for c in pts],
-                y=[c.value for c in pts],
-                mode="markers",
-                name="measured",
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": [(c.high - c.value) if c.high is not None else 0 for c in pts],
-                    "arrayminus": [(c.value - c.low) if c.low is not None else 0 for c in pts],
-                },
-            )
+    ``value`` (with its interval ``low`` … ``high``) is this run's number, ``threshold`` the calibrated edge
+    (passing side: above it when ``higher_is_better``), ``healthy_edge`` the worst healthy model's class mean
+    (the edge of the healthy band; None when the line does not report it); ``axis`` the zoomed range that
+    holds all of them with a margin."""
+
+    line: str
+    class_name: str
+    status: str
+    value: float
+    low: float | None
+    high: float | None
+    threshold: float | None
+    higher_is_better: bool
+    healthy_edge: float | None
+    axis: tuple[float, float]
+
+
+def _finite(v: Any) -> float | None:
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def bands(line: Any) -> list[Band]:
+    """The band-chart rows of a line: every class with a measured value, on one axis zoomed to the numbers
+    (value, interval, threshold, healthy edge of every class) plus 8 % of their span on each side."""
+    rows = [c for c in line.per_class if _finite(c.value) is not None]
+    if not rows:
+        return []
+    pts = [
+        v
+        for c in rows
+        for v in (c.value, c.low, c.high, c.threshold, c.numbers.get("healthy_edge"))
+        if _finite(v) is not None
+    ]
+    lo, hi = float(min(pts)), float(max(pts))
+    span = hi - lo
+    pad = 0.08 * span if span > 0 else max(0.05 * abs(hi), 0.05)
+    axis = (lo - pad, hi + pad)
+    return [
+        Band(
+            line=line.key,
+            class_name=c.class_name,
+            status=c.status,
+            value=float(c.value),
+            low=_finite(c.low),
+            high=_finite(c.high),
+            threshold=_finite(c.threshold),
+            higher_is_better=bool(c.higher_is_better),
+            healthy_edge=_finite(c.numbers.get("healthy_edge")),
+            axis=axis,
         )
-        thr = [c for c in pts if c.threshold is not None]
-        if thr:
-            fig.add_trace(
-                go.Scatter(
-                    x=[c.class_name for c in thr],
-                    y=[c.threshold for c in thr],
-                    mode="markers",
-                    marker={"symbol": "line-ew-open", "size": 30},
-                    name="threshold",
-                )
+        for c in rows
+    ]
+
+
+_STATUS_FILL = {
+    "pass": "#2e7d32",
+    "fail": "#c62828",
+    "inconclusive": "#b26a00",
+    "not_assessable": "#777777",
+    "uninformative": "#777777",
+}
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    raw = (hi - lo) / max(n - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
+    start = math.ceil(lo / step) * step
+    return [start + k * step for k in range(int((hi - start) / step) + 1)]
+
+
+def band_svg(rows: Sequence[Band], *, width: int = 720) -> str:
+    """An inline SVG band chart: one row per class; the passing side of the threshold shaded green and the
+    failing side red, the healthy models' edge dashed, the threshold a dark bar, this run's value a dot with
+    its interval; every mark labelled with its number."""
+    if not rows:
+        return ""
+    left, right, row_h, top = 110, 20, 46, 22
+    lo, hi = rows[0].axis
+    plot_w = width - left - right
+    height = top + row_h * len(rows) + 26
+
+    def x(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * plot_w
+
+    out = [
+        f'<svg class="band" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(rows[0].line)} band chart">',
+        "<style>text{font:11px system-ui,sans-serif;fill:#333}.lab{font-size:10px}</style>",
+    ]
+    for k, b in enumerate(rows):
+        y0 = top + k * row_h
+        mid = y0 + 16
+        if b.threshold is not None:
+            t = x(b.threshold)
+            good = (t, left + plot_w) if b.higher_is_better else (left, t)
+            bad = (left, t) if b.higher_is_better else (t, left + plot_w)
+            out.append(
+                f'<rect x="{good[0]:.1f}" y="{y0 + 6}" width="{max(good[1] - good[0], 0):.1f}" height="20" '
+                'fill="#e3f4e8"><title>passing side</title></rect>'
             )
-        fig.update_layout(title=f"{ln.key} {ln.name} per class (95 % interval, threshold)", height=300)
-        out.append(fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}))
-    return out
+            out.append(
+                f'<rect x="{bad[0]:.1f}" y="{y0 + 6}" width="{max(bad[1] - bad[0], 0):.1f}" height="20" '
+                'fill="#fbe4e4"><title>failing side</title></rect>'
+            )
+        else:
+            out.append(
+                f'<rect x="{left}" y="{y0 + 6}" width="{plot_w}" height="20" fill="#f3f3f3">'
+                "<title>no threshold</title></rect>"
+            )
+        out.append(f'<text x="{left - 8}" y="{mid + 4}" text-anchor="end">{html.escape(b.class_name)}</text>')
+        if b.healthy_edge is not None:
+            h = x(b.healthy_edge)
+            out.append(
+                f'<line x1="{h:.1f}" y1="{y0 + 4}" x2="{h:.1f}" y2="{y0 + 28}" stroke="#2e7d32" '
+                'stroke-dasharray="3,2" stroke-width="1.5"/>'
+                f'<text class="lab" x="{h + (-4 if h > left + plot_w / 2 else 4):.1f}" y="{y0 + 1}" '
+                f'text-anchor="{"end" if h > left + plot_w / 2 else "start"}" fill="#2e7d32">'
+                f"healthy edge {b.healthy_edge:.3g}</text>"
+            )
+        if b.threshold is not None:
+            t = x(b.threshold)
+            out.append(
+                f'<line x1="{t:.1f}" y1="{y0 + 2}" x2="{t:.1f}" y2="{y0 + 30}" stroke="#222" '
+                'stroke-width="2.5"/>'
+                f'<text class="lab" x="{t:.1f}" y="{y0 + 1}" text-anchor="middle">'
+                f"threshold {'≥' if b.higher_is_better else '≤'} {b.threshold:.3g}</text>"
+            )
+        colour = _STATUS_FILL.get(b.status, "#777777")
+        if b.low is not None and b.high is not None:
+            out.append(
+                f'<line x1="{x(b.low):.1f}" y1="{mid}" x2="{x(b.high):.1f}" y2="{mid}" stroke="{colour}" '
+                'stroke-width="2"/>'
+            )
+        v = x(b.value)
+        out.append(
+            f'<circle cx="{v:.1f}" cy="{mid}" r="5.5" fill="{colour}"><title>this run: {b.value:.4g}'
+            + ("" if b.low is None or b.high is None else f" [{b.low:.4g}, {b.high:.4g}]")
+            + "</title></circle>"
+            f'<text class="lab" x="{v:.1f}" y="{y0 + 38}" text-anchor="middle" fill="{colour}">'
+            f"this run {b.value:.3g}</text>"
+        )
+    base = top + row_h * len(rows) + 2
+    out.append(f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#999"/>')
+    for t in _ticks(lo, hi):
+        out.append(
+            f'<line x1="{x(t):.1f}" y1="{base}" x2="{x(t):.1f}" y2="{base + 4}" stroke="#999"/>'
+            f'<text class="lab" x="{x(t):.1f}" y="{base + 15}" text-anchor="middle">{t:.3g}</text>'
+        )
+    out.append("</svg>")
+    return "".join(out)
 
 
-def _gallery(report: Any, displays: Mapping[str, np.ndarray] | None) -> list[str]:
+def example_pictures(
+    report: Any, displays: Mapping[str, np.ndarray] | None = None
+) -> list[tuple[Any, np.ndarray | None, np.ndarray | None]]:
+    """Per example of the report: (example, its overlay at display size or None when the image cannot be
+    found, its class reference map as a heat picture or None)."""
     from verification.errors import VerificationError
     from verification.io.images import load_image
 
-    parts = []
+    out = []
     for ex in report.examples:
         cam = np.asarray(ex.map, dtype=np.float32)
         picture = None
         if displays is not None and ex.image in displays:
-            picture = overlay(displays[ex.image], cam, max_side=512)
+            picture = overlay(displays[ex.image], cam, max_side=EXAMPLE_SIDE)
         else:
             try:
-                picture = overlay(load_image(ex.image).display, cam, max_side=512)
+                picture = overlay(load_image(ex.image).display, cam, max_side=EXAMPLE_SIDE)
             except (VerificationError, OSError):
                 picture = None
-        caption = "attention over the image" if picture is not None else "attention (image not found)"
-        picture = picture if picture is not None else heat(cam)
         ref = report.references.get(ex.class_name) if ex.class_name else None
+        ref_pic = heat(np.asarray(ref, np.float32), size=REFERENCE_SIDE) if ref is not None else None
+        out.append((ex, picture, ref_pic))
+    return out
+
+
+def example_sentence(report: Any, ex: Any) -> str:
+    """The plain sentence of an example image (:func:`verification.verdict.explain.explain_image`, located on
+    its map), or its note when the report has no record of it."""
+    from verification.verdict.explain import explain_image, locate, thresholds
+
+    im = next((i for i in report.images if i.name == ex.image), None)
+    if im is None:
+        return str(ex.note)
+    return explain_image(im, location=locate(ex.map), limits=thresholds(report)).sentence
+
+
+def _gallery(report: Any, displays: Mapping[str, np.ndarray] | None) -> list[str]:
+    parts = []
+    for ex, picture, ref_pic in example_pictures(report, displays):
+        caption = "attention over the image" if picture is not None else "attention (image not found)"
+        shown = picture if picture is not None else heat(np.asarray(ex.map, np.float32), size=REFERENCE_SIDE)
         ref_tag = (
-            img_tag(heat(np.asarray(ref, np.float32)), f"reference {ex.class_name}")
-            if ref is not None
+            img_tag(ref_pic, f"reference {ex.class_name}")
+            if ref_pic is not None
             else "<p>(no reference map for this class)</p>"
         )
         parts.append(
-            f"<figure>{img_tag(picture, ex.image)}<figcaption>{html.escape(Path(ex.image).name)} · {caption}"
-            f"<br>{html.escape(ex.note)}</figcaption></figure>"
+            f"<figure>{img_tag(shown, ex.image)}<figcaption>{html.escape(Path(ex.image).name)} · {caption}"
+            f"<br>{html.escape(example_sentence(report, ex))}</figcaption></figure>"
             f"<figure>{ref_tag}<figcaption>reference map of {html.escape(str(ex.class_name))}"
             "</figcaption></figure>"
         )
@@ -160,12 +346,14 @@ def render_report(
     *,
     title: str = "Attention-map verification",
     displays: Mapping[str, np.ndarray] | None = None,
+    made: str | None = None,
 ) -> str:
     """One offline HTML document from a :class:`~verification.verdict.VerificationReport` or its document.
-    ``displays`` maps image names to uint8 pictures (else the images are read from their paths)."""
-    import plotly.offline
-
+    ``displays`` maps image names to uint8 pictures (else the images are read from their paths); ``made``
+    the time the report is made (**default** now, :func:`made_now`), shown beside the time of the verdict."""
     from verification.verdict import STATUS_LABELS, VerificationReport
+
+    made = made or made_now()
 
     if not isinstance(report, VerificationReport):
         report = VerificationReport.from_document(report)
@@ -175,6 +363,8 @@ def render_report(
         acc += f" (Wilson 95 % {100 * lo:.1f}–{100 * hi:.1f} %)"
     decided = f" — decided by {report.deciding_line}" if report.deciding_line else ""
     numbers = {
+        "report made": made,
+        "verdict computed": report.provenance.get("created", "—"),
         "verdict": report.label,
         "accuracy": acc,
         "images": report.n_images,
@@ -211,6 +401,7 @@ def render_report(
                 ],
                 [c.status for c in ln.per_class],
             )
+            + band_svg(bands(ln))
         )
     not_ok = [[im.name, im.not_assessable_reason] for im in report.images if not im.assessable]
     image_rows = [
@@ -226,9 +417,10 @@ def render_report(
     ]
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style>",
-        f"<script>{plotly.offline.get_plotlyjs()}</script></head><body>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        f'<p class="made">Report made {html.escape(made)} · verdict computed '
+        f"{html.escape(str(report.provenance.get('created', '—')))}</p>",
         f'<div class="verdict {report.verdict}"><b>{html.escape(report.label)}</b>{html.escape(decided)}: '
         f"{html.escape(report.reason)}<br>accuracy {html.escape(acc)}</div>",
         *(f'<div class="warn">What is missing: {html.escape(m)}</div>' for m in report.missing),
@@ -243,8 +435,6 @@ def render_report(
         kv_table(numbers),
         "<h2>Evidence lines</h2>",
         *line_parts,
-        "<h2>Charts</h2>",
-        *_charts(report),
         "<h2>Example maps and their class reference</h2>",
         '<div class="gallery">',
         *_gallery(report, displays),

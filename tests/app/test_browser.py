@@ -117,7 +117,7 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
             lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort(),
         )
         offline.goto(report.as_uri())
-        offline.wait_for_selector(".plotly-graph-div .main-svg", timeout=60_000)
+        offline.wait_for_selector("svg.band", timeout=60_000)  # the band charts: inline SVG, no script
         wait_all_images(offline, 3)
         offline.screenshot(path=str(ARTIFACTS / "browser-09-report-offline.png"), full_page=True)
         offline.close()

@@ -75,9 +75,13 @@ def test_reference_build_verify_and_report(env: Env, bundle: Path, tmp_path: Pat
     page = html_path.read_text()
     assert doc["verdict_label"] in page
     assert "E3 reliance on evidence outside the anatomy" in page
-    assert page.count("data:image/png;base64,") >= 2  # example maps and their references
-    assert "<script src=" not in page  # plotly is inlined: the file opens offline
-    assert "Plotly.newPlot" in page
+    assert page.count("data:image/jpeg;base64,") >= 2  # example maps and their references
+    assert "<script" not in page  # no script at all: the file opens offline
+    assert '<svg class="band"' in page  # the band charts are inline SVG
+    assert "Report made " in page
+    pdf_path = tmp_path / "report.pdf"
+    assert run_cli("report", result, "--pdf", pdf_path).returncode == 0
+    assert pdf_path.read_bytes().startswith(b"%PDF-")
 
 
 def test_verify_exit_codes_unlabelled_and_bad_bundles(env: Env, bundle: Path, tmp_path: Path) -> None:
