@@ -360,25 +360,46 @@ class Retrieved:
 
 
 class _ByteMeter:
-    """A requests response hook: refuse an answer whose Content-Length would exceed what is left."""
+    """A requests response hook, run before the body is read: refuse an answer whose Content-Length would
+    exceed what is left of the retrieval's bytes, or that comes compressed although ``identity`` was asked
+    for (its Content-Length would not bound what it inflates to). ``measured`` is False for an answer
+    without a length (chunked): its size is charged once read (:meth:`charge`)."""
 
     def __init__(self) -> None:
         self.remaining: int | None = None
+        self.measured = True
+
+    def _refuse(self, size: int) -> InputTooLargeError:
+        return InputTooLargeError(
+            f"the PACS answer is {size:,} bytes, more than the {self.remaining:,} bytes left of this "
+            "retrieval's limit; retrieve one series at a time or raise PacsLimits.max_bytes"
+        )
 
     def __call__(self, response: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.remaining is None or response.request.method != "GET":
+        if self.remaining is None or response.request.method != "GET" or response.status_code >= 300:
             return response
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            response.close()
+            raise PacsError(
+                f"the PACS sent a {encoding[:20]}-compressed answer although an uncompressed one was asked "
+                "for; its size cannot be bounded before it is inflated, so it was not read"
+            )
         length = response.headers.get("Content-Length")
-        if length is not None and length.isdigit():
+        self.measured = length is not None and length.isdigit()
+        if self.measured:
             if int(length) > self.remaining:
                 response.close()
-                raise InputTooLargeError(
-                    f"the PACS answer is {int(length):,} bytes, more than the {self.remaining:,} bytes "
-                    "left of this retrieval's limit; retrieve one series at a time or raise "
-                    "PacsLimits.max_bytes"
-                )
+                raise self._refuse(int(length))
             self.remaining -= int(length)
         return response
+
+    def charge(self, size: int) -> None:
+        """Charge an answer that had no Content-Length, now that it is read."""
+        if self.remaining is not None and not self.measured:
+            if size > self.remaining:
+                raise self._refuse(size)
+            self.remaining -= size
 
 
 class PacsClient:
@@ -391,6 +412,7 @@ class PacsClient:
         self.config = config
         session = requests.Session()
         session.trust_env = False  # no proxy or .netrc credentials from the environment
+        session.headers["Accept-Encoding"] = "identity"  # Content-Length then bounds what is read
         session.mount("http://", requests.adapters.HTTPAdapter(max_retries=0))
         session.mount("https://", requests.adapters.HTTPAdapter(max_retries=0))
         if config.token:
@@ -638,6 +660,7 @@ class PacsClient:
                         f"{what} from the PACS cannot be re-encoded ({type(exc).__name__}); it is malformed"
                     ) from None
                 data = buf.getvalue()
+                self._meter.charge(len(data))
                 item = Retrieved(ref, data)
                 cost = image_cost(data, item.name)
                 if retain:
