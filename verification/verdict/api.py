@@ -130,9 +130,9 @@ def verify(
     model: LoadedModel,
     bundle: Any,
     images: Sequence[ImageInput] | Tensor,
-    labels: Sequence[str | int | None] | None = None,
+    labels: Sequence[Any] | None = None,
     *,
-    annotations: Masks = None,
+    annotations: Sequence[Any] | None = None,
     anatomy: Masks = None,
     gate: LoadedModel | None = None,
     config: VerdictConfig | None = None,
@@ -152,13 +152,36 @@ def verify(
     ``names`` per image (required for bytes); ``examples`` maps kept for the report;
     ``progress(done, total)`` after each batch.
     E6 runs only when ``config.faithfulness`` and the bundle's calibration covers it (else it could not vote).
+
+    A multi-label model (``model.task == "multilabel"``) gets one verdict per label
+    (:func:`verification.verdict.multilabel.verify_labels`): ``labels[i]`` is then image i's label set (a list
+    of names, a name, or None) and ``annotations[i]`` one mask or ``{label: mask}``.
     """
     config = config or VerdictConfig()
     n = len(images)
     warns: list[str] = list(getattr(bundle, "warnings", ()))
     mismatch = class_mismatch(model, bundle)
     if mismatch is not None:
-        return cannot_verify(model, bundle, config, mismatch, n, warns)
+        report = cannot_verify(model, bundle, config, mismatch, n, warns)
+        return dataclasses.replace(report, task=model.task) if model.task == "multilabel" else report
+    if model.task == "multilabel":  # one verdict per label, each on its binary task
+        from verification.verdict.multilabel import verify_labels
+
+        return verify_labels(
+            model,
+            bundle,
+            images,
+            labels,
+            annotations=annotations,
+            anatomy=anatomy,
+            gate=gate,
+            config=config,
+            batch_size=batch_size,
+            progress=progress,
+            names=names,
+            examples=examples,
+            warnings=warns,
+        )
     spec, found = measure_spec(model, bundle, config, gate)
     warns += found
     lab = label_indices(labels, bundle.class_names, n)
@@ -420,6 +443,22 @@ def calibrate_bundle(
 
     config = config or VerdictConfig()
     first = next(iter(healthy.values()))
+    if first.task == "multilabel":  # each label's edges from its binary task
+        from verification.verdict.multilabel import calibrate_labels
+
+        return calibrate_labels(
+            bundle,
+            healthy,
+            images,
+            labels,
+            bad=bad,
+            annotations=annotations,
+            anatomy=anatomy,
+            config=config,
+            randomised=randomised,
+            batch_size=batch_size,
+            max_thumbnails=max_thumbnails,
+        )
     bad_models = dict(bad or {})
     if randomised:
         bad_models["randomised"] = randomised_model(first)

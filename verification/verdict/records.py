@@ -50,6 +50,11 @@ STATUS_LABELS: dict[str, str] = {
 }
 SEVERITY: dict[str, int] = {"suitable": 0, "cannot_verify": 1, "unsuitable": 2}
 
+MULTILABEL_NOTE = (
+    "multi-label model: one verdict per label, each from that label's own yes/no task (positives: the images "
+    "annotated with it; probabilities: its sigmoid); the model's verdict is its worst label's"
+)
+
 LINE_NAMES: dict[str, str] = {
     "E0": "input validity",
     "E1": "task performance",
@@ -204,7 +209,8 @@ class VerificationReport:
     the E0 gate; ``errors`` unreadable images
     (name, message); ``missing`` what would be needed to verify (for CANNOT VERIFY); ``references`` the
     bundle's per-class reference maps and ``examples`` a few maps, both for the report; ``provenance`` model,
-    bundle, method, layer, versions.
+    bundle, method, layer, versions. ``task`` "multilabel": ``classes`` are the model's labels, one verdict
+    per label from its binary task (:mod:`verification.verdict.multilabel`; ``n_images``: its positives).
     """
 
     verdict: Verdict
@@ -225,6 +231,7 @@ class VerificationReport:
     examples: tuple[Example, ...] = ()
     references: Mapping[str, np.ndarray] = field(default_factory=dict)
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    task: str = "classification"
 
     # ------------------------------------------------------------------------------------------ reading
     @property
@@ -259,10 +266,13 @@ class VerificationReport:
             f"accuracy {acc}; {self.n_images} images, {self.n_not_assessable} not assessable"
             + (f", {len(self.errors)} unreadable" if self.errors else ""),
         ]
+        if self.task == "multilabel":
+            out.append(MULTILABEL_NOTE)
         for c in self.classes:
             by = f" [{c.deciding_line}]" if c.deciding_line else ""
+            counted = "positives assessable" if self.task == "multilabel" else "assessable"
             out.append(
-                f"  {c.class_name}: {c.label}{by} — {c.reason} ({c.n_assessable}/{c.n_images} assessable)"
+                f"  {c.class_name}: {c.label}{by} — {c.reason} ({c.n_assessable}/{c.n_images} {counted})"
             )
         for ln in self.lines:
             votes = "" if ln.decisive else " (does not vote)"
@@ -303,6 +313,7 @@ class VerificationReport:
             ],
             "references": {k: _round(v) for k, v in self.references.items()},
             "provenance": _jsonable(dict(self.provenance)),
+            **({} if self.task == "classification" else {"task": self.task}),
         }
 
     @classmethod
@@ -343,6 +354,7 @@ class VerificationReport:
                 ),
                 references={k: np.asarray(v, np.float32) for k, v in doc.get("references", {}).items()},
                 provenance=dict(doc.get("provenance", {})),
+                task=str(doc.get("task", "classification")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"verification result is incomplete or malformed: {exc!r}") from exc

@@ -1,0 +1,179 @@
+"""One verdict per label (issue #15): a multi-label model is verified label by label, each label on its own
+binary task with the single-label lines, and a label with too few positives is CANNOT VERIFY, never SUITABLE.
+
+The world (64×64, built here, seeded): a noisy film with a rectangular "lung" region; a *nodule* is a bright
+disc inside it, an *effusion* a dark disc. The model is hand-built so its behaviour is known: a 5×5 box filter
+per finding (bright / dark) → ReLU → global max → one logit per label, so it decides from the finding and from
+nothing else. Calibration: this model and a slightly different healthy copy, against the cascading-randomised
+model. The verification set has 22 nodule positives and only 3 effusion positives (``min_images`` is 20)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from verification.io.records import LoadedModel
+from verification.multilabel import build_label_reference
+from verification.verdict import VerdictConfig, VerificationReport, calibrate_bundle, verify
+
+LABELS = ("nodule", "effusion")
+SIZE = 64
+
+
+class Detector(nn.Module):
+    def __init__(self, gain: float = 10.0) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 2, 5, padding=2), nn.ReLU())
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(2, 2)
+        with torch.no_grad():
+            conv = self.features[0]
+            assert isinstance(conv, nn.Conv2d)
+            conv.weight.zero_()
+            conv.weight[0] = 1 / 25  # bright disc (normalised 1.6 on a −0.8 background)
+            conv.weight[1] = -1 / 25  # dark disc (normalised −2.0)
+            assert conv.bias is not None
+            conv.bias.copy_(torch.tensor([-0.4, -1.2]))
+            self.head.weight.copy_(torch.tensor([[gain, 0.0], [0.0, gain]]))
+            self.head.bias.copy_(torch.tensor([-5.0, -4.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def model(gain: float = 10.0, name: str = "detector") -> LoadedModel:
+    return LoadedModel(
+        module=Detector(gain).eval(),
+        in_channels=1,
+        input_size=(SIZE, SIZE),
+        class_names=LABELS,
+        mean=(0.5,),
+        std=(0.25,),
+        source_format="module",
+        content_hash=f"{name}-{gain}",
+        task="multilabel",
+        name=name,
+    )
+
+
+LUNG = np.zeros((SIZE, SIZE), bool)
+LUNG[8:56, 10:54] = True
+
+
+def world(n_nodule: int, n_effusion: int, n_none: int, seed: int) -> tuple[torch.Tensor, list, list, list]:
+    """(inputs (N, 1, 64, 64) normalised, label sets, finding masks, anatomy masks)."""
+    rng = np.random.default_rng(seed)
+    kinds = ["nodule"] * n_nodule + ["effusion"] * n_effusion + [None] * n_none
+    xs, sets, masks = [], [], []
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    for kind in kinds:
+        img = np.clip(0.3 + 0.04 * rng.standard_normal((SIZE, SIZE)), 0, 1)
+        img[~LUNG] = np.clip(0.15 + 0.04 * rng.standard_normal(int((~LUNG).sum())), 0, 1)
+        mask = None
+        if kind is not None:
+            cy, cx = rng.integers(16, 48), rng.integers(18, 46)
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= 16
+            img[mask] = 0.9 if kind == "nodule" else 0.0
+        xs.append((img - 0.5) / 0.25)
+        sets.append([kind] if kind else [])
+        masks.append(mask)
+    x = torch.from_numpy(np.stack(xs)[:, None].astype(np.float32))
+    return x, sets, masks, [LUNG.copy() for _ in kinds]
+
+
+@pytest.fixture(scope="module")
+def report() -> VerificationReport:
+    torch.set_num_threads(1)
+    trusted = model()
+    x_ref, sets_ref, masks_ref, lung_ref = world(24, 10, 10, seed=0)
+    bundle = build_label_reference(trusted, x_ref, sets_ref, layer="features", grid=(32, 32))
+    bundle = calibrate_bundle(
+        bundle,
+        {"detector": trusted, "detector-9": model(9.0, "detector-9")},
+        x_ref,
+        sets_ref,
+        annotations=masks_ref,
+        anatomy=lung_ref,
+    )
+    x, sets, masks, lungs = world(22, 3, 12, seed=1)
+    return verify(trusted, bundle, x, sets, annotations=masks, anatomy=lungs, config=VerdictConfig())
+
+
+def test_each_label_has_its_own_verdict(report: VerificationReport) -> None:
+    assert report.task == "multilabel"
+    assert report.class_names == LABELS
+    nodule, effusion = report.for_class("nodule"), report.for_class("effusion")
+    assert nodule is not None
+    assert effusion is not None
+    # positives are the images annotated with the label (not the predictions, not the other label's)
+    assert (nodule.n_images, effusion.n_images) == (22, 3)
+    # enough positives, a detector that decides from the finding: every decisive line passes
+    assert nodule.verdict == "suitable", nodule.reason
+    assert "E2" in (nodule.deciding_line or "")
+    # three positives cannot support a claim to a clinician, however good they look
+    assert effusion.verdict == "cannot_verify"
+    assert effusion.deciding_line == "E0"
+    assert "at least 20 assessable images of 'effusion' (3 of 3" in effusion.reason
+    for key in ("E2", "E3", "E4"):  # its lines look fine on three images: the count alone decides
+        line = report.line(key)
+        assert line is not None
+        assert (c := line.for_class("effusion")) is not None
+        assert c.status == "pass"
+    # the model's verdict is its worst label's, and says which
+    assert report.verdict == "cannot_verify"
+    assert report.reason.startswith("effusion: too few")
+
+
+def test_lines_hold_one_entry_per_label_from_its_binary_task(report: VerificationReport) -> None:
+    e1 = report.line("E1")
+    assert e1 is not None
+    assert [c.class_name for c in e1.per_class] == list(LABELS)
+    nod = e1.for_class("nodule")
+    assert nod is not None
+    # binary task: positives = the 22 nodule images, negatives = the other 15 (effusion + none)
+    assert nod.numbers["positives"] == 22
+    assert nod.numbers["negatives"] == 15
+    assert nod.status == "pass"
+    eff = e1.for_class("effusion")
+    assert eff is not None
+    assert (eff.numbers["positives"], eff.numbers["negatives"]) == (3, 34)
+
+
+def test_images_carry_label_sets_and_sigmoid_probabilities(report: VerificationReport) -> None:
+    first, last = report.images[0], report.images[-1]
+    assert first.label == "nodule"
+    assert first.predicted == "nodule"
+    assert last.label == "(none of the labels)"
+    x, *_ = world(22, 3, 12, seed=1)
+    with torch.no_grad():
+        p = torch.sigmoid(model().module(x)).numpy()
+    got = np.array([im.probabilities for im in report.images])
+    np.testing.assert_allclose(got, p, rtol=1e-5, atol=1e-6)
+    assert report.accuracy == 1.0  # every label right on every image (exact match)
+
+
+def test_the_document_records_the_task_and_round_trips(report: VerificationReport) -> None:
+    doc = report.to_document()
+    assert doc["task"] == "multilabel"
+    assert "one verdict per label" in doc["text"]
+    assert [c["class_name"] for c in doc["classes"]] == list(LABELS)
+    back = VerificationReport.from_document(json.loads(json.dumps(doc)))
+    assert back.task == "multilabel"
+    assert back.classes == report.classes
+    # a single-label document is unchanged: no task key at all
+    single = VerificationReport.from_document({**doc, "task": "classification"})
+    assert "task" not in single.to_document()
+
+
+def test_the_html_report_shows_one_verdict_per_label(report: VerificationReport) -> None:
+    from verification.report import render_report
+
+    page = render_report(report)
+    assert "nodule" in page
+    assert "effusion" in page
+    assert "SUITABLE" in page
+    assert "CANNOT VERIFY" in page
