@@ -464,9 +464,8 @@ def apply_preset(frame: ModalityFrame, preset: WindowPreset) -> np.ndarray:
     """The frame through one preset onto [0, 1] (float32), dense tissue bright (MONOCHROME1 inverted)."""
     if preset.lut_index is not None:
         lo, hi = _voi_output_range(frame.header)
-        sub = Dataset()
-        sub.VOILUTSequence = [frame.header.VOILUTSequence[preset.lut_index]]
-        out = _unit_from_range(apply_voi_lut(frame.values, sub, index=0), lo, hi)
+        lut = apply_voi_lut(frame.values, frame.header, index=preset.lut_index, prefer_lut=True)
+        out = _unit_from_range(lut, lo, hi)
     else:
         out = window_unit(frame.values, preset.center, preset.width, preset.function)
     if frame.invert:
