@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from ui import loaders
+from ui import loaders, model_form
 from ui.state import K, ModelSlotKeys
-from ui.uploads import expand_uploads
+from ui.uploads import expand_uploads, form_sidecar
 from ui.widgets import guard
 from verification.io.records import LoadedModel
 
@@ -130,18 +130,20 @@ def _choose_model(slot: ModelSlotKeys, title: str) -> loaders.ModelSpec | None:
         type=["json"],
         key=slot.sidecar.name,
     )
+    model_form.field_slot(slot, "architecture")
     arch = st.text_input(
         "Architecture (for bare state dicts), e.g. resnet18",
         key=slot.architecture.name,
         placeholder="from sidecar",
     )
+    names, task = model_form.label_fields(slot)
     trust = st.checkbox(TRUST_LABEL, key=slot.trust.name, help=TRUST_HELP)
     if upload is None:
         return None
     return loaders.upload_spec(
         upload.name,
         upload.getvalue(),
-        sidecar_bytes=sidecar.getvalue() if sidecar is not None else None,
+        sidecar_bytes=form_sidecar(sidecar.getvalue() if sidecar is not None else None, names, task),
         architecture=arch.strip() or None,
         trust=trust,
     )
@@ -153,11 +155,14 @@ def _resolve_model(slot: ModelSlotKeys, title: str) -> ModelHandle | None:
     with guard(f"{title}: reading the choice"):
         spec = _choose_model(slot, title)
     if spec is not None:
-        with guard(f"{title}: loading {spec.label}") as failed:
+        shown = spec.filename or spec.label
+        with guard(f"{title}: loading {spec.label}") as failed, model_form.field_errors(slot, shown, failed):
             model, lock = loaders.get_model(spec)
         if not failed:
             slot.last_good.set(spec)
             _model_caption(model)
+            if spec.kind == "upload":
+                model_form.after_load(slot, spec.filename or "model", model)
             return ModelHandle(spec, model, lock)
     if last is None:
         if spec is None:
@@ -188,8 +193,8 @@ def _resolve_images() -> loaders.ImageSet | None:
     K.IMAGES_SPLIT.init()
     source = st.radio(
         "Image source",
-        ["demo", "upload"],
-        format_func={"demo": "Built-in demo images", "upload": "Upload images"}.get,
+        ["demo", "upload", "pacs"],
+        format_func={"demo": "Built-in demo images", "upload": "Upload images", "pacs": "PACS"}.get,
         horizontal=True,
         key=K.IMAGES_SOURCE.name,
         label_visibility="collapsed",
@@ -203,6 +208,10 @@ def _resolve_images() -> loaders.ImageSet | None:
         split = st.selectbox("Demo set", splits, format_func=loaders.split_label, key=K.IMAGES_SPLIT.name)
         with guard("Loading the demo images"):
             chosen = loaders.demo_image_set(split)
+    elif source == "pacs":
+        from ui import pacs
+
+        chosen = pacs.image_set()
     else:
         files = st.file_uploader(
             "PNG, JPEG, TIFF or DICOM — several at once, or a zip (one folder per class gives labels)",
@@ -326,26 +335,39 @@ def render(*, model_b_now: bool) -> Callable[[], None]:
         st.subheader("Model A")
         model_a = _resolve_model(K.MODEL_A, "Model A")
         st.subheader("Model B")
+        b_on = _model_b_toggle()  # drawn before the page: the section is never empty while a page runs
         b_slot = st.container()
-        model_b = _model_b_section(b_slot) if model_b_now else None
+        model_b = _model_b_section(b_slot) if model_b_now and b_on else None
         st.subheader("Images")
         images = _resolve_images()
         if images is not None:
             _pick_image(images)
+            if K.IMAGES_SOURCE.get() == "pacs" and model_a is not None:
+                from ui import pacs
+
+                pacs.store_section(model_a.model, model_a.lock, images.items[K.IMAGE_INDEX.get()])
         st.subheader("Reference")
         bundle = _resolve_bundle(model_a, images)
     K.WORKSPACE.set(Workspace(model_a=model_a, model_b=model_b, images=images, bundle=bundle))
 
     def finish() -> None:
-        if not model_b_now:
+        if b_on and not model_b_now:
             _model_b_section(b_slot)
 
     return finish
 
 
-def _model_b_section(slot: DeltaGenerator) -> ModelHandle | None:
+def _model_b_toggle() -> bool:
     K.MODEL_B_ENABLED.init()
+    return bool(
+        st.toggle(
+            "Compare with a second model",
+            key=K.MODEL_B_ENABLED.name,
+            help="Off by default. Model B is loaded only when this is on; Compare models uses it.",
+        )
+    )
+
+
+def _model_b_section(slot: DeltaGenerator) -> ModelHandle | None:
     with slot:
-        if st.toggle("Compare with a second model", key=K.MODEL_B_ENABLED.name):
-            return _resolve_model(K.MODEL_B, "Model B")
-    return None
+        return _resolve_model(K.MODEL_B, "Model B")
