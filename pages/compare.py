@@ -14,9 +14,21 @@ from verification.compare import compare_reports
 st.title("Compare models", anchor=False)
 ws = workspace()
 if ws.model_b is None:
-    st.info(
-        "Turn on **Compare with a second model** in the sidebar and choose model B.", icon=":material/add:"
-    )
+    if not K.MODEL_B_ENABLED.get():
+        st.info(
+            "Model B is off (it is off by default, so no page loads a second model you did not ask for). "
+            "Turn it on here or with **Compare with a second model** in the sidebar, then choose model B.",
+            icon=":material/add:",
+        )
+        st.button(
+            "Compare with a second model",
+            type="primary",
+            icon=":material/compare_arrows:",
+            on_click=K.MODEL_B_ENABLED.set,
+            args=(True,),
+        )
+    else:
+        st.info("Choose model B in the sidebar (its upload did not load).", icon=":material/arrow_back:")
     st.stop()
 
 a, b = ws.model_a, ws.model_b

@@ -1,11 +1,11 @@
-"""Report & export: the self-contained HTML report, the result document (JSON) and the per-image table (CSV),
-and the demo sample files."""
+"""Report & export: the self-contained HTML report and the PDF report (each made when clicked), the result
+document (JSON) and the per-image table (CSV), and the demo sample files."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import evidence, export, loaders
+from ui import evidence, export, glossary, loaders
 from ui.sidebar import workspace
 from ui.widgets import guard
 
@@ -13,11 +13,12 @@ st.title("Report & export", anchor=False)
 ws = workspace(bundle=True)
 
 st.caption(
-    "One HTML file with the verdict, the evidence lines with their numbers, thresholds and calibration, the "
-    "per-class and per-image results, example heatmaps with their class references, and the provenance "
-    "(model and bundle hashes, versions). Pictures are embedded and the charting library is inlined, so it "
-    "opens offline and can be archived or attached. The JSON is the same result document the command line "
-    "writes: `python -m verification report result.json` turns it into this report."
+    "The report, as one HTML file or as a PDF to file: the verdict, the evidence lines with their numbers, "
+    "thresholds, calibration and band charts, the per-class and per-image results, example heatmaps with a "
+    "plain sentence each and their class references, and the provenance (model and bundle hashes, versions). "
+    "Each is made when you click and says when. Pictures are embedded, so both open offline and can be "
+    "archived or attached. The JSON is the same result document the command line writes: "
+    "`python -m verification report result.json -o report.html --pdf report.pdf` turns it into these reports."
 )
 
 faithful = evidence.faithfulness_switch()
@@ -31,25 +32,35 @@ if report is None:
 evidence.verdict_banner(report, f"Model on {ws.images.label}")
 evidence.verdict_metrics(report)
 
-with guard("Writing the HTML report"):
-    html = export.report_html(
-        ws.model_a.model.content_hash,
-        ws.bundle.key,
-        ws.images.hashes,
-        f"Attention verification — {ws.model_a.spec.label}",
-        report,
-        ws.images,
-    )
-    st.download_button(
+title = f"Attention verification — {ws.model_a.spec.label}"
+keys = (ws.model_a.model.content_hash, ws.bundle.key, ws.images.hashes, title)
+with guard("Writing the reports"):
+    html_size = len(export.report_html(*keys, report, ws.images).encode("utf-8"))
+    pdf_size = export.pdf_size(*keys, report, ws.images)
+    c1, c2, _ = st.columns([1, 1, 2])
+    # Made when clicked (the data is a callable): the time each report states is when it was made.
+    c1.download_button(
         "Download the HTML report",
-        html,
+        lambda: export.report_html(*keys, report, ws.images),
         file_name="attention_verification_report.html",
         mime="text/html",
         type="primary",
         icon=":material/description:",
         on_click="ignore",
+        help=glossary.help_for("HTML report"),
     )
-    st.caption(f"{len(html) / 1e6:.1f} MB, self-contained.")
+    c2.download_button(
+        "Download the PDF report",
+        lambda: export.report_pdf(title, report, ws.images),
+        file_name="attention_verification_report.pdf",
+        mime="application/pdf",
+        type="primary",
+        icon=":material/picture_as_pdf:",
+        on_click="ignore",
+        help=glossary.help_for("PDF report"),
+    )
+    c1.caption(f"{html_size / 1e6:.2f} MB, self-contained, opens offline.")
+    c2.caption(f"{pdf_size / 1e3:.0f} kB, a few A4 pages to file.")
 
 st.subheader("Numbers")
 evidence.downloads(report, stem="verification")

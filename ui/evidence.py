@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
+from ui import glossary
 from ui.state import K
 from verification.compare import Comparison
 from verification.metrics import METRICS
+from verification.report import Band, bands
 from verification.verdict import (
     LINE_NAMES,
     STATUS_LABELS,
@@ -26,6 +30,7 @@ from verification.verdict import (
     LineResult,
     VerificationReport,
 )
+from verification.verdict.explain import Explanation, MapLocation, Threshold, explain_image
 from verification.verdict.measure import QUANTITIES
 
 STATUS_MARK = {
@@ -252,15 +257,20 @@ def verdict_banner(report: VerificationReport, subject: str = "") -> None:
 def verdict_metrics(report: VerificationReport) -> None:
     """Accuracy beside the verdict, and how many images the verdict rests on."""
     cols = st.columns(4)
-    cols[0].metric("Verdict", report.label)
+    cols[0].metric("Verdict", report.label, help=glossary.verdict_help(report.label))
     interval = report.accuracy_interval
     cols[1].metric(
         "Accuracy",
         "n/a" if report.accuracy is None else f"{report.accuracy:.1%}",
-        help=None if interval is None else f"Wilson 95 % interval {interval[0]:.1%} – {interval[1]:.1%}",
+        help=glossary.help_for("accuracy")
+        + ("" if interval is None else f" Here: Wilson 95 % interval {interval[0]:.1%} – {interval[1]:.1%}."),
     )
-    cols[2].metric("Images assessed", f"{report.n_images - report.n_not_assessable} of {report.n_images}")
-    cols[3].metric("Not assessable", report.n_not_assessable)
+    cols[2].metric(
+        "Images assessed",
+        f"{report.n_images - report.n_not_assessable} of {report.n_images}",
+        help=glossary.help_for("not assessable"),
+    )
+    cols[3].metric("Not assessable", report.n_not_assessable, help=glossary.help_for("not assessable"))
 
 
 def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
@@ -268,19 +278,51 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
     images and, if asked, the per-image table."""
     for warning in report.warnings:
         st.warning(warning, icon=":material/warning:")
-    st.markdown("**Per class**")
-    st.dataframe(classes_table(report), hide_index=True, width="stretch")
-    st.markdown("**Evidence lines** — each passed, failed, was not assessable or was not informative")
-    st.dataframe(lines_table(report), hide_index=True, width="stretch")
+    st.markdown("**Per class**", help=glossary.help_for(report.label))
+    st.dataframe(
+        classes_table(report),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "verdict": st.column_config.TextColumn(
+                help="SUITABLE, UNSUITABLE or CANNOT VERIFY (hover the verdict above for what each means)"
+            ),
+            "deciding line": st.column_config.TextColumn(help="The evidence line (E0–E6) that decided."),
+        },
+    )
+    st.markdown(
+        "**Evidence lines** — each passed, failed, was not assessable or was not informative",
+        help=" ".join(glossary.line_help(k) for k in LINE_NAMES),
+    )
+    st.dataframe(
+        lines_table(report),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "separation (AUROC)": st.column_config.TextColumn(help=glossary.help_for("separation (AUROC)")),
+            "votes": st.column_config.TextColumn(help=glossary.help_for("uninformative")),
+            "calibration": st.column_config.TextColumn(help=glossary.help_for("threshold")),
+        },
+    )
     for ln in report.lines:
         if not ln.per_class:
             continue
         title = f"{ln.key} {ln.name}: {status_words(ln.status)}"
         with st.expander(title, expanded=ln.key == report.deciding_line):
-            st.markdown(ln.sentence or LINE_NAMES.get(ln.key, ""))
+            st.markdown(ln.sentence or LINE_NAMES.get(ln.key, ""), help=glossary.line_help(ln.key))
             if ln.calibration:
                 st.caption(f"Threshold calibration: {ln.calibration}")
-            st.dataframe(line_class_table(ln), hide_index=True, width="stretch")
+            st.dataframe(
+                line_class_table(ln),
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    "threshold": st.column_config.TextColumn(help=glossary.help_for("threshold")),
+                    "measured": st.column_config.TextColumn(
+                        help="The class's number with its 95 % interval and the images it rests on."
+                    ),
+                },
+            )
     excluded = [im for im in report.images if not im.assessable]
     if excluded:
         st.markdown(
@@ -298,6 +340,34 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
     if per_image:
         st.markdown("**Per image**")
         st.dataframe(images_table(report), hide_index=True, width="stretch")
+
+
+def image_explanation(
+    im: ImageEvidence,
+    *,
+    location: MapLocation | None = None,
+    limits: Mapping[tuple[str, str], Threshold] | None = None,
+    anatomy: str = "the anatomy",
+) -> Explanation:
+    """One image in one plain sentence (the backend's :func:`~verification.verdict.explain.explain_image`),
+    with the numbers behind it one click away."""
+    ex = explain_image(im, location=location, limits=limits, anatomy=anatomy)
+    st.markdown(ex.sentence)
+    with st.expander("The numbers behind this sentence"):
+        st.dataframe(explanation_table(ex), hide_index=True, width="stretch")
+        if im.values:
+            st.dataframe(image_values_table(im), hide_index=True, width="stretch")
+    return ex
+
+
+def explanation_table(ex: Explanation) -> pd.DataFrame:
+    """The numbers an explanation rests on, as a two-column table (numbers to 3 decimals)."""
+    return pd.DataFrame(
+        {
+            "what": list(ex.numbers),
+            "number": [_num(v) if isinstance(v, float) else str(v) for v in ex.numbers.values()],
+        }
+    )
 
 
 def image_verdict(im: ImageEvidence) -> None:
@@ -377,3 +447,146 @@ def comparison_table(comparison: Comparison) -> pd.DataFrame:
     return pd.DataFrame.from_records(
         rows, columns=["line", "class", "A", "A measured", "B", "B measured", "threshold", "votes"]
     )
+
+
+# ---------------------------------------------------------------------------------------------- band charts
+
+_STATUS_RGB = {
+    "pass": "#2e9e5b",
+    "fail": "#d9534f",
+    "inconclusive": "#c99a2e",
+    "not_assessable": "#888888",
+    "uninformative": "#888888",
+}
+
+
+def band_chart(line: LineResult) -> go.Figure | None:
+    """One line's band chart (the reports' geometry, :func:`verification.report.bands`): per class, the
+    passing side of the threshold shaded green and the failing side red, the healthy models' edge dashed, the
+    threshold a bar, this run's value a dot with its 95 % interval — each labelled with its number; the axis
+    zoomed to those numbers. None when no class measured a value."""
+    rows: Sequence[Band] = bands(line)
+    if not rows:
+        return None
+    lo, hi = rows[0].axis
+    fig = go.Figure()
+    names = [b.class_name for b in rows]
+    for k, b in enumerate(rows):
+        y0, y1 = k - 0.28, k + 0.28
+        if b.threshold is not None:
+            good = (b.threshold, hi) if b.higher_is_better else (lo, b.threshold)
+            bad = (lo, b.threshold) if b.higher_is_better else (b.threshold, hi)
+            fig.add_shape(
+                type="rect",
+                x0=good[0],
+                x1=good[1],
+                y0=y0,
+                y1=y1,
+                fillcolor="rgba(46,158,91,0.22)",
+                line_width=0,
+                layer="below",
+            )
+            fig.add_shape(
+                type="rect",
+                x0=bad[0],
+                x1=bad[1],
+                y0=y0,
+                y1=y1,
+                fillcolor="rgba(217,83,79,0.18)",
+                line_width=0,
+                layer="below",
+            )
+            fig.add_shape(
+                type="line",
+                x0=b.threshold,
+                x1=b.threshold,
+                y0=k - 0.4,
+                y1=k + 0.4,
+                line={"color": "#dddddd", "width": 3},
+            )
+            fig.add_annotation(
+                x=b.threshold,
+                y=k + 0.42,
+                text=f"threshold {'≥' if b.higher_is_better else '≤'} {b.threshold:.3g}",
+                showarrow=False,
+                yanchor="bottom",
+                font={"size": 11},
+            )
+        if b.healthy_edge is not None:
+            fig.add_shape(
+                type="line",
+                x0=b.healthy_edge,
+                x1=b.healthy_edge,
+                y0=y0,
+                y1=y1,
+                line={"color": "#2e9e5b", "width": 2, "dash": "dash"},
+            )
+            fig.add_annotation(
+                x=b.healthy_edge,
+                y=k - 0.42,
+                text=f"healthy edge {b.healthy_edge:.3g}",
+                showarrow=False,
+                yanchor="top",
+                font={"size": 10, "color": "#2e9e5b"},
+            )
+    fig.add_trace(
+        go.Scatter(
+            x=[b.value for b in rows],
+            y=list(range(len(rows))),
+            mode="markers+text",
+            text=[f"this run {b.value:.3g}" for b in rows],
+            textposition="bottom center",
+            marker={"size": 12, "color": [_STATUS_RGB.get(b.status, "#888888") for b in rows]},
+            error_x={
+                "type": "data",
+                "symmetric": False,
+                "array": [0.0 if b.high is None else b.high - b.value for b in rows],
+                "arrayminus": [0.0 if b.low is None else b.value - b.low for b in rows],
+                "visible": True,
+            },
+            customdata=[STATUS_LABELS.get(b.status, b.status) for b in rows],
+            hovertemplate="%{text} (%{customdata})<extra></extra>",
+            name="this run",
+        )
+    )
+    votes = "" if _votes(line) else " · does not vote"
+    fig.update_layout(
+        template="plotly_dark",
+        title={
+            "text": f"{line.key} {line.name} ({STATUS_LABELS.get(line.status, line.status)}{votes})",
+            "x": 0.01,
+        },
+        height=110 + 70 * len(rows),
+        margin={"l": 10, "r": 10, "t": 40, "b": 30},
+        showlegend=False,
+        xaxis={"range": [lo, hi], "zeroline": False},
+        yaxis={"tickvals": list(range(len(rows))), "ticktext": names, "range": [-0.7, len(rows) - 0.3]},
+    )
+    return fig
+
+
+def band_charts(report: VerificationReport) -> list[tuple[LineResult, go.Figure]]:
+    """Every line's band chart that has a measured value (E0's pass rate left out: it has no threshold)."""
+    out = []
+    for ln in report.lines:
+        if ln.key == "E0":
+            continue
+        fig = band_chart(ln)
+        if fig is not None:
+            out.append((ln, fig))
+    return out
+
+
+def draw_band_charts(report: VerificationReport, *, key: str = "bands") -> None:
+    """The band charts two to a row (``key`` makes their element keys unique on the page)."""
+    charts = band_charts(report)
+    if not charts:
+        return
+    st.markdown(
+        "**Band charts** — green: the passing side of the threshold; dashed: the healthy models' edge; dot: "
+        "this run with its 95 % interval",
+        help=glossary.help_for("in-distribution band"),
+    )
+    grid = st.columns(2)
+    for i, (ln, fig) in enumerate(charts):
+        grid[i % 2].plotly_chart(fig, key=f"{key}_{ln.key}")

@@ -76,7 +76,7 @@ class K:
 
     MODEL_A = _slot("a", "sound")
     MODEL_B = _slot("b", "shortcut")
-    MODEL_B_ENABLED: StateKey[bool] = StateKey("model_b_enabled", _const(True))
+    MODEL_B_ENABLED: StateKey[bool] = StateKey("model_b_enabled", _const(False))  # off until asked for
 
     IMAGES_SOURCE: StateKey[str] = StateKey("images_source", _const("demo"))  # "demo" | "upload"
     IMAGES_SPLIT: StateKey[str] = StateKey("images_split", _const("test"))

@@ -335,8 +335,13 @@ def _gallery(report: Any, displays: Mapping[str, np.ndarray] | None) -> list[str
         parts.append(
             f"<figure>{img_tag(shown, ex.image)}<figcaption>{html.escape(Path(ex.image).name)} · {caption}"
             f"<br>{html.escape(example_sentence(report, ex))}</figcaption></figure>"
-            f"<figure>{ref_tag}<figcaption>reference map of {html.escape(str(ex.class_name))}"
-            "</figcaption></figure>"
+            f"<figure>{ref_tag}<figcaption>"
+            + (
+                f"reference map of {html.escape(ex.class_name)}"
+                if ex.class_name
+                else "predicted class outside the bundle: no reference"
+            )
+            + "</figcaption></figure>"
         )
     return parts
 

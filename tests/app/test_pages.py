@@ -429,6 +429,9 @@ def test_compare_never_calls_the_shortcut_model_better() -> None:
     at.selectbox(key="images_split").set_value("shortcut").run()
     at.switch_page("pages/compare.py").run()
     _ok(at)
+    assert not at.toggle(key="model_b_enabled").value, "model B is off until asked for"
+    at.button[0].click().run()  # "Compare with a second model" on the page
+    _ok(at)
     winners = [s.value for s in at.success if "better supported" in s.value]
     assert not any("shortcut" in w for w in winners), winners
     assert at.dataframe, "line-by-line table"
