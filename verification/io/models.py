@@ -296,7 +296,9 @@ def _meta_build(
 
 def _resolve(name: str, from_sidecar: int | None, from_weights: int | None, default: int) -> int:
     if from_sidecar is not None and from_weights is not None and from_sidecar != from_weights:
-        raise ModelLoadError(f"the sidecar says {name}={from_sidecar} but the weights have {from_weights}")
+        raise MissingFieldError(
+            f"the sidecar says {name}={from_sidecar} but the weights have {from_weights}", field=name
+        )
     if from_sidecar is not None:
         return from_sidecar
     return from_weights if from_weights is not None else default
