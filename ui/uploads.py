@@ -1,6 +1,7 @@
 """Turn what the user uploaded (single files, several at once, or zip archives) into named byte blobs.
 
-No Streamlit here: the sidebar hands over ``(filename, bytes)`` pairs, so the tests drive this directly. Zip
+No Streamlit here: the sidebar hands over ``(filename, bytes)`` pairs, so the tests drive this directly. The
+model form's words and sidecar (:func:`form_message`, :func:`form_sidecar`) live here for the same reason. Zip
 archives are opened with limits on the number of entries and on the bytes actually decompressed (not the sizes
 the archive declares, which a zip bomb can lie about). One :class:`~verification.io.budget.Budget` spans the
 whole upload: entries and decompressed bytes are summed across all its archives, and the decoded size of all
@@ -10,6 +11,7 @@ its images (from their headers, before any is decoded) is bounded too.
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -17,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from verification.batch import IMAGE_SUFFIXES as BATCH_SUFFIXES
-from verification.errors import ImageLoadError, InputTooLargeError
+from verification.errors import ImageLoadError, InputTooLargeError, MissingFieldError, ModelLoadError
 from verification.io.archive import ZIP_OPEN_ERRORS, entry_name_problem
 from verification.io.budget import Budget, ResourceLimits
 from verification.io.images import DEFAULT_MAX_IMAGE_BYTES, image_cost
+from verification.io.sidecar import parse_sidecar, read_sidecar_bytes
 
 # The batch loader's image suffixes, plus none at all: DICOM files inside archives often have no suffix.
 IMAGE_SUFFIXES = frozenset(BATCH_SUFFIXES | {""})
@@ -195,3 +198,70 @@ def expand_uploads(
                 continue  # unreadable or refused on its own: load_image reports it for this file
             budget.charge_decoded(cost, blob.name)
     return Expanded(tuple(blobs), tuple(skipped))
+
+
+# ------------------------------------------------------------------------------------ the model form
+
+FIELD_LABELS: dict[str, str] = {
+    "architecture": "Architecture",
+    "class_names": "Label names",
+    "num_classes": "Label names",
+    "task": "Task",
+}
+"""The dashboard's model-form field that answers a :class:`~verification.errors.MissingFieldError`, by the
+error's ``field`` (the sidecar's vocabulary)."""
+
+TASKS: dict[str, str] = {
+    "auto": "As the sidecar says (else single-label)",
+    "classification": "Single-label: one class per image (softmax, adds up to 100 %)",
+    "multilabel": "Multi-label: independent labels (a sigmoid each)",
+}
+
+
+def form_message(exc: MissingFieldError, filename: str, *, outputs: int | None = None) -> str:
+    """What the upload form says for a model that misses ``exc.field``: the form's own field, by its label,
+    instead of the command-line advice in ``str(exc)``."""
+    name = filename[:120]
+    if exc.field == "architecture":
+        return (
+            f"'{name}' holds weights only: choose its architecture in the **Architecture** field below "
+            "(e.g. resnet18), or upload a sidecar JSON that names it."
+        )
+    if exc.field in ("class_names", "num_classes"):
+        count = f" ({outputs})" if outputs is not None else ""
+        return (
+            f"The names do not match the model's outputs: {exc}. Give one name per output{count} in the "
+            "**Label names** box below, one per line, or leave it empty to use the sidecar's."
+        )
+    label = FIELD_LABELS.get(exc.field)
+    return f"{exc} — set it in the **{label}** field below." if label else str(exc)
+
+
+def parse_names(text: str | None) -> tuple[str, ...] | None:
+    """Label names typed one per line (blank lines and surrounding spaces ignored); None when there are
+    none. Duplicates and over-long names are refused by the sidecar check with a message naming them."""
+    if not text:
+        return None
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    return names or None
+
+
+def form_sidecar(
+    uploaded: bytes | None, names: tuple[str, ...] | None = None, task: str = "auto"
+) -> bytes | None:
+    """The sidecar the form hands to the loader: the uploaded one (validated) with the names typed in the
+    form and the task chosen there put over it; None when there is nothing to say. Raises ModelLoadError for
+    a malformed upload or names the sidecar schema refuses (duplicates, > 200 characters)."""
+    doc = read_sidecar_bytes(uploaded) if uploaded else {}
+    if names is not None:
+        doc["class_names"] = list(names)
+        if doc.get("num_classes") is not None and doc["num_classes"] != len(names):
+            doc.pop("num_classes")  # the typed names are the newer word on how many outputs there are
+    if task != "auto":
+        if task not in TASKS:
+            raise ModelLoadError(f"unknown task {task[:40]!r}; choose one of {', '.join(TASKS)}")
+        doc["task"] = task
+    if not doc:
+        return None
+    parse_sidecar(doc)  # names the key at fault before any model is built
+    return json.dumps(doc).encode("utf-8")

@@ -21,6 +21,7 @@ The file itself: at most 1 MiB, nesting at most 8 levels, numbers of at most 40 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ __all__ = [
     "parse_sidecar",
     "read_sidecar_bytes",
     "read_sidecar_file",
+    "sidecar_bytes",
+    "sidecar_document",
+    "sidecar_of",
 ]
 
 MAX_SIDECAR_BYTES = 1 << 20
@@ -224,3 +228,50 @@ def read_sidecar_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ModelLoadError(f"{what} cannot be read: {exc.strerror or exc}") from exc
     return read_sidecar_bytes(data, what)
+
+
+def sidecar_document(sc: Sidecar) -> dict[str, Any]:
+    """The JSON object :func:`parse_sidecar` reads back as ``sc`` (keys in the module table's order; keys
+    that are None left out)."""
+    doc: dict[str, Any] = {}
+    if sc.architecture is not None:
+        doc["architecture"] = sc.architecture
+    if sc.arch_kwargs:
+        doc["arch_kwargs"] = dict(sc.arch_kwargs)
+    for key in ("in_channels", "num_classes"):
+        if getattr(sc, key) is not None:
+            doc[key] = int(getattr(sc, key))
+    if sc.class_names is not None:
+        doc["class_names"] = list(sc.class_names)
+    if sc.input_size is not None:
+        doc["input_size"] = [int(v) for v in sc.input_size]
+    for key in ("mean", "std"):
+        if getattr(sc, key) is not None:
+            doc[key] = [float(v) for v in getattr(sc, key)]
+    if sc.task is not None:
+        doc["task"] = sc.task
+    if sc.garbage_class is not None:
+        doc["garbage_class"] = sc.garbage_class
+    parse_sidecar(doc)  # what is written must read back: a bound broken here fails now, not on upload
+    return doc
+
+
+def sidecar_bytes(sc: Sidecar) -> bytes:
+    """``sc`` as the UTF-8 JSON file a user downloads and puts beside the weights (``<stem>.json``)."""
+    return (json.dumps(sidecar_document(sc), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def sidecar_of(model: Any) -> Sidecar:
+    """The sidecar that describes a loaded model (a :class:`~verification.io.records.LoadedModel`): its
+    architecture (when built from one), channels, class names, input size, mean/std, task, garbage class."""
+    return Sidecar(
+        architecture=model.architecture,
+        arch_kwargs=dict(model.arch_kwargs) or None,
+        in_channels=int(model.in_channels),
+        class_names=tuple(model.class_names),
+        input_size=(int(model.input_size[0]), int(model.input_size[1])),
+        mean=tuple(float(v) for v in model.mean),
+        std=tuple(float(v) for v in model.std),
+        task=model.task,
+        garbage_class=model.garbage_class,
+    )
