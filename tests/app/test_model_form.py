@@ -1,0 +1,142 @@
+"""The model upload form (issue #15), through AppTest on the real ``dashboard.py``: a missing field is named
+by the form's own control, label names typed in the form reach the model (and the pages), the task is the
+user's choice, a head that looks multi-label is pointed out but never switched silently, and the sidecar is
+offered for download."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from torch import nn
+
+from tests.app.conftest import DASHBOARD, ROOT
+
+pytestmark = pytest.mark.usefixtures("navigation_only")
+
+SAMPLE = ROOT / "assets" / "demo" / "samples" / "sound_model.safetensors"
+TIMEOUT = 300
+
+
+def _upload_form() -> AppTest:
+    at = AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT).run()
+    at.radio(key="model_a_source").set_value("upload").run()
+    return at
+
+
+def _sidebar_errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.sidebar.error]
+
+
+def _model_caption(at: AppTest) -> str:
+    found = [c.value for c in at.sidebar.caption if "classes:" in c.value]
+    assert found, [c.value for c in at.sidebar.caption]
+    return str(found[0])
+
+
+def test_weights_only_points_at_the_architecture_field() -> None:
+    at = _upload_form()
+    at.file_uploader(key="model_a_upload").set_value(
+        ("sound_model.safetensors", SAMPLE.read_bytes(), "application/octet-stream")
+    )
+    at.run()
+    assert not at.exception
+    errors = _sidebar_errors(at)
+    assert any("choose its architecture in the **Architecture** field below" in e for e in errors), errors
+    assert not any("--architecture" in e or "architecture argument" in e for e in errors), errors
+    # shown where the field is: the error comes before the Architecture input in the sidebar
+    order = [getattr(el, "label", None) or getattr(el, "value", "") for el in at.sidebar]
+    where_error = next(i for i, v in enumerate(order) if "**Architecture** field below" in str(v))
+    where_field = next(i for i, v in enumerate(order) if str(v).startswith("Architecture (for bare"))
+    assert where_error < where_field, order
+
+
+def _sidecar_without_names() -> bytes:
+    doc = json.loads(SAMPLE.with_suffix(".json").read_text())
+    doc.pop("class_names")
+    return json.dumps(doc).encode()
+
+
+def test_label_names_and_task_from_the_form_reach_the_model() -> None:
+    at = _upload_form()
+    at.file_uploader(key="model_a_sidecar").set_value(
+        ("s.json", _sidecar_without_names(), "application/json")
+    )
+    at.file_uploader(key="model_a_upload").set_value(
+        ("sound_model.safetensors", SAMPLE.read_bytes(), "application/octet-stream")
+    )
+    at.run()
+    assert not at.exception
+    assert "class_0, class_1, class_2" in _model_caption(at)
+    assert any("have no names" in c.value and "**Label names**" in c.value for c in at.sidebar.caption)
+    assert at.get("download_button"), "the sidecar is offered for download"
+
+    at.text_area(key="model_a_names").set_value("clear\nmass\nfluid").run()
+    assert not at.exception
+    assert not _sidebar_errors(at), _sidebar_errors(at)
+    caption = _model_caption(at)
+    assert "classification" in caption
+    assert "clear, mass, fluid" in caption
+
+    at.selectbox(key="model_a_task").set_value("multilabel").run()
+    assert not at.exception
+    assert "multilabel" in _model_caption(at)
+
+    at.text_area(key="model_a_names").set_value("only\ntwo").run()  # wrong count: the form's field says so
+    errors = _sidebar_errors(at)
+    assert any("**Label names**" in e for e in errors), errors
+    assert any("Still using" in w.value for w in at.sidebar.warning)
+
+
+class _SigmoidHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(4, 5)
+        self.out = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.head(self.pool(self.features(x)).flatten(1)))
+
+
+def test_a_head_that_looks_multilabel_is_pointed_out_not_switched() -> None:
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save(_SigmoidHead().eval(), buf)
+    at = _upload_form()
+    at.checkbox(key="model_a_trust").check()
+    at.file_uploader(key="model_a_upload").set_value(("heads.pt", buf.getvalue(), "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    hints = [i.value for i in at.sidebar.info if "may be a multi-label model" in i.value]
+    assert hints, [i.value for i in at.sidebar.info]
+    assert "Sigmoid" in hints[0]
+    assert "**Task**" in hints[0]
+    assert "· classification ·" in _model_caption(at), "never switched without the user"
+    at.selectbox(key="model_a_task").set_value("multilabel").run()
+    assert not at.exception
+    assert "· multilabel ·" in _model_caption(at)
+    assert not [i.value for i in at.sidebar.info if "may be a multi-label model" in i.value]
+
+
+def test_the_download_is_the_sidecar_of_the_model_as_used(tmp_path: Path) -> None:
+    """What the button offers (ui.model_form.download_bytes) reloads as the same model."""
+    from ui.model_form import download_bytes
+    from verification.io.models import load_model
+    from verification.io.sidecar import parse_sidecar, read_sidecar_bytes, sidecar_of
+
+    (tmp_path / "m.safetensors").write_bytes(SAMPLE.read_bytes())
+    doc = json.loads(SAMPLE.with_suffix(".json").read_text())
+    doc.update(class_names=["clear", "mass", "fluid"], task="multilabel")
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    model = load_model(tmp_path / "m.safetensors")
+    data = download_bytes(model)
+    assert parse_sidecar(read_sidecar_bytes(data)) == sidecar_of(model)
+    (tmp_path / "m.json").write_bytes(data)
+    again = load_model(tmp_path / "m.safetensors")
+    assert (again.class_names, again.task) == (("clear", "mass", "fluid"), "multilabel")
