@@ -8,7 +8,7 @@ import streamlit as st
 from ui import evidence, figures, loaders, viewer
 from ui.sidebar import workspace
 from ui.state import K
-from ui.widgets import colorbar, guard, image_panel, notices
+from ui.widgets import colorbar, guard, notices
 from verification import render
 from verification.errors import VerificationError
 
@@ -142,9 +142,11 @@ with st.container(key="viewer_panels"):
         caption = f"{image.source_format.upper()} · {image.size[1]}×{image.size[0]}"
         if item.label:
             caption += f" · true label: {item.label}"
-        image_panel(
+        viewer.panel(
             "Image",
             viewer.outlined(base, region_mask, image.size, view, viewer.REGION_COLOR),
+            view,
+            image.size,
             caption=f"{caption} · {view.describe(image.size)} · {view_state.window.describe(source.units)}",
         )
     with cols[1], st.container(key="overlay_main"):  # the browser test and bench wait for this picture
@@ -157,9 +159,11 @@ with st.container(key="viewer_panels"):
         grid_note = viewer.grid_caption(
             tuple(result.raw.shape[1:]), result.layer, image.size, view_state.nearest
         )
-        image_panel(
+        viewer.panel(
             f"{loaders.METHOD_LABELS[method]} — {what}",
             overlay,
+            view,
+            image.size,
             caption=grid_note + (" · constant map (no signal)" if bool(result.constant[0]) else ""),
         )
         colorbar(colormap, low="lowest in this image", high="highest in this image")
@@ -176,11 +180,13 @@ with st.container(key="viewer_panels"):
         if segmentation:
             with guard("Predicting the mask"):
                 mask = loaders.segmentation_mask(model, handle.lock, image, target)
-                image_panel(
+                viewer.panel(
                     f"Predicted mask — {seg_class} ≥ {threshold:.2f}",
                     render.mask_overlay(
                         base, viewer.crop_mask(mask, image.size, view), max_side=max(view.out)
                     ),
+                    view,
+                    image.size,
                     caption=f"{mask.mean():.1%} of the image; the CAM explains the sum of these pixels' "
                     "logits",
                 )
@@ -217,12 +223,18 @@ with st.container(key="viewer_panels"):
                     opacity=opacity,
                     colormap=colormap,
                 )
-                image_panel(
+                viewer.panel(
                     f"Reference — class “{cls_name}”",
                     viewer.outlined(ref_pic, region_mask, image.size, view, viewer.REGION_COLOR),
+                    view,
+                    image.size,
                     caption=f"mean map of the reference set ({ws.bundle.label}), "
                     + viewer.grid_caption(
-                        tuple(np.asarray(ref).shape), ws.bundle.bundle.layer, image.size, view_state.nearest
+                        tuple(np.asarray(ref).shape),
+                        ws.bundle.bundle.layer,
+                        image.size,
+                        view_state.nearest,
+                        stored=True,
                     ),
                 )
                 colorbar(colormap, low="lowest", high="highest")

@@ -348,10 +348,28 @@ def outlined(
     return render.outline(picture, crop_mask(mask, size, view), color=color)
 
 
-def grid_caption(map_shape: tuple[int, int], layer: str, size: tuple[int, int], nearest: bool) -> str:
+def grid_caption(
+    map_shape: tuple[int, int], layer: str, size: tuple[int, int], nearest: bool, *, stored: bool = False
+) -> str:
+    """Where the map's numbers come from: ``computed on a 7×7 grid at layer X, upsampled ...`` (a reference
+    map, ``stored``: the grid the bundle keeps its mean map on)."""
     h, w = map_shape
     how = "drawn cell by cell (nearest)" if nearest else "upsampled (bilinear)"
-    return f"computed on a {w}×{h} grid at layer {layer}, {how} to {size[1]}×{size[0]}"
+    where = (
+        f"kept on a {w}×{h} grid (maps of layer {layer})"
+        if stored
+        else f"computed on a {w}×{h} grid at layer {layer}"
+    )
+    return f"{where}, {how} to {size[1]}×{size[0]}"
+
+
+def panel(
+    title: str, picture: np.ndarray, view: View, size: tuple[int, int], *, caption: str | None = None
+) -> None:
+    """A viewer panel: a zoomed crop travels as PNG (its native pixels exact), the whole image as JPEG."""
+    st.markdown(f"**{title}**")
+    zoomed = (view.x1 - view.x0, view.y1 - view.y0) != (size[1], size[0])
+    st.image(picture, caption=caption, width="stretch", output_format="PNG" if zoomed else "JPEG")
 
 
 PER_IMAGE_SCALE = (

@@ -1,0 +1,174 @@
+"""The viewer's pieces (crop, map sampling, grid, selection → regions, window on a DICOM) and the Attention
+page driven through AppTest: zoom crops every panel alike, window/level leaves the model's input alone, and a
+region in the annotation store (what a box drawn in the browser lands as) becomes the image's finding
+annotation with its numbers shown."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app.conftest import DASHBOARD
+from ui import viewer
+from verification.annotations import Annotation, AnnotationStore, Region
+from verification.io import load_image
+
+pytestmark = pytest.mark.usefixtures("navigation_only")
+TIMEOUT = 300
+
+
+# ------------------------------------------------------------------------------------------- pieces
+
+
+def test_view_for_crops_at_native_pixels_and_stays_inside() -> None:
+    v = viewer.view_for((1955, 1841), 1.0)
+    assert (v.x0, v.y0, v.x1, v.y1) == (0, 0, 1841, 1955)
+    assert max(v.out) == 512  # the whole film is shrunk
+    z = viewer.view_for((1955, 1841), 2.0)
+    assert (z.x1 - z.x0, z.y1 - z.y0) == (920, 978)  # 1841 / 2, 1955 / 2 rounded
+    assert z.out == (978, 920)
+    assert z.scale == 1.0  # native pixels: no 512 cap once zoomed in
+    corner = viewer.view_for((100, 200), 4.0, 1.0, 0.0)
+    assert (corner.x0, corner.y0, corner.x1, corner.y1) == (150, 0, 200, 25)
+    big = viewer.view_for((4000, 4000), 1.5)
+    assert max(big.out) == viewer.VIEW_MAX_SIDE
+    assert big.scale < 1.0
+
+
+def test_sample_map_on_the_whole_image_equals_cv2_resize() -> None:
+    rng = np.random.default_rng(1)
+    m = rng.random((7, 7)).astype(np.float32)
+    v = viewer.view_for((224, 224), 1.0)
+    expected = cv2.resize(m, (224, 224), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(viewer.sample_map(m, (224, 224), v), expected, atol=1e-4)
+
+
+def test_sample_map_of_a_crop_equals_the_crop_of_the_full_upsample() -> None:
+    rng = np.random.default_rng(2)
+    m = rng.random((7, 9)).astype(np.float32)
+    size = (140, 180)
+    full = cv2.resize(m, (180, 140), interpolation=cv2.INTER_LINEAR)
+    v = viewer.view_for(size, 4.0, 0.3, 0.6)
+    assert v.scale == 1.0
+    np.testing.assert_allclose(viewer.sample_map(m, size, v), full[v.y0 : v.y1, v.x0 : v.x1], atol=1e-4)
+
+
+def test_nearest_shows_the_cells_as_computed() -> None:
+    m = np.arange(4, dtype=np.float32).reshape(2, 2)
+    out = viewer.sample_map(m, (8, 8), viewer.view_for((8, 8), 1.0), nearest=True)
+    np.testing.assert_array_equal(out, np.kron(m, np.ones((4, 4), np.float32)))
+
+
+def test_grid_lines_sit_on_the_cell_boundaries() -> None:
+    pic = np.zeros((70, 70, 3), np.uint8)
+    out = viewer.grid_lines(pic, (7, 7), (70, 70), viewer.view_for((70, 70), 1.0))
+    cols = np.nonzero(out[35, :, 0])[0].tolist()
+    rows = np.nonzero(out[:, 35, 0])[0].tolist()
+    assert cols == [10, 20, 30, 40, 50, 60]
+    assert rows == [10, 20, 30, 40, 50, 60]
+
+
+def test_regions_from_a_plotly_selection() -> None:
+    sel = {
+        "box": [{"xref": "x", "yref": "y", "x": [10.0, 30.0], "y": [40.0, 5.0]}],
+        "lasso": [{"x": [1.0, 9.0, 5.0], "y": [1.0, 1.0, 8.0]}],
+        "points": [],
+    }
+    regions = viewer.regions_from_selection(sel)
+    assert regions[0] == Region.box(10, 40, 30, 5)
+    assert regions[1].kind == "polygon"
+    assert len(regions[1].points) == 3
+    assert viewer.regions_from_selection({"box": [], "lasso": []}) == []
+
+
+def test_region_numbers_hand_derived() -> None:
+    m = np.zeros((10, 10), np.float32)
+    m[2:4, 2:4] = 1.0  # all the energy in 4 pixels
+    mask = np.zeros((10, 10), bool)
+    mask[0:5, 0:5] = True  # 25 % of the image
+    n = viewer.region_numbers(m, mask)
+    assert n["energy inside the region"] == pytest.approx(1.0)
+    assert n["area share (a uniform map's energy inside)"] == pytest.approx(0.25)
+    assert n["pointing game (map maximum inside)"] == 1.0
+    assert n["IoU at the map's Otsu threshold"] == pytest.approx(4 / 25)
+
+
+def _dicom(center: float, width: float) -> bytes:
+    from tests.test_annotations import _cr
+
+    return _cr(WindowCenter=[center, 800.0], WindowWidth=[width, 300.0])
+
+
+def test_window_on_a_dicom_changes_only_the_drawing() -> None:
+    data = _dicom(1500.0, 1000.0)
+    image = load_image(data, name="w.dcm")
+    pixels_before = image.pixels.copy()
+    src = viewer.display_source(image, data)
+    assert src.frame is not None
+    assert len(src.frame.presets) == 2
+    v = viewer.view_for(image.size, 1.0)
+    loader = viewer.windowed(image, src, viewer.Window("loader", viewer.LOADER), v)
+    first = viewer.windowed(image, src, viewer.Window("preset", "1", preset=src.frame.presets[0]), v)
+    second = viewer.windowed(image, src, viewer.Window("preset", "2", preset=src.frame.presets[1]), v)
+    np.testing.assert_array_equal(loader, first)  # the file's first window is what the loader applied
+    assert not np.array_equal(first, second)
+    narrow = viewer.windowed(image, src, viewer.Window("window", "manual", 1000.0, 10.0), v)
+    grey = narrow[..., 0]
+    # by hand: LINEAR_EXACT around 1000 ± 5 on values 40·x + y
+    values = src.values
+    np.testing.assert_array_equal(grey == 255, values >= 1005)  # (1005 - 1000) / 10 + 0.5 = 1
+    np.testing.assert_array_equal(grey == 0, values <= 995)
+    np.testing.assert_array_equal(image.pixels, pixels_before)
+
+
+# ------------------------------------------------------------------------------------------- the page
+
+
+def _app() -> AppTest:
+    return AppTest.from_file(str(DASHBOARD), default_timeout=TIMEOUT).run()
+
+
+def _image_captions(at: AppTest) -> list[str]:
+    return [i.caption for el in at.get("image") for i in el.proto.imgs]
+
+
+def test_zoom_crops_every_panel_alike_and_window_keeps_the_prediction() -> None:
+    at = _app()
+    assert not at.exception
+    prediction = [m.value for m in at.markdown if m.value.startswith("Prediction:")]
+    at.selectbox(key="viewer_zoom").set_value(4.0).run()
+    assert not at.exception
+    captions = _image_captions(at)
+    assert any("x 84–140, y 84–140 of 224×224, drawn at 56×56 (native pixels (1:1))" in c for c in captions)
+    at.selectbox(key="viewer_window").set_value("auto (2–98 %)").run()
+    assert not at.exception
+    assert [m.value for m in at.markdown if m.value.startswith("Prediction:")] == prediction
+
+
+def test_a_stored_region_is_the_images_finding_annotation() -> None:
+    at = _app()
+    item_hash = at.session_state["workspace"].images.items[0].image.content_hash
+    store = AnnotationStore(
+        [Annotation(item_hash, "x.png", (224, 224), (Region.box(60, 60, 160, 160),), "nodule")]
+    )
+    at.session_state["viewer_annotations"] = store
+    at.run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "**Drawn region** (nodule): box x 60–160, y 60–160 · 10,000 pixels" in text
+    assert "E2 localisation" in text
+    frames = [d.value for d in at.dataframe]
+    numbers = next(f for f in frames if "measure" in f.columns)
+    energy = float(numbers.loc[numbers["measure"] == "energy inside the region", "value"].iloc[0])
+    assert 0.0 <= energy <= 1.0
+    # a region elsewhere gives other numbers
+    store.set(Annotation(item_hash, "x.png", (224, 224), (Region.box(0, 0, 30, 30),), "nodule"))
+    at.run()
+    numbers2 = next(d.value for d in at.dataframe if "measure" in d.value.columns)
+    energy2 = float(numbers2.loc[numbers2["measure"] == "energy inside the region", "value"].iloc[0])
+    assert energy2 != energy
+    at.button(key="viewer_clear").click().run()
+    assert not at.exception
+    assert "No region drawn on this image yet." in [i.value for i in at.info]
