@@ -33,6 +33,7 @@ PAGES = [
     st.Page("pages/consistency.py", title="Consistency", icon=":material/timeline:"),
     st.Page("pages/dataset.py", title="Dataset check", icon=":material/fact_check:"),
     st.Page("pages/export.py", title="Report & export", icon=":material/download:"),
+    st.Page("pages/story.py", title="Guided story", icon=":material/auto_stories:"),
 ]
 
 navigation = st.navigation(PAGES, position="top")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import evidence, figures, loaders, server_paths
+from ui import evidence, figures, glossary, loaders, server_paths
 from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import guard
@@ -98,10 +98,8 @@ evidence.verdict_metrics(report)
 if report.errors:
     st.metric("Unreadable files", len(report.errors))
 
-st.subheader("Evidence, class by class")
-grid = st.columns(2)
-for i, fig in enumerate(figures.evidence_charts(report)):
-    grid[i % 2].plotly_chart(fig)
+st.subheader("Evidence, class by class", help=glossary.help_for("in-distribution band"))
+evidence.draw_band_charts(report, key="dataset_bands")
 
 st.subheader("Per-image numbers")
 grid = st.columns(2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import evidence, figures, loaders
+from ui import evidence, loaders
 from ui.sidebar import workspace
 from ui.widgets import guard
 
@@ -32,10 +32,7 @@ if report is None:
 evidence.verdict_banner(report, f"Model on {ws.images.label}")
 evidence.verdict_metrics(report)
 
-charts = figures.evidence_charts(report)
-grid = st.columns(2)
-for i, fig in enumerate(charts):
-    grid[i % 2].plotly_chart(fig)
+evidence.draw_band_charts(report, key="similarity_bands")
 
 evidence.evidence(report)
 evidence.downloads(report, stem="similarity")
