@@ -326,3 +326,51 @@ def test_no_warning_against_a_half_trained_model() -> None:
     auc = [0.70, 0.99, 1.00]
     scores = {("gradcam", "effusion"): [0.6, 0.35, 0.34]}
     assert detect_early_warnings(names, auc, scores, drop=0.1, auc_tolerance=0.02) == []
+
+
+def test_a_dip_that_recovered_is_not_drift() -> None:
+    """A C-Score that falls and comes back (AUC holding) is a recovered dip; one that stays down is drift."""
+    names = ["e1", "e2", "e3", "e4", "e5"]
+    auc = [0.95, 0.95, 0.96, 0.95, 0.95]
+    scores = {
+        ("gradcam", "nodule"): [0.70, 0.50, 0.55, 0.66, 0.68],  # dips at e2/e3, back within 0.1 at e4
+        ("gradcam", "effusion"): [0.70, 0.72, 0.50, 0.52, 0.55],  # falls at e3 and stays down
+        ("layercam", "nodule"): [0.70, 0.50, 0.50, 0.75, 0.40],  # back at e4 but falls again at e5
+    }
+    warns = detect_early_warnings(names, auc, scores, drop=0.1, auc_tolerance=0.02)
+    got = {(w.checkpoint, w.method, w.class_name): w.recovered_at for w in warns}
+    assert got == {
+        ("e2", "gradcam", "nodule"): "e4",
+        ("e3", "gradcam", "nodule"): "e4",
+        ("e3", "gradcam", "effusion"): None,
+        ("e4", "gradcam", "effusion"): None,
+        ("e5", "gradcam", "effusion"): None,
+        ("e2", "layercam", "nodule"): "e4",
+        ("e3", "layercam", "nodule"): "e4",
+        ("e5", "layercam", "nodule"): None,  # the new fall (best 0.75 at e4) lasts to the end
+    }
+    nodule = next(w for w in warns if w.checkpoint == "e2" and w.method == "gradcam")
+    assert nodule.recovered
+    assert nodule.recovered_c_score == pytest.approx(0.66)
+    assert "recovered at e4 (C-Score 0.660)" in nodule.message()
+    # a C-Score that comes back only while the AUC has dropped has not recovered: the model changed
+    assert (
+        detect_early_warnings(["a", "b", "c"], [0.95, 0.95, 0.80], {("m", "c"): [0.7, 0.5, 0.7]}, drop=0.1)[
+            0
+        ].recovered_at
+        is None
+    )
+
+    series = CheckpointSeries(
+        checkpoints=(), rows=(), warnings=tuple(warns), methods=("gradcam", "layercam"), class_names=()
+    )
+    assert {(w.checkpoint, w.class_name, w.method) for w in series.drifting} == {
+        ("e3", "effusion", "gradcam"),
+        ("e4", "effusion", "gradcam"),
+        ("e5", "effusion", "gradcam"),
+        ("e5", "nodule", "layercam"),
+    }
+    assert len(series.recovered) == 4
+    again = CheckpointSeries.from_dict(json.loads(series.to_json()))
+    assert [w.recovered_at for w in again.warnings] == [w.recovered_at for w in series.warnings]
+    assert [w.message() for w in again.warnings] == [w.message() for w in series.warnings]

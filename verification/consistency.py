@@ -571,7 +571,11 @@ WarningKind = Literal["c_score_drop", "collapsed"]
 @dataclass(frozen=True)
 class EarlyWarning:
     """At ``checkpoint`` the C-Score of (``method``, ``class_name``) fell ``drop`` below its running best
-    (reached at ``best_checkpoint``) — or the gold list collapsed — while the AUC held within tolerance."""
+    (reached at ``best_checkpoint``) — or the gold list collapsed — while the AUC held within tolerance.
+
+    ``recovered_at`` names the first later checkpoint where the C-Score is back within ``drop`` of that best
+    with the AUC no worse than at the best (``recovered_c_score`` its value): a dip that recovered, which is
+    not drift toward a shortcut. None while the dip lasts to the last checkpoint."""
 
     kind: WarningKind
     checkpoint: str
@@ -584,6 +588,13 @@ class EarlyWarning:
     drop: float
     auc: float
     auc_at_best: float
+    recovered_at: str | None = None
+    recovered_c_score: float = math.nan
+
+    @property
+    def recovered(self) -> bool:
+        """True when a later checkpoint brought the C-Score back (a dip, not drift)."""
+        return self.recovered_at is not None
 
     def message(self) -> str:
         what = (
@@ -591,10 +602,13 @@ class EarlyWarning:
             if self.kind == "collapsed"
             else f"C-Score {self.c_score:.3f} is {self.drop:.3f} below its best {self.best_c_score:.3f}"
         )
-        return (
+        text = (
             f"{self.checkpoint}: {self.method} / {self.class_name}: {what} (best at {self.best_checkpoint}) "
             f"while AUC holds ({self.auc:.3f} vs {self.auc_at_best:.3f})"
         )
+        if self.recovered_at is not None:
+            text += f"; recovered at {self.recovered_at} (C-Score {self.recovered_c_score:.3f})"
+        return text
 
 
 def detect_early_warnings(
@@ -611,7 +625,9 @@ def detect_early_warnings(
     compared with t, so the generic, look-alike maps of a half-trained model (high C-Score, low AUC) never
     raise a warning against the competent model that follows. At checkpoint t a warning is raised when
     ``best − C_t > drop`` (best = the highest non-NaN C-Score among those b); a NaN C-Score there (collapsed
-    gold list) is reported with kind "collapsed".
+    gold list) is reported with kind "collapsed". A warning whose C-Score comes back — a later checkpoint u
+    with ``best − C_u ≤ drop`` and ``AUC_u ≥ AUC_best − auc_tolerance`` — carries ``recovered_at`` (the first
+    such u): the dip recovered, and only warnings without it are drift.
     """
     n = len(checkpoints)
     if len(auc) != n:
@@ -633,6 +649,16 @@ def detect_early_warnings(
                 best = float(series[best_t])
                 collapsed = math.isnan(s)
                 if collapsed or best - s > drop:
+                    back = next(
+                        (
+                            u
+                            for u in range(t + 1, n)
+                            if not (math.isnan(series[u]) or math.isnan(auc[u]))
+                            and best - series[u] <= drop
+                            and auc[u] >= auc[best_t] - auc_tolerance
+                        ),
+                        None,
+                    )
                     out.append(
                         EarlyWarning(
                             kind="collapsed" if collapsed else "c_score_drop",
@@ -646,6 +672,8 @@ def detect_early_warnings(
                             drop=math.nan if collapsed else float(best - s),
                             auc=float(auc[t]),
                             auc_at_best=float(auc[best_t]),
+                            recovered_at=None if back is None else checkpoints[back],
+                            recovered_c_score=math.nan if back is None else float(series[back]),
                         )
                     )
     out.sort(key=lambda w: (w.checkpoint_index, w.method, w.class_name))
@@ -690,13 +718,27 @@ class CheckpointSeries:
     class_names: tuple[str, ...]
     params: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def drifting(self) -> tuple[EarlyWarning, ...]:
+        """The warnings whose dip lasts to the last checkpoint: drift toward a shortcut, not a passing dip."""
+        return tuple(w for w in self.warnings if not w.recovered)
+
+    @property
+    def recovered(self) -> tuple[EarlyWarning, ...]:
+        """The warnings whose C-Score came back at a later checkpoint."""
+        return tuple(w for w in self.warnings if w.recovered)
+
     def to_frame(self) -> pd.DataFrame:
         """Long table: one row per (checkpoint, method, class) with the checkpoint's AUC and accuracy, the
         class AUC, the C-Score, |G_c|, status and the warning kind (empty when none)."""
         import pandas as pd
 
         summ = {s.index: s for s in self.checkpoints}
-        warn = {(w.checkpoint_index, w.method, w.class_name): w.kind for w in self.warnings}
+        warn = {
+            (w.checkpoint_index, w.method, w.class_name): w.kind
+            + ("" if w.recovered_at is None else f" (recovered at {w.recovered_at})")
+            for w in self.warnings
+        }
         records = []
         for r in self.rows:
             s = summ[r.checkpoint_index]
@@ -740,7 +782,9 @@ class CheckpointSeries:
                 out[f"|G|[{m}/{c}]"] = [int(sel["n_gold"].get(s.index, 0)) for s in self.checkpoints]
         out["warnings"] = [
             "; ".join(
-                f"{w.method}/{w.class_name} {w.kind}" for w in self.warnings if w.checkpoint_index == s.index
+                f"{w.method}/{w.class_name} {w.kind}" + ("" if w.recovered_at is None else " (recovered)")
+                for w in self.warnings
+                if w.checkpoint_index == s.index
             )
             for s in self.checkpoints
         ]
@@ -799,7 +843,8 @@ class CheckpointSeries:
         rows = tuple(CheckpointRow(**{**r, "c_score": nan(r["c_score"])}) for r in data["rows"])
         fields = EarlyWarning.__dataclass_fields__
         warnings = tuple(
-            EarlyWarning(**{k: nan(v) for k, v in w.items() if k in fields}) for w in data["warnings"]
+            EarlyWarning(**{k: v if k == "recovered_at" else nan(v) for k, v in w.items() if k in fields})
+            for w in data["warnings"]
         )
         return cls(
             checkpoints=summaries,
