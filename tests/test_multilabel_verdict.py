@@ -9,7 +9,10 @@ model. The verification set has 22 nodule positives and only 3 effusion positive
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,21 +89,25 @@ def world(n_nodule: int, n_effusion: int, n_none: int, seed: int) -> tuple[torch
 
 
 @pytest.fixture(scope="module")
-def report() -> VerificationReport:
+def bundle() -> Any:
     torch.set_num_threads(1)
     trusted = model()
     x_ref, sets_ref, masks_ref, lung_ref = world(24, 10, 10, seed=0)
-    bundle = build_label_reference(trusted, x_ref, sets_ref, layer="features", grid=(32, 32))
-    bundle = calibrate_bundle(
-        bundle,
+    built = build_label_reference(trusted, x_ref, sets_ref, layer="features", grid=(32, 32))
+    return calibrate_bundle(
+        built,
         {"detector": trusted, "detector-9": model(9.0, "detector-9")},
         x_ref,
         sets_ref,
         annotations=masks_ref,
         anatomy=lung_ref,
     )
+
+
+@pytest.fixture(scope="module")
+def report(bundle: Any) -> VerificationReport:
     x, sets, masks, lungs = world(22, 3, 12, seed=1)
-    return verify(trusted, bundle, x, sets, annotations=masks, anatomy=lungs, config=VerdictConfig())
+    return verify(model(), bundle, x, sets, annotations=masks, anatomy=lungs, config=VerdictConfig())
 
 
 def test_each_label_has_its_own_verdict(report: VerificationReport) -> None:
@@ -177,3 +184,44 @@ def test_the_html_report_shows_one_verdict_per_label(report: VerificationReport)
     assert "effusion" in page
     assert "SUITABLE" in page
     assert "CANNOT VERIFY" in page
+
+
+def test_the_command_line_gives_one_verdict_per_label(bundle: Any, tmp_path: Path) -> None:
+    """``python -m verification verify`` on a multi-label model: the CSV's labels ("a|b", "" for none), the
+    lesion and lung folders, the JSON document with one verdict per label, exit code 4 (CANNOT VERIFY)."""
+    from PIL import Image
+
+    from verification.cli import main
+
+    torch.set_num_threads(1)
+    buf = io.BytesIO()
+    torch.save(Detector().eval(), buf)
+    (tmp_path / "det.pt").write_bytes(buf.getvalue())
+    side = {"task": "multilabel", "class_names": list(LABELS), "input_size": SIZE, "mean": 0.5, "std": 0.25}
+    (tmp_path / "det.json").write_text(json.dumps(side))
+    bundle.save(tmp_path / "bundle" / "ref")
+    x, sets, masks, lungs = world(22, 3, 12, seed=1)
+    for sub in ("img", "les", "lung"):
+        (tmp_path / sub).mkdir()
+    rows = ["path,label"]
+    for i in range(len(x)):
+        pixels = np.clip(x[i, 0].numpy() * 0.25 + 0.5, 0, 1)
+        Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(tmp_path / "img" / f"{i:02d}.png")
+        Image.fromarray(lungs[i].astype(np.uint8) * 255).save(tmp_path / "lung" / f"{i:02d}_lung.png")
+        if masks[i] is not None:
+            Image.fromarray(masks[i].astype(np.uint8) * 255).save(tmp_path / "les" / f"{i:02d}_lesion.png")
+        rows.append(f"img/{i:02d}.png,{'|'.join(sets[i])}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "verify.json"
+    code = main(
+        [
+            "verify", str(tmp_path / "det.pt"), str(tmp_path / "labels.csv"), "--labelled", "--trust",
+            "--bundle", str(tmp_path / "bundle" / "ref"), "--annotations", str(tmp_path / "les"),
+            "--anatomy", str(tmp_path / "lung"), "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 4
+    doc = json.loads(out.read_text())
+    assert doc["task"] == "multilabel"
+    verdicts = {c["class_name"]: (c["verdict"], c["n_images"]) for c in doc["classes"]}
+    assert verdicts == {"nodule": ("suitable", 22), "effusion": ("cannot_verify", 3)}

@@ -856,16 +856,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
         gate=ModelSpec(path=args.gate, trust=args.trust) if args.gate else None, config=config,
     )  # fmt: skip
     job.setup(model)
-    if labels is not None:
-        unknown = sorted(set(labels) - set(job.bundle.class_names))
-        if unknown:
-            raise CliError(f"labels {unknown} are not classes of the bundle {list(job.bundle.class_names)}")
-    rows = []
-    if job.mismatch is None:
-        for row in run_job(job, paths, _engine_options(args), progress=_progress(args)):
-            _check_row(row, args)
-            rows.append(row)
-    report = merge_verify_rows(rows, job)
+    if model.task == "multilabel" and job.mismatch is None:  # one verdict per label
+        report = _verify_labels(args, job, model, paths, labels)
+    else:
+        if labels is not None:
+            unknown = sorted(set(labels) - set(job.bundle.class_names))
+            if unknown:
+                raise CliError(
+                    f"labels {unknown} are not classes of the bundle {list(job.bundle.class_names)}"
+                )
+        rows = []
+        if job.mismatch is None:
+            for row in run_job(job, paths, _engine_options(args), progress=_progress(args)):
+                _check_row(row, args)
+                rows.append(row)
+        report = merge_verify_rows(rows, job)
     doc = verify_document(args, report)
     if args.json_out:
         write_text_atomic(args.json_out, dumps(doc))
@@ -877,6 +882,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
     out.extend(f"warning: {w}" for w in report.warnings)
     sys.stdout.write("\n".join(out) + "\n")
     return VERDICT_EXIT[report.verdict]
+
+
+def _verify_labels(
+    args: argparse.Namespace, job: Any, model: Any, paths: list[Path], labels: list[str] | None
+) -> Any:
+    """A multi-label model: one verdict per label (:mod:`verification.verdict.multilabel`), local engine.
+    With ``--labelled``, a label is a class subfolder's name, or in a CSV one name or several joined by "|"
+    (``Effusion|Nodule``; an empty cell: none of the labels); finding masks stand for each of their image's
+    labels."""
+    from verification.anatomy import MASK_SUFFIXES
+    from verification.batch import LESION_SUFFIXES
+    from verification.verdict import verify
+
+    if args.engine != "local":
+        raise CliError(
+            "a multi-label model is verified label by label on the local engine: use --engine local"
+        )
+    ann = [job._mask(args.annotations, str(p), LESION_SUFFIXES) for p in paths] if args.annotations else None
+    roi = [job._mask(args.anatomy, str(p), MASK_SUFFIXES) for p in paths] if args.anatomy else None
+    gate = job.gate_spec.load() if job.gate_spec is not None else None
+    sets = None if labels is None else [[] if lab == "" else lab for lab in labels]
+    return verify(
+        model, job.bundle, [str(p) for p in paths], sets, annotations=ann, anatomy=roi, gate=gate,
+        config=job.config, batch_size=args.batch_size,
+    )  # fmt: skip
 
 
 def verify_document(args: argparse.Namespace, report: Any) -> dict[str, Any]:
