@@ -1,11 +1,13 @@
-"""Consistency: the C-Score per class and method across the demo's training checkpoints, AUC beside it."""
+"""Consistency: the C-Score per class and method across training checkpoints — the demo's series or your
+own (several files or one zip, read with the safe loaders and archive limits) on a labelled set — with the
+AUC beside it."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ui import figures, loaders
-from ui.sidebar import workspace
+from ui import checkpoints, figures, glossary, loaders
+from ui.sidebar import MODEL_TYPES, TRUST_HELP, TRUST_LABEL, workspace
 from ui.state import K
 from ui.widgets import guard
 
@@ -13,13 +15,64 @@ st.title("Consistency across patients and checkpoints", anchor=False)
 st.caption(
     "The C-Score asks whether a model looks at the same kind of place in every confidently and correctly "
     "classified patient of a class: the confidence-weighted mean soft IoU of their attention maps (1 = the "
-    "same region every time). Tracked over training checkpoints, a C-Score that falls while the AUC holds is "
-    "an early warning that the model is drifting toward a shortcut."
+    "same region every time). Tracked over training checkpoints, a C-Score that falls and stays down while "
+    "the AUC holds is an early warning that the model is drifting toward a shortcut; a dip that recovers at "
+    "a later checkpoint is shown as such, not as drift."
 )
 ws = workspace(images=False)  # the demo test set stands in for unlabelled images
 
-for key in (K.CONSISTENCY_METHODS, K.CONSISTENCY_TAU, K.CONSISTENCY_GAMMA):
+for key in (
+    K.CONSISTENCY_METHODS,
+    K.CONSISTENCY_TAU,
+    K.CONSISTENCY_GAMMA,
+    K.CONSISTENCY_SOURCE,
+    K.CONSISTENCY_ARCH,
+    K.CONSISTENCY_TRUST,
+    K.CONSISTENCY_EVAL,
+):
     key.init()
+src_col, eval_col = st.columns(2)
+with src_col:
+    source = st.radio(
+        "Checkpoints",
+        ["demo", "upload"],
+        format_func={
+            "demo": "The demo's training run (10 checkpoints)",
+            "upload": "Upload my own series",
+        }.get,
+        key=K.CONSISTENCY_SOURCE.name,
+    )
+    uploads = None
+    if source == "upload":
+        uploads = st.file_uploader(
+            "Checkpoint files of one training run — several at once, or one zip (a JSON sidecar of the same "
+            "name gives classes and input size)",
+            type=[*MODEL_TYPES, "json", "zip"],
+            accept_multiple_files=True,
+            key=K.CONSISTENCY_UPLOAD.name,
+        )
+        arch = st.text_input(
+            "Architecture (for bare state dicts), e.g. resnet18",
+            key=K.CONSISTENCY_ARCH.name,
+            placeholder="from the sidecar",
+        )
+        trust = st.checkbox(TRUST_LABEL, key=K.CONSISTENCY_TRUST.name, help=TRUST_HELP)
+with eval_col:
+    evaluation = st.radio(
+        "Labelled evaluation set",
+        ["sidebar", "upload"],
+        format_func={
+            "sidebar": "The sidebar's images if labelled (else the demo test set)",
+            "upload": "Upload a labelled zip (one folder per class)",
+        }.get,
+        key=K.CONSISTENCY_EVAL.name,
+    )
+    eval_files = None
+    if evaluation == "upload":
+        eval_files = st.file_uploader(
+            "Labelled zip", type=["zip"], accept_multiple_files=True, key=K.CONSISTENCY_EVAL_UPLOAD.name
+        )
+
 c1, c2, c3 = st.columns([3, 1, 1])
 methods = c1.multiselect(
     "Methods",
@@ -28,28 +81,70 @@ methods = c1.multiselect(
     key=K.CONSISTENCY_METHODS.name,
     help="All of them come from the same forward and backward pass per checkpoint.",
 )
-tau = c2.slider("Gold-list confidence τ", 0.5, 0.99, step=0.01, key=K.CONSISTENCY_TAU.name)
-gamma = c3.slider("Intensity emphasis γ", 1.0, 4.0, step=0.5, key=K.CONSISTENCY_GAMMA.name)
+tau = c2.slider(
+    "Gold-list confidence τ", 0.5, 0.99, step=0.01, key=K.CONSISTENCY_TAU.name, help=glossary.help_for("τ")
+)
+gamma = c3.slider(
+    "Intensity emphasis γ", 1.0, 4.0, step=0.5, key=K.CONSISTENCY_GAMMA.name, help=glossary.help_for("γ")
+)
 if not methods:
     st.info("Choose at least one method.")
+    st.stop()
+if source == "upload" and not uploads:
+    st.info(
+        "Upload at least two checkpoint files of one training run, or one zip of them.",
+        icon=":material/upload:",
+    )
+    st.stop()
+if evaluation == "upload" and not eval_files:
+    st.info(
+        "Upload a labelled zip (one folder per class) to evaluate the checkpoints on.",
+        icon=":material/upload:",
+    )
     st.stop()
 
 series = None
 with guard("Tracking the checkpoints"):
-    images = loaders.labelled_or_demo(ws.images)
-    class_names = loaders.checkpoint_class_names()
-    n_ckpt = len(loaders.demo_checkpoint_paths())
-    with st.spinner(f"Computing maps for {n_ckpt} checkpoints × {len(images.items)} images…"):
-        series = loaders.demo_checkpoint_series(images, class_names, methods, tau, gamma)
+    if eval_files:
+        images = checkpoints.labelled_set([(f.name, f.getvalue()) for f in eval_files])
+    else:
+        images = loaders.labelled_or_demo(ws.images)
+    if uploads:
+        found = checkpoints.pair(
+            checkpoints.checkpoint_files([(f.name, f.getvalue()) for f in uploads]),
+            architecture=arch.strip() or None,
+            trust=trust,
+        )
+        st.caption(
+            "Training order (natural name order): "
+            + " → ".join(c.name + (f" (+{c.sidecar})" if c.sidecar else "") for c in found)
+        )
+        with st.spinner(f"Loading {len(found)} checkpoints…"):
+            models = checkpoints.load(found)
+        with st.spinner(f"Computing maps for {len(found)} checkpoints × {len(images.items)} images…"):
+            series = checkpoints.series(found, models, images, methods, tau, gamma)
+    else:
+        class_names = loaders.checkpoint_class_names()
+        n_ckpt = len(loaders.demo_checkpoint_paths())
+        with st.spinner(f"Computing maps for {n_ckpt} checkpoints × {len(images.items)} images…"):
+            series = loaders.demo_checkpoint_series(images, class_names, methods, tau, gamma)
 if series is None:
     st.stop()
 
 st.caption(f"Evaluation set: {images.label} · {series.checkpoints[0].n_images} labelled images.")
-if series.warnings:
-    for warning in series.warnings:
-        st.warning(warning.message(), icon=":material/trending_down:")
-else:
-    st.success("No early warning: no C-Score fell by more than its threshold while the AUC held.")
+for warning in series.drifting:
+    st.warning(
+        f"{warning.message()} — and it has not come back: drifting toward a shortcut?",
+        icon=":material/trending_down:",
+    )
+for warning in series.recovered:
+    st.info(f"A dip that recovered, not drift: {warning.message()}", icon=":material/trending_flat:")
+if not series.drifting:
+    st.success(
+        "No early warning: no C-Score fell by more than its threshold and stayed down while the AUC held"
+        + (f" ({len(series.recovered)} dip(s) recovered)." if series.recovered else "."),
+        icon=":material/check_circle:",
+    )
 
 if K.CONSISTENCY_SHOWN.get() not in methods:
     K.CONSISTENCY_SHOWN.set(methods[0])

@@ -120,6 +120,13 @@ class K:
     CONSISTENCY_TAU: StateKey[float] = StateKey("consistency_tau", _const(0.9))
     CONSISTENCY_GAMMA: StateKey[float] = StateKey("consistency_gamma", _const(2.0))
     CONSISTENCY_SHOWN: StateKey[str | None] = StateKey("consistency_shown", _const(None))
+    # Consistency on the user's own run: uploaded checkpoints (files or a zip) and a labelled evaluation set.
+    CONSISTENCY_SOURCE: StateKey[str] = StateKey("consistency_source", _const("demo"))  # "demo" | "upload"
+    CONSISTENCY_UPLOAD: StateKey[Any] = StateKey("consistency_upload", _const(None))
+    CONSISTENCY_ARCH: StateKey[str] = StateKey("consistency_arch", _const(""))
+    CONSISTENCY_TRUST: StateKey[bool] = StateKey("consistency_trust", _const(False))
+    CONSISTENCY_EVAL: StateKey[str] = StateKey("consistency_eval", _const("sidebar"))  # "sidebar" | "upload"
+    CONSISTENCY_EVAL_UPLOAD: StateKey[Any] = StateKey("consistency_eval_upload", _const(None))
 
     @classmethod
     def page_widgets(cls) -> tuple[StateKey[Any], ...]:
@@ -138,6 +145,10 @@ class K:
             cls.CONSISTENCY_TAU,
             cls.CONSISTENCY_GAMMA,
             cls.CONSISTENCY_SHOWN,
+            cls.CONSISTENCY_SOURCE,
+            cls.CONSISTENCY_ARCH,
+            cls.CONSISTENCY_TRUST,
+            cls.CONSISTENCY_EVAL,
             cls.FEATURE_STAT,
             cls.DATASET_SOURCE,
             cls.DATASET_FOLDER,

@@ -1,0 +1,113 @@
+"""Consistency on your own run (pages/consistency.py, ui/checkpoints.py) with Streamlit's AppTest: an uploaded
+zip of checkpoints with their sidecars and an uploaded labelled set; a pickled checkpoint is refused without
+the trust tick and nothing in it runs."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app.conftest import DASHBOARD
+from ui import checkpoints
+from ui.uploads import Blob
+from verification import demo
+from verification.errors import ModelLoadError
+
+pytestmark = pytest.mark.usefixtures("navigation_only")
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _checkpoint_zip(indices: tuple[int, ...]) -> bytes:
+    paths = demo.demo_checkpoints()
+    entries = {}
+    for i in indices:
+        p = paths[i]
+        entries[f"run/{p.name}"] = p.read_bytes()
+        entries[f"run/{p.with_suffix('.json').name}"] = p.with_suffix(".json").read_bytes()
+    return _zip(entries)
+
+
+def _labelled_zip(per_class: int = 4) -> bytes:
+    entries: dict[str, bytes] = {}
+    counts: dict[str, int] = {}
+    for item in demo.demo_images("test"):
+        label = str(item.label)
+        if counts.get(label, 0) < per_class:
+            counts[label] = counts.get(label, 0) + 1
+            entries[f"{label}/{item.path.name}"] = item.path.read_bytes()
+    return _zip(entries)
+
+
+def _app() -> AppTest:
+    at = AppTest.from_file(str(DASHBOARD), default_timeout=600).run()
+    at.switch_page("pages/consistency.py").run()
+    return at
+
+
+def test_own_checkpoints_and_labelled_set() -> None:
+    at = _app()
+    at.multiselect(key="consistency_methods").set_value(["gradcam"])
+    at.radio(key="consistency_source").set_value("upload").run()
+    # uploaded out of order: the page takes them in natural name order (02 before 10)
+    at.file_uploader(key="consistency_upload").set_value(
+        ("run.zip", _checkpoint_zip((9, 0, 1)), "application/zip")
+    ).run()
+    at.radio(key="consistency_eval").set_value("upload").run()
+    at.file_uploader(key="consistency_eval_upload").set_value(
+        ("labelled.zip", _labelled_zip(), "application/zip")
+    ).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    order = [c.value for c in at.caption if c.value.startswith("Training order")]
+    assert order == [
+        "Training order (natural name order): sound_ckpt_01 (+sound_ckpt_01.json) → sound_ckpt_02 "
+        "(+sound_ckpt_02.json) → sound_ckpt_10 (+sound_ckpt_10.json)"
+    ]
+    assert any("12 labelled images" in c.value for c in at.caption)
+    outcome = [*at.success, *at.warning, *at.info]
+    assert any("early warning" in b.value or "drifting" in b.value or "recovered" in b.value for b in outcome)
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_a_pickled_checkpoint_is_refused_without_trust_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (pathlib.Path.touch, (str(marker),))
+
+    evil = pickle.dumps(Payload())
+    blobs = [Blob("a.pt", evil), Blob("b.pt", evil)]
+    found = checkpoints.pair(blobs, architecture="resnet18")
+    with pytest.raises(ModelLoadError):
+        checkpoints.load(found)
+    assert not marker.exists(), "nothing in the pickle ran"
+
+    at = _app()
+    at.radio(key="consistency_source").set_value("upload").run()
+    at.file_uploader(key="consistency_upload").set_value(
+        [("a.pt", evil, "application/octet-stream"), ("b.pt", evil, "application/octet-stream")]
+    ).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.error, "the refusal is shown"
+    assert not marker.exists()
+
+
+def test_pairing_needs_two_checkpoints_and_names_the_sidecars() -> None:
+    with pytest.raises(ModelLoadError, match="at least two"):
+        checkpoints.pair([Blob("only.safetensors", b"x")])
+    with pytest.raises(ModelLoadError, match="No checkpoint weights"):
+        checkpoints.pair([Blob("notes.txt", b"x")])
