@@ -140,3 +140,37 @@ def test_the_download_is_the_sidecar_of_the_model_as_used(tmp_path: Path) -> Non
     (tmp_path / "m.json").write_bytes(data)
     again = load_model(tmp_path / "m.safetensors")
     assert (again.class_names, again.task) == (("clear", "mass", "fluid"), "multilabel")
+
+
+def _label_maps_script() -> None:
+    import threading
+
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from ui import label_maps
+    from verification.io.records import LoadedImage, LoadedModel
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)
+    ).eval()
+    head = net[4]
+    assert isinstance(head, nn.Linear)
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([6.0, 5.0, -6.0, -6.0, 4.0]))  # labels 0, 1, 4 present
+    model = LoadedModel(
+        net, 1, (32, 32), ("a", "b", "c", "d", "e"), (0.5,), (0.25,), "module", "tiny-ml", task="multilabel"
+    )
+    pixels = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    image = LoadedImage(pixels, (pixels * 255).astype(np.uint8), "x.png", "png", "img-hash")
+    label_maps.draw(model, threading.Lock(), image, method="gradcam", layer="1")
+
+
+def test_one_map_per_positive_label_is_drawn() -> None:
+    at = AppTest.from_function(_label_maps_script, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("One map per label" in m.value and "3 label(s)" in m.value for m in at.markdown)
+    pictures = list(at.get("image"))
+    assert len(pictures) == 3, [p for p in pictures]
