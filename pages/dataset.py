@@ -100,6 +100,7 @@ if report.errors:
 
 st.subheader("Evidence, class by class", help=glossary.help_for("in-distribution band"))
 evidence.draw_band_charts(report, key="dataset_bands")
+evidence.explain_one(report)
 
 st.subheader("Per-image numbers")
 grid = st.columns(2)

@@ -33,6 +33,7 @@ evidence.verdict_banner(report, f"Model on {ws.images.label}")
 evidence.verdict_metrics(report)
 
 evidence.draw_band_charts(report, key="similarity_bands")
+evidence.explain_one(report)
 
 evidence.evidence(report)
 evidence.downloads(report, stem="similarity")

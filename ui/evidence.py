@@ -30,7 +30,14 @@ from verification.verdict import (
     LineResult,
     VerificationReport,
 )
-from verification.verdict.explain import Explanation, MapLocation, Threshold, explain_image
+from verification.verdict.explain import (
+    Explanation,
+    MapLocation,
+    Threshold,
+    explain_image,
+    locate,
+    thresholds,
+)
 from verification.verdict.measure import QUANTITIES
 
 STATUS_MARK = {
@@ -358,6 +365,32 @@ def image_explanation(
         if im.values:
             st.dataframe(image_values_table(im), hide_index=True, width="stretch")
     return ex
+
+
+def explain_one(report: VerificationReport, *, anatomy: str = "the anatomy") -> None:
+    """Pick one image of the run and read it in one sentence (located on its map when the report kept it)."""
+    if not report.images:
+        return
+    names = [im.name for im in report.images]
+    first = report.examples[0].image if report.examples and report.examples[0].image in names else names[0]
+    name = st.selectbox(
+        "One image in words",
+        names,
+        index=names.index(first),
+        format_func=lambda n: n + (" (heatmap kept)" if any(e.image == n for e in report.examples) else ""),
+        help="The sentence states only what the numbers measured on that image support; the images whose "
+        "heatmap the report kept (the most attention outside the anatomy) are also located on their map.",
+    )
+    im = image_evidence(report, str(name))
+    if im is None:
+        return
+    cam = next((e.map for e in report.examples if e.image == im.name), None)
+    image_explanation(
+        im,
+        location=None if cam is None else locate(cam),
+        limits=thresholds(report),
+        anatomy=anatomy,
+    )
 
 
 def explanation_table(ex: Explanation) -> pd.DataFrame:

@@ -181,8 +181,12 @@ def help_for(term: str) -> str:
 
 
 def metric_help(name: str) -> str:
-    """The glossary's words for a metric by its registry name (``"kl"``) or its label (``"KL(ref‖map)"``)."""
-    return GLOSSARY[METRIC_TERMS.get(name, name)]
+    """The glossary's words for a metric by its registry name (``"kl"``) or its registry label
+    (``"KL(ref‖map)"``, ``"Pearson r"``)."""
+    from verification.metrics import METRICS
+
+    by_label = {spec.label: key for key, spec in METRICS.items()}
+    return GLOSSARY[METRIC_TERMS.get(by_label.get(name, name), name)]
 
 
 def line_help(key: str) -> str:
