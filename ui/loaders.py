@@ -4,17 +4,24 @@
 takes, because Streamlit sessions run in threads and a module with hooks attached is not re-entrant.
 ``st.cache_data`` holds pure results keyed by content hashes (model, images, method, layer, target),
 so moving a slider or switching between methods already computed redraws without touching the model.
+
+Per-image results that a batched pass produced (a whole image set's maps, predictions, or its verdict, whose
+per-image evidence equals a one-image verify: ``tests/app/test_speed.py``) are kept in small process-level
+stores keyed the same way, so a single image's view takes them instead of recomputing (see ``ui/warm.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import numpy as np
 import streamlit as st
@@ -49,7 +56,21 @@ from verification.io.models import load_model, load_model_bytes
 from verification.io.records import LoadedImage, LoadedModel
 from verification.io.sidecar import read_sidecar_bytes
 from verification.reference import ReferenceBundle, build_reference, load_bundle, load_bundle_bytes
-from verification.verdict import VerdictConfig, VerificationReport, verify
+from verification.verdict import ImageEvidence, VerdictConfig, VerificationReport, verify
+
+
+def torch_threads() -> int:
+    """Intra-op threads for the dashboard's torch work: ``VERIFICATION_TORCH_THREADS``, else half the cores
+    (one on a 2-core machine). Sessions share one process, and the machine is often busy: on 2 cores at a
+    load average of about 6, one verify of the 60 demo test images took 3.1 s with one thread and 22.5 s
+    with two (9.7 s and 45.5 s in a second pair of runs), because OpenMP workers wait for a core."""
+    raw = os.environ.get("VERIFICATION_TORCH_THREADS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+torch.set_num_threads(torch_threads())
 
 # Methods as the backend registers them. The gradient family (capture and multi-scale methods) comes from one
 # forward and one backward (multi-scale Grad-CAM++ adds its depths to the same capture), so those maps are
@@ -79,6 +100,45 @@ METHOD_LABELS: dict[str, str] = {
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+V = TypeVar("V")
+
+
+class _Store(Generic[V]):
+    """A bounded, thread-safe map (least recently used first out) of per-image results from batched passes;
+    shared by every session of the process, like ``st.cache_resource``."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> V | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            return None
+
+    def pop(self, key: Hashable) -> V | None:
+        with self._lock:
+            return self._items.pop(key, None)
+
+    def put(self, key: Hashable, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._max:
+                self._items.popitem(last=False)
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
 
 @dataclass(frozen=True)
@@ -209,6 +269,8 @@ class ImageItem:
     label: str | None = None
     lesion_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
     anatomy_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # the file's bytes (None when not kept), e.g. for a DICOM's own window presets
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -252,7 +314,9 @@ def images_from_blobs(blobs: Sequence[Blob]) -> tuple[list[ImageItem], list[str]
     errors: list[str] = []
     for blob in blobs:
         try:
-            items.append(ImageItem(image=image_from_bytes(blob.name, blob.data), label=blob.label))
+            items.append(
+                ImageItem(image=image_from_bytes(blob.name, blob.data), label=blob.label, data=blob.data)
+            )
         except VerificationError as exc:
             errors.append(f"{blob.name}: {exc}")
     return items, errors
@@ -272,6 +336,9 @@ def one_pass_cams(
     _image: LoadedImage,
 ) -> dict[str, CamResult]:
     """Every gradient-family CAM of one image from one forward and one backward, cached together."""
+    done = _PRECOMPUTED_CAMS.pop((model_hash, image_hash, layer, target))
+    if done is not None:
+        return done
     with _lock:
         x = to_tensor(_image, _model)
         results = compute_cams(_model, x, methods=ONE_PASS_METHODS, layers=[layer], target=target.build())
@@ -299,6 +366,58 @@ def extra_map(
         return compute_cams(
             _model, x, methods=(method,), layers=[layer], target=target.build(), options=INTERACTIVE_OPTIONS
         )[0]
+
+
+# Maps of images not yet shown, from one batched pass over their set (popped when one_pass_cams takes them).
+_PRECOMPUTED_CAMS: _Store[dict[str, CamResult]] = _Store(256)
+_CAM_FIELDS = {"method", "layer", "raw", "maps", "targets", "target_kind", "logits", "probs", "constant"}
+
+
+def _one_of(result: CamResult, j: int) -> CamResult:
+    """Sample ``j`` of a batched result, as a one-image result."""
+    sl = slice(j, j + 1)
+    return replace(
+        result,
+        raw=result.raw[sl].copy(),
+        maps=result.maps[sl].copy(),
+        targets=(result.targets[j],),
+        logits=result.logits[sl].copy(),
+        probs=result.probs[sl].copy(),
+        constant=result.constant[sl].copy(),
+        provenance=dict(result.provenance),
+    )
+
+
+def _cam_key(model: LoadedModel, image: LoadedImage, layer: str, target: TargetKey) -> Hashable:
+    return (model.content_hash, image.content_hash, layer, target)
+
+
+def precompute_cams(
+    model: LoadedModel,
+    lock: threading.Lock,
+    images: Sequence[LoadedImage],
+    *,
+    layer: str,
+    target: TargetKey,
+    batch_size: int = 16,
+) -> int:
+    """The gradient-family maps of ``images`` in batches (one forward and one backward per batch), kept
+    for :func:`one_pass_cams`; returns how many images were computed (0 when a result type has per-sample
+    fields this function does not know how to split, so nothing wrong is ever stored)."""
+    names = {f.name for f in dataclasses.fields(CamResult)} - {"provenance"}
+    if names != _CAM_FIELDS:
+        return 0
+    todo = list({im.content_hash: im for im in images}.values())
+    todo = [im for im in todo if _cam_key(model, im, layer, target) not in _PRECOMPUTED_CAMS]
+    for s in range(0, len(todo), batch_size):
+        chunk = todo[s : s + batch_size]
+        with lock:
+            x = to_tensor(chunk, model)
+            results = compute_cams(model, x, methods=ONE_PASS_METHODS, layers=[layer], target=target.build())
+        for j, im in enumerate(chunk):
+            maps = {r.method: _one_of(r, j) for r in results}
+            _PRECOMPUTED_CAMS.put(_cam_key(model, im, layer, target), maps)
+    return len(todo)
 
 
 def _occlusion_grid(size: tuple[int, int]) -> dict[str, tuple[int, int]]:
@@ -331,8 +450,30 @@ def cam_for(
 def _predict(
     model_hash: str, image_hash: str, _model: LoadedModel, _lock: threading.Lock, _image: LoadedImage
 ) -> Prediction:
+    done = _PRECOMPUTED_PREDICTIONS.pop((model_hash, image_hash))
+    if done is not None:
+        return done
     with _lock:
         return predict(_model, [_image])[0]
+
+
+_PRECOMPUTED_PREDICTIONS: _Store[Prediction] = _Store(4096)
+
+
+def precompute_predictions(
+    model: LoadedModel, lock: threading.Lock, images: Sequence[LoadedImage], *, batch_size: int = 32
+) -> int:
+    """Predictions for ``images`` in batches, kept for :func:`prediction`; returns how many were computed."""
+    todo = list({im.content_hash: im for im in images}.values())
+    todo = [im for im in todo if (model.content_hash, im.content_hash) not in _PRECOMPUTED_PREDICTIONS]
+    for s in range(0, len(todo), batch_size):
+        chunk = todo[s : s + batch_size]
+        with lock:
+            preds = predict(model, chunk, batch_size=batch_size)
+        for im, pred in zip(chunk, preds):
+            # a one-image prediction is sample 0 of its batch
+            _PRECOMPUTED_PREDICTIONS.put((model.content_hash, im.content_hash), replace(pred, index=0))
+    return len(todo)
 
 
 def prediction(model: LoadedModel, lock: threading.Lock, image: LoadedImage) -> Prediction:
@@ -402,7 +543,8 @@ class BundleHandle:
 
 def _bundle_handle(bundle: ReferenceBundle, key: str, label: str, caught: list[str]) -> BundleHandle:
     classes = ", ".join(bundle.class_names)
-    summary = f"{label}: {bundle.method} at {bundle.layer} · classes {classes}"
+    layer = bundle.layer or "the model's default layer"
+    summary = f"{label}: {bundle.method} at {layer} · classes {classes}"
     return BundleHandle(bundle=bundle, key=key, label=label, summary=summary, warnings=tuple(caught))
 
 
@@ -582,7 +724,48 @@ def _cached_verify(
     _items: tuple[ImageItem, ...],
     _progress: ProgressFn | None = None,
 ) -> VerificationReport:
-    return _verify_items(_model, _lock, _bundle, _items, config, _progress)
+    report = _verify_items(_model, _lock, _bundle, _items, config, _progress)
+    if len(report.images) == len(_items):
+        for item, found in zip(_items, report.images):
+            if found.name == item.image.name:
+                _EVIDENCE.put(_evidence_key(model_hash, bundle_key, item, config), found)
+    return report
+
+
+# Each image's evidence from every verify the dashboard ran (a set's verdict gives all of its images'):
+# one image's evidence does not depend on the other images of its run (tests/app/test_speed.py).
+_EVIDENCE: _Store[ImageEvidence] = _Store(20_000)
+
+
+def _evidence_key(model_hash: str, bundle_key: str, item: ImageItem, config: VerdictConfig) -> Hashable:
+    return (
+        model_hash,
+        bundle_key,
+        item.image.content_hash,
+        item.image.name,
+        item.label,
+        item.lesion_mask is not None,
+        item.anatomy_mask is not None,
+        config,
+    )
+
+
+def image_evidence(
+    model: LoadedModel,
+    lock: threading.Lock,
+    bundle: BundleHandle,
+    item: ImageItem,
+    *,
+    faithfulness: bool = False,
+) -> ImageEvidence | None:
+    """One image's evidence (E0 gate, per-line numbers): from the verdict of a set that held it when one was
+    computed (the Similarity page, the warm start), else from a verify of this image alone."""
+    config = VerdictConfig(faithfulness=faithfulness)
+    found = _EVIDENCE.get(_evidence_key(model.content_hash, bundle.key, item, config))
+    if found is not None:
+        return found
+    single = verify_items(model, lock, bundle, [item], faithfulness=faithfulness)
+    return single.images[0] if single.images else None
 
 
 def verify_items(

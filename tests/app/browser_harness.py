@@ -53,8 +53,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(*, timeout: float = 120.0) -> Iterator[str]:
-    """``streamlit run dashboard.py`` on 127.0.0.1:<free port>; yields the URL; kills the server after."""
+def streamlit_server(*, timeout: float = 120.0, script: str = "dashboard.py") -> Iterator[str]:
+    """``streamlit run <script>`` on 127.0.0.1:<free port>; yields the URL; kills the server after.
+
+    ``script="serve.py"`` is the warm launcher: its health endpoint answers only once the demo is warm."""
     port = free_port()
     (ROOT / "test-artifacts").mkdir(exist_ok=True)
     log = open(ROOT / "test-artifacts" / f"streamlit-{port}.log", "wb")  # noqa: SIM115 (closed in finally)
@@ -63,7 +65,7 @@ def streamlit_server(*, timeout: float = 120.0) -> Iterator[str]:
         "-m",
         "streamlit",
         "run",
-        "dashboard.py",
+        script,
         "--server.headless",
         "true",
         "--server.port",
