@@ -114,6 +114,11 @@ def after_load(slot: ModelSlotKeys, filename: str, model: LoadedModel) -> None:
             f"choose **{TASKS['multilabel'].split(':')[0]}** in the **{FIELD_LABELS['task']}** field above.",
             icon=":material/label:",
         )
+    elif task_choice == "auto" and model.task == "classification" and model.num_classes > 2:
+        st.caption(
+            f"Read as single-label: the {model.num_classes} probabilities are a softmax and add up to 100 %. "
+            f"If the outputs are independent findings, choose **Multi-label** in the **Task** field above."
+        )
     if all(_GENERIC.fullmatch(c) for c in model.class_names):
         st.caption(
             f"The {model.num_classes} outputs have no names (class_0 … class_{model.num_classes - 1}): type "

@@ -81,10 +81,13 @@ def test_label_names_and_task_from_the_form_reach_the_model() -> None:
     caption = _model_caption(at)
     assert "classification" in caption
     assert "clear, mass, fluid" in caption
+    # the single-label reading is said, with where to change it
+    assert any("Read as single-label" in c.value and "**Task**" in c.value for c in at.sidebar.caption)
 
     at.selectbox(key="model_a_task").set_value("multilabel").run()
     assert not at.exception
     assert "multilabel" in _model_caption(at)
+    assert not any("Read as single-label" in c.value for c in at.sidebar.caption)
 
     at.text_area(key="model_a_names").set_value("only\ntwo").run()  # wrong count: the form's field says so
     errors = _sidebar_errors(at)
