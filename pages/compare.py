@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import evidence, figures, loaders
+from ui import evidence, figures, glossary, loaders
 from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import colorbar, guard, image_panel
@@ -51,7 +51,7 @@ with cols[0]:
 for col, handle, tag in ((cols[1], a, "A"), (cols[2], b, "B")):
     with col, guard(f"Model {tag}: computing the map"):
         m = handle.model
-        layer = loaders.model_layers(m.content_hash, m, handle.lock)[1]
+        shapes, layer = loaders.model_layers(m.content_hash, m, handle.lock)
         res = loaders.cam_for(
             m, handle.lock, item.image, method=method, layer=layer, target=loaders.TargetKey()
         )
@@ -69,6 +69,8 @@ for col, handle, tag in ((cols[1], a, "A"), (cols[2], b, "B")):
             caption=f"layer {res.layer}{said}",
         )
         colorbar(K.COLORMAP.get())
+        label = f"{res.layer} ({shapes[res.layer]})" if res.layer in shapes else str(res.layer)
+        st.caption(f"Layer {label}", help=glossary.layer_help(label))
 
 if ws.bundle is None:
     st.info("Choose a reference bundle in the sidebar to score both models against it.")

@@ -150,7 +150,11 @@ if K.CONSISTENCY_SHOWN.get() not in methods:
     K.CONSISTENCY_SHOWN.set(methods[0])
 shown = (
     st.segmented_control(
-        "Method", methods, format_func=loaders.METHOD_LABELS.get, key=K.CONSISTENCY_SHOWN.name
+        "Method",
+        methods,
+        format_func=loaders.METHOD_LABELS.get,
+        key=K.CONSISTENCY_SHOWN.name,
+        help=glossary.help_for("C-Score") + " " + glossary.help_for("early warning"),
     )
     or methods[0]
 )

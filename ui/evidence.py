@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from streamlit.elements.lib.column_types import ColumnConfig
 
 from ui import glossary
 from ui.state import K
@@ -346,7 +347,12 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
         st.error(f"{name}: {message}", icon=":material/broken_image:")
     if per_image:
         st.markdown("**Per image**")
-        st.dataframe(images_table(report), hide_index=True, width="stretch")
+        st.dataframe(
+            images_table(report),
+            hide_index=True,
+            width="stretch",
+            column_config=column_help(sorted({k for im in report.images for k in im.values})),
+        )
 
 
 def image_explanation(
@@ -416,6 +422,21 @@ def image_verdict(im: ImageEvidence) -> None:
     st.markdown(f"**Assessed** — {im.why}" if im.why else "**Assessed**")
     if im.values:
         st.dataframe(image_values_table(im), hide_index=True, width="stretch")
+
+
+def quantity_help(key: str) -> str:
+    """Tooltip words for a per-image number's key: the glossary's for a metric (E5.kl) or a line (E3.…)."""
+    line, _, name = key.partition(".")
+    if line == "E5" and name in METRICS:
+        return glossary.metric_help(name)
+    return (
+        f"{quantity_words(key)}. " + glossary.line_help(line) if line in LINE_NAMES else quantity_words(key)
+    )
+
+
+def column_help(keys: Sequence[str]) -> dict[str, ColumnConfig]:
+    """``column_config`` giving every per-image number's column its tooltip."""
+    return {k: st.column_config.NumberColumn(help=quantity_help(k), format="%.3f") for k in keys}
 
 
 def image_values_table(im: ImageEvidence) -> pd.DataFrame:
