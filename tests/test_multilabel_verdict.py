@@ -28,7 +28,7 @@ SIZE = 64
 
 
 class Detector(nn.Module):
-    def __init__(self, gain: float = 10.0) -> None:
+    def __init__(self, gain: float = 10.0, effusion_sees: str = "dark") -> None:
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(1, 2, 5, padding=2), nn.ReLU())
         self.pool = nn.AdaptiveMaxPool2d(1)
@@ -41,6 +41,9 @@ class Detector(nn.Module):
             conv.weight[1] = -1 / 25  # dark disc (normalised −2.0)
             assert conv.bias is not None
             conv.bias.copy_(torch.tensor([-0.4, -1.2]))
+            if effusion_sees == "bright":  # a broken effusion head: it fires on the nodule's bright disc
+                conv.weight[1] = 1 / 25
+                conv.bias[1] = -0.4
             self.head.weight.copy_(torch.tensor([[gain, 0.0], [0.0, gain]]))
             self.head.bias.copy_(torch.tensor([-5.0, -4.0]))
 
@@ -48,16 +51,16 @@ class Detector(nn.Module):
         return self.head(self.pool(self.features(x)).flatten(1))
 
 
-def model(gain: float = 10.0, name: str = "detector") -> LoadedModel:
+def model(gain: float = 10.0, name: str = "detector", effusion_sees: str = "dark") -> LoadedModel:
     return LoadedModel(
-        module=Detector(gain).eval(),
+        module=Detector(gain, effusion_sees).eval(),
         in_channels=1,
         input_size=(SIZE, SIZE),
         class_names=LABELS,
         mean=(0.5,),
         std=(0.25,),
         source_format="module",
-        content_hash=f"{name}-{gain}",
+        content_hash=f"{name}-{gain}-{effusion_sees}",
         task="multilabel",
         name=name,
     )
@@ -225,3 +228,19 @@ def test_the_command_line_gives_one_verdict_per_label(bundle: Any, tmp_path: Pat
     assert doc["task"] == "multilabel"
     verdicts = {c["class_name"]: (c["verdict"], c["n_images"]) for c in doc["classes"]}
     assert verdicts == {"nodule": ("suitable", 22), "effusion": ("cannot_verify", 3)}
+
+
+def test_a_broken_label_fails_alone(bundle: Any) -> None:
+    """The effusion head fires on the nodule's bright disc: effusion fails E1 (a failing line decides however
+    few its positives), while nodule, from the same model, keeps its own SUITABLE."""
+    x, sets, masks, lungs = world(22, 3, 12, seed=1)
+    broken = model(name="broken", effusion_sees="bright")
+    got = verify(broken, bundle, x, sets, annotations=masks, anatomy=lungs)
+    nodule, effusion = got.for_class("nodule"), got.for_class("effusion")
+    assert nodule is not None
+    assert effusion is not None
+    assert nodule.verdict == "suitable", nodule.reason
+    assert effusion.verdict == "unsuitable"
+    assert effusion.deciding_line == "E1"
+    assert got.verdict == "unsuitable"
+    assert got.reason.startswith("effusion: E1 task performance failed")
