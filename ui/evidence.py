@@ -286,7 +286,8 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
     images and, if asked, the per-image table."""
     for warning in report.warnings:
         st.warning(warning, icon=":material/warning:")
-    st.markdown("**Per class**", help=glossary.help_for(report.label))
+    unit = "label" if getattr(report, "task", "classification") == "multilabel" else "class"
+    st.markdown(f"**Per {unit}**", help=glossary.help_for(report.label))
     st.dataframe(
         classes_table(report),
         hide_index=True,

@@ -362,6 +362,7 @@ def render_report(
 
     if not isinstance(report, VerificationReport):
         report = VerificationReport.from_document(report)
+    unit = "label" if getattr(report, "task", "classification") == "multilabel" else "class"
     acc = "n/a (no labels)" if report.accuracy is None else f"{100 * report.accuracy:.1f} %"
     if report.accuracy_interval is not None:
         lo, hi = report.accuracy_interval
@@ -430,7 +431,7 @@ def render_report(
         f"{html.escape(report.reason)}<br>accuracy {html.escape(acc)}</div>",
         *(f'<div class="warn">What is missing: {html.escape(m)}</div>' for m in report.missing),
         *(f'<div class="warn">{html.escape(w)}</div>' for w in report.warnings),
-        "<h2>Verdict per class</h2>",
+        f"<h2>Verdict per {unit}</h2>",
         _table(
             ["class", "verdict", "decided by", "why", "assessable"],
             class_rows,

@@ -299,7 +299,8 @@ def render_pdf(
         doc.para(f"What is missing: {m}", 8.5, (140, 90, 0))
     for w in report.warnings:
         doc.para(f"Warning: {w}", 8.5, (140, 90, 0))
-    doc.heading("Verdict per class", 11)
+    unit = "label" if getattr(report, "task", "classification") == "multilabel" else "class"
+    doc.heading(f"Verdict per {unit}", 11)
     doc.table(
         ["class", "verdict", "decided by", "why", "assessable"],
         [
