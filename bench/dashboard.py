@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -207,7 +208,30 @@ def run_scenario(launcher: str, repeats: int, res: Results) -> None:
                 res.add("(python clock) first heatmap, cold server", time.perf_counter() - t0)
             if r < repeats - 1:
                 continue
+            waited = _wait_warm(url)
+            if waited is not None:
+                res.notes.append(f"background warm of the other views: {waited}")
             _interactions(url, repeats, res)
+
+
+def _wait_warm(url: str) -> str | None:
+    """With the warm launcher, wait until its background stage is done (the interactions below are measured
+    on a fully warm server; the first heatmaps above were measured while it ran)."""
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/api/warm", timeout=5) as r:
+                status = json.load(r)
+        except OSError:
+            return None  # not the warm launcher
+        if status.get("done"):
+            rest = status.get("rest") or {}
+            return f"{rest.get('wall_s', 0.0):.1f} s, steps {rest.get('steps')}, failed {rest.get('failed')}"
+        time.sleep(1.0)
+    raise TimeoutError("the warm launcher's background stage did not finish in 900 s")
 
 
 def _interactions(url: str, repeats: int, res: Results) -> None:
@@ -318,6 +342,7 @@ def report(res: Results, *, scenario: str, factor: float, load_before: str, load
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop servers and load processes on a kill
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--load-procs", type=int, default=2, help="background processes of the loaded run")

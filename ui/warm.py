@@ -1,9 +1,11 @@
 """Warm a server process before its first browser connects: the imports every page needs, and the cached
 results of the views a new session opens on the built-in demo.
 
-``serve.py`` (the README's launch command) runs :func:`warm` in its ``st.App`` lifespan, after Streamlit's
-runtime has started and before the server accepts a connection, so the entries land in the same
-``st.cache_resource`` / ``st.cache_data`` caches the pages read. Nothing here decides anything: each step
+``serve.py`` (the README's launch command) runs :func:`warm_first` in its ``st.App`` lifespan, after
+Streamlit's runtime has started and before the server accepts a connection, so the entries land in the same
+``st.cache_resource`` / ``st.cache_data`` caches the pages read; :func:`warm_rest` then runs in a background
+thread while the server already serves (torch work there takes the model's lock per batch, so a session's
+own request waits for one batch at most). Nothing here decides anything: each step
 calls the very loader a page calls, with the page's defaults (from :mod:`ui.state`), so a warmed entry is a
 cache hit for the page and a step that no longer matches a page merely warms nothing.
 """
@@ -15,14 +17,14 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ui.loaders import BundleHandle, ImageItem, TargetKey
+    from ui.loaders import BundleHandle, ImageItem, ImageSet, TargetKey
     from verification.io.records import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,30 +91,29 @@ def import_page_modules(pages: Path = PAGES) -> list[str]:
     return done
 
 
-def warm(*, full: bool = True, progress: Callable[[str], None] | None = None) -> WarmReport:
-    """Fill the process caches for a new session's first views of the built-in demo.
+@dataclass
+class Warmed:
+    """What the first stage loaded, for the second."""
 
-    First the Attention page as it opens (model A, the demo images, the bundle, the first image's maps,
-    prediction and evidence; then model B, which the sidebar loads after the page). With ``full`` also: the
-    set's verdict (Similarity, Report & export; it also gives every image's evidence on Attention), the
-    other images' maps and predictions in batches, model B's verdict and first map (Compare models) and the
-    feature check (Feature maps).
-    """
+    model: LoadedModel
+    lock: threading.Lock
+    images: ImageSet
+    bundle: BundleHandle | None
+    model_b: tuple[LoadedModel, threading.Lock] | None
+
+
+def warm_first(report: WarmReport) -> Warmed | None:
+    """The Attention page as a new session opens it: what the pages import, model A, the demo images, the
+    bundle, the first image's map, prediction and evidence (and model B when the sidebar enables it by
+    default). None when the demo is missing (nothing else to warm)."""
     from ui import loaders
     from ui.state import K
 
-    report = WarmReport()
-
-    def done(name: str) -> None:
-        if progress is not None:
-            progress(f"warm: {name} {report.steps.get(name, 0.0):.2f} s")
-
     with _step(report, "imports"):
         import_page_modules()
-    done("imports")
     a: tuple[LoadedModel, threading.Lock] | None = None
-    images: loaders.ImageSet | None = None
-    bundle: loaders.BundleHandle | None = None
+    images: ImageSet | None = None
+    bundle: BundleHandle | None = None
     with _step(report, "model A"):
         a = loaders.get_model(loaders.demo_spec(K.MODEL_A.demo_name.factory()))
     with _step(report, "images"):
@@ -122,40 +123,68 @@ def warm(*, full: bool = True, progress: Callable[[str], None] | None = None) ->
     with _step(report, "bundle"):
         bundle = loaders.demo_bundle(a[0] if a else None)
     if a is None or images is None or not images.items:
-        return report
+        return None
     model, lock = a
-    method, faithful = K.METHOD.factory(), K.VERIFY_FAITHFULNESS.factory()
     with _step(report, "first view"):
-        attention_view(model, lock, images.items[0], bundle, method=method, faithfulness=faithful)
-    done("first view")
+        attention_view(
+            model,
+            lock,
+            images.items[0],
+            bundle,
+            method=K.METHOD.factory(),
+            faithfulness=K.VERIFY_FAITHFULNESS.factory(),
+        )
     b: tuple[LoadedModel, threading.Lock] | None = None
     if K.MODEL_B_ENABLED.factory():
         with _step(report, "model B"):
             b = loaders.get_model(loaders.demo_spec(K.MODEL_B.demo_name.factory()))
-    if not full:
-        return report
+    return Warmed(model, lock, images, bundle, b)
+
+
+def warm_rest(warmed: Warmed, report: WarmReport) -> None:
+    """The other views a session reaches next: the set's verdict (Similarity, Report & export; it also gives
+    every image's evidence on Attention), the other images' maps and predictions in batches, the feature
+    check (Feature maps), the demo checkpoint series (Consistency), model B's views when B is on."""
+    from ui import loaders
+    from ui.state import K
+
+    model, lock, images, bundle = warmed.model, warmed.lock, warmed.images, warmed.bundle
+    faithful = K.VERIFY_FAITHFULNESS.factory()
     if bundle is not None:
         with _step(report, "verdict A"):
             loaders.verify_set(model, lock, bundle, images, faithfulness=faithful)
-        done("verdict A")
     with _step(report, "other images"):
         layer, target = _defaults(model, lock)
         rest = [item.image for item in images.items[1:]]
         loaders.precompute_cams(model, lock, rest, layer=layer, target=target)
         if model.task == "classification":
             loaders.precompute_predictions(model, lock, rest)
-    done("other images")
-    if b is not None:
-        with _step(report, "model B views"):
-            attention_view(b[0], b[1], images.items[0], None, method=method, faithfulness=faithful)
-            if bundle is not None:
-                loaders.verify_set(b[0], b[1], bundle, images, faithfulness=faithful)
-        done("model B views")
     with _step(report, "feature check"):
         reference = loaders.feature_reference(model, lock)
         loaders.feature_check(model, lock, images)
         loaders.early_activations(model, lock, images.items[0].image, reference)
-    done("feature check")
+    if warmed.model_b is not None:
+        b, b_lock = warmed.model_b
+        with _step(report, "model B views"):
+            attention_view(b, b_lock, images.items[0], None, method=K.METHOD.factory(), faithfulness=faithful)
+            if bundle is not None:
+                loaders.verify_set(b, b_lock, bundle, images, faithfulness=faithful)
+    with _step(report, "consistency"):
+        loaders.demo_checkpoint_series(
+            loaders.labelled_or_demo(images),
+            loaders.checkpoint_class_names(),
+            K.CONSISTENCY_METHODS.factory(),
+            K.CONSISTENCY_TAU.factory(),
+            K.CONSISTENCY_GAMMA.factory(),
+        )
+
+
+def warm(*, full: bool = True) -> WarmReport:
+    """Both stages, one after the other (``full=False``: the first only)."""
+    report = WarmReport()
+    warmed = warm_first(report)
+    if full and warmed is not None:
+        warm_rest(warmed, report)
     return report
 
 

@@ -4,6 +4,7 @@ must actually warm before it serves."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -159,6 +160,12 @@ def test_the_warm_launcher_warms_before_it_answers(tmp_path: Path) -> None:
             assert "first view" in text
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
                 assert r.status == 200
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/warm", timeout=10) as r:
+                status = json.load(r)
+            assert status["mode"] == "first", status
+            assert status["done"], status
+            assert "first view" in status["first"]["steps"], status
+            assert not status["first"]["failed"], status
         finally:
             proc.terminate()
             try:
