@@ -244,3 +244,28 @@ def test_a_broken_label_fails_alone(bundle: Any) -> None:
     assert effusion.deciding_line == "E1"
     assert got.verdict == "unsuitable"
     assert got.reason.startswith("effusion: E1 task performance failed")
+
+
+def test_without_labels_or_findings_no_label_is_verified(bundle: Any) -> None:
+    x, *_ = world(22, 3, 12, seed=1)
+    got = verify(model(), bundle, x[:8])
+    assert got.task == "multilabel"
+    assert {c.verdict for c in got.classes} == {"cannot_verify"}
+    assert any("labels" in m for m in got.missing)
+
+
+def test_unknown_label_names_are_refused_by_name(bundle: Any) -> None:
+    from verification.errors import InvalidInputError
+
+    x, *_ = world(2, 0, 0, seed=1)
+    with pytest.raises(InvalidInputError, match="'fracture' is not one of the model's labels"):
+        verify(model(), bundle, x, [["nodule"], ["fracture"]])
+
+
+def test_the_ray_engine_is_refused_for_multilabel_with_the_way_out() -> None:
+    from types import SimpleNamespace
+
+    from verification.cli import CliError, _verify_labels
+
+    with pytest.raises(CliError, match="--engine local"):
+        _verify_labels(SimpleNamespace(engine="ray"), None, None, [], None)
