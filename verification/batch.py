@@ -107,6 +107,11 @@ def scan_labelled(source: str | Path) -> tuple[list[Path], list[str]]:
     CSV's folder). Raises FileNotFoundError for a missing source or listed file, ValueError for a malformed
     CSV or a folder without class subfolders.
     """
+    if isinstance(source, str) and source.lower().startswith("dicomweb+"):
+        raise ValueError(
+            "a DICOMweb source carries no class labels: give it without --labelled, or save its images into "
+            "one folder per class"
+        )
     source = Path(source)
     if source.is_dir():
         classes = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -62,7 +62,8 @@ def pacs() -> Iterator[Pacs]:
 def small_pacs() -> Iterator[Pacs]:
     """A second Orthanc of its own (2 instances), for tests that stop the server."""
     _needs_orthanc()
-    files = tuple(sorted((Path(__file__).resolve().parents[2] / "assets/demo/samples").glob("*.dcm"))[:2])
+    samples = sorted((Path(__file__).resolve().parents[2] / "assets/demo/samples").glob("*.dcm"))
+    files = (samples[0], samples[2])  # a CR and a DX film: two series, so two WADO-RS requests
     server = OrthancServer(password="another-pw").start()
     try:
         server.seed(files)

@@ -134,7 +134,7 @@ def test_materialize_is_all_or_nothing(pacs: Pacs, monkeypatch: pytest.MonkeyPat
     assert sources.origin(paths[0]) is not None
     assert sources.origin(pacs.files[0]) is None
     before = set(sources._cache_dir().iterdir())
-    # 3 small instances fit, the 4th does not: the three written files must go too.
+    # the first series fits, the second does not: the files already written must go too
     sizes = sorted(p.stat().st_size for p in paths)
     with pytest.raises(InputTooLargeError):
         sources.materialize(url, env=pacs.env, limits=PacsLimits(max_bytes=sum(sizes[:3]) + 100))
@@ -171,6 +171,7 @@ def test_cam_on_retrieved_radiograph_stored_and_read_back(pacs: Pacs) -> None:
     assert back.SOPInstanceUID != original.SOPInstanceUID
     assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
     assert back.PatientOrientation == original.PatientOrientation
+    assert back.StudyDescription == original.StudyDescription == "THORAX"
     for tag in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
         assert str(back.get(tag, "")) == str(original.get(tag, ""))
     for tag in set(IDENTIFYING_TAGS) - {"SeriesInstanceUID", "SOPInstanceUID"}:
@@ -290,15 +291,16 @@ def test_server_stopped_mid_run_is_a_typed_error_without_hang(small_pacs: Pacs) 
 
 
 @contextmanager
-def _http_server(statuses: list[int]) -> Iterator[tuple[str, list[int]]]:
-    """A local HTTP server answering each request with the next status (the last repeats); 200 gives []."""
+def _http_server(statuses: list[int], ok_body: bytes = b"[]") -> Iterator[tuple[str, list[int]]]:
+    """A local HTTP server answering each request with the next status (the last repeats); 200 gives
+    ``ok_body``."""
     seen: list[int] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             status = statuses[min(len(seen), len(statuses) - 1)]
             seen.append(status)
-            body = b"[]" if status == 200 else b"error"
+            body = ok_body if status == 200 else b"error"
             self.send_response(status)
             self.send_header("Content-Type", "application/dicom+json")
             self.send_header("Content-Length", str(len(body)))
@@ -333,6 +335,13 @@ def test_5xx_is_retried_with_backoff_then_reported() -> None:
         with client, pytest.raises(PacsError, match="HTTP 400"):
             client.search_studies()
         assert seen == [400]  # a client error is not retried
+
+
+def test_malformed_answer_is_a_typed_error() -> None:
+    with _http_server([200], ok_body=b"<html>not DICOM JSON</html>") as (root, _):
+        client = PacsClient(PacsConfig(root=root, retries=0))
+        with client, pytest.raises(PacsError, match="not valid DICOMweb"):
+            client.search_studies()
 
 
 def test_slow_server_times_out() -> None:
@@ -376,3 +385,43 @@ def test_cli_cam_on_a_pacs_study_stores_heatmaps_back(
     assert "HTTP 401" in err
     assert "bad-pass-42" not in err
     assert not (tmp_path / "o2").exists()
+
+
+def test_search_command_prints_addresses_without_identifying_tags(
+    pacs: Pacs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from verification.pacs.__main__ import main
+
+    for key, value in pacs.env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["search", f"dicomweb+{pacs.root}", "--modality", "CR"]) == 0
+    out = capsys.readouterr().out
+    assert pacs.source("RG1_UNCR.dcm") in out
+    assert "THORAX" in out
+    for value in _identifying_values(pacs.files):
+        assert value not in out
+    study = pacs.studies["cxr_nodule_dx_monochrome1.dcm"]
+    assert main(["search", f"dicomweb+{pacs.root}", "--study", study]) == 0
+    assert out.count("/series/") == 0
+    assert capsys.readouterr().out.count("/series/") == 2
+
+
+def test_debug_logs_carry_no_credentials(pacs: Pacs, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    with PacsClient(pacs.config()) as client:
+        client.retrieve(parse_source(pacs.source("RG3_UNCR.dcm")))
+    token = PacsConfig(root=pacs.root, token="tok-secret-55", retries=0)
+    with PacsClient(token) as client, pytest.raises(PacsAuthError):
+        client.search_studies()
+    assert caplog.records  # the client does log at DEBUG: the check below can fail
+    assert pacs.server.password not in caplog.text
+    assert "tok-secret-55" not in caplog.text
+
+
+def test_labelled_pacs_source_is_refused_with_a_reason() -> None:
+    from verification.batch import scan_labelled
+
+    with pytest.raises(ValueError, match="no class labels"):
+        scan_labelled("dicomweb+http://127.0.0.1:1/dicom-web/studies/1.2")

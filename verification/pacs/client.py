@@ -403,7 +403,9 @@ class _ByteMeter:
 
 
 class PacsClient:
-    """Search, retrieve and store on one DICOMweb server (``dicomweb_client.DICOMwebClient`` underneath)."""
+    """Search, retrieve and store on one DICOMweb server (``dicomweb_client.DICOMwebClient`` underneath).
+
+    One retrieval at a time per client (its byte count is the client's); make one client per thread."""
 
     def __init__(self, config: PacsConfig) -> None:
         import requests
@@ -470,9 +472,14 @@ class PacsClient:
                     f"cannot reach the PACS at {self.where} for {what} ({attempts} attempt(s)): the "
                     "connection was refused or dropped. Check the address and that the server is running."
                 ) from None
+            except requests.JSONDecodeError:
+                raise PacsError(
+                    f"the PACS at {self.where} answered {what} with something that is not valid DICOMweb "
+                    "(not JSON); is the address the server's DICOMweb root?"
+                ) from None
             except requests.RequestException as exc:
                 raise PacsError(f"{what} on the PACS at {self.where} failed ({type(exc).__name__})") from None
-            except (ValueError, KeyError, TypeError) as exc:  # a malformed answer (not JSON, bad multipart)
+            except Exception as exc:  # a malformed answer: not JSON, bad multipart, not DICOM (any parser)
                 raise PacsError(
                     f"the PACS at {self.where} answered {what} with something that is not valid DICOMweb "
                     f"({type(exc).__name__}: {self._scrub(str(exc))[:160]})"
@@ -628,12 +635,8 @@ class PacsClient:
         Content-Length against what is left of ``limits.max_bytes``; each instance's decoding cost is read
         from its header and checked against ``budget`` (with ``retain``, its decoded size is charged too, as
         for an upload whose images all stay in memory). Decode the bytes with
-        :func:`verification.io.images.load_image`.
+        :func:`verification.io.images.load_image`. Instances of one series come in one request.
         """
-        from pydicom import dcmwrite
-
-        from verification.io.images import image_cost
-
         limits = limits or PacsLimits()
         budget = budget if budget is not None else Budget()
         refs = self.list_instances(source, limits=limits) if isinstance(source, PacsSource) else list(source)
@@ -641,35 +644,67 @@ class PacsClient:
             raise InputTooLargeError(
                 f"{len(refs):,} instances asked for; at most {limits.max_instances:,} in one retrieval"
             )
+        groups: dict[tuple[str, str], list[InstanceRef]] = {}
+        for ref in refs:
+            groups.setdefault((ref.study_uid, ref.series_uid), []).append(ref)
         self._meter.remaining = limits.max_bytes
         try:
-            for ref in refs:
-                what = f"instance {ref.sop_uid}"
-                ds = self._call(
-                    f"the retrieval of {what}",
-                    lambda ref=ref: self._client.retrieve_instance(  # type: ignore[misc]
-                        ref.study_uid, ref.series_uid, ref.sop_uid
-                    ),
-                    missing=what,
-                )
-                buf = io.BytesIO()
-                try:
-                    dcmwrite(buf, ds, enforce_file_format=False)
-                except Exception as exc:  # a dataset pydicom cannot write back: the file's problem
-                    raise ImageLoadError(
-                        f"{what} from the PACS cannot be re-encoded ({type(exc).__name__}); it is malformed"
-                    ) from None
-                data = buf.getvalue()
-                self._meter.charge(len(data))
-                item = Retrieved(ref, data)
-                cost = image_cost(data, item.name)
-                if retain:
-                    budget.charge_image(cost, item.name)
-                else:
-                    budget.check_image(cost, item.name)
-                yield item
+            for (study, series), group in groups.items():
+                got = self._fetch(study, series, group)
+                for ref in group:
+                    yield self._encode(ref, got, budget, retain)
         finally:
             self._meter.remaining = None
+
+    def _fetch(self, study: str, series: str, group: Sequence[InstanceRef]) -> dict[str, Any]:
+        """The datasets of ``group`` (all in one series) by SOP UID: one WADO-RS request for the series when
+        several of its instances are wanted (its Content-Length checked as one answer), else the instance."""
+        if len(group) == 1:
+            ref = group[0]
+            what = f"instance {ref.sop_uid}"
+            ds = self._call(
+                f"the retrieval of {what}",
+                lambda: self._client.retrieve_instance(study, series, ref.sop_uid),
+                missing=what,
+            )
+            return {ref.sop_uid: ds}
+        what = f"series {series}"
+        datasets = self._call(
+            f"the retrieval of {what}",
+            lambda: self._client.retrieve_series(study, series),
+            missing=what,
+        )
+        wanted = {ref.sop_uid for ref in group}
+        return {str(ds.SOPInstanceUID): ds for ds in datasets if str(ds.get("SOPInstanceUID", "")) in wanted}
+
+    def _encode(self, ref: InstanceRef, got: Mapping[str, Any], budget: Budget, retain: bool) -> Retrieved:
+        """One retrieved dataset as Part-10 bytes, its size and decoding cost checked."""
+        from pydicom import dcmwrite
+
+        from verification.io.images import image_cost
+
+        what = f"instance {ref.sop_uid}"
+        ds = got.get(ref.sop_uid)
+        if ds is None:
+            raise PacsNotFoundError(
+                f"{what}, listed by the PACS at {self.where}, was missing from its answer; try again"
+            )
+        buf = io.BytesIO()
+        try:
+            dcmwrite(buf, ds, enforce_file_format=False)
+        except Exception as exc:  # a dataset pydicom cannot write back: the file's problem
+            raise ImageLoadError(
+                f"{what} from the PACS cannot be re-encoded ({type(exc).__name__}); it is malformed"
+            ) from None
+        data = buf.getvalue()
+        self._meter.charge(len(data))
+        item = Retrieved(ref, data)
+        cost = image_cost(data, item.name)
+        if retain:
+            budget.charge_image(cost, item.name)
+        else:
+            budget.check_image(cost, item.name)
+        return item
 
     def retrieve(self, source: PacsSource | Sequence[InstanceRef], **kwargs: Any) -> list[Retrieved]:
         """:meth:`iter_retrieve` into a list: all or nothing (an error leaves nothing half-retrieved)."""

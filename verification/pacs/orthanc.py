@@ -227,6 +227,10 @@ class OrthancServer:
         self.stop()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m verification.pacs.orthanc",
@@ -256,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if generated:
             print(f"export VERIFICATION_DICOMWEB_PASSWORD={server.password}")
         print(f"python -m verification.pacs search dicomweb+{server.dicomweb_url}", flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _interrupt)
         while server._proc is not None and server._proc.poll() is None:
             time.sleep(0.5)
         return 1

@@ -3,10 +3,10 @@
 NEW series of the SAME study, so any viewer shows it next to (and the same size as) the image it explains.
 
 What is copied from the source instance: the patient and study modules (highdicom's ``from_ref_dataset``), the
-FrameOfReferenceUID, PatientOrientation, Laterality and BodyPartExamined where present. Nothing identifying
-is added that the study did not already hold. What is recorded: model, method, layer, target and verdict in
-SeriesDescription (64 characters), ImageComments and DerivationDescription (bounded), and the source image in
-SourceImageSequence.
+FrameOfReferenceUID, PatientOrientation, Laterality, BodyPartExamined and StudyDescription where present.
+Nothing identifying is added that the study did not already hold. What is recorded: model, method, layer,
+target and verdict in SeriesDescription (64 characters), ImageComments and DerivationDescription (bounded),
+and the source image in SourceImageSequence.
 
 :func:`store_overlays` builds and validates every object (encode, decode, pixel check) before ONE STOW-RS
 request; if building any fails, nothing is sent.
@@ -114,7 +114,8 @@ def build_overlay(
             patient_orientation=orientation or ("L", "F"),
             transfer_syntax_uid=ExplicitVRLittleEndian,
         )
-    for keyword in ("FrameOfReferenceUID", "Laterality", "BodyPartExamined"):
+    # the study keeps its description (servers index studies from their latest instance)
+    for keyword in ("FrameOfReferenceUID", "Laterality", "BodyPartExamined", "StudyDescription"):
         if keyword in src and src.get(keyword) not in (None, ""):
             setattr(sc, keyword, src.get(keyword))
     if orientation is None:
