@@ -152,7 +152,14 @@ with st.container(key="viewer_panels"):
     with cols[1], st.container(key="overlay_main"):  # the browser test and bench wait for this picture
         what = "the predicted region" if segmentation else f"class “{model.class_names[result.targets[0]]}”"
         overlay = viewer.overlay_picture(
-            map_key, base, result.maps[0], image, view_state, opacity=opacity, colormap=colormap
+            map_key,
+            base,
+            result.maps[0],
+            image,
+            view_state,
+            opacity=opacity,
+            colormap=colormap,
+            raw=result.raw[0],
         )
         overlay = viewer.outlined(overlay, lesion, image.size, view, (255, 255, 255))
         overlay = viewer.outlined(overlay, region_mask, image.size, view, viewer.REGION_COLOR)
@@ -287,12 +294,8 @@ with draw_right:
             st.rerun()
         numbers = viewer.region_numbers(result.maps[0], region_mask)
         st.markdown(f"**{loaders.METHOD_LABELS[method]} at {result.layer} against the drawn region**")
-        st.dataframe(
-            {"measure": list(numbers), "value": [f"{v:.3f}" for v in numbers.values()]},
-            hide_index=True,
-            width="stretch",
-            key="viewer_region_numbers",
-        )
+        with st.container(key="viewer_region_numbers"):
+            st.table({"measure": list(numbers), "value": [f"{v:.3f}" for v in numbers.values()]})
         if image_evidence is not None and image_evidence.assessable:
             inside = image_evidence.values.get("E2.energy_inside")
             if inside is not None:

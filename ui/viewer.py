@@ -129,20 +129,22 @@ def crop_mask(mask: np.ndarray, size: tuple[int, int], view: View) -> np.ndarray
 
 
 def grid_lines(picture: np.ndarray, grid: tuple[int, int], size: tuple[int, int], view: View) -> np.ndarray:
-    """``picture`` with the map's cell boundaries (native x = j·W/w, y = i·H/h) drawn in light grey."""
+    """``picture`` with the map's cell boundaries (native x = j·W/w, y = i·H/h) drawn as inverted pixels
+    (visible on any colour); nothing when a cell would be narrower than 4 drawn pixels."""
     out = picture.copy()
     gh, gw = grid
     h_img, w_img = size
     oh, ow = view.out
-    colour = np.array([235, 235, 235], np.float32)
+    if min(w_img / gw, h_img / gh) * view.scale < 4.0:
+        return out
     for j in range(1, gw):
         px = round((j * w_img / gw - view.x0) * view.scale)
         if 0 <= px < ow:
-            out[:, px] = np.round(0.4 * out[:, px] + 0.6 * colour).astype(np.uint8)
+            out[:, px] = 255 - out[:, px]
     for i in range(1, gh):
         py = round((i * h_img / gh - view.y0) * view.scale)
         if 0 <= py < oh:
-            out[py, :] = np.round(0.4 * out[py, :] + 0.6 * colour).astype(np.uint8)
+            out[py, :] = 255 - out[py, :]
     return out
 
 
@@ -306,6 +308,14 @@ def base_picture(image: LoadedImage, src: DisplaySource, state: ViewerState) -> 
     return _base(key, image, src, state.window, state.view)
 
 
+def cells(raw: np.ndarray) -> np.ndarray:
+    """A map at the grid it was computed on, as drawn cell by cell: ReLU, then min-max to [0, 1] within the
+    image (the same steps the upsampled map went through, without the upsampling)."""
+    r = np.maximum(np.nan_to_num(np.asarray(raw, dtype=np.float32)), 0.0)
+    lo, hi = float(r.min()), float(r.max())
+    return (r - lo) / (hi - lo) if hi > lo else np.zeros_like(r)
+
+
 @st.cache_data(show_spinner=False, max_entries=128)
 def _overlay(
     key: tuple[Any, ...],
@@ -315,12 +325,11 @@ def _overlay(
     _view: View,
     opacity: float,
     colormap: str,
-    nearest: bool,
-    grid: bool,
+    grid_shape: tuple[int, int] | None,
 ) -> np.ndarray:
-    sampled = sample_map(_map, _size, _view, nearest=nearest)
+    sampled = sample_map(_map, _size, _view, nearest=key[-1])
     pic = render.overlay(_base_rgb, sampled, opacity=opacity, colormap=colormap, max_side=max(_view.out))
-    return grid_lines(pic, tuple(np.asarray(_map).shape), _size, _view) if grid else pic
+    return grid_lines(pic, grid_shape, _size, _view) if grid_shape is not None else pic
 
 
 def overlay_picture(
@@ -332,12 +341,18 @@ def overlay_picture(
     *,
     opacity: float,
     colormap: str,
-    grid: bool | None = None,
+    raw: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The map over the windowed crop (cached by the map's key, the image's hash, the view and the window)."""
-    g = state.grid if grid is None else grid
-    key = (map_key, image.content_hash, state.window, state.view)
-    return _overlay(key, base, map01, image.size, state.view, opacity, colormap, state.nearest, g)
+    """The map over the windowed crop (cached by the map's key, the image's hash, the view and the window).
+
+    ``raw`` is the map at the grid it was computed on (a CAM's ``raw``): with it, "cells as computed" draws
+    those cells and "show the map's grid" draws their boundaries. Without it (a reference map) the smooth map
+    is drawn and no grid."""
+    nearest = state.nearest and raw is not None
+    grid_shape = tuple(np.asarray(raw).shape[-2:]) if state.grid and raw is not None else None
+    source = cells(raw) if nearest and raw is not None else map01
+    key = (map_key, image.content_hash, state.window, state.view, nearest)
+    return _overlay(key, base, source, image.size, state.view, opacity, colormap, grid_shape)
 
 
 def outlined(

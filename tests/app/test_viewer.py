@@ -159,16 +159,28 @@ def test_a_stored_region_is_the_images_finding_annotation() -> None:
     text = " ".join(m.value for m in at.markdown)
     assert "**Drawn region** (nodule): box x 60–160, y 60–160 · 10,000 pixels" in text
     assert "E2 localisation" in text
-    frames = [d.value for d in at.dataframe]
-    numbers = next(f for f in frames if "measure" in f.columns)
+    numbers = next(t.value for t in at.table if "measure" in t.value.columns)
     energy = float(numbers.loc[numbers["measure"] == "energy inside the region", "value"].iloc[0])
     assert 0.0 <= energy <= 1.0
     # a region elsewhere gives other numbers
     store.set(Annotation(item_hash, "x.png", (224, 224), (Region.box(0, 0, 30, 30),), "nodule"))
     at.run()
-    numbers2 = next(d.value for d in at.dataframe if "measure" in d.value.columns)
+    numbers2 = next(t.value for t in at.table if "measure" in t.value.columns)
     energy2 = float(numbers2.loc[numbers2["measure"] == "energy inside the region", "value"].iloc[0])
     assert energy2 != energy
     at.button(key="viewer_clear").click().run()
     assert not at.exception
     assert "No region drawn on this image yet." in [i.value for i in at.info]
+
+
+def test_cells_are_the_raw_map_after_relu_and_min_max() -> None:
+    raw = np.array([[-1.0, 0.0], [2.0, 4.0]], np.float32)
+    np.testing.assert_allclose(viewer.cells(raw), [[0.0, 0.0], [0.5, 1.0]])
+    assert not viewer.cells(np.full((3, 3), -2.0)).any()
+
+
+def test_grid_too_fine_to_see_is_not_drawn() -> None:
+    pic = np.zeros((224, 224, 3), np.uint8)
+    assert not viewer.grid_lines(pic, (64, 64), (224, 224), viewer.view_for((224, 224), 1.0)).any()
+    assert not viewer.grid_lines(pic, (64, 64), (224, 224), viewer.view_for((224, 224), 4.0)).any()
+    assert viewer.grid_lines(pic, (16, 16), (224, 224), viewer.view_for((224, 224), 1.0)).any()
