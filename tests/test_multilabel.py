@@ -254,3 +254,14 @@ def test_a_sidecar_multilabel_task_reaches_the_maps(tmp_path: Path) -> None:
     (res,) = compute_cams(model, x, layers=["2"])
     with torch.no_grad():
         np.testing.assert_allclose(res.probs, torch.sigmoid(net(x)).numpy(), rtol=1e-6)
+
+
+def test_score_cam_weights_a_multilabel_model_by_the_labels_sigmoid() -> None:
+    """Score-CAM's paper weighting scores p_c(X ⊙ M_k) − p_c(X_b): for a multi-label model p_c is σ(z_c)."""
+    model = loaded(tiny())
+    x = batch(2)
+    (res,) = compute_cams(model, x, methods=["scorecam"], layers=["2"])
+    with torch.no_grad():
+        logits = model.module(x)
+    np.testing.assert_allclose(res.probs, torch.sigmoid(logits).numpy(), rtol=1e-5, atol=1e-6)
+    assert res.target_kind == "label_logit"
