@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python bench/x.py): make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from torch import nn
