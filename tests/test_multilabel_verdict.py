@@ -269,3 +269,15 @@ def test_the_ray_engine_is_refused_for_multilabel_with_the_way_out() -> None:
 
     with pytest.raises(CliError, match="--engine local"):
         _verify_labels(Namespace(engine="ray"), None, None, [], None)
+
+
+def test_build_reference_of_a_multilabel_model_is_built_label_by_label() -> None:
+    """The CLI's `reference build` and the dashboard's "Build from labelled images" call build_reference."""
+    from verification.reference import build_reference
+
+    x, sets, *_ = world(6, 4, 2, seed=3)
+    got = build_reference(model(), x, ["|".join(s) for s in sets], layer="features", grid=(32, 32))
+    want = build_label_reference(model(), x, sets, layer="features", grid=(32, 32))
+    assert got.class_names == LABELS
+    assert list(got.counts) == [6, 4]  # every positive is detected by the healthy detector
+    np.testing.assert_allclose(got.references, want.references, atol=1e-6)

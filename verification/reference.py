@@ -436,7 +436,28 @@ def build_reference(
     the healthy models are this model plus ``healthy`` (one model: a bootstrap over images), the known-bad
     ones the cascading-randomised model plus ``bad``; ``annotations`` / ``anatomy`` masks feed E2–E4;
     ``faithfulness`` also calibrates E6 (deletion/insertion: about 4 × 7 extra forwards per image and model;
-    verify runs E6 only for a bundle calibrated with it)."""
+    verify runs E6 only for a bundle calibrated with it). A multi-label model (``task == "multilabel"``) is
+    built label by label (:func:`verification.multilabel.build_label_reference`): ``labels`` are then label
+    sets per image."""
+    if model.task == "multilabel":  # label L's map over the images annotated with L, one label at a time
+        from verification.io.images import to_tensor
+        from verification.multilabel import build_label_reference
+
+        x = images if isinstance(images, torch.Tensor) else to_tensor(list(images), model)
+        built = build_label_reference(
+            model, x, list(labels), method=method, layer=layer, grid=grid, batch_size=batch_size,
+            metrics=metrics, threshold=threshold, params=params,
+        )  # fmt: skip
+        if not calibrate:
+            return built
+        from verification.verdict import VerdictConfig
+        from verification.verdict.api import calibrate_bundle
+
+        return calibrate_bundle(
+            built, {model.name: model, **dict(healthy or {})}, x, list(labels), bad=bad,
+            annotations=annotations, anatomy=anatomy, batch_size=batch_size,
+            config=VerdictConfig(faithfulness=faithfulness),
+        )  # fmt: skip
     idx = _class_indices(labels, model.class_names)
     if len(idx) != len(images):
         raise ShapeError(f"{len(images)} images but {len(idx)} labels")
