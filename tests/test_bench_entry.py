@@ -1,9 +1,10 @@
 """Every benchmark starts the way the README writes it: ``python bench/<name>.py`` (a file, whose directory,
 not the repository root, is on ``sys.path``) and ``python -m bench.<name>``.
 
-One child process runs every script's ``--help`` in turn, as Python runs a file: ``sys.path[0]`` is ``bench/``,
-the repository root is not importable, and the project's modules are forgotten between scripts (so one
-script's path fix cannot hide another's missing one). A second child runs one script by its path for real.
+One child process runs every script's ``--help`` in turn, as Python runs a file: ``sys.path[0]`` is
+``bench/``, the repository root is not importable, and the project's modules are forgotten between scripts
+(so one script's path fix cannot hide another's missing one). Two more children run the metrics benchmark
+by its path and as a module, for real.
 """
 
 from __future__ import annotations
@@ -86,8 +87,6 @@ def test_the_child_would_catch_a_missing_path_fix(tmp_path: Path) -> None:
 @pytest.mark.parametrize("form", ["file", "module"])
 def test_metrics_bench_starts_both_ways(form: str) -> None:
     cmd = [sys.executable, "bench/metrics.py"] if form == "file" else [sys.executable, "-m", "bench.metrics"]
-    proc = subprocess.run(
-        [*cmd, "--help"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([*cmd, "--help"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage" in proc.stdout.lower()

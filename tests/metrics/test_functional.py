@@ -233,3 +233,46 @@ def test_results_are_float64_numpy() -> None:
     assert isinstance(res.values, np.ndarray)
     assert res.values.dtype == np.float64
     assert math.isfinite(float(res.values.sum()))
+
+
+def test_native_224_float32_matches_peers_through_compute_metrics() -> None:
+    """The production path at native 224×224 (float32, chunked, IoU/Dice sharing their counts, the native
+    normalisation) against scipy / scikit-image per pair, also with one reference for all maps."""
+    from verification.metrics import compute_metrics
+
+    rng = np.random.default_rng(11)
+    raw_a = np.stack([gaussian_filter(rng.random((224, 224)), 6.0) for _ in range(3)]).astype(np.float32)
+    raw_b = np.stack([gaussian_filter(rng.random((224, 224)), 4.0) for _ in range(3)]).astype(np.float32)
+    for refs in (raw_b, raw_b[:1]):
+        got = compute_metrics(raw_a, refs, size=None)
+        for i in range(3):
+            x = raw_a[i].astype(np.float64)
+            y = refs[min(i, len(refs) - 1)].astype(np.float64)
+            x, y = (x - x.min()) / (x.max() - x.min()), (y - y.min()) / (y.max() - y.min())
+            fx, fy = x > 0.5, y > 0.5
+            assert got["iou"][i] == pytest.approx((fx & fy).sum() / (fx | fy).sum(), abs=1e-12)
+            assert got["dice"][i] == pytest.approx(2 * (fx & fy).sum() / (fx.sum() + fy.sum()), abs=1e-12)
+            kw = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False, "data_range": 1.0}
+            assert got["ssim"][i] == pytest.approx(structural_similarity(x, y, **kw), abs=1e-5)
+            cos = 1 - scipy_cosine_distance(x.ravel(), y.ravel())
+            assert got["cosine"][i] == pytest.approx(cos, abs=1e-6)
+            assert got["pearson"][i] == pytest.approx(pearsonr(x.ravel(), y.ravel()).statistic, abs=1e-6)
+            assert got["kl"][i] == pytest.approx(entropy(y.ravel() + 1e-8, x.ravel() + 1e-8), rel=1e-5)
+
+
+def test_iou_dice_shared_counts_equal_separate_calls() -> None:
+    from verification.metrics import compute_metrics
+
+    for thr in (0.3, "otsu"):
+        got = compute_metrics(A, B, ["iou", "dice"], threshold=thr, size=None)
+        np.testing.assert_array_equal(got["iou"], iou(t(A), t(B), thr).values)
+        np.testing.assert_array_equal(got["dice"], dice(t(A), t(B), thr).values)
+
+
+def test_values_do_not_depend_on_the_batch() -> None:
+    """A pair's value is the same alone and inside a batch (row-wise kernels, no batch-dependent blocking)."""
+    a32, b32 = t(A.astype(np.float32)), t(B.astype(np.float32))
+    for fn in (cosine, pearson, kl_divergence, ssim):
+        whole = fn(a32, b32).values
+        alone = np.array([fn(a32[i : i + 1], b32[i : i + 1]).values[0] for i in range(len(A))])
+        np.testing.assert_array_equal(whole, alone, err_msg=fn.__name__)

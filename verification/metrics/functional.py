@@ -17,10 +17,11 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -58,22 +59,71 @@ def nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
 
 
-def _nonfinite(a: torch.Tensor, b: torch.Tensor, ref: str = NONFINITE_REF) -> list[tuple[torch.Tensor, str]]:
+# Work shared by the metrics of one compute_metrics chunk: which rows of a prepared tensor are not finite
+# (prepare knows it already), and IoU/Dice's overlap counts (the same for both). Keyed by the identity of
+# tensors that stay alive for the whole chunk; empty (no sharing) outside compute_metrics.
+_SHARED: ContextVar[dict[tuple[Any, ...], Any] | None] = ContextVar("metrics_shared", default=None)
+
+
+@contextmanager
+def shared_work() -> Iterator[None]:
+    """Within this block, metrics called on the same tensors reuse each other's row checks and counts."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _remember(key: tuple[Any, ...], value: Any) -> Any:
+    cache = _SHARED.get()
+    if cache is not None:
+        cache[key] = value
+    return value
+
+
+def _recall(key: tuple[Any, ...]) -> Any:
+    cache = _SHARED.get()
+    return None if cache is None else cache.get(key)
+
+
+def _as_numpy(x: torch.Tensor) -> np.ndarray:
+    """A numpy view of a CPU tensor (a copy only for other devices); the fast row kernels run in numpy."""
+    return x.detach().cpu().numpy()
+
+
+def _bad_rows(x: torch.Tensor) -> np.ndarray:
+    """(N,) bool numpy: rows holding NaN or ±inf (min/max propagate both: two passes, no bool temporary)."""
+    known = _recall(("bad", id(x)))
+    if known is not None:
+        return known
+    if not x.is_floating_point():
+        return np.zeros(x.shape[0], dtype=bool)
+    flat = _as_numpy(x).reshape(x.shape[0], -1)
+    return ~(np.isfinite(flat.min(axis=1)) & np.isfinite(flat.max(axis=1)))
+
+
+def _nonfinite(a: torch.Tensor, b: torch.Tensor, ref: str = NONFINITE_REF) -> list[tuple[np.ndarray, str]]:
     """The (mask, reason) pairs that leave a pair unscored because either side is not finite."""
-    return [(nonfinite_rows(a), NONFINITE_MAP), (nonfinite_rows(b), ref)]
+    return [(_bad_rows(a), NONFINITE_MAP), (_bad_rows(b), ref)]
 
 
-def _result(values: torch.Tensor, undefined: Sequence[tuple[torch.Tensor, str]] = ()) -> MetricResult:
+def _result(
+    values: torch.Tensor | np.ndarray,
+    undefined: Sequence[tuple[torch.Tensor | np.ndarray, str]] = (),
+) -> MetricResult:
     """Pack values; each (mask, reason) pair sets NaN and its reason where the mask is true (first wins).
     A mask of one row (a single reference broadcast against N maps) applies to every row."""
-    out = values.detach().to(torch.float64).cpu().numpy().copy()
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    out = np.array(values, dtype=np.float64).reshape(-1)
     reasons: dict[int, str] = {}
     for mask, reason in undefined:
-        flat = mask.reshape(-1)
-        if flat.numel() == 1 and out.size != 1:
-            flat = flat.expand(out.size)
-        idx = torch.nonzero(flat).reshape(-1).tolist()
-        for i in idx:
+        m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        flat = m.reshape(-1)
+        if flat.size == 1 and out.size != 1:
+            flat = np.broadcast_to(flat, out.shape)
+        for i in np.flatnonzero(flat).tolist():
             out[i] = np.nan
             reasons.setdefault(int(i), reason)
     return MetricResult(out, reasons)
@@ -200,6 +250,8 @@ def _resize_normalized(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize then min-max normalise; a map constant at its own resolution stays all zeros (interpolation
     leaves rounding ripples on a constant map, which the normalisation would blow up to [0, 1]). A map with a
     NaN or an infinity becomes all NaN, so that no metric scores it (it is not "constant")."""
+    if tuple(x.shape[-2:]) == tuple(size) and x.device.type == "cpu":
+        return _normalized_native(x)
     flat = x.reshape(x.shape[0], -1)
     bad = nonfinite_rows(x)
     if bool(bad.any()):
@@ -210,7 +262,28 @@ def _resize_normalized(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     out = out * (hi > lo).to(out.dtype).reshape(-1, 1, 1)
     if bool(bad.any()):
         out = torch.where(bad.reshape(-1, 1, 1), torch.full_like(out, math.nan), out)
+    _remember(("bad", id(out)), bad.cpu().numpy())
     return out
+
+
+def _normalized_native(x: torch.Tensor) -> torch.Tensor:
+    """:func:`_resize_normalized` without a resize, in two passes over a new array: (x − min) / (max − min);
+    zeros for a constant map, NaN rows for a map with NaN or ±inf (remembered for the metrics that follow)."""
+    n = x.shape[0]
+    flat = _as_numpy(x).reshape(n, -1)
+    lo, hi = flat.min(axis=1), flat.max(axis=1)
+    bad = ~(np.isfinite(lo) & np.isfinite(hi))
+    span = hi - lo
+    if bad.any():
+        lo, span = np.where(bad, 0, lo), np.where(bad, 1, span)
+    safe = np.where(span > 0, span, 1).astype(flat.dtype)
+    out = np.subtract(flat, lo.astype(flat.dtype)[:, None])
+    out /= safe[:, None]  # a finite constant map is 0 / 1 = 0 everywhere
+    if bad.any():
+        out[bad] = np.nan
+    res = torch.from_numpy(out).reshape(x.shape)
+    _remember(("bad", id(res)), bad)
+    return res
 
 
 def _flat(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,32 +354,66 @@ def binarize(x: torch.Tensor, threshold: Threshold = 0.5) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- overlap
-def _overlap(
-    a: torch.Tensor, b: torch.Tensor, threshold: Threshold
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    fa, fb = _flat(binarize(a, threshold), binarize(b, threshold))
-    # float32 0/1 vectors: counts are exact up to 2^24 pixels, and a dot product is far faster than bool sums
-    fa, fb = fa.to(torch.float32), fb.to(torch.float32)
-    inter = torch.linalg.vecdot(fa, fb).to(torch.float64)
-    return inter, fa.sum(1).to(torch.float64), fb.sum(1).to(torch.float64)
+def _rows(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(Na, P) and (Nb, P) numpy views of maps on one grid, Na and Nb equal or one of them 1 (broadcast by
+    the kernels, never copied)."""
+    if a.shape[-2:] != b.shape[-2:]:
+        raise ShapeError(
+            f"maps {tuple(a.shape)} and references {tuple(b.shape)} are on different grids; use prepare()"
+        )
+    if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
+        raise ShapeError(f"cannot compare {a.shape[0]} maps with {b.shape[0]} references")
+    fa, fb = _as_numpy(a).reshape(a.shape[0], -1), _as_numpy(b).reshape(b.shape[0], -1)
+    if fa.dtype.kind != "f" or fb.dtype.kind != "f":
+        dt = np.result_type(fa.dtype, fb.dtype, np.float32)
+        fa, fb = fa.astype(dt, copy=False), fb.astype(dt, copy=False)
+    return fa, fb
+
+
+def _rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise dot products of (Nx, P) and (Ny, P) (one side may have one row), as float64. One BLAS dot
+    per row (a stacked matmul), so a pair's value never depends on the rest of the batch."""
+    return np.matmul(x[:, None, :], y[:, :, None])[:, 0, 0].astype(np.float64)
+
+
+def _foreground(x: torch.Tensor, threshold: Threshold) -> np.ndarray:
+    """(N, P) bool numpy: value > threshold (Otsu per map for ``"otsu"``)."""
+    flat = _as_numpy(x).reshape(x.shape[0], -1)
+    if threshold == "otsu":
+        thr = otsu_thresholds(x).cpu().numpy()
+        return flat > thr[:, None]
+    return flat > threshold
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor, threshold: Threshold) -> tuple[np.ndarray, ...]:
+    """(|A∩B|, |A|, |B|) per pair as float64; shared by IoU and Dice within one compute_metrics chunk."""
+    threshold = check_threshold(threshold)
+    _rows(a, b)  # grid and batch checks
+    key = ("overlap", id(a), id(b), threshold)
+    known = _recall(key)
+    if known is not None:
+        return known
+    fa, fb = _foreground(a, threshold), _foreground(b, threshold)
+    n = max(fa.shape[0], fb.shape[0])
+    # count_nonzero on bool rows is a popcount-like scan: far faster than sums of 0/1 floats
+    inter = np.count_nonzero(fa & fb, axis=1).astype(np.float64)
+    na = np.broadcast_to(np.count_nonzero(fa, axis=1).astype(np.float64), (n,))
+    nb = np.broadcast_to(np.count_nonzero(fb, axis=1).astype(np.float64), (n,))
+    return _remember(key, (inter, na, nb))
 
 
 def iou(a: torch.Tensor, b: torch.Tensor, threshold: Threshold = 0.5) -> MetricResult:
     """Jaccard index |A∩B| / |A∪B| of the binarised maps; both empty -> 1.0."""
     inter, na, nb = _overlap(a, b, threshold)
     union = na + nb - inter
-    return _result(
-        torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter)), _nonfinite(a, b)
-    )
+    return _result(np.where(union > 0, inter / np.maximum(union, 1), 1.0), _nonfinite(a, b))
 
 
 def dice(a: torch.Tensor, b: torch.Tensor, threshold: Threshold = 0.5) -> MetricResult:
     """Dice 2|A∩B| / (|A| + |B|) of the binarised maps; both empty -> 1.0."""
     inter, na, nb = _overlap(a, b, threshold)
     den = na + nb
-    return _result(
-        torch.where(den > 0, 2 * inter / den.clamp_min(1), torch.ones_like(inter)), _nonfinite(a, b)
-    )
+    return _result(np.where(den > 0, 2 * inter / np.maximum(den, 1), 1.0), _nonfinite(a, b))
 
 
 @dataclass(frozen=True)
@@ -352,15 +459,23 @@ def _gaussian_taps(sigma: float, truncate: float) -> np.ndarray:
     return w / w.sum()
 
 
-@lru_cache(maxsize=16)
-def _valid_filter_matrix(n: int, sigma: float) -> torch.Tensor:
-    """(n - win + 1, n) banded M with (M @ x)[i] = Σ_k taps[k] x[i + k]: a 'valid' 1-D Gaussian filter."""
-    taps = _gaussian_taps(sigma, 3.5)
+# Bytes of SSIM's four filtered fields per chunk of pairs: small enough to stay in the CPU caches while the
+# 2 × 11 shifted multiply-adds and the pixel formula run over them.
+_SSIM_CHUNK_BYTES = 4 << 20
+
+
+def _valid_gaussian(f: torch.Tensor, taps: np.ndarray) -> torch.Tensor:
+    """'Valid' separable filter of (..., H, W) by ``taps`` along both axes, as shifted multiply-adds (columns
+    first: each shifted view is a contiguous block of rows)."""
     win = taps.size
-    m = np.zeros((n - win + 1, n))
-    for i in range(n - win + 1):  # built once per grid size and cached
-        m[i, i : i + win] = taps
-    return torch.from_numpy(m)
+    ho, wo = f.shape[-2] - win + 1, f.shape[-1] - win + 1
+    y = f[..., 0:ho, :] * float(taps[0])
+    for k in range(1, win):
+        y.add_(f[..., k : k + ho, :], alpha=float(taps[k]))
+    z = y[..., 0:wo] * float(taps[0])
+    for k in range(1, win):
+        z.add_(y[..., k : k + wo], alpha=float(taps[k]))
+    return z
 
 
 def ssim(
@@ -377,9 +492,12 @@ def ssim(
     Equals ``skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=sigma,
     use_sample_covariance=False, data_range=data_range)``: an 11-tap Gaussian (truncate 3.5) and the mean
     taken over the image cropped by (win - 1) // 2 on every side. Because exactly the pixels whose window
-    touches the border are cropped, a 'valid' separable filter gives the same numbers without any padding; it
-    is applied as two matrix products with banded filter matrices, which CPUs run far faster than a
-    one-channel convolution.
+    touches the border are cropped, a 'valid' separable filter gives the same numbers without any padding.
+
+    Four filtered fields instead of five: with s = a + b and d = a − b, 2·μaμb = (μs² − μd²)/2,
+    μa² + μb² = (μs² + μd²)/2, 2·cov = (var s − var d)/2 and var a + var b = (var s + var d)/2, so SSIM =
+    (μs² − μd² + 2C1)(var s − var d + 2C2) / ((μs² + μd² + 2C1)(var s + var d + 2C2)). Pairs are processed in
+    cache-sized chunks.
     """
     for name, v in (("sigma", sigma), ("data_range", data_range)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
@@ -387,45 +505,73 @@ def ssim(
     h, w = int(a.shape[-2]), int(a.shape[-1])
     if sigma > max(h, w):
         raise ShapeError(f"SSIM with sigma {sigma:g} needs maps far larger than {(h, w)}")
-    win = _gaussian_taps(sigma, 3.5).size
+    taps = _gaussian_taps(sigma, 3.5)
+    win = taps.size
     if min(h, w) < win:
         raise ShapeError(f"SSIM needs maps of at least {win}x{win} pixels, got {(h, w)}")
-    a, b = torch.broadcast_tensors(a, b)
-    n = a.shape[0]
-    mh = _valid_filter_matrix(h, sigma).to(a.device, a.dtype)
-    mw = _valid_filter_matrix(w, sigma).to(a.device, a.dtype)
-    stack = torch.stack([a, b, a * a, b * b, a * b])  # (5, N, H, W)
-    f = torch.matmul(mh, torch.matmul(stack, mw.T))  # (5, N, H', W')
-    ux, uy, uxx, uyy, uxy = f.unbind(0)
-    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return _result(s.reshape(n, -1).mean(1, dtype=torch.float64), _nonfinite(a, b))
+    _rows(a, b)  # grid and batch checks
+    n = max(a.shape[0], b.shape[0])
+    dt = torch.promote_types(a.dtype, b.dtype)
+    dt = dt if dt.is_floating_point else torch.float32
+    c1, c2 = 2 * (k1 * data_range) ** 2, 2 * (k2 * data_range) ** 2
+    rows = max(1, _SSIM_CHUNK_BYTES // (4 * h * w * torch.finfo(dt).bits // 8))
+    out = np.empty(n, dtype=np.float64)
+    for s0 in range(0, n, rows):
+        xa = a[s0 : s0 + rows] if a.shape[0] > 1 else a
+        xb = b[s0 : s0 + rows] if b.shape[0] > 1 else b
+        m = max(xa.shape[0], xb.shape[0])
+        f = torch.empty((4, m, h, w), dtype=dt, device=a.device)
+        torch.add(xa, xb, out=f[0])
+        torch.sub(xa, xb, out=f[1])
+        torch.mul(f[0], f[0], out=f[2])
+        torch.mul(f[1], f[1], out=f[3])
+        ms, md, vs, vd = _valid_gaussian(f, taps).unbind(0)
+        ms.square_()
+        md.square_()
+        vs.sub_(ms)  # var s
+        vd.sub_(md)  # var d
+        num = (ms - md).add_(c1).mul_((vs - vd).add_(c2))
+        den = ms.add_(md).add_(c1).mul_(vs.add_(vd).add_(c2))
+        out[s0 : s0 + m] = num.div_(den).reshape(m, -1).mean(1, dtype=torch.float64).cpu().numpy()
+    return _result(out, _nonfinite(a, b))
 
 
 # ----------------------------------------------------------------------------------------------- correlation
 def cosine(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     """Cosine similarity of the flattened maps; NaN when either map is all zeros."""
-    fa, fb = _flat(a, b)
-    na, nb = fa.norm(dim=1).to(torch.float64), fb.norm(dim=1).to(torch.float64)
+    fa, fb = _rows(a, b)
+    na, nb = np.sqrt(_rowdot(fa, fa)), np.sqrt(_rowdot(fb, fb))
     # float32 accumulation can land a hair outside [-1, 1] (1.0001 for a map with itself): clamp to the range.
-    val = (torch.linalg.vecdot(fa, fb).to(torch.float64) / (na * nb).clamp_min(1e-300)).clamp(-1.0, 1.0)
+    with np.errstate(invalid="ignore"):
+        val = np.clip(_rowdot(fa, fb) / np.maximum(na * nb, 1e-300), -1.0, 1.0)
     return _result(
         val, [*_nonfinite(a, b), (na == 0, "map is all zeros"), (nb == 0, "reference is all zeros")]
     )
 
 
+def _centred(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows minus their means, the rows' norms after centring (float64) and a flag for constant rows."""
+    with np.errstate(invalid="ignore", over="ignore"):  # a row with ±inf (scored NaN) gives inf − inf
+        mean64 = x.mean(axis=1, dtype=np.float64)
+        c = x - mean64.astype(x.dtype)[:, None]
+        norm = np.sqrt(_rowdot(c, c))
+    # Relative test: a map equal to a constant up to rounding counts as constant. max|x| ≤ |mean| + norm, so
+    # only rows near the bound need their exact maximum.
+    tol = 8 * np.finfo(x.dtype).eps * math.sqrt(x.shape[1]) if x.dtype.kind == "f" else 0.0
+    const = norm <= tol * (np.abs(mean64) + norm)
+    if const.any():
+        top = np.abs(x[const]).max(axis=1).astype(np.float64)
+        const[const] = norm[const] <= tol * top
+    return c, norm, const
+
+
 def pearson(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     """Pearson correlation of the flattened maps; NaN when either map is constant."""
-    fa, fb = _flat(a, b)
-    ca = fa - fa.mean(1, keepdim=True)
-    cb = fb - fb.mean(1, keepdim=True)
-    sa, sb = ca.norm(dim=1).to(torch.float64), cb.norm(dim=1).to(torch.float64)
-    # Relative test: a map equal to a constant up to rounding counts as constant.
-    tol = 8 * torch.finfo(fa.dtype).eps * math.sqrt(fa.shape[1])
-    const_a = sa <= tol * fa.abs().amax(1).to(torch.float64)
-    const_b = sb <= tol * fb.abs().amax(1).to(torch.float64)
-    val = (torch.linalg.vecdot(ca, cb).to(torch.float64) / (sa * sb).clamp_min(1e-300)).clamp(-1.0, 1.0)
+    fa, fb = _rows(a, b)
+    ca, sa, const_a = _centred(fa)
+    cb, sb, const_b = _centred(fb)
+    with np.errstate(invalid="ignore"):
+        val = np.clip(_rowdot(ca, cb) / np.maximum(sa * sb, 1e-300), -1.0, 1.0)
     return _result(val, [*_nonfinite(a, b), (const_a, "map is constant"), (const_b, "reference is constant")])
 
 
@@ -437,14 +583,17 @@ def kl_divergence(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> Metric
     """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
         raise InvalidInputError(f"eps must be a positive finite number, got {_kind(eps)}")
-    fa, fb = _flat(a, b)
-    q = fa + eps
-    p = fb + eps
-    sq, sp = q.sum(1, keepdim=True), p.sum(1, keepdim=True)
-    # Σ p/sp · log((p/sp) / (q/sq)) = Σ p · log(p/q) / sp + log(sq/sp): one log per pixel.
-    kl = torch.linalg.vecdot(p, torch.log(p / q)).to(torch.float64) / sp.reshape(-1).to(torch.float64)
-    kl = kl + torch.log(sq / sp).reshape(-1).to(torch.float64)
-    return _result(kl.clamp_min(0.0), _nonfinite(a, b))
+    fa, fb = _rows(a, b)
+    dt = np.result_type(fa.dtype, fb.dtype, np.float32)
+    q = np.add(fa, eps, dtype=dt)
+    p = np.add(fb, eps, dtype=dt)
+    sq, sp = q.sum(axis=1, dtype=np.float64), p.sum(axis=1, dtype=np.float64)
+    # Σ p/sp · log((p/sp) / (q/sq)) = Σ p · log(p/q) / sp + log(sq/sp): one log per pixel, in place.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r = np.divide(p, q) if p.shape == q.shape else p / q
+        np.log(r, out=r)
+        kl = _rowdot(r, p) / sp + np.log(sq / sp)
+    return _result(np.maximum(kl, 0.0), _nonfinite(a, b))
 
 
 def wasserstein_values(a: torch.Tensor, b: torch.Tensor) -> MetricResult:

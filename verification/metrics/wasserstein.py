@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from verification.errors import InvalidInputError
-from verification.metrics.functional import MetricResult, _nonfinite, _result
+from verification.metrics.functional import MetricResult, _nonfinite, _result, _rows
 
 DEFAULT_DIRECTIONS = 32
 DEFAULT_GRID = 32
@@ -65,6 +65,11 @@ def _projection_plan(
     return torch.from_numpy(order), torch.from_numpy(gaps)
 
 
+def _nonnegative(x: torch.Tensor) -> torch.Tensor:
+    """Negative values clipped to 0; a batch with none (prepared maps are in [0, 1]) is returned as is."""
+    return x.clamp_min(0) if bool((x.amin() < 0).item()) else x
+
+
 def pool_mass(x: torch.Tensor, grid: int) -> torch.Tensor:
     """Area-pool (N, H, W) maps to at most ``grid`` cells per side; each map keeps its total mass."""
     h, w = x.shape[-2:]
@@ -97,9 +102,10 @@ def sliced_wasserstein(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidInputError(f"seed must be a whole number ≥ 0, got {str(seed)[:40]}")
     unscored = _nonfinite(a, b)  # before clipping, which would turn -inf into 0
-    a, b = torch.broadcast_tensors(a.clamp_min(0), b.clamp_min(0))
+    _rows(a, b)  # grid and batch checks
     in_hw = (int(a.shape[-2]), int(a.shape[-1]))
-    pa, pb = pool_mass(a, grid), pool_mass(b, grid)
+    # Pool each side once (a single reference is pooled once, not once per map), then broadcast.
+    pa, pb = torch.broadcast_tensors(pool_mass(_nonnegative(a), grid), pool_mass(_nonnegative(b), grid))
     out_hw = (int(pa.shape[-2]), int(pa.shape[-1]))
     n = pa.shape[0]
     fa = pa.reshape(n, -1)
