@@ -632,10 +632,11 @@ class PacsClient:
         """Retrieve the instances of a source (or a list of references) as Part-10 bytes, one at a time.
 
         Before anything is downloaded the instance count is checked; each answer's size is checked from its
-        Content-Length against what is left of ``limits.max_bytes``; each instance's decoding cost is read
-        from its header and checked against ``budget`` (with ``retain``, its decoded size is charged too, as
-        for an upload whose images all stay in memory). Decode the bytes with
-        :func:`verification.io.images.load_image`. Instances of one series come in one request.
+        Content-Length against what is left of ``limits.max_bytes``; with ``retain`` (the images will all stay
+        in memory, as an upload's do) each instance's decoding cost is read from its header and charged to
+        ``budget``. Without it, :func:`verification.io.images.load_image` checks each image's cost from its
+        header when it is decoded, as for files. Decode the bytes with ``load_image``. The instances of one
+        series come in one request.
         """
         limits = limits or PacsLimits()
         budget = budget if budget is not None else Budget()
@@ -699,11 +700,8 @@ class PacsClient:
         data = buf.getvalue()
         self._meter.charge(len(data))
         item = Retrieved(ref, data)
-        cost = image_cost(data, item.name)
-        if retain:
-            budget.charge_image(cost, item.name)
-        else:
-            budget.check_image(cost, item.name)
+        if retain:  # kept in memory together: charged as an upload's images are
+            budget.charge_image(image_cost(data, item.name), item.name)
         return item
 
     def retrieve(self, source: PacsSource | Sequence[InstanceRef], **kwargs: Any) -> list[Retrieved]:

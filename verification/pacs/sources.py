@@ -60,8 +60,9 @@ def materialize(
 ) -> list[Path]:
     """Retrieve the instances of a DICOMweb source into files; returns their paths, in series order.
 
-    All or nothing: a failure part-way removes the files already written and raises the typed error. Each
-    instance's decoding cost is checked from its header (per-image limit) as the batch loader would.
+    All or nothing: a failure part-way removes the files already written and raises the typed error. The
+    count and bytes are bounded by ``limits``; each file's decoding cost is checked from its header by the
+    batch loader (``load_image``) before it is decoded, as for any file.
     """
     parsed = parse_source(source)
     config = config or PacsConfig.from_env(parsed, env)
