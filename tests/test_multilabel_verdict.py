@@ -281,3 +281,23 @@ def test_build_reference_of_a_multilabel_model_is_built_label_by_label() -> None
     assert got.class_names == LABELS
     assert list(got.counts) == [6, 4]  # every positive is detected by the healthy detector
     np.testing.assert_allclose(got.references, want.references, atol=1e-6)
+
+
+def test_a_single_label_calibration_never_judges_labels(bundle: Any) -> None:
+    """Edges calibrated on softmax classes are refused for sigmoid labels: nothing calibrated can pass."""
+    import dataclasses
+
+    from verification.verdict.multilabel import SINGLE_LABEL_CALIBRATION
+
+    single = dataclasses.replace(
+        bundle, calibration=dataclasses.replace(bundle.calibration, scheme="healthy variation of 2 models")
+    )
+    x, sets, masks, lungs = world(22, 3, 12, seed=1)
+    got = verify(model(), single, x, sets, annotations=masks, anatomy=lungs)
+    assert SINGLE_LABEL_CALIBRATION in got.warnings
+    nodule = got.for_class("nodule")
+    assert nodule is not None
+    assert nodule.verdict == "cannot_verify"  # E3 (required) has no edge to be judged against
+    e3 = got.line("E3")
+    assert e3 is not None
+    assert e3.status == "not_assessable"

@@ -46,6 +46,14 @@ from verification.verdict.records import (
 from verification.verdict.stats import wilson
 
 Progress = Callable[[int, int], None]
+LABEL_SCHEME = "per label, on each label's binary task"
+"""Marks a calibration made label by label (:func:`calibrate_labels`); only such edges judge a multi-label
+model."""
+SINGLE_LABEL_CALIBRATION = (
+    "the bundle's calibration was made with single-label models (a softmax over the classes), so its edges "
+    "do not apply to independent labels: E3–E6 are not assessable; calibrate the bundle with multi-label "
+    "models (calibrate_bundle, or reference build with the healthy multi-label models)"
+)
 NO_LABEL = "(none of the labels)"
 """An image known to carry none of the labels (an empty label set), as shown in the per-image table."""
 
@@ -169,6 +177,10 @@ def verify_labels(
     sets_all = [parse_label_set(v, classes) for v in labels] if labels is not None else [None] * n
     if len(sets_all) != n:
         raise ValueError(f"{len(sets_all)} label sets for {n} images")
+    cal = getattr(bundle, "calibration", None)
+    if cal is not None and LABEL_SCHEME not in cal.scheme:  # softmax edges never judge sigmoid labels
+        warns.append(SINGLE_LABEL_CALIBRATION)
+        bundle = dataclasses.replace(bundle, calibration=None)
     spec0, found = measure_spec(model, bundle, config, gate)
     warns += found
 
@@ -388,9 +400,7 @@ def calibrate_labels(
         cal = calibrate(h, b_, min_separation=config.min_separation)
         edges += [e for e in cal.edges if e.class_name == name]
     assert cal is not None
-    merged = dataclasses.replace(
-        cal, edges=tuple(edges), scheme=f"{cal.scheme}; per label, on each label's binary task"
-    )
+    merged = dataclasses.replace(cal, edges=tuple(edges), scheme=f"{cal.scheme}; {LABEL_SCHEME}")
     first_label = np.array([s[0] if s else -1 for s in sets], dtype=np.int64)
     keep = _stratified(first_label, max_thumbnails)
     return bundle.with_calibration(merged, thumbnails(first, x[keep]), first_label[keep])
