@@ -93,9 +93,14 @@ def chapter(ch: Chapter) -> None:
     item = next((i for i in images.items if example and i.image.name == example.image), None)
     with left:
         if example is not None and item is not None:
+            im_ev = evidence.image_evidence(report, example.image)
+            shown = (
+                "" if im_ev is None or im_ev.assessable else " (not assessable: the heatmap is not evidence)"
+            )
             st.image(
                 render.overlay(item.image.display, example.map, max_side=figures.DISPLAY_MAX_SIDE),
-                caption=f"{item.image.name} — attention of the {example.class_name or 'predicted'} call",
+                caption=f"{item.image.name} — attention of the {example.class_name or 'predicted'} call"
+                + shown,
                 width="stretch",
             )
     with right:

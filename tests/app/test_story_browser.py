@@ -65,6 +65,11 @@ def test_the_guided_story_shows_three_chapters_with_their_verdicts(server: str) 
         assert "the prediction changes when everything outside the lungs is removed" in text  # chapter 2
         assert "Not assessed:" in text  # chapter 3: the film the gate removed
         page.screenshot(path=str(ARTIFACTS / "story-01-three-chapters.png"), full_page=True)
+        # the main area scrolls inside the app: one screenshot per chapter, scrolled to its heading
+        for k, title in enumerate(("2 · A shortcut model", "3 · An out-of-distribution film"), start=2):
+            page.get_by_role("heading", name=title).evaluate("(e) => e.scrollIntoView({block: 'start'})")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(ARTIFACTS / f"story-0{k}-chapter-{k}.png"))
 
 
 def test_the_pdf_report_downloads_and_its_first_page_renders(server: str, tmp_path: Path) -> None:
