@@ -750,8 +750,9 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     if args.csv_out:
         write_text_atomic(args.csv_out, series.to_frame().to_csv(index=False))
     sys.stdout.write(series.table().to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n")
-    for warning in series.warnings:
-        sys.stdout.write(f"warning: {warning.message()}\n")
+    for warning in series.warnings:  # a dip that came back is said as such: it is not drift
+        kind = "note (recovered dip)" if warning.recovered else "warning"
+        sys.stdout.write(f"{kind}: {warning.message()}\n")
     if errors:
         sys.stdout.write(
             f"warning: {len(errors)} unreadable image(s) left out: "
