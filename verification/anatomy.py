@@ -296,8 +296,10 @@ def roi_from_model(
     height, width = loaded.size
     x = to_tensor(loaded, model)
     try:
+        from verification.cam.chunking import run_chunked
+
         with torch.no_grad():
-            out = model.module(x)
+            out = run_chunked(model, x, model.module)  # pads to a fixed batch size
     except Exception as exc:  # the user's model: report, do not crash
         raise ModelForwardError(f"segmentation model '{model.name}' failed on the image: {exc}") from exc
     if not isinstance(out, torch.Tensor) or out.ndim != 4:

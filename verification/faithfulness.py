@@ -71,7 +71,9 @@ class PerturbationCurves:
 
 
 def _scores(module: nn.Module, x: Tensor, targets: Tensor, score: str, task: str | None = None) -> Tensor:
-    logits = module(x)
+    from verification.cam.chunking import run_chunked
+
+    logits = run_chunked(module, x, module)  # in batch sizes the model accepts
     if logits.ndim != 2:
         raise ShapeError("deletion/insertion needs a classifier with (N, K) outputs")
     if score == "prob":  # a multi-label model's labels are independent: each its own sigmoid
@@ -111,7 +113,9 @@ def deletion_insertion(
     with eval_mode(module):
         if target is None:
             with torch.inference_mode():
-                tgt = module(x).argmax(1)
+                from verification.cam.chunking import run_chunked
+
+                tgt = run_chunked(module, x, module).argmax(1)
         else:
             tgt = torch.as_tensor([target] * n if isinstance(target, int) else list(target), dtype=torch.long)
         base = _baseline(x, baseline)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from verification.cam.chunking import chunk_bounds, pad_rows
 from verification.cam.concurrency import exclusive, this_thread_only
 from verification.errors import LayerError, ShapeError
 from verification.io.records import LoadedImage, LoadedModel
@@ -72,13 +73,20 @@ def capture_features(module: nn.Module, x: Tensor, layers: Sequence[str]) -> dic
         return fn
 
     handles = [named[name].register_forward_hook(this_thread_only(hook(name))) for name in layers]
+    parts: dict[str, list[Tensor]] = {name: [] for name in layers}
     try:
         with eval_mode(module), torch.no_grad():
-            module(x)
+            # in chunks of the batch sizes the model accepts (one chunk unless it fixes its batch size)
+            for start, stop in chunk_bounds(module, int(x.shape[0])):
+                out.clear()
+                module(pad_rows(module, x[start:stop]))
+                for name in layers:
+                    if name in out:
+                        parts[name].append(out[name][: stop - start])
     finally:
         for h in handles:
             h.remove()
-    return out
+    return {name: p[0] if len(p) == 1 else torch.cat(p) for name, p in parts.items() if p}
 
 
 def channel_statistics(acts: Tensor) -> Tensor:

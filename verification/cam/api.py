@@ -19,7 +19,7 @@ from verification.cam.multiscale import Fuse, default_ms_layers, ms_gradcampp
 from verification.cam.progress import Progress
 from verification.cam.records import CamResult, base_provenance
 from verification.cam.targets import task_target
-from verification.errors import InvalidInputError, ModelForwardError
+from verification.errors import InvalidInputError
 
 
 def _module(model: Any) -> nn.Module:
@@ -146,36 +146,9 @@ def compute_cams(
         "progress": progress,
         "eval": eval,
     }
-    if x.shape[0] > 1 and type(module).__name__ == "UnflattenedModule":
-        # a torch.export program exported with a static batch of 1 refuses larger batches: run it per sample
-        try:
-            return _compute(model, module, x, **kwargs)
-        except ModelForwardError as exc:
-            if "shape[0]" not in str(exc):
-                raise
-            rows = [_compute(model, module, x[i : i + 1], **kwargs) for i in range(x.shape[0])]
-            return [_concat([r[j] for r in rows]) for j in range(len(rows[0]))]
+    # a model that accepts only some batch sizes (a torch.export program with a static batch) is run in
+    # chunks it accepts by every method (verification.cam.chunking): no per-method fallback here
     return _compute(model, module, x, **kwargs)
-
-
-def _concat(parts: list[CamResult]) -> CamResult:
-    first = parts[0]
-    prov = dict(first.provenance)
-    shape = prov["input_shape"].split("x")
-    prov["input_shape"] = "x".join([str(sum(p.n for p in parts)), *shape[1:]])
-    prov["batching"] = "per sample (the exported program has a static batch size)"
-    return CamResult(
-        method=first.method,
-        layer=first.layer,
-        raw=np.concatenate([p.raw for p in parts]),
-        maps=np.concatenate([p.maps for p in parts]),
-        targets=tuple(t for p in parts for t in p.targets),
-        target_kind=first.target_kind,
-        logits=np.concatenate([p.logits for p in parts]),
-        probs=np.concatenate([p.probs for p in parts]),
-        constant=np.concatenate([p.constant for p in parts]),
-        provenance=prov,
-    )
 
 
 def _compute(

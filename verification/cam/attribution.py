@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from verification.cam.capture import Capture, capture
+from verification.cam.chunking import run_chunked
 from verification.cam.concurrency import exclusive
 from verification.cam.layers import eval_mode, model_device_dtype
 from verification.cam.progress import Progress, report
@@ -149,7 +150,7 @@ def compute_attribution(
 
     def forward(inp: Tensor) -> Tensor:
         try:
-            out = output_tensor(module(inp))
+            out = output_tensor(run_chunked(module, inp, module))  # batch sizes the model accepts
         except Exception as err:
             raise ModelForwardError(
                 f"The model failed on an input of shape {tuple(inp.shape)}: {err}"

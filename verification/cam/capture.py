@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from verification.cam.chunking import chunk_bounds, pad_rows
 from verification.cam.concurrency import exclusive, this_thread_only
 from verification.cam.layers import eval_mode, is_spatial_map, model_device_dtype, resolve_layer_names
 from verification.cam.targets import Target, TargetScores, as_target, output_tensor
@@ -148,6 +149,13 @@ def capture(
 
         return hook
 
+    # one forward per chunk of rows the model accepts (one chunk unless a torch.export program fixes its
+    # batch): per chunk and layer the last activation, each kept whole (padding rows included) so that the
+    # gradient below reaches it; the padding rows are dropped from the output and the activations after.
+    chunk_acts: dict[str, list[Tensor]] = {n: [] for n in names}
+    chunk_rows: list[int] = []
+    outs: list[Tensor] = []
+    calls: dict[str, int] = {}
     with torch.inference_mode(False), torch.enable_grad():
         inp = x.detach().to(device=device, dtype=dtype).clone()
         try:
@@ -156,14 +164,28 @@ def capture(
             with eval_mode(module, eval):
                 grad_ctx = torch.enable_grad() if gradients else torch.no_grad()
                 with grad_ctx:
-                    try:
-                        raw_out = module(inp)
-                    except LayerError:
-                        raise
-                    except Exception as exc:
-                        raise ModelForwardError(
-                            f"the model failed on an input of shape {tuple(x.shape)}: {exc}"
-                        ) from exc
+                    for start, stop in chunk_bounds(module, int(inp.shape[0])):
+                        try:
+                            raw_out = module(pad_rows(module, inp[start:stop]))
+                        except LayerError:
+                            raise
+                        except Exception as exc:
+                            raise ModelForwardError(
+                                f"the model failed on an input of shape {tuple(x.shape)}: {exc}"
+                            ) from exc
+                        if bad:
+                            break
+                        missing = [n for n in names if not acts[n]]
+                        if missing:
+                            raise LayerError(
+                                f"these layers did not run during the forward pass: {', '.join(missing)}"
+                            )
+                        for n in names:
+                            chunk_acts[n].append(acts[n][-1])
+                            calls[n] = len(acts[n])
+                            acts[n].clear()
+                        chunk_rows.append(stop - start)
+                        outs.append(output_tensor(raw_out)[: stop - start])
         finally:
             for h in handles:
                 h.remove()
@@ -177,10 +199,7 @@ def capture(
                 + ", ".join(f"{n} → {s}" for n, s in bad.items())
                 + f"; spatial layers nearby: {', '.join(spatial[-8:])}"
             )
-        missing = [n for n in names if not acts[n]]
-        if missing:
-            raise LayerError(f"these layers did not run during the forward pass: {', '.join(missing)}")
-        out = output_tensor(raw_out)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         check_finite(out, "the model's output", ADVICE_MODEL)
         tgt = as_target(target, out)
         scores = tgt(out)
@@ -188,21 +207,29 @@ def capture(
             raise InvalidInputError(
                 f"the target {tgt!r:.60} returned {type(scores).__name__}, not TargetScores"
             )
-        last = {n: acts[n][-1] for n in names}
-        calls = {n: len(acts[n]) for n in names}
+
+        def joined(parts: Sequence[Tensor]) -> Tensor:
+            kept = [p[:r] for p, r in zip(parts, chunk_rows)]
+            return kept[0] if len(kept) == 1 else torch.cat(kept)
+
+        last = {n: joined(chunk_acts[n]) for n in names}
         acts.clear()
         for n in names:
             check_finite(last[n], f"the activations of layer {n!r}", ADVICE_MODEL)
         if gradients:
             total = scores.scores.sum()
-            inputs = [last[n] for n in names]
+            inputs = [a for n in names for a in chunk_acts[n]]
             grads: Sequence[Tensor | None] = (None,) * len(inputs)
             if total.requires_grad:
                 grads = torch.autograd.grad(total, inputs, allow_unused=True)
-            gdict = {
-                n: (g.detach() if g is not None else torch.zeros_like(a)).float()
-                for n, g, a in zip(names, grads, inputs)
-            }
+            per_layer = len(chunk_rows)
+            gdict = {}
+            for j, n in enumerate(names):
+                parts = [
+                    g.detach() if g is not None else torch.zeros_like(a)
+                    for g, a in zip(grads[j * per_layer : (j + 1) * per_layer], chunk_acts[n])
+                ]
+                gdict[n] = joined(parts).float()
             for n in names:
                 check_finite(gdict[n], f"the gradient at layer {n!r}", ADVICE_MODEL)
         else:

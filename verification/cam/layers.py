@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from verification.cam.chunking import batch_limits
 from verification.cam.concurrency import exclusive, this_thread_only
 from verification.errors import LayerError, ModelForwardError, ShapeError
 
@@ -115,6 +116,7 @@ def scan_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerScan:
         return cached
 
     names = {id(m): n for n, m in model.named_modules(remove_duplicate=False) if n}
+    rows = batch_limits(model)[0]  # 1, or the batch a torch.export program fixes (shapes shown for 1)
     seen: dict[str, tuple[str, tuple[int, ...] | None, int, tuple[int, ...] | None]] = {}
     order: list[str] = []
     handles = []
@@ -122,9 +124,9 @@ def scan_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerScan:
     def make_hook(name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             t = first_tensor(output)
-            shp = tuple(int(s) for s in t.shape) if t is not None else None
+            shp = _batch_one(t.shape, rows) if t is not None else None
             i = first_tensor(args)
-            ishp = tuple(int(s) for s in i.shape) if i is not None else None
+            ishp = _batch_one(i.shape, rows) if i is not None else None
             calls = seen[name][2] + 1 if name in seen else 1
             seen[name] = (type(module).__name__, shp, calls, ishp)
             order.append(name)
@@ -137,7 +139,7 @@ def scan_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerScan:
                 handles.append(module.register_forward_hook(this_thread_only(make_hook(name))))
         with eval_mode(model), torch.no_grad():
             try:
-                out = model(torch.zeros((1, *shape), device=device, dtype=dtype))
+                out = model(torch.zeros((rows, *shape), device=device, dtype=dtype))
             except Exception as exc:
                 raise ModelForwardError(
                     f"the model failed on an input of shape (1, {', '.join(map(str, shape))}): {exc}"
@@ -161,12 +163,18 @@ def scan_layers(model: nn.Module, input_shape: Sequence[int]) -> LayerScan:
     scan = LayerScan(
         tuple(layers),
         tuple(sorted(last, key=last.__getitem__)),
-        tuple(int(s) for s in pred.shape),
+        _batch_one(pred.shape, rows),
         (1, *shape),
     )
     with suppress(TypeError):  # an unhashable module type cannot be a weak key
         _CACHE.setdefault(model, {})[key] = scan
     return scan
+
+
+def _batch_one(shape: Sequence[int], rows: int) -> tuple[int, ...]:
+    """A shape of the dry run with its batch of ``rows`` written as 1."""
+    out = tuple(int(s) for s in shape)
+    return (1, *out[1:]) if rows > 1 and out and out[0] == rows else out
 
 
 def list_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerInfo]:

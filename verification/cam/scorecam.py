@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from verification.cam.capture import Capture, capture
+from verification.cam.chunking import chunk_bounds, limit_chunk, pad_rows, run_chunked
 from verification.cam.concurrency import exclusive, this_thread_only
 from verification.cam.inference import ChunkSizer, inference_forward
 from verification.cam.layers import eval_mode, first_tensor, model_device_dtype, resolve_layer_names
@@ -165,11 +166,6 @@ def _make_result(
         constant=constant.cpu().numpy().astype(bool),
         provenance=prov,
     )
-
-
-def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, total, size):
-        yield start, min(start + size, total)
 
 
 # A caller-fixed chunk holds chunk_size masked copies of one input row (and the model's activations for
@@ -466,10 +462,15 @@ def score_cam(
     with eval_mode(module), torch.inference_mode():
         row_bytes: int | None = None
         if optimize:
-            forward, path, row_bytes = inference_forward(module, xi[:1], cap.output[:1])
+            probe, reference = pad_rows(module, xi[:1]), pad_rows(module, cap.output[:1])
+            whole, path, row_bytes = inference_forward(module, probe, reference)
         else:
-            forward, path = (lambda t: _forward(module, t)), "the model itself"
-        chunks = ChunkSizer(chunk_size, total, row_bytes)
+            whole, path = (lambda t: _forward(module, t)), "the model itself"
+
+        def forward(t: Tensor) -> Tensor:  # in chunks of the batch sizes the model accepts
+            return run_chunked(module, t, whole)
+
+        chunks = ChunkSizer(limit_chunk(module, chunk_size), total, row_bytes)
         zero_in = torch.zeros((1, *xi.shape[1:]), dtype=xi.dtype, device=xi.device)
         zero_out = _run(forward, zero_in)
         # every sample shares the zero input: one forward, scored for each sample's target
@@ -642,10 +643,11 @@ def ablation_cam(
     try:
         with eval_mode(module), torch.inference_mode():
             report(progress, 0, total, f"Ablation-CAM: {total} ablated forwards")
-            for start, stop in _chunks(total, chunk_size):
+            for start, stop in chunk_bounds(module, total, chunk_size):
                 ii = rows_i[start:stop]
-                current[0] = rows_k[start:stop]
-                ablated[start:stop] = scorer(_forward(module, xi[ii]), ii)
+                current[0] = pad_rows(module, rows_k[start:stop])  # padding rows: outputs dropped
+                out = _forward(module, pad_rows(module, xi[ii]))[: stop - start]
+                ablated[start:stop] = scorer(out, ii)
                 report(progress, stop, total, f"Ablation-CAM: {stop}/{total} ablated forwards")
     finally:
         handle.remove()
@@ -656,7 +658,7 @@ def ablation_cam(
     prov = {
         "ablation": "channel set to zero in the layer output",
         "normaliser": "|y| (y the target score; 1 where y == 0)",
-        "chunk_size": str(chunk_size),
+        "chunk_size": str(limit_chunk(module, chunk_size)),
         "zero_target_score": str(bool((y == 0).any())),
     }
     return _make_result(

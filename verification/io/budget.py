@@ -10,6 +10,10 @@ Only the first frame/page of a multi-frame file is ever decoded (the others cost
 
 One :class:`Budget` object spans a whole upload or batch: the bytes decompressed from *all* its zip
 archives, their entry count, and the decoded size of *all* images kept in memory are summed across files.
+
+Models are bounded the same way, by what they decode to (:class:`ModelLimits`): the float32 weights
+counted from the file's declarations (safetensors header, a .pt2's weight configs, the state dict's
+tensors) before the module is built.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import io
 import struct
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,9 +29,13 @@ from verification.errors import ImageLoadError, InputTooLargeError
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DEFAULT_MODEL_LIMITS",
     "Budget",
     "ImageCost",
+    "ModelLimits",
     "ResourceLimits",
+    "check_model_decoded",
+    "decoded_weight_bytes",
     "probe_image",
     "register_pil_plugins",
 ]
@@ -71,6 +80,46 @@ class ResourceLimits:
 
 
 DEFAULT_LIMITS = ResourceLimits()
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """Limits on loading one model file, by what it will hold in memory rather than by its size on disk.
+
+    ``max_decoded_bytes``: the weights as the module keeps them (float32: an fp16 file doubles), counted
+    from the file's own declarations before the module is built (1 GiB: a stock vgg16_bn holds 553 MB,
+    ConvNeXt-Base 354 MB, ConvNeXt-Large 791 MB; a ViT-H/14 at 2.5 GB is refused). ``max_file_bytes``: the
+    file read into memory: the decoded limit plus 128 MiB for the container (pickle, zip, a .pt2's graph).
+    Loading holds the file, the decoded weights and the built module at once: about
+    ``max_file_bytes + 2 × max_decoded_bytes`` at the peak (3.3 GiB at the defaults; 1.7 GB for vgg16_bn).
+    """
+
+    max_decoded_bytes: int = 1 * GiB
+    max_file_bytes: int = 1 * GiB + 128 * MiB
+
+    def __post_init__(self) -> None:
+        for name in ("max_decoded_bytes", "max_file_bytes"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be positive")
+
+
+DEFAULT_MODEL_LIMITS = ModelLimits()
+
+
+def decoded_weight_bytes(tensors: Iterable[tuple[int, int, bool]]) -> int:
+    """Bytes the module will hold for tensors given as ``(numel, itemsize, is_floating)``: floating-point
+    weights are kept as float32 (4 bytes each, whatever the file stores), the others as stored."""
+    return sum(numel * (4 if floating else itemsize) for numel, itemsize, floating in tensors)
+
+
+def check_model_decoded(n_bytes: int, what: str, limits: ModelLimits = DEFAULT_MODEL_LIMITS) -> None:
+    """Refuse a model whose weights would decode to more than ``limits.max_decoded_bytes``."""
+    if n_bytes > limits.max_decoded_bytes:
+        raise InputTooLargeError(
+            f"{what} holds weights of {_mb(n_bytes)} once decoded to float32, above the "
+            f"{_mb(limits.max_decoded_bytes)} limit for one model; raise the limit if you trust the file and "
+            "have the memory (about twice that is needed while loading), or use a smaller model"
+        )
 
 
 @dataclass(frozen=True)

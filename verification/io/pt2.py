@@ -240,9 +240,16 @@ def _payload_problems(arc: _Archive, rel: str, folder: str, budget: list[int]) -
             record = arc.entries.get(folder + path)
             if record is not None and record.file_size == 0:  # torch allocates zeros of the declared size
                 budget[0] -= n_bytes
+            budget[1] -= n_bytes  # every tensor the program will hold, against the decoded limit
             if n_bytes > arc.limit or budget[0] < 0:
                 raise InputTooLargeError(
                     f"{where} declares tensors of {n_bytes:,} bytes, above the {arc.limit:,}-byte model limit"
+                )
+            if budget[1] < 0:
+                raise InputTooLargeError(
+                    f"{arc.what} declares weights and constants of more than {budget[2]:,} bytes in all, "
+                    "above the limit for what one model may hold in memory; raise the limit if you trust "
+                    "the file and have the memory, or use a smaller model"
                 )
     return problems
 
@@ -268,10 +275,13 @@ def _artifact_problem(arc: _Archive, rel: str) -> str | None:
     return None if isinstance(obj, tuple | dict) else bad
 
 
-def untrusted_pt2_problems(data: bytes, filename: str, *, max_bytes: int, trust: bool) -> list[str]:
+def untrusted_pt2_problems(
+    data: bytes, filename: str, *, max_bytes: int, trust: bool, max_decoded_bytes: int | None = None
+) -> list[str]:
     """Inspect a .pt2 archive in memory. Raises ModelLoadError/InputTooLargeError for a malformed or
-    oversized archive (trusted or not); returns what in it would run code (empty: safe to load), checked
-    only when ``trust`` is False."""
+    oversized archive (trusted or not): entries beyond ``max_bytes``, or declared weights and constants
+    beyond ``max_decoded_bytes`` (default ``max_bytes``) in all; returns what in it would run code (empty:
+    safe to load), checked only when ``trust`` is False."""
     what = f"'{filename}'"
     zf = open_zip(data, what, ModelLoadError)
     with zf:
@@ -298,7 +308,8 @@ def untrusted_pt2_problems(data: bytes, filename: str, *, max_bytes: int, trust:
                 and not (rel.startswith("data/sample_inputs/") and rel[19:-3] in models)
             ):
                 problems.append(f"an entry torch.export.save does not write ({rel[:60]!r})")
-        budget = [max_bytes]
+        decoded = max_bytes if max_decoded_bytes is None else max_decoded_bytes
+        budget = [max_bytes, decoded, decoded]  # zero-length records, all tensors, the decoded limit
         for m in models:
             if not trust:
                 problems.extend(_graph_problems(arc.json(f"models/{m}.json")))

@@ -40,6 +40,27 @@ class LoadedModel:
         return len(self.class_names)
 
     @property
+    def min_batch(self) -> int:
+        """The fewest rows one forward accepts (1 except for some torch.export programs)."""
+        from verification.cam.chunking import batch_limits
+
+        return batch_limits(self.module)[0]
+
+    @property
+    def max_batch(self) -> int | None:
+        """The most rows one forward accepts; None: no limit. Read once at load (torch.export programs)."""
+        from verification.cam.chunking import batch_limits
+
+        return batch_limits(self.module)[1]
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The one batch size a program exported with a static batch accepts; None when it accepts more."""
+        from verification.cam.chunking import fixed_batch
+
+        return fixed_batch(self.module)
+
+    @property
     def garbage_index(self) -> int | None:
         if self.garbage_class is None:
             return None

@@ -263,12 +263,13 @@ def probabilities(model: LoadedModel, logits: Tensor | np.ndarray) -> np.ndarray
 
 
 def _forward_probs(model: LoadedModel, x: Tensor, chunk: int = 64) -> np.ndarray:
+    from verification.cam.chunking import run_chunked
     from verification.cam.layers import eval_mode
 
     out = []
     with eval_mode(model.module), torch.inference_mode():
-        for s in range(0, len(x), chunk):
-            out.append(model.module(x[s : s + chunk]).float())
+        for s in range(0, len(x), chunk):  # run_chunked: in batch sizes the model accepts
+            out.append(run_chunked(model, x[s : s + chunk], model.module).float())
     return probabilities(model, torch.cat(out)) if out else np.zeros((0, model.num_classes), np.float32)
 
 
