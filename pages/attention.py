@@ -77,58 +77,15 @@ with guard(f"Computing {loaders.METHOD_LABELS[method]}"), st.spinner("Computing 
 if result is None:
     st.stop()
 
-# Where this image stands in the verdict (the E0 gate first: an image outside the model's domain is not
-# assessable, and nothing drawn below is evidence about the model).
 # A region drawn by the reader (below) is this image's finding annotation: it replaces the demo's lesion mask.
 region_store = viewer.store()
 drawn = region_store.get(image.content_hash)
-image_evidence = None
-if not segmentation and ws.bundle is not None:
-    with guard("Checking this image against the evidence lines"):
-        if drawn is not None:
-            single = viewer.verify_with_region(
-                model,
-                handle.lock,
-                ws.bundle.key,
-                ws.bundle.bundle,
-                image,
-                item.label,
-                drawn,
-                item.anatomy_mask,
-                faithfulness=K.VERIFY_FAITHFULNESS.get(),
-            )
-        else:
-            single = loaders.verify_items(
-                model, handle.lock, ws.bundle, [item], faithfulness=K.VERIFY_FAITHFULNESS.get()
-            )
-        image_evidence = single.images[0] if single.images else None
-assessable = image_evidence is None or image_evidence.assessable
-
-prediction = None if segmentation or multilabel else loaders.prediction(model, handle.lock, image)
-if prediction is not None and prediction.rejected:
-    st.error(
-        f"**Input rejected as out-of-distribution** — the model's garbage class “{model.garbage_class}” wins "
-        f"(p = {prediction.confidence:.1%}). This image does not look like the radiographs the model was "
-        "trained on, so no diagnosis is given; the heatmap only shows what drove the rejection.",
-        icon=":material/block:",
-    )
-elif image_evidence is not None and not image_evidence.assessable:
-    evidence.image_verdict(image_evidence)
-
-truth = f" · true label: **{item.label}**" if item.label else ""
-explained = "the predicted class" if target.cls is None else f"class “{model.class_names[target.cls]}”"
-if prediction is not None and not prediction.rejected:
-    said = f"**{prediction.class_name}** ({prediction.confidence:.1%})"
-    if not assessable:
-        said += " — not a diagnosis: the image is not assessable"
-    st.markdown(f"Prediction: {said}{truth} · the heatmap explains {explained}")
-elif multilabel:
-    st.markdown(
-        f"Labels are independent (sigmoid probabilities below){truth} · the heatmap explains {explained}"
-    )
+# The verdict banner and the prediction line sit above the pictures but are filled after them, so the
+# heatmap is not held back by this image's verify.
+header = st.container()
 
 # ------------------------------------------------------------------------------------------- the viewer
-source = viewer.display_source(image, getattr(item, "data", None))
+source = viewer.display_source(image, item.data)
 view_state = viewer.controls(image, source)
 view = view_state.view
 base = viewer.base_picture(image, source, view_state)
@@ -247,6 +204,61 @@ with st.container(key="viewer_panels"):
                 colorbar(colormap, low="lowest", high="highest")
 st.caption(viewer.PER_IMAGE_SCALE)
 
+# Where this image stands in the verdict (the E0 gate first: an image outside the model's domain is not
+# assessable, and nothing drawn below is evidence about the model).
+image_evidence = None
+if not segmentation and ws.bundle is not None:
+    with guard("Checking this image against the evidence lines"):
+        if drawn is not None:
+            single = viewer.verify_with_region(
+                model,
+                handle.lock,
+                ws.bundle.key,
+                ws.bundle.bundle,
+                image,
+                item.label,
+                drawn,
+                item.anatomy_mask,
+                faithfulness=K.VERIFY_FAITHFULNESS.get(),
+            )
+            image_evidence = single.images[0] if single.images else None
+        else:
+            image_evidence = loaders.image_evidence(
+                model, handle.lock, ws.bundle, item, faithfulness=K.VERIFY_FAITHFULNESS.get()
+            )
+assessable = image_evidence is None or image_evidence.assessable
+
+prediction = None if segmentation or multilabel else loaders.prediction(model, handle.lock, image)
+with header:
+    if prediction is not None and prediction.rejected:
+        st.error(
+            f"**Input rejected as out-of-distribution** — the model's garbage class “{model.garbage_class}” "
+            f"wins (p = {prediction.confidence:.1%}). This image does not look like the radiographs the "
+            "model was trained on, so no diagnosis is given; the heatmap only shows what drove the "
+            "rejection.",
+            icon=":material/block:",
+        )
+    elif image_evidence is not None and not image_evidence.assessable:
+        evidence.image_verdict(image_evidence)
+
+    truth = f" · true label: **{item.label}**" if item.label else ""
+    explained = "the predicted class" if target.cls is None else f"class “{model.class_names[target.cls]}”"
+    if prediction is not None and not prediction.rejected:
+        said = f"**{prediction.class_name}** ({prediction.confidence:.1%})"
+        if not assessable:
+            said += " — not a diagnosis: the image is not assessable"
+        st.markdown(f"Prediction: {said}{truth} · the heatmap explains {explained}")
+    elif multilabel:
+        st.markdown(
+            f"Labels are independent (sigmoid probabilities below){truth} · the heatmap explains {explained}"
+        )
+
+if multilabel:
+    from ui import label_maps
+
+    label_maps.draw(model, handle.lock, image, method=method, layer=layer, colormap=colormap, opacity=opacity)
+
+
 # ------------------------------------------------------------------------------------- the expected region
 st.subheader("Expected region")
 st.caption(
@@ -312,7 +324,7 @@ with draw_right:
                 "image/png",
                 key="viewer_dl_png",
             )
-            data = getattr(item, "data", None)
+            data = item.data
             if image.source_format == "DICOM" and data is not None:
                 keep_ids = st.checkbox(
                     "Keep the patient and study identifiers in the DICOM SEG (so the PACS files it with the "
