@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui import sidebar
+from ui import sidebar, warm
 
 # The favicon is a local file served by this app: a ":material/...:" or emoji icon makes the browser fetch it
 # from fonts.gstatic.com on every page load, which an offline tool must not do (tests/app/test_offline.py).
@@ -42,3 +42,4 @@ try:
     navigation.run()
 finally:  # also after a page's st.stop(): the sidebar is always complete
     finish_sidebar()
+    warm.freeze_heap_once()  # later runs' garbage collections skip what the first run loaded

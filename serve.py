@@ -53,11 +53,12 @@ def _summary(report: Any, t0: float) -> dict[str, Any]:
 
 
 def _rest(warmed: Any) -> None:
-    from ui.warm import WarmReport, warm_rest
+    from ui.warm import WarmReport, freeze_heap, warm_rest
 
     t0, report = time.perf_counter(), WarmReport()
     try:
         warm_rest(warmed, report)
+        freeze_heap()
     finally:
         STATUS["rest"] = _summary(report, t0)
         STATUS["done"] = True
@@ -73,10 +74,11 @@ async def lifespan(app: st.App) -> AsyncIterator[None]:
         return
     import anyio
 
-    from ui.warm import WarmReport, warm_first
+    from ui.warm import WarmReport, freeze_heap, warm_first
 
     t0, report = time.perf_counter(), WarmReport()
     warmed = await anyio.to_thread.run_sync(lambda: warm_first(report))
+    freeze_heap()
     STATUS["first"] = _summary(report, t0)
     print(f"  warm (before serving): {report.summary()}", flush=True)
     if warmed is None or mode == "first":

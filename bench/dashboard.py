@@ -88,7 +88,8 @@ RECORDER_JS = """
 (() => {
   const OVERLAY = '.st-key-overlay_main img';
   const decoded = new WeakMap();
-  const rec = {mark: 0, sawRunning: false, settledSince: null, drawnAt: null, oldSrc: null, runs: 0};
+  const rec = {mark: 0, sawRunning: false, settledSince: null, drawnAt: null, oldSrc: null, runs: 0,
+               runEnd: null};
   window.__bench = rec;
   const isDecoded = (img) => {
     const src = img.currentSrc || img.src;
@@ -102,7 +103,7 @@ RECORDER_JS = """
   };
   rec.begin = (oldSrc) => {
     rec.mark = performance.now(); rec.sawRunning = false; rec.settledSince = null; rec.drawnAt = null;
-    rec.oldSrc = oldSrc === undefined ? null : oldSrc; rec.runs = 0;
+    rec.oldSrc = oldSrc === undefined ? null : oldSrc; rec.runs = 0; rec.runEnd = null;
     return rec.mark;
   };
   rec.overlaySrc = () => { const i = document.querySelector(OVERLAY); return i ? i.src : null; };
@@ -114,7 +115,7 @@ RECORDER_JS = """
     if (state === 'running') {
       rec.sawRunning = true;
       if (lastState !== 'running') rec.runs += 1;
-    }
+    } else if (lastState === 'running') rec.runEnd = now;
     lastState = state;
     const ov = document.querySelector(OVERLAY);
     if (rec.drawnAt === null && ov && ov.src !== rec.oldSrc && isDecoded(ov)) rec.drawnAt = now;
@@ -141,6 +142,7 @@ DRAWN_JS = "() => window.__bench && window.__bench.drawnAt !== null"
 class Timing:
     drawn: float | None  # s from the interaction to the new overlay decoded (None: no overlay involved)
     settled: float  # s from the interaction to settled
+    run_end: float | None = None  # s from the interaction to the end of the last script run (diagnostic)
 
 
 @dataclass
@@ -160,9 +162,12 @@ def _measure(page: Any, act: Any, *, watch_overlay: bool) -> Timing:
     if watch_overlay:
         page.wait_for_function(DRAWN_JS, timeout=TIMEOUT_MS, polling=50)
     page.wait_for_function(SETTLED_JS, timeout=TIMEOUT_MS, polling=50)
-    rec = page.evaluate("() => ({m: __bench.mark, d: __bench.drawnAt, s: __bench.settledSince})")
+    rec = page.evaluate(
+        "() => ({m: __bench.mark, d: __bench.drawnAt, s: __bench.settledSince, e: __bench.runEnd})"
+    )
     drawn = (rec["d"] - rec["m"]) / 1000 if watch_overlay and rec["d"] is not None else None
-    return Timing(drawn=drawn, settled=(rec["s"] - rec["m"]) / 1000)
+    run_end = (rec["e"] - rec["m"]) / 1000 if rec["e"] is not None else None
+    return Timing(drawn=drawn, settled=(rec["s"] - rec["m"]) / 1000, run_end=run_end)
 
 
 @contextlib.contextmanager
@@ -246,12 +251,14 @@ def _interactions(url: str, repeats: int, res: Results) -> None:
             t = _measure(page, lambda i=i: _choose_index(page, i), watch_overlay=True)
             res.add("image switch, drawn", t.drawn)
             res.add("image switch, settled", t.settled)
+            res.add("  (image switch, script run ended)", t.run_end)
         # 4. method switch
         for i in range(max(repeats, len(METHOD_CYCLE))):
             label = METHOD_CYCLE[i % len(METHOD_CYCLE)]
             t = _measure(page, lambda label=label: choose(page, "Method", label), watch_overlay=True)
             res.add("method switch, drawn", t.drawn)
             res.add("method switch, settled", t.settled)
+            res.add("  (method switch, script run ended)", t.run_end)
     # 5. page switch: every page once per session, `repeats` sessions
     for _ in range(repeats):
         with _browser() as page:
@@ -262,6 +269,7 @@ def _interactions(url: str, repeats: int, res: Results) -> None:
                 if not h1.startswith(heading):
                     raise RuntimeError(f"clicked {title!r} but the page's title is {h1!r}")
                 res.add("page switch, settled", t.settled)
+                res.add("  (page switch, script run ended)", t.run_end)
                 res.add(f"  page switch → {title}", t.settled)
     # 6. DICOM upload, a file no cache knows, in a new session each time
     with tempfile.TemporaryDirectory() as tmp:

@@ -177,12 +177,27 @@ class ModelSpec:
     trust: bool = False
 
 
+_FILE_DIGESTS: _Store[str] = _Store(1024)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file on the server, read again only when its size or modification time changed (the
+    sidebar asks for the demo files' hashes on every rerun)."""
+    st_ = path.stat()
+    key = (str(path.resolve()), st_.st_size, st_.st_mtime_ns)
+    found = _FILE_DIGESTS.get(key)
+    if found is None:
+        found = sha256(path.read_bytes())
+        _FILE_DIGESTS.put(key, found)
+    return found
+
+
 def file_spec(path: Path, label: str) -> ModelSpec:
     """A model on disk (the demo's), keyed by the hash of its weights and sidecar."""
-    digest = hashlib.sha256(path.read_bytes())
+    digest = hashlib.sha256(file_digest(path).encode())
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
-        digest.update(sidecar.read_bytes())
+        digest.update(file_digest(sidecar).encode())
     return ModelSpec(kind="file", label=label, key=digest.hexdigest(), path=path)
 
 
@@ -567,7 +582,7 @@ def _digest_files(paths: Sequence[Path]) -> str:
     digest = hashlib.sha256()
     for p in sorted(paths):
         digest.update(p.name.encode())
-        digest.update(p.read_bytes())
+        digest.update(file_digest(p).encode())
     return digest.hexdigest()
 
 
