@@ -184,3 +184,29 @@ def test_grid_too_fine_to_see_is_not_drawn() -> None:
     assert not viewer.grid_lines(pic, (64, 64), (224, 224), viewer.view_for((224, 224), 1.0)).any()
     assert not viewer.grid_lines(pic, (64, 64), (224, 224), viewer.view_for((224, 224), 4.0)).any()
     assert viewer.grid_lines(pic, (16, 16), (224, 224), viewer.view_for((224, 224), 1.0)).any()
+
+
+def test_an_uploaded_dicom_offers_its_own_windows_and_a_seg_download() -> None:
+    at = _app()
+    at.radio(key="images_source").set_value("upload").run()
+    data = _dicom(1500.0, 1000.0)
+    at.file_uploader(key="images_upload").set_value([("w.dcm", data, "application/dicom")]).run()
+    assert not at.exception
+    options = at.selectbox(key="viewer_window").options
+    assert any("window 1 from the file: C 1500 / W 1000" in o and "as loaded" in o for o in options)
+    assert any("window 2 from the file: C 800 / W 300" in o for o in options)
+    prediction = [m.value for m in at.markdown if m.value.startswith("Prediction:")]
+    second = next(o for o in options if "window 2" in o)
+    at.selectbox(key="viewer_window").set_value(second).run()
+    assert not at.exception
+    assert any("window: window 2 from the file" in c for c in _image_captions(at))
+    assert [m.value for m in at.markdown if m.value.startswith("Prediction:")] == prediction
+    image_hash = at.session_state["workspace"].images.items[0].image.content_hash
+    at.session_state["viewer_annotations"] = AnnotationStore(
+        [Annotation(image_hash, "w.dcm", (60, 80), (Region.box(10, 10, 40, 30),), "nodule")]
+    )
+    at.run()
+    assert not at.exception
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "DICOM SEG of this image" in labels
+    assert "PNG mask of this image" in labels
