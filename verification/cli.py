@@ -309,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--all-images", action="store_true", help="use misclassified images too (default: correct ones only)"
     )
+    p.add_argument(
+        "--grid",
+        type=_grid,
+        help="comparison grid of the references and metrics: 'native' (the model's input size), N or HxW "
+        "(default: native with --annotations, else 64x64)",
+    )
     cal = p.add_argument_group("verdict calibration")
     cal.add_argument(
         "--healthy",
@@ -763,6 +769,21 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _grid(text: str) -> str | tuple[int, int]:
+    """``native``, ``N`` (N×N) or ``HxW`` (each side 1–4096)."""
+    if text.strip().lower() == "native":
+        return "native"
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+        if len(parts) > 2 or not (1 <= h <= 4096 and 1 <= w <= 4096):
+            raise ValueError
+    except ValueError:
+        msg = f"expected 'native', N or HxW (sides 1-4096), got {text[:40]!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    return h, w
+
+
 def cmd_reference_build(args: argparse.Namespace) -> int:
     from verification.batch import scan_labelled
     from verification.reference import build_reference_from_paths
@@ -781,6 +802,7 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
         calibrate=not args.no_calibration, healthy=healthy, bad=bad, annotation_dir=args.annotations,
         anatomy_dir=args.anatomy,
         faithfulness=args.faithfulness,
+        grid=tuple(model.input_size) if args.grid == "native" else args.grid,
     )  # fmt: skip
     npz, manifest = _save_bundle(bundle, Path(args.out))
     if not args.quiet:

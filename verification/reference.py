@@ -36,7 +36,7 @@ import torch
 from verification.errors import BundleError, ShapeError
 from verification.io.records import LoadedImage, LoadedModel
 from verification.metrics import DEFAULT_METRICS, DEFAULT_SIZE, METRICS, compute_metrics
-from verification.metrics.functional import Threshold, as_batch, normalize_maps, resize_maps
+from verification.metrics.functional import Threshold, as_batch, check_grid, normalize_maps, resize_maps
 from verification.verdict.calibration import Calibration
 
 log = logging.getLogger(__name__)
@@ -408,6 +408,19 @@ def preprocessing_of(model: LoadedModel) -> dict[str, Any]:
     }
 
 
+def default_grid(
+    model: LoadedModel, grid: tuple[int, int] | None, annotations: Sequence[object] | None = None
+) -> tuple[int, int]:
+    """The comparison grid: ``grid`` when given; else the model's input resolution where annotations are
+    involved (a finding mask loses its edges on a coarser grid, and E2 measures the map inside it), else
+    :data:`~verification.metrics.DEFAULT_SIZE` (64×64 keeps what a 7–28 px attention layer resolves)."""
+    if grid is not None:
+        return check_grid(grid)
+    if annotations is not None and any(a is not None for a in annotations):
+        return check_grid((int(model.input_size[0]), int(model.input_size[1])))
+    return DEFAULT_SIZE
+
+
 def build_reference(
     model: LoadedModel,
     images: Sequence[LoadedImage] | torch.Tensor,
@@ -415,7 +428,7 @@ def build_reference(
     *,
     method: str = "gradcam",
     layer: str | None = None,
-    grid: tuple[int, int] = DEFAULT_SIZE,
+    grid: tuple[int, int] | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     threshold: Threshold = 0.5,
     params: VerdictParams | None = None,
@@ -438,7 +451,10 @@ def build_reference(
     ``faithfulness`` also calibrates E6 (deletion/insertion: about 4 × 7 extra forwards per image and model;
     verify runs E6 only for a bundle calibrated with it). A multi-label model (``task == "multilabel"``) is
     built label by label (:func:`verification.multilabel.build_label_reference`): ``labels`` are then label
-    sets per image."""
+    sets per image. ``grid`` is the comparison grid of the references and of every map compared with them
+    (E2, E5; :func:`default_grid`: the model's input resolution when ``annotations`` are given, else
+    :data:`~verification.metrics.DEFAULT_SIZE`)."""
+    grid = default_grid(model, grid, annotations)
     if model.task == "multilabel":  # label L's map over the images annotated with L, one label at a time
         from verification.io.images import to_tensor
         from verification.multilabel import build_label_reference
@@ -506,6 +522,7 @@ def build_reference_from_paths(
     annotation_dir: str | Path | None = None,
     anatomy_dir: str | Path | None = None,
     faithfulness: bool = False,
+    grid: tuple[int, int] | None = None,
 ) -> tuple[ReferenceBundle, int, int]:
     """:func:`build_reference` over image files (the command line's path): unreadable files are skipped;
     masks are read from ``<stem>_lesion.png`` / ``<stem>_lung.png`` files in the two folders.
@@ -536,7 +553,7 @@ def build_reference_from_paths(
         model, loaded, y, method=method, layer=layer, batch_size=batch_size, correct_only=correct_only,
         calibrate=calibrate, healthy=healthy, bad=bad, annotations=masks(annotation_dir, LESION_SUFFIXES),
         anatomy=masks(anatomy_dir, MASK_SUFFIXES),
-        faithfulness=faithfulness,
+        faithfulness=faithfulness, grid=grid,
     )  # fmt: skip
     return bundle, int(bundle.counts.sum()), skipped
 
