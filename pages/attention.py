@@ -304,7 +304,7 @@ with draw_right:
             region_store.clear(image.content_hash)
             st.session_state["viewer_draw_round"] = int(st.session_state.get("viewer_draw_round", 0)) + 1
             st.rerun()
-        numbers = viewer.region_numbers(result.maps[0], region_mask)
+        numbers = viewer.region_numbers_for(map_key, result.maps[0], drawn)
         st.markdown(f"**{loaders.METHOD_LABELS[method]} at {result.layer} against the drawn region**")
         with st.container(key="viewer_region_numbers"):
             st.table({"measure": list(numbers), "value": [f"{v:.3f}" for v in numbers.values()]})

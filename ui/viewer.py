@@ -528,6 +528,20 @@ def region_numbers(map01: np.ndarray, mask: np.ndarray) -> dict[str, float]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
+def _region_numbers(
+    map_key: tuple[Any, ...], annotation_key: str, _map: np.ndarray, _mask: np.ndarray
+) -> dict[str, float]:
+    return region_numbers(_map, _mask)
+
+
+def region_numbers_for(
+    map_key: tuple[Any, ...], map01: np.ndarray, annotation: Annotation
+) -> dict[str, float]:
+    """:func:`region_numbers` cached by the map's key and the annotation's content."""
+    return _region_numbers(map_key, annotation.key(), map01, annotation.mask())
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
 def _verify_annotated(
     model_hash: str,
     bundle_key: str,
