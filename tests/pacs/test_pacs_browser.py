@@ -16,6 +16,7 @@ from tests.app.browser_harness import (
     wait_overlay,
     wait_overlay_changed,
 )
+from verification.pacs import PacsClient
 
 from .conftest import Pacs
 
@@ -57,4 +58,14 @@ def test_pick_a_pacs_study_in_the_sidebar_and_see_its_heatmap(
         assert str(header.PatientName) not in text
         assert str(header.PatientID) not in text
         assert "Still showing" not in text  # the PACS image set is the one in use, not a fallback
-        assert page.get_by_role("button", name="Store heatmap in the PACS").count() == 1
+        # the opt-in write-back: a new series in the same study, described with the method
+        study = pacs.studies["RG1_UNCR.dcm"]
+        with PacsClient(pacs.config()) as client:
+            before = {s.series_uid for s in client.search_series(study)}
+        page.get_by_role("button", name="Store heatmap in the PACS").click()
+        page.get_by_text("Stored in the study as a new series").wait_for(timeout=120_000)
+        with PacsClient(pacs.config()) as client:
+            new = [s for s in client.search_series(study) if s.series_uid not in before]
+        assert len(new) == 1
+        assert new[0].modality == "OT"
+        assert "gradcam" in new[0].description
