@@ -88,6 +88,10 @@ def test_label_names_and_task_from_the_form_reach_the_model() -> None:
     assert not at.exception
     assert "multilabel" in _model_caption(at)
     assert not any("Read as single-label" in c.value for c in at.sidebar.caption)
+    # the Attention page (the default page) now draws one map per label, named as typed
+    assert any("One map per label" in m.value for m in at.markdown), [m.value for m in at.markdown]
+    pictures = [str(i.proto) for i in at.get("image")]  # the captions ride in the image protos
+    assert any("clear · σ" in p or "mass · σ" in p or "fluid · σ" in p for p in pictures)
 
     at.text_area(key="model_a_names").set_value("only\ntwo").run()  # wrong count: the form's field says so
     errors = _sidebar_errors(at)
