@@ -265,3 +265,26 @@ def test_score_cam_weights_a_multilabel_model_by_the_labels_sigmoid() -> None:
         logits = model.module(x)
     np.testing.assert_allclose(res.probs, torch.sigmoid(logits).numpy(), rtol=1e-5, atol=1e-6)
     assert res.target_kind == "label_logit"
+
+
+def test_a_static_batch_export_gets_label_maps_for_several_images(tmp_path: Path) -> None:
+    """A torch.export program with its batch fixed to 1 (the default export), multi-label by its sidecar:
+    probabilities and one map per (image, label) for a batch of 3, and its label views run too."""
+    from verification.io.models import load_model
+
+    net = tiny()
+    program = torch.export.export(net, (torch.randn(1, 1, 32, 32),))
+    torch.export.save(program, tmp_path / "m.pt2")
+    side = {"task": "multilabel", "class_names": list(LABELS), "input_size": 32, "in_channels": 1}
+    (tmp_path / "m.json").write_text(json.dumps(side))
+    model = load_model(tmp_path / "m.pt2")
+    x = batch(3)
+    lm = label_cams(model, x, layers=["2"])
+    with torch.no_grad():
+        probs = torch.sigmoid(net(x))
+    np.testing.assert_allclose(lm.probs, probs.numpy(), rtol=1e-5, atol=1e-6)
+    assert len(lm.labels) == sum(len(k) for k in default_labels(probs))
+    eager = label_cams(loaded(net), x, layers=["2"])
+    np.testing.assert_allclose(lm.results[0].maps, eager.results[0].maps, atol=1e-4)
+    (view,) = compute_cams(label_view(model, 0), x, layers=["2"], target=0)
+    assert view.maps.shape == (3, 32, 32)

@@ -90,12 +90,13 @@ def multilabel_hint(model: LoadedModel) -> str | None:
 
 def label_probabilities(model: LoadedModel, x: Tensor, chunk: int = 64) -> np.ndarray:
     """σ(z) per label (N, K) for the batch ``x`` (one forward, eval mode, no gradients)."""
+    from verification.cam.chunking import run_chunked
     from verification.cam.layers import eval_mode
 
     out = []
     with eval_mode(model.module), torch.inference_mode():
         for s in range(0, len(x), chunk):
-            z = output_tensor(model.module(x[s : s + chunk]))
+            z = output_tensor(run_chunked(model, x[s : s + chunk], model.module))
             if z.ndim != 2:
                 raise ShapeError(f"a multi-label model must return (N, labels) logits; got {tuple(z.shape)}")
             out.append(torch.sigmoid(z.float()))
@@ -214,6 +215,11 @@ class _LabelHead(nn.Module):
         object.__setattr__(self, "inner", inner)  # not a registered child: names keep no "inner." prefix
         self._modules = inner._modules
         self.index = index
+        from verification.cam.chunking import batch_limits, set_batch_limits
+
+        lo, hi = batch_limits(inner)
+        if (lo, hi) != (1, None):  # a torch.export program's fixed batch holds for its views too
+            set_batch_limits(self, lo, hi)
 
     def forward(self, x: Tensor) -> Tensor:
         out = output_tensor(self.inner(x))
