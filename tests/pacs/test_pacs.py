@@ -162,6 +162,8 @@ def test_cam_on_retrieved_radiograph_stored_and_read_back(pacs: Pacs) -> None:
         (back_item,) = client.retrieve(
             parse_source(f"{pacs.source('RG1_UNCR.dcm')}/series/{stored.SeriesInstanceUID}")
         )
+        # the study as a source still gives only the film: the heatmap series is not an input
+        assert [it.ref.sop_uid for it in client.retrieve(source)] == [item.ref.sop_uid]
     back = pydicom.dcmread(io.BytesIO(back_item.data))
     expected = overlay(image.display, cam.maps[0], max_side=max(image.display.shape))
     assert back.pixel_array.shape == (*image.display.shape, 3)

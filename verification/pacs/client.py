@@ -62,6 +62,7 @@ ENV_TOKEN = "VERIFICATION_DICOMWEB_TOKEN"
 SCHEMES = ("dicomweb+http", "dicomweb+https")
 _UID_CHARS = frozenset("0123456789.")
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+HEATMAP_PREFIX = "Heatmap "  # SeriesDescription of the series this tool stores (verification.pacs.writeback)
 T = TypeVar("T")
 
 
@@ -324,6 +325,11 @@ class SeriesInfo:
             number=_int(_value(record, f["SeriesNumber"])),
             n_instances=_int(_value(record, f["NumberOfSeriesRelatedInstances"])),
         )
+
+    @property
+    def is_heatmap(self) -> bool:
+        """A series of heatmaps stored by this tool (Secondary Capture, modality OT, its description)."""
+        return self.modality == "OT" and self.description.startswith(HEATMAP_PREFIX)
 
     def label(self) -> str:
         parts = [
@@ -609,6 +615,11 @@ class PacsClient:
                 refs.append(InstanceRef(source.study, series, sop, number))
         if source.instance is not None:
             refs = [r for r in refs if r.sop_uid == source.instance]
+        if source.series is None and refs:
+            # A whole study: leave out the heatmap series this tool stored there (a map of a map is not an
+            # input); name such a series in the source to retrieve it.
+            derived = {s.series_uid for s in self.search_series(source.study) if s.is_heatmap}
+            refs = [r for r in refs if r.series_uid not in derived]
         if not refs:
             raise PacsNotFoundError(f"{what} is not on the PACS at {self.where} (no instances found)")
         if len(refs) > limits.max_instances:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from verification.errors import PacsError
+from verification.pacs.client import HEATMAP_PREFIX
 from verification.render import DEFAULT_OPACITY, overlay
 
 __all__ = ["HeatmapResult", "build_overlay", "describe", "store_overlays", "validate"]
@@ -57,7 +58,7 @@ def _clean(text: str, limit: int) -> str:
 
 def describe(item: HeatmapResult) -> tuple[str, str]:
     """(SeriesDescription ≤ 64 characters, ImageComments ≤ 1024) for one heatmap."""
-    series = _clean(f"Heatmap {item.method} {item.layer} - {item.verdict}", _MAX_LO)
+    series = _clean(f"{HEATMAP_PREFIX}{item.method} {item.layer} - {item.verdict}", _MAX_LO)
     comment = _clean(
         f"Attention heatmap (not a diagnosis). model: {item.model}; method: {item.method}; layer: "
         f"{item.layer}; target: {item.target or 'predicted class'}; verdict: {item.verdict}; overlay: "
