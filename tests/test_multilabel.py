@@ -288,3 +288,15 @@ def test_a_static_batch_export_gets_label_maps_for_several_images(tmp_path: Path
     np.testing.assert_allclose(lm.results[0].maps, eager.results[0].maps, atol=1e-4)
     (view,) = compute_cams(label_view(model, 0), x, layers=["2"], target=0)
     assert view.maps.shape == (3, 32, 32)
+
+
+def test_captum_attributions_of_a_multilabel_model_report_sigmoid_probabilities() -> None:
+    from verification.cam import compute_attribution
+
+    model = loaded(tiny())
+    x = batch(2)
+    res = compute_attribution(model, x, method="saliency")
+    with torch.no_grad():
+        logits = model.module(x)
+    np.testing.assert_allclose(res.probs, torch.sigmoid(logits).numpy(), rtol=1e-5, atol=1e-6)
+    assert res.targets == tuple(int(k) for k in logits.argmax(1))

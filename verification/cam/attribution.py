@@ -33,7 +33,7 @@ from verification.cam.layers import eval_mode, model_device_dtype
 from verification.cam.progress import Progress, report
 from verification.cam.records import CamResult
 from verification.cam.scorecam import _check_input, _make_result, _module_of
-from verification.cam.targets import Target, output_tensor
+from verification.cam.targets import Target, output_tensor, task_target
 from verification.errors import ModelForwardError
 
 __all__ = ["ATTRIBUTION_METHODS", "compute_attribution", "occlusion_window"]
@@ -121,6 +121,7 @@ def compute_attribution(
         )
     _check_input(x)
     module = _module_of(model)
+    target = task_target(model, target)  # a multi-label LoadedModel: label logits, sigmoid probabilities
     cap: Capture = capture(module, x, [], target, gradients=False)
     device, dtype = model_device_dtype(module)
     xi = x.detach().to(device=device, dtype=dtype).clone()
