@@ -74,6 +74,8 @@ def test_label_names_and_task_from_the_form_reach_the_model() -> None:
     assert "class_0, class_1, class_2" in _model_caption(at)
     assert any("have no names" in c.value and "**Label names**" in c.value for c in at.sidebar.caption)
     assert at.get("download_button"), "the sidecar is offered for download"
+    at.button(key="model_a_names_fill").click().run()  # the current names, ready to edit
+    assert at.text_area(key="model_a_names").value == "class_0\nclass_1\nclass_2"
 
     at.text_area(key="model_a_names").set_value("clear\nmass\nfluid").run()
     assert not at.exception
