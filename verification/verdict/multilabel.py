@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from verification.errors import ImageLoadError, InputTooLargeError
+from verification.errors import ImageLoadError, InputTooLargeError, ShapeError
 from verification.io.records import LoadedModel
 from verification.multilabel import label_probabilities, label_view, not_label, parse_label_set
 from verification.verdict.combine import _class_verdict, image_why
@@ -176,7 +176,7 @@ def verify_labels(
     classes = tuple(bundle.class_names)
     sets_all = [parse_label_set(v, classes) for v in labels] if labels is not None else [None] * n
     if len(sets_all) != n:
-        raise ValueError(f"{len(sets_all)} label sets for {n} images")
+        raise ShapeError(f"{len(sets_all)} label sets for {n} images: give one per image (None: unknown)")
     cal = getattr(bundle, "calibration", None)
     if cal is not None and LABEL_SCHEME not in cal.scheme:  # softmax edges never judge sigmoid labels
         warns.append(SINGLE_LABEL_CALIBRATION)
@@ -381,6 +381,8 @@ def calibrate_labels(
     classes = tuple(bundle.class_names)
     sets = [parse_label_set(v, classes) for v in labels]
     x = images.float() if isinstance(images, Tensor) else to_tensor([_load(im) for im in images], first)
+    if len(sets) != len(x):
+        raise ShapeError(f"{len(sets)} label sets for {len(x)} calibration images: give one per image")
     edges = []
     cal = None
     for k, name in enumerate(classes):
