@@ -220,3 +220,12 @@ def test_numbers_without_thresholds_are_stated_not_judged() -> None:
 def test_nothing_measured() -> None:
     ex = explain_image(_im(predicted=None, probabilities=()))
     assert ex.sentence == "Assessed; no per-image number was measured on this image."
+
+
+def test_the_healthy_band_is_the_healthy_models_class_means() -> None:
+    from verification.verdict.calibration import Edge
+    from verification.verdict.lines import _healthy_band
+
+    edge = Edge("E3.outside_drop", "nodule", 0.2, True, 0.9, 0.1, 0.02, healthy=(0.05, 0.1, float("nan")))
+    assert _healthy_band(edge) == {"healthy_low": 0.05, "healthy_high": 0.1}
+    assert _healthy_band(Edge("E4.finding_drop", "nodule", None, False, None, None, None)) == {}

@@ -567,6 +567,24 @@ def band_chart(line: LineResult) -> go.Figure | None:
                 yanchor="bottom",
                 font={"size": 11},
             )
+        if b.healthy is not None:
+            fig.add_shape(
+                type="rect",
+                x0=b.healthy[0],
+                x1=max(b.healthy[1], b.healthy[0] + 0.004 * (hi - lo)),
+                y0=k - 0.1,
+                y1=k + 0.1,
+                fillcolor="rgba(46,158,91,0.75)",
+                line_width=0,
+            )
+            fig.add_annotation(
+                x=(b.healthy[0] + b.healthy[1]) / 2,
+                y=k + 0.2,
+                text=f"healthy models {b.healthy[0]:.3g}–{b.healthy[1]:.3g}",
+                showarrow=False,
+                yanchor="bottom",
+                font={"size": 10, "color": "#7fd6a0"},
+            )
         if b.healthy_edge is not None:
             fig.add_shape(
                 type="line",

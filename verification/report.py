@@ -132,8 +132,8 @@ class Band:
 
     ``value`` (with its interval ``low`` … ``high``) is this run's number, ``threshold`` the calibrated edge
     (passing side: above it when ``higher_is_better``), ``healthy_edge`` the worst healthy model's class mean
-    (the edge of the healthy band; None when the line does not report it); ``axis`` the zoomed range that
-    holds all of them with a margin."""
+    and ``healthy`` the band of the healthy models' class means (lowest, highest; None when the line does not
+    report them); ``axis`` the zoomed range that holds all of them with a margin."""
 
     line: str
     class_name: str
@@ -145,6 +145,7 @@ class Band:
     higher_is_better: bool
     healthy_edge: float | None
     axis: tuple[float, float]
+    healthy: tuple[float, float] | None = None
 
 
 def _finite(v: Any) -> float | None:
@@ -152,6 +153,11 @@ def _finite(v: Any) -> float | None:
         return None
     f = float(v)
     return f if math.isfinite(f) else None
+
+
+def _band(lo: Any, hi: Any) -> tuple[float, float] | None:
+    a, b = _finite(lo), _finite(hi)
+    return None if a is None or b is None else (min(a, b), max(a, b))
 
 
 def bands(line: Any) -> list[Band]:
@@ -163,7 +169,15 @@ def bands(line: Any) -> list[Band]:
     pts = [
         v
         for c in rows
-        for v in (c.value, c.low, c.high, c.threshold, c.numbers.get("healthy_edge"))
+        for v in (
+            c.value,
+            c.low,
+            c.high,
+            c.threshold,
+            c.numbers.get("healthy_edge"),
+            c.numbers.get("healthy_low"),
+            c.numbers.get("healthy_high"),
+        )
         if _finite(v) is not None
     ]
     lo, hi = float(min(pts)), float(max(pts))
@@ -182,6 +196,7 @@ def bands(line: Any) -> list[Band]:
             higher_is_better=bool(c.higher_is_better),
             healthy_edge=_finite(c.numbers.get("healthy_edge")),
             axis=axis,
+            healthy=_band(c.numbers.get("healthy_low"), c.numbers.get("healthy_high")),
         )
         for c in rows
     ]
@@ -244,6 +259,13 @@ def band_svg(rows: Sequence[Band], *, width: int = 720) -> str:
                 "<title>no threshold</title></rect>"
             )
         out.append(f'<text x="{left - 8}" y="{mid + 4}" text-anchor="end">{html.escape(b.class_name)}</text>')
+        if b.healthy is not None:
+            h0, h1 = x(b.healthy[0]), x(b.healthy[1])
+            out.append(
+                f'<rect x="{h0:.1f}" y="{y0 + 11}" width="{max(h1 - h0, 2):.1f}" height="10" fill="#2e7d32" '
+                f'fill-opacity="0.35"><title>healthy models {b.healthy[0]:.3g} to {b.healthy[1]:.3g}</title>'
+                "</rect>"
+            )
         if b.healthy_edge is not None:
             h = x(b.healthy_edge)
             out.append(

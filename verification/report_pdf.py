@@ -195,6 +195,10 @@ def _band_chart(doc: _Doc, rows: list[Band]) -> None:
         else:
             pdf.set_fill_color(243, 243, 243)
             pdf.rect(x0, top, w, 4, style="F")
+        if b.healthy is not None:
+            h0, h1 = x(b.healthy[0]), x(b.healthy[1])
+            pdf.set_fill_color(140, 190, 145)
+            pdf.rect(h0, top + 1, max(h1 - h0, 0.6), 2, style="F")
         doc.font(7)
         pdf.set_xy(pdf.l_margin, top)
         pdf.cell(label_w - 2, 4, doc.text(b.class_name), align="R")

@@ -79,7 +79,7 @@ def _report(n_examples: int = 2) -> VerificationReport:
                 low=0.85,
                 high=0.95,
                 threshold=0.58,
-                numbers={"healthy_edge": 0.97, "auroc": 1.0},
+                numbers={"healthy_edge": 0.97, "healthy_low": 0.97, "healthy_high": 0.99, "auroc": 1.0},
                 n=29,
             ),
         ),
@@ -205,4 +205,6 @@ def test_band_axis_is_zoomed_to_the_numbers() -> None:
     assert [r.class_name for r in rows] == ["normal", "nodule"]
     e4 = bands(_report().lines[1])[0]
     assert e4.healthy_edge == 0.97
-    assert e4.axis[1] == pytest.approx(0.97 + 0.08 * (0.97 - 0.58))
+    assert e4.healthy == (0.97, 0.99)  # the healthy models' class means: the band the chart shades
+    assert e4.axis[1] == pytest.approx(0.99 + 0.08 * (0.99 - 0.58))
+    assert rows[0].healthy is None  # E3 here reports no healthy band: none is drawn

@@ -130,7 +130,12 @@ def thresholds(report: VerificationReport) -> dict[tuple[str, str], Threshold]:
             key: str | None = None
             if ln.key == "E3":
                 key = next(
-                    (k for k, v in c.numbers.items() if v is not None and math.isclose(v, c.value)), None
+                    (
+                        k
+                        for k, v in c.numbers.items()
+                        if k.startswith("E3.") and v is not None and math.isclose(v, c.value)
+                    ),
+                    None,
                 )
             elif ln.key == "E4":
                 key = "E4.finding_drop"

@@ -20,11 +20,12 @@ the images predicted as it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from verification.verdict.calibration import Calibration, class_values
+from verification.verdict.calibration import Calibration, Edge, class_values
 from verification.verdict.measure import QUANTITIES, Measurements
 from verification.verdict.records import LINE_NAMES, ClassLine, LineResult, Status, VerdictConfig
 from verification.verdict.stats import judge, mean_interval, wilson
@@ -258,7 +259,7 @@ def _quantity_class(
     if edge is None or edge.threshold is None:
         why = "the bundle has no calibration" if cal is None else "no calibrated threshold for this class"
         return ClassLine(name, "not_assessable", **base, reason=f"mean {mean:.3f}; {why}")  # type: ignore[arg-type]
-    numbers = {"auroc": edge.auroc, "healthy_edge": edge.healthy_edge}
+    numbers = {"auroc": edge.auroc, "healthy_edge": edge.healthy_edge, **_healthy_band(edge)}
     if not edge.informative:
         return ClassLine(
             name,
@@ -281,6 +282,12 @@ def _quantity_class(
     )
 
 
+def _healthy_band(edge: Edge) -> dict[str, float | None]:
+    """The healthy models' class means as a band (lowest, highest) for the report's band charts."""
+    vals = [float(v) for v in edge.healthy if math.isfinite(float(v))]
+    return {"healthy_low": min(vals), "healthy_high": max(vals)} if vals else {}
+
+
 def _merge(name: str, parts: Sequence[ClassLine]) -> ClassLine:
     """E3's counterfactuals are detectors of one thing (reliance on what should not decide): the class fails
     when one fails clearly, passes when at least one passes and none fails, and is inconclusive when the
@@ -299,7 +306,8 @@ def _merge(name: str, parts: Sequence[ClassLine]) -> ClassLine:
     else:
         status = "not_assessable"
     lead = next((p for p in parts if p.status == status), parts[0])
-    numbers = {f"{k}": p.value for k, p in zip(E3_KEYS, parts)}
+    healthy = {k: v for k, v in lead.numbers.items() if k.startswith("healthy")}  # the lead's band
+    numbers = {**healthy, **{f"{k}": p.value for k, p in zip(E3_KEYS, parts)}}
     return ClassLine(
         name,
         status,
