@@ -1,6 +1,6 @@
 """The viewer in headless Chromium: window/level changes the drawn pixels (not the prediction), zoom and pan
 show the same native-pixel region in all three panels, and a box dragged with the mouse on the image becomes
-the expected region whose numbers are shown, replaced, exported and imported again.
+the expected region whose numbers are shown, replaced, extended with a lasso, exported and imported again.
 
 Screenshots: ``test-artifacts/viewer-*.png``. Skipped only when Debian's ``/usr/bin/chromium`` is absent.
 """
@@ -216,6 +216,33 @@ def test_viewer_in_chromium(tmp_path: Path) -> None:
         assert corner_energy != first_energy
         assert corner_energy < first_energy
 
+        # --- a lasso (freehand) added to the box: the region becomes the union
+        page.get_by_text("adds to the region").click()
+        wait_idle(page)
+        chart = page.locator(".st-key-viewer_draw .nsewdrag").first
+        chart.hover()
+        page.locator('.st-key-viewer_draw .modebar-btn[data-title="Lasso Select"]').first.click()
+        box = chart.bounding_box()
+        path = [(0.45, 0.45), (0.70, 0.48), (0.66, 0.72), (0.50, 0.70), (0.42, 0.58)]
+        page.mouse.move(box["x"] + box["width"] * path[0][0], box["y"] + box["height"] * path[0][1])
+        page.mouse.down()
+        for fx, fy in [*path[1:], path[0]]:
+            page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=6)
+        page.mouse.up()
+        page.wait_for_function(
+            "() => Array.from(document.querySelectorAll('p')).some("
+            "(p) => p.innerText.startsWith('Drawn region') && p.innerText.includes('polygon of'))",
+            timeout=180_000,
+        )
+        wait_idle(page)
+        union_text = _region_text(page)
+        assert "box x" in union_text, union_text  # the corner box is kept: the lasso was added
+        union_energy = _energy(page)
+        assert union_energy > corner_energy
+        page.screenshot(path=str(ARTIFACTS / "viewer-05-lasso.png"), full_page=True)
+        page.get_by_text("replaces the region").click()
+        wait_idle(page)
+
         # --- export, clear, import: the region comes back with the same numbers
         page.get_by_text("Export or import annotations").click()
         with page.expect_download(timeout=120_000) as download:
@@ -224,7 +251,7 @@ def test_viewer_in_chromium(tmp_path: Path) -> None:
         download.value.save_as(saved)
         doc = json.loads(saved.read_text())
         assert len(doc["annotations"]) == 1
-        assert doc["annotations"][0]["regions"][0]["kind"] == "box"
+        assert [r["kind"] for r in doc["annotations"][0]["regions"]] == ["box", "polygon"]
         page.get_by_role("button", name="Clear the region").click()
         page.get_by_text("No region drawn on this image yet.").wait_for(timeout=120_000)
         wait_idle(page)
@@ -233,6 +260,6 @@ def test_viewer_in_chromium(tmp_path: Path) -> None:
         page.locator('.st-key-viewer_import input[type="file"]').set_input_files(str(saved))
         page.get_by_text(re.compile(r"^Drawn region")).first.wait_for(timeout=180_000)
         wait_idle(page)
-        assert _energy(page) == corner_energy
+        assert _energy(page) == union_energy
         assert page.locator('[data-testid="stException"]').count() == 0
         page.screenshot(path=str(ARTIFACTS / "viewer-04-imported.png"), full_page=True)
