@@ -265,7 +265,7 @@ def controls(image: LoadedImage, src: DisplaySource) -> ViewerState:
             hi_s,
             float(np.round((lo_s + hi_s) / 2 / step) * step),
             step,
-            key="viewer_level",
+            key=f"viewer_level_{image.content_hash[:12]}",
         )
         width = c2.slider(
             f"Width ({src.units})",
@@ -273,7 +273,7 @@ def controls(image: LoadedImage, src: DisplaySource) -> ViewerState:
             hi_s - lo_s,
             float(np.round((hi_s - lo_s) / step) * step),
             step,
-            key="viewer_width",
+            key=f"viewer_width_{image.content_hash[:12]}",
         )
         window = Window("window", MANUAL, float(level), max(float(width), step))
     else:
