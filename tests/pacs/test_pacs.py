@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import json
 import socket
 import threading
 import time
@@ -372,16 +373,27 @@ def test_cli_cam_on_a_pacs_study_stores_heatmaps_back(
         monkeypatch.setenv(key, value)
     source = pacs.source("RG3_UNCR.dcm")
     study = pacs.studies["RG3_UNCR.dcm"]
+    # a verify result whose verdict goes into the stored objects (one image: CANNOT VERIFY, and it says why)
+    model = v.load_model(MODEL)
+    bundle = v.load_bundle(ROOT / "assets/demo/references/sound_gradcam", model=model)
+    report = v.verify(model, bundle, [ROOT / "assets/demo/samples/cxr_nodule.png"], ["nodule"])
+    verdict_json = tmp_path / "verify.json"
+    verdict_json.write_text(json.dumps(report.to_document()), encoding="utf-8")
     with PacsClient(pacs.config()) as client:
         before = {s.series_uid for s in client.search_series(study)}
-    assert main(["cam", str(MODEL), source, "-o", str(tmp_path / "out"), "--pacs-store", "-q"]) == 0
+    out = str(tmp_path / "out")
+    argv = ["cam", str(MODEL), source, "-o", out, "--pacs-store", "--pacs-verdict", str(verdict_json), "-q"]
+    assert main(argv) == 0
     assert (tmp_path / "out" / "manifest.json").is_file()
     with PacsClient(pacs.config()) as client:
         new = [s for s in client.search_series(study) if s.series_uid not in before]
     assert len(new) == 1
     assert new[0].n_instances == 1
     assert "gradcam" in new[0].description
-    assert "not verified" in new[0].description
+    assert report.label in new[0].description
+    png = str(ROOT / "assets/demo/samples/cxr_nodule.png")
+    assert main(["cam", str(MODEL), png, "-o", out + "3", "--pacs-store"]) == 1
+    assert "needs inputs from a PACS" in capsys.readouterr().err
 
     monkeypatch.setenv("VERIFICATION_DICOMWEB_PASSWORD", "bad-pass-42")
     assert main(["cam", str(MODEL), source, "-o", str(tmp_path / "o2")]) == 1
