@@ -441,3 +441,14 @@ def test_labelled_pacs_source_is_refused_with_a_reason() -> None:
 
     with pytest.raises(ValueError, match="no class labels"):
         scan_labelled("dicomweb+http://127.0.0.1:1/dicom-web/studies/1.2")
+
+
+def test_absent_orthanc_is_reported_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from verification.pacs import orthanc
+
+    monkeypatch.setattr(orthanc, "ORTHANC", Path("/nonexistent/Orthanc"))
+    reason = orthanc.orthanc_missing()
+    assert reason is not None
+    assert "not installed" in reason
+    with pytest.raises(PacsUnavailableError, match="not installed"):
+        orthanc.OrthancServer()
