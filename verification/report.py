@@ -211,6 +211,12 @@ _STATUS_FILL = {
 }
 
 
+def _n(v: float) -> str:
+    """A number for a chart label: three decimals (the charts' quantities live in about [-1, 1]); large
+    values (a KL) with four significant digits."""
+    return f"{v:.3f}" if abs(v) < 1000 else f"{v:.4g}"
+
+
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     raw = (hi - lo) / max(n - 1, 1)
     mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
@@ -225,7 +231,7 @@ def band_svg(rows: Sequence[Band], *, width: int = 720) -> str:
     its interval; every mark labelled with its number."""
     if not rows:
         return ""
-    left, right, row_h, top = 110, 20, 46, 22
+    left, right, row_h, top = 110, 190, 54, 22
     lo, hi = rows[0].axis
     plot_w = width - left - right
     height = top + row_h * len(rows) + 26
@@ -263,17 +269,26 @@ def band_svg(rows: Sequence[Band], *, width: int = 720) -> str:
             h0, h1 = x(b.healthy[0]), x(b.healthy[1])
             out.append(
                 f'<rect x="{h0:.1f}" y="{y0 + 11}" width="{max(h1 - h0, 2):.1f}" height="10" fill="#2e7d32" '
-                f'fill-opacity="0.35"><title>healthy models {b.healthy[0]:.3g} to {b.healthy[1]:.3g}</title>'
+                f'fill-opacity="0.35"><title>healthy models {_n(b.healthy[0])} to {_n(b.healthy[1])}</title>'
                 "</rect>"
             )
         if b.healthy_edge is not None:
             h = x(b.healthy_edge)
             out.append(
                 f'<line x1="{h:.1f}" y1="{y0 + 4}" x2="{h:.1f}" y2="{y0 + 28}" stroke="#2e7d32" '
-                'stroke-dasharray="3,2" stroke-width="1.5"/>'
-                f'<text class="lab" x="{h + (-4 if h > left + plot_w / 2 else 4):.1f}" y="{y0 + 1}" '
-                f'text-anchor="{"end" if h > left + plot_w / 2 else "start"}" fill="#2e7d32">'
-                f"healthy edge {b.healthy_edge:.3g}</text>"
+                'stroke-dasharray="3,2" stroke-width="1.5"><title>healthy edge (worst healthy model) '
+                f"{_n(b.healthy_edge)}</title></line>"
+            )
+        # the healthy numbers in words at the right of the row, where no mark can hide them
+        legend = []
+        if b.healthy is not None:
+            legend.append(f"healthy models {_n(b.healthy[0])} to {_n(b.healthy[1])}")
+        if b.healthy_edge is not None:
+            legend.append(f"healthy edge {_n(b.healthy_edge)}")
+        for j, words in enumerate(legend):
+            out.append(
+                f'<text class="lab" x="{left + plot_w + 8}" y="{y0 + 14 + 12 * j}" fill="#2e7d32">'
+                f"{words}</text>"
             )
         if b.threshold is not None:
             t = x(b.threshold)
@@ -281,7 +296,7 @@ def band_svg(rows: Sequence[Band], *, width: int = 720) -> str:
                 f'<line x1="{t:.1f}" y1="{y0 + 2}" x2="{t:.1f}" y2="{y0 + 30}" stroke="#222" '
                 'stroke-width="2.5"/>'
                 f'<text class="lab" x="{t:.1f}" y="{y0 + 1}" text-anchor="middle">'
-                f"threshold {'≥' if b.higher_is_better else '≤'} {b.threshold:.3g}</text>"
+                f"threshold {'≥' if b.higher_is_better else '≤'} {_n(b.threshold)}</text>"
             )
         colour = _STATUS_FILL.get(b.status, "#777777")
         if b.low is not None and b.high is not None:
@@ -295,7 +310,7 @@ def band_svg(rows: Sequence[Band], *, width: int = 720) -> str:
             + ("" if b.low is None or b.high is None else f" [{b.low:.4g}, {b.high:.4g}]")
             + "</title></circle>"
             f'<text class="lab" x="{v:.1f}" y="{y0 + 38}" text-anchor="middle" fill="{colour}">'
-            f"this run {b.value:.3g}</text>"
+            f"this run {_n(b.value)}</text>"
         )
     base = top + row_h * len(rows) + 2
     out.append(f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#999"/>')

@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from verification.report import Band, bands, example_pictures, example_sentence, jpeg_bytes, made_now
+from verification.report import (
+    Band,
+    _n,
+    bands,
+    example_pictures,
+    example_sentence,
+    jpeg_bytes,
+    made_now,
+)
 
 __all__ = ["render_pdf"]
 
@@ -171,12 +179,12 @@ def _band_chart(doc: _Doc, rows: list[Band]) -> None:
     if not rows:
         return
     pdf = doc.pdf
-    row_h, label_w = 9.0, 28.0
+    row_h, label_w = 11.5, 28.0
     need = row_h * len(rows) + 8
     if pdf.get_y() + need > pdf.h - pdf.b_margin:
         pdf.add_page()
     x0, y = pdf.l_margin + label_w, pdf.get_y() + 3
-    w = doc.width - label_w - 4
+    w = doc.width - label_w - 36  # the right 32 mm hold the healthy numbers in words
     lo, hi = rows[0].axis
 
     def x(v: float) -> float:
@@ -208,10 +216,16 @@ def _band_chart(doc: _Doc, rows: list[Band]) -> None:
             pdf.set_dash_pattern(dash=0.8, gap=0.6)
             pdf.line(h, top - 0.5, h, top + 4.5)
             pdf.set_dash_pattern()
-            doc.font(5.5)
-            pdf.set_text_color(46, 125, 50)
-            edge = doc.text(f"healthy edge {b.healthy_edge:.3g}")
-            pdf.text(h - pdf.get_string_width(edge) - 1 if h > x0 + w / 2 else h + 1, top - 1.4, edge)
+        legend = []
+        if b.healthy is not None:
+            legend.append(f"healthy models {_n(b.healthy[0])} to {_n(b.healthy[1])}")
+        if b.healthy_edge is not None:
+            legend.append(f"healthy edge {_n(b.healthy_edge)}")
+        doc.font(5.5)
+        pdf.set_text_color(46, 125, 50)
+        for j, words in enumerate(legend):
+            pdf.text(x0 + w + 2, top + 1.5 + 2.6 * j, doc.text(words))
+        pdf.set_text_color(0, 0, 0)
         if b.threshold is not None:
             t = x(b.threshold)
             pdf.set_draw_color(30, 30, 30)
@@ -221,7 +235,7 @@ def _band_chart(doc: _Doc, rows: list[Band]) -> None:
             doc.font(5.5)
             pdf.set_text_color(30, 30, 30)
             sign = "≥" if b.higher_is_better else "≤"
-            pdf.text(t - 6, top - 1.4, doc.text(f"threshold {sign} {b.threshold:.3g}"))
+            pdf.text(t - 6, top - 1.4, doc.text(f"threshold {sign} {_n(b.threshold)}"))
         rgb = _STATUS_RGB.get(b.status, (119, 119, 119))
         pdf.set_draw_color(*rgb)
         pdf.set_fill_color(*rgb)
@@ -233,7 +247,7 @@ def _band_chart(doc: _Doc, rows: list[Band]) -> None:
         pdf.ellipse(v - 1.2, top + 0.8, 2.4, 2.4, style="F")
         doc.font(5.5)
         pdf.set_text_color(*rgb)
-        label = doc.text(f"this run {b.value:.3g}")
+        label = doc.text(f"this run {_n(b.value)}")
         lx = min(max(v - pdf.get_string_width(label) / 2, x0), x0 + w - pdf.get_string_width(label))
         pdf.text(lx, top + 7.0, label)
         pdf.set_text_color(0, 0, 0)
