@@ -525,7 +525,19 @@ def band_chart(line: LineResult) -> go.Figure | None:
         return None
     lo, hi = rows[0].axis
     fig = go.Figure()
-    names = [b.class_name for b in rows]
+    # the class, and under it the healthy numbers in words (a label inside the plot could hide another)
+    names = [
+        b.class_name
+        + (
+            ""
+            if b.healthy is None and b.healthy_edge is None
+            else "<br><span style='font-size:10px;color:#7fd6a0'>"
+            + ("" if b.healthy is None else f"healthy {b.healthy[0]:.3f}–{b.healthy[1]:.3f}")
+            + ("" if b.healthy_edge is None else f" · edge {b.healthy_edge:.3f}")
+            + "</span>"
+        )
+        for b in rows
+    ]
     for k, b in enumerate(rows):
         y0, y1 = k - 0.28, k + 0.28
         if b.threshold is not None:
@@ -577,14 +589,6 @@ def band_chart(line: LineResult) -> go.Figure | None:
                 fillcolor="rgba(46,158,91,0.75)",
                 line_width=0,
             )
-            fig.add_annotation(
-                x=(b.healthy[0] + b.healthy[1]) / 2,
-                y=k + 0.2,
-                text=f"healthy models {b.healthy[0]:.3g}–{b.healthy[1]:.3g}",
-                showarrow=False,
-                yanchor="bottom",
-                font={"size": 10, "color": "#7fd6a0"},
-            )
         if b.healthy_edge is not None:
             fig.add_shape(
                 type="line",
@@ -594,20 +598,12 @@ def band_chart(line: LineResult) -> go.Figure | None:
                 y1=y1,
                 line={"color": "#2e9e5b", "width": 2, "dash": "dash"},
             )
-            fig.add_annotation(
-                x=b.healthy_edge,
-                y=k - 0.42,
-                text=f"healthy edge {b.healthy_edge:.3g}",
-                showarrow=False,
-                yanchor="top",
-                font={"size": 10, "color": "#2e9e5b"},
-            )
     fig.add_trace(
         go.Scatter(
             x=[b.value for b in rows],
             y=list(range(len(rows))),
             mode="markers+text",
-            text=[f"this run {b.value:.3g}" for b in rows],
+            text=[f"this run {b.value:.3f}" for b in rows],
             textposition="bottom center",
             marker={"size": 12, "color": [_STATUS_RGB.get(b.status, "#888888") for b in rows]},
             error_x={
