@@ -27,6 +27,7 @@ TORCHVISION_FAMILIES: tuple[str, ...] = (
     "mobilenet_v3_",
     "vgg",
     "convnext_",
+    "regnet_",
 )
 """Name prefixes of the torchvision classification families that ``build_architecture`` accepts."""
 
@@ -88,6 +89,7 @@ ARCH_KWARGS: dict[str, dict[str, Param]] = {
     },
     "vgg": {"dropout": _PROB, "init_weights": _FLAG},
     "convnext_": {"stochastic_depth_prob": _PROB, "layer_scale": Param(float, 1e-8, 1.0)},
+    "regnet_": {},
     "unet": {"base": Param(int, 1, 128), "depth": Param(int, 1, 5)},
     "timm/": {"drop_rate": _PROB, "drop_path_rate": _PROB},
 }
