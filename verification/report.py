@@ -447,6 +447,9 @@ def render_report(
             + band_svg(bands(ln))
         )
     not_ok = [[im.name, im.not_assessable_reason] for im in report.images if not im.assessable]
+    from verification.verdict.explain import explain_image, thresholds
+
+    limits = thresholds(report)
     image_rows = [
         [
             im.name,
@@ -454,7 +457,7 @@ def render_report(
             im.predicted,
             max(im.probabilities) if im.probabilities else None,
             "yes" if im.assessable else "no",
-            im.why,
+            explain_image(im, limits=limits).sentence,  # the plain sentence, from the image's numbers
         ]
         for im in report.images
     ]
@@ -487,7 +490,7 @@ def render_report(
         parts += ["<h2>Images that could not be assessed</h2>", _table(["image", "why"], not_ok)]
     parts += [
         "<h2>Per image</h2>",
-        _table(["image", "label", "predicted", "probability", "assessable", "why"], image_rows),
+        _table(["image", "label", "predicted", "probability", "assessable", "in words"], image_rows),
     ]
     if report.errors:
         parts += ["<h2>Unreadable images</h2>", kv_table(dict(report.errors))]

@@ -191,6 +191,9 @@ def test_the_html_report_is_small_jpeg_svg_and_no_script() -> None:
     assert html.count("data:image/jpeg;base64,") == 16  # 8 overlays + 8 references
     assert html.count('<svg class="band"') == 2
     assert f"Report made {MADE}" in html
+    # every image in words in the per-image table (the gate's reason for the one it removed)
+    assert "Not assessed: early feature maps shifted; the model&#x27;s prediction" in html
+    assert html.count("Predicted nodule (90 %), as labelled") >= 8
     # eight 1024-px pictures at display size: far under a megabyte (was PNG at 512 px + 4.8 MB of plotly)
     assert len(html) < 600_000, len(html)
 
