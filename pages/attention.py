@@ -308,6 +308,17 @@ with draw_right:
         st.markdown(f"**{loaders.METHOD_LABELS[method]} at {result.layer} against the drawn region**")
         with st.container(key="viewer_region_numbers"):
             st.table({"measure": list(numbers), "value": [f"{v:.3f}" for v in numbers.values()]})
+        with st.expander("The seven metrics with the drawn region as this image's reference map"):
+            seven = viewer.reference_metrics_for(map_key, result.maps[0], drawn)
+            st.table(
+                {
+                    "metric": [m for m, _, _ in seven],
+                    "value": [f"{v:.3f}" for _, v, _ in seven],
+                    "direction": [d for _, _, d in seven],
+                }
+            )
+            gh, gw = viewer.metrics.DEFAULT_SIZE
+            st.caption(f"On the {gw}×{gh} comparison grid; IoU and Dice at each map's Otsu threshold.")
         if image_evidence is not None and image_evidence.assessable:
             inside = image_evidence.values.get("E2.energy_inside")
             if inside is not None:

@@ -527,6 +527,40 @@ def region_numbers(map01: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     }
 
 
+def reference_metrics(map01: np.ndarray, mask: np.ndarray) -> list[tuple[str, float, str]]:
+    """The seven metrics of :data:`~verification.metrics.DEFAULT_METRICS` with the drawn region (1 inside, 0
+    outside) as this image's reference map (METHODS §3, E5's per-image reference), on the registry's
+    comparison grid with Otsu thresholds for IoU/Dice: (label, value, "higher is better" or "lower ...")."""
+    values = metrics.compute_metrics(
+        np.asarray(map01, np.float32)[None], np.asarray(mask, np.float32)[None], threshold="otsu"
+    )
+    out = []
+    for name in metrics.DEFAULT_METRICS:
+        spec = metrics.METRICS[name]
+        out.append(
+            (
+                spec.label,
+                float(values[name][0]),
+                "higher is closer" if spec.higher_is_better else "lower is closer",
+            )
+        )
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _reference_metrics(
+    map_key: tuple[Any, ...], annotation_key: str, _map: np.ndarray, _mask: np.ndarray
+) -> list[tuple[str, float, str]]:
+    return reference_metrics(_map, _mask)
+
+
+def reference_metrics_for(
+    map_key: tuple[Any, ...], map01: np.ndarray, annotation: Annotation
+) -> list[tuple[str, float, str]]:
+    """:func:`reference_metrics` cached by the map's key and the annotation's content."""
+    return _reference_metrics(map_key, annotation.key(), map01, annotation.mask())
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def _region_numbers(
     map_key: tuple[Any, ...], annotation_key: str, _map: np.ndarray, _mask: np.ndarray

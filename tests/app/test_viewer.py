@@ -210,3 +210,18 @@ def test_an_uploaded_dicom_offers_its_own_windows_and_a_seg_download() -> None:
     labels = [b.proto.label for b in at.get("download_button")]
     assert "DICOM SEG of this image" in labels
     assert "PNG mask of this image" in labels
+
+
+def test_seven_metrics_against_the_drawn_region_hand_derived() -> None:
+    mask = np.zeros((32, 32), bool)
+    mask[8:16, 8:16] = True
+    same = dict((m, v) for m, v, _ in viewer.reference_metrics(mask.astype(np.float32), mask))
+    assert same["IoU"] == pytest.approx(1.0)
+    assert same["Cosine"] == pytest.approx(1.0)
+    assert same["Wasserstein (spatial)"] == pytest.approx(0.0, abs=1e-6)
+    apart = np.zeros((32, 32), np.float32)
+    apart[20:28, 20:28] = 1.0
+    other = dict((m, v) for m, v, _ in viewer.reference_metrics(apart, mask))
+    assert other["IoU"] == pytest.approx(0.0)
+    assert other["Cosine"] == pytest.approx(0.0)
+    assert other["Wasserstein (spatial)"] > 0.3  # the squares sit 12/32 apart on both axes
