@@ -444,7 +444,7 @@ def render_report(
                 ],
                 [c.status for c in ln.per_class],
             )
-            + band_svg(bands(ln))
+            + (band_svg(bands(ln)) if ln.key != "E0" else "")
         )
     not_ok = [[im.name, im.not_assessable_reason] for im in report.images if not im.assessable]
     from verification.verdict.explain import explain_image, thresholds

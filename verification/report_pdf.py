@@ -294,15 +294,15 @@ def render_pdf(
     # ---------------------------------------------------------------------------------------- the verdict
     doc.heading(title, 16)
     computed = report.provenance.get("created", "-")
-    doc.para(f"Report made {made} - verdict computed {computed}", 8, (90, 90, 90))
+    doc.para(f"Report made {made} · verdict computed {computed}", 8, (90, 90, 90))
     pdf.ln(2)
     head = report.label
     if report.deciding_line:
-        head += f" - decided by {report.deciding_line} {LINE_NAMES.get(report.deciding_line, '')}".rstrip()
+        head += f" — decided by {report.deciding_line} {LINE_NAMES.get(report.deciding_line, '')}".rstrip()
     acc = "n/a (no labels)" if report.accuracy is None else f"{100 * report.accuracy:.1f} %"
     if report.accuracy_interval is not None:
         lo, hi = report.accuracy_interval
-        acc += f" (Wilson 95 % {100 * lo:.1f}-{100 * hi:.1f} %)"
+        acc += f" (Wilson 95 % {100 * lo:.1f}–{100 * hi:.1f} %)"
     counts = f"accuracy {acc}; {report.n_images} images, {report.n_not_assessable} not assessable" + (
         f", {len(report.errors)} unreadable" if report.errors else ""
     )
@@ -368,7 +368,8 @@ def render_pdf(
                 ],
                 [24, 40, 20, 40, 30, 22],
             )
-            _band_chart(doc, bands(ln))
+            if ln.key != "E0":  # a pass rate without a threshold: the table says it all
+                _band_chart(doc, bands(ln))
         pdf.ln(1)
 
     # ---------------------------------------------------------------------------------------- examples

@@ -140,10 +140,10 @@ def test_the_pdf_has_the_verdict_lines_numbers_and_examples() -> None:
     pages = _text(pdf)
     first = " ".join(pages[0].split())
     assert "Verification of m" in first
-    assert "UNSUITABLE - decided by E3 reliance on evidence outside the anatomy" in first
+    assert "UNSUITABLE — decided by E3 reliance on evidence outside the anatomy" in first
     assert f"Report made {MADE}" in first
     assert "verdict computed 2020-05-05" in first
-    assert "accuracy 80.0 % (Wilson 95 % 69.0-88.0 %)" in first
+    assert "accuracy 80.0 % (Wilson 95 % 69.0–88.0 %)" in first
     everything = " ".join(" ".join(pages).split())
     assert "E3 reliance on evidence outside the anatomy: failed (votes)" in everything
     assert "[0.520, 0.700]" in everything
@@ -181,7 +181,9 @@ def test_without_a_unicode_font_the_core_font_writes_the_symbols_out(monkeypatch
     everything = " ".join(" ".join(_text(pdf)).split())
     pdf.close()
     assert "<= 0.150" in everything
+    assert "UNSUITABLE - decided by E3" in everything
     assert "≤" not in everything
+    assert "—" not in everything
 
 
 def test_the_html_report_is_small_jpeg_svg_and_no_script() -> None:
