@@ -229,3 +229,19 @@ def test_the_healthy_band_is_the_healthy_models_class_means() -> None:
     edge = Edge("E3.outside_drop", "nodule", 0.2, True, 0.9, 0.1, 0.02, healthy=(0.05, 0.1, float("nan")))
     assert _healthy_band(edge) == {"healthy_low": 0.05, "healthy_high": 0.1}
     assert _healthy_band(Edge("E4.finding_drop", "nodule", None, False, None, None, None)) == {}
+
+
+def test_a_spread_map_names_its_centre_of_mass_too() -> None:
+    cam = np.zeros((9, 9))
+    cam[0, 0] = 1.0  # the peak, upper-left
+    cam[4, 3:6] = 0.9  # most weight in the centre: centre of mass (12.65, 12.65) / 3.7 / 9 ≈ (0.38, 0.38)
+    loc = locate(cam)
+    assert loc is not None
+    assert loc.region == "in the upper-left corner"
+    assert region_words(*loc.centre) == "in the centre"
+    ex = explain_image(_im(label=None), location=loc)
+    assert ex.sentence == (
+        "Predicted nodule (90 %); attention peaks in the upper-left corner of the image, with its centre of "
+        "mass in the centre."
+    )
+    assert ex.numbers["attention centre of mass (x, y)"] == f"{loc.centre[0]:.2f}, {loc.centre[1]:.2f}"

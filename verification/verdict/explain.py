@@ -210,12 +210,17 @@ def explain_image(
         numbers["attention peak (x, y as fractions of the image)"] = (
             f"{location.peak[0]:.2f}, {location.peak[1]:.2f}"
         )
+        numbers["attention centre of mass (x, y)"] = f"{location.centre[0]:.2f}, {location.centre[1]:.2f}"
         if location.peak_inside is None:
-            clauses.append(f"attention peaks {location.region} of the image")
+            where = f"attention peaks {location.region} of the image"
         elif location.peak_inside:
-            clauses.append(f"attention peaks inside {anatomy}, {location.region} of the image")
+            where = f"attention peaks inside {anatomy}, {location.region} of the image"
         else:
-            clauses.append(f"attention peaks outside {anatomy}, {location.region} of the image")
+            where = f"attention peaks outside {anatomy}, {location.region} of the image"
+        centre = region_words(*location.centre)
+        if centre != location.region:  # spread attention: its weight sits elsewhere than its peak
+            where += f", with its centre of mass {centre}"
+        clauses.append(where)
     if outside_share is not None:
         numbers[f"share of attention outside {anatomy}"] = float(outside_share)
         clauses.append(f"{_pct(outside_share)} of its energy lies outside {anatomy}")
