@@ -84,9 +84,10 @@ FAMILIES: dict[str, Family] = {
 # state dict on a subset that covers the families a user reported (the xrv DenseNet static export) and
 # one of each kind of block (residual, inverted residual, dense). VERIFICATION_MODEL_MATRIX=full runs all.
 # vgg11_bn runs only in the full matrix: its 132M-parameter classifier (25088 × 4096) makes its cells the
-# slowest by far (about 20 s each on a loaded 2-core machine) for nothing the other families do not cover.
+# slowest by far (about 20 s each on a loaded 2-core machine) for nothing the other families do not cover;
+# the xrv DenseNet (224×224 inside its forward) runs in CI only as the static export a user reported.
 CI_CELLS: frozenset[tuple[str, str]] = frozenset(
-    {(f, "safetensors") for f in FAMILIES if f != "vgg11_bn"}
+    {(f, "safetensors") for f in FAMILIES if f not in ("vgg11_bn", "xrv_densenet121")}
     | {("resnet18", "state_dict"), ("timm/resnet18", "state_dict"), ("mobilenet_v3_small", "state_dict")}
     | {("resnet18", "pt2_static"), ("mobilenet_v3_small", "pt2_static"), ("xrv_densenet121", "pt2_static")}
     | {("resnet18", "pt2_dynamic"), ("efficientnet_b0", "pt2_dynamic")}
