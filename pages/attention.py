@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from ui import evidence, figures, loaders, viewer
+from ui import evidence, figures, glossary, loaders, viewer
 from ui.sidebar import workspace
 from ui.state import K
 from ui.widgets import colorbar, guard, notices
@@ -41,7 +41,8 @@ layer_choice = c2.selectbox(
     format_func=lambda name: f"default: {default_layer}" if name == "" else f"{name}  ({layers[name]})",
     key=K.LAYER.name,
     disabled=method in loaders.ATTRIBUTION_METHODS or method == "ms_gradcampp",
-    help="Dotted module name. Attributions work on input pixels; multi-scale fuses the last stages.",
+    help=glossary.help_for("layer")
+    + " Attributions work on input pixels; multi-scale fuses the last stages.",
 )
 layer = layer_choice or default_layer
 if segmentation:
@@ -315,6 +316,7 @@ with draw_right:
                     "metric": [m for m, _, _ in seven],
                     "value": [f"{v:.3f}" for _, v, _ in seven],
                     "direction": [d for _, _, d in seven],
+                    "what it measures": [glossary.metric_help(m) for m, _, _ in seven],
                 }
             )
             gh, gw = viewer.metrics.DEFAULT_SIZE
@@ -361,18 +363,22 @@ with draw_right:
                 "application/json",
                 key="viewer_dl_json",
             )
-        upload = st.file_uploader(
-            "Import annotations (this tool's JSON) or a mask of this image (PNG, its native size)",
-            type=["json", "png", "tif", "tiff"],
-            key="viewer_import",
-        )
-        if upload is not None and st.session_state.get("viewer_imported") != upload.file_id:
-            with guard(f"Reading {upload.name}") as failed:
-                said = viewer.import_file(region_store, image, upload.name, upload.getvalue(), finding_name)
-            if not failed:
-                st.session_state["viewer_imported"] = upload.file_id
-                st.session_state["viewer_import_note"] = said
-                st.rerun()
+        # The uploader appears on request: the sidebar's image uploader stays the page's last file input.
+        if st.toggle("Import annotations or a mask", key="viewer_import_open"):
+            upload = st.file_uploader(
+                "This tool's annotation JSON, or a mask of this image (PNG/TIFF at its native size)",
+                type=["json", "png", "tif", "tiff"],
+                key="viewer_import",
+            )
+            if upload is not None and st.session_state.get("viewer_imported") != upload.file_id:
+                with guard(f"Reading {upload.name}") as failed:
+                    said = viewer.import_file(
+                        region_store, image, upload.name, upload.getvalue(), finding_name
+                    )
+                if not failed:
+                    st.session_state["viewer_imported"] = upload.file_id
+                    st.session_state["viewer_import_note"] = said
+                    st.rerun()
         if st.session_state.get("viewer_import_note"):
             st.caption(st.session_state["viewer_import_note"])
 

@@ -255,8 +255,11 @@ def test_viewer_in_chromium(tmp_path: Path) -> None:
         page.get_by_role("button", name="Clear the region").click()
         page.get_by_text("No region drawn on this image yet.").wait_for(timeout=120_000)
         wait_idle(page)
-        if page.get_by_text("Import annotations").count() == 0:
+        toggle = page.get_by_text("Import annotations or a mask")
+        if not toggle.is_visible():
             page.get_by_text("Export or import annotations").click()
+        toggle.click()
+        page.locator('.st-key-viewer_import input[type="file"]').wait_for(state="attached", timeout=120_000)
         page.locator('.st-key-viewer_import input[type="file"]').set_input_files(str(saved))
         page.get_by_text(re.compile(r"^Drawn region")).first.wait_for(timeout=180_000)
         wait_idle(page)
