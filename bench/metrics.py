@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file (python bench/x.py): make the repository root importable
@@ -35,7 +36,7 @@ from skimage.metrics import structural_similarity
 
 from verification.metrics import DEFAULT_METRICS, DEFAULT_SIZE, METRICS, compute_metrics, prepare
 from verification.metrics.functional import binarize, shared_work
-from verification.metrics.registry import chunk_rows
+from verification.metrics.registry import _single_threaded_worker, chunk_rows
 from verification.metrics.wasserstein import DEFAULT_GRID, pool_mass
 
 
@@ -193,12 +194,17 @@ def wasserstein_section(k: int) -> None:
 
 
 def run_chunked(fn: Callable[..., object], a: torch.Tensor, b: torch.Tensor, kw: dict[str, object]) -> None:
-    """One metric over prepared maps in the chunks compute_metrics uses (each chunk's work shared as there)."""
+    """One metric over prepared maps exactly as compute_metrics runs it: the same chunks (each chunk's work
+    shared), on the same single-threaded worker threads, one per torch thread."""
     rows = chunk_rows((int(a.shape[-2]), int(a.shape[-1])), a.element_size())
-    with torch.inference_mode():
-        for s in range(0, a.shape[0], rows):
-            with shared_work():
-                fn(a[s : s + rows], b[s : s + rows], **kw)
+    starts = range(0, a.shape[0], rows)
+
+    def one(s: int) -> None:
+        with torch.inference_mode(), shared_work():
+            fn(a[s : s + rows], b[s : s + rows], **kw)
+
+    with ThreadPoolExecutor(max(1, torch.get_num_threads()), initializer=_single_threaded_worker) as pool:
+        list(pool.map(one, starts))
 
 
 def peers_value(name: str, x: np.ndarray, y: np.ndarray) -> float:

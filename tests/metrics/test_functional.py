@@ -276,3 +276,22 @@ def test_values_do_not_depend_on_the_batch() -> None:
         whole = fn(a32, b32).values
         alone = np.array([fn(a32[i : i + 1], b32[i : i + 1]).values[0] for i in range(len(A))])
         np.testing.assert_array_equal(whole, alone, err_msg=fn.__name__)
+
+
+def test_parallel_chunks_equal_one_thread() -> None:
+    """compute_metrics runs its chunks on worker threads when torch has more than one: same values."""
+    from verification.metrics import compute_metrics
+
+    rng = np.random.default_rng(5)
+    maps = rng.random((40, 224, 224)).astype(np.float32)  # 16 pairs a chunk at 224²: three chunks
+    refs = rng.random((1, 224, 224)).astype(np.float32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = compute_metrics(maps, refs, size=None)
+        torch.set_num_threads(2)
+        parallel = compute_metrics(maps, refs, size=None)
+    finally:
+        torch.set_num_threads(before)
+    for name, values in serial.items():
+        np.testing.assert_array_equal(parallel[name], values, err_msg=name)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,6 +97,28 @@ _COPIES_PER_ROW = 16
 CACHE_BYTES = 4 * 1024 * 1024
 
 
+@lru_cache(maxsize=1)
+def _omp_set_num_threads() -> Callable[[int], None] | None:
+    """``omp_set_num_threads`` of the OpenMP runtime torch bundles (Linux wheels), or None."""
+    for lib in sorted((Path(torch.__file__).parent / "lib").glob("libgomp*.so*")):
+        try:
+            return ctypes.CDLL(str(lib)).omp_set_num_threads
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def _single_threaded_worker() -> None:
+    """Initialiser of compute_metrics' worker threads: their torch operations (the SSIM convolution, pooling)
+    run inline, without torch's OpenMP team. The chunks are small, so a team gains little, and when the
+    machine is oversubscribed each team's barrier waits for a descheduled thread: measured 10–40× slower.
+    OpenMP's thread count is per calling thread, so nothing outside these workers changes."""
+    torch.get_num_threads()  # torch sets this thread's OpenMP count on first use; override it after
+    setter = _omp_set_num_threads()
+    if setter is not None:
+        setter(1)
+
+
 def chunk_rows(grid: tuple[int, int], itemsize: int) -> int:
     """Pairs per chunk of :func:`compute_metrics` on ``grid`` with ``itemsize``-byte values."""
     pixels = grid[0] * grid[1] * itemsize
@@ -149,22 +175,34 @@ def compute_metrics(
     n = max(na, nb)
     itemsize = 8 if torch.float64 in (a_all.dtype, b_all.dtype) else 4
     rows = chunk_rows(grid, itemsize)
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in chosen}
+
+    def run(start: int) -> dict[str, MetricResult]:
+        a = a_all[start : start + rows] if na > 1 else a_all
+        b = b_all[start : start + rows] if nb > 1 else b_all
+        out: dict[str, MetricResult] = {}
+        # IoU and Dice share their counts, and prepare's row checks are reused, within the chunk
+        with torch.inference_mode(), fn.shared_work():
+            pa, pb = prepare(a, b, grid, normalize=normalize)
+            for name in chosen:  # one batched call per metric and chunk, never per pair
+                spec = METRICS[name]
+                kwargs = dict(per_metric.get(name, {}))
+                if spec.uses_threshold:
+                    kwargs.setdefault("threshold", threshold)
+                out[name] = spec.fn(pa, pb, **kwargs)
+        return out
+
+    starts = list(range(0, n, rows))
+    workers = min(len(starts), max(1, torch.get_num_threads()))
+    if workers > 1:  # chunks in parallel on single-threaded workers (see _single_threaded_worker)
+        with ThreadPoolExecutor(workers, initializer=_single_threaded_worker) as pool:
+            results = list(pool.map(run, starts))
+    else:
+        results = [run(s) for s in starts]
+    parts: dict[str, list[np.ndarray]] = {name: [r[name].values for r in results] for name in chosen}
     reasons: dict[str, dict[int, str]] = {name: {} for name in chosen}
-    with torch.inference_mode():
-        for start in range(0, n, rows):  # one batched call per metric and chunk, never per pair
-            a = a_all[start : start + rows] if na > 1 else a_all
-            b = b_all[start : start + rows] if nb > 1 else b_all
-            with fn.shared_work():  # IoU and Dice share their counts; prepare's row checks are reused
-                pa, pb = prepare(a, b, grid, normalize=normalize)
-                for name in chosen:
-                    spec = METRICS[name]
-                    kwargs = dict(per_metric.get(name, {}))
-                    if spec.uses_threshold:
-                        kwargs.setdefault("threshold", threshold)
-                    res = spec.fn(pa, pb, **kwargs)
-                    parts[name].append(res.values)
-                    reasons[name].update({start + i: why for i, why in res.reasons.items()})
+    for start, r in zip(starts, results):
+        for name in chosen:
+            reasons[name].update({start + i: why for i, why in r[name].reasons.items()})
     values = {name: np.concatenate(parts[name]) for name in chosen}
     return MetricValues(values, reasons)
 
