@@ -111,3 +111,27 @@ def test_pt2_content_cache_shares_the_restored_program() -> None:
     assert c.module is not a.module
     with torch.no_grad():
         assert math.isfinite(float(c.module(torch.zeros(1, 1, 16, 16)).sum()))
+
+
+def test_trusted_load_does_not_let_an_untrusted_one_skip_the_inspection() -> None:
+    import zipfile
+
+    from verification.errors import UntrustedFileError
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(net.eval(), (torch.randn(1, 1, 16, 16),)), buf)
+    out = io.BytesIO()  # the archive plus an entry torch.export.save never writes
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src, zipfile.ZipFile(out, "w") as dst:
+        root = src.namelist()[0].split("/", 1)[0]
+        for info in src.infolist():
+            dst.writestr(info, src.read(info.filename))
+        dst.writestr(f"{root}/data/unexpected.bin", b"x")
+    data, side = out.getvalue(), {"input_size": [16, 16]}
+    clear_export_cache()
+    with pytest.raises(UntrustedFileError):
+        load_model_bytes(data, "x.pt2", sidecar_json=side)
+    assert load_model_bytes(data, "x.pt2", sidecar_json=side, trust=True).fixed_batch == 1
+    with pytest.raises(UntrustedFileError):  # the program is cached now; the untrusted load is still refused
+        load_model_bytes(data, "x.pt2", sidecar_json=side)
+    clear_export_cache()

@@ -534,12 +534,21 @@ def _load_export(
     digest: str,
 ) -> tuple[nn.Module, int | None, tuple[int, int] | None]:
     # Inspected before torch.export.load runs: it unpickles, evaluates and executes parts of the archive.
-    problems = untrusted_pt2_problems(
-        data, filename, max_bytes=max_bytes, trust=trust, max_decoded_bytes=max_decoded_bytes
-    )
-    if problems:
-        found = describe_problems(problems)
-        raise _untrusted(filename, f"parts that torch.export.load would execute ({found})")
+    # The same bytes under the same trust and limits give the same answer: a passed inspection is kept.
+    inspection = (digest, trust, max_bytes, max_decoded_bytes)
+    with _EXPORT_LOCK:
+        inspected = inspection in _INSPECTED
+    if not inspected:
+        problems = untrusted_pt2_problems(
+            data, filename, max_bytes=max_bytes, trust=trust, max_decoded_bytes=max_decoded_bytes
+        )
+        if problems:
+            found = describe_problems(problems)
+            raise _untrusted(filename, f"parts that torch.export.load would execute ({found})")
+        with _EXPORT_LOCK:
+            _INSPECTED[inspection] = None
+            while len(_INSPECTED) > 64:
+                _INSPECTED.popitem(last=False)
     if trust:
         logger.warning("loading torch.export archive '%s' with full trust: its code may run", filename)
     with _EXPORT_LOCK:
@@ -579,13 +588,15 @@ def _load_export(
 
 
 # Programs restored from .pt2 files, by content hash: the dashboard and the CLI load the same file again
-# (another page, another command of one run) and torch.export.load + unflatten is most of a load. The
-# inspection of the archive still runs every time (a trusted load must not let an untrusted one skip it).
-# The module is shared, as one LoadedModel's module is shared between threads (verification.cam.concurrency).
+# (another page, another command of one run) and torch.export.load + unflatten is most of a load. An
+# inspection is skipped only when the same bytes passed one under the same trust and limits (a trusted load
+# never lets an untrusted one skip it). The module is shared, as one LoadedModel's module is shared between
+# threads (verification.cam.concurrency).
 EXPORT_CACHE_ENTRIES = 4
 EXPORT_CACHE_BYTES = 1 << 30
 _EXPORT_CACHE: OrderedDict[str, tuple[nn.Module, int | None, tuple[int, int] | None]] = OrderedDict()
 _EXPORT_LOCK = threading.Lock()
+_INSPECTED: OrderedDict[tuple[str, bool, int, int], None] = OrderedDict()
 
 
 def _remember_export(digest: str, entry: tuple[nn.Module, int | None, tuple[int, int] | None]) -> None:
@@ -606,6 +617,7 @@ def clear_export_cache() -> None:
     """Forget the .pt2 programs restored so far (the next load of each reads its file again)."""
     with _EXPORT_LOCK:
         _EXPORT_CACHE.clear()
+        _INSPECTED.clear()
 
 
 class _SchemaTyping:
