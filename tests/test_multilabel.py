@@ -300,3 +300,41 @@ def test_captum_attributions_of_a_multilabel_model_report_sigmoid_probabilities(
         logits = model.module(x)
     np.testing.assert_allclose(res.probs, torch.sigmoid(logits).numpy(), rtol=1e-5, atol=1e-6)
     assert res.targets == tuple(int(k) for k in logits.argmax(1))
+
+
+def test_the_cam_command_writes_one_map_per_label(tmp_path: Path) -> None:
+    """``python -m verification cam`` on a multi-label model (no --target): each image's file also holds one
+    map per label it calls present, equal to label_cams on the same input."""
+    from PIL import Image
+
+    from verification.batch import load_image_cams
+    from verification.cli import main
+    from verification.io.images import load_image, to_tensor
+    from verification.io.models import load_model
+
+    net = tiny()
+    buf = io.BytesIO()
+    torch.save(net, buf)
+    (tmp_path / "ml.pt").write_bytes(buf.getvalue())
+    side = {"task": "multilabel", "class_names": list(LABELS), "input_size": 32, "mean": 0.5, "std": 0.25}
+    (tmp_path / "ml.json").write_text(json.dumps(side))
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    for i in range(2):
+        Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    out = tmp_path / "out"
+    code = main(
+        ["cam", str(tmp_path / "ml.pt"), str(tmp_path / "img"), "-o", str(out), "--trust", "--layer", "2"]
+    )
+    assert code == 0
+    model = load_model(tmp_path / "ml.pt", trust=True)
+    x = to_tensor([load_image(tmp_path / "img" / f"{i}.png") for i in range(2)], model)
+    want = label_cams(model, x, layers=["2"])
+    for i in range(2):
+        (npz,) = out.glob(f"{i}*.npz")
+        _, _, meta = load_image_cams(npz)
+        expected = want.maps_for(i)
+        assert meta["labels"] == list(expected)
+        for label, m in expected.items():
+            np.testing.assert_allclose(meta["label_maps"][label]["gradcam@2"], m, atol=1e-5)
+        np.testing.assert_allclose(meta["probs"], want.probs[i], rtol=1e-5)

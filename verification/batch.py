@@ -449,7 +449,20 @@ class CamJob(BatchJob):
             if item.display is not None:
                 row["display"] = item.display
             rows.append(row)
+        if getattr(model, "task", None) == "multilabel" and self.target is None:
+            self._label_maps(model, x, rows)
         return rows
+
+    def _label_maps(self, model: LoadedModel, x: torch.Tensor, rows: list[Row]) -> None:
+        """A multi-label model without ``--target``: also one map per label the model calls present (σ ≥ 0.5,
+        else its top label), as ``row["label_maps"][label][key]``."""
+        from verification.multilabel import label_cams
+
+        lm = label_cams(model, x, methods=self.methods, layers=self.layers)
+        for r, (n, k) in enumerate(zip(lm.images, lm.labels)):
+            per = rows[n].setdefault("label_maps", {}).setdefault(model.class_names[k], {})
+            for res in lm.results:
+                per[f"{res.method}@{res.layer}"] = np.asarray(res.maps[r], dtype=np.float32)
 
 
 # Errors that one image of a batch can cause on its own (NaN/inf in its tensor, a model that fails on it);
@@ -531,11 +544,16 @@ CAM_FILE_SCHEMA = "verification.batch.image_cams"
 def save_image_cams(path: str | Path, row: Row, *, class_names: Sequence[str]) -> Path:
     """Write one image's maps as ``.npz``: ``map/<method>@<layer>`` (H, W) in [0, 1], ``raw/<key>`` (h, w),
     ``logits`` (K,), ``probs`` (K,), and ``meta`` (a JSON string: schema, source path, target, predicted
-    class, class names, constant flags, provenance). Readable with ``np.load(path, allow_pickle=False)``."""
+    class, class names, constant flags, provenance). Readable with ``np.load(path, allow_pickle=False)``.
+    A multi-label model's row adds ``label_map/<i>/<key>`` for each label ``meta["labels"][i]``."""
     arrays: dict[str, np.ndarray] = {"logits": row["logits"], "probs": row["probs"]}
     for key in row["maps"]:
         arrays[f"map/{key}"] = row["maps"][key]
         arrays[f"raw/{key}"] = row["raw"][key]
+    labels = list(row.get("label_maps", {}))  # a multi-label model: one map per label it calls present
+    for i, label in enumerate(labels):
+        for key, m in row["label_maps"][label].items():
+            arrays[f"label_map/{i}/{key}"] = m
     meta = {
         "schema": CAM_FILE_SCHEMA,
         "schema_version": 1,
@@ -546,6 +564,7 @@ def save_image_cams(path: str | Path, row: Row, *, class_names: Sequence[str]) -
         "class_names": list(class_names),
         "constant": {k: bool(v) for k, v in row["constant"].items()},
         "provenance": row.get("provenance", {}),
+        **({"labels": labels} if labels else {}),
     }
     arrays["meta"] = np.array(json.dumps(meta))
     np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
@@ -563,6 +582,11 @@ def load_image_cams(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     raw = {k[4:]: v for k, v in data.items() if k.startswith("raw/")}
     meta["logits"] = data["logits"]
     meta["probs"] = data["probs"]
+    if meta.get("labels"):  # {label: {key: map}} of a multi-label model
+        meta["label_maps"] = {
+            label: {k.split("/", 2)[2]: v for k, v in data.items() if k.startswith(f"label_map/{i}/")}
+            for i, label in enumerate(meta["labels"])
+        }
     return maps, raw, meta
 
 
