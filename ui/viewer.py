@@ -252,7 +252,9 @@ def controls(image: LoadedImage, src: DisplaySource) -> ViewerState:
         list(presets),
         key="viewer_window",
         help="Changes only what is drawn. The model always sees the loader's picture ('as loaded'): for a "
-        "DICOM its first VOI LUT or window, else the file's full range.",
+        "DICOM its first VOI LUT or window (without one, the 0.5–99.5 % percentiles of its values), else the "
+        "file's full range. Auto: a window from percentiles of this image's values; manual: level and width "
+        "in the file's units.",
     )
     window = presets.get(str(choice), presets[LOADER])
     if window.kind == "window" and window.label == MANUAL:
