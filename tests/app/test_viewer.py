@@ -225,3 +225,28 @@ def test_seven_metrics_against_the_drawn_region_hand_derived() -> None:
     assert other["IoU"] == pytest.approx(0.0)
     assert other["Cosine"] == pytest.approx(0.0)
     assert other["Wasserstein (spatial)"] > 0.3  # the squares sit 12/32 apart on both axes
+
+
+def test_the_real_1841x1955_film_zoomed_is_sent_at_native_pixels() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("data_store")
+    if spec is None or spec.origin is None:
+        pytest.skip("pydicom-data (data_store) is not installed")
+    data = (Path(spec.origin).parent / "data" / "RG1_UNCR.dcm").read_bytes()
+    image = load_image(data, name="RG1_UNCR.dcm")
+    src = viewer.display_source(image, data)
+    assert src.frame is not None  # MONOCHROME1: inverted after any window
+    whole = viewer.windowed(
+        image, src, viewer.Window("loader", viewer.LOADER), viewer.view_for(image.size, 1.0)
+    )
+    assert whole.shape == (512, 482, 3)  # the whole film, shrunk for the page
+    v = viewer.view_for(image.size, 2.0, 0.3, 0.4)
+    crop = viewer.windowed(image, src, viewer.Window("loader", viewer.LOADER), v)
+    assert crop.shape == (978, 920, 3)  # native pixels of the crop: no 512 cap once zoomed
+    np.testing.assert_array_equal(crop[..., 0], image.display[v.y0 : v.y1, v.x0 : v.x1])
+    lo, hi = src.percentiles[2.0], src.percentiles[98.0]
+    auto = viewer.windowed(image, src, viewer.Window("window", "auto", (lo + hi) / 2, hi - lo), v)
+    assert auto.shape == crop.shape
+    assert not np.array_equal(auto, crop)
