@@ -132,6 +132,10 @@ class _Store(Generic[V]):
             while len(self._items) > self._max:
                 self._items.popitem(last=False)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
             return key in self._items
@@ -726,25 +730,58 @@ def _verify_items(
         )
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+# Verdicts by content (model, bundle, each image's hash, name, label and masks, configuration). Not an
+# st.cache_data: a page's progress callback draws while the verify runs, and st.cache_data would record
+# those calls and replay them into a layout block of another run (CacheReplayClosureError).
+_VERIFIED: _Store[VerificationReport] = _Store(64)
+_VERIFYING: dict[Hashable, threading.Lock] = {}
+_VERIFYING_LOCK = threading.Lock()
+
+
 def _cached_verify(
-    model_hash: str,
-    bundle_key: str,
-    image_hashes: tuple[str, ...],
-    labels: tuple[str | None, ...],
+    model: LoadedModel,
+    lock: threading.Lock,
+    bundle: BundleHandle,
+    items: tuple[ImageItem, ...],
     config: VerdictConfig,
-    _model: LoadedModel,
-    _lock: threading.Lock,
-    _bundle: ReferenceBundle,
-    _items: tuple[ImageItem, ...],
-    _progress: ProgressFn | None = None,
+    progress: ProgressFn | None,
 ) -> VerificationReport:
-    report = _verify_items(_model, _lock, _bundle, _items, config, _progress)
-    if len(report.images) == len(_items):
-        for item, found in zip(_items, report.images):
-            if found.name == item.image.name:
-                _EVIDENCE.put(_evidence_key(model_hash, bundle_key, item, config), found)
-    return report
+    key = (model.content_hash, bundle.key, config, tuple(_item_key(item) for item in items))
+    found = _VERIFIED.get(key)
+    if found is not None:
+        return found
+    with _VERIFYING_LOCK:  # one computation per key: a second caller (a warm start) waits for the first
+        key_lock = _VERIFYING.setdefault(key, threading.Lock())
+    try:
+        with key_lock:
+            found = _VERIFIED.get(key)
+            if found is None:
+                found = _verify_items(model, lock, bundle.bundle, items, config, progress)
+                _VERIFIED.put(key, found)
+                if len(found.images) == len(items):
+                    for item, ev in zip(items, found.images):
+                        if ev.name == item.image.name:
+                            _EVIDENCE.put(_evidence_key(model.content_hash, bundle.key, item, config), ev)
+    finally:
+        with _VERIFYING_LOCK:
+            _VERIFYING.pop(key, None)
+    return found
+
+
+def clear_stores() -> None:
+    """Empty the process-level stores (verdicts, per-image evidence, precomputed maps and predictions)."""
+    for store in (_VERIFIED, _EVIDENCE, _PRECOMPUTED_CAMS, _PRECOMPUTED_PREDICTIONS):
+        store.clear()
+
+
+def _item_key(item: ImageItem) -> Hashable:
+    return (
+        item.image.content_hash,
+        item.image.name,
+        item.label,
+        item.lesion_mask is not None,
+        item.anatomy_mask is not None,
+    )
 
 
 # Each image's evidence from every verify the dashboard ran (a set's verdict gives all of its images'):
@@ -753,16 +790,7 @@ _EVIDENCE: _Store[ImageEvidence] = _Store(20_000)
 
 
 def _evidence_key(model_hash: str, bundle_key: str, item: ImageItem, config: VerdictConfig) -> Hashable:
-    return (
-        model_hash,
-        bundle_key,
-        item.image.content_hash,
-        item.image.name,
-        item.label,
-        item.lesion_mask is not None,
-        item.anatomy_mask is not None,
-        config,
-    )
+    return (model_hash, bundle_key, config, _item_key(item))
 
 
 def image_evidence(
@@ -794,18 +822,8 @@ def verify_items(
 ) -> VerificationReport:
     """The verdict of a model on some images against a bundle (cached by content: model, bundle, images,
     labels, configuration). ``faithfulness`` runs E6 (~40 extra forwards per image)."""
-    return _cached_verify(
-        model.content_hash,
-        bundle.key,
-        tuple(item.image.content_hash for item in items),
-        tuple(item.label for item in items),
-        VerdictConfig(faithfulness=faithfulness),
-        model,
-        lock,
-        bundle.bundle,
-        tuple(items),
-        progress,
-    )
+    config = VerdictConfig(faithfulness=faithfulness)
+    return _cached_verify(model, lock, bundle, tuple(items), config, progress)
 
 
 def verify_set(

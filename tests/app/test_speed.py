@@ -31,8 +31,7 @@ pytestmark = pytest.mark.usefixtures("navigation_only")
 def cold_caches() -> None:
     st.cache_data.clear()
     st.cache_resource.clear()
-    for store in (loaders._PRECOMPUTED_CAMS, loaders._PRECOMPUTED_PREDICTIONS, loaders._EVIDENCE):
-        store._items.clear()
+    loaders.clear_stores()
 
 
 def _sound() -> tuple[loaders.ImageSet, LoadedModel, threading.Lock, loaders.BundleHandle]:
