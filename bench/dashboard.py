@@ -155,6 +155,7 @@ class Results:
     def add(self, name: str, value: float | None) -> None:
         if value is not None:
             self.samples.setdefault(name, []).append(value)
+            print(f"  {name}: {value:.2f} s", file=sys.stderr, flush=True)
 
 
 def _measure(page: Any, act: Any, *, watch_overlay: bool) -> Timing:

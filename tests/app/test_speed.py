@@ -172,3 +172,39 @@ def test_the_warm_launcher_warms_before_it_answers(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+def test_the_gate_is_reused_only_while_the_model_and_thumbnails_are_the_same(cold_caches: None) -> None:
+    import torch
+
+    from verification.verdict import gate
+
+    _, model, _, bundle = _sound()
+    thumbs = bundle.bundle.thumbnails
+    assert thumbs is not None
+    first = gate.build_gate(model, thumbs)
+    assert gate.build_gate(model, thumbs.copy()) is first  # same content, another array
+    assert gate.build_gate(model, thumbs[:-1]) is not first  # other thumbnails
+    param = next(model.module.parameters())
+    saved = param.detach().clone()
+    try:
+        with torch.no_grad():
+            param.mul_(1.5)  # weights changed in place: the gate is rebuilt
+        changed = gate.build_gate(model, thumbs)
+        assert changed is not first
+        assert not np.allclose(_scores(changed), _scores(first))
+    finally:
+        with torch.no_grad():
+            param.copy_(saved)
+    again = gate._build_gate(model, thumbs)  # built afresh equals the reused one
+    np.testing.assert_allclose(_scores(again), _scores(first), rtol=1e-6)
+    assert again.feature_max == pytest.approx(first.feature_max)
+    assert again.stats_max == pytest.approx(first.stats_max)
+
+
+def _scores(g: object) -> np.ndarray:
+    from verification.features import FeatureReference
+
+    ref = getattr(g, "feature", None)
+    assert isinstance(ref, FeatureReference)
+    return ref.calib_scores
