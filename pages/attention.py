@@ -275,7 +275,20 @@ with draw_left, st.container(key="viewer_draw"):
         key=f"viewer_draw_chart_{image.content_hash[:12]}_{bump}",
         on_select="rerun",
         selection_mode=("box", "lasso"),
-        config={"displaylogo": False, "modeBarButtonsToRemove": ["toImage"]},
+        # one zoom for every picture: the viewer's (this chart's own zoom and pan would not be linked)
+        config={
+            "displaylogo": False,
+            "scrollZoom": False,
+            "modeBarButtonsToRemove": [
+                "toImage",
+                "zoom2d",
+                "pan2d",
+                "zoomIn2d",
+                "zoomOut2d",
+                "autoScale2d",
+                "resetScale2d",
+            ],
+        },
     )
     finding_name = (
         model.class_names[result.targets[0]] if not segmentation and result.targets[0] >= 0 else "finding"
