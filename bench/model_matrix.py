@@ -61,24 +61,38 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name:22s} {fmt:12s} {status}  ({time.perf_counter() - t0:.1f} s with writing)",
                     flush=True,
                 )
+                _save(args, cells, started, load_before, final=False)  # a partial table survives an interrupt
+    text = _save(args, cells, started, load_before, final=True)
+    print()
+    print(text)
+    print(f"saved {args.out}")
+    return 0 if all(c.ok for c in cells) else 1
+
+
+def _save(
+    args: argparse.Namespace,
+    cells: list[matrix.Cell],
+    started: float,
+    load_before: tuple[float, float, float],
+    *,
+    final: bool,
+) -> str:
     elapsed = time.perf_counter() - started
+    partial = "" if final else f" (PARTIAL: {len(cells)} cells so far)"
     text = (
-        "# Model matrix\n\n"
+        f"# Model matrix{partial}\n\n"
         f"Command: `python bench/model_matrix.py{' --ci' if args.ci else ''}`; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread(s); {elapsed:.0f} s in all; load average "
-        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores, shared).\n\n"
+        f"{torch.get_num_threads()} thread(s); {elapsed:.0f} s in all (exports included); load average "
+        f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} now (2 cores, shared).\n\n"
         f"Inputs: a batch of {matrix.N_IMAGES} random images with one target per image (64×64; the "
         "torchxrayvision DenseNet at 224×224); random weights, nothing downloaded. pt2_static: "
         "`torch.export.export(model, (x,))` with a batch of 1; pt2_dynamic: `Dim('batch', min=1, max=64)`. "
         "Seconds: the capabilities of the cell (not the export).\n\n" + matrix.table(cells)
     )
-    print()
-    print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
-    print(f"saved {out}")
-    return 0 if all(c.ok for c in cells) else 1
+    return text
 
 
 if __name__ == "__main__":
