@@ -35,6 +35,7 @@ from verification.errors import (
     ModelLoadError,
     TorchScriptError,
     UntrustedFileError,
+    VerificationError,
 )
 from verification.io.architectures import build_architecture, default_task
 from verification.io.archive import ZIP_OPEN_ERRORS
@@ -46,6 +47,7 @@ from verification.io.budget import (
 )
 from verification.io.pt2 import describe_problems, untrusted_pt2_problems
 from verification.io.records import LoadedModel, SourceFormat, Task
+from verification.io.safejson import loads_bounded
 from verification.io.sidecar import (
     MAX_IN_CHANNELS,
     MAX_INPUT_SIDE,
@@ -793,9 +795,11 @@ def _check_safetensors_decoded(data: bytes, filename: str, max_decoded_bytes: in
     """The decoded size of a safetensors file from its header (dtype and shape of every tensor), before any
     tensor is made. A header that cannot be read is left to the safetensors loader to refuse."""
     header_len = int.from_bytes(data[:8], "little")
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-    except (ValueError, UnicodeDecodeError):
+    try:  # bounded: a hostile header (deep nesting, huge numbers) is left to safetensors to refuse
+        header = loads_bounded(
+            data[8 : 8 + header_len], f"'{filename}'", error=ModelLoadError, max_bytes=100 << 20, max_depth=8
+        )
+    except VerificationError:
         return
     if not isinstance(header, dict):
         return
