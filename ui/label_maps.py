@@ -42,7 +42,7 @@ def _maps(
 def gradient_method(method: str) -> bool:
     """Whether ``method`` is one of the one-pass gradient maps :func:`label_cams` computes per label."""
     spec = METHODS.get(method)
-    return spec is not None and spec.kind not in ("perturbation", "multiscale")
+    return spec is not None and spec.kind == "capture"
 
 
 def draw(

@@ -18,7 +18,7 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Generic, Literal, TypeVar
@@ -31,14 +31,12 @@ from ui.uploads import Blob, expand_uploads, expand_zip
 from verification import demo
 from verification.batch import scan_images, scan_labelled
 from verification.cam import (
-    METHODS,
-    compute_attribution,
     compute_cams,
     default_target_layer,
     list_layers,
     list_methods,
+    method_labels,
 )
-from verification.cam.attribution import ATTRIBUTION_METHODS
 from verification.cam.records import CamResult
 from verification.cam.targets import ClassLogit, MultiLabel, SegmentationTarget, Target
 from verification.consistency import CheckpointSeries, track_checkpoints
@@ -77,6 +75,7 @@ torch.set_num_threads(torch_threads())
 # computed and cached together and switching between them never recomputes.
 ONE_PASS_METHODS: tuple[str, ...] = (*list_methods("capture"), *list_methods("multiscale"))
 EXTRA_CAM_METHODS: tuple[str, ...] = tuple(list_methods("perturbation"))
+ATTRIBUTION_METHODS: tuple[str, ...] = tuple(list_methods("attribution"))
 ALL_METHODS: tuple[str, ...] = ONE_PASS_METHODS + EXTRA_CAM_METHODS + ATTRIBUTION_METHODS
 # Score-CAM in its fast mode (at most 64 masked forwards per image: cluster medoids, then a search for the
 # masks that keep the class; see verification.cam.scorecam) keeps the page responsive; the CLI runs exact.
@@ -86,15 +85,11 @@ _LABEL_NOTES = {
     "eigencam": " (class-agnostic)",
     "scorecam": " (fast, 64 forwards)",
     "ablationcam": " (slow)",
+    "integrated_gradients": " (slow)",
+    "occlusion": " (13×13 patches)",
 }
 METHOD_LABELS: dict[str, str] = {
-    **{
-        name: METHODS[name].label + _LABEL_NOTES.get(name, "")
-        for name in ONE_PASS_METHODS + EXTRA_CAM_METHODS
-    },
-    "saliency": "Gradient saliency",
-    "integrated_gradients": "Integrated Gradients (slow)",
-    "occlusion": "Occlusion sensitivity (13×13 patches)",
+    name: label + _LABEL_NOTES.get(name, "") for name, label in method_labels().items()
 }
 
 
@@ -377,13 +372,19 @@ def extra_map(
 ) -> CamResult:
     """A method that needs its own passes (Score-/Ablation-CAM, captum attributions), with the interactive
     settings of :data:`INTERACTIVE_OPTIONS` (named in the method labels)."""
+    options: dict[str, Mapping[str, object]] = {
+        **INTERACTIVE_OPTIONS,
+        "occlusion": _occlusion_grid(_model.input_size),
+    }
     with _lock:
         x = to_tensor(_image, _model)
-        if method in ATTRIBUTION_METHODS:
-            opts = _occlusion_grid(_model.input_size) if method == "occlusion" else {}
-            return compute_attribution(_model, x, method=method, target=target.build(), **opts)
         return compute_cams(
-            _model, x, methods=(method,), layers=[layer], target=target.build(), options=INTERACTIVE_OPTIONS
+            _model,
+            x,
+            methods=(method,),
+            layers=[layer],
+            target=target.build(),
+            options={method: options[method]} if method in options else None,
         )[0]
 
 

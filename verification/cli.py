@@ -244,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_layers)
 
     p = sub.add_parser(
+        "methods", help="list the map methods (CAMs and pixel attributions) that --methods accepts"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common(p)
+    p.set_defaults(handler=cmd_methods)
+
+    p = sub.add_parser(
         "cam",
         help="attention maps for images: PNG overlays and .npz per image",
         description="Compute attention maps for image files and folders (searched recursively). Writes, per "
@@ -264,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         type=_methods,
         default=("gradcam",),
-        help="comma-separated CAM methods (default gradcam): gradcam, gradcampp, xgradcam, hirescam, "
-        "layercam, eigencam, ms_gradcampp, scorecam, ablationcam",
+        help="comma-separated map methods (default gradcam): any registered one, CAMs or pixel attributions "
+        "('methods' lists them)",
     )
     p.add_argument(
         "--layer", action="append", help="target layer (dotted name; repeat for several; default: auto)"
@@ -426,7 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="labelled images: a folder of class subfolders, or a CSV path,label"
     )
     p.add_argument(
-        "--methods", type=_methods, default=("gradcam",), help="comma-separated CAM methods (gradcam)"
+        "--methods",
+        type=_methods,
+        default=("gradcam",),
+        help="comma-separated map methods (gradcam; 'methods' lists them)",
     )
     p.add_argument("--layer", help="target layer (default: each checkpoint's default layer)")
     p.add_argument("--tau", type=float, default=0.9, help="gold-list confidence threshold τ (0.9)")
@@ -472,6 +482,30 @@ def _load_model(args: argparse.Namespace) -> Any:
     if not Path(spec.path).exists():
         raise CliError(f"model file {spec.path} does not exist")
     return spec, spec.load()
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """Every registered method: name, kind, label, options, reference (the registry's listing)."""
+    from verification.cam.methods import METHODS, option_names
+
+    rows = [
+        {
+            "name": spec.name,
+            "kind": spec.kind,
+            "label": spec.label,
+            "options": sorted(option_names(spec.name)),
+            "reference": spec.reference,
+        }
+        for spec in METHODS.values()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    width = max(len(r["name"]) for r in rows)
+    kind_width = max(len(r["kind"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['kind']:<{kind_width}}  {r['label']} ({r['reference']})")
+    return EXIT_OK
 
 
 def cmd_layers(args: argparse.Namespace) -> int:

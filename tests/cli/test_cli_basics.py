@@ -6,6 +6,7 @@ import json
 import pickle
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from .helpers import Env, run_cli
 
 SUBCOMMANDS = {
     "layers": "--trust",
+    "methods": "--json",
     "cam": "--methods",
     "consistency": "--tau",
 }
@@ -87,16 +89,21 @@ def _cams_in_process(env: Env, path: Path, methods: tuple[str, ...]) -> dict[str
     return {f"{r.method}@{r.layer}": r.maps[0] for r in results}
 
 
+def _cam_manifest(env: Env, out: Path, methods: str, batch_size: int) -> dict[str, Any]:
+    """Run ``cam`` on the flat image folder in one worker; its manifest."""
+    res = run_cli(
+        "cam", env.model, env.images, "-o", out, "--methods", methods, "--batch-size", str(batch_size),
+        "--workers", "1", "--quiet",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return json.loads((out / "manifest.json").read_text())
+
+
 def test_cam_writes_overlays_npz_and_manifest(env: Env, tmp_path: Path) -> None:
     from verification.batch import load_image_cams
 
     out = tmp_path / "cams"
-    res = run_cli(
-        "cam", env.model, env.images, "-o", out, "--methods", "gradcam,hirescam", "--batch-size", "3",
-        "--workers", "1", "--quiet",
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = _cam_manifest(env, out, "gradcam,hirescam", batch_size=3)
     sources = sorted(env.images.iterdir())
     assert manifest["n_images"] == len(sources)
     assert manifest["n_errors"] == 0
@@ -114,6 +121,35 @@ def test_cam_writes_overlays_npz_and_manifest(env: Env, tmp_path: Path) -> None:
             assert overlay.mode == "RGB"
             with Image.open(source) as original:
                 assert overlay.size == original.size  # drawn at the image's own size
+
+
+def test_methods_lists_the_whole_registry() -> None:
+    from verification.cam.methods import METHODS
+
+    res = run_cli("methods", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert [r["name"] for r in rows] == list(METHODS)
+    assert {r["kind"] for r in rows} == {"capture", "multiscale", "perturbation", "attribution"}
+    saliency = next(r for r in rows if r["name"] == "saliency")
+    assert saliency["label"] == METHODS["saliency"].label
+    table = run_cli("methods")
+    assert table.returncode == 0
+    assert any(line.split()[:2] == ["occlusion", "attribution"] for line in table.stdout.splitlines())
+
+
+def test_cam_runs_pixel_attributions_from_the_registry(env: Env, tmp_path: Path) -> None:
+    """Issue #16: `cam --methods saliency` was refused (the CLI listed only the CAM registry)."""
+    from verification.batch import load_image_cams
+
+    out = tmp_path / "cams"
+    manifest = _cam_manifest(env, out, "saliency,gradcam", batch_size=4)
+    assert manifest["n_errors"] == 0
+    assert manifest["results"] == ["saliency@input", "gradcam@layer4"]
+    entry = manifest["images"][0]
+    maps, _, _ = load_image_cams(out / entry["npz"])
+    expected = _cams_in_process(env, Path(entry["path"]), ("saliency",))
+    np.testing.assert_allclose(maps["saliency@input"], expected["saliency@input"], atol=1e-5)
 
 
 def test_nonexistent_model_is_a_one_line_failure(env: Env, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,7 +13,7 @@ from torch import Tensor, nn
 from verification.cam.capture import ADVICE_MODEL, Capture, capture, check_finite, check_input
 from verification.cam.concurrency import exclusive
 from verification.cam.layers import default_target_layer, resolve_layer_names
-from verification.cam.methods import METHODS, get_method, list_methods, postprocess
+from verification.cam.methods import METHODS, get_method, list_methods, option_names, postprocess
 from verification.cam.multiscale import Fuse, default_ms_layers, ms_gradcampp
 from verification.cam.progress import Progress
 from verification.cam.records import CamResult, base_provenance
@@ -65,7 +64,7 @@ def _check_options(options: Any) -> dict[str, dict[str, Any]]:
             raise InvalidInputError(f"options given for an unknown method {str(name)[:40]!r}")
         if not isinstance(opts, Mapping):
             raise InvalidInputError(f"options[{name!r}] must be a mapping of keyword options")
-        allowed = _option_names(name)
+        allowed = option_names(name)
         bad = [str(k)[:40] for k in opts if k not in allowed]
         if bad:
             raise InvalidInputError(
@@ -74,20 +73,6 @@ def _check_options(options: Any) -> dict[str, dict[str, Any]]:
             )
         out[name] = dict(opts)
     return out
-
-
-def _option_names(method: str) -> set[str]:
-    spec = METHODS[method]
-    if spec.kind == "multiscale":
-        return {"fuse"}
-    if spec.kind == "perturbation":
-        from verification.cam import scorecam
-
-        fn = scorecam.score_cam if method == "scorecam" else scorecam.ablation_cam
-        skip = {"model", "x", "layer", "target", "progress"}
-        return {p for p in inspect.signature(fn).parameters if p not in skip}
-    assert spec.fn is not None
-    return set(list(inspect.signature(spec.fn).parameters)[2:])
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -114,8 +99,10 @@ def compute_cams(
     ``methods``: any of ``list_methods()`` — "gradcam", "gradcampp", "xgradcam", "hirescam", "layercam",
     "eigencam" are derived from one capture (one forward, one ``autograd.grad`` for all layers);
     "ms_gradcampp" adds its depths (``ms_layers``, **default** the last three stage outputs) to that same
-    capture and gives one fused result; "scorecam" / "ablationcam" run
-    :mod:`verification.cam.scorecam` per layer.
+    capture and gives one fused result; "scorecam" / "ablationcam" (kind "perturbation") run
+    :mod:`verification.cam.scorecam` per layer; "saliency", "integrated_gradients", "occlusion" (kind
+    "attribution") run :mod:`verification.cam.attribution` once, at the input (layer "input"). Every method
+    is dispatched from the registry (:mod:`verification.cam.methods`); ``normalize`` applies to every kind.
     ``layers``: dotted module names; None → :func:`default_target_layer`. ``target``: None (each sample's
     predicted class logit; the segmentation target for (N, C, H, W) outputs), a class index, one index per
     sample, or a Target from :mod:`verification.cam.targets`. ``options``: per-method keyword options, e.g.
@@ -170,7 +157,9 @@ def _compute(
     specs = {m: get_method(m) for m in methods}
     options = dict(options or {})
     input_shape = tuple(int(s) for s in x.shape[1:])
-    if layers is None:
+    if all(specs[m].kind == "attribution" for m in methods):
+        layer_names = []  # attributions are computed at the input: no layer to find
+    elif layers is None:
         layer_names = [default_target_layer(module, input_shape)]
     else:
         layer_names = resolve_layer_names(module, [layers] if isinstance(layers, str) else list(layers))
@@ -206,8 +195,8 @@ def _compute(
 
     for method in methods:
         spec = specs[method]
-        if spec.kind == "perturbation":
-            results.extend(_perturbation(method, module, x, layer_names, target, options, progress))
+        if spec.kind in ("perturbation", "attribution"):
+            results.extend(_run_own(method, model, x, layer_names, target, normalize, options, progress))
             continue
         assert cap is not None
         if spec.kind == "multiscale":
@@ -287,24 +276,21 @@ def _record(
     )
 
 
-def _perturbation(
+def _run_own(
     method: str,
-    module: nn.Module,
+    model: Any,
     x: Tensor,
     layer_names: Sequence[str],
     target: Any,
+    normalize: bool,
     options: Mapping[str, Mapping[str, Any]],
     progress: Progress | None,
 ) -> list[CamResult]:
-    # imported here: the Score-CAM module is optional for the gradient family and loads heavier code
-    from verification.cam import scorecam
-
-    out = []
-    opts = dict(options.get(method, {}))
-    for name in layer_names:
-        if method == "scorecam":
-            res = scorecam.score_cam(module, x, name, target, progress=progress, **opts)
-        else:
-            res = scorecam.ablation_cam(module, x, name, target, progress=progress, **opts)
-        out.append(res)
-    return out
+    """A method that runs its own passes, through its registered function: a perturbation method once per
+    layer, an attribution once at the input."""
+    spec = get_method(method)
+    assert spec.fn is not None
+    opts = {"normalize": normalize, **dict(options.get(method, {}))}
+    if spec.kind == "attribution":
+        return [spec.fn(model, x, target, progress=progress, **opts)]
+    return [spec.fn(model, x, name, target, progress=progress, **opts) for name in layer_names]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -30,16 +31,23 @@ from verification.cam.capture import Capture, capture
 from verification.cam.chunking import run_chunked
 from verification.cam.concurrency import exclusive
 from verification.cam.layers import eval_mode, model_device_dtype
+from verification.cam.methods import METHODS, list_methods, option_names, register_method
 from verification.cam.progress import Progress, report
 from verification.cam.records import CamResult
 from verification.cam.scorecam import _check_input, _make_result, _module_of
 from verification.cam.targets import Target, output_tensor, task_target
 from verification.errors import ModelForwardError
 
-__all__ = ["ATTRIBUTION_METHODS", "compute_attribution", "occlusion_window"]
+__all__ = [
+    "ATTRIBUTION_METHODS",
+    "compute_attribution",
+    "integrated_gradients",
+    "occlusion",
+    "occlusion_window",
+    "saliency",
+]
 
 AttributionMethod = Literal["saliency", "integrated_gradients", "occlusion"]
-ATTRIBUTION_METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "occlusion")
 
 
 def occlusion_window(height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -90,6 +98,181 @@ def _score_fn(target: Target, classes: tuple[int, ...]) -> tuple[Callable[[Tenso
     return matrix, list(classes)
 
 
+@dataclass
+class _Run:
+    """What every attribution method shares: the input on the model's device, captum's forward (the target's
+    scores, counted for progress) and target, and the provenance the method adds to."""
+
+    model: Any
+    x: Tensor
+    forward: Callable[[Tensor], Tensor]
+    target: Any
+    provenance: dict[str, str]
+    start: Callable[[int], None]  # the number of forward rows the method will run, before it runs them
+
+
+def _attribute(
+    method: str,
+    model: Any,
+    x: Tensor,
+    target: Any,
+    progress: Progress | None,
+    normalize: bool,
+    body: Callable[[_Run], Tensor],
+) -> CamResult:
+    """Run ``body`` (one captum method: its attribution (N, C, H, W)) and make the map ``Σ_c |attr|``."""
+    _check_input(x)
+    module = _module_of(model)
+    target = task_target(model, target)  # a multi-label LoadedModel: label logits, sigmoid probabilities
+    cap: Capture = capture(module, x, [], target, gradients=False)
+    device, dtype = model_device_dtype(module)
+    xi = x.detach().to(device=device, dtype=dtype).clone()
+    score, captum_target = _score_fn(cap.target, cap.scores.classes)
+    prov: dict[str, str] = {"library": "captum", "map": "sum over channels of |attribution|"}
+    done, total = [0], [1]
+    name = method.replace("_", " ")
+
+    def start(rows: int) -> None:
+        total[0] = rows
+        report(progress, 0, rows, f"{name}: {rows} forward rows")
+
+    def forward(inp: Tensor) -> Tensor:
+        try:
+            out = output_tensor(run_chunked(module, inp, module))  # batch sizes the model accepts
+        except Exception as err:
+            raise ModelForwardError(
+                f"The model failed on an input of shape {tuple(inp.shape)}: {err}"
+            ) from err
+        done[0] = min(done[0] + int(inp.shape[0]), total[0])
+        report(progress, done[0], total[0], f"{name}: {done[0]}/{total[0]} forward rows")
+        return score(out)
+
+    with eval_mode(module), torch.inference_mode(False), torch.enable_grad():
+        attr = body(_Run(model, xi, forward, captum_target, prov, start))
+    raw = attr.detach().abs().sum(dim=1).float()
+    return _make_result(method=method, layer="input", cap=cap, raw=raw, normalize=normalize, provenance=prov)
+
+
+@register_method(
+    "saliency", label="Gradient saliency", reference="Simonyan et al., ICLR-W 2014", kind="attribution"
+)
+@exclusive
+def saliency(
+    model: Any, x: Tensor, target: Any = None, *, progress: Progress | None = None, normalize: bool = True
+) -> CamResult:
+    """``|∂y/∂x|`` (captum ``Saliency``); one forward row per image."""
+    from captum.attr import Saliency
+
+    def body(run: _Run) -> Tensor:
+        run.start(run.x.shape[0])
+        return Saliency(run.forward).attribute(run.x.requires_grad_(True), target=run.target, abs=True)
+
+    return _attribute("saliency", model, x, target, progress, normalize, body)
+
+
+@register_method(
+    "integrated_gradients",
+    label="Integrated Gradients",
+    reference="Sundararajan et al., ICML 2017",
+    kind="attribution",
+)
+@exclusive
+def integrated_gradients(
+    model: Any,
+    x: Tensor,
+    target: Any = None,
+    *,
+    progress: Progress | None = None,
+    normalize: bool = True,
+    baseline: Any = "black",
+    n_steps: int = 32,
+    internal_batch_size: int | None = 32,
+) -> CamResult:
+    """captum ``IntegratedGradients`` from ``baseline`` in ``n_steps``; the completeness gap goes into the
+    provenance."""
+    from captum.attr import IntegratedGradients
+
+    def body(run: _Run) -> Tensor:
+        if not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}.")
+        n = run.x.shape[0]
+        run.start(n * n_steps + 2 * n)  # the path, then y(x) and y(x_b) for the completeness gap
+        base, note = _black(run.model, run.x, baseline)
+        attr, delta = IntegratedGradients(run.forward).attribute(
+            run.x,
+            baselines=base,
+            target=run.target,
+            n_steps=n_steps,
+            internal_batch_size=internal_batch_size,
+            return_convergence_delta=True,
+        )
+        run.provenance.update(
+            {
+                "baseline": note,
+                "n_steps": str(n_steps),
+                "completeness_gap_max": f"{float(delta.abs().max()):.6g}",
+            }
+        )
+        return attr
+
+    return _attribute("integrated_gradients", model, x, target, progress, normalize, body)
+
+
+@register_method(
+    "occlusion",
+    label="Occlusion sensitivity",
+    reference="Zeiler & Fergus, ECCV 2014",
+    kind="attribution",
+    needs_gradients=False,
+)
+@exclusive
+def occlusion(
+    model: Any,
+    x: Tensor,
+    target: Any = None,
+    *,
+    progress: Progress | None = None,
+    normalize: bool = True,
+    baseline: Any = "black",
+    window: tuple[int, int] | None = None,
+    stride: tuple[int, int] | None = None,
+    perturbations_per_eval: int = 16,
+) -> CamResult:
+    """captum ``Occlusion``: ``window`` / ``stride`` in pixels (**default** :func:`occlusion_window`)."""
+    from captum.attr import Occlusion
+
+    def body(run: _Run) -> Tensor:
+        n, c, height, width = run.x.shape
+        dw, ds = occlusion_window(height, width)
+        win = (int(window[0]), int(window[1])) if window is not None else dw
+        step = (int(stride[0]), int(stride[1])) if stride is not None else ds
+        if min(*win, *step) < 1 or win[0] > height or win[1] > width:
+            raise ValueError(
+                f"occlusion window {win} / stride {step} do not fit an image of {height}x{width}."
+            )
+        nh = (height - win[0]) // step[0] + 1
+        nw = (width - win[1]) // step[1] + 1
+        run.start(n + n * nh * nw)
+        base, note = _black(run.model, run.x, baseline)
+        attr = Occlusion(run.forward).attribute(
+            run.x,
+            sliding_window_shapes=(c, *win),
+            strides=(c, *step),
+            baselines=base,
+            target=run.target,
+            perturbations_per_eval=perturbations_per_eval,
+        )
+        run.provenance.update(
+            {"baseline": note, "window": f"{win[0]}x{win[1]}", "stride": f"{step[0]}x{step[1]}"}
+        )
+        return attr
+
+    return _attribute("occlusion", model, x, target, progress, normalize, body)
+
+
+ATTRIBUTION_METHODS: tuple[str, ...] = tuple(list_methods("attribution"))
+
+
 @exclusive
 def compute_attribution(
     model: Any,
@@ -111,86 +294,22 @@ def compute_attribution(
     ``target`` as for the CAMs (None → predicted class logit). ``progress(done, total, msg)`` counts the
     forward rows the method runs (returning False raises CancelledError). Options: ``n_steps`` and
     ``internal_batch_size`` (integrated gradients), ``window`` / ``stride`` in pixels and
-    ``perturbations_per_eval`` (occlusion), ``baseline`` (IG and occlusion).
+    ``perturbations_per_eval`` (occlusion), ``baseline`` (IG and occlusion); each method takes the ones it
+    uses. The method is looked up in the registry (:mod:`verification.cam.methods`, kind "attribution").
     """
-    from captum.attr import IntegratedGradients, Occlusion, Saliency
-
-    if method not in ATTRIBUTION_METHODS:
+    spec = METHODS.get(method) if isinstance(method, str) else None
+    if spec is None or spec.kind != "attribution" or spec.fn is None:
         raise ValueError(
             f"Unknown attribution method {method!r}; choose one of {', '.join(ATTRIBUTION_METHODS)}."
         )
-    _check_input(x)
-    module = _module_of(model)
-    target = task_target(model, target)  # a multi-label LoadedModel: label logits, sigmoid probabilities
-    cap: Capture = capture(module, x, [], target, gradients=False)
-    device, dtype = model_device_dtype(module)
-    xi = x.detach().to(device=device, dtype=dtype).clone()
-    n, c, height, width = xi.shape
-    score, captum_target = _score_fn(cap.target, cap.scores.classes)
-    prov: dict[str, str] = {"library": "captum", "map": "sum over channels of |attribution|"}
-
-    if method == "saliency":
-        total = n
-    elif method == "integrated_gradients":
-        if not isinstance(n_steps, int) or n_steps < 1:
-            raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}.")
-        total = n * n_steps + 2 * n  # the path, then y(x) and y(x_b) for the completeness gap
-    else:
-        dw, ds = occlusion_window(height, width)
-        win = (int(window[0]), int(window[1])) if window is not None else dw
-        step = (int(stride[0]), int(stride[1])) if stride is not None else ds
-        if min(*win, *step) < 1 or win[0] > height or win[1] > width:
-            raise ValueError(
-                f"occlusion window {win} / stride {step} do not fit an image of {height}x{width}."
-            )
-        nh = (height - win[0]) // step[0] + 1
-        nw = (width - win[1]) // step[1] + 1
-        total = n + n * nh * nw
-    done = [0]
-    name = method.replace("_", " ")
-
-    def forward(inp: Tensor) -> Tensor:
-        try:
-            out = output_tensor(run_chunked(module, inp, module))  # batch sizes the model accepts
-        except Exception as err:
-            raise ModelForwardError(
-                f"The model failed on an input of shape {tuple(inp.shape)}: {err}"
-            ) from err
-        done[0] = min(done[0] + int(inp.shape[0]), total)
-        report(progress, done[0], total, f"{name}: {done[0]}/{total} forward rows")
-        return score(out)
-
-    with eval_mode(module), torch.inference_mode(False), torch.enable_grad():
-        report(progress, 0, total, f"{name}: {total} forward rows")
-        if method == "saliency":
-            attr = Saliency(forward).attribute(xi.requires_grad_(True), target=captum_target, abs=True)
-        elif method == "integrated_gradients":
-            base, note = _black(model, xi, baseline)
-            attr, delta = IntegratedGradients(forward).attribute(
-                xi,
-                baselines=base,
-                target=captum_target,
-                n_steps=n_steps,
-                internal_batch_size=internal_batch_size,
-                return_convergence_delta=True,
-            )
-            prov.update(
-                {
-                    "baseline": note,
-                    "n_steps": str(n_steps),
-                    "completeness_gap_max": f"{float(delta.abs().max()):.6g}",
-                }
-            )
-        else:
-            base, note = _black(model, xi, baseline)
-            attr = Occlusion(forward).attribute(
-                xi,
-                sliding_window_shapes=(c, *win),
-                strides=(c, *step),
-                baselines=base,
-                target=captum_target,
-                perturbations_per_eval=perturbations_per_eval,
-            )
-            prov.update({"baseline": note, "window": f"{win[0]}x{win[1]}", "stride": f"{step[0]}x{step[1]}"})
-    raw = attr.detach().abs().sum(dim=1).float()
-    return _make_result(method=method, layer="input", cap=cap, raw=raw, normalize=normalize, provenance=prov)
+    given: dict[str, Any] = {
+        "baseline": baseline,
+        "n_steps": n_steps,
+        "internal_batch_size": internal_batch_size,
+        "window": window,
+        "stride": stride,
+        "perturbations_per_eval": perturbations_per_eval,
+    }
+    takes = option_names(spec.name)
+    options = {k: v for k, v in given.items() if k in takes}
+    return spec.fn(model, x, target, progress=progress, normalize=normalize, **options)

@@ -1,16 +1,29 @@
 """The Grad-CAM family as closed-form functions of one capture (A, g), and the post-processing of maps.
 
 Each method maps activations ``A`` (N, C, h, w) and gradients ``g`` (same shape, None for gradient-free
-methods) to a raw map (N, h, w) before ReLU; everything is vectorised over the batch. Methods are registered
-by decorator (``@register_method("gradcam")``) and listed with :func:`list_methods`. Definitions follow
+methods) to a raw map (N, h, w) before ReLU; everything is vectorised over the batch. Definitions follow
 ``shared/design/METHODS.md`` §1.
+
+This module holds the one registry of every map method, of every kind, with its label and what runs it:
+
+* ``"capture"``: ``fn(A, g, **options) -> raw (N, h, w)`` on one shared capture (registered here);
+* ``"multiscale"``: Grad-CAM++ fused over depths from that same capture (the engine runs it; registered here);
+* ``"perturbation"``: ``fn(model, x, layer, target, *, progress, **options) -> CamResult``, once per layer
+  (Score-CAM, Ablation-CAM; registered in :mod:`verification.cam.scorecam`);
+* ``"attribution"``: ``fn(model, x, target, *, progress, **options) -> CamResult`` at the input, layer
+  ``"input"`` (captum; registered in :mod:`verification.cam.attribution`).
+
+Methods are registered by decorator (``@register_method("gradcam", label=..., reference=...)``) in the module
+that implements them, listed with :func:`list_methods` and run by :func:`verification.cam.compute_cams`; the
+CLI and the dashboard list them from here. Importing :mod:`verification.cam` loads every registering module.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +31,18 @@ from torch import Tensor
 
 from verification.errors import InvalidInputError
 
-MethodFn = Callable[..., Tensor]
-MethodKind = Literal["capture", "multiscale", "perturbation"]
+MethodFn = Callable[..., Any]  # capture: (A, g, **options) -> raw Tensor; the others -> CamResult
+F_ = TypeVar("F_", bound=MethodFn)
+MethodKind = Literal["capture", "multiscale", "perturbation", "attribution"]
+KINDS: tuple[MethodKind, ...] = ("capture", "multiscale", "perturbation", "attribution")
+# Arguments the engine passes to a perturbation or attribution method itself: not user options.
+RUN_ARGUMENTS = frozenset({"model", "x", "layer", "target", "progress"})
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: ``fn(A, g, **options) -> raw (N, h, w)`` for capture methods (None for the
-    multi-scale and perturbation methods, which the engine dispatches itself)."""
+    """A registered method and what runs it (see the module docstring for ``fn`` of each kind; None for the
+    multi-scale method, which the engine computes from the shared capture)."""
 
     name: str
     label: str
@@ -47,12 +64,15 @@ def register_method(
     needs_gradients: bool = True,
     kind: MethodKind = "capture",
     **defaults: Any,
-) -> Callable[[MethodFn], MethodFn]:
-    """Decorator registering a capture method under ``name`` (``defaults`` are its keyword options)."""
+) -> Callable[[F_], F_]:
+    """Decorator registering ``fn`` as the method ``name`` of ``kind`` (``defaults`` are the keyword options
+    the engine passes to a capture method)."""
 
-    def deco(fn: MethodFn) -> MethodFn:
+    def deco(fn: F_) -> F_:
         if name in METHODS:
             raise ValueError(f"a method named {name!r} is already registered")
+        if kind not in KINDS or kind == "multiscale":
+            raise ValueError(f"register_method takes kind capture, perturbation or attribution, got {kind!r}")
         METHODS[name] = MethodSpec(name, label, kind, needs_gradients, reference, fn, dict(defaults))
         return fn
 
@@ -62,13 +82,32 @@ def register_method(
 def register_external(
     name: str, *, label: str, reference: str, kind: MethodKind, needs_gradients: bool
 ) -> None:
-    """Register a method that the engine dispatches itself (multi-scale, Score-CAM, Ablation-CAM)."""
+    """Register a method that the engine computes itself from the shared capture (multi-scale)."""
+    if name in METHODS:
+        raise ValueError(f"a method named {name!r} is already registered")
     METHODS[name] = MethodSpec(name, label, kind, needs_gradients, reference)
 
 
 def list_methods(kind: MethodKind | None = None) -> list[str]:
     """Names of the registered methods, optionally of one kind."""
     return [n for n, s in METHODS.items() if kind is None or s.kind == kind]
+
+
+def method_labels(kind: MethodKind | None = None) -> dict[str, str]:
+    """Registered names → their labels (e.g. "gradcam" → "Grad-CAM"), optionally of one kind."""
+    return {n: METHODS[n].label for n in list_methods(kind)}
+
+
+def option_names(name: str) -> set[str]:
+    """The keyword options method ``name`` takes (for ``compute_cams(options={name: {...}})``)."""
+    spec = get_method(name)
+    if spec.kind == "multiscale":
+        return {"fuse"}
+    assert spec.fn is not None
+    params = list(inspect.signature(spec.fn).parameters)
+    if spec.kind == "capture":
+        return set(params[2:])
+    return {p for p in params if p not in RUN_ARGUMENTS}
 
 
 def get_method(name: str) -> MethodSpec:
@@ -158,20 +197,6 @@ register_external(
     reference="Grad-CAM++ fused over depths (METHODS.md §1)",
     kind="multiscale",
     needs_gradients=True,
-)
-register_external(
-    "scorecam",
-    label="Score-CAM",
-    reference="Wang et al., CVPR-W 2020",
-    kind="perturbation",
-    needs_gradients=False,
-)
-register_external(
-    "ablationcam",
-    label="Ablation-CAM",
-    reference="Desai & Ramaswamy, WACV 2020",
-    kind="perturbation",
-    needs_gradients=False,
 )
 
 

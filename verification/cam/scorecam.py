@@ -45,7 +45,7 @@ from verification.cam.chunking import chunk_bounds, limit_chunk, pad_rows, run_c
 from verification.cam.concurrency import exclusive, this_thread_only
 from verification.cam.inference import ChunkSizer, inference_forward
 from verification.cam.layers import eval_mode, first_tensor, model_device_dtype, resolve_layer_names
-from verification.cam.methods import postprocess
+from verification.cam.methods import postprocess, register_method
 from verification.cam.progress import Progress, report
 from verification.cam.records import CamResult, base_provenance
 from verification.cam.targets import Target, output_tensor
@@ -372,6 +372,13 @@ def _span(counts: list[int]) -> str:
     return str(counts[0]) if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
 
 
+@register_method(
+    "scorecam",
+    label="Score-CAM",
+    reference="Wang et al., CVPR-W 2020",
+    kind="perturbation",
+    needs_gradients=False,
+)
 @exclusive
 def score_cam(
     model: Any,
@@ -595,6 +602,13 @@ def fast_fidelity(
 # Ablation-CAM
 
 
+@register_method(
+    "ablationcam",
+    label="Ablation-CAM",
+    reference="Desai & Ramaswamy, WACV 2020",
+    kind="perturbation",
+    needs_gradients=False,
+)
 @exclusive
 def ablation_cam(
     model: Any,
