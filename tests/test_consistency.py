@@ -12,7 +12,6 @@ from torch import nn
 
 from verification.consistency import (
     CheckpointSeries,
-    _unrank_pairs,
     binary_auc,
     c_score,
     consistency_report,
@@ -24,6 +23,7 @@ from verification.consistency import (
     soft_iou_matrix,
     track_checkpoints,
 )
+from verification.consistency.checkpoints import _unrank_pairs
 from verification.io.records import LoadedModel
 
 
