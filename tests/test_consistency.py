@@ -23,7 +23,7 @@ from verification.consistency import (
     soft_iou_matrix,
     track_checkpoints,
 )
-from verification.consistency.checkpoints import _unrank_pairs
+from verification.consistency.cscore import _unrank_pairs
 from verification.io.records import LoadedModel
 
 

@@ -6,42 +6,53 @@ The soft IoU of two maps is ``Σ min(a, b) / (Σ max(a, b) + ε)``; the C-Score 
 soft IoU over all pairs i < j of G_c weighted by ``p_i · p_j``. A gold list with fewer than two images gives
 NaN, reported as *collapsed* — never as 0.
 
-The package's modules: :mod:`~verification.consistency.checkpoints` (being split, issue #16).
+One concern per module; every public name is re-exported here (``from verification.consistency import X``):
+
+* :mod:`~verification.consistency.pairwise` — map preparation and the all-pairs soft IoU kernels
+  (``Σ min`` as an L1 distance: scipy, torch or a :func:`torch.compile` kernel);
+* :mod:`~verification.consistency.cscore` — the gold list, the C-Score of one list, per class
+  (:func:`c_score`, :func:`consistency_report`);
+* :mod:`~verification.consistency.auc` — binary and one-vs-rest AUC;
+* :mod:`~verification.consistency.checkpoints` — AUC, accuracy and C-Score over training checkpoints
+  (:func:`track_checkpoints`) and the early warning (C-Score falling while the AUC holds).
 """
 
 from __future__ import annotations
 
+from verification.consistency.auc import binary_auc, ovr_auc
 from verification.consistency.checkpoints import (
-    AUTO_COMPILED_MIN_WORK,
-    DEFAULT_EPS,
-    DEFAULT_GAMMA,
-    DEFAULT_TAU,
     SCHEMA_VERSION,
-    Backend,
     CamFn,
     CheckpointRow,
     CheckpointSeries,
     CheckpointSummary,
-    ClassConsistency,
-    ConsistencyReport,
-    CScore,
     EarlyWarning,
     ImagesLike,
     ProgressFn,
-    Status,
     WarningKind,
-    binary_auc,
-    c_score,
-    compiled_available,
-    consistency_report,
     detect_early_warnings,
+    track_checkpoints,
+)
+from verification.consistency.cscore import (
+    DEFAULT_TAU,
+    ClassConsistency,
+    ConsistencyReport,
+    CScore,
+    Status,
+    c_score,
+    consistency_report,
     gold_list,
-    ovr_auc,
+)
+from verification.consistency.pairwise import (
+    AUTO_COMPILED_MIN_WORK,
+    DEFAULT_EPS,
+    DEFAULT_GAMMA,
+    Backend,
+    compiled_available,
     pairwise_sum_min,
     prepare_maps,
     soft_iou_matrix,
     soft_iou_pairs,
-    track_checkpoints,
 )
 
 __all__ = [
