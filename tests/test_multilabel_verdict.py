@@ -265,7 +265,8 @@ def test_unknown_label_names_are_refused_by_name(bundle: Any) -> None:
 def test_the_ray_engine_is_refused_for_multilabel_with_the_way_out() -> None:
     from argparse import Namespace
 
-    from verification.cli import CliError, _verify_labels
+    from verification.cli import CliError
+    from verification.cli.commands import _verify_labels
 
     with pytest.raises(CliError, match="--engine local"):
         _verify_labels(Namespace(engine="ray"), None, None, [], None)

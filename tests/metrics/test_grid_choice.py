@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from verification.cli import _grid, build_parser
+from verification.cli import build_parser
+from verification.cli.commands import _grid
 from verification.errors import InputTooLargeError
 from verification.metrics import DEFAULT_SIZE
 from verification.reference import default_grid
