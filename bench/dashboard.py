@@ -48,6 +48,7 @@ if not __package__:  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.app.browser_harness import (
     ROOT,
@@ -152,6 +153,11 @@ class Results:
     samples: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def failed(self, name: str) -> None:
+        """A measurement that never reached its state within TIMEOUT_MS: listed, never averaged in."""
+        self.notes.append(f"FAILED: {name} did not settle within {TIMEOUT_MS / 1000:.0f} s")
+        print(f"  FAILED: {name}", file=sys.stderr, flush=True)
+
     def add(self, name: str, value: float | None) -> None:
         if value is not None:
             self.samples.setdefault(name, []).append(value)
@@ -250,14 +256,22 @@ def _interactions(url: str, repeats: int, res: Results) -> None:
         _open(page, url)
         # 3. image switch: images never shown in this server (index 1, 2, ...)
         for i in range(1, repeats + 1):
-            t = _measure(page, lambda i=i: _choose_index(page, i), watch_overlay=True)
+            try:
+                t = _measure(page, lambda i=i: _choose_index(page, i), watch_overlay=True)
+            except PlaywrightTimeout:
+                res.failed("image switch")
+                break
             res.add("image switch, drawn", t.drawn)
             res.add("image switch, settled", t.settled)
             res.add("  (image switch, script run ended)", t.run_end)
         # 4. method switch
         for i in range(max(repeats, len(METHOD_CYCLE))):
             label = METHOD_CYCLE[i % len(METHOD_CYCLE)]
-            t = _measure(page, lambda label=label: choose(page, "Method", label), watch_overlay=True)
+            try:
+                t = _measure(page, lambda label=label: choose(page, "Method", label), watch_overlay=True)
+            except PlaywrightTimeout:
+                res.failed("method switch")
+                break
             if t.drawn is None:
                 res.notes.append(
                     f"method switch to {label}: the same picture as before (not counted as drawn)"
@@ -270,7 +284,11 @@ def _interactions(url: str, repeats: int, res: Results) -> None:
         with _browser() as page:
             _open(page, url)
             for title, heading in PAGE_CYCLE:
-                t = _measure(page, lambda title=title: goto_page(page, title), watch_overlay=False)
+                try:
+                    t = _measure(page, lambda title=title: goto_page(page, title), watch_overlay=False)
+                except PlaywrightTimeout:
+                    res.failed(f"page switch → {title}")
+                    break  # the session's state is unknown: the next session starts over
                 h1 = page.get_by_role("heading", level=1).first.inner_text(timeout=TIMEOUT_MS)
                 if not h1.startswith(heading):
                     raise RuntimeError(f"clicked {title!r} but the page's title is {h1!r}")
@@ -288,13 +306,17 @@ def _interactions(url: str, repeats: int, res: Results) -> None:
                     state="attached", timeout=TIMEOUT_MS
                 )
                 page.wait_for_function(SETTLED_JS, timeout=TIMEOUT_MS, polling=50)
-                t = _measure(
-                    page,
-                    lambda path=path: page.locator(
-                        '[data-testid="stFileUploaderDropzoneInput"]'
-                    ).last.set_input_files(str(path)),
-                    watch_overlay=True,
-                )
+                try:
+                    t = _measure(
+                        page,
+                        lambda path=path: page.locator(
+                            '[data-testid="stFileUploaderDropzoneInput"]'
+                        ).last.set_input_files(str(path)),
+                        watch_overlay=True,
+                    )
+                except PlaywrightTimeout:
+                    res.failed("DICOM upload")
+                    continue
                 page.get_by_text(path.name).first.wait_for(timeout=TIMEOUT_MS)
                 res.add("DICOM upload, drawn", t.drawn)
                 res.add("DICOM upload, settled", t.settled)
