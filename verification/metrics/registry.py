@@ -68,7 +68,7 @@ for _spec in (
         sliced_wasserstein,
         False,
         "sliced earth-mover distance on the [0,1]² grid (≤ 32² cells): exact for translations, "
-        "underestimates other transport (measured −15 % on attention-like maps, −30 % on noise)",
+        "underestimates other transport (measured −12 % on attention-like maps, −32 % on noise)",
     ),
     MetricSpec(
         "wasserstein_values",

@@ -14,11 +14,11 @@ equals ``(2/π)|t|``. ``rescale=True`` (default) multiplies by π/2 so that tran
 displacement of an attention map, are measured exactly; everything else is still UNDERESTIMATED.
 
 Measured against POT's exact ``ot.emd2`` on the 32×32 grid the metric works on for 224² maps
-(``python bench/metrics.py``; relative error (sliced − exact) / exact): attention-like pairs (ReLU of a random
-7×7 map, upsampled, pooled) about −15 % (median |error| 12–18 %, p95 20–24 %), i.i.d. noise about −30 %
-(p95 34–41 %), two Gaussian blobs against one median |error| ≈ 0.01–1 %, p95 1–2 %. Treat the value as an
-ordering of pairs whose shapes are alike, and as a lower bound (raw) of the earth mover's distance, not as the
-distance itself.
+(``python bench/metrics.py``, 20 pairs per family; relative error (sliced − exact) / exact): attention-like
+pairs (ReLU of a random 7×7 map, upsampled, pooled) mean −12 %, median |error| 11 %, p95 26 %; i.i.d. noise
+mean −32 %, median 34 %, p95 43 %; two Gaussian blobs against one median 0.1 %, p95 9 %. It runs 460–1300×
+faster than ``ot.emd2`` (0.2–0.5 ms a pair against 0.2–0.3 s). Treat the value as an ordering of pairs whose
+shapes are alike and (raw) as a lower bound of the earth mover's distance, not as the distance itself.
 
 Not shipped, measured (issue #18): no method reached "within 2 % of ot.emd2 (median and p95, all three
 families) at ≥ 100× its speed" with the runtime dependencies (numpy, scipy, torch; POT is test-only):
