@@ -127,3 +127,32 @@ def test_dashboard_upload_path(family: str, fmt: str, model_files: dict[tuple[st
         res = compute_cams(model, x, methods=("gradcam", "scorecam"), target=[0, 1, 2], options=opts)
     assert all(r.maps.shape == (3, *fam.size) for r in res)
     assert torch.isfinite(torch.from_numpy(res[0].maps)).all()
+
+
+def test_cli_reference_build_and_verify_on_a_static_export(
+    model_files: dict[tuple[str, str], Path], tmp_path: Path
+) -> None:
+    """`reference build` and `verify` in the CLI on the ResNet-18 exported with its batch fixed at 1, with
+    --batch-size 4 (every forward chunked to 1 row): both run and verify returns a verdict document."""
+    from PIL import Image
+
+    model = model_files[("resnet18", "pt2_static")]
+    labelled = tmp_path / "labelled"
+    rng = np.random.default_rng(1)
+    for name in matrix.CLASSES:
+        (labelled / name).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(labelled / name / f"{i}.png")
+    bundle = tmp_path / "ref"
+    res = _cli("reference", "build", model, labelled, "-o", bundle, "--all-images", "--batch-size", "4")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "verify.json"
+    res = _cli(
+        "verify", model, labelled, "--bundle", bundle, "--labelled", "--json", out, "--batch-size", "4",
+        "--workers", "1",
+    )  # fmt: skip
+    doc = json.loads(out.read_text())
+    assert doc["verdict"] in ("suitable", "unsuitable", "cannot_verify"), res.stderr
+    assert [ln["key"] for ln in doc["lines"]] == ["E0", "E1", "E2", "E3", "E4", "E5", "E6"]
+    assert len(doc["images"]) == 6
