@@ -283,6 +283,8 @@ class Prediction:
 
 
 def _probs(model: LoadedModel, x: Tensor, batch_size: int) -> np.ndarray:
+    from verification.cam.chunking import run_chunked
+
     module = model.module
     parts = []
     was_training = module.training
@@ -290,7 +292,7 @@ def _probs(model: LoadedModel, x: Tensor, batch_size: int) -> np.ndarray:
     try:
         with torch.inference_mode():
             for s in range(0, x.shape[0], batch_size):
-                out = module(x[s : s + batch_size])
+                out = run_chunked(model, x[s : s + batch_size], module)  # batch sizes the model accepts
                 if out.ndim != 2:
                     raise ShapeError(f"expected (N, K) logits from a classifier; got {tuple(out.shape)}")
                 parts.append(task_probabilities(model.task, out).cpu().numpy())
