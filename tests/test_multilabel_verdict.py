@@ -266,7 +266,7 @@ def test_the_ray_engine_is_refused_for_multilabel_with_the_way_out() -> None:
     from argparse import Namespace
 
     from verification.cli import CliError
-    from verification.cli.commands import _verify_labels
+    from verification.cli.verify import _verify_labels
 
     with pytest.raises(CliError, match="--engine local"):
         _verify_labels(Namespace(engine="ray"), None, None, [], None)

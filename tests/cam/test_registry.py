@@ -104,7 +104,7 @@ def test_options_are_checked_per_method() -> None:
 
 
 def test_a_method_added_in_one_place_is_listed_parsed_and_run() -> None:
-    from verification.cli.commands import _methods
+    from verification.cli.parser import _methods
 
     @register_method("test_channel_mean", label="Channel mean", reference="test", needs_gradients=False)
     def channel_mean(a: Tensor, g: Tensor | None = None) -> Tensor:

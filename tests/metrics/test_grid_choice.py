@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from verification.cli import build_parser
-from verification.cli.commands import _grid
+from verification.cli.parser import _grid
 from verification.errors import InputTooLargeError
 from verification.metrics import DEFAULT_SIZE
 from verification.reference import default_grid

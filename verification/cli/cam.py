@@ -1,0 +1,164 @@
+"""The ``cam`` command: maps for image files and folders (or a DICOMweb study), .npz + overlays + manifest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from verification.cli.common import EXIT_OK, CliError, _check_row, _engine_options, _load_model, _progress
+from verification.cli.outputs import atomic_dir, check_output_dir, dumps
+
+
+def _output_stems(paths: Sequence[Path], inputs: Sequence[str]) -> list[str]:
+    """Relative output names mirroring each image's place under the input folder it came from; unique."""
+    roots = [Path(i).resolve() for i in inputs if Path(i).is_dir()]
+    stems: list[str] = []
+    used: set[str] = set()
+    for path in paths:
+        resolved = path.resolve()
+        rel: Path | None = None
+        for root in roots:
+            if resolved.is_relative_to(root):
+                rel = resolved.relative_to(root)
+                break
+        stem = (rel.with_suffix("") if rel is not None else Path(path.stem)).as_posix()
+        candidate, n = stem, 1
+        while candidate in used:
+            n += 1
+            candidate = f"{stem}-{n}"
+        used.add(candidate)
+        stems.append(candidate)
+    return stems
+
+
+def cmd_cam(args: argparse.Namespace) -> int:
+    from verification.batch import CamJob, scan_images
+    from verification.engines import run_job
+
+    check_output_dir(Path(args.out), force=args.force)  # before the slow part
+    verdict = _pacs_verdict(args)
+    paths = scan_images(args.inputs)
+    spec, model = _load_model(args)
+    if not paths:
+        raise CliError(f"no images found in {', '.join(args.inputs)}")
+    stems = _output_stems(paths, args.inputs)
+    job = CamJob(
+        spec, methods=args.methods, layers=args.layer, target=args.target, keep_display=not args.no_overlays
+    )
+    job.setup(model)
+    options = _engine_options(args)
+    entries: list[dict[str, Any]] = []
+    keys: list[str] = []
+    to_store: list[Any] = []
+    with atomic_dir(args.out, force=args.force) as staging:
+        for row in run_job(job, paths, options, progress=_progress(args)):
+            stem = stems[int(row["index"])]
+            entry: dict[str, Any] = {"path": str(row["path"]), "error": row["error"]}
+            _check_row(row, args)
+            if not row["error"]:
+                keys = list(row["maps"])
+                entry.update(_write_cam_row(staging, stem, row, model, overlays=not args.no_overlays))
+                if args.pacs_store:
+                    to_store.append(_pacs_record(row, entry, model.class_names))
+            entries.append(entry)
+        failed = sum(1 for e in entries if e["error"])
+        if failed == len(entries):
+            raise CliError(
+                f"none of the {len(entries)} images could be processed; first error: {entries[0]['error']}"
+            )
+        manifest = {
+            "schema": "verification.cli.cam",
+            "schema_version": 1,
+            "model": {"path": args.model, "name": model.name, "class_names": list(model.class_names)},
+            "methods": list(args.methods),
+            "results": keys,
+            "target": args.target,
+            "engine": options.engine,
+            "batch_size": options.batch_size,
+            "images": entries,
+            "n_images": len(entries),
+            "n_errors": failed,
+            "overlays": not args.no_overlays,
+        }
+        # Written last: a folder with manifest.json is complete.
+        (staging / "manifest.json").write_text(dumps(manifest), encoding="utf-8")
+    if not args.quiet:
+        sys.stderr.write(
+            f"cam: {len(entries) - failed} images → {args.out}"
+            + (f", {failed} unreadable" if failed else "")
+            + "\n"
+        )
+    if to_store:
+        from verification.pacs.sources import store_cam_records
+
+        stored = store_cam_records(to_store, model=model.name, verdict=verdict)
+        if not args.quiet:
+            sys.stderr.write(f"cam: {stored} heatmap object(s) stored in the PACS, in a new series\n")
+    return EXIT_OK
+
+
+def _pacs_verdict(args: argparse.Namespace) -> str:
+    """The verdict to record in heatmaps stored back (``--pacs-verdict``), checked before the slow part."""
+    from verification.pacs import is_dicomweb
+
+    if args.pacs_store and args.no_overlays:
+        raise CliError("--pacs-store stores the overlays: drop --no-overlays")
+    if args.pacs_store and not any(is_dicomweb(i) for i in args.inputs):
+        raise CliError("--pacs-store needs inputs from a PACS (dicomweb+http://host:port/…/studies/<uid>)")
+    if args.pacs_verdict is None:
+        return "not verified"
+    if not args.pacs_store:
+        raise CliError("--pacs-verdict is recorded only with --pacs-store")
+    from verification.verdict.records import VerificationReport
+
+    try:
+        doc = json.loads(Path(args.pacs_verdict).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--pacs-verdict {args.pacs_verdict}: not a readable JSON file ({exc})") from None
+    report = VerificationReport.from_document(doc)
+    line = f" ({report.deciding_line})" if report.deciding_line else ""
+    return f"{report.label}{line}"
+
+
+def _pacs_record(row: dict[str, Any], entry: dict[str, Any], class_names: Sequence[str]) -> Any:
+    from verification.pacs import origin
+    from verification.pacs.sources import CamRecord
+
+    if origin(row["path"]) is None:
+        raise CliError(f"{row['path']} was not read from a PACS; --pacs-store takes only dicomweb+ inputs")
+    target = int(entry["target"])
+    name = class_names[target] if 0 <= target < len(class_names) else str(target)
+    return CamRecord(str(row["path"]), row["display"], dict(row["maps"]), name)
+
+
+def _write_cam_row(
+    staging: Path, stem: str, row: dict[str, Any], model: Any, *, overlays: bool
+) -> dict[str, Any]:
+    from verification.batch import save_image_cams
+    from verification.report import overlay_png
+
+    npz = staging / f"{stem}.npz"
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    save_image_cams(npz, row, class_names=model.class_names)
+    written: dict[str, str] = {}
+    if overlays and "display" in row:
+        layers = {key.split("@", 1)[1] for key in row["maps"]}
+        for key, cam in row["maps"].items():
+            method, layer = key.split("@", 1)
+            name = f"{stem}.{method}.png" if len(layers) == 1 else f"{stem}.{method}@{layer}.png"
+            (staging / name).write_bytes(overlay_png(row["display"], cam))
+            written[key] = name
+    pred = int(row["pred"])
+    return {
+        "npz": npz.relative_to(staging).as_posix(),
+        "overlays": written,
+        "pred": pred,
+        "pred_class": model.class_names[pred] if pred < len(model.class_names) else str(pred),
+        "prob": float(row["probs"][pred]),
+        "target": int(row["target"]),
+        "constant": {k: bool(v) for k, v in row["constant"].items()},
+    }

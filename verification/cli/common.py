@@ -1,0 +1,83 @@
+"""What every command shares: exit codes, the one-line error, loading the model, engine options."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from verification.errors import VerificationError
+
+log = logging.getLogger("verification.cli")
+
+
+EXIT_OK = 0
+
+
+EXIT_FAILURE = 1
+
+
+EXIT_USAGE = 2
+
+
+EXIT_UNSUITABLE = 3
+
+
+EXIT_CANNOT_VERIFY = 4
+
+
+EXIT_INTERRUPTED = 130
+
+
+VERDICT_EXIT = {"suitable": EXIT_OK, "unsuitable": EXIT_UNSUITABLE, "cannot_verify": EXIT_CANNOT_VERIFY}
+
+
+class CliError(VerificationError):
+    """A failure reported as one line (exit 1): an output in the way, a bad image under --strict, ..."""
+
+
+def _label_indices(labels: Sequence[str], class_names: Sequence[str], source: str) -> list[int]:
+    """Class names (or indices written as numbers) → indices into the model's classes."""
+    out = []
+    for label in labels:
+        if label in class_names:
+            out.append(list(class_names).index(label))
+        elif label.isdigit() and int(label) < len(class_names):
+            out.append(int(label))
+        else:
+            raise CliError(f"{source}: label {label!r} is not one of the model's classes {list(class_names)}")
+    return out
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    from verification.batch import ModelSpec
+
+    spec = ModelSpec(path=args.model, sidecar=args.sidecar, architecture=args.architecture, trust=args.trust)
+    if not Path(spec.path).exists():
+        raise CliError(f"model file {spec.path} does not exist")
+    return spec, spec.load()
+
+
+def _engine_options(args: argparse.Namespace) -> Any:
+    from verification.engines import EngineOptions
+
+    return EngineOptions(
+        engine=getattr(args, "engine", "local"),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        ray_address=getattr(args, "ray_address", None),
+        ray_num_cpus=getattr(args, "ray_cpus", 2),
+    )
+
+
+def _progress(args: argparse.Namespace) -> bool | None:
+    return False if args.quiet else None
+
+
+def _check_row(row: dict[str, Any], args: argparse.Namespace) -> None:
+    if row.get("error"):
+        if args.strict:
+            raise CliError(f"{row['path']}: {row['error']} (--strict stops at the first unreadable image)")
+        log.warning("skipped %s: %s", row["path"], row["error"])
