@@ -264,7 +264,7 @@ def guarded(read: Callable[[], T], path: str | Path) -> tuple[T | None, str | No
     except (VerificationError, OSError, MemoryError) as exc:
         return None, _message(exc)
     except Exception as exc:  # a loader bug on one hostile file: an error row, not an aborted run
-        logging.getLogger(__name__).warning("unexpected error reading %s", path, exc_info=True)
+        logging.getLogger("verification.batch").warning("unexpected error reading %s", path, exc_info=True)
         return None, _message(exc, "unexpected error reading this file ({})")
 
 

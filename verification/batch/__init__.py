@@ -1,0 +1,66 @@
+"""Batching for dataset-scale work: image sources, a Dataset over image paths, batch jobs, row encoding.
+
+Every public name is re-exported here (``from verification.batch import X``).
+"""
+
+from __future__ import annotations
+
+from verification.batch.jobs import (
+    CAM_FILE_SCHEMA,
+    IMAGE_SUFFIXES,
+    LESION_SUFFIXES,
+    MAX_MESSAGE,
+    PER_IMAGE_ERRORS,
+    Batch,
+    BatchJob,
+    CamJob,
+    ImageDataset,
+    ImageItem,
+    ModelSpec,
+    Row,
+    VerifyJob,
+    collate_items,
+    decode_row,
+    encode_row,
+    guarded,
+    load_image_cams,
+    make_loader,
+    merge_verify_rows,
+    per_sample_on_error,
+    preprocessing_view,
+    read_images,
+    resolve_target,
+    save_image_cams,
+    scan_images,
+    scan_labelled,
+)
+
+__all__ = [
+    "CAM_FILE_SCHEMA",
+    "IMAGE_SUFFIXES",
+    "LESION_SUFFIXES",
+    "MAX_MESSAGE",
+    "PER_IMAGE_ERRORS",
+    "Batch",
+    "BatchJob",
+    "CamJob",
+    "ImageDataset",
+    "ImageItem",
+    "ModelSpec",
+    "Row",
+    "VerifyJob",
+    "collate_items",
+    "decode_row",
+    "encode_row",
+    "guarded",
+    "load_image_cams",
+    "make_loader",
+    "merge_verify_rows",
+    "per_sample_on_error",
+    "preprocessing_view",
+    "read_images",
+    "resolve_target",
+    "save_image_cams",
+    "scan_images",
+    "scan_labelled",
+]
