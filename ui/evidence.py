@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -646,9 +647,25 @@ def band_charts(report: VerificationReport) -> list[tuple[LineResult, go.Figure]
     return out
 
 
+# Band charts per report object (the dashboard keeps each verdict as one object, ui.loaders._VERIFIED):
+# building the plotly figures was ~1 s of a 1.5 s Similarity rerun; a rerun now reuses them.
+_BAND_CHARTS: dict[int, tuple[weakref.ref[VerificationReport], list[tuple[LineResult, go.Figure]]]] = {}
+
+
+def _band_charts_of(report: VerificationReport) -> list[tuple[LineResult, go.Figure]]:
+    found = _BAND_CHARTS.get(id(report))
+    if found is not None and found[0]() is report:
+        return found[1]
+    charts = band_charts(report)
+    for k in [k for k, (ref, _) in _BAND_CHARTS.items() if ref() is None]:
+        del _BAND_CHARTS[k]
+    _BAND_CHARTS[id(report)] = (weakref.ref(report), charts)
+    return charts
+
+
 def draw_band_charts(report: VerificationReport, *, key: str = "bands") -> None:
     """The band charts two to a row (``key`` makes their element keys unique on the page)."""
-    charts = band_charts(report)
+    charts = _band_charts_of(report)
     if not charts:
         return
     st.markdown(
