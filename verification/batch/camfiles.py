@@ -1,0 +1,66 @@
+"""Per-image CAM files written by ``python -m verification cam``: one ``.npz`` per image (no pickle)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from verification.batch.rows import Row
+from verification.errors import BundleError
+
+__all__ = ["CAM_FILE_SCHEMA", "load_image_cams", "save_image_cams"]
+
+CAM_FILE_SCHEMA = "verification.batch.image_cams"
+
+
+def save_image_cams(path: str | Path, row: Row, *, class_names: Sequence[str]) -> Path:
+    """Write one image's maps as ``.npz``: ``map/<method>@<layer>`` (H, W) in [0, 1], ``raw/<key>`` (h, w),
+    ``logits`` (K,), ``probs`` (K,), and ``meta`` (a JSON string: schema, source path, target, predicted
+    class, class names, constant flags, provenance). Readable with ``np.load(path, allow_pickle=False)``.
+    A multi-label model's row adds ``label_map/<i>/<key>`` for each label ``meta["labels"][i]``."""
+    arrays: dict[str, np.ndarray] = {"logits": row["logits"], "probs": row["probs"]}
+    for key in row["maps"]:
+        arrays[f"map/{key}"] = row["maps"][key]
+        arrays[f"raw/{key}"] = row["raw"][key]
+    labels = list(row.get("label_maps", {}))  # a multi-label model: one map per label it calls present
+    for i, label in enumerate(labels):
+        for key, m in row["label_maps"][label].items():
+            arrays[f"label_map/{i}/{key}"] = m
+    meta = {
+        "schema": CAM_FILE_SCHEMA,
+        "schema_version": 1,
+        "source": str(row["path"]),
+        "content_hash": row.get("content_hash", ""),
+        "pred": int(row["pred"]),
+        "target": int(row["target"]),
+        "class_names": list(class_names),
+        "constant": {k: bool(v) for k, v in row["constant"].items()},
+        "provenance": row.get("provenance", {}),
+        **({"labels": labels} if labels else {}),
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+    return Path(path)
+
+
+def load_image_cams(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """Read a file written by :func:`save_image_cams`: ``(maps, raw, meta)``; meta also holds logits/probs."""
+    with np.load(path, allow_pickle=False) as npz:
+        data = {k: npz[k] for k in npz.files}
+    meta: dict[str, Any] = json.loads(str(data.pop("meta")))
+    if meta.get("schema") != CAM_FILE_SCHEMA:
+        raise BundleError(f"{path} is not a per-image CAM file (schema {meta.get('schema')!r})")
+    maps = {k[4:]: v for k, v in data.items() if k.startswith("map/")}
+    raw = {k[4:]: v for k, v in data.items() if k.startswith("raw/")}
+    meta["logits"] = data["logits"]
+    meta["probs"] = data["probs"]
+    if meta.get("labels"):  # {label: {key: map}} of a multi-label model
+        meta["label_maps"] = {
+            label: {k.split("/", 2)[2]: v for k, v in data.items() if k.startswith(f"label_map/{i}/")}
+            for i, label in enumerate(meta["labels"])
+        }
+    return maps, raw, meta
