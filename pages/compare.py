@@ -99,11 +99,11 @@ else:
         f"{comparison.reason}.",
         icon=":material/emoji_events:",
     )
-cols = st.columns(4)
-for col, tag in zip(cols[:2], ("A", "B")):
+metric_cols = st.columns(4)
+for col, tag in zip(metric_cols[:2], ("A", "B")):
     acc = reports[tag].accuracy
     col.metric(f"Accuracy {tag}", "n/a" if acc is None else f"{acc:.1%}")
-for col, tag in zip(cols[2:], ("A", "B")):
+for col, tag in zip(metric_cols[2:], ("A", "B")):
     rep = reports[tag]
     col.metric(f"Not assessable {tag}", f"{rep.n_not_assessable} of {rep.n_images}")
 

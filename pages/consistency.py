@@ -77,7 +77,7 @@ c1, c2, c3 = st.columns([3, 1, 1])
 methods = c1.multiselect(
     "Methods",
     loaders.ONE_PASS_METHODS,
-    format_func=loaders.METHOD_LABELS.get,
+    format_func=lambda m: loaders.METHOD_LABELS.get(m, m),
     key=K.CONSISTENCY_METHODS.name,
     help="All of them come from the same forward and backward pass per checkpoint.",
 )
@@ -152,7 +152,7 @@ shown = (
     st.segmented_control(
         "Method",
         methods,
-        format_func=loaders.METHOD_LABELS.get,
+        format_func=lambda m: loaders.METHOD_LABELS.get(m, m),
         key=K.CONSISTENCY_SHOWN.name,
         help=glossary.help_for("C-Score") + " " + glossary.help_for("early warning"),
     )

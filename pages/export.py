@@ -29,6 +29,7 @@ with guard("Verifying the images"), st.spinner("Verifying…"):
     )
 if report is None:
     st.stop()
+verified = report  # its narrowed type, for the callables below (they run when clicked)
 evidence.verdict_banner(report, f"Model on {ws.images.label}")
 evidence.verdict_metrics(report)
 
@@ -41,7 +42,7 @@ with guard("Writing the reports"):
     # Made when clicked (the data is a callable): the time each report states is when it was made.
     c1.download_button(
         "Download the HTML report",
-        lambda: export.report_html(*keys, report, ws.images),
+        lambda: export.report_html(*keys, verified, ws.images),
         file_name="attention_verification_report.html",
         mime="text/html",
         type="primary",
@@ -51,7 +52,7 @@ with guard("Writing the reports"):
     )
     c2.download_button(
         "Download the PDF report",
-        lambda: export.report_pdf(title, report, ws.images),
+        lambda: export.report_pdf(title, verified, ws.images),
         file_name="attention_verification_report.pdf",
         mime="application/pdf",
         type="primary",

@@ -75,11 +75,12 @@ if acts is not None:
                     width="stretch",
                 )
     K.FEATURE_STAT.init()
+    stat_labels = {"mean": "mean", "std": "standard deviation", "active": "fraction active"}
     stat = (
         st.segmented_control(
             "Channel statistic",
             list(STATS),
-            format_func={"mean": "mean", "std": "standard deviation", "active": "fraction active"}.get,
+            format_func=stat_labels.__getitem__,
             key=K.FEATURE_STAT.name,
         )
         or "mean"

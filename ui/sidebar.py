@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
@@ -76,7 +77,38 @@ class Workspace:
     bundle: loaders.BundleHandle | None
 
 
-def workspace(*, images: bool = True, bundle: bool = False) -> Workspace:
+ImagesT = TypeVar("ImagesT", loaders.ImageSet, "loaders.ImageSet | None")
+BundleT = TypeVar("BundleT", loaders.BundleHandle, "loaders.BundleHandle | None")
+
+
+@dataclass(frozen=True)
+class Ready(Generic[ImagesT, BundleT]):
+    """The :class:`Workspace` as a page sees it after :func:`workspace` checked it: model A is there, and so
+    are the images / the bundle when the page asked for them (their types say so)."""
+
+    model_a: ModelHandle
+    model_b: ModelHandle | None
+    images: ImagesT
+    bundle: BundleT
+
+
+@overload
+def workspace(
+    *, images: Literal[True] = ..., bundle: Literal[False] = ...
+) -> Ready[loaders.ImageSet, loaders.BundleHandle | None]: ...
+@overload
+def workspace(
+    *, images: Literal[True] = ..., bundle: Literal[True]
+) -> Ready[loaders.ImageSet, loaders.BundleHandle]: ...
+@overload
+def workspace(
+    *, images: Literal[False], bundle: Literal[False] = ...
+) -> Ready[loaders.ImageSet | None, loaders.BundleHandle | None]: ...
+@overload
+def workspace(
+    *, images: Literal[False], bundle: Literal[True]
+) -> Ready[loaders.ImageSet | None, loaders.BundleHandle]: ...
+def workspace(*, images: bool = True, bundle: bool = False) -> Ready[Any, Any]:
     """What the sidebar resolved; when model A (and the images / the bundle, if asked for) is missing, the
     page says what to choose and stops there."""
     ws = K.WORKSPACE.get()
@@ -91,10 +123,10 @@ def workspace(*, images: bool = True, bundle: bool = False) -> Workspace:
         )
         if absent
     ]
-    if missing:
+    if missing or ws.model_a is None:  # model A missing is in ``missing``
         st.info(f"Choose {' and '.join(missing)} in the sidebar.", icon=":material/arrow_back:")
         st.stop()
-    return ws
+    return Ready(model_a=ws.model_a, model_b=ws.model_b, images=ws.images, bundle=ws.bundle)
 
 
 # ---------------------------------------------------------------------------------------------- models
