@@ -20,7 +20,7 @@ import torch
 
 from tests.io.memcap import run_capped
 from tests.io.test_io_hostile_images import dicom_bytes, png_bomb, tiff_with_declared_size
-from verification.io.budget import DEFAULT_LIMITS
+from verification.io.budget import DEFAULT_LIMITS, DEFAULT_MODEL_LIMITS
 from verification.io.images import image_cost
 
 MiB = 1 << 20
@@ -28,7 +28,8 @@ SLACK = 512 * MiB
 IMG = DEFAULT_LIMITS.max_image_bytes
 UPLOAD = DEFAULT_LIMITS.max_decoded_bytes
 ARCHIVES = DEFAULT_LIMITS.max_archive_bytes
-MODEL = 500 * MiB  # verification.io.models.DEFAULT_MAX_MODEL_BYTES
+# loading holds the file, the decoded weights and the built module (ModelLimits' docstring)
+MODEL = DEFAULT_MODEL_LIMITS.max_file_bytes + 2 * DEFAULT_MODEL_LIMITS.max_decoded_bytes
 
 LOAD = "verification.io.images.load_image(data[0], name=NAME)"
 LOAD_MODEL = "verification.io.models.load_model_bytes"
