@@ -34,7 +34,9 @@ if K.LAYER.get() not in ("", *layers):
     K.LAYER.set("")
 
 c1, c2, c3, c4, c5 = st.columns([1.3, 1.6, 1.2, 1.0, 0.9])
-method = c1.selectbox("Method", loaders.ALL_METHODS, format_func=loaders.METHOD_LABELS.get, key=K.METHOD.name)
+method = c1.selectbox(
+    "Method", loaders.ALL_METHODS, format_func=lambda m: loaders.METHOD_LABELS.get(m, m), key=K.METHOD.name
+)
 layer_choice = c2.selectbox(
     "Layer",
     ["", *layers],
@@ -179,6 +181,7 @@ with st.container(key="viewer_panels"):
                         f"maps for: {', '.join(has) or 'no class'})."
                     )
             else:
+                assert ws.bundle is not None  # the reference map came from it
                 ref_pic = viewer.overlay_picture(
                     ("reference", ws.bundle.key, cls_name),
                     base,
@@ -196,7 +199,7 @@ with st.container(key="viewer_panels"):
                     caption=f"mean map of the reference set ({ws.bundle.label}), "
                     + viewer.grid_caption(
                         tuple(np.asarray(ref).shape),
-                        ws.bundle.bundle.layer,
+                        str(ws.bundle.bundle.layer),  # as before: a bundle without a layer reads 'None'
                         image.size,
                         view_state.nearest,
                         stored=True,
@@ -311,6 +314,7 @@ with draw_right:
     if drawn is None:
         st.info("No region drawn on this image yet.", icon=":material/draw:")
     else:
+        assert region_mask is not None  # the drawn region's mask
         st.markdown(
             f"**Drawn region** ({drawn.finding}): {drawn.describe()} · {int(region_mask.sum()):,} pixels"
         )
@@ -403,7 +407,7 @@ with left:
         st.caption("Mean class probability over the image's pixels.")
     elif multilabel:
         st.caption("Sigmoid probability of each label on its own (they need not add up to 100 %).")
-    elif prediction.rejected:
+    elif prediction is not None and prediction.rejected:  # None only for the two tasks above
         st.markdown(f"**Rejected input** ({prediction.message})")
     # Plain HTML bars: a plotly chart here would hold back the first paint of the whole page while the
     # browser fetches the charting library.
