@@ -69,28 +69,24 @@ def _mask_for(annotation: Any, name: str, positive: bool) -> np.ndarray | None:
     return np.asarray(annotation) if positive else None
 
 
+def _binary_task(bundle: Any, k: int) -> dict[str, Any]:
+    """Label ``k``'s binary task as the bundle's fields: the classes ``(k, not k)`` and their reference maps
+    (label k's; all zero for "not k")."""
+    name = bundle.class_names[k]
+    ref = np.asarray(bundle.references, np.float32)[k]
+    return {"class_names": (name, not_label(name)), "references": np.stack([ref, np.zeros_like(ref)])}
+
+
 def label_spec(spec: MeasureSpec, bundle: Any, k: int) -> MeasureSpec:
     """``spec`` (built once for the model: layer, gate, grid, metrics) for label ``k``'s binary task."""
-    name = bundle.class_names[k]
-    refs = np.asarray(bundle.references, np.float32)
     return dataclasses.replace(
-        spec,
-        class_names=(name, not_label(name)),
-        references=np.stack([refs[k], np.zeros_like(refs[k])]),
-        has_reference=np.array([int(bundle.counts[k]) > 0, False]),
+        spec, **_binary_task(bundle, k), has_reference=np.array([int(bundle.counts[k]) > 0, False])
     )
 
 
 def label_bundle(bundle: Any, k: int) -> Any:
     """The bundle seen for label ``k``'s binary task (its reference map; no reference for "not k")."""
-    name = bundle.class_names[k]
-    refs = np.asarray(bundle.references, np.float32)
-    return dataclasses.replace(
-        bundle,
-        class_names=(name, not_label(name)),
-        references=np.stack([refs[k], np.zeros_like(refs[k])]),
-        counts=np.array([int(bundle.counts[k]), 0]),
-    )
+    return dataclasses.replace(bundle, **_binary_task(bundle, k), counts=np.array([int(bundle.counts[k]), 0]))
 
 
 def binary_labels(sets: Sequence[tuple[int, ...] | None], k: int) -> np.ndarray:
