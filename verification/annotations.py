@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from verification.errors import ImageLoadError, InputTooLargeError, InvalidInputError
+from verification.io.dicom import IDENTIFYING_TAGS
 from verification.io.safejson import bounded_text, loads_bounded
 
 __all__ = [
@@ -361,30 +362,16 @@ def _annotation_from_json(item: object) -> Annotation:
 
 # ------------------------------------------------------------------------------------------------ DICOM SEG
 
+# One list of identifying attributes for the whole tool (io.dicom.IDENTIFYING_TAGS, the display withholds
+# them); its instance UIDs are replaced below rather than emptied, and the SEG's dates and times go too.
 _IDENTIFYING_EMPTY = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "PatientAge",
-    "OtherPatientIDs",
-    "AccessionNumber",
-    "StudyDate",
-    "StudyTime",
+    *(t for t in IDENTIFYING_TAGS if not t.endswith("InstanceUID")),
     "SeriesDate",
     "SeriesTime",
     "ContentDate",
     "ContentTime",
     "AcquisitionDate",
     "AcquisitionTime",
-    "StudyID",
-    "InstitutionName",
-    "InstitutionAddress",
-    "ReferringPhysicianName",
-    "PerformingPhysicianName",
-    "OperatorsName",
-    "StationName",
-    "DeviceSerialNumber",
 )
 _UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
 
