@@ -366,17 +366,22 @@ def outlined(
 
 
 def grid_caption(
-    map_shape: tuple[int, int], layer: str, size: tuple[int, int], nearest: bool, *, stored: bool = False
+    map_shape: tuple[int, int],
+    layer: str | None,
+    size: tuple[int, int],
+    nearest: bool,
+    *,
+    stored: bool = False,
 ) -> str:
     """Where the map's numbers come from: ``computed on a 7×7 grid at layer X, upsampled ...`` (a reference
-    map, ``stored``: the grid the bundle keeps its mean map on)."""
+    map, ``stored``: the grid the bundle keeps its mean map on; a bundle that names no layer says so)."""
     h, w = map_shape
     how = "drawn cell by cell (nearest)" if nearest else "upsampled (bilinear)"
-    where = (
-        f"kept on a {w}×{h} grid (maps of layer {layer})"
-        if stored
-        else f"computed on a {w}×{h} grid at layer {layer}"
-    )
+    named = layer not in (None, "", "None")
+    if stored:
+        where = f"kept on a {w}×{h} grid" + (f" (maps of layer {layer})" if named else "")
+    else:
+        where = f"computed on a {w}×{h} grid" + (f" at layer {layer}" if named else "")
     return f"{where}, {how} to {size[1]}×{size[0]}"
 
 

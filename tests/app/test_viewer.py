@@ -250,3 +250,12 @@ def test_the_real_1841x1955_film_zoomed_is_sent_at_native_pixels() -> None:
     auto = viewer.windowed(image, src, viewer.Window("window", "auto", (lo + hi) / 2, hi - lo), v)
     assert auto.shape == crop.shape
     assert not np.array_equal(auto, crop)
+
+
+def test_grid_caption_names_the_grid_and_a_layer_only_when_there_is_one() -> None:
+    assert viewer.grid_caption((7, 7), "features.12", (224, 224), False) == (
+        "computed on a 7×7 grid at layer features.12, upsampled (bilinear) to 224×224"
+    )
+    stored = viewer.grid_caption((64, 64), None, (224, 224), True, stored=True)
+    assert stored == "kept on a 64×64 grid, drawn cell by cell (nearest) to 224×224"
+    assert "None" not in viewer.grid_caption((64, 64), "None", (224, 224), False, stored=True)
