@@ -60,6 +60,7 @@ from tests.app.browser_harness import (
 
 QUIET_MS = 600  # a settled state must last this long (the time reported is when it began)
 TIMEOUT_MS = 180_000
+PAGE_TIMEOUT_MS = 30_000  # a warm page that has not settled by then is reported as FAILED
 DICOM_SAMPLE = ROOT / "assets" / "demo" / "samples" / "cxr_nodule_dx_monochrome1.dcm"
 # Methods whose maps differ on the demo images (Grad-CAM, XGrad-CAM and HiResCAM coincide on some of them,
 # and an identical picture is served under the same URL: nothing new to draw).
@@ -153,9 +154,9 @@ class Results:
     samples: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def failed(self, name: str) -> None:
-        """A measurement that never reached its state within TIMEOUT_MS: listed, never averaged in."""
-        self.notes.append(f"FAILED: {name} did not settle within {TIMEOUT_MS / 1000:.0f} s")
+    def failed(self, name: str, timeout_ms: float = TIMEOUT_MS) -> None:
+        """A measurement that never reached its state in time: listed, never averaged in."""
+        self.notes.append(f"FAILED: {name} did not settle within {timeout_ms / 1000:.0f} s")
         print(f"  FAILED: {name}", file=sys.stderr, flush=True)
 
     def add(self, name: str, value: float | None) -> None:
@@ -164,12 +165,12 @@ class Results:
             print(f"  {name}: {value:.2f} s", file=sys.stderr, flush=True)
 
 
-def _measure(page: Any, act: Any, *, watch_overlay: bool) -> Timing:
+def _measure(page: Any, act: Any, *, watch_overlay: bool, timeout_ms: float = TIMEOUT_MS) -> Timing:
     old = page.evaluate("() => window.__bench.overlaySrc()") if watch_overlay else "__none__"
     page.evaluate("(old) => window.__bench.begin(old)", old)
     act()
     # settled implies every picture decoded, the overlay too; drawnAt is set only if its picture changed
-    page.wait_for_function(SETTLED_JS, timeout=TIMEOUT_MS, polling=50)
+    page.wait_for_function(SETTLED_JS, timeout=timeout_ms, polling=50)
     rec = page.evaluate(
         "() => ({m: __bench.mark, d: __bench.drawnAt, s: __bench.settledSince, e: __bench.runEnd})"
     )
@@ -285,9 +286,14 @@ def _interactions(url: str, repeats: int, res: Results) -> None:
             _open(page, url)
             for title, heading in PAGE_CYCLE:
                 try:
-                    t = _measure(page, lambda title=title: goto_page(page, title), watch_overlay=False)
+                    t = _measure(
+                        page,
+                        lambda title=title: goto_page(page, title),
+                        watch_overlay=False,
+                        timeout_ms=PAGE_TIMEOUT_MS,
+                    )
                 except PlaywrightTimeout:
-                    res.failed(f"page switch → {title}")
+                    res.failed(f"page switch → {title}", PAGE_TIMEOUT_MS)
                     break  # the session's state is unknown: the next session starts over
                 h1 = page.get_by_role("heading", level=1).first.inner_text(timeout=TIMEOUT_MS)
                 if not h1.startswith(heading):
