@@ -1,8 +1,8 @@
 """Dashboard latency in a real browser (headless Chromium through Playwright, a real server).
 
-    .venv/bin/python bench/dashboard.py [--repeats 5] [--load-procs 2] [--only idle|loaded] [--launcher serve.py]
+    .venv/bin/python bench/dashboard.py [--repeats 5] [--load-procs 2] [--only idle|loaded] [--launcher ui/serve.py]
 
-Each scenario starts the server the README's command starts (``streamlit run serve.py``: the warm launcher;
+Each scenario starts the server the README's command starts (``streamlit run ui/serve.py``: the warm launcher;
 ``--launcher dashboard.py`` measures the plain script) and drives it with Chromium from
 ``tests/app/browser_harness.py``. Every figure is a median and a 95th percentile over ``--repeats`` runs.
 
@@ -389,7 +389,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--load-procs", type=int, default=2, help="background processes of the loaded run")
     parser.add_argument("--only", choices=["idle", "loaded"], default=None)
-    parser.add_argument("--launcher", default="serve.py", help="script given to `streamlit run`")
+    parser.add_argument("--launcher", default="ui/serve.py", help="script given to `streamlit run`")
     args = parser.parse_args()
     (ROOT / "test-artifacts").mkdir(exist_ok=True)
     print(f"dashboard latency, headless Chromium, `streamlit run {args.launcher}`, {args.repeats} repeats")

@@ -1,7 +1,7 @@
 """Warm a server process before its first browser connects: the imports every page needs, and the cached
 results of the views a new session opens on the built-in demo.
 
-``serve.py`` (the README's launch command) runs :func:`warm_first` in its ``st.App`` lifespan, after
+``ui/serve.py`` (the README's launch command) runs :func:`warm_first` in its ``st.App`` lifespan, after
 Streamlit's runtime has started and before the server accepts a connection, so the entries land in the same
 ``st.cache_resource`` / ``st.cache_data`` caches the pages read; :func:`warm_rest` then runs in a background
 thread while the server already serves (torch work there takes the model's lock per batch, so a session's

@@ -56,7 +56,7 @@ def free_port() -> int:
 def streamlit_server(*, timeout: float = 120.0, script: str = "dashboard.py") -> Iterator[str]:
     """``streamlit run <script>`` on 127.0.0.1:<free port>; yields the URL; kills the server after.
 
-    ``script="serve.py"`` is the warm launcher: its health endpoint answers only once the demo is warm."""
+    ``script="ui/serve.py"`` is the warm launcher: its health endpoint answers only once the demo is warm."""
     port = free_port()
     (ROOT / "test-artifacts").mkdir(exist_ok=True)
     log = open(ROOT / "test-artifacts" / f"streamlit-{port}.log", "wb")  # noqa: SIM115 (closed in finally)

@@ -132,11 +132,11 @@ def test_page_modules_are_what_the_pages_import() -> None:
 
 
 def test_the_warm_launcher_warms_before_it_answers(tmp_path: Path) -> None:
-    """``streamlit run serve.py`` (the README's command): the health endpoint answers only after the warm
+    """``streamlit run ui/serve.py`` (the README's command): the health endpoint answers only after the warm
     start has run, and the first view's steps all succeeded."""
     port = free_port()
     log_path = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "streamlit", "run", "serve.py", "--server.port", str(port)]
+    cmd = [sys.executable, "-m", "streamlit", "run", "ui/serve.py", "--server.port", str(port)]
     cmd += ["--server.address", "127.0.0.1", "--server.headless", "true"]
     env = {**os.environ, "VERIFICATION_WARM": "first", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:

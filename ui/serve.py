@@ -1,7 +1,7 @@
 """Launch the dashboard warm: the server answers its first browser with the demo already loaded.
 
-    .venv/bin/python -m streamlit run serve.py      # the README's command (flags as for any `streamlit run`)
-    .venv/bin/python serve.py                       # the same, without the CLI
+    .venv/bin/python -m streamlit run ui/serve.py   # the README's command (flags as for any `streamlit run`)
+    .venv/bin/python ui/serve.py                    # the same, without the CLI
 
 This wraps ``dashboard.py`` in an ``st.App`` whose lifespan hook runs after Streamlit's runtime has started
 and before the server accepts a connection (Streamlit's documented place to preload cached resources). The
@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `ui` and `verification` import as they do for `streamlit run dashboard.py`
     sys.path.insert(0, str(ROOT))
 
