@@ -94,14 +94,23 @@ class Outcome:
 # ---------------------------------------------------------------------------------------------- the browser
 
 
-async def _choose(page: Any, label: str, option: str | int) -> None:
-    """Pick ``option`` (its label, typed to filter the list, or its position) in the selectbox ``label``."""
+async def _choose(page: Any, label: str, option: str | int) -> str:
+    """Pick ``option`` (its label, typed to filter the list, or its position) in the selectbox ``label``;
+    returns the option's text."""
     await page.get_by_role("combobox", name=label, exact=True).first.click()
     if isinstance(option, int):
-        await page.get_by_role("option").nth(option).click()
-    else:
-        await page.keyboard.type(option)  # the list is virtualised: only typed matches are sure to be drawn
-        await page.get_by_role("option", name=option, exact=True).first.click()
+        item = page.get_by_role("option").nth(option)
+        text = (await item.inner_text()).strip()
+        await item.click()
+        return text
+    await page.keyboard.type(option)  # the list is virtualised: only typed matches are sure to be drawn
+    await page.get_by_role("option", name=option, exact=True).first.click()
+    return option
+
+
+async def _shown(page: Any, label: str) -> str:
+    """The option the selectbox ``label`` shows as chosen."""
+    return str(await page.get_by_role("combobox", name=label, exact=True).first.input_value()).strip()
 
 
 async def _idle(page: Any) -> None:
@@ -143,19 +152,27 @@ async def _prepare(page: Any, current: tuple[str, str], model: str, method: str)
     """Pick the model and the method where they differ from ``current`` (model, method)."""
     await _overlay_src(page)
     if model != current[0]:
-        await _choose(page, "Demo model", model)
-        await _idle(page)
+        await _pick(page, "Demo model", model)
         await _overlay_src(page)
     if method != current[1]:
-        await _choose(page, "Method", method)
+        await _pick(page, "Method", method)
+
+
+async def _pick(page: Any, label: str, option: str) -> None:
+    """Choose ``option`` and wait for the page's run; a click lost while the page redrew is made once more."""
+    await _choose(page, label, option)
+    await _idle(page)
+    if await _shown(page, label) != option:
+        await _choose(page, label, option)
         await _idle(page)
+    assert await _shown(page, label) == option, (label, option)
 
 
 async def _measure(page: Any, image: int) -> tuple[float, str]:
     """Change the image; seconds until the new heatmap is decoded in the page."""
     old = await _overlay_src(page)
     t0 = time.monotonic()
-    await _choose(page, "Image to inspect", image)
+    wanted = await _choose(page, "Image to inspect", image)
     try:
         await page.wait_for_function(OVERLAY_CHANGED_JS, arg=[OVERLAY, old], timeout=RETRY_MS, polling=20)
     except Exception:  # a click that landed while the page was redrawing is lost: choose once more
@@ -164,6 +181,12 @@ async def _measure(page: Any, image: int) -> tuple[float, str]:
         await page.wait_for_function(OVERLAY_CHANGED_JS, arg=[OVERLAY, old], timeout=TIMEOUT_MS, polling=20)
     latency = time.monotonic() - t0
     await _idle(page)
+    if await _shown(page, "Image to inspect") != wanted:
+        # the overlay was redrawn for another reason while the click was lost: choose once more, so that the
+        # picture compared below is this image's (a session showing another session's map still fails)
+        await _choose(page, "Image to inspect", image)
+        await _idle(page)
+    assert await _shown(page, "Image to inspect") == wanted
     return latency, await _overlay_src(page)
 
 
