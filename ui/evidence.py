@@ -545,26 +545,10 @@ def band_chart(line: LineResult) -> go.Figure | None:
         if b.threshold is not None:
             good = (b.threshold, hi) if b.higher_is_better else (lo, b.threshold)
             bad = (lo, b.threshold) if b.higher_is_better else (b.threshold, hi)
-            fig.add_shape(
-                type="rect",
-                x0=good[0],
-                x1=good[1],
-                y0=y0,
-                y1=y1,
-                fillcolor="rgba(46,158,91,0.22)",
-                line_width=0,
-                layer="below",
-            )
-            fig.add_shape(
-                type="rect",
-                x0=bad[0],
-                x1=bad[1],
-                y0=y0,
-                y1=y1,
-                fillcolor="rgba(217,83,79,0.18)",
-                line_width=0,
-                layer="below",
-            )
+            for (x0, x1), fill in ((good, "rgba(46,158,91,0.22)"), (bad, "rgba(217,83,79,0.18)")):
+                fig.add_shape(
+                    type="rect", x0=x0, x1=x1, y0=y0, y1=y1, fillcolor=fill, line_width=0, layer="below"
+                )
             fig.add_shape(
                 type="line",
                 x0=b.threshold,
