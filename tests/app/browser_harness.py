@@ -53,13 +53,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(*, timeout: float = 120.0, script: str = "dashboard.py") -> Iterator[str]:
+def streamlit_server(
+    *, timeout: float = 120.0, script: str = "dashboard.py", env: dict[str, str] | None = None
+) -> Iterator[str]:
     """``streamlit run <script>`` on 127.0.0.1:<free port>; yields the URL; kills the server after.
 
-    ``script="ui/serve.py"`` is the warm launcher: its health endpoint answers only once the demo is warm."""
+    ``script="ui/serve.py"`` is the warm launcher: its health endpoint answers only once the demo is warm.
+    ``env``: variables added to the server's environment. Its output goes to :func:`server_log` of the URL."""
     port = free_port()
     (ROOT / "test-artifacts").mkdir(exist_ok=True)
-    log = open(ROOT / "test-artifacts" / f"streamlit-{port}.log", "wb")  # noqa: SIM115 (closed in finally)
+    log = open(server_log(f"http://127.0.0.1:{port}"), "wb")  # noqa: SIM115 (closed in finally)
     cmd = [
         sys.executable,
         "-m",
@@ -75,8 +78,13 @@ def streamlit_server(*, timeout: float = 120.0, script: str = "dashboard.py") ->
         "--browser.gatherUsageStats",
         "false",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -101,6 +109,11 @@ def streamlit_server(*, timeout: float = 120.0, script: str = "dashboard.py") ->
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+def server_log(url: str) -> Path:
+    """The file :func:`streamlit_server` writes the server's output to."""
+    return ROOT / "test-artifacts" / f"streamlit-{url.rsplit(':', 1)[1]}.log"
 
 
 @contextmanager

@@ -5,21 +5,16 @@ must actually warm before it serves."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
-import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from tests.app.browser_harness import free_port
-from tests.app.conftest import DASHBOARD, ROOT
+from tests.app.browser_harness import server_log, streamlit_server
+from tests.app.conftest import DASHBOARD
 from ui import loaders, warm
 from verification.cam.records import CamResult
 from verification.io.records import LoadedImage, LoadedModel
@@ -131,47 +126,22 @@ def test_page_modules_are_what_the_pages_import() -> None:
     assert "ui.loaders" in warm.import_page_modules()
 
 
-def test_the_warm_launcher_warms_before_it_answers(tmp_path: Path) -> None:
+def test_the_warm_launcher_warms_before_it_answers() -> None:
     """``streamlit run ui/serve.py`` (the README's command): the health endpoint answers only after the warm
     start has run, and the first view's steps all succeeded."""
-    port = free_port()
-    log_path = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "streamlit", "run", "ui/serve.py", "--server.port", str(port)]
-    cmd += ["--server.address", "127.0.0.1", "--server.headless", "true"]
-    env = {**os.environ, "VERIFICATION_WARM": "first", "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.3)
-            text = log_path.read_text()
-            assert "warmed in" in text, text  # printed by the lifespan hook before the server accepted
-            assert "failed:" not in text, text
-            assert "first view" in text
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
-                assert r.status == 200
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/warm", timeout=10) as r:
-                status = json.load(r)
-            assert status["mode"] == "first", status
-            assert status["done"], status
-            assert "first view" in status["first"]["steps"], status
-            assert not status["first"]["failed"], status
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    with streamlit_server(script="ui/serve.py", timeout=300, env={"VERIFICATION_WARM": "first"}) as url:
+        text = server_log(url).read_text()
+        assert "warmed in" in text, text  # printed by the lifespan hook before the server accepted
+        assert "failed:" not in text, text
+        assert "first view" in text
+        with urllib.request.urlopen(f"{url}/", timeout=10) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"{url}/api/warm", timeout=10) as r:
+            status = json.load(r)
+        assert status["mode"] == "first", status
+        assert status["done"], status
+        assert "first view" in status["first"]["steps"], status
+        assert not status["first"]["failed"], status
 
 
 def test_the_gate_is_reused_only_while_the_model_and_thumbnails_are_the_same(cold_caches: None) -> None:
