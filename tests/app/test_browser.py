@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.app.browser_harness import (
-    CHROMIUM,
+    NEEDS_CHROMIUM,
     ROOT,
     choose,
     chromium_page,
@@ -28,9 +28,7 @@ from tests.app.browser_harness import (
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
-    ),
+    NEEDS_CHROMIUM,
 ]
 ARTIFACTS = ROOT / "test-artifacts"
 # (navigation title, the page's h1)

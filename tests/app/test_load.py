@@ -34,6 +34,7 @@ import pytest
 from tests.app.browser_harness import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    NEEDS_CHROMIUM,
     OVERLAY,
     OVERLAY_CHANGED_JS,
     OVERLAY_DECODED_JS,
@@ -44,9 +45,7 @@ from tests.app.browser_harness import (
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
-    ),
+    NEEDS_CHROMIUM,
 ]
 
 ARTIFACTS = ROOT / "test-artifacts"

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.app.browser_harness import (
-    CHROMIUM,
+    NEEDS_CHROMIUM,
     ROOT,
     chromium_page,
     goto_page,
@@ -25,9 +25,7 @@ from tests.app.browser_harness import (
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
-    ),
+    NEEDS_CHROMIUM,
 ]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
 IN_BROWSER = {"data", "blob", "about"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.app.browser_harness import (
-    CHROMIUM,
+    NEEDS_CHROMIUM,
     ROOT,
     chromium_page,
     goto_page,
@@ -26,9 +26,7 @@ from tests.app.browser_harness import (
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
-    ),
+    NEEDS_CHROMIUM,
 ]
 ARTIFACTS = ROOT / "test-artifacts"
 

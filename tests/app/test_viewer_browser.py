@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.app.browser_harness import (
-    CHROMIUM,
+    NEEDS_CHROMIUM,
     ROOT,
     choose,
     chromium_page,
@@ -32,9 +32,7 @@ from verification.io import load_image
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
-    ),
+    NEEDS_CHROMIUM,
 ]
 ARTIFACTS = ROOT / "test-artifacts"
 PANELS = ".st-key-viewer_panels img"

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 
 from tests.app.browser_harness import (
-    CHROMIUM,
+    NEEDS_CHROMIUM,
     ROOT,
     chromium_page,
     streamlit_server,
@@ -22,9 +22,7 @@ from .conftest import Pacs
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
-    ),
+    NEEDS_CHROMIUM,
 ]
 
 
