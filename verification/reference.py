@@ -8,10 +8,10 @@ power against known-bad references, METHODS.md §3) and small uint8 thumbnails o
 which the input gate (E0) compares the early feature maps of the model under test. Schema-1 bundles still
 load; they say they lack the calibration, and the lines that need it are not assessable.
 
-The per-image leave-one-out bands (``bands_lo`` / ``bands_hi``) and :class:`VerificationReport` /
-:func:`verify` below are the first paper's flag-share comparison; they are kept for the E5 comparison and the
-dashboard pages that still draw them. **They are not the verdict**: the verdict is
-:func:`verification.verify` (:mod:`verification.verdict`).
+The per-image leave-one-out values and bands (``calib_values``, ``bands_lo`` / ``bands_hi``,
+:class:`VerdictParams`) are part of the schema-2 file format and are written and read with the bundle; no
+verdict reads them. **The verdict is** :func:`verification.verify` (:mod:`verification.verdict`), from the
+bundle's references and its calibration.
 
 Bundles are saved as ``<stem>.npz`` (arrays) + ``<stem>.json`` (manifest with ``schema_version``, the model's
 content hash, architecture, method, layer, preprocessing, class names, bands, parameters, calibration,
@@ -50,13 +50,12 @@ _OPTIONAL_ARRAYS = ("thumbnails", "thumb_labels")
 
 @dataclass(frozen=True)
 class VerdictParams:
-    """The verdict's parameters (METHODS.md §3 defaults).
+    """The parameters of a bundle's leave-one-out bands, stored in its manifest (``"params"``).
 
     ``similarity_percentile`` / ``distance_percentile``: band edges of the leave-one-out spread;
-    ``min_flags``: an image is flagged when at least this many metrics flag it; ``max_flagged_share``: a
-    model is unsuitable when the share of flagged images is above it; ``nan_flags``: an undefined metric (a
-    collapsed map) counts as flagged; ``min_class_count``: classes with fewer calibration images use bands
-    pooled over classes.
+    ``min_class_count``: classes with fewer calibration images use bands pooled over classes.
+    ``min_flags`` / ``max_flagged_share`` / ``nan_flags`` are the first release's flag-share rule: no verdict
+    reads them any more; they stay so that every schema-2 manifest reads back and is written unchanged.
     """
 
     similarity_percentile: float = 5.0
@@ -776,236 +775,3 @@ def _mismatches(
     if layer is not None and bundle.layer is not None and layer != bundle.layer:
         out.append(f"layer differs: bundle {bundle.layer}, requested {layer}")
     return out
-
-
-# ------------------------------------------------------------------------------------------------- verdicts
-@dataclass(frozen=True)
-class VerificationReport:
-    """Per-image metric values and flags against a bundle, and the per-model verdict with its numbers.
-
-    ``values`` / ``flags`` (N, n_metrics); ``n_flags`` (N,); ``flagged`` (N,) = n_flags ≥ min_flags;
-    ``reference_class`` (N,) the class whose reference each map was compared with; ``predicted`` / ``labels``
-    (N,) class indices (labels −1 when unknown); ``reasons[i]`` says why metrics were undefined.
-    """
-
-    names: tuple[str, ...]
-    metrics: tuple[str, ...]
-    class_names: tuple[str, ...]
-    values: np.ndarray
-    flags: np.ndarray
-    n_flags: np.ndarray
-    flagged: np.ndarray
-    reference_class: np.ndarray
-    predicted: np.ndarray
-    labels: np.ndarray
-    params: VerdictParams
-    reasons: dict[int, dict[str, str]] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-
-    @classmethod
-    def concat(cls, parts: Sequence[VerificationReport]) -> VerificationReport:
-        """One report from the reports of consecutive chunks of one image list (same bundle, parameters)."""
-        if not parts:
-            raise ValueError("VerificationReport.concat needs at least one report.")
-        first = parts[0]
-        reasons: dict[int, dict[str, str]] = {}
-        offset = 0
-        for part in parts:
-            reasons.update({offset + i: why for i, why in part.reasons.items()})
-            offset += part.n
-        return replace(
-            first,
-            names=tuple(name for part in parts for name in part.names),
-            values=np.concatenate([p.values for p in parts]),
-            flags=np.concatenate([p.flags for p in parts]),
-            n_flags=np.concatenate([p.n_flags for p in parts]),
-            flagged=np.concatenate([p.flagged for p in parts]),
-            reference_class=np.concatenate([p.reference_class for p in parts]),
-            predicted=np.concatenate([p.predicted for p in parts]),
-            labels=np.concatenate([p.labels for p in parts]),
-            reasons=reasons,
-        )
-
-    @property
-    def n(self) -> int:
-        return len(self.names)
-
-    @property
-    def flagged_share(self) -> float:
-        return float(self.flagged.mean()) if self.n else float("nan")
-
-    @property
-    def suitable(self) -> bool:
-        return bool(self.n) and self.flagged_share <= self.params.max_flagged_share
-
-    @property
-    def verdict(self) -> str:
-        return "suitable" if self.suitable else "unsuitable"
-
-    def summary(self) -> dict[str, Any]:
-        """The verdict with every number behind it."""
-        known = self.labels >= 0
-        return {
-            "verdict": self.verdict,
-            "images": self.n,
-            "flagged": int(self.flagged.sum()),
-            "flagged_share": self.flagged_share,
-            "max_flagged_share": self.params.max_flagged_share,
-            "min_flags": self.params.min_flags,
-            "metric_flag_rates": {m: float(self.flags[:, j].mean()) for j, m in enumerate(self.metrics)},
-            "metric_medians": {m: float(np.nanmedian(self.values[:, j])) for j, m in enumerate(self.metrics)},
-            "mean_flags_per_image": float(self.n_flags.mean()) if self.n else float("nan"),
-            "accuracy": float((self.predicted[known] == self.labels[known]).mean()) if known.any() else None,
-        }
-
-    def rows(self) -> list[dict[str, Any]]:
-        """One record per image: name, classes, each metric's value and flag, flag count, verdict."""
-        out = []
-        for i in range(self.n):
-            row: dict[str, Any] = {
-                "image": self.names[i],
-                "label": self.class_names[self.labels[i]] if self.labels[i] >= 0 else None,
-                "predicted": self.class_names[self.predicted[i]] if self.predicted[i] >= 0 else None,
-                "reference": self.class_names[self.reference_class[i]],
-            }
-            for j, m in enumerate(self.metrics):
-                row[m] = float(self.values[i, j])
-                row[f"{m}_flagged"] = bool(self.flags[i, j])
-            row["n_flags"] = int(self.n_flags[i])
-            row["flagged"] = bool(self.flagged[i])
-            out.append(row)
-        return out
-
-    def text(self) -> str:
-        s = self.summary()
-        return (
-            f"{s['verdict']}: {s['flagged']} of {s['images']} images flagged "
-            f"({100 * s['flagged_share']:.1f} %; "
-            f"unsuitable above {100 * s['max_flagged_share']:.0f} %; "
-            f"an image is flagged when ≥ {s['min_flags']} of {len(self.metrics)} metrics "
-            "fall outside the reference band)"
-        )
-
-
-def flag_values(
-    values: np.ndarray,
-    reference_class: np.ndarray,
-    bundle: ReferenceBundle,
-    params: VerdictParams | None = None,
-) -> np.ndarray:
-    """(N, n_metrics) bool: values outside their reference class's band (NaN counts as flagged when
-    ``params.nan_flags``)."""
-    params = params or bundle.params
-    lo = bundle.bands_lo[reference_class]
-    hi = bundle.bands_hi[reference_class]
-    with np.errstate(invalid="ignore"):
-        out = (values < lo) | (values > hi)
-    if params.nan_flags:
-        out |= np.isnan(values)
-    return out
-
-
-def verify_maps(
-    maps: np.ndarray,
-    reference_class: Sequence[str | int] | np.ndarray,
-    bundle: ReferenceBundle,
-    *,
-    names: Sequence[str] | None = None,
-    predicted: Sequence[int] | np.ndarray | None = None,
-    labels: Sequence[str | int | None] | np.ndarray | None = None,
-    params: VerdictParams | None = None,
-) -> VerificationReport:
-    """Compare precomputed maps (N, H, W) with the references of ``reference_class`` and apply the verdict."""
-    params = params or bundle.params
-    raw_idx = np.asarray(reference_class)
-    missing = np.zeros(len(raw_idx), dtype=bool)
-    if raw_idx.dtype.kind in "iu":  # −1: a class the bundle has no reference for
-        missing = raw_idx < 0
-        raw_idx = np.where(missing, 0, raw_idx)
-    ref_idx = _class_indices(list(raw_idx), bundle.class_names)
-    g = to_grid(maps, bundle.grid)
-    if len(g) != len(ref_idx):
-        raise ShapeError(f"{len(g)} maps but {len(ref_idx)} reference classes")
-    res = compute_metrics(
-        g, bundle.references[ref_idx], bundle.metrics, threshold=bundle.threshold, size=None
-    )
-    values = np.stack([res[m] for m in bundle.metrics], axis=1)
-    reasons: dict[int, dict[str, str]] = {}
-    for m in bundle.metrics:
-        for i, why in res.reasons[m].items():
-            reasons.setdefault(i, {})[m] = why
-    empty = (bundle.counts[ref_idx] == 0) | missing
-    values[empty] = np.nan
-    for j in np.nonzero(empty)[0].tolist():
-        what = "a class outside the bundle" if missing[j] else f"class {bundle.class_names[ref_idx[j]]}"
-        reasons.setdefault(j, {})["all"] = f"no reference map for {what}"
-    flags = flag_values(values, ref_idx, bundle, params)
-    n_flags = flags.sum(1)
-    lab = np.full(len(g), -1, dtype=np.int64)
-    if labels is not None:
-        for i, v in enumerate(labels):
-            if v is not None:
-                lab[i] = _class_indices([v], bundle.class_names)[0]
-    return VerificationReport(
-        names=tuple(names) if names is not None else tuple(f"image {i}" for i in range(len(g))),
-        metrics=bundle.metrics,
-        class_names=bundle.class_names,
-        values=values,
-        flags=flags,
-        n_flags=n_flags,
-        flagged=n_flags >= params.min_flags,
-        reference_class=ref_idx,
-        predicted=np.asarray(predicted if predicted is not None else ref_idx, dtype=np.int64),
-        labels=lab,
-        params=params,
-        reasons=reasons,
-        warnings=bundle.warnings,
-    )
-
-
-def verify(
-    model: LoadedModel,
-    bundle: ReferenceBundle,
-    images: Sequence[LoadedImage] | torch.Tensor,
-    labels: Sequence[str | int | None] | np.ndarray | None = None,
-    *,
-    method: str | None = None,
-    layer: str | None = None,
-    compare_to: str = "predicted",
-    params: VerdictParams | None = None,
-    batch_size: int = 16,
-) -> VerificationReport:
-    """Verify ``model`` on ``images`` against ``bundle``: each image's CAM (bundle's method; the bundle's
-    layer when the model has it, else the model's default target layer) is compared with the reference of its
-    predicted class (``compare_to="label"``: of its true label) and the verdict is applied."""
-    from verification.cam.layers import list_layers
-
-    method = method or bundle.method or "gradcam"
-    found = list(bundle.warnings)
-    if layer is None and bundle.layer is not None:
-        names = {li.name for li in list_layers(model.module, (model.in_channels, *model.input_size))}
-        if bundle.layer in names:
-            layer = bundle.layer
-        else:
-            found.append(
-                f"the model has no layer '{bundle.layer}' (the bundle's); its default target layer is used"
-            )
-    maps, preds, _ = _model_maps(model, images, method, layer, batch_size, bundle.grid)
-    if compare_to == "label":
-        if labels is None or any(v is None for v in labels):
-            raise BundleError("compare_to='label' needs a label for every image")
-        ref_cls: np.ndarray = _class_indices(list(labels), bundle.class_names)  # type: ignore[arg-type]
-    elif compare_to == "predicted":
-        # by name: the model may have classes the bundle lacks (a garbage class): those get no reference
-        ref_cls = np.array(
-            [bundle.class_names.index(c) if c in bundle.class_names else -1 for c in
-             (model.class_names[p] for p in preds)], dtype=np.int64,
-        )  # fmt: skip
-        preds = ref_cls
-    else:
-        raise ValueError(f"compare_to must be 'predicted' or 'label', got {compare_to!r}")
-    image_names = None if isinstance(images, torch.Tensor) else [img.name for img in images]
-    report = verify_maps(
-        maps, ref_cls, bundle, names=image_names, predicted=preds, labels=labels, params=params
-    )
-    return replace(report, warnings=tuple(found))
