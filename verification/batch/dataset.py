@@ -31,6 +31,7 @@ __all__ = [
     "ImageDataset",
     "ImageItem",
     "collate_items",
+    "error_message",
     "guarded",
     "make_loader",
     "preprocessing_view",
@@ -129,10 +130,10 @@ def guarded(read: Callable[[], T], path: str | Path) -> tuple[T | None, str | No
     try:
         return read(), None
     except (VerificationError, OSError, MemoryError) as exc:
-        return None, _message(exc)
+        return None, error_message(exc)
     except Exception as exc:  # a loader bug on one hostile file: an error row, not an aborted run
         logging.getLogger("verification.batch").warning("unexpected error reading %s", path, exc_info=True)
-        return None, _message(exc, "unexpected error reading this file ({})")
+        return None, error_message(exc, "unexpected error reading this file ({})")
 
 
 def read_images(paths: Sequence[str | Path]) -> tuple[list[LoadedImage], list[int], list[Row]]:
@@ -153,7 +154,9 @@ def read_images(paths: Sequence[str | Path]) -> tuple[list[LoadedImage], list[in
     return images, kept, errors
 
 
-def _message(exc: BaseException, template: str = "{}") -> str:
+def error_message(exc: BaseException, template: str = "{}") -> str:
+    """The bounded message of an error row (``MAX_MESSAGE`` characters): a typed error's own words, any other
+    exception's type and words, set in ``template``."""
     text = str(exc)[: MAX_MESSAGE + 1] or type(exc).__name__
     text = template.format(text if isinstance(exc, VerificationError) else f"{type(exc).__name__}: {text}")
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 2] + "…" + template[-1:].strip("}")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from verification.batch.dataset import Batch, ImageItem, _message
+from verification.batch.dataset import Batch, ImageItem, error_message
 from verification.batch.rows import Row
 from verification.errors import BundleError, ModelForwardError, NonFiniteError
 from verification.io.records import LoadedModel
@@ -202,13 +202,13 @@ def per_sample_on_error(
         return compute(batch, batch.x, batch.ok)
     except PER_IMAGE_ERRORS as exc:
         if len(batch.ok) == 1:
-            return [{"error": _message(exc)}]
+            return [{"error": error_message(exc)}]
     rows: list[Row] = []
     for n, pos in enumerate(batch.ok):
         try:
             rows.extend(compute(batch, batch.x[n : n + 1], [pos]))
         except PER_IMAGE_ERRORS as exc:
-            rows.append({"error": _message(exc)})
+            rows.append({"error": error_message(exc)})
     return rows
 
 

@@ -9,7 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from verification.cli.common import EXIT_OK, CliError, _check_row, _engine_options, _load_model, _progress
+from verification.cli.common import (
+    EXIT_OK,
+    CliError,
+    check_row,
+    engine_options,
+    load_model_args,
+    progress_flag,
+)
 from verification.cli.outputs import atomic_dir, check_output_dir, dumps
 
 
@@ -42,7 +49,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     check_output_dir(Path(args.out), force=args.force)  # before the slow part
     verdict = _pacs_verdict(args)
     paths = scan_images(args.inputs)
-    spec, model = _load_model(args)
+    spec, model = load_model_args(args)
     if not paths:
         raise CliError(f"no images found in {', '.join(args.inputs)}")
     stems = _output_stems(paths, args.inputs)
@@ -50,15 +57,15 @@ def cmd_cam(args: argparse.Namespace) -> int:
         spec, methods=args.methods, layers=args.layer, target=args.target, keep_display=not args.no_overlays
     )
     job.setup(model)
-    options = _engine_options(args)
+    options = engine_options(args)
     entries: list[dict[str, Any]] = []
     keys: list[str] = []
     to_store: list[Any] = []
     with atomic_dir(args.out, force=args.force) as staging:
-        for row in run_job(job, paths, options, progress=_progress(args)):
+        for row in run_job(job, paths, options, progress=progress_flag(args)):
             stem = stems[int(row["index"])]
             entry: dict[str, Any] = {"path": str(row["path"]), "error": row["error"]}
-            _check_row(row, args)
+            check_row(row, args)
             if not row["error"]:
                 keys = list(row["maps"])
                 entry.update(_write_cam_row(staging, stem, row, model, overlays=not args.no_overlays))

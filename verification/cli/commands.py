@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from verification.cli.common import EXIT_OK, CliError, _check_row, _label_indices, _load_model
+from verification.cli.common import EXIT_OK, CliError, check_row, class_indices, load_model_args
 from verification.cli.outputs import atomic_file, dumps, write_text_atomic
 
 
@@ -38,7 +38,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_layers(args: argparse.Namespace) -> int:
     from verification.cam.layers import default_target_layer, list_layers
 
-    _, model = _load_model(args)
+    _, model = load_model_args(args)
     shape = (1, model.in_channels, *model.input_size)
     layers = list_layers(model.module, shape)
     default = default_target_layer(model.module, shape)
@@ -112,11 +112,11 @@ def cmd_consistency(args: argparse.Namespace) -> int:
         raise CliError(f"checkpoint file(s) not found: {', '.join(missing)}")
     paths, labels = scan_labelled(args.data)
     first = load_model(args.checkpoints[0], trust=args.trust)
-    y = _label_indices(labels, first.class_names, args.data)
+    y = class_indices(labels, first.class_names, args.data)
     # as in cam and verify: an unreadable file is left out and named (--strict: the first one fails the run)
     images, kept, errors = read_images(paths)
     for row in errors:
-        _check_row(row, args)
+        check_row(row, args)
     if not images:
         raise CliError(f"none of the {len(paths)} images could be read; first error: {errors[0]['error']}")
     with tqdm(

@@ -6,9 +6,14 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from verification.errors import VerificationError
+
+if TYPE_CHECKING:
+    from verification.batch import ModelSpec
+    from verification.engines import EngineOptions
+    from verification.io.records import LoadedModel
 
 log = logging.getLogger("verification.cli")
 
@@ -38,7 +43,7 @@ class CliError(VerificationError):
     """A failure reported as one line (exit 1): an output in the way, a bad image under --strict, ..."""
 
 
-def _label_indices(labels: Sequence[str], class_names: Sequence[str], source: str) -> list[int]:
+def class_indices(labels: Sequence[str], class_names: Sequence[str], source: str) -> list[int]:
     """Class names (or indices written as numbers) → indices into the model's classes."""
     out = []
     for label in labels:
@@ -51,7 +56,9 @@ def _label_indices(labels: Sequence[str], class_names: Sequence[str], source: st
     return out
 
 
-def _load_model(args: argparse.Namespace) -> Any:
+def load_model_args(args: argparse.Namespace) -> tuple[ModelSpec, LoadedModel]:
+    """The model named by ``model``, ``--sidecar``, ``--architecture`` and ``--trust``: its spec (what a
+    worker loads) and the model loaded here."""
     from verification.batch import ModelSpec
 
     spec = ModelSpec(path=args.model, sidecar=args.sidecar, architecture=args.architecture, trust=args.trust)
@@ -60,7 +67,9 @@ def _load_model(args: argparse.Namespace) -> Any:
     return spec, spec.load()
 
 
-def _engine_options(args: argparse.Namespace) -> Any:
+def engine_options(args: argparse.Namespace) -> EngineOptions:
+    """Engine options from ``--engine``, ``--batch-size``, ``--workers``, ``--ray-address`` and
+    ``--ray-cpus`` (a command without the engine options runs locally)."""
     from verification.engines import EngineOptions
 
     return EngineOptions(
@@ -72,11 +81,13 @@ def _engine_options(args: argparse.Namespace) -> Any:
     )
 
 
-def _progress(args: argparse.Namespace) -> bool | None:
+def progress_flag(args: argparse.Namespace) -> bool | None:
+    """Progress bars: never with ``--quiet``, else when stderr is a terminal (``None``)."""
     return False if args.quiet else None
 
 
-def _check_row(row: dict[str, Any], args: argparse.Namespace) -> None:
+def check_row(row: dict[str, Any], args: argparse.Namespace) -> None:
+    """An error row: a warning, or with ``--strict`` the failure of the run."""
     if row.get("error"):
         if args.strict:
             raise CliError(f"{row['path']}: {row['error']} (--strict stops at the first unreadable image)")

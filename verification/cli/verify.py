@@ -15,11 +15,11 @@ from verification.cli.common import (
     EXIT_OK,
     VERDICT_EXIT,
     CliError,
-    _check_row,
-    _engine_options,
-    _label_indices,
-    _load_model,
-    _progress,
+    check_row,
+    class_indices,
+    engine_options,
+    load_model_args,
+    progress_flag,
 )
 from verification.cli.outputs import dumps, write_text_atomic
 
@@ -29,8 +29,8 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
     from verification.reference import build_reference_from_paths
 
     paths, labels = scan_labelled(args.data)
-    _, model = _load_model(args)
-    y = _label_indices(labels, model.class_names, args.data)
+    _, model = load_model_args(args)
+    y = class_indices(labels, model.class_names, args.data)
     for flag, folder in (("--annotations", args.annotations), ("--anatomy", args.anatomy)):
         if folder is not None and not Path(folder).is_dir():
             raise CliError(f"{flag} {folder} is not a folder")
@@ -38,11 +38,11 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
     bad = {Path(p).stem: _load_other(p, args) for p in args.bad}
     bundle, used, skipped = build_reference_from_paths(
         model, paths, y, method=args.method, layer=args.layer, correct_only=not args.all_images,
-        batch_size=args.batch_size, workers=args.workers, progress=_progress(args) is not False,
+        batch_size=args.batch_size, workers=args.workers, progress=progress_flag(args) is not False,
         calibrate=not args.no_calibration, healthy=healthy, bad=bad, annotation_dir=args.annotations,
         anatomy_dir=args.anatomy,
         faithfulness=args.faithfulness,
-        grid=tuple(model.input_size) if args.grid == "native" else args.grid,
+        grid=model.input_size if args.grid == "native" else args.grid,
     )  # fmt: skip
     npz, manifest = _save_bundle(bundle, Path(args.out))
     if not args.quiet:
@@ -108,7 +108,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise CliError(f"{flag} {folder} is not a folder")
     if args.gate is not None and not Path(args.gate).is_file():
         raise CliError(f"gate model {args.gate} does not exist")
-    spec, model = _load_model(args)
+    spec, model = load_model_args(args)
     config = VerdictConfig(
         min_images=args.min_images,
         faithfulness=not args.no_faithfulness,
@@ -130,8 +130,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 )
         rows = []
         if job.mismatch is None:
-            for row in run_job(job, paths, _engine_options(args), progress=_progress(args)):
-                _check_row(row, args)
+            for row in run_job(job, paths, engine_options(args), progress=progress_flag(args)):
+                check_row(row, args)
                 rows.append(row)
         report = merge_verify_rows(rows, job)
     doc = verify_document(args, report)
