@@ -74,6 +74,7 @@ __all__ = [
     "body_region",
     "find_mask_file",
     "lung_region",
+    "read_mask_file",
     "roi_from_folder",
     "roi_from_mask",
     "roi_from_model",
@@ -225,7 +226,9 @@ def find_mask_file(
     return None
 
 
-def _read_mask_file(path: Path) -> np.ndarray:
+def read_mask_file(path: Path) -> np.ndarray:
+    """A mask file's values as found by :func:`find_mask_file`: a ``.npy`` array (never unpickled) or an
+    image's pixels (the mean over colour channels)."""
     if path.suffix == ".npy":
         arr = np.load(path, allow_pickle=False)  # never unpickle a user's file
         return np.asarray(arr)
@@ -237,6 +240,9 @@ def _read_mask_file(path: Path) -> np.ndarray:
         raise
     px = loaded.pixels
     return px if px.ndim == 2 else px.mean(axis=-1)
+
+
+_read_mask_file = read_mask_file  # the old private name, until batch/jobs.py imports the public one
 
 
 def roi_from_folder(
@@ -251,7 +257,7 @@ def roi_from_folder(
         return AnatomyROI(
             None, "failed", f"mask folder '{folder}'", reason=f"no mask file ({tried}, ...) found"
         )
-    return roi_from_mask(_read_mask_file(path), shape, name=f"provided mask '{path.name}'")
+    return roi_from_mask(read_mask_file(path), shape, name=f"provided mask '{path.name}'")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -278,7 +278,8 @@ def build_label_reference(
     per image its label set (see :func:`parse_label_set`); further keywords go to
     :func:`verification.reference.reference_from_maps` (metrics, threshold, params)."""
     from verification.errors import BundleError
-    from verification.reference import DEFAULT_SIZE, preprocessing_of, reference_from_maps
+    from verification.metrics import DEFAULT_SIZE
+    from verification.reference import reference_from_model_maps
 
     grid = grid or DEFAULT_SIZE
     classes = tuple(model.class_names)
@@ -303,16 +304,6 @@ def build_label_reference(
             f"only {len(ks)} (image, label) pairs are usable (annotated and detected at σ ≥ 0.5); a "
             "reference set needs at least two"
         )
-    return reference_from_maps(
-        np.stack(maps),
-        np.asarray(ks),
-        classes,
-        grid=grid,
-        source="model",
-        method=method,
-        layer=used,
-        model_hash=model.content_hash,
-        architecture=model.architecture,
-        preprocessing=preprocessing_of(model),
-        **kwargs,
+    return reference_from_model_maps(
+        model, np.stack(maps), np.asarray(ks), method=method, layer=used, grid=grid, **kwargs
     )
