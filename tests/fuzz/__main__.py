@@ -31,10 +31,12 @@ def _own_files(paths: list[Path], work: Path) -> list[dict[str, Any]]:
     )
     specs: list[dict[str, Any]] = []
 
-    def add(category: str, op: str, args: dict[str, Any], timeout: float = 120.0) -> None:
+    def add(
+        category: str, op: str, args: dict[str, Any], timeout: float = 120.0, id: str | None = None
+    ) -> None:
         specs.append(
             {
-                "id": f"{op}:{args.get('path') or args.get('files', [''])[0]}",
+                "id": id or f"{op}:{args.get('path') or args.get('files', [''])[0]}",
                 "category": category,
                 "op": op,
                 "expect": "either",
@@ -67,15 +69,8 @@ def _own_files(paths: list[Path], work: Path) -> list[dict[str, Any]]:
         out = work / "work" / f"cam{k}"
         out.mkdir(parents=True, exist_ok=True)
         argv = ["cam", str(corpus.SOUND), str(folder), "-o", str(out / "out"), "-q", "--no-overlays"]
-        specs.append(
-            {
-                "id": f"cli cam {folder}",
-                "category": "cli",
-                "op": "cli",
-                "expect": "either",
-                "timeout_s": 600.0,
-                "args": {"argv": argv, "cwd": str(out), "out": str(out / "out")},
-            }
+        add(
+            "cli", "cli", {"argv": argv, "cwd": str(out), "out": str(out / "out")}, 600.0, f"cli cam {folder}"
         )
     return specs
 
@@ -96,18 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             specs = _own_files([p.resolve() for p in args.paths], root)
             expect = {s["id"]: s["expect"] for s in specs}
         else:
-            built = corpus.build(root)
-            specs = [
-                {
-                    "id": i.id,
-                    "category": i.category,
-                    "op": i.op,
-                    "expect": i.expect,
-                    "timeout_s": i.timeout_s,
-                    "args": built[i.id],
-                }
-                for i in corpus.ITEMS
-            ]
+            specs = corpus.run_specs(root)
             expect = {i.id: i.expect for i in corpus.ITEMS}
         build_s = time.monotonic() - t0
         raws = runner.run_corpus(specs, root, total_timeout=3600.0)

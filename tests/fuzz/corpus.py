@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.builders import zip_bytes
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "assets" / "demo"
 SOUND = DEMO / "models" / "sound.safetensors"
@@ -276,6 +278,24 @@ def _img(root: Path, name: str, data: bytes) -> dict[str, Any]:
     return {"path": str(_write(root / "images" / name, data))}
 
 
+def _image_item(
+    id: str,
+    name: str,
+    data: Callable[[], bytes],
+    *,
+    category: str = "image",
+    expect: str = "error",
+    isolate: bool = False,
+    note: str = "",
+) -> None:
+    """An item of one file, ``images/<name>`` holding ``data()``, run through ``load_image``."""
+
+    def build(root: Path) -> dict[str, Any]:
+        return _img(root, name, data())
+
+    item(id, category, "load_image", expect=expect, isolate=isolate, note=note)(build)
+
+
 # =========================================================================================== images
 
 _BOMBS: dict[str, bytes] = {}
@@ -288,34 +308,43 @@ def bomb_png_rgb8() -> bytes:
     return _BOMBS["rgb8"]
 
 
-@item("png_8192_rgb", "image", "load_image", expect="either", isolate=True, note="decompression bomb")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "bomb_rgb8.png", bomb_png_rgb8())
-
-
-@item("png_8192_rgba16", "image", "load_image", expect="either", isolate=True, note="RGBA 16-bit bomb")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "bomb_rgba16.png", png_bytes(8192, 8192, bit_depth=16, colour=6))
-
-
-@item("png_8192_gray16", "image", "load_image", expect="either", isolate=True, note="16-bit grey bomb")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "bomb_gray16.png", png_bytes(8192, 8192, bit_depth=16, colour=0))
-
-
-@item("png_header_100000sq", "image", "load_image", note="IHDR says 100000², little data")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "huge_header.png", png_bytes(100000, 100000, rows=4))
-
-
-@item("png_header_65535x1100", "image", "load_image", note="just above the pixel limit, little data")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "huge_header2.png", png_bytes(65535, 1100, colour=0, rows=2))
-
-
-@item("png_header_1x100M", "image", "load_image", note="1 pixel wide, 10^8 tall")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "tall.png", png_bytes(1, 100_000_000, colour=0, rows=2))
+_image_item(
+    "png_8192_rgb", "bomb_rgb8.png", bomb_png_rgb8, expect="either", isolate=True, note="decompression bomb"
+)
+_image_item(
+    "png_8192_rgba16",
+    "bomb_rgba16.png",
+    lambda: png_bytes(8192, 8192, bit_depth=16, colour=6),
+    expect="either",
+    isolate=True,
+    note="RGBA 16-bit bomb",
+)
+_image_item(
+    "png_8192_gray16",
+    "bomb_gray16.png",
+    lambda: png_bytes(8192, 8192, bit_depth=16, colour=0),
+    expect="either",
+    isolate=True,
+    note="16-bit grey bomb",
+)
+_image_item(
+    "png_header_100000sq",
+    "huge_header.png",
+    lambda: png_bytes(100000, 100000, rows=4),
+    note="IHDR says 100000², little data",
+)
+_image_item(
+    "png_header_65535x1100",
+    "huge_header2.png",
+    lambda: png_bytes(65535, 1100, colour=0, rows=2),
+    note="just above the pixel limit, little data",
+)
+_image_item(
+    "png_header_1x100M",
+    "tall.png",
+    lambda: png_bytes(1, 100_000_000, colour=0, rows=2),
+    note="1 pixel wide, 10^8 tall",
+)
 
 
 @item(
@@ -353,19 +382,9 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "badcrc.png", bytes(data))
 
 
-@item("png_signature_only", "image", "load_image")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "sig.png", b"\x89PNG\r\n\x1a\n")
-
-
-@item("png_zero_width", "image", "load_image")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "zero_w.png", png_bytes(0, 64, colour=0, rows=64, row=b"\x00"))
-
-
-@item("png_4x4", "image", "load_image", note="below the minimum side")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "tiny.png", small_png(4))
+_image_item("png_signature_only", "sig.png", lambda: b"\x89PNG\r\n\x1a\n")
+_image_item("png_zero_width", "zero_w.png", lambda: png_bytes(0, 64, colour=0, rows=64, row=b"\x00"))
+_image_item("png_4x4", "tiny.png", lambda: small_png(4), note="below the minimum side")
 
 
 @item("png_text_bomb", "image", "load_image", expect="either", note="zTXt inflating to 64 MB")
@@ -380,34 +399,21 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "iccp.png", png_bytes(64, 64, colour=2, extra=_chunk(b"iCCP", icc)))
 
 
-@item("png_palette_no_plte", "image", "load_image", note="colour type 3 without PLTE")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "noplte.png", png_bytes(64, 64, colour=3))
-
-
-@item("png_16bit_rgb_valid", "image", "load_image", expect="load")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "rgb16.png", png_bytes(64, 64, bit_depth=16, colour=2))
-
-
-@item("png_palette_alpha_valid", "image", "load_image", expect="load")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "pal.png", pil_bytes("PNG", mode="P", transparency=0))
-
-
-@item("png_1bit_valid", "image", "load_image", expect="load")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "onebit.png", pil_bytes("PNG", mode="1"))
-
-
-@item("empty_png", "image", "load_image")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "empty.png", b"")
-
-
-@item("text_as_png", "image", "load_image")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "notes.png", b"patient notes, not an image\n" * 10)
+_image_item(
+    "png_palette_no_plte",
+    "noplte.png",
+    lambda: png_bytes(64, 64, colour=3),
+    note="colour type 3 without PLTE",
+)
+_image_item(
+    "png_16bit_rgb_valid", "rgb16.png", lambda: png_bytes(64, 64, bit_depth=16, colour=2), expect="load"
+)
+_image_item(
+    "png_palette_alpha_valid", "pal.png", lambda: pil_bytes("PNG", mode="P", transparency=0), expect="load"
+)
+_image_item("png_1bit_valid", "onebit.png", lambda: pil_bytes("PNG", mode="1"), expect="load")
+_image_item("empty_png", "empty.png", lambda: b"")
+_image_item("text_as_png", "notes.png", lambda: b"patient notes, not an image\n" * 10)
 
 
 @item("zip_as_png", "image", "load_image")
@@ -418,19 +424,17 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "archive.png", buf.getvalue())
 
 
-@item("png_as_jpg", "image", "load_image", expect="either", note="wrong extension, valid PNG")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "really_png.jpg", small_png())
-
-
-@item("dicom_as_png", "image", "load_image", expect="either", note="wrong extension, valid DICOM")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "really_dicom.png", dicom_bytes(_dataset()))
-
-
-@item("png_as_dcm", "image", "load_image", expect="either", note="PNG named .dcm")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "really_png.dcm", small_png())
+_image_item(
+    "png_as_jpg", "really_png.jpg", lambda: small_png(), expect="either", note="wrong extension, valid PNG"
+)
+_image_item(
+    "dicom_as_png",
+    "really_dicom.png",
+    lambda: dicom_bytes(_dataset()),
+    expect="either",
+    note="wrong extension, valid DICOM",
+)
+_image_item("png_as_dcm", "really_png.dcm", lambda: small_png(), expect="either", note="PNG named .dcm")
 
 
 @item("directory", "image", "load_image", note="a folder passed as the image; must not say 'does not exist'")
@@ -454,24 +458,15 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "huge.jpg", bytes(data))
 
 
-@item("jpeg_soi_only", "image", "load_image", note="3 bytes: JPEG start-of-image (found by hypothesis)")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "soi.jpg", b"\xff\xd8\xff")
-
-
-@item("jpeg_garbage", "image", "load_image")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "garbage.jpg", b"\xff\xd8\xff\xe0" + os.urandom(4096))
-
-
-@item("jpeg_cmyk_valid", "image", "load_image", expect="load")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "cmyk.jpg", pil_bytes("JPEG", mode="CMYK"))
-
-
-@item("gif", "image", "load_image", expect="either", note="undocumented format")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "a.gif", pil_bytes("GIF", mode="P"))
+_image_item(
+    "jpeg_soi_only",
+    "soi.jpg",
+    lambda: b"\xff\xd8\xff",
+    note="3 bytes: JPEG start-of-image (found by hypothesis)",
+)
+_image_item("jpeg_garbage", "garbage.jpg", lambda: b"\xff\xd8\xff\xe0" + os.urandom(4096))
+_image_item("jpeg_cmyk_valid", "cmyk.jpg", lambda: pil_bytes("JPEG", mode="CMYK"), expect="load")
+_image_item("gif", "a.gif", lambda: pil_bytes("GIF", mode="P"), expect="either", note="undocumented format")
 
 
 @item("gif_animated_500", "image", "load_image", expect="either", note="500 frames")
@@ -484,9 +479,7 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "anim.gif", buf.getvalue())
 
 
-@item("bmp", "image", "load_image", expect="either", note="undocumented format")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "a.bmp", pil_bytes("BMP"))
+_image_item("bmp", "a.bmp", lambda: pil_bytes("BMP"), expect="either", note="undocumented format")
 
 
 @item("bmp_header_huge", "image", "load_image", note="BMP header 60000² with no pixel data")
@@ -496,14 +489,8 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "huge.bmp", bytes(data))
 
 
-@item("webp", "image", "load_image", expect="either", note="undocumented format")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "a.webp", pil_bytes("WEBP"))
-
-
-@item("ico", "image", "load_image", expect="either", note="undocumented format")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "a.ico", pil_bytes("ICO", 64))
+_image_item("webp", "a.webp", lambda: pil_bytes("WEBP"), expect="either", note="undocumented format")
+_image_item("ico", "a.ico", lambda: pil_bytes("ICO", 64), expect="either", note="undocumented format")
 
 
 @item("eps", "image", "load_image", note="PostScript: PIL would run Ghostscript to draw it")
@@ -515,9 +502,14 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "a.eps", eps)
 
 
-@item("tiff_8192_float64", "image", "load_image", expect="either", isolate=True, note="512 MiB of samples")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "bomb_f64.tif", tiff_bytes(8192, 8192, bits=64, sample_format=3))
+_image_item(
+    "tiff_8192_float64",
+    "bomb_f64.tif",
+    lambda: tiff_bytes(8192, 8192, bits=64, sample_format=3),
+    expect="either",
+    isolate=True,
+    note="512 MiB of samples",
+)
 
 
 @item("tiff_1024_x1000_float64", "image", "load_image", isolate=True, note="1000 samples/pixel, 7.8 GiB")
@@ -525,6 +517,22 @@ def _(root: Path) -> dict[str, Any]:
     return _img(
         root, "bomb_planar.tif", tiff_bytes(1024, 1024, samples=1000, bits=64, sample_format=3, planar=2)
     )
+
+
+def _tifffile(arr: Any, **kwargs: Any) -> bytes:
+    """``arr`` written by tifffile (``imwrite``'s keyword arguments)."""
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, **kwargs)
+    return buf.getvalue()
+
+
+def _ramp32() -> Any:
+    """A 32×32 uint16 ramp (0, 61, 122, …): the small valid TIFF the hypothesis-found items break."""
+    import numpy as np
+
+    return (np.arange(32 * 32, dtype=np.uint16) * 61).reshape(32, 32)
 
 
 @item("tiff_multipage_100", "image", "load_image", expect="either", note="100 pages of float64")
@@ -542,34 +550,29 @@ def _(root: Path) -> dict[str, Any]:
 @item("tiff_nan", "image", "load_image", note="float32 with NaN")
 def _(root: Path) -> dict[str, Any]:
     import numpy as np
-    import tifffile
 
     arr = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     arr[3, 3] = np.nan
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, arr)
-    return _img(root, "nan.tif", buf.getvalue())
+    return _img(root, "nan.tif", _tifffile(arr))
 
 
 @item("tiff_truncated", "image", "load_image")
 def _(root: Path) -> dict[str, Any]:
     import numpy as np
-    import tifffile
 
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, np.arange(256 * 256, dtype=np.uint16).reshape(256, 256))
-    data = buf.getvalue()
+    data = _tifffile(np.arange(256 * 256, dtype=np.uint16).reshape(256, 256))
     return _img(root, "trunc.tif", data[: len(data) // 2])
 
 
-@item("tiff_5_samples", "image", "load_image", expect="either", note="5 samples per pixel")
-def _(root: Path) -> dict[str, Any]:
-    import numpy as np
-    import tifffile
-
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, np.zeros((5, 64, 64), np.uint8), photometric="minisblack", planarconfig="separate")
-    return _img(root, "five.tif", buf.getvalue())
+_image_item(
+    "tiff_5_samples",
+    "five.tif",
+    lambda: _tifffile(
+        __import__("numpy").zeros((5, 64, 64), "uint8"), photometric="minisblack", planarconfig="separate"
+    ),
+    expect="either",
+    note="5 samples per pixel",
+)
 
 
 @item("tiff_header_lie", "image", "load_image", note="IFD says 30000² uint8, one tiny strip")
@@ -594,12 +597,7 @@ def _(root: Path) -> dict[str, Any]:
     note="IFD entries from the 3rd field on zeroed (found by hypothesis)",
 )
 def _(root: Path) -> dict[str, Any]:
-    import numpy as np
-    import tifffile
-
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, (np.arange(32 * 32, dtype=np.uint16) * 61).reshape(32, 32))
-    data = bytearray(buf.getvalue())
+    data = bytearray(_tifffile(_ramp32()))
     data[26:200] = bytes(174)
     return _img(root, "ifd_zeroed.tif", bytes(data))
 
@@ -608,12 +606,7 @@ def _tiff_tag_type(tag: int, new_type: int) -> Builder:
     """A small valid TIFF whose IFD entry ``tag`` is given another field type (found by hypothesis)."""
 
     def build(root: Path) -> dict[str, Any]:
-        import numpy as np
-        import tifffile
-
-        buf = io.BytesIO()
-        tifffile.imwrite(buf, (np.arange(32 * 32, dtype=np.uint16) * 61).reshape(32, 32))
-        data = bytearray(buf.getvalue())
+        data = bytearray(_tifffile(_ramp32()))
         ifd = struct.unpack("<I", data[4:8])[0]
         for k in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
             at = ifd + 2 + 12 * k
@@ -633,135 +626,120 @@ for _tag, _type, _what in (
     item(f"tiff_tag{_tag}_type{_type}", "image", "load_image", note=_what)(_tiff_tag_type(_tag, _type))
 
 
-@item("tiff_valid_uint16", "image", "load_image", expect="load")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "ok16.tif", tiff_bytes(256, 256, bits=16))
+_image_item("tiff_valid_uint16", "ok16.tif", lambda: tiff_bytes(256, 256, bits=16), expect="load")
 
 
 # =========================================================================================== DICOM
 
 
-def _dcm(root: Path, name: str, ds: Any) -> dict[str, Any]:
-    return _img(root, name, dicom_bytes(ds))
+def _dicom_data(dataset: Callable[[], Any] = _dataset, **changes: Any) -> bytes:
+    """The bytes of ``dataset()`` with its attributes ``changes`` set (in order)."""
+    ds = dataset()
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    return dicom_bytes(ds)
 
 
-@item("dicom_valid", "dicom", "load_image", expect="load")
-def _(root: Path) -> dict[str, Any]:
-    return _dcm(root, "valid.dcm", _dataset())
+def _dicom_item(
+    id: str,
+    name: str,
+    *,
+    dataset: Callable[[], Any] = _dataset,
+    expect: str = "error",
+    note: str = "",
+    **changes: Any,
+) -> None:
+    """An item of one DICOM file: the valid dataset (or ``dataset()``) with its attributes ``changes`` set."""
+    _image_item(id, name, lambda: _dicom_data(dataset, **changes), category="dicom", expect=expect, note=note)
 
 
-@item("dicom_window_width_0", "dicom", "load_image", expect="either")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.WindowCenter, ds.WindowWidth = 2048, 0
-    return _dcm(root, "ww0.dcm", ds)
-
-
-@item("dicom_window_width_negative", "dicom", "load_image", expect="either")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.WindowCenter, ds.WindowWidth = 2048, -100
-    return _dcm(root, "wwneg.dcm", ds)
+_dicom_item("dicom_valid", "valid.dcm", expect="load")
+_dicom_item("dicom_window_width_0", "ww0.dcm", expect="either", WindowCenter=2048, WindowWidth=0)
+_dicom_item("dicom_window_width_negative", "wwneg.dcm", expect="either", WindowCenter=2048, WindowWidth=-100)
 
 
 @item("dicom_window_text", "dicom", "load_image", expect="either", note="WindowWidth 'abc' (DS)")
 def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.WindowCenter, ds.WindowWidth = "1234", "5678"
-    data = patch_value(patch_value(dicom_bytes(ds), 0x0028, 0x1050, b"abcd"), 0x0028, 0x1051, b"nan ")
+    data = _dicom_data(WindowCenter="1234", WindowWidth="5678")
+    data = patch_value(patch_value(data, 0x0028, 0x1050, b"abcd"), 0x0028, 0x1051, b"nan ")
     return _img(root, "wwtext.dcm", data)
 
 
-@item("dicom_palette_no_lut", "dicom", "load_image")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset(bits=8, photometric="PALETTE COLOR")
-    return _dcm(root, "palette.dcm", ds)
+def _palette() -> Any:
+    return _dataset(bits=8, photometric="PALETTE COLOR")
 
 
-@item("dicom_frames_1A", "dicom", "load_image", expect="either", note="NumberOfFrames '1A'")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.NumberOfFrames = 10
-    return _img(root, "frames1a.dcm", patch_value(dicom_bytes(ds), 0x0028, 0x0008, b"1A"))
+def _frames_1a() -> bytes:
+    """NumberOfFrames written as the text '1A' (pydicom will not write it on its own)."""
+    return patch_value(_dicom_data(NumberOfFrames=10), 0x0028, 0x0008, b"1A")
 
 
-@item("dicom_frames_100000", "dicom", "load_image", expect="either", note="frames say 10^5, data has 1")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.NumberOfFrames = 100000
-    return _dcm(root, "frames_many.dcm", ds)
-
-
-@item("dicom_frames_negative", "dicom", "load_image", expect="either")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.NumberOfFrames = -3
-    return _dcm(root, "frames_neg.dcm", ds)
+_dicom_item("dicom_palette_no_lut", "palette.dcm", dataset=_palette)
+_image_item(
+    "dicom_frames_1A",
+    "frames1a.dcm",
+    _frames_1a,
+    category="dicom",
+    expect="either",
+    note="NumberOfFrames '1A'",
+)
+_dicom_item(
+    "dicom_frames_100000",
+    "frames_many.dcm",
+    expect="either",
+    note="frames say 10^5, data has 1",
+    NumberOfFrames=100000,
+)
+_dicom_item("dicom_frames_negative", "frames_neg.dcm", expect="either", NumberOfFrames=-3)
 
 
 @item("dicom_no_pixels", "dicom", "load_image")
 def _(root: Path) -> dict[str, Any]:
     ds = _dataset()
     del ds.PixelData
-    return _dcm(root, "nopixels.dcm", ds)
+    return _img(root, "nopixels.dcm", dicom_bytes(ds))
 
 
-@item("dicom_bits_allocated_7", "dicom", "load_image")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.BitsAllocated = 7
-    return _dcm(root, "bits7.dcm", ds)
-
-
-@item("dicom_bits_allocated_64", "dicom", "load_image", expect="either")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 64, 64, 63
-    return _dcm(root, "bits64.dcm", ds)
-
-
-@item("dicom_bits_stored_0", "dicom", "load_image", expect="either")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.BitsStored, ds.HighBit = 0, 0
-    return _dcm(root, "stored0.dcm", ds)
-
-
-@item("dicom_rows_65535", "dicom", "load_image", note="header 65535² with 8 kB of pixel data")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.Rows, ds.Columns = 65535, 65535
-    return _dcm(root, "huge_rows.dcm", ds)
-
-
-@item("dicom_rows_zero", "dicom", "load_image")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.Rows = 0
-    return _dcm(root, "rows0.dcm", ds)
+_dicom_item("dicom_bits_allocated_7", "bits7.dcm", BitsAllocated=7)
+_dicom_item(
+    "dicom_bits_allocated_64", "bits64.dcm", expect="either", BitsAllocated=64, BitsStored=64, HighBit=63
+)
+_dicom_item("dicom_bits_stored_0", "stored0.dcm", expect="either", BitsStored=0, HighBit=0)
+_dicom_item(
+    "dicom_rows_65535",
+    "huge_rows.dcm",
+    note="header 65535² with 8 kB of pixel data",
+    Rows=65535,
+    Columns=65535,
+)
+_dicom_item("dicom_rows_zero", "rows0.dcm", Rows=0)
 
 
 @item("dicom_pixels_short", "dicom", "load_image", expect="either", note="half the pixel bytes")
 def _(root: Path) -> dict[str, Any]:
     ds = _dataset()
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
-    return _dcm(root, "short.dcm", ds)
+    return _img(root, "short.dcm", dicom_bytes(ds))
 
 
-@item("dicom_rescale_inf", "dicom", "load_image", expect="either", note="RescaleSlope 1e308")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset()
-    ds.RescaleSlope, ds.RescaleIntercept = "1e308", "0"
-    return _dcm(root, "slope.dcm", ds)
-
-
-@item("dicom_rgb_as_mono", "dicom", "load_image", expect="either", note="SamplesPerPixel 3, MONOCHROME2")
-def _(root: Path) -> dict[str, Any]:
-    ds = _dataset(bits=8)
-    ds.SamplesPerPixel = 3
-    ds.PlanarConfiguration = 0
-    ds.PixelData = bytes(64 * 64 * 3)
-    return _dcm(root, "rgbmono.dcm", ds)
+_dicom_item(
+    "dicom_rescale_inf",
+    "slope.dcm",
+    expect="either",
+    note="RescaleSlope 1e308",
+    RescaleSlope="1e308",
+    RescaleIntercept="0",
+)
+_dicom_item(
+    "dicom_rgb_as_mono",
+    "rgbmono.dcm",
+    dataset=lambda: _dataset(bits=8),
+    expect="either",
+    note="SamplesPerPixel 3, MONOCHROME2",
+    SamplesPerPixel=3,
+    PlanarConfiguration=0,
+    PixelData=bytes(64 * 64 * 3),
+)
 
 
 @item("dicom_voi_lut_bogus", "dicom", "load_image", expect="either", note="VOI LUT descriptor [0, 0, 40]")
@@ -774,7 +752,7 @@ def _(root: Path) -> dict[str, Any]:
     lut.LUTDescriptor = [0, 0, 40]
     lut.LUTData = struct.pack("<3H", 0, 1, 2)
     ds.VOILUTSequence = Sequence([lut])
-    return _dcm(root, "voilut.dcm", ds)
+    return _img(root, "voilut.dcm", dicom_bytes(ds))
 
 
 @item("dicom_jpeg2000_garbage", "dicom", "load_image", note="JPEG 2000 syntax, random fragments")
@@ -786,7 +764,7 @@ def _(root: Path) -> dict[str, Any]:
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     ds.PixelData = encapsulate([os.urandom(512)])
     ds["PixelData"].VR = "OB"
-    return _dcm(root, "j2k.dcm", ds)
+    return _img(root, "j2k.dcm", dicom_bytes(ds))
 
 
 @item("dicom_truncated", "dicom", "load_image")
@@ -795,9 +773,7 @@ def _(root: Path) -> dict[str, Any]:
     return _img(root, "trunc.dcm", data[: len(data) - 5000])
 
 
-@item("dicom_preamble_only", "dicom", "load_image")
-def _(root: Path) -> dict[str, Any]:
-    return _img(root, "preamble.dcm", b"\0" * 128 + b"DICM")
+_image_item("dicom_preamble_only", "preamble.dcm", lambda: b"\0" * 128 + b"DICM", category="dicom")
 
 
 @item("dicom_nested_sequences_5000", "dicom", "load_image", note="sequences nested 5000 deep")
@@ -857,14 +833,6 @@ def _(root: Path) -> dict[str, Any]:
 # =========================================================================================== zips
 
 
-def _zip(entries: list[tuple[str, bytes]], *, level: int = 6) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
-        for name, data in entries:
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def _zip_stream(name: str, total: int, *, level: int = 1) -> bytes:
     """One entry of ``total`` zero bytes, written in chunks (never all in memory)."""
     buf = io.BytesIO()
@@ -877,6 +845,18 @@ def _zip_stream(name: str, total: int, *, level: int = 1) -> bytes:
         while left > 0:
             fh.write(chunk[: min(left, len(chunk))])
             left -= len(chunk)
+    return buf.getvalue()
+
+
+def _rezip(
+    archive: bytes, change: Callable[[str, bytes], bytes], *, method: int = zipfile.ZIP_STORED
+) -> bytes:
+    """``archive`` written again member by member, each member's bytes put through ``change(name, data)``."""
+    src = zipfile.ZipFile(io.BytesIO(archive))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as out:
+        for info in src.infolist():
+            out.writestr(info.filename, change(info.filename, src.read(info.filename)))
     return buf.getvalue()
 
 
@@ -988,7 +968,7 @@ def _(root: Path) -> dict[str, Any]:
 def _(root: Path) -> dict[str, Any]:
     png = small_png()
     names = ["../../evil.png", "/tmp/abs_evil.png", "..\\..\\win_evil.png", "normal/../../../up.png"]
-    spec = _upload(root, [("traversal.zip", _zip([(n, png) for n in names]))])
+    spec = _upload(root, [("traversal.zip", zip_bytes([(n, png) for n in names]))])
     outside = [root.parent / "evil.png", root.parent.parent / "evil.png", Path("/tmp/abs_evil.png")]
     outside += [root.parent.parent / "up.png", root.parent / "win_evil.png"]
     return {**spec, "must_not_exist": [str(p) for p in outside if not p.exists()]}
@@ -996,21 +976,21 @@ def _(root: Path) -> dict[str, Any]:
 
 @item("zip_nested", "zip", "upload", expect="either", note="a zip in a zip in a zip")
 def _(root: Path) -> dict[str, Any]:
-    inner = _zip([("normal/a.png", small_png())])
+    inner = zip_bytes([("normal/a.png", small_png())])
     for _ in range(3):
-        inner = _zip([("inner.zip", inner), ("normal/b.png", small_png())])
+        inner = zip_bytes([("inner.zip", inner), ("normal/b.png", small_png())])
     return _upload(root, [("nested.zip", inner)])
 
 
 @item("zip_truncated", "zip", "upload")
 def _(root: Path) -> dict[str, Any]:
-    data = _zip([("normal/a.png", small_png())] * 1)
+    data = zip_bytes([("normal/a.png", small_png())] * 1)
     return _upload(root, [("trunc.zip", data[: len(data) - 30])])
 
 
 @item("zip_encrypted_flag", "zip", "upload", note="entry flagged encrypted")
 def _(root: Path) -> dict[str, Any]:
-    data = bytearray(_zip([("normal/a.png", small_png())]))
+    data = bytearray(zip_bytes([("normal/a.png", small_png())]))
     struct.pack_into("<H", data, data.find(b"PK\x03\x04") + 6, 1)
     struct.pack_into("<H", data, data.find(b"PK\x01\x02") + 8, 1)
     return _upload(root, [("enc.zip", bytes(data))])
@@ -1029,12 +1009,12 @@ def _(root: Path) -> dict[str, Any]:
         ("README.txt", b"hello"),
         ("nodule/broken.png", b"\x89PNG\r\n\x1a\nxx"),
     ]
-    return _upload(root, [("mixed.zip", _zip(entries))])
+    return _upload(root, [("mixed.zip", zip_bytes(entries))])
 
 
 @item("zip_zip64_declared_huge", "zip", "upload", note="central directory declares 2^40 bytes")
 def _(root: Path) -> dict[str, Any]:
-    data = bytearray(_zip([("a.png", small_png())]))
+    data = bytearray(zip_bytes([("a.png", small_png())]))
     cd = data.find(b"PK\x01\x02")
     struct.pack_into("<I", data, cd + 24, 0xFFFFFFF0)
     return _upload(root, [("declared.zip", bytes(data))])
@@ -1121,16 +1101,8 @@ def pt2_with_pickle(marker: Path, which: str = "weights") -> bytes:
     entries[fqn]["use_pickle"] = True
     target = next(n for n in names if n.endswith("/" + entries[fqn]["path_name"]))
     payload = pickle.dumps(_Payload(str(marker)), protocol=2)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as out:
-        for info in src.infolist():
-            data = src.read(info.filename)
-            if info.filename == config_name:
-                data = json.dumps(config).encode()
-            elif info.filename == target:
-                data = payload
-            out.writestr(info.filename, data)
-    return buf.getvalue()
+    changed = {config_name: json.dumps(config).encode(), target: payload}
+    return _rezip(pt2_bytes(), lambda name, data: changed.get(name, data))
 
 
 @item("pt2_valid", "model", "load_model", expect="load")
@@ -1193,17 +1165,13 @@ def _(root: Path) -> dict[str, Any]:
 
     buf = io.BytesIO()
     torch.save({"w": torch.zeros(10)}, buf)
-    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
-        for info in src.infolist():
-            data = src.read(info.filename)
-            if info.filename.endswith("data.pkl"):
-                data = data.replace(
-                    b"K\nt", b"\x8a\x06\x00\x10\xa5\xd4\xe8\x00t"
-                )  # size 10 -> 10**12 (LONG1)
-            dst.writestr(info.filename, data)
-    return _model_file(root, "storage_lie.pt", out.getvalue(), _sound_sidecar())
+
+    def lie(name: str, data: bytes) -> bytes:
+        if not name.endswith("data.pkl"):
+            return data
+        return data.replace(b"K\nt", b"\x8a\x06\x00\x10\xa5\xd4\xe8\x00t")  # size 10 -> 10**12 (LONG1)
+
+    return _model_file(root, "storage_lie.pt", _rezip(buf.getvalue(), lie), _sound_sidecar())
 
 
 @item("torchscript", "model", "load_model")
@@ -1318,15 +1286,8 @@ def _(root: Path) -> dict[str, Any]:
 
 @item("pt2_corrupt_json", "model", "load_model")
 def _(root: Path) -> dict[str, Any]:
-    src = zipfile.ZipFile(io.BytesIO(pt2_bytes()))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as out:
-        for info in src.infolist():
-            data = src.read(info.filename)
-            if info.filename.endswith(".json"):
-                data = b"{" * 50000
-            out.writestr(info.filename, data)
-    return _model_file(root, "corrupt.pt2", buf.getvalue())
+    data = _rezip(pt2_bytes(), lambda name, data: b"{" * 50000 if name.endswith(".json") else data)
+    return _model_file(root, "corrupt.pt2", data)
 
 
 # =========================================================================================== sidecars
@@ -1534,44 +1495,41 @@ def _raw_manifest(tail: bytes) -> Callable[[Path], tuple[bytes, bytes]]:
     return make
 
 
-def _npy_header_only(shape: tuple[int, ...]) -> bytes:
-    """A .npy member whose header declares ``shape`` float64 and which holds 64 bytes of data."""
-    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """A .npy (version 1.0) header declaring ``shape`` of ``descr``, padded to 64 bytes: the data follows."""
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
     text = repr(header).encode()
     text += b" " * (-(len(text) + 11) % 64) + b"\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + bytes(64)
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
+
+
+def _npy_header_only(shape: tuple[int, ...]) -> bytes:
+    """A .npy member whose header declares ``shape`` float64 and which holds 64 bytes of data."""
+    return _npy_header("<f8", shape) + bytes(64)
 
 
 def _npz_replacing(
     member: str, data: bytes, *, deflate: bool = False
 ) -> Callable[[Path], tuple[bytes, bytes]]:
     def make(root: Path) -> tuple[bytes, bytes]:
-        src = zipfile.ZipFile(io.BytesIO(BUNDLE.with_suffix(".npz").read_bytes()))
-        buf = io.BytesIO()
-        method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
-        with zipfile.ZipFile(buf, "w", method) as out:
-            for info in src.infolist():
-                out.writestr(info.filename, data if info.filename == member else src.read(info.filename))
-        return buf.getvalue(), BUNDLE.with_suffix(".json").read_bytes()
+        npz = _rezip(
+            BUNDLE.with_suffix(".npz").read_bytes(),
+            lambda name, old: data if name == member else old,
+            method=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED,
+        )
+        return npz, BUNDLE.with_suffix(".json").read_bytes()
 
     return make
 
 
 def _object_array_payload(root: Path) -> tuple[bytes, bytes]:
-    header = {"descr": "|O", "fortran_order": False, "shape": (1,)}
-    text = repr(header).encode()
-    text += b" " * (-(len(text) + 11) % 64) + b"\n"
     payload = pickle.dumps([_Payload(str(marker_path(root, "bundle_npz")))], protocol=2)
-    member = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + payload
+    member = _npy_header("|O", (1,)) + payload
     return _npz_replacing("references.npy", member)(root)
 
 
 def _zeros_npy_bomb(root: Path) -> tuple[bytes, bytes]:
     """maps.npy declaring (32768, 64, 64) float64 = 1 GiB of zeros, deflated to ~1 MB."""
-    shape = (32768, 64, 64)
-    header = {"descr": "<f8", "fortran_order": False, "shape": shape}
-    text = repr(header).encode()
-    text += b" " * (-(len(text) + 11) % 64) + b"\n"
     src = zipfile.ZipFile(io.BytesIO(BUNDLE.with_suffix(".npz").read_bytes()))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as out:
@@ -1580,7 +1538,7 @@ def _zeros_npy_bomb(root: Path) -> tuple[bytes, bytes]:
                 out.writestr(info.filename, src.read(info.filename))
                 continue
             with out.open("maps.npy", "w") as fh:
-                fh.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text)
+                fh.write(_npy_header("<f8", (32768, 64, 64)))
                 chunk = bytes(8 << 20)
                 for _ in range(32768 * 64 * 64 * 8 // len(chunk)):
                     fh.write(chunk)
@@ -1836,14 +1794,10 @@ def mixed_folder(root: Path) -> tuple[Path, int]:
     folder.mkdir(parents=True, exist_ok=True)
     for p in GOOD_PNGS[:2]:
         (folder / p.name).write_bytes(p.read_bytes())
-    ww0 = _dataset()
-    ww0.WindowCenter, ww0.WindowWidth = 2048, 0
-    frames = _dataset()
-    frames.NumberOfFrames = 10
     bad = {
-        "palette.dcm": dicom_bytes(_dataset(bits=8, photometric="PALETTE COLOR")),
-        "ww0.dcm": dicom_bytes(ww0),
-        "frames1a.dcm": patch_value(dicom_bytes(frames), 0x0028, 0x0008, b"1A"),
+        "palette.dcm": _dicom_data(_palette),
+        "ww0.dcm": _dicom_data(WindowCenter=2048, WindowWidth=0),
+        "frames1a.dcm": _frames_1a(),
         "truncated.png": GOOD_PNGS[2].read_bytes()[:2000],
         "empty.png": b"",
         "notes.png": b"not an image",
@@ -2050,3 +2004,21 @@ def build(root: Path, items: list[Item] | None = None) -> dict[str, dict[str, An
     for it in items or ITEMS:
         specs[it.id] = it.build(root)
     return specs
+
+
+def run_specs(root: Path, items: list[Item] | None = None) -> list[dict[str, Any]]:
+    """Build the items (default: all) under ``root``; returns what :func:`tests.fuzz.runner.run_corpus` takes,
+    one spec per item: its id, category, op, expectation, time limit and op arguments."""
+    chosen = items or ITEMS
+    args = build(root, chosen)
+    return [
+        {
+            "id": i.id,
+            "category": i.category,
+            "op": i.op,
+            "expect": i.expect,
+            "timeout_s": i.timeout_s,
+            "args": args[i.id],
+        }
+        for i in chosen
+    ]

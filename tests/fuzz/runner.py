@@ -295,6 +295,45 @@ def _expand(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return subs
 
 
+def _drain(read_fd: int) -> bytes:
+    """What the child has written to the (non-blocking) pipe so far."""
+    out = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(read_fd, 1 << 16):
+            out += chunk
+    return out
+
+
+def _poll(pid: int, deadline: float) -> tuple[bool, str, Any]:
+    """One look at the child: ``(ended, status, rusage)``; status ``"signal N"`` when a signal ended it,
+    ``"timeout"`` when it ran past ``deadline`` (it is then killed and reaped)."""
+    done_pid, wstatus, rusage = os.wait4(pid, os.WNOHANG)
+    if done_pid == pid:
+        return True, f"signal {os.WTERMSIG(wstatus)}" if os.WIFSIGNALED(wstatus) else "", rusage
+    if time.monotonic() > deadline:
+        os.kill(pid, signal.SIGKILL)
+        _, _, rusage = os.wait4(pid, 0)
+        return True, "timeout", rusage
+    return False, "", rusage
+
+
+def _row(spec: dict[str, Any], status: str, peak_mb: float, rest: dict[str, Any]) -> dict[str, Any]:
+    """A raw result: the spec's id, category, op and expectation, how the child ended, its peak RSS, then
+    ``rest`` (the child's report, which wins over the keys before it)."""
+    raw = {
+        "id": spec["id"],
+        "category": spec["category"],
+        "op": spec["op"],
+        "expect": spec["expect"],
+        "status": status,
+        "peak_mb": peak_mb,
+        **rest,
+    }
+    if "parent" in spec:
+        raw["parent"] = spec["parent"]
+    return raw
+
+
 def _run_batch(specs: list[dict[str, Any]], root: Path, cap: int) -> list[dict[str, Any]]:
     """Many read-only inputs (pydicom's files) in one child, one after another, each reported as it ends; if
     the child dies or hangs, the input it was on gets that outcome and a new child takes the rest."""
@@ -324,22 +363,15 @@ def _run_batch(specs: list[dict[str, Any]], root: Path, cap: int) -> list[dict[s
         status, rusage = "", None
         os.set_blocking(read_fd, False)
         while True:
-            with contextlib.suppress(BlockingIOError):
-                while chunk := os.read(read_fd, 1 << 16):
-                    buffer += chunk
+            ended, status, rusage = _poll(pid, deadline)
+            # read after the look, so that the lines a child wrote just before it ended are not lost
+            buffer += _drain(read_fd)
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 rep = json.loads(line)
                 done[rep["id"]] = rep
                 deadline = time.monotonic() + float(pending[0].get("timeout_s", 30.0))
-            done_pid, wstatus, rusage = os.wait4(pid, os.WNOHANG)
-            if done_pid == pid:
-                status = f"signal {os.WTERMSIG(wstatus)}" if os.WIFSIGNALED(wstatus) else ""
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                _, _, rusage = os.wait4(pid, 0)
-                status = "timeout"
+            if ended:
                 break
             time.sleep(0.005)
         os.close(read_fd)
@@ -348,32 +380,13 @@ def _run_batch(specs: list[dict[str, Any]], root: Path, cap: int) -> list[dict[s
         unfinished = [spec for spec in pending if spec["id"] not in done]
         for spec in pending:
             if spec["id"] in done:
-                raw = {
-                    "category": spec["category"],
-                    "op": spec["op"],
-                    "expect": spec["expect"],
-                    "status": "reported",
-                    "peak_mb": peak,
-                    "parent": spec.get("parent"),
-                    **done[spec["id"]],
-                }
+                raw = _row(spec, "reported", peak, done[spec["id"]])
                 if changed:
                     raw["written_outside"] = changed
                 results.append(raw)
         if unfinished:  # the child died or hung on this input; a new child takes the rest
             culprit, *unfinished = unfinished
-            results.append(
-                {
-                    "id": culprit["id"],
-                    "category": culprit["category"],
-                    "op": culprit["op"],
-                    "expect": culprit["expect"],
-                    "status": status or "no report",
-                    "peak_mb": peak,
-                    "parent": culprit.get("parent"),
-                    "seconds": 0.0,
-                }
-            )
+            results.append(_row(culprit, status or "no report", peak, {"seconds": 0.0}))
         pending = unfinished
     return results
 
@@ -402,51 +415,28 @@ def _run_one(spec: dict[str, Any], root: Path, cap: int) -> dict[str, Any]:
             os._exit(code)
     os.close(write_fd)  # ------------------------------------------------------------ zygote
     deadline = t0 + float(spec.get("timeout_s", 60.0))
-    status = ""
-    rusage = None
-    chunks: list[bytes] = []
+    written = b""
     os.set_blocking(read_fd, False)
     while True:
-        with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(read_fd, 1 << 16):
-                chunks.append(chunk)
-        done_pid, wstatus, rusage = os.wait4(pid, os.WNOHANG)
-        if done_pid == pid:
-            if os.WIFSIGNALED(wstatus):
-                status = f"signal {os.WTERMSIG(wstatus)}"
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            _, wstatus, rusage = os.wait4(pid, 0)
-            status = "timeout"
+        written += _drain(read_fd)
+        ended, status, rusage = _poll(pid, deadline)
+        if ended:
             break
         time.sleep(0.005)
     seconds = time.monotonic() - t0
-    with contextlib.suppress(BlockingIOError):
-        while chunk := os.read(read_fd, 1 << 16):
-            chunks.append(chunk)
+    written += _drain(read_fd)
     os.close(read_fd)
     report = {}
-    if chunks and status != "timeout":
+    if written and status != "timeout":
         with contextlib.suppress(json.JSONDecodeError):
-            report = json.loads(b"".join(chunks))
+            report = json.loads(written)
     if report and not status:
         status = "reported"
     elif not status:
         status = "no report"
     after = _snapshot(root)
-    raw = {
-        "id": spec["id"],
-        "category": spec["category"],
-        "op": spec["op"],
-        "expect": spec["expect"],
-        "status": status,
-        "seconds": round(seconds, 3),
-        "peak_mb": round((rusage.ru_maxrss / 1024.0) if rusage is not None else 0.0, 1),
-        **report,
-    }
-    if "parent" in spec:
-        raw["parent"] = spec["parent"]
+    peak = round((rusage.ru_maxrss / 1024.0) if rusage is not None else 0.0, 1)
+    raw = _row(spec, status, peak, {"seconds": round(seconds, 3), **report})
     exists = [m for m in markers if os.path.lexists(m)]
     exists += [m for m in args.get("must_not_exist", []) if os.path.lexists(m)]
     if exists:

@@ -39,21 +39,6 @@ ARTIFACTS = corpus.ROOT / "test-artifacts"
 KNOWN_FAILING: dict[str, str] = {}
 
 
-def _specs(root: Path) -> list[dict[str, Any]]:
-    args = corpus.build(root)
-    return [
-        {
-            "id": i.id,
-            "category": i.category,
-            "op": i.op,
-            "expect": i.expect,
-            "timeout_s": i.timeout_s,
-            "args": args[i.id],
-        }
-        for i in corpus.ITEMS
-    ]
-
-
 def _aggregate(raws: list[dict[str, Any]]) -> tuple[dict[str, runner.Verdict], list[runner.Verdict]]:
     """One verdict per corpus item (a multi-file item takes its worst file) and every per-file verdict."""
     expect = {i.id: i.expect for i in corpus.ITEMS}
@@ -85,7 +70,7 @@ def _aggregate(raws: list[dict[str, Any]]) -> tuple[dict[str, runner.Verdict], l
 def _run(base: Path) -> list[dict[str, Any]]:
     root = base / "corpus"
     t0 = time.monotonic()
-    specs = _specs(root)
+    specs = corpus.run_specs(root)
     built = time.monotonic() - t0
     raws = runner.run_corpus(specs, root)
     (base / "timing.json").write_text(json.dumps({"build_s": built, "run_s": time.monotonic() - t0 - built}))
