@@ -1,5 +1,5 @@
 """The reports of the working set: the backend's one HTML report (``verification.report``) and its PDF
-(``verification.report_pdf``), both from the verdict's result document, with the working images handed over
+(``verification.report.pdf``), both from the verdict's result document, with the working images handed over
 by name (uploads are not on disk).
 
 Both are made when the user clicks (the download buttons take a callable), so the time a report states is the
@@ -13,8 +13,7 @@ import numpy as np
 import streamlit as st
 
 from ui import loaders
-from verification.report import made_now, render_report
-from verification.report_pdf import render_pdf
+from verification.report import made_now, render_pdf, render_report
 from verification.verdict import VerificationReport
 
 _MADE = "\x00made\x00"  # where the time goes in the cached HTML (never in a real document)

@@ -13,17 +13,9 @@ import numpy as np
 import pytest
 
 from tests.app.conftest import ROOT
+from tests.app.report_fixture import E3, shortcut_report
 from ui import evidence
-from verification.verdict import (
-    ClassLine,
-    ClassVerdict,
-    Example,
-    ImageEvidence,
-    LineResult,
-    VerificationReport,
-)
-
-CLASSES = ("normal", "nodule")
+from verification.verdict import ClassLine, Example, ImageEvidence, LineResult, VerificationReport
 
 
 def _report() -> VerificationReport:
@@ -44,29 +36,6 @@ def _report() -> VerificationReport:
         ),
         calibration="chance + margin 0.5 (METHODS.md §3)",
         sentence="Both classes are recognised well above chance.",
-    )
-    e3 = LineResult(
-        key="E3",
-        name="reliance on evidence outside the anatomy",
-        status="fail",
-        decisive=True,
-        per_class=(
-            ClassLine("normal", "pass", value=0.04, threshold=0.15, higher_is_better=False, n=30),
-            ClassLine(
-                "nodule",
-                "fail",
-                value=0.61,
-                low=0.52,
-                high=0.70,
-                threshold=0.15,
-                higher_is_better=False,
-                n=29,
-                reason="predictions change when only the outside of the lungs is neutralised",
-            ),
-        ),
-        calibration="99th percentile of 4 healthy models; separation AUROC 0.97 against randomised",
-        separation=0.97,
-        sentence="Nodule calls follow something outside the lungs.",
     )
     e5 = LineResult(
         key="E5",
@@ -95,23 +64,11 @@ def _report() -> VerificationReport:
             not_assessable_reason="input outside the model's domain (early feature shift 9.1 > 3.2)",
         ),
     )
-    return VerificationReport(
-        verdict="unsuitable",
-        deciding_line="E3",
-        reason="nodule calls rely on evidence outside the anatomy",
-        class_names=CLASSES,
-        classes=(
-            ClassVerdict("normal", "suitable", None, "every decisive line passes", 30, 30),
-            ClassVerdict("nodule", "unsuitable", "E3", "relies on evidence outside the lungs", 30, 29),
-        ),
-        lines=(e1, e3, e5),
-        images=images,
-        accuracy=0.8,
-        accuracy_interval=(0.69, 0.88),
-        n_images=60,
-        n_not_assessable=1,
-        examples=(Example("a.png", "nodule", np.zeros((4, 4), np.float32)),),
-        references={"nodule": np.zeros((4, 4), np.float32)},
+    return shortcut_report(
+        (e1, E3, e5),
+        images,
+        (Example("a.png", "nodule", np.zeros((4, 4), np.float32)),),
+        {"nodule": np.zeros((4, 4), np.float32)},
     )
 
 

@@ -1,4 +1,4 @@
-"""The PDF report (verification.report_pdf) and the HTML report's size, time and band charts
+"""The PDF report (verification.report.pdf) and the HTML report's size, time and band charts
 (verification.report), on a hand-built result with a real picture."""
 
 from __future__ import annotations
@@ -10,17 +10,10 @@ import numpy as np
 import pypdfium2 as pdfium
 import pytest
 
-from verification import report_pdf
-from verification.report import bands, made_now, render_report
-from verification.report_pdf import render_pdf
-from verification.verdict import (
-    ClassLine,
-    ClassVerdict,
-    Example,
-    ImageEvidence,
-    LineResult,
-    VerificationReport,
-)
+from tests.app.report_fixture import E3, shortcut_report
+from verification.report import bands, made_now, render_pdf, render_report
+from verification.report import pdf as report_pdf
+from verification.verdict import ClassLine, Example, ImageEvidence, LineResult, VerificationReport
 
 MADE = "2026-01-02 03:04:05 UTC"
 
@@ -33,39 +26,6 @@ def _picture(seed: int) -> np.ndarray:
 
 
 def _report(n_examples: int = 2) -> VerificationReport:
-    e3 = LineResult(
-        key="E3",
-        name="reliance on evidence outside the anatomy",
-        status="fail",
-        decisive=True,
-        per_class=(
-            ClassLine(
-                "normal",
-                "pass",
-                value=0.04,
-                low=0.01,
-                high=0.07,
-                threshold=0.15,
-                higher_is_better=False,
-                n=30,
-                numbers={"E3.outside_drop": 0.04},
-            ),
-            ClassLine(
-                "nodule",
-                "fail",
-                value=0.61,
-                low=0.52,
-                high=0.70,
-                threshold=0.15,
-                higher_is_better=False,
-                n=29,
-                numbers={"E3.outside_drop": 0.61},
-            ),
-        ),
-        calibration="healthy variation of 4 models",
-        separation=0.97,
-        sentence="normal: pass; nodule: fail",
-    )
     e4 = LineResult(
         key="E4",
         name="finding counterfactual",
@@ -102,23 +62,11 @@ def _report(n_examples: int = 2) -> VerificationReport:
             "leg.png", None, "nodule", (0.0, 1.0), False, not_assessable_reason="early feature maps shifted"
         ),
     )
-    return VerificationReport(
-        verdict="unsuitable",
-        deciding_line="E3",
-        reason="nodule calls rely on evidence outside the anatomy",
-        class_names=("normal", "nodule"),
-        classes=(
-            ClassVerdict("normal", "suitable", None, "every decisive line passes", 30, 30),
-            ClassVerdict("nodule", "unsuitable", "E3", "relies on evidence outside the lungs", 30, 29),
-        ),
-        lines=(e3, e4),
-        images=images,
-        accuracy=0.8,
-        accuracy_interval=(0.69, 0.88),
-        n_images=60,
-        n_not_assessable=1,
-        examples=tuple(Example(f"img{i}.png", "nodule", cam) for i in range(n_examples)),
-        references={"nodule": np.outer(np.hanning(16), np.hanning(16)).astype(np.float32)},
+    return shortcut_report(
+        (E3, e4),
+        images,
+        tuple(Example(f"img{i}.png", "nodule", cam) for i in range(n_examples)),
+        {"nodule": np.outer(np.hanning(16), np.hanning(16)).astype(np.float32)},
         provenance={"created": "2020-05-05T00:00:00+00:00", "model": {"name": "m", "content_hash": "abc"}},
     )
 

@@ -89,7 +89,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if target is None:
             continue
         if target == pdf_out:
-            from verification.report_pdf import render_pdf
+            from verification.report import render_pdf
 
             with atomic_file(target) as tmp:
                 tmp.write_bytes(render_pdf(report, title=args.title))

@@ -1,12 +1,13 @@
 """The verification report as a PDF a clinician can file: a few A4 pages built from the same result document
-as the HTML report (:func:`verification.report.render_report`).
+as the HTML report (:func:`verification.report.render_report`), with the same words
+(:mod:`verification.report.content`) and chart geometry (:mod:`verification.report.charts`).
 
 Page 1: the verdict (coloured box), the line that decided it, accuracy with its interval, the image counts,
 the time the report was made and the time the verdict was computed, what is missing, warnings, and the
 verdict per class. Then every evidence line: its status, whether it votes, its calibration, its per-class
 numbers (value, 95 % interval, threshold, images) and its band chart (the same geometry as the HTML's,
-:func:`verification.report.bands`). Then the example images: each overlay (JPEG, at most
-:data:`~verification.report.EXAMPLE_SIDE` px) with its plain sentence
+:func:`verification.report.charts.bands`). Then the example images: each overlay (JPEG, at most
+:data:`~verification.report.pictures.EXAMPLE_SIDE` px) with its plain sentence
 (:mod:`verification.verdict.explain`) and its class reference map. Last, the provenance.
 
 Text is set in DejaVu Sans when a copy is found on the machine (Debian's fonts-dejavu, or matplotlib's), so
@@ -25,15 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from verification.report import (
-    Band,
-    _n,
-    bands,
-    example_pictures,
+from verification.report.charts import STATUS_RGB, Band, bands, ticks
+from verification.report.content import (
+    CLASS_COLUMNS,
+    accuracy_text,
+    class_rows,
     example_sentence,
-    jpeg_bytes,
     made_now,
+    unit,
 )
+from verification.report.pictures import example_pictures, jpeg_bytes
 
 __all__ = ["render_pdf"]
 
@@ -65,13 +67,6 @@ _VERDICT_FILL = {
     "suitable": (227, 244, 232),
     "unsuitable": (251, 228, 228),
     "cannot_verify": (255, 244, 214),
-}
-_STATUS_RGB = {
-    "pass": (46, 125, 50),
-    "fail": (198, 40, 40),
-    "inconclusive": (178, 106, 0),
-    "not_assessable": (119, 119, 119),
-    "uninformative": (119, 119, 119),
 }
 
 
@@ -192,14 +187,11 @@ def _band_chart(doc: _Doc, rows: list[Band]) -> None:
 
     for b in rows:
         top = y + 1.5
-        if b.threshold is not None:
-            t = x(b.threshold)
-            good = (t, x0 + w) if b.higher_is_better else (x0, t)
-            bad = (x0, t) if b.higher_is_better else (t, x0 + w)
-            pdf.set_fill_color(227, 244, 232)
-            pdf.rect(good[0], top, max(good[1] - good[0], 0), 4, style="F")
-            pdf.set_fill_color(251, 228, 228)
-            pdf.rect(bad[0], top, max(bad[1] - bad[0], 0), 4, style="F")
+        sides = b.sides(x0, x0 + w, x)
+        if sides is not None:
+            for (a, z), fill in zip(sides, ((227, 244, 232), (251, 228, 228))):
+                pdf.set_fill_color(*fill)
+                pdf.rect(a, top, max(z - a, 0), 4, style="F")
         else:
             pdf.set_fill_color(243, 243, 243)
             pdf.rect(x0, top, w, 4, style="F")
@@ -216,14 +208,9 @@ def _band_chart(doc: _Doc, rows: list[Band]) -> None:
             pdf.set_dash_pattern(dash=0.8, gap=0.6)
             pdf.line(h, top - 0.5, h, top + 4.5)
             pdf.set_dash_pattern()
-        legend = []
-        if b.healthy is not None:
-            legend.append(f"healthy models {_n(b.healthy[0])} to {_n(b.healthy[1])}")
-        if b.healthy_edge is not None:
-            legend.append(f"healthy edge {_n(b.healthy_edge)}")
         doc.font(5.5)
         pdf.set_text_color(46, 125, 50)
-        for j, words in enumerate(legend):
+        for j, words in enumerate(b.legend()):
             pdf.text(x0 + w + 2, top + 1.5 + 2.6 * j, doc.text(words))
         pdf.set_text_color(0, 0, 0)
         if b.threshold is not None:
@@ -234,9 +221,8 @@ def _band_chart(doc: _Doc, rows: list[Band]) -> None:
             pdf.set_line_width(0.2)
             doc.font(5.5)
             pdf.set_text_color(30, 30, 30)
-            sign = "≥" if b.higher_is_better else "≤"
-            pdf.text(t - 6, top - 1.4, doc.text(f"threshold {sign} {_n(b.threshold)}"))
-        rgb = _STATUS_RGB.get(b.status, (119, 119, 119))
+            pdf.text(t - 6, top - 1.4, doc.text(b.threshold_words()))
+        rgb = STATUS_RGB.get(b.status, (119, 119, 119))
         pdf.set_draw_color(*rgb)
         pdf.set_fill_color(*rgb)
         if b.low is not None and b.high is not None:
@@ -247,7 +233,7 @@ def _band_chart(doc: _Doc, rows: list[Band]) -> None:
         pdf.ellipse(v - 1.2, top + 0.8, 2.4, 2.4, style="F")
         doc.font(5.5)
         pdf.set_text_color(*rgb)
-        label = doc.text(f"this run {_n(b.value)}")
+        label = doc.text(b.value_words())
         lx = min(max(v - pdf.get_string_width(label) / 2, x0), x0 + w - pdf.get_string_width(label))
         pdf.text(lx, top + 7.0, label)
         pdf.set_text_color(0, 0, 0)
@@ -256,9 +242,7 @@ def _band_chart(doc: _Doc, rows: list[Band]) -> None:
     pdf.set_draw_color(150, 150, 150)
     pdf.line(x0, y, x0 + w, y)
     doc.font(5.5)
-    from verification.report import _ticks
-
-    for t in _ticks(lo, hi):
+    for t in ticks(lo, hi):
         pdf.line(x(t), y, x(t), y + 1)
         pdf.text(x(t) - 2, y + 3.5, f"{t:.3g}")
     pdf.set_draw_color(0, 0, 0)
@@ -299,12 +283,10 @@ def render_pdf(
     head = report.label
     if report.deciding_line:
         head += f" — decided by {report.deciding_line} {LINE_NAMES.get(report.deciding_line, '')}".rstrip()
-    acc = "n/a (no labels)" if report.accuracy is None else f"{100 * report.accuracy:.1f} %"
-    if report.accuracy_interval is not None:
-        lo, hi = report.accuracy_interval
-        acc += f" (Wilson 95 % {100 * lo:.1f}–{100 * hi:.1f} %)"
-    counts = f"accuracy {acc}; {report.n_images} images, {report.n_not_assessable} not assessable" + (
-        f", {len(report.errors)} unreadable" if report.errors else ""
+    counts = (
+        f"accuracy {accuracy_text(report)}; {report.n_images} images, "
+        f"{report.n_not_assessable} not assessable"
+        + (f", {len(report.errors)} unreadable" if report.errors else "")
     )
     pdf.set_fill_color(*_VERDICT_FILL[report.verdict])
     doc.font(13, True)
@@ -317,16 +299,8 @@ def render_pdf(
         doc.para(f"What is missing: {m}", 8.5, (140, 90, 0))
     for w in report.warnings:
         doc.para(f"Warning: {w}", 8.5, (140, 90, 0))
-    unit = "label" if getattr(report, "task", "classification") == "multilabel" else "class"
-    doc.heading(f"Verdict per {unit}", 11)
-    doc.table(
-        ["class", "verdict", "decided by", "why", "assessable"],
-        [
-            [c.class_name, c.label, c.deciding_line, c.reason, f"{c.n_assessable}/{c.n_images}"]
-            for c in report.classes
-        ],
-        [18, 22, 14, 112, 16],
-    )
+    doc.heading(f"Verdict per {unit(report)}", 11)
+    doc.table(CLASS_COLUMNS, class_rows(report), [18, 22, 14, 112, 16])
 
     # ---------------------------------------------------------------------------------------- the lines
     if report.lines:
@@ -334,7 +308,7 @@ def render_pdf(
     for ln in report.lines:
         votes = "votes" if ln.decisive and ln.status != "uninformative" else "does not vote"
         doc.font(10, True)
-        pdf.set_text_color(*_STATUS_RGB.get(ln.status, (0, 0, 0)))
+        pdf.set_text_color(*STATUS_RGB.get(ln.status, (0, 0, 0)))
         pdf.multi_cell(
             0,
             5,

@@ -3,70 +3,38 @@
 ``render_report`` turns a :class:`~verification.verdict.VerificationReport` (or its ``to_document()`` JSON, as
 written by ``python -m verification verify --json`` and offered by the dashboard) into one HTML file that
 works offline: the verdict per model and per class with the line that decided it, every evidence line in plain
-words with its numbers, thresholds and calibration and a band chart (inline SVG: the axis zoomed to the
-numbers, the passing side, the healthy models' edge, the threshold and this run's value with its interval,
-each labelled), the images that could not be assessed, the per-image "why"
+words with its numbers, thresholds and calibration and a band chart (inline SVG, the geometry of
+:mod:`verification.report.charts`), the images that could not be assessed, the per-image "why"
 (:mod:`verification.verdict.explain` for the example images), example maps beside the class references (JPEG
 at display size, base64, drawn by :mod:`verification.render`), warnings and provenance, and the time the
-report was made. No script. ``overlay_png`` is the PNG of an overlay (used by ``cam``); :func:`bands` is the
-geometry of the band charts, shared with the PDF (:mod:`verification.report_pdf`).
+report was made. No script.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import html
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from verification.render import heat, overlay, png_bytes
+from verification.render import heat, png_bytes
+from verification.report.charts import Band, bands, chart_number, status_hex, ticks
+from verification.report.content import (
+    CLASS_COLUMNS,
+    accuracy_text,
+    class_rows,
+    example_sentence,
+    made_now,
+    unit,
+)
+from verification.report.pictures import REFERENCE_SIDE, example_pictures, jpeg_bytes
 
-__all__ = [
-    "Band",
-    "bands",
-    "example_pictures",
-    "img_tag",
-    "jpeg_bytes",
-    "kv_table",
-    "made_now",
-    "overlay_png",
-    "render_report",
-]
-
-EXAMPLE_SIDE = 320
-"""Longest side (px) of an example overlay in the reports: the HTML gallery shows it at about 290 px."""
-REFERENCE_SIDE = 160
-"""Side (px) of a class reference map in the reports (a smooth map: more pixels add nothing)."""
-JPEG_QUALITY = 82
-
-
-def made_now() -> str:
-    """The current time, UTC, to the second: when a report is made (not when its verdict was computed)."""
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def jpeg_bytes(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    """Encode a uint8 (H, W) or (H, W, 3) array as baseline JPEG."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).convert("RGB").save(
-        buf, format="JPEG", quality=quality, optimize=True
-    )
-    return buf.getvalue()
-
-
-def overlay_png(display: np.ndarray, cam: np.ndarray, *, alpha: float = 0.45) -> bytes:
-    """PNG bytes of :func:`verification.render.overlay`."""
-    return png_bytes(overlay(display, cam, opacity=alpha))
+__all__ = ["band_svg", "img_tag", "kv_table", "render_report"]
 
 
 def img_tag(rgb: np.ndarray, alt: str, *, fmt: str = "jpeg") -> str:
@@ -126,105 +94,6 @@ def _table(cols: list[str], rows: list[list[Any]], classes: list[str] | None = N
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-@dataclass(frozen=True)
-class Band:
-    """One class of one evidence line, laid out for a band chart.
-
-    ``value`` (with its interval ``low`` … ``high``) is this run's number, ``threshold`` the calibrated edge
-    (passing side: above it when ``higher_is_better``), ``healthy_edge`` the worst healthy model's class mean
-    and ``healthy`` the band of the healthy models' class means (lowest, highest; None when the line does not
-    report them); ``axis`` the zoomed range that holds all of them with a margin."""
-
-    line: str
-    class_name: str
-    status: str
-    value: float
-    low: float | None
-    high: float | None
-    threshold: float | None
-    higher_is_better: bool
-    healthy_edge: float | None
-    axis: tuple[float, float]
-    healthy: tuple[float, float] | None = None
-
-
-def _finite(v: Any) -> float | None:
-    if v is None:
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None
-
-
-def _band(lo: Any, hi: Any) -> tuple[float, float] | None:
-    a, b = _finite(lo), _finite(hi)
-    return None if a is None or b is None else (min(a, b), max(a, b))
-
-
-def bands(line: Any) -> list[Band]:
-    """The band-chart rows of a line: every class with a measured value, on one axis zoomed to the numbers
-    (value, interval, threshold, healthy edge of every class) plus 8 % of their span on each side."""
-    rows = [c for c in line.per_class if _finite(c.value) is not None]
-    if not rows:
-        return []
-    pts = [
-        v
-        for c in rows
-        for v in (
-            c.value,
-            c.low,
-            c.high,
-            c.threshold,
-            c.numbers.get("healthy_edge"),
-            c.numbers.get("healthy_low"),
-            c.numbers.get("healthy_high"),
-        )
-        if _finite(v) is not None
-    ]
-    lo, hi = float(min(pts)), float(max(pts))
-    span = hi - lo
-    pad = 0.08 * span if span > 0 else max(0.05 * abs(hi), 0.05)
-    axis = (lo - pad, hi + pad)
-    return [
-        Band(
-            line=line.key,
-            class_name=c.class_name,
-            status=c.status,
-            value=float(c.value),
-            low=_finite(c.low),
-            high=_finite(c.high),
-            threshold=_finite(c.threshold),
-            higher_is_better=bool(c.higher_is_better),
-            healthy_edge=_finite(c.numbers.get("healthy_edge")),
-            axis=axis,
-            healthy=_band(c.numbers.get("healthy_low"), c.numbers.get("healthy_high")),
-        )
-        for c in rows
-    ]
-
-
-_STATUS_FILL = {
-    "pass": "#2e7d32",
-    "fail": "#c62828",
-    "inconclusive": "#b26a00",
-    "not_assessable": "#777777",
-    "uninformative": "#777777",
-}
-
-
-def _n(v: float) -> str:
-    """A number for a chart label: three decimals (the charts' quantities live in about [-1, 1]); large
-    values (a KL) with four significant digits."""
-    return f"{v:.3f}" if abs(v) < 1000 else f"{v:.4g}"
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    raw = (hi - lo) / max(n - 1, 1)
-    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
-    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
-    start = math.ceil(lo / step) * step
-    return [start + k * step for k in range(int((hi - start) / step) + 1)]
-
-
 def band_svg(rows: Sequence[Band], *, width: int = 720) -> str:
     """An inline SVG band chart: one row per class; the passing side of the threshold shaded green and the
     failing side red, the healthy models' edge dashed, the threshold a dark bar, this run's value a dot with
@@ -239,6 +108,11 @@ def band_svg(rows: Sequence[Band], *, width: int = 720) -> str:
     def x(v: float) -> float:
         return left + (v - lo) / (hi - lo) * plot_w
 
+    def vline(v: float, y1: float, y2: float, attrs: str, title: str | None = None) -> str:
+        """A vertical line at value ``v`` (with a hover title when given)."""
+        end = "/>" if title is None else f"><title>{title}</title></line>"
+        return f'<line x1="{x(v):.1f}" y1="{y1}" x2="{x(v):.1f}" y2="{y2}" {attrs}{end}'
+
     out = [
         f'<svg class="band" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(rows[0].line)} band chart">',
@@ -247,18 +121,13 @@ def band_svg(rows: Sequence[Band], *, width: int = 720) -> str:
     for k, b in enumerate(rows):
         y0 = top + k * row_h
         mid = y0 + 16
-        if b.threshold is not None:
-            t = x(b.threshold)
-            good = (t, left + plot_w) if b.higher_is_better else (left, t)
-            bad = (left, t) if b.higher_is_better else (t, left + plot_w)
-            out.append(
-                f'<rect x="{good[0]:.1f}" y="{y0 + 6}" width="{max(good[1] - good[0], 0):.1f}" height="20" '
-                'fill="#e3f4e8"><title>passing side</title></rect>'
-            )
-            out.append(
-                f'<rect x="{bad[0]:.1f}" y="{y0 + 6}" width="{max(bad[1] - bad[0], 0):.1f}" height="20" '
-                'fill="#fbe4e4"><title>failing side</title></rect>'
-            )
+        sides = b.sides(left, left + plot_w, x)
+        if sides is not None:
+            for (a, z), fill, what in zip(sides, ("#e3f4e8", "#fbe4e4"), ("passing side", "failing side")):
+                out.append(
+                    f'<rect x="{a:.1f}" y="{y0 + 6}" width="{max(z - a, 0):.1f}" height="20" '
+                    f'fill="{fill}"><title>{what}</title></rect>'
+                )
         else:
             out.append(
                 f'<rect x="{left}" y="{y0 + 6}" width="{plot_w}" height="20" fill="#f3f3f3">'
@@ -269,36 +138,29 @@ def band_svg(rows: Sequence[Band], *, width: int = 720) -> str:
             h0, h1 = x(b.healthy[0]), x(b.healthy[1])
             out.append(
                 f'<rect x="{h0:.1f}" y="{y0 + 11}" width="{max(h1 - h0, 2):.1f}" height="10" fill="#2e7d32" '
-                f'fill-opacity="0.35"><title>healthy models {_n(b.healthy[0])} to {_n(b.healthy[1])}</title>'
-                "</rect>"
+                f'fill-opacity="0.35"><title>healthy models {chart_number(b.healthy[0])} to '
+                f"{chart_number(b.healthy[1])}</title></rect>"
             )
         if b.healthy_edge is not None:
-            h = x(b.healthy_edge)
             out.append(
-                f'<line x1="{h:.1f}" y1="{y0 + 4}" x2="{h:.1f}" y2="{y0 + 28}" stroke="#2e7d32" '
-                'stroke-dasharray="3,2" stroke-width="1.5"><title>healthy edge (worst healthy model) '
-                f"{_n(b.healthy_edge)}</title></line>"
-            )
-        # the healthy numbers in words at the right of the row, where no mark can hide them
-        legend = []
-        if b.healthy is not None:
-            legend.append(f"healthy models {_n(b.healthy[0])} to {_n(b.healthy[1])}")
-        if b.healthy_edge is not None:
-            legend.append(f"healthy edge {_n(b.healthy_edge)}")
-        for j, words in enumerate(legend):
+                vline(
+                    b.healthy_edge, y0 + 4, y0 + 28,
+                    'stroke="#2e7d32" stroke-dasharray="3,2" stroke-width="1.5"',
+                    f"healthy edge (worst healthy model) {chart_number(b.healthy_edge)}",
+                )
+            )  # fmt: skip
+        for j, words in enumerate(b.legend()):
             out.append(
                 f'<text class="lab" x="{left + plot_w + 8}" y="{y0 + 14 + 12 * j}" fill="#2e7d32">'
                 f"{words}</text>"
             )
         if b.threshold is not None:
-            t = x(b.threshold)
             out.append(
-                f'<line x1="{t:.1f}" y1="{y0 + 2}" x2="{t:.1f}" y2="{y0 + 30}" stroke="#222" '
-                'stroke-width="2.5"/>'
-                f'<text class="lab" x="{t:.1f}" y="{y0 + 1}" text-anchor="middle">'
-                f"threshold {'≥' if b.higher_is_better else '≤'} {_n(b.threshold)}</text>"
+                vline(b.threshold, y0 + 2, y0 + 30, 'stroke="#222" stroke-width="2.5"')
+                + f'<text class="lab" x="{x(b.threshold):.1f}" y="{y0 + 1}" text-anchor="middle">'
+                f"{b.threshold_words()}</text>"
             )
-        colour = _STATUS_FILL.get(b.status, "#777777")
+        colour = status_hex(b.status)
         if b.low is not None and b.high is not None:
             out.append(
                 f'<line x1="{x(b.low):.1f}" y1="{mid}" x2="{x(b.high):.1f}" y2="{mid}" stroke="{colour}" '
@@ -310,53 +172,17 @@ def band_svg(rows: Sequence[Band], *, width: int = 720) -> str:
             + ("" if b.low is None or b.high is None else f" [{b.low:.4g}, {b.high:.4g}]")
             + "</title></circle>"
             f'<text class="lab" x="{v:.1f}" y="{y0 + 38}" text-anchor="middle" fill="{colour}">'
-            f"this run {_n(b.value)}</text>"
+            f"{b.value_words()}</text>"
         )
     base = top + row_h * len(rows) + 2
     out.append(f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#999"/>')
-    for t in _ticks(lo, hi):
+    for t in ticks(lo, hi):
         out.append(
-            f'<line x1="{x(t):.1f}" y1="{base}" x2="{x(t):.1f}" y2="{base + 4}" stroke="#999"/>'
-            f'<text class="lab" x="{x(t):.1f}" y="{base + 15}" text-anchor="middle">{t:.3g}</text>'
+            vline(t, base, base + 4, 'stroke="#999"')
+            + f'<text class="lab" x="{x(t):.1f}" y="{base + 15}" text-anchor="middle">{t:.3g}</text>'
         )
     out.append("</svg>")
     return "".join(out)
-
-
-def example_pictures(
-    report: Any, displays: Mapping[str, np.ndarray] | None = None
-) -> list[tuple[Any, np.ndarray | None, np.ndarray | None]]:
-    """Per example of the report: (example, its overlay at display size or None when the image cannot be
-    found, its class reference map as a heat picture or None)."""
-    from verification.errors import VerificationError
-    from verification.io.images import load_image
-
-    out = []
-    for ex in report.examples:
-        cam = np.asarray(ex.map, dtype=np.float32)
-        picture = None
-        if displays is not None and ex.image in displays:
-            picture = overlay(displays[ex.image], cam, max_side=EXAMPLE_SIDE)
-        else:
-            try:
-                picture = overlay(load_image(ex.image).display, cam, max_side=EXAMPLE_SIDE)
-            except (VerificationError, OSError):
-                picture = None
-        ref = report.references.get(ex.class_name) if ex.class_name else None
-        ref_pic = heat(np.asarray(ref, np.float32), size=REFERENCE_SIDE) if ref is not None else None
-        out.append((ex, picture, ref_pic))
-    return out
-
-
-def example_sentence(report: Any, ex: Any) -> str:
-    """The plain sentence of an example image (:func:`verification.verdict.explain.explain_image`, located on
-    its map), or its note when the report has no record of it."""
-    from verification.verdict.explain import explain_image, locate, thresholds
-
-    im = next((i for i in report.images if i.name == ex.image), None)
-    if im is None:
-        return str(ex.note)
-    return explain_image(im, location=locate(ex.map), limits=thresholds(report)).sentence
 
 
 def _gallery(report: Any, displays: Mapping[str, np.ndarray] | None) -> list[str]:
@@ -399,11 +225,7 @@ def render_report(
 
     if not isinstance(report, VerificationReport):
         report = VerificationReport.from_document(report)
-    unit = "label" if getattr(report, "task", "classification") == "multilabel" else "class"
-    acc = "n/a (no labels)" if report.accuracy is None else f"{100 * report.accuracy:.1f} %"
-    if report.accuracy_interval is not None:
-        lo, hi = report.accuracy_interval
-        acc += f" (Wilson 95 % {100 * lo:.1f}–{100 * hi:.1f} %)"
+    acc = accuracy_text(report)
     decided = f" — decided by {report.deciding_line}" if report.deciding_line else ""
     numbers = {
         "report made": made,
@@ -415,10 +237,6 @@ def render_report(
         "unreadable": len(report.errors),
         "assessable images a class needs": report.config.min_images,
     }
-    class_rows = [
-        [c.class_name, c.label, c.deciding_line, c.reason, f"{c.n_assessable}/{c.n_images}"]
-        for c in report.classes
-    ]
     line_parts = []
     for ln in report.lines:
         votes = "votes" if ln.decisive else "does not vote"
@@ -471,12 +289,8 @@ def render_report(
         f"{html.escape(report.reason)}<br>accuracy {html.escape(acc)}</div>",
         *(f'<div class="warn">What is missing: {html.escape(m)}</div>' for m in report.missing),
         *(f'<div class="warn">{html.escape(w)}</div>' for w in report.warnings),
-        f"<h2>Verdict per {unit}</h2>",
-        _table(
-            ["class", "verdict", "decided by", "why", "assessable"],
-            class_rows,
-            [c.verdict for c in report.classes],
-        ),
+        f"<h2>Verdict per {unit(report)}</h2>",
+        _table(CLASS_COLUMNS, class_rows(report), [c.verdict for c in report.classes]),
         "<h2>The numbers</h2>",
         kv_table(numbers),
         "<h2>Evidence lines</h2>",
