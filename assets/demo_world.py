@@ -108,36 +108,29 @@ class Case:
 # Lung shapes
 
 
-def _site_packages() -> list[Path]:
-    paths = {Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["platlib"])}
-    return sorted(paths)
-
-
-def lung_zip_path() -> Path | None:
-    """The v7labs lung-mask zip inside the torchxrayvision wheel, found without importing the package."""
+def _package_data_file(package: str, name: str) -> Path | None:
+    """``<package>/data/<name>`` of an installed package, found without importing it (the package's own
+    search locations first, then site-packages), or None when it is not there."""
     candidates: list[Path] = []
-    spec = importlib.util.find_spec("torchxrayvision")
+    spec = importlib.util.find_spec(package)
     if spec is not None and spec.submodule_search_locations:
         candidates += [Path(p) / "data" for p in spec.submodule_search_locations]
-    candidates += [p / "torchxrayvision" / "data" for p in _site_packages()]
-    for folder in candidates:
-        path = folder / "semantic_masks_v7labs_lungs.zip"
-        if path.is_file():
-            return path
-    return None
-
-
-def pydicom_data_path(name: str) -> Path | None:
-    """A file of the pydicom-data package (``data_store/data/<name>``), or None when it is not installed."""
-    candidates: list[Path] = []
-    spec = importlib.util.find_spec("data_store")
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(p) / "data" for p in spec.submodule_search_locations]
-    candidates += [p / "data_store" / "data" for p in _site_packages()]
+    site = {Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["platlib"])}
+    candidates += [p / package / "data" for p in sorted(site)]
     for folder in candidates:
         if (folder / name).is_file():
             return folder / name
     return None
+
+
+def lung_zip_path() -> Path | None:
+    """The v7labs lung-mask zip inside the torchxrayvision wheel, found without importing the package."""
+    return _package_data_file("torchxrayvision", "semantic_masks_v7labs_lungs.zip")
+
+
+def pydicom_data_path(name: str) -> Path | None:
+    """A file of the pydicom-data package (``data_store/data/<name>``), or None when it is not installed."""
+    return _package_data_file("data_store", name)
 
 
 def _lung_zip() -> zipfile.ZipFile:

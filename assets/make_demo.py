@@ -1197,43 +1197,35 @@ def _model_samples(
     src = out / manifest["models"]["sound"]["file"]
     loaded = load_model(src)
     sidecar = src.with_suffix(".json").read_text(encoding="utf-8")
+
+    def export(dest: Path) -> None:
+        module = loaded.module.eval()
+        example = torch.zeros(2, 1, cfg.size, cfg.size)
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program, dest)
+
+    writers: tuple[tuple[str, Callable[[Path], object], str], ...] = (
+        ("sound_model.safetensors", lambda dest: dest.write_bytes(src.read_bytes()), "safetensors"),
+        (
+            "sound_model_state_dict.pt",
+            lambda dest: torch.save(loaded.module.state_dict(), dest),
+            "state-dict .pt (torch.save)",
+        ),
+        ("sound_model_export.pt2", export, "torch.export program .pt2 (dynamic batch)"),
+    )
     result = []
-    dest = folder / "sound_model.safetensors"
-    dest.write_bytes(src.read_bytes())
-    dest.with_suffix(".json").write_text(sidecar, encoding="utf-8")
-    result.append(
-        {
-            "file": _rel(dest, out),
-            "sidecar": _rel(dest.with_suffix(".json"), out),
-            "kind": "model",
-            "format": "safetensors + JSON sidecar",
-        }
-    )
-    dest = folder / "sound_model_state_dict.pt"
-    torch.save(loaded.module.state_dict(), dest)
-    dest.with_suffix(".json").write_text(sidecar, encoding="utf-8")
-    result.append(
-        {
-            "file": _rel(dest, out),
-            "sidecar": _rel(dest.with_suffix(".json"), out),
-            "kind": "model",
-            "format": "state-dict .pt (torch.save) + JSON sidecar",
-        }
-    )
-    dest = folder / "sound_model_export.pt2"
-    module = loaded.module.eval()
-    example = torch.zeros(2, 1, cfg.size, cfg.size)
-    program = torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    torch.export.save(program, dest)
-    dest.with_suffix(".json").write_text(sidecar, encoding="utf-8")
-    result.append(
-        {
-            "file": _rel(dest, out),
-            "sidecar": _rel(dest.with_suffix(".json"), out),
-            "kind": "model",
-            "format": "torch.export program .pt2 (dynamic batch) + JSON sidecar",
-        }
-    )
+    for name, write, what in writers:
+        dest = folder / name
+        write(dest)
+        dest.with_suffix(".json").write_text(sidecar, encoding="utf-8")
+        result.append(
+            {
+                "file": _rel(dest, out),
+                "sidecar": _rel(dest.with_suffix(".json"), out),
+                "kind": "model",
+                "format": f"{what} + JSON sidecar",
+            }
+        )
     return result
 
 
