@@ -467,6 +467,20 @@ def _logs(root: Path) -> Path:
     return logs
 
 
+def _typed(error_type: str, message: str, banned: str | None) -> dict[str, Any]:
+    """The report of a typed error: its type and message (cut past the bound, with its full length); a message
+    holding the ``banned`` text is marked."""
+    report: dict[str, Any] = {
+        "kind": "typed",
+        "error_type": error_type,
+        "message": message[: MAX_MESSAGE + 1],
+        "message_len": len(message),
+    }
+    if banned and banned in message:
+        report["bad_message"] = f"message says {banned!r}: {message[:200]}"
+    return report
+
+
 def _child(spec: dict[str, Any], root: Path) -> dict[str, Any]:
     from verification.errors import VerificationError
 
@@ -482,27 +496,9 @@ def _child(spec: dict[str, Any], root: Path) -> dict[str, Any]:
         result = OPS[spec["op"]](args, spec)
         report = {"kind": "loaded", **result}
         if "typed_error" in result:  # CLI exit 1 with one 'error:' line / every upload refused with one
-            message = result["typed_error"]
-            report = {
-                "kind": "typed",
-                "error_type": "exit 1",
-                "message": message[: MAX_MESSAGE + 1],
-                "message_len": len(message),
-            }
-            banned = args.get("not_in_message")
-            if banned and banned in message:
-                report["bad_message"] = f"message says {banned!r}: {message[:200]}"
+            report = _typed("exit 1", result["typed_error"], args.get("not_in_message"))
     except VerificationError as exc:
-        message = str(exc)
-        report = {
-            "kind": "typed",
-            "error_type": type(exc).__name__,
-            "message": message[: MAX_MESSAGE + 1],
-            "message_len": len(message),
-        }
-        banned = args.get("not_in_message")
-        if banned and banned in message:
-            report["bad_message"] = f"message says {banned!r}: {message[:200]}"
+        report = _typed(type(exc).__name__, str(exc), args.get("not_in_message"))
     except MemoryError as exc:
         report = {"kind": "memory", "detail": f"MemoryError: {str(exc)[:200]}"}
     except RecursionError as exc:
