@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tests.builders import dicom_bytes, zip_bytes
 from tests.io.memcap import run_capped
-from tests.io.test_io_hostile_images import dicom_bytes, png_bomb, tiff_with_declared_size
+from tests.io.test_io_hostile_images import png_bomb, tiff_with_declared_size
 from verification.io.budget import DEFAULT_LIMITS, DEFAULT_MODEL_LIMITS
 from verification.io.images import image_cost
 
@@ -39,14 +40,6 @@ SIDEBAR = (
     "exp = expand_uploads([(f'u{i}.zip', d) for i, d in enumerate(data)])\n"
     "kept = [verification.io.images.load_image(b.data, name=b.name) for b in exp.blobs]\n"
 )
-
-
-def _zip(entries: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def _sparse_zip(name: str, size: int, every: int = 300) -> bytes:
@@ -108,7 +101,7 @@ def cases() -> list[Case]:
         (
             "upload",
             "zip of 24 PNGs 8192² RGB (issue: 6 GB cap hit)",
-            lambda: [_zip({f"s/{i}.png": png_bomb(8192, 8192) for i in range(24)})],
+            lambda: [zip_bytes({f"s/{i}.png": png_bomb(8192, 8192) for i in range(24)})],
             SIDEBAR,
             UPLOAD,
             None,
@@ -118,7 +111,7 @@ def cases() -> list[Case]:
         (
             "upload",
             "zip of 24 PNGs 4096² RGB (each accepted)",
-            lambda: [_zip({f"s/{i}.png": png_bomb(4096, 4096) for i in range(24)})],
+            lambda: [zip_bytes({f"s/{i}.png": png_bomb(4096, 4096) for i in range(24)})],
             SIDEBAR,
             UPLOAD,
             None,

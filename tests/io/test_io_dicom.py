@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import RLELossless
 
+from tests.builders import dataset_bytes, dicom_dataset
 from verification.errors import ImageLoadError, InputTooLargeError
 from verification.io.images import load_image
 
@@ -32,27 +32,9 @@ def _region(pixels: np.ndarray, rows: tuple[float, float], cols: tuple[float, fl
 
 
 def _dicom(arr: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, **tags: object) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "PID-778899"
-    ds.PatientBirthDate = "19700101"
-    ds.set_pixel_data(arr, photometric, bits)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    return ds
-
-
-def _bytes(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    """The shared test dataset with a patient's identity (kept out of the metadata unless asked for)."""
+    patient = {"PatientName": "Doe^Jane", "PatientID": "PID-778899", "PatientBirthDate": "19700101"}
+    return dicom_dataset(arr, photometric, bits, **{**patient, **tags})
 
 
 # --- the real radiographs -----------------------------------------------------------------------------------
@@ -106,7 +88,7 @@ def test_jpeg2000_lossless_file_decodes_to_the_same_picture() -> None:
 
 
 def test_identifying_tags_are_left_out_unless_asked() -> None:
-    data = _bytes(_dicom(np.zeros((16, 16), np.uint16)))
+    data = dataset_bytes(_dicom(np.zeros((16, 16), np.uint16)))
     img = load_image(data, name="scan.dcm")
     text = json.dumps(img.metadata)
     for secret in ("Doe", "PID-778899", "19700101"):
@@ -124,8 +106,8 @@ def test_identifying_tags_are_left_out_unless_asked() -> None:
 def test_monochrome1_and_monochrome2_of_the_same_data_are_inverted() -> None:
     arr = (np.arange(32 * 32).reshape(32, 32) * 4).astype(np.uint16)
     for tags in ({}, {"WindowCenter": 2000, "WindowWidth": 2000}):
-        m2 = load_image(_bytes(_dicom(arr, "MONOCHROME2", **tags)), name="m2.dcm")
-        m1 = load_image(_bytes(_dicom(arr, "MONOCHROME1", **tags)), name="m1.dcm")
+        m2 = load_image(dataset_bytes(_dicom(arr, "MONOCHROME2", **tags)), name="m2.dcm")
+        m1 = load_image(dataset_bytes(_dicom(arr, "MONOCHROME1", **tags)), name="m1.dcm")
         np.testing.assert_allclose(m1.pixels, 1 - m2.pixels, atol=1e-6)
         assert m2.pixels[-1, -1] > m2.pixels[0, 0]
         assert m1.pixels[-1, -1] < m1.pixels[0, 0]
@@ -142,14 +124,14 @@ def test_rescale_then_linear_exact_window() -> None:
         WindowWidth=400,
         VOILUTFunction="LINEAR_EXACT",
     )
-    px = load_image(_bytes(ds), name="ct.dcm").pixels
+    px = load_image(dataset_bytes(ds), name="ct.dcm").pixels
     np.testing.assert_allclose(px[0, :6], [0.0, 0.5, 0.75, 1.0, 1.0, 0.0], atol=1e-6)
 
 
 def test_linear_window_formula() -> None:
     # LINEAR (PS3.3 C.11.2.1.2.1): y = ((x − (c − 0.5)) / (w − 1) + 0.5), clipped; c = 2048, w = 4096
     stored = np.array([0, 1000, 2048, 4095] * 16, np.uint16).reshape(8, 8)
-    px = load_image(_bytes(_dicom(stored, WindowCenter=2048, WindowWidth=4096)), name="w.dcm").pixels
+    px = load_image(dataset_bytes(_dicom(stored, WindowCenter=2048, WindowWidth=4096)), name="w.dcm").pixels
     expected = [0.0, (1000 - 2047.5) / 4095 + 0.5, (2048 - 2047.5) / 4095 + 0.5, 1.0]
     np.testing.assert_allclose(px[0, :4], expected, atol=1e-6)
 
@@ -161,14 +143,14 @@ def test_voi_lut_sequence() -> None:
     item.LUTDescriptor = [4, 0, 8]  # 4 entries, first maps stored value 0, 8-bit output
     item.add_new(0x00283006, "US", [0, 100, 200, 255])  # LUT Data
     ds.VOILUTSequence = Sequence([item])
-    px = load_image(_bytes(ds), name="lut.dcm").pixels
+    px = load_image(dataset_bytes(ds), name="lut.dcm").pixels
     np.testing.assert_allclose(px[0, :4], [0.0, 100 / 255, 200 / 255, 1.0], atol=1e-6)
 
 
 def test_no_window_uses_robust_percentiles() -> None:
     # 0..4095 once each: the 0.5 / 99.5 percentiles (linear interpolation) are 20.475 and 4074.525
     stored = np.arange(4096, dtype=np.uint16).reshape(64, 64)
-    img = load_image(_bytes(_dicom(stored)), name="p.dcm")
+    img = load_image(dataset_bytes(_dicom(stored)), name="p.dcm")
     lo, hi = 0.005 * 4095, 0.995 * 4095
     px = img.pixels.ravel()
     np.testing.assert_allclose(px[[0, 20, 1000, 4095]], [0.0, 0.0, (1000 - lo) / (hi - lo), 1.0], atol=1e-6)
@@ -178,7 +160,7 @@ def test_no_window_uses_robust_percentiles() -> None:
 def test_multi_frame_uses_first_frame() -> None:
     frames = np.stack([np.full((16, 16), v, np.uint16) for v in (100, 2000, 4000)])
     frames[0, 0, 0] = 0  # give frame 0 some contrast so the percentile stretch is defined
-    img = load_image(_bytes(_dicom(frames)), name="mf.dcm")
+    img = load_image(dataset_bytes(_dicom(frames)), name="mf.dcm")
     assert img.pixels.shape == (16, 16)
     assert img.pixels[0, 0] == 0.0
     assert img.pixels[5, 5] == 1.0  # frame 0's 100s, not frame 1's 2000s, fill the image
@@ -188,16 +170,16 @@ def test_multi_frame_uses_first_frame() -> None:
 
 def test_rle_compressed_dataset_decodes_identically() -> None:
     arr = (np.arange(48 * 40).reshape(48, 40) % 4096).astype(np.uint16)
-    plain = load_image(_bytes(_dicom(arr)), name="plain.dcm")
+    plain = load_image(dataset_bytes(_dicom(arr)), name="plain.dcm")
     ds = _dicom(arr)
     ds.compress(RLELossless)
-    rle = load_image(_bytes(ds), name="rle.dcm")
+    rle = load_image(dataset_bytes(ds), name="rle.dcm")
     assert rle.metadata["TransferSyntax"] == "RLE Lossless"
     np.testing.assert_array_equal(rle.pixels, plain.pixels)
 
 
 def test_dicom_detected_by_content_and_bare_datasets() -> None:
-    data = _bytes(_dicom(np.arange(256, dtype=np.uint16).reshape(16, 16)))
+    data = dataset_bytes(_dicom(np.arange(256, dtype=np.uint16).reshape(16, 16)))
     assert load_image(data, name="upload").source_format == "DICOM"
     bare = load_image((_data_dir() / "OT-PAL-8-face.dcm").read_bytes(), name="upload")  # no preamble or meta
     assert bare.pixels.shape == (480, 640, 3)
@@ -207,7 +189,7 @@ def test_dicom_detected_by_content_and_bare_datasets() -> None:
 
 
 def test_truncated_dicom() -> None:
-    data = _bytes(_dicom(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)))
+    data = dataset_bytes(_dicom(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)))
     with pytest.raises(ImageLoadError, match="truncated"):
         load_image(data[: len(data) - 3000], name="cut.dcm")
 
@@ -216,16 +198,16 @@ def test_dicom_without_pixels() -> None:
     ds = _dicom(np.zeros((16, 16), np.uint16))
     del ds.PixelData
     with pytest.raises(ImageLoadError, match="without pixel data"):
-        load_image(_bytes(ds), name="sr.dcm")
+        load_image(dataset_bytes(ds), name="sr.dcm")
 
 
 def test_dicom_pixel_limit_from_header() -> None:
     ds = _dicom(np.zeros((16, 16), np.uint16))
     ds.Rows, ds.Columns = 40_000, 40_000  # the header lies; the check must not need the pixel data
     with pytest.raises(InputTooLargeError, match="1,600,000,000 pixels"):
-        load_image(_bytes(ds), name="bomb.dcm")
+        load_image(dataset_bytes(ds), name="bomb.dcm")
 
 
 def test_tiny_dicom() -> None:
     with pytest.raises(ImageLoadError, match="only 1×1"):
-        load_image(_bytes(_dicom(np.zeros((1, 1), np.uint16))), name="one.dcm")
+        load_image(dataset_bytes(_dicom(np.zeros((1, 1), np.uint16))), name="one.dcm")

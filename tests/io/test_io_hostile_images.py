@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
-import zipfile
 import zlib
 from pathlib import Path
 
@@ -19,9 +18,8 @@ import pydicom
 import pytest
 import tifffile
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from tests.builders import dicom_bytes, zip_bytes
 from tests.io.memcap import run_capped_many
 from ui.uploads import expand_uploads
 from verification.errors import ImageLoadError, InputTooLargeError
@@ -62,31 +60,6 @@ def tiff_with_declared_size(width: int, height: int, samples: int) -> bytes:
             value = width if tag == 256 else height
             data[pos + 8 : pos + 12] = struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
     return bytes(data)
-
-
-def dicom_bytes(arr: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, **tags: object) -> bytes:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.set_pixel_data(arr, photometric, bits)
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
-def _zip(entries: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 # --- costs from headers, derived by hand --------------------------------------------------------------------
@@ -157,7 +130,7 @@ def test_zip_of_max_size_pngs_is_refused_before_any_decode() -> None:
     # 24 PNGs of 4096² RGB, each under the per-image limit: together 24 × 240 MiB retained > 2 GiB.
     png = png_bomb(4096, 4096)
     assert image_cost(png, "a.png").peak_bytes <= GiB
-    data = _zip({f"set/normal/{i}.png": png for i in range(24)})
+    data = zip_bytes({f"set/normal/{i}.png": png for i in range(24)})
     assert len(data) < 2_000_000
     with pytest.raises(InputTooLargeError, match="limit for one upload"):
         expand_uploads([("bomb.zip", data)])
@@ -168,7 +141,7 @@ def test_archive_limits_are_summed_across_archives() -> None:
     """Four archives of 300 kB under a 1.2 MB limit for the upload: three fit (reading one briefly takes twice
     its size, so the fourth cannot), whichever archive they come from."""
     entry = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()  # incompressible
-    zips = [(f"part{i}.zip", _zip({f"p{i}/x.dcm": entry})) for i in range(4)]
+    zips = [(f"part{i}.zip", zip_bytes({f"p{i}/x.dcm": entry})) for i in range(4)]
     limits = ResourceLimits(max_archive_bytes=1_200_000)
     budget = Budget(limits)
     with pytest.raises(InputTooLargeError, match="all archives"):
@@ -180,13 +153,13 @@ def test_archive_limits_are_summed_across_archives() -> None:
 
 
 def test_entry_count_is_summed_across_archives() -> None:
-    zips = [(f"z{i}.zip", _zip({f"d{i}/{j}.png": b"x" for j in range(6)})) for i in range(2)]
+    zips = [(f"z{i}.zip", zip_bytes({f"d{i}/{j}.png": b"x" for j in range(6)})) for i in range(2)]
     with pytest.raises(InputTooLargeError, match="archive entries"):
         expand_uploads(zips, budget=Budget(ResourceLimits(max_archive_entries=10)), retain=False)
 
 
 def test_declared_bomb_ratio_is_refused_without_inflating() -> None:
-    data = _zip({"bomb.png": b"\0" * (64 << 20)})  # 64 MiB of zeros: ratio ~1000
+    data = zip_bytes({"bomb.png": b"\0" * (64 << 20)})  # 64 MiB of zeros: ratio ~1000
     with pytest.raises(InputTooLargeError, match="zip bomb"):
         expand_uploads([("bomb.zip", data)])
 
@@ -297,13 +270,15 @@ def test_entry_larger_than_one_image_may_be_is_refused_before_inflating(
     import ui.uploads
 
     monkeypatch.setattr(ui.uploads, "MAX_ENTRY_BYTES", 4000)
-    data = _zip({"a/x.png": bytes(range(256)) * 20})  # 5,120 bytes
+    data = zip_bytes({"a/x.png": bytes(range(256)) * 20})  # 5,120 bytes
     with pytest.raises(InputTooLargeError, match="limit for one file"):
         expand_uploads([("big.zip", data)], retain=False)
 
 
 def test_unsafe_entry_names_are_skipped_and_listed() -> None:
-    data = _zip({"../evil.png": png_bomb(16, 16), "/abs.png": png_bomb(16, 16), "ok/a.png": png_bomb(16, 16)})
+    data = zip_bytes(
+        {"../evil.png": png_bomb(16, 16), "/abs.png": png_bomb(16, 16), "ok/a.png": png_bomb(16, 16)}
+    )
     out = expand_uploads([("names.zip", data)])
     assert [b.name for b in out.blobs] == ["ok/a.png"]
     assert out.skipped == ("/abs.png",)  # "../evil.png" is dropped with the hidden entries ("." prefix)

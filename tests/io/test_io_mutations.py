@@ -19,7 +19,7 @@ import tifffile
 import torch
 from PIL import Image
 
-from tests.io.test_io_hostile_images import dicom_bytes
+from tests.builders import dicom_bytes
 from ui.uploads import expand_uploads
 from verification.errors import VerificationError
 from verification.io.images import load_image
