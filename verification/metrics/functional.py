@@ -103,17 +103,20 @@ def _bad_rows(x: torch.Tensor) -> np.ndarray:
     return ~(np.isfinite(flat.min(axis=1)) & np.isfinite(flat.max(axis=1)))
 
 
-def _nonfinite(a: torch.Tensor, b: torch.Tensor, ref: str = NONFINITE_REF) -> list[tuple[np.ndarray, str]]:
-    """The (mask, reason) pairs that leave a pair unscored because either side is not finite."""
+def nonfinite_reasons(
+    a: torch.Tensor, b: torch.Tensor, ref: str = NONFINITE_REF
+) -> list[tuple[np.ndarray, str]]:
+    """The (mask, reason) pairs that leave a pair unscored because either side holds NaN or ±inf: pass them
+    to :func:`make_result` (``ref`` names the second side, e.g. an annotation mask)."""
     return [(_bad_rows(a), NONFINITE_MAP), (_bad_rows(b), ref)]
 
 
-def _result(
+def make_result(
     values: torch.Tensor | np.ndarray,
     undefined: Sequence[tuple[torch.Tensor | np.ndarray, str]] = (),
 ) -> MetricResult:
-    """Pack values; each (mask, reason) pair sets NaN and its reason where the mask is true (first wins).
-    A mask of one row (a single reference broadcast against N maps) applies to every row."""
+    """Pack a metric's (N,) values; each (mask, reason) pair sets NaN and its reason where the mask is true
+    (first wins). A mask of one row (a single reference broadcast against N maps) applies to every row."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     out = np.array(values, dtype=np.float64).reshape(-1)
@@ -300,33 +303,60 @@ def otsu_thresholds(x: torch.Tensor, nbins: int = 256) -> torch.Tensor:
     """Per-map Otsu threshold (N,), the same histogram rule as ``skimage.filters.threshold_otsu``.
 
     The histogram has ``nbins`` equal bins over each map's own [min, max]; a constant map returns its value;
-    a map with NaN or ±inf gets NaN (the metrics leave such a pair unscored).
+    a map with NaN or ±inf gets NaN (the metrics leave such a pair unscored). Maps spanning exactly [0, 1]
+    (what :func:`prepare` makes) are binned in their own dtype — ``floor(x · nbins)`` is exact for a
+    power-of-two ``nbins`` — by one int32 bincount; other maps in float64.
     """
-    flat = x.reshape(x.shape[0], -1).to(torch.float64)
-    bad = nonfinite_rows(flat)
-    flat = torch.where(bad[:, None], torch.zeros_like(flat), flat)
-    n = flat.shape[0]
-    lo = flat.amin(dim=1, keepdim=True)
-    hi = flat.amax(dim=1, keepdim=True)
-    span = hi - lo
+    n = x.shape[0]
+    flat = _as_numpy(x).reshape(n, -1)
+    with np.errstate(invalid="ignore"):
+        lo64, hi64 = flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
+    bad = ~(np.isfinite(lo64) & np.isfinite(hi64))
+    unit = (lo64 == 0) & (hi64 == 1) & (flat.dtype.kind == "f") & (nbins & (nbins - 1) == 0)
+    lo64, hi64 = np.where(bad, 0.0, lo64), np.where(bad, 0.0, hi64)
+    counts = np.zeros((n, nbins), dtype=np.float64)
+    if unit.any():
+        counts[unit] = _unit_histograms(flat if unit.all() else flat[unit], nbins)
+    rest = ~unit & ~bad & (hi64 > lo64)
+    if rest.any():
+        counts[rest] = _float64_histograms(flat[rest], lo64[rest], hi64[rest], nbins)
+    lo = torch.from_numpy(lo64).unsqueeze(1)
+    span = torch.from_numpy(hi64 - lo64).unsqueeze(1)
     const = (span <= 0).reshape(-1)
     safe = torch.where(span > 0, span, torch.ones_like(span))
-    idx = ((flat - lo) / safe * nbins).floor().clamp_(0, nbins - 1).to(torch.int64)
-    offsets = torch.arange(n, device=x.device).unsqueeze(1) * nbins
-    counts = (
-        torch.bincount((idx + offsets).reshape(-1), minlength=n * nbins).reshape(n, nbins).to(torch.float64)
-    )
-    edges = lo + safe * torch.arange(nbins + 1, dtype=torch.float64, device=x.device) / nbins
+    cnt = torch.from_numpy(counts)
+    edges = lo + safe * torch.arange(nbins + 1, dtype=torch.float64) / nbins
     centers = (edges[:, :-1] + edges[:, 1:]) / 2
-    w1 = counts.cumsum(1)
-    w2 = counts.flip(1).cumsum(1).flip(1)
-    m1 = (counts * centers).cumsum(1) / w1.clamp_min(1e-300)
-    m2 = (counts * centers).flip(1).cumsum(1).flip(1) / w2.clamp_min(1e-300)
+    w1 = cnt.cumsum(1)
+    w2 = cnt.flip(1).cumsum(1).flip(1)
+    m1 = (cnt * centers).cumsum(1) / w1.clamp_min(1e-300)
+    m2 = (cnt * centers).flip(1).cumsum(1).flip(1) / w2.clamp_min(1e-300)
     var12 = w1[:, :-1] * w2[:, 1:] * (m1[:, :-1] - m2[:, 1:]) ** 2
     best = var12.argmax(dim=1, keepdim=True)
     thr = centers.gather(1, best).reshape(-1)
     thr = torch.where(const, lo.reshape(-1), thr)
-    return torch.where(bad, torch.full_like(thr, math.nan), thr).to(x.dtype)
+    thr = torch.where(torch.from_numpy(bad), torch.full_like(thr, math.nan), thr)
+    return thr.to(device=x.device, dtype=x.dtype)
+
+
+def _unit_histograms(rows: np.ndarray, nbins: int) -> np.ndarray:
+    """(k, nbins) counts of rows with values in [0, 1]: bin floor(x · nbins), 1.0 in the last bin (as
+    ``np.histogram``); exact in float32 and float64 for a power-of-two ``nbins``. One int32 bincount."""
+    k = rows.shape[0]
+    t = torch.from_numpy(rows)
+    idx = torch.mul(t, nbins).clamp_(max=nbins - 1).to(torch.int32)  # values ≥ 0: truncation is floor
+    idx += (torch.arange(k, dtype=torch.int32) * nbins).unsqueeze(1)
+    return torch.bincount(idx.reshape(-1), minlength=k * nbins).reshape(k, nbins).numpy()
+
+
+def _float64_histograms(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, nbins: int) -> np.ndarray:
+    """(k, nbins) counts over each row's own [lo, hi] (hi > lo, finite), in float64."""
+    k = rows.shape[0]
+    flat = torch.from_numpy(rows).to(torch.float64)
+    lo_t, span = torch.from_numpy(lo).unsqueeze(1), torch.from_numpy(hi - lo).unsqueeze(1)
+    idx = ((flat - lo_t) / span * nbins).floor().clamp_(0, nbins - 1).to(torch.int64)
+    idx += (torch.arange(k) * nbins).unsqueeze(1)
+    return torch.bincount(idx.reshape(-1), minlength=k * nbins).reshape(k, nbins).numpy()
 
 
 def check_threshold(threshold: object) -> Threshold:
@@ -354,9 +384,9 @@ def binarize(x: torch.Tensor, threshold: Threshold = 0.5) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- overlap
-def _rows(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def paired_rows(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(Na, P) and (Nb, P) numpy views of maps on one grid, Na and Nb equal or one of them 1 (broadcast by
-    the kernels, never copied)."""
+    the kernels, never copied); ShapeError for different grids or batch sizes that do not broadcast."""
     if a.shape[-2:] != b.shape[-2:]:
         raise ShapeError(
             f"maps {tuple(a.shape)} and references {tuple(b.shape)} are on different grids; use prepare()"
@@ -397,7 +427,7 @@ def _popcount(words: np.ndarray) -> np.ndarray:
 def _overlap(a: torch.Tensor, b: torch.Tensor, threshold: Threshold) -> tuple[np.ndarray, ...]:
     """(|A∩B|, |A|, |B|) per pair as float64; shared by IoU and Dice within one compute_metrics chunk."""
     threshold = check_threshold(threshold)
-    _rows(a, b)  # grid and batch checks
+    paired_rows(a, b)  # grid and batch checks
     key = ("overlap", id(a), id(b), threshold)
     known = _recall(key)
     if known is not None:
@@ -414,14 +444,14 @@ def iou(a: torch.Tensor, b: torch.Tensor, threshold: Threshold = 0.5) -> MetricR
     """Jaccard index |A∩B| / |A∪B| of the binarised maps; both empty -> 1.0."""
     inter, na, nb = _overlap(a, b, threshold)
     union = na + nb - inter
-    return _result(np.where(union > 0, inter / np.maximum(union, 1), 1.0), _nonfinite(a, b))
+    return make_result(np.where(union > 0, inter / np.maximum(union, 1), 1.0), nonfinite_reasons(a, b))
 
 
 def dice(a: torch.Tensor, b: torch.Tensor, threshold: Threshold = 0.5) -> MetricResult:
     """Dice 2|A∩B| / (|A| + |B|) of the binarised maps; both empty -> 1.0."""
     inter, na, nb = _overlap(a, b, threshold)
     den = na + nb
-    return _result(np.where(den > 0, 2 * inter / np.maximum(den, 1), 1.0), _nonfinite(a, b))
+    return make_result(np.where(den > 0, 2 * inter / np.maximum(den, 1), 1.0), nonfinite_reasons(a, b))
 
 
 @dataclass(frozen=True)
@@ -467,15 +497,17 @@ def _gaussian_taps(sigma: float, truncate: float) -> np.ndarray:
     return w / w.sum()
 
 
-# Bytes of SSIM's four filtered fields per chunk of pairs: small enough to stay in the CPU caches while the
-# 2 × 11 shifted multiply-adds and the pixel formula run over them.
+# Pairs per SSIM convolution in float32: 4 fields × 4 pairs = 16 channels, what oneDNN's depthwise kernel
+# vectorises well (4 channels: 10× slower), and 4 pairs' fields (3 MB at 224²) stay in the CPU caches through
+# both passes and the pixel formula. Rows beyond the batch are zeros (each channel is filtered on its own).
+_SSIM_GROUP = 4
+# Pairs per chunk in float64 (shifted multiply-adds in numpy): this many bytes of four fields.
 _SSIM_CHUNK_BYTES = 3 << 20
 
 
 def _valid_gaussian(f: np.ndarray, taps: np.ndarray) -> np.ndarray:
     """'Valid' separable filter of (..., H, W) by symmetric ``taps`` along both axes, as shifted multiply-adds
-    on numpy views (columns first: each shifted view is a contiguous block of rows). Numpy, single-threaded:
-    hundreds of small parallel regions per batch stall when the machine is oversubscribed."""
+    on numpy views (columns first: each shifted view is a contiguous block of rows)."""
     win = taps.size
     r = win // 2
     w = taps.astype(f.dtype)
@@ -497,19 +529,39 @@ def _valid_gaussian(f: np.ndarray, taps: np.ndarray) -> np.ndarray:
     return along(along(f, -2), -1)
 
 
-def _conv_gaussian(f: np.ndarray, taps: np.ndarray) -> np.ndarray:
-    """'Valid' separable filter of float32 (4, m, H, W) fields as one depthwise convolution per axis (oneDNN
-    runs the 11 taps of each output in registers: a few times faster than shifted multiply-adds)."""
-    m = f.shape[1]
-    if m % 4:  # 16 channels at a time is what the depthwise kernel vectorises well (4 channels: 10× slower)
-        f = np.concatenate([f, np.zeros((4, 4 - m % 4, *f.shape[2:]), f.dtype)], axis=1)
-    c, win = f.shape[0] * f.shape[1], taps.size
-    x = torch.from_numpy(f).view(1, c, f.shape[2], f.shape[3])
+def _ssim_float32(
+    xa: torch.Tensor, xb: torch.Tensor, taps: np.ndarray, c1: float, c2: float, out: np.ndarray
+) -> None:
+    """Mean SSIM of float32 (Na|1, H, W) and (Nb|1, H, W) into ``out`` (N,), :data:`_SSIM_GROUP` pairs per
+    depthwise convolution; fields, formula and temporaries live in buffers reused from group to group."""
+    g, (h, w), win = _SSIM_GROUP, xa.shape[-2:], taps.size
+    hv, wv = h - win + 1, w - win + 1
     k = torch.from_numpy(taps.astype(np.float32))
-    with torch.inference_mode():
-        y = F.conv2d(x, k.view(1, 1, win, 1).repeat(c, 1, 1, 1), groups=c)
-        y = F.conv2d(y, k.view(1, 1, 1, win).repeat(c, 1, 1, 1), groups=c)
-    return y.numpy().reshape(f.shape[0], f.shape[1], y.shape[2], y.shape[3])[:, :m]
+    kv, kh = k.view(1, 1, win, 1).repeat(4 * g, 1, 1, 1), k.view(1, 1, 1, win).repeat(4 * g, 1, 1, 1)
+    f = torch.zeros(4, g, h, w)
+    t1, t2 = torch.empty(g, hv, wv), torch.empty(g, hv, wv)
+    na, nb = xa.shape[0], xb.shape[0]
+    for s0 in range(0, out.size, g):
+        a = xa[s0 : s0 + g] if na > 1 else xa
+        b = xb[s0 : s0 + g] if nb > 1 else xb
+        m = min(g, out.size - s0)
+        torch.add(a, b, out=f[0, :m])  # s = a + b
+        torch.sub(a, b, out=f[1, :m])  # d = a − b
+        torch.mul(f[0, :m], f[0, :m], out=f[2, :m])
+        torch.mul(f[1, :m], f[1, :m], out=f[3, :m])
+        y = F.conv2d(F.conv2d(f.view(1, 4 * g, h, w), kv, groups=4 * g), kh, groups=4 * g)
+        ms, md, es, ed = y.view(4, g, hv, wv).unbind(0)  # μs, μd, E[s²], E[d²]
+        ms.square_()  # μs²
+        md.square_()  # μd²
+        torch.sub(ms, md, out=t1)  # μs² − μd²
+        ms.add_(md)  # μs² + μd²
+        torch.sub(es, ed, out=t2)
+        t2.sub_(t1).add_(c2)  # var s − var d + 2C2
+        es.add_(ed).sub_(ms).add_(c2)  # var s + var d + 2C2
+        t1.add_(c1).mul_(t2)
+        ms.add_(c1).mul_(es)
+        t1.div_(ms)
+        out[s0 : s0 + m] = t1[:m].numpy().reshape(m, -1).mean(axis=1, dtype=np.float64)
 
 
 def ssim(
@@ -543,25 +595,27 @@ def ssim(
     win = taps.size
     if min(h, w) < win:
         raise ShapeError(f"SSIM needs maps of at least {win}x{win} pixels, got {(h, w)}")
-    _rows(a, b)  # grid and batch checks
+    paired_rows(a, b)  # grid and batch checks
     n = max(a.shape[0], b.shape[0])
-    npdt = np.float64 if torch.float64 in (a.dtype, b.dtype) else np.float32
     c1, c2 = 2 * (k1 * data_range) ** 2, 2 * (k2 * data_range) ** 2
-    rows = max(1, _SSIM_CHUNK_BYTES // (4 * h * w * np.dtype(npdt).itemsize))
-    rows = max(4, rows - rows % 4) if npdt == np.float32 else rows  # whole groups of 16 channels
-    fa, fb = _as_numpy(a).astype(npdt, copy=False), _as_numpy(b).astype(npdt, copy=False)
     out = np.empty(n, dtype=np.float64)
+    if torch.float64 not in (a.dtype, b.dtype):
+        with torch.inference_mode():
+            _ssim_float32(a.detach().cpu().float(), b.detach().cpu().float(), taps, c1, c2, out)
+        return make_result(out, nonfinite_reasons(a, b))
+    rows = max(1, _SSIM_CHUNK_BYTES // (4 * h * w * 8))
+    fa, fb = _as_numpy(a).astype(np.float64, copy=False), _as_numpy(b).astype(np.float64, copy=False)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN pairs are masked below
         for s0 in range(0, n, rows):
             xa = fa[s0 : s0 + rows] if fa.shape[0] > 1 else fa
             xb = fb[s0 : s0 + rows] if fb.shape[0] > 1 else fb
             m = max(xa.shape[0], xb.shape[0])
-            f = np.empty((4, m, h, w), dtype=npdt)
+            f = np.empty((4, m, h, w), dtype=np.float64)
             np.add(xa, xb, out=f[0])
             np.subtract(xa, xb, out=f[1])
             np.multiply(f[0], f[0], out=f[2])
             np.multiply(f[1], f[1], out=f[3])
-            ms, md, vs, vd = _conv_gaussian(f, taps) if npdt == np.float32 else _valid_gaussian(f, taps)
+            ms, md, vs, vd = _valid_gaussian(f, taps)
             ms *= ms  # μs²
             md *= md  # μd²
             vs -= ms  # var s
@@ -578,19 +632,19 @@ def ssim(
             ms *= vs
             num /= ms
             out[s0 : s0 + m] = num.reshape(m, -1).mean(axis=1, dtype=np.float64)
-    return _result(out, _nonfinite(a, b))
+    return make_result(out, nonfinite_reasons(a, b))
 
 
 # ----------------------------------------------------------------------------------------------- correlation
 def cosine(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     """Cosine similarity of the flattened maps; NaN when either map is all zeros."""
-    fa, fb = _rows(a, b)
+    fa, fb = paired_rows(a, b)
     na, nb = np.sqrt(_rowdot(fa, fa)), np.sqrt(_rowdot(fb, fb))
     # float32 accumulation can land a hair outside [-1, 1] (1.0001 for a map with itself): clamp to the range.
     with np.errstate(invalid="ignore"):
         val = np.clip(_rowdot(fa, fb) / np.maximum(na * nb, 1e-300), -1.0, 1.0)
-    return _result(
-        val, [*_nonfinite(a, b), (na == 0, "map is all zeros"), (nb == 0, "reference is all zeros")]
+    return make_result(
+        val, [*nonfinite_reasons(a, b), (na == 0, "map is all zeros"), (nb == 0, "reference is all zeros")]
     )
 
 
@@ -612,12 +666,13 @@ def _centred(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     """Pearson correlation of the flattened maps; NaN when either map is constant."""
-    fa, fb = _rows(a, b)
+    fa, fb = paired_rows(a, b)
     ca, sa, const_a = _centred(fa)
     cb, sb, const_b = _centred(fb)
     with np.errstate(invalid="ignore"):
         val = np.clip(_rowdot(ca, cb) / np.maximum(sa * sb, 1e-300), -1.0, 1.0)
-    return _result(val, [*_nonfinite(a, b), (const_a, "map is constant"), (const_b, "reference is constant")])
+    undefined = [*nonfinite_reasons(a, b), (const_a, "map is constant"), (const_b, "reference is constant")]
+    return make_result(val, undefined)
 
 
 # ------------------------------------------------------------------------------------------- distributions
@@ -628,7 +683,7 @@ def kl_divergence(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> Metric
     """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
         raise InvalidInputError(f"eps must be a positive finite number, got {_kind(eps)}")
-    fa, fb = _rows(a, b)
+    fa, fb = paired_rows(a, b)
     dt = np.result_type(fa.dtype, fb.dtype, np.float32)
     q = np.add(fa, eps, dtype=dt)
     p = np.add(fb, eps, dtype=dt)
@@ -638,7 +693,7 @@ def kl_divergence(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> Metric
         r = np.divide(p, q) if p.shape == q.shape else p / q
         np.log(r, out=r)
         kl = _rowdot(r, p) / sp + np.log(sq / sp)
-    return _result(np.maximum(kl, 0.0), _nonfinite(a, b))
+    return make_result(np.maximum(kl, 0.0), nonfinite_reasons(a, b))
 
 
 def wasserstein_values(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
@@ -650,7 +705,7 @@ def wasserstein_values(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     fa, fb = _flat(a, b)
     sa = torch.sort(fa.to(torch.float64), dim=1).values
     sb = torch.sort(fb.to(torch.float64), dim=1).values
-    return _result((sa - sb).abs().mean(1), _nonfinite(a, b))
+    return make_result((sa - sb).abs().mean(1), nonfinite_reasons(a, b))
 
 
 # ----------------------------------------------------------------------------------------------- annotations
@@ -674,10 +729,10 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0) -
     flat_m = m.reshape(m.shape[0], -1)
     top = maps.reshape(maps.shape[0], -1).argmax(dim=1, keepdim=True)
     hit = flat_m.gather(1, top).reshape(-1).to(torch.float64)
-    return _result(
+    return make_result(
         hit,
         [
-            *_nonfinite(maps, masks, "annotation mask has NaN or infinite values"),
+            *nonfinite_reasons(maps, masks, "annotation mask has NaN or infinite values"),
             (~flat_m.any(1), "annotation mask is empty"),
         ],
     )
@@ -689,11 +744,17 @@ def energy_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> MetricResult:
     fa = fa.to(torch.float64)
     total = fa.sum(1)
     inside = (fa * (fm > 0.5)).sum(1)
-    return _result(
+    return make_result(
         inside / total.clamp_min(1e-300),
         [
-            *_nonfinite(maps, masks, "annotation mask has NaN or infinite values"),
+            *nonfinite_reasons(maps, masks, "annotation mask has NaN or infinite values"),
             (total <= 0, "map is all zeros"),
             (~(fm > 0.5).any(1), "annotation mask is empty"),
         ],
     )
+
+
+# The names wasserstein.py imported before they became public (#16); removed once it uses the public ones.
+_nonfinite = nonfinite_reasons
+_result = make_result
+_rows = paired_rows
