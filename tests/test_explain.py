@@ -8,6 +8,7 @@ import pytest
 
 from verification.verdict import ClassLine, LineResult, VerificationReport
 from verification.verdict.explain import (
+    Explanation,
     Threshold,
     explain_image,
     locate,
@@ -28,6 +29,28 @@ def _im(**kw: object) -> ImageEvidence:
     )
     base.update(kw)
     return ImageEvidence(**base)  # type: ignore[arg-type]
+
+
+# limits of healthy models on nodule images: E3's drops at most 20 points / 50 %, E4's drop at least 60 points
+_E3 = {
+    ("nodule", "E3.outside_drop"): Threshold(0.2, False),
+    ("nodule", "E3.inside_survival"): Threshold(0.5, False),
+}
+_E4 = {("nodule", "E4.finding_drop"): Threshold(0.6, True)}
+
+
+def _explained_in_lungs(
+    peak: tuple[int, int],
+    lungs: tuple[slice, slice],
+    values: dict[str, float],
+    limits: dict[tuple[str, str], Threshold],
+) -> Explanation:
+    """The sentence for a nodule image whose 9×9 map is one peak at ``peak``, the lungs the box ``lungs``."""
+    cam = np.zeros((9, 9))
+    cam[peak] = 1.0
+    mask = np.zeros((9, 9), bool)
+    mask[lungs] = True
+    return explain_image(_im(values=values), location=locate(cam, mask), limits=limits, anatomy="the lungs")
 
 
 # ---------------------------------------------------------------------------------------------- locate
@@ -143,16 +166,12 @@ def test_not_assessable_says_why_and_nothing_else() -> None:
 
 
 def test_shortcut_outside_the_anatomy() -> None:
-    cam = np.zeros((9, 9))
-    cam[0, 0] = 1.0  # the token in the upper-left corner
-    lungs = np.zeros((9, 9), bool)
-    lungs[3:8, 2:7] = True
-    im = _im(values={"E3.outside_drop": 0.57, "E3.inside_survival": 0.99, "E3.outside_energy": 0.95})
-    limits = {
-        ("nodule", "E3.outside_drop"): Threshold(0.2, False),
-        ("nodule", "E3.inside_survival"): Threshold(0.5, False),
-    }
-    ex = explain_image(im, location=locate(cam, lungs), limits=limits, anatomy="the lungs")
+    ex = _explained_in_lungs(
+        (0, 0),  # the token in the upper-left corner
+        np.s_[3:8, 2:7],
+        {"E3.outside_drop": 0.57, "E3.inside_survival": 0.99, "E3.outside_energy": 0.95},
+        _E3,
+    )
     assert ex.sentence == (
         "Predicted nodule (90 %), as labelled; attention peaks outside the lungs, in the upper-left corner "
         "of the image; 100 % of its energy lies outside the lungs; the prediction changes when everything "
@@ -165,17 +184,12 @@ def test_shortcut_outside_the_anatomy() -> None:
 
 
 def test_sound_image_inside_the_anatomy_with_its_finding() -> None:
-    cam = np.zeros((9, 9))
-    cam[4, 7] = 1.0
-    lungs = np.zeros((9, 9), bool)
-    lungs[2:7, 5:9] = True
-    im = _im(values={"E3.outside_drop": 0.01, "E3.inside_survival": 0.0, "E4.finding_drop": 0.97})
-    limits = {
-        ("nodule", "E3.outside_drop"): Threshold(0.2, False),
-        ("nodule", "E3.inside_survival"): Threshold(0.5, False),
-        ("nodule", "E4.finding_drop"): Threshold(0.6, True),
-    }
-    ex = explain_image(im, location=locate(cam, lungs), limits=limits, anatomy="the lungs")
+    ex = _explained_in_lungs(
+        (4, 7),
+        np.s_[2:7, 5:9],
+        {"E3.outside_drop": 0.01, "E3.inside_survival": 0.0, "E4.finding_drop": 0.97},
+        {**_E3, **_E4},
+    )
     assert ex.sentence == (
         "Predicted nodule (90 %), as labelled; attention peaks inside the lungs, on the right side of the "
         "image; 0 % of its energy lies outside the lungs; removing everything outside the lungs leaves the "
@@ -188,7 +202,7 @@ def test_sound_image_inside_the_anatomy_with_its_finding() -> None:
 
 def test_finding_that_does_not_matter_and_a_wrong_label() -> None:
     im = _im(label="nodule", predicted="effusion", values={"E4.finding_drop": 0.02})
-    ex = explain_image(im, limits={("nodule", "E4.finding_drop"): Threshold(0.6, True)})
+    ex = explain_image(im, limits=_E4)
     assert ex.sentence == (
         "Predicted effusion (90 %), but labelled nodule; removing the annotated finding barely moves it "
         "(2 points; healthy models ≥ 60), so the prediction does not rest on the finding."
