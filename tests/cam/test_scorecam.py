@@ -19,7 +19,9 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,6 +45,29 @@ def _lib_maps(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from pytorch_grad_cam.utils.image import scale_cam_image
 
     return scale_cam_image(scale_cam_image(np.maximum(raw, 0), size[::-1]))
+
+
+def _lib_layer_map(lib: Any, x: torch.Tensor, targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A pytorch-grad-cam CAM's layer map of ``x`` for each sample's target (its hooks released after), and
+    that map post-processed by the library at 32×32."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    tg = [ClassifierOutputTarget(t) for t in targets]
+    layer = lib.target_layers[0]
+    try:
+        lib.activations_and_grads(x)
+        acts = lib.activations_and_grads.activations[0].numpy()
+        raw = lib.get_cam_image(x, layer, tg, acts, None)
+    finally:
+        lib.activations_and_grads.release()
+    return raw, _lib_maps(raw, (32, 32))
+
+
+def _assert_matches_lib(ours: Any, lib_raw: np.ndarray, lib_maps: np.ndarray) -> None:
+    """Layer maps equal after the same ReLU + min-max; maps at input size correlated (module docstring)."""
+    assert np.abs(_norm(ours.raw) - _norm(lib_raw)).max() <= 1e-4
+    for i in range(len(lib_maps)):
+        assert _pearson(ours.maps[i], lib_maps[i]) >= 0.999
 
 
 def _norm(a: np.ndarray) -> np.ndarray:
@@ -112,24 +137,13 @@ def resnet_case() -> tuple[nn.Module, torch.Tensor]:
 @pytest.mark.slow
 def test_gradcam_lib_weighting_matches_pytorch_grad_cam(resnet_case: tuple[nn.Module, torch.Tensor]) -> None:
     from pytorch_grad_cam import ScoreCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model, x = resnet_case
     targets = [1, 3]  # per-sample targets: rows of both samples share chunks (chunk_size 48 ∤ 64)
     ours = score_cam(model, x, "layer1", targets, weighting="gradcam_lib", align_corners=True, chunk_size=48)
-    lib = ScoreCAM(model, [model.layer1])
-    tg = [ClassifierOutputTarget(t) for t in targets]
-    try:
-        lib.activations_and_grads(x)
-        acts = lib.activations_and_grads.activations[0].numpy()
-        lib_raw = lib.get_cam_image(x, model.layer1, tg, acts, None)
-    finally:
-        lib.activations_and_grads.release()
-    lib_maps = _lib_maps(lib_raw, (32, 32))
+    lib_raw, lib_maps = _lib_layer_map(ScoreCAM(model, [model.layer1]), x, targets)
     assert ours.raw.shape == lib_raw.shape == (2, 8, 8)
-    assert np.abs(_norm(ours.raw) - _norm(lib_raw)).max() <= 1e-4
-    for i in range(2):
-        assert _pearson(ours.maps[i], lib_maps[i]) >= 0.999
+    _assert_matches_lib(ours, lib_raw, lib_maps)
     # our default mask upsampling (align_corners=False) differs on purpose; the maps stay close
     default = score_cam(model, x, "layer1", targets, weighting="gradcam_lib", chunk_size=64)
     for i in range(2):
@@ -140,23 +154,13 @@ def test_gradcam_lib_weighting_matches_pytorch_grad_cam(resnet_case: tuple[nn.Mo
 def test_ablation_cam_matches_pytorch_grad_cam(resnet_case: tuple[nn.Module, torch.Tensor]) -> None:
     from pytorch_grad_cam import AblationCAM
     from pytorch_grad_cam.ablation_layer import AblationLayer
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     model, x = resnet_case
     ours = ablation_cam(model, x, "layer1", chunk_size=40)
     assert (ours.logits[np.arange(2), list(ours.targets)] > 0).all()  # where y / |y| agree
-    tg = [ClassifierOutputTarget(t) for t in ours.targets]
     lib = AblationCAM(model, [model.layer1], ablation_layer=AblationLayer(), batch_size=32)
-    try:
-        lib.activations_and_grads(x)
-        acts = lib.activations_and_grads.activations[0].numpy()
-        lib_raw = lib.get_cam_image(x, model.layer1, tg, acts, None)
-    finally:
-        lib.activations_and_grads.release()
-    lib_maps = _lib_maps(lib_raw, (32, 32))
-    assert np.abs(_norm(ours.raw) - _norm(lib_raw)).max() <= 1e-4
-    for i in range(2):
-        assert _pearson(ours.maps[i], lib_maps[i]) >= 0.999
+    lib_raw, lib_maps = _lib_layer_map(lib, x, list(ours.targets))
+    _assert_matches_lib(ours, lib_raw, lib_maps)
     assert _no_hooks(model)
 
 
