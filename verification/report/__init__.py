@@ -10,7 +10,7 @@ report was made) and :mod:`~verification.report.pictures` (example overlays and 
 """
 
 from verification.report.charts import STATUS_RGB, Band, bands, chart_number, status_hex, ticks
-from verification.report.content import accuracy_text, class_rows, example_sentence, made_now
+from verification.report.content import accuracy_text, as_report, class_rows, example_sentence, made_now
 from verification.report.html import band_svg, img_tag, kv_table, render_report
 from verification.report.pdf import render_pdf
 from verification.report.pictures import (
@@ -29,6 +29,7 @@ __all__ = [
     "STATUS_RGB",
     "Band",
     "accuracy_text",
+    "as_report",
     "band_svg",
     "bands",
     "chart_number",

@@ -11,7 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from verification.verdict import LineResult
 
 __all__ = ["STATUS_RGB", "Band", "bands", "chart_number", "status_hex", "ticks"]
 
@@ -105,16 +108,16 @@ def _span(lo: Any, hi: Any) -> tuple[float, float] | None:
     return None if a is None or b is None else (min(a, b), max(a, b))
 
 
-def bands(line: Any) -> list[Band]:
+def bands(line: LineResult) -> list[Band]:
     """The band-chart rows of a :class:`~verification.verdict.LineResult`: every class with a measured value,
     on one axis zoomed to the numbers (value, interval, threshold, healthy edge of every class) plus 8 % of
     their span on each side."""
-    rows = [c for c in line.per_class if _finite(c.value) is not None]
+    rows = [(c, v) for c in line.per_class if (v := _finite(c.value)) is not None]
     if not rows:
         return []
     pts = [
-        v
-        for c in rows
+        f
+        for c, _ in rows
         for v in (
             c.value,
             c.low,
@@ -124,9 +127,9 @@ def bands(line: Any) -> list[Band]:
             c.numbers.get("healthy_low"),
             c.numbers.get("healthy_high"),
         )
-        if _finite(v) is not None
+        if (f := _finite(v)) is not None
     ]
-    lo, hi = float(min(pts)), float(max(pts))
+    lo, hi = min(pts), max(pts)
     span = hi - lo
     pad = 0.08 * span if span > 0 else max(0.05 * abs(hi), 0.05)
     axis = (lo - pad, hi + pad)
@@ -135,7 +138,7 @@ def bands(line: Any) -> list[Band]:
             line=line.key,
             class_name=c.class_name,
             status=c.status,
-            value=float(c.value),
+            value=value,
             low=_finite(c.low),
             high=_finite(c.high),
             threshold=_finite(c.threshold),
@@ -144,5 +147,5 @@ def bands(line: Any) -> list[Band]:
             axis=axis,
             healthy=_span(c.numbers.get("healthy_low"), c.numbers.get("healthy_high")),
         )
-        for c in rows
+        for c, value in rows
     ]

@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,12 +27,16 @@ from verification.report.charts import Band, bands, chart_number, status_hex, ti
 from verification.report.content import (
     CLASS_COLUMNS,
     accuracy_text,
+    as_report,
     class_rows,
     example_sentence,
     made_now,
     unit,
 )
 from verification.report.pictures import REFERENCE_SIDE, example_pictures, jpeg_bytes
+
+if TYPE_CHECKING:
+    from verification.verdict import VerificationReport
 
 __all__ = ["band_svg", "img_tag", "kv_table", "render_report"]
 
@@ -210,7 +214,7 @@ def _gallery(report: Any, displays: Mapping[str, np.ndarray] | None) -> list[str
 
 
 def render_report(
-    report: Any,
+    report: VerificationReport | Mapping[str, Any],
     *,
     title: str = "Attention-map verification",
     displays: Mapping[str, np.ndarray] | None = None,
@@ -219,12 +223,10 @@ def render_report(
     """One offline HTML document from a :class:`~verification.verdict.VerificationReport` or its document.
     ``displays`` maps image names to uint8 pictures (else the images are read from their paths); ``made``
     the time the report is made (**default** now, :func:`made_now`), shown beside the time of the verdict."""
-    from verification.verdict import STATUS_LABELS, VerificationReport
+    from verification.verdict import STATUS_LABELS
 
     made = made or made_now()
-
-    if not isinstance(report, VerificationReport):
-        report = VerificationReport.from_document(report)
+    report = as_report(report)
     acc = accuracy_text(report)
     decided = f" — decided by {report.deciding_line}" if report.deciding_line else ""
     numbers = {

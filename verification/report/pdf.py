@@ -22,7 +22,7 @@ import importlib.util
 import io
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,12 +30,16 @@ from verification.report.charts import STATUS_RGB, Band, bands, ticks
 from verification.report.content import (
     CLASS_COLUMNS,
     accuracy_text,
+    as_report,
     class_rows,
     example_sentence,
     made_now,
     unit,
 )
 from verification.report.pictures import example_pictures, jpeg_bytes
+
+if TYPE_CHECKING:
+    from verification.verdict import VerificationReport
 
 __all__ = ["render_pdf"]
 
@@ -257,7 +261,7 @@ def _image(doc: _Doc, rgb: np.ndarray, x: float, y: float, w: float) -> float:
 
 
 def render_pdf(
-    report: Any,
+    report: VerificationReport | Mapping[str, Any],
     *,
     title: str = "Attention-map verification",
     displays: Mapping[str, np.ndarray] | None = None,
@@ -267,10 +271,9 @@ def render_pdf(
 
     ``displays`` maps image names to uint8 pictures (else the images are read from their paths); ``made`` the
     time the report is made (**default** now)."""
-    from verification.verdict import LINE_NAMES, STATUS_LABELS, VerificationReport
+    from verification.verdict import LINE_NAMES, STATUS_LABELS
 
-    if not isinstance(report, VerificationReport):
-        report = VerificationReport.from_document(report)
+    report = as_report(report)
     made = made or made_now()
     doc = _Doc(title, made)
     pdf = doc.pdf

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from verification.render import heat, overlay, png_bytes
+
+if TYPE_CHECKING:
+    from verification.verdict import Example, VerificationReport
 
 __all__ = [
     "EXAMPLE_SIDE",
@@ -44,8 +47,8 @@ def overlay_png(display: np.ndarray, cam: np.ndarray, *, alpha: float = 0.45) ->
 
 
 def example_pictures(
-    report: Any, displays: Mapping[str, np.ndarray] | None = None
-) -> list[tuple[Any, np.ndarray | None, np.ndarray | None]]:
+    report: VerificationReport, displays: Mapping[str, np.ndarray] | None = None
+) -> list[tuple[Example, np.ndarray | None, np.ndarray | None]]:
     """Per example of the report: (example, its overlay at display size or None when the image cannot be
     found, its class reference map as a heat picture or None)."""
     from verification.errors import VerificationError
