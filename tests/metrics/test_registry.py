@@ -75,7 +75,7 @@ def test_compute_metrics_threshold_and_options() -> None:
     np.testing.assert_allclose(otsu["iou"], iou(a, b, "otsu").values)
     np.testing.assert_allclose(fixed["iou"], iou(a, b, 0.3).values)
     assert not np.allclose(otsu["iou"], fixed["iou"])
-    few = compute_metrics(maps, refs, ["wasserstein"], options={"wasserstein": {"n_directions": 4}})
+    few = compute_metrics(maps, refs, ["wasserstein"], options={"wasserstein": {"grid": 16}})
     assert few["wasserstein"].shape == (4,)
     with pytest.raises(InvalidInputError, match="unknown metric"):
         compute_metrics(maps, refs, ["nope"])
