@@ -627,6 +627,37 @@ def _model_entry(
     }
 
 
+def _fit(
+    cfg: DemoConfig, out: Path, name: str, train: _Data, seed: int, epochs: int, *, half: bool
+) -> tuple[Path, nn.Module, list[float], float]:
+    """A classifier of the demo classes built from ``seed``, trained on ``train`` and saved as
+    ``models/<name>.safetensors``; returns its path, the module loaded back, the losses and the training
+    seconds."""
+    torch.manual_seed(seed)
+    model = build_classifier(cfg, len(dw.CLASSES))
+    t0 = time.perf_counter()
+    losses = train_classifier(model, train.x, train.y, epochs=epochs, cfg=cfg, seed=seed)
+    seconds = time.perf_counter() - t0
+    path = save_classifier(model, out / "models" / f"{name}.safetensors", cfg, dw.CLASSES, half=half)
+    return path, load_saved(path), losses, seconds
+
+
+def _shortcut_accuracies(
+    model: nn.Module, cue: str, with_cue: _Data, swapped: _Data, test: _Data, k: int
+) -> dict[str, Any]:
+    """A shortcut model's accuracy with its ``cue`` (``marker``, ``cue``) on, swapped to another class's and
+    absent, against chance; on the first ``k`` images too (those committed)."""
+    return {
+        f"accuracy_with_{cue}": accuracy(model, with_cue.x, with_cue.y),
+        f"accuracy_swapped_{cue}": accuracy(model, swapped.x, swapped.y),
+        f"accuracy_no_{cue}": accuracy(model, test.x, test.y),
+        "chance_accuracy": 1.0 / len(dw.CLASSES),
+        "test_n": len(with_cue.y),
+        f"committed_accuracy_with_{cue}": accuracy(model, with_cue.x[:k], with_cue.y[:k]),
+        f"committed_accuracy_swapped_{cue}": accuracy(model, swapped.x[:k], swapped.y[:k]),
+    }
+
+
 def train_sound(cfg: DemoConfig, out: Path, train: _Data, test: _Data, commit_test: _Data) -> dict[str, Any]:
     """The sound model, trained on marker-free data, with its checkpoint series (fp16, every half epoch)."""
     seed = cfg.seed + 1
@@ -681,14 +712,7 @@ def train_shortcut(cfg: DemoConfig, out: Path, test: _Data) -> dict[str, Any]:
     train = _data(cfg, "shortcut_train", cfg.n_shortcut_train, cfg.shortcut_lesion_strength)
     with_marker = _data(cfg, "shortcut", cfg.n_shortcut_test)
     swapped = _data(cfg, "shortcut_swapped", cfg.n_shortcut_test)
-    torch.manual_seed(seed)
-    model = build_classifier(cfg, len(dw.CLASSES))
-    t0 = time.perf_counter()
-    losses = train_classifier(model, train.x, train.y, epochs=cfg.epochs_shortcut, cfg=cfg, seed=seed)
-    seconds = time.perf_counter() - t0
-    path = save_classifier(model, out / "models" / "shortcut.safetensors", cfg, dw.CLASSES, half=False)
-    reloaded = load_saved(path)
-    k = cfg.n_commit_shortcut
+    path, reloaded, losses, seconds = _fit(cfg, out, "shortcut", train, seed, cfg.epochs_shortcut, half=False)
     return _model_entry(
         path,
         out,
@@ -702,13 +726,7 @@ def train_shortcut(cfg: DemoConfig, out: Path, test: _Data) -> dict[str, Any]:
             "test_swapped_marker": _counts(swapped.y, dw.CLASSES),
         },
         cfg.epochs_shortcut,
-        accuracy_with_marker=accuracy(reloaded, with_marker.x, with_marker.y),
-        accuracy_swapped_marker=accuracy(reloaded, swapped.x, swapped.y),
-        accuracy_no_marker=accuracy(reloaded, test.x, test.y),
-        chance_accuracy=1.0 / len(dw.CLASSES),
-        test_n=len(with_marker.y),
-        committed_accuracy_with_marker=accuracy(reloaded, with_marker.x[:k], with_marker.y[:k]),
-        committed_accuracy_swapped_marker=accuracy(reloaded, swapped.x[:k], swapped.y[:k]),
+        **_shortcut_accuracies(reloaded, "marker", with_marker, swapped, test, cfg.n_commit_shortcut),
         train_loss=[round(v, 4) for v in losses],
         train_seconds=round(seconds, 1),
         description="trained with a burned-in tag whose letter gives the label; lesions faint",
@@ -912,13 +930,7 @@ def train_healthy(
     training sample (``HEALTHY_VARIANTS``); no checkpoints; stored fp16."""
     offset, sample = HEALTHY_VARIANTS[name]
     seed = cfg.seed + 1 + offset
-    torch.manual_seed(seed)
-    model = build_classifier(cfg, len(dw.CLASSES))
-    t0 = time.perf_counter()
-    losses = train_classifier(model, train.x, train.y, epochs=cfg.epochs_sound, cfg=cfg, seed=seed)
-    seconds = time.perf_counter() - t0
-    path = save_classifier(model, out / "models" / f"{name}.safetensors", cfg, dw.CLASSES, half=True)
-    reloaded = load_saved(path)
+    path, reloaded, losses, seconds = _fit(cfg, out, name, train, seed, cfg.epochs_sound, half=True)
     return _model_entry(
         path,
         out,
@@ -946,14 +958,7 @@ def train_cue(cfg: DemoConfig, out: Path, name: str, test: _Data) -> dict[str, A
     train = _data(cfg, f"cue_{kind}_train", cfg.n_cue_train, cfg.cue_lesion_strength)
     with_cue = _data(cfg, f"cue_{kind}", cfg.n_cue_test)
     swapped = _data(cfg, f"cue_{kind}_swapped", cfg.n_cue_test)
-    torch.manual_seed(seed)
-    model = build_classifier(cfg, len(dw.CLASSES))
-    t0 = time.perf_counter()
-    losses = train_classifier(model, train.x, train.y, epochs=cfg.epochs_cue, cfg=cfg, seed=seed)
-    seconds = time.perf_counter() - t0
-    path = save_classifier(model, out / "models" / f"{name}.safetensors", cfg, dw.CLASSES, half=True)
-    reloaded = load_saved(path)
-    k = cfg.n_commit_cue
+    path, reloaded, losses, seconds = _fit(cfg, out, name, train, seed, cfg.epochs_cue, half=True)
     return _model_entry(
         path,
         out,
@@ -970,13 +975,7 @@ def train_cue(cfg: DemoConfig, out: Path, name: str, test: _Data) -> dict[str, A
         cfg.epochs_cue,
         kind=f"shortcut:{kind}",
         cue=kind,
-        accuracy_with_cue=accuracy(reloaded, with_cue.x, with_cue.y),
-        accuracy_swapped_cue=accuracy(reloaded, swapped.x, swapped.y),
-        accuracy_no_cue=accuracy(reloaded, test.x, test.y),
-        chance_accuracy=1.0 / len(dw.CLASSES),
-        test_n=len(with_cue.y),
-        committed_accuracy_with_cue=accuracy(reloaded, with_cue.x[:k], with_cue.y[:k]),
-        committed_accuracy_swapped_cue=accuracy(reloaded, swapped.x[:k], swapped.y[:k]),
+        **_shortcut_accuracies(reloaded, "cue", with_cue, swapped, test, cfg.n_commit_cue),
         train_loss=[round(v, 4) for v in losses],
         train_seconds=round(seconds, 1),
         description=f"trained with the {kind} cue giving the label on every image; lesions faint",
