@@ -70,6 +70,18 @@ def _assert_matches_lib(ours: Any, lib_raw: np.ndarray, lib_maps: np.ndarray) ->
         assert _pearson(ours.maps[i], lib_maps[i]) >= 0.999
 
 
+def _layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer``'s output in one forward pass of ``model`` on ``x`` (no gradients; the hook removed after)."""
+    acts: list[torch.Tensor] = []
+    h = layer.register_forward_hook(lambda _m, _i, o: acts.append(o.detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        h.remove()
+    return acts[0]
+
+
 def _norm(a: np.ndarray) -> np.ndarray:
     a = np.maximum(a, 0)
     a = a - a.min(axis=(1, 2), keepdims=True)
@@ -279,12 +291,7 @@ def test_fast_mode_scores_only_top_k(tiny: nn.Module) -> None:
     assert sizes == [1, 1, 4]  # capture, baseline, 4 masked rows
     assert fast.provenance["channels_scored"] == "4"
     # the map is a combination of the 4 channels of largest spatial variance
-    acts: list[torch.Tensor] = []
-    h = tiny.act2.register_forward_hook(lambda _m, _i, o: acts.append(o.detach()))
-    with torch.no_grad():
-        tiny(x)
-    h.remove()
-    a = acts[0][0]
+    a = _layer_output(tiny, tiny.act2, x)[0]
     top = a.flatten(1).var(dim=1, unbiased=False).topk(4).indices
     w, *_ = np.linalg.lstsq(a[top].flatten(1).T.numpy(), fast.raw[0].ravel(), rcond=None)
     np.testing.assert_allclose(np.einsum("k,khw->hw", w, a[top].numpy()), fast.raw[0], atol=1e-5)
@@ -401,12 +408,8 @@ class Twins(nn.Module):
 
 def _naive_paper_score_cam(model: nn.Module, x: torch.Tensor, cls: int) -> np.ndarray:
     """Wang et al.'s Score-CAM written out channel by channel, one forward per channel (no sharing)."""
-    acts: list[torch.Tensor] = []
-    h = model.act.register_forward_hook(lambda _m, _i, o: acts.append(o.detach()))
+    a = _layer_output(model, model.act, x)[0]
     with torch.no_grad():
-        model(x)
-        h.remove()
-        a = acts[0][0]
         p0 = torch.softmax(model(torch.zeros_like(x)), dim=1)[0, cls]
         weights = []
         for k in range(a.shape[0]):
