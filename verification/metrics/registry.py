@@ -18,7 +18,7 @@ import torch
 from verification.errors import InvalidInputError, ShapeError
 from verification.metrics import functional as fn
 from verification.metrics.functional import ArrayLike, MetricResult, Threshold, as_batch, check_grid, prepare
-from verification.metrics.wasserstein import sliced_wasserstein
+from verification.metrics.wasserstein import wasserstein
 
 MetricFn = Callable[..., MetricResult]
 
@@ -65,10 +65,10 @@ for _spec in (
         "Wasserstein (spatial)",
         False,
         (0.0, math.sqrt(2.0)),
-        sliced_wasserstein,
+        wasserstein,
         False,
-        "sliced earth-mover distance on the [0,1]² grid (≤ 32² cells): exact for translations, "
-        "underestimates other transport (measured −12 % on attention-like maps, −32 % on noise)",
+        "earth mover's distance on the [0,1]² grid (≤ 32² cells), exact transport on a 32-neighbour grid "
+        "graph: at most 1.31 % above the Euclidean distance",
     ),
     MetricSpec(
         "wasserstein_values",
