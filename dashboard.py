@@ -3,7 +3,8 @@
 Run with ``streamlit run dashboard.py``; it opens on the built-in demo (sound model, demo test images, demo
 reference bundle), so the first page draws real heatmaps with nothing uploaded. Nothing the page loads comes
 from another host (the favicon and fonts are served by the app itself). Reading folders on the server is off
-unless the operator allows chosen folders: ``VERIFICATION_FOLDER_ROOTS=/data/a:/data/b`` (ui/server_paths.py).
+unless the operator allows chosen folders: ``VERIFICATION_FOLDER_ROOTS=/data/a:/data/b``
+(verification/server_paths.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from ui.state import K
 from ui.widgets import colorbar, guard, image_panel
 from verification import render
 from verification.compare import compare_reports
+from verification.interactive import method_of
 
 st.title("Compare models", anchor=False)
 ws = workspace()
@@ -35,7 +36,7 @@ a, b = ws.model_a, ws.model_b
 item = ws.images.items[min(K.IMAGE_INDEX.get(), len(ws.images.items) - 1)]
 K.COLORMAP.init()
 K.OPACITY.init()
-method = ws.bundle.bundle.method if ws.bundle and ws.bundle.bundle.method else "gradcam"
+method = method_of(ws.bundle.bundle if ws.bundle else None)
 st.caption(
     f"{loaders.METHOD_LABELS.get(method, method)} of each model's predicted class on **{item.image.name}** "
     "(the reference bundle's method, so both are judged on the maps the bands were calibrated on)."

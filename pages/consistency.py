@@ -9,7 +9,7 @@ import streamlit as st
 from ui import checkpoints, figures, glossary, loaders
 from ui.sidebar import MODEL_TYPES, TRUST_HELP, TRUST_LABEL, workspace
 from ui.state import K
-from ui.widgets import guard
+from ui.widgets import choice, guard
 
 st.title("Consistency across patients and checkpoints", anchor=False)
 st.caption(
@@ -25,22 +25,16 @@ for key in (
     K.CONSISTENCY_METHODS,
     K.CONSISTENCY_TAU,
     K.CONSISTENCY_GAMMA,
-    K.CONSISTENCY_SOURCE,
     K.CONSISTENCY_ARCH,
     K.CONSISTENCY_TRUST,
-    K.CONSISTENCY_EVAL,
 ):
     key.init()
 src_col, eval_col = st.columns(2)
 with src_col:
-    source = st.radio(
+    source = choice(
+        K.CONSISTENCY_SOURCE,
         "Checkpoints",
-        ["demo", "upload"],
-        format_func={
-            "demo": "The demo's training run (10 checkpoints)",
-            "upload": "Upload my own series",
-        }.get,
-        key=K.CONSISTENCY_SOURCE.name,
+        {"demo": "The demo's training run (10 checkpoints)", "upload": "Upload my own series"},
     )
     uploads = None
     if source == "upload":
@@ -58,14 +52,13 @@ with src_col:
         )
         trust = st.checkbox(TRUST_LABEL, key=K.CONSISTENCY_TRUST.name, help=TRUST_HELP)
 with eval_col:
-    evaluation = st.radio(
+    evaluation = choice(
+        K.CONSISTENCY_EVAL,
         "Labelled evaluation set",
-        ["sidebar", "upload"],
-        format_func={
+        {
             "sidebar": "The sidebar's images if labelled (else the demo test set)",
             "upload": "Upload a labelled zip (one folder per class)",
-        }.get,
-        key=K.CONSISTENCY_EVAL.name,
+        },
     )
     eval_files = None
     if evaluation == "upload":

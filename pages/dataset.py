@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import evidence, figures, glossary, loaders, server_paths
+from ui import evidence, figures, glossary, loaders
 from ui.sidebar import workspace
 from ui.state import K
-from ui.widgets import guard
+from ui.widgets import choice, guard
+from verification import server_paths
 from verification.errors import ImageLoadError
 
 st.title("Dataset check", anchor=False)
@@ -19,21 +20,19 @@ st.caption(
 ws = workspace(images=False, bundle=True)
 
 K.DATASET_SOURCE.init()
-# A folder on the *server*: offered only when the operator allows folders (ui/server_paths.py, off by default)
+# A folder on the *server*: offered only when the operator allows folders (off by default;
+# verification/server_paths.py)
 server_folders = server_paths.enabled()
 if K.DATASET_SOURCE.get() == "folder" and not server_folders:
     K.DATASET_SOURCE.set("upload")
-source = st.radio(
-    "Dataset",
-    ["upload", "folder", "current"] if server_folders else ["upload", "current"],
-    format_func={
-        "upload": "Upload a zip or images",
-        "folder": "A folder on the server",
-        "current": "The images in the sidebar",
-    }.get,
-    horizontal=True,
-    key=K.DATASET_SOURCE.name,
-)
+offered = {
+    "upload": "Upload a zip or images",
+    "folder": "A folder on the server",
+    "current": "The images in the sidebar",
+}
+if not server_folders:
+    del offered["folder"]
+source = choice(K.DATASET_SOURCE, "Dataset", offered, horizontal=True)
 files = None
 folder = ""
 if source == "upload":

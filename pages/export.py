@@ -3,7 +3,10 @@ document (JSON) and the per-image table (CSV), and the demo sample files."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from ui import evidence, export, glossary, loaders
 from ui.sidebar import workspace
@@ -33,32 +36,34 @@ verified = report  # its narrowed type, for the callables below (they run when c
 evidence.verdict_banner(report, f"Model on {ws.images.label}")
 evidence.verdict_metrics(report)
 
-title = f"Attention verification — {ws.model_a.spec.label}"
-keys = (ws.model_a.model.content_hash, ws.bundle.key, ws.images.hashes, title)
-with guard("Writing the reports"):
-    html_size = len(export.report_html(*keys, report, ws.images).encode("utf-8"))
-    pdf_size = export.pdf_size(*keys, report, ws.images)
-    c1, c2, _ = st.columns([1, 1, 2])
-    # Made when clicked (the data is a callable): the time each report states is when it was made.
-    c1.download_button(
-        "Download the HTML report",
-        lambda: export.report_html(*keys, verified, ws.images),
-        file_name="attention_verification_report.html",
-        mime="text/html",
+
+def report_button(
+    col: DeltaGenerator, what: str, make: Callable[[], str | bytes], suffix: str, icon: str
+) -> None:
+    """A report made when clicked (the data is a callable): the time it states is when it was made."""
+    col.download_button(
+        f"Download the {what}",
+        make,
+        file_name=f"attention_verification_report.{suffix}",
+        mime={"html": "text/html", "pdf": "application/pdf"}[suffix],
         type="primary",
-        icon=":material/description:",
+        icon=f":material/{icon}:",
         on_click="ignore",
-        help=glossary.help_for("HTML report"),
+        help=glossary.help_for(what),
     )
-    c2.download_button(
-        "Download the PDF report",
-        lambda: export.report_pdf(title, verified, ws.images),
-        file_name="attention_verification_report.pdf",
-        mime="application/pdf",
-        type="primary",
-        icon=":material/picture_as_pdf:",
-        on_click="ignore",
-        help=glossary.help_for("PDF report"),
+
+
+title = f"Attention verification — {ws.model_a.spec.label}"
+key = export.ReportKey(ws.model_a.model.content_hash, ws.bundle.key, ws.images.hashes, title)
+with guard("Writing the reports"):
+    html_size = len(export.report_html(key, report, ws.images).encode("utf-8"))
+    pdf_size = export.pdf_size(key, report, ws.images)
+    c1, c2, _ = st.columns([1, 1, 2])
+    report_button(
+        c1, "HTML report", lambda: export.report_html(key, verified, ws.images), "html", "description"
+    )
+    report_button(
+        c2, "PDF report", lambda: export.report_pdf(title, verified, ws.images), "pdf", "picture_as_pdf"
     )
     c1.caption(f"{html_size / 1e6:.2f} MB, self-contained, opens offline.")
     c2.caption(f"{pdf_size / 1e3:.0f} kB, a few A4 pages to file.")

@@ -41,7 +41,7 @@ if shift is not None:
         f"above {shift.score_max:.2f} or structure SSIM below {shift.ssim_min:.3f} (the reference set's "
         f"{reference.score_percentile:.0f}th / {reference.ssim_percentile:.0f}th leave-one-out percentiles)."
     )
-    if shift.flag_rate > 0.2:
+    if shift.broad_shift:
         st.error(f"**Input shift** — {text}", icon=":material/warning:")
     else:
         st.success(f"**No broad input shift** — {text}", icon=":material/check_circle:")

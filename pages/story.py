@@ -15,6 +15,7 @@ import streamlit as st
 from ui import evidence, figures, glossary, loaders
 from ui.widgets import guard
 from verification import render
+from verification.interactive import charted_line
 from verification.verdict.explain import locate, thresholds
 
 
@@ -115,9 +116,8 @@ def chapter(ch: Chapter) -> None:
                     limits=thresholds(report),
                     anatomy="the lungs" if anatomy is not None else "the anatomy",
                 )
-        keys = report.deciding_line.split("+") if report.deciding_line else []
-        deciding = report.line("E3" if "E3" in keys else keys[0]) if keys else None
-        if deciding is not None and deciding.key != "E0":
+        deciding = charted_line(report)
+        if deciding is not None:
             fig = evidence.band_chart(deciding)
             if fig is not None:
                 st.plotly_chart(fig, key=f"story_band_{ch.model}_{ch.split}")

@@ -11,7 +11,6 @@ the same stem is its sidecar (classes, input size, mean/std); checkpoints are ta
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -19,72 +18,41 @@ from pathlib import PurePosixPath
 import streamlit as st
 
 from ui import loaders
-from ui.uploads import MAX_ZIP_ENTRIES, MAX_ZIP_TOTAL_BYTES, Blob, expand_uploads, expand_zip, is_zip
 from verification.consistency import CheckpointSeries, track_checkpoints
 from verification.errors import ImageLoadError, ModelLoadError
-from verification.io.budget import Budget, ResourceLimits
+from verification.interactive import labelled_for_classes
 from verification.io.records import LoadedModel
+from verification.uploads import Blob, checkpoint_files, expand_uploads, pair_checkpoints
 
-WEIGHT_SUFFIXES = frozenset({".safetensors", ".pt", ".pth", ".pt2", ".bin", ".ckpt"})
-MAX_CHECKPOINTS = 50
+__all__ = ["Checkpoint", "checkpoint_files", "labelled_set", "load", "pair", "series"]
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """One uploaded checkpoint: its name (the file's stem), the spec that loads it, and its sidecar's name."""
+    """One uploaded checkpoint: its name (the file's stem), the choice that loads it, its sidecar's name."""
 
     name: str
-    spec: loaders.ModelSpec
+    spec: loaders.ModelChoice
     sidecar: str | None
 
 
-def _natural(name: str) -> list[object]:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
-
-
-def checkpoint_files(files: Sequence[tuple[str, bytes]]) -> list[Blob]:
-    """Weights and JSON sidecars from the uploaded files; zips expanded within the upload's archive limits
-    (the same as every upload: entries, decompressed bytes across all archives, compression ratio)."""
-    budget = Budget(
-        ResourceLimits(max_archive_entries=MAX_ZIP_ENTRIES, max_archive_bytes=MAX_ZIP_TOTAL_BYTES)
-    )
-    out: list[Blob] = []
-    for name, data in files:
-        if is_zip(name, data) and not name.lower().endswith(".pt2"):
-            expanded = expand_zip(name, data, suffixes=WEIGHT_SUFFIXES | {".json"}, budget=budget)
-            out.extend(expanded.blobs)
-        else:
-            out.append(Blob(name, data))
-    return out
-
-
 def pair(blobs: Sequence[Blob], *, architecture: str | None = None, trust: bool = False) -> list[Checkpoint]:
-    """Weights in natural name order, each with the JSON of the same stem (or the one JSON of the upload)
-    as its sidecar; a malformed sidecar is a ModelLoadError here, before any weights are read."""
-    weights = [b for b in blobs if PurePosixPath(b.name).suffix.lower() in WEIGHT_SUFFIXES]
-    sidecars = {PurePosixPath(b.name).stem: b for b in blobs if b.name.lower().endswith(".json")}
-    if not weights:
-        raise ModelLoadError(
-            "No checkpoint weights among the uploaded files (.safetensors, .pt, .pth, .pt2, .bin, .ckpt)."
+    """The series in training order (:func:`verification.uploads.pair_checkpoints`), each with the choice that
+    loads it; a malformed sidecar is a ModelLoadError here, before any weights are read."""
+    return [
+        Checkpoint(
+            c.name,
+            loaders.upload_spec(
+                PurePosixPath(c.weights.name).name,
+                c.weights.data,
+                sidecar_bytes=None if c.sidecar is None else c.sidecar.data,
+                architecture=architecture,
+                trust=trust,
+            ),
+            None if c.sidecar is None else PurePosixPath(c.sidecar.name).name,
         )
-    if len(weights) > MAX_CHECKPOINTS:
-        raise ModelLoadError(f"{len(weights)} checkpoints uploaded; at most {MAX_CHECKPOINTS} are tracked.")
-    if len(weights) < 2:
-        raise ModelLoadError("A series needs at least two checkpoints (upload several files or one zip).")
-    shared = next(iter(sidecars.values())) if len(sidecars) == 1 else None
-    out = []
-    for w in sorted(weights, key=lambda b: _natural(PurePosixPath(b.name).name)):
-        stem = PurePosixPath(w.name).stem
-        side = sidecars.get(stem, shared)
-        spec = loaders.upload_spec(
-            PurePosixPath(w.name).name,
-            w.data,
-            sidecar_bytes=side.data if side is not None else None,
-            architecture=architecture,
-            trust=trust,
-        )
-        out.append(Checkpoint(stem, spec, None if side is None else PurePosixPath(side.name).name))
-    return out
+        for c in pair_checkpoints(blobs)
+    ]
 
 
 def load(checkpoints: Sequence[Checkpoint]) -> list[LoadedModel]:
@@ -109,7 +77,7 @@ def _series(
     tau: float,
     gamma: float,
     _models: tuple[LoadedModel, ...],
-    _items: tuple[loaders.ImageItem, ...],
+    _items: tuple[loaders.WorkingImage, ...],
     _labels: tuple[int, ...],
 ) -> CheckpointSeries:
     return track_checkpoints(
@@ -133,12 +101,9 @@ def series(
 ) -> CheckpointSeries:
     """The C-Score series of uploaded checkpoints on the labelled images of ``images`` (cached by content)."""
     class_names = models[0].class_names
-    labelled = [i for i in images.items if i.label in class_names]
-    if len(labelled) < 4:
-        raise ImageLoadError(
-            "The C-Score needs labelled images of the checkpoints' classes "
-            f"({', '.join(class_names)}): upload a zip with one folder per class."
-        )
+    labelled = labelled_for_classes(
+        images.items, class_names, advice="upload a zip with one folder per class"
+    )
     return _series(
         tuple(c.spec.key for c in checkpoints),
         tuple(c.name for c in checkpoints),

@@ -19,11 +19,13 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.elements.lib.column_types import ColumnConfig
 
-from ui import glossary
+from ui import figures, glossary
 from ui.state import K
+from ui.widgets import switch
 from verification.compare import Comparison
 from verification.metrics import METRICS
 from verification.report import Band, bands
+from verification.report.content import unit
 from verification.verdict import (
     LINE_NAMES,
     STATUS_LABELS,
@@ -153,7 +155,7 @@ def lines_table(report: VerificationReport) -> pd.DataFrame:
             {
                 "line": f"{ln.key} {ln.name}",
                 "result": status_words(ln.status),
-                "votes": "deciding" if ln.key == report.deciding_line else ("yes" if _votes(ln) else "no"),
+                "votes": "deciding" if ln.key == report.deciding_line else ("yes" if ln.votes else "no"),
                 "separation (AUROC)": _num(ln.separation, 2),
                 "calibration": ln.calibration or "—",
                 "what it found": ln.sentence,
@@ -163,10 +165,6 @@ def lines_table(report: VerificationReport) -> pd.DataFrame:
 
 
 _LINE_COLUMNS = ["line", "result", "votes", "separation (AUROC)", "calibration", "what it found"]
-
-
-def _votes(ln: LineResult) -> bool:
-    return ln.decisive and ln.status != "uninformative"
 
 
 def line_class_table(line: LineResult) -> pd.DataFrame:
@@ -239,14 +237,21 @@ def image_evidence(report: VerificationReport, name: str) -> ImageEvidence | Non
 
 def faithfulness_switch() -> bool:
     """The switch for E6 (deletion/insertion against a random order: ~40 extra forwards per image)."""
-    K.VERIFY_FAITHFULNESS.init()
-    return bool(
-        st.toggle(
-            "Include the faithfulness line (E6, slower)",
-            key=K.VERIFY_FAITHFULNESS.name,
-            help="Deletion and insertion curves against a random pixel order: about 40 extra forwards per "
-            "image. Off, E6 is reported as not assessed and does not vote.",
-        )
+    return switch(
+        K.VERIFY_FAITHFULNESS,
+        "Include the faithfulness line (E6, slower)",
+        help="Deletion and insertion curves against a random pixel order: about 40 extra forwards per "
+        "image. Off, E6 is reported as not assessed and does not vote.",
+    )
+
+
+def table(frame: pd.DataFrame, helps: Mapping[str, str]) -> None:
+    """A table across the page whose text columns named in ``helps`` carry that tooltip."""
+    st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        column_config={name: st.column_config.TextColumn(help=text) for name, text in helps.items()},
     )
 
 
@@ -287,31 +292,24 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
     images and, if asked, the per-image table."""
     for warning in report.warnings:
         st.warning(warning, icon=":material/warning:")
-    unit = "label" if getattr(report, "task", "classification") == "multilabel" else "class"
-    st.markdown(f"**Per {unit}**", help=glossary.help_for(report.label))
-    st.dataframe(
+    st.markdown(f"**Per {unit(report)}**", help=glossary.help_for(report.label))
+    table(
         classes_table(report),
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "verdict": st.column_config.TextColumn(
-                help="SUITABLE, UNSUITABLE or CANNOT VERIFY (hover the verdict above for what each means)"
-            ),
-            "deciding line": st.column_config.TextColumn(help="The evidence line (E0–E6) that decided."),
+        {
+            "verdict": "SUITABLE, UNSUITABLE or CANNOT VERIFY (hover the verdict above for what each means)",
+            "deciding line": "The evidence line (E0–E6) that decided.",
         },
     )
     st.markdown(
         "**Evidence lines** — each passed, failed, was not assessable or was not informative",
         help=" ".join(glossary.line_help(k) for k in LINE_NAMES),
     )
-    st.dataframe(
+    table(
         lines_table(report),
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "separation (AUROC)": st.column_config.TextColumn(help=glossary.help_for("separation (AUROC)")),
-            "votes": st.column_config.TextColumn(help=glossary.help_for("uninformative")),
-            "calibration": st.column_config.TextColumn(help=glossary.help_for("threshold")),
+        {
+            "separation (AUROC)": glossary.help_for("separation (AUROC)"),
+            "votes": glossary.help_for("uninformative"),
+            "calibration": glossary.help_for("threshold"),
         },
     )
     for ln in report.lines:
@@ -322,15 +320,11 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
             st.markdown(ln.sentence or LINE_NAMES.get(ln.key, ""), help=glossary.line_help(ln.key))
             if ln.calibration:
                 st.caption(f"Threshold calibration: {ln.calibration}")
-            st.dataframe(
+            table(
                 line_class_table(ln),
-                hide_index=True,
-                width="stretch",
-                column_config={
-                    "threshold": st.column_config.TextColumn(help=glossary.help_for("threshold")),
-                    "measured": st.column_config.TextColumn(
-                        help="The class's number with its 95 % interval and the images it rests on."
-                    ),
+                {
+                    "threshold": glossary.help_for("threshold"),
+                    "measured": "The class's number with its 95 % interval and the images it rests on.",
                 },
             )
     excluded = [im for im in report.images if not im.assessable]
@@ -604,20 +598,16 @@ def band_chart(line: LineResult) -> go.Figure | None:
             name="this run",
         )
     )
-    votes = "" if _votes(line) else " · does not vote"
-    fig.update_layout(
-        template="plotly_dark",
-        title={
-            "text": f"{line.key} {line.name} ({STATUS_LABELS.get(line.status, line.status)}{votes})",
-            "x": 0.01,
-        },
+    votes = "" if line.votes else " · does not vote"
+    return figures.styled(
+        fig,
+        title=f"{line.key} {line.name} ({STATUS_LABELS.get(line.status, line.status)}{votes})",
         height=110 + 70 * len(rows),
-        margin={"l": 10, "r": 10, "t": 40, "b": 30},
+        bottom=30,
         showlegend=False,
         xaxis={"range": [lo, hi], "zeroline": False},
         yaxis={"tickvals": list(range(len(rows))), "ticktext": names, "range": [-0.7, len(rows) - 0.3]},
     )
-    return fig
 
 
 def band_charts(report: VerificationReport) -> list[tuple[LineResult, go.Figure]]:

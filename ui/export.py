@@ -9,6 +9,8 @@ is measured once per result for the caption)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import streamlit as st
 
@@ -23,32 +25,27 @@ def _displays(images: loaders.ImageSet) -> dict[str, np.ndarray]:
     return {item.image.name: item.image.display for item in images.items}
 
 
+@dataclass(frozen=True)
+class ReportKey:
+    """What a report of the working set is cached by: model, bundle and images (content hashes), title."""
+
+    model_hash: str
+    bundle_key: str
+    image_hashes: tuple[str, ...]
+    title: str
+
+
 @st.cache_data(show_spinner="Writing the report…", max_entries=8)
-def _report_html_body(
-    model_hash: str,
-    bundle_key: str,
-    image_hashes: tuple[str, ...],
-    title: str,
-    _report: VerificationReport,
-    _images: loaders.ImageSet,
-) -> str:
-    return render_report(_report.to_document(), title=title, displays=_displays(_images), made=_MADE)
+def _report_html_body(key: ReportKey, _report: VerificationReport, _images: loaders.ImageSet) -> str:
+    return render_report(_report.to_document(), title=key.title, displays=_displays(_images), made=_MADE)
 
 
 def report_html(
-    model_hash: str,
-    bundle_key: str,
-    image_hashes: tuple[str, ...],
-    title: str,
-    report: VerificationReport,
-    images: loaders.ImageSet,
-    *,
-    made: str | None = None,
+    key: ReportKey, report: VerificationReport, images: loaders.ImageSet, *, made: str | None = None
 ) -> str:
     """The self-contained HTML report of a verdict on the working images, stamped with ``made`` (**default**
     now)."""
-    body = _report_html_body(model_hash, bundle_key, image_hashes, title, report, images)
-    return body.replace(_MADE, made or made_now())
+    return _report_html_body(key, report, images).replace(_MADE, made or made_now())
 
 
 def report_pdf(
@@ -59,13 +56,6 @@ def report_pdf(
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def pdf_size(
-    model_hash: str,
-    bundle_key: str,
-    image_hashes: tuple[str, ...],
-    title: str,
-    _report: VerificationReport,
-    _images: loaders.ImageSet,
-) -> int:
+def pdf_size(key: ReportKey, _report: VerificationReport, _images: loaders.ImageSet) -> int:
     """Bytes of the PDF report (the time stamp changes a few bytes, not the size class)."""
-    return len(report_pdf(title, _report, _images, made="0000-00-00 00:00:00 UTC"))
+    return len(report_pdf(key.title, _report, _images, made="0000-00-00 00:00:00 UTC"))

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from verification.consistency import CheckpointSeries
 from verification.features import ChannelStats, FeatureShiftReport
 from verification.render import colorize
-from verification.verdict import STATUS_LABELS, LineResult, VerificationReport
+from verification.verdict import VerificationReport
 
 DISPLAY_MAX_SIDE = 512  # what the page draws; the backend keeps full resolution
 THUMB_MAX_SIDE = 256  # grid thumbnails
@@ -56,6 +56,19 @@ def probability_html(class_names: Sequence[str], probs: np.ndarray, *, rejected:
     return "".join(rows)
 
 
+def styled(fig: go.Figure, *, title: str, height: int, bottom: int = 10, **layout: object) -> go.Figure:
+    """``fig`` in the dashboard's chart style (dark template, title at the left, narrow margins), with
+    ``layout`` (axes, legend, bar mode) on top."""
+    fig.update_layout(
+        template=PLOT_TEMPLATE,
+        title={"text": title, "x": 0.01},
+        height=height,
+        margin={"l": 10, "r": 10, "t": 40, "b": bottom},
+        **layout,
+    )
+    return fig
+
+
 def histogram(
     values: Mapping[str, np.ndarray], *, title: str, band: tuple[float, float] | None = None
 ) -> go.Figure:
@@ -66,14 +79,7 @@ def histogram(
         fig.add_trace(go.Histogram(x=finite[np.isfinite(finite)], name=name, opacity=0.7, nbinsx=30))
     if band is not None and np.all(np.isfinite(band)):
         fig.add_vrect(x0=band[0], x1=band[1], fillcolor=_BAND, line_width=0)
-    fig.update_layout(
-        template=PLOT_TEMPLATE,
-        barmode="overlay",
-        title={"text": title, "x": 0.01},
-        height=280,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-    )
-    return fig
+    return styled(fig, title=title, height=280, barmode="overlay")
 
 
 def lines(
@@ -88,15 +94,13 @@ def lines(
     fig = go.Figure()
     for name, ys in series.items():
         fig.add_trace(go.Scatter(x=list(x), y=list(ys), mode="lines+markers", name=name))
-    fig.update_layout(
-        template=PLOT_TEMPLATE,
-        title={"text": title, "x": 0.01},
+    return styled(
+        fig,
+        title=title,
         height=320,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
         xaxis={"title": x_title},
         yaxis={"title": y_title, "range": list(y_range) if y_range else None},
     )
-    return fig
 
 
 def bars(
@@ -109,15 +113,7 @@ def bars(
     fig = go.Figure()
     for name, ys in series.items():
         fig.add_trace(go.Bar(x=list(categories), y=list(ys), name=name))
-    fig.update_layout(
-        template=PLOT_TEMPLATE,
-        barmode="group",
-        title={"text": title, "x": 0.01},
-        height=300,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        yaxis={"title": y_title},
-    )
-    return fig
+    return styled(fig, title=title, height=300, barmode="group", yaxis={"title": y_title})
 
 
 def checkpoint_charts(series: CheckpointSeries, method: str) -> tuple[go.Figure, go.Figure]:
@@ -163,72 +159,6 @@ def checkpoint_charts(series: CheckpointSeries, method: str) -> tuple[go.Figure,
     return left, right
 
 
-_STATUS_COLOR = {
-    "pass": _PASS,
-    "fail": _FAIL,
-    "inconclusive": "#c99a2e",
-    "not_assessable": "#888888",
-    "uninformative": "#888888",
-}
-
-
-def line_chart(line: LineResult) -> go.Figure:
-    """One evidence line, per class: the measured value with its interval, coloured by the class's result,
-    and the threshold it was judged against (a short dash at each class)."""
-    classes = [c for c in line.per_class if c.value is not None]
-    names = [c.class_name for c in classes]
-    values = [float(c.value) for c in classes if c.value is not None]
-    up = [(c.high - c.value) if c.high is not None and c.value is not None else 0.0 for c in classes]
-    down = [(c.value - c.low) if c.low is not None and c.value is not None else 0.0 for c in classes]
-    fig = go.Figure(
-        go.Scatter(
-            x=names,
-            y=values,
-            mode="markers",
-            error_y={"type": "data", "array": up, "arrayminus": down, "visible": True},
-            marker={"size": 12, "color": [_STATUS_COLOR.get(c.status, "#888888") for c in classes]},
-            customdata=[STATUS_LABELS.get(c.status, c.status) for c in classes],
-            hovertemplate="%{x}: %{y:.3f} (%{customdata})<extra></extra>",
-            name="measured",
-        )
-    )
-    thresholds = [c.threshold for c in classes]
-    if any(t is not None for t in thresholds):
-        fig.add_trace(
-            go.Scatter(
-                x=names,
-                y=[np.nan if t is None else t for t in thresholds],
-                mode="markers",
-                marker={
-                    "symbol": "line-ew-open",
-                    "size": 30,
-                    "color": "#dddddd",
-                    "line": {"width": 2, "color": "#dddddd"},
-                },
-                name="threshold",
-                hovertemplate="threshold %{y:.3f}<extra></extra>",
-            )
-        )
-    votes = "" if line.decisive and line.status != "uninformative" else " · does not vote"
-    fig.update_layout(
-        template=PLOT_TEMPLATE,
-        title={
-            "text": f"{line.key} {line.name} <span style='font-size:0.8em;opacity:0.7'>"
-            f"({STATUS_LABELS.get(line.status, line.status)}{votes})</span>",
-            "x": 0.01,
-        },
-        height=260,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        showlegend=False,
-    )
-    return fig
-
-
-def evidence_charts(report: VerificationReport) -> list[go.Figure]:
-    """A :func:`line_chart` for every line that measured a number for at least one class."""
-    return [line_chart(ln) for ln in report.lines if any(c.value is not None for c in ln.per_class)]
-
-
 def per_image_charts(report: VerificationReport) -> list[go.Figure]:
     """Per number measured on each image (``E3.outside_energy``, ...), its distribution by predicted class
     over the assessable images."""
@@ -270,8 +200,8 @@ def activation_grid(
 
 def channel_stat_chart(stats: ChannelStats) -> go.Figure:
     """Per channel: the reference set's mean ± 2 std as a band, this image's value as a point (red if out)."""
-    lo, hi = stats.ref_mean - 2 * stats.ref_std, stats.ref_mean + 2 * stats.ref_std
-    outside = (stats.image < lo) | (stats.image > hi)
+    lo, hi = stats.band()
+    outside = stats.outside()
     x = list(range(len(stats.image)))
     fig = go.Figure()
     fig.add_trace(
@@ -287,18 +217,13 @@ def channel_stat_chart(stats: ChannelStats) -> go.Figure:
             hovertemplate="channel %{x}: %{y:.3f}<extra></extra>",
         )
     )
-    fig.update_layout(
-        template=PLOT_TEMPLATE,
-        title={
-            "text": f"{stats.layer} · channel {stats.stat} ({int(outside.sum())} of {len(x)} outside ±2σ)",
-            "x": 0.01,
-        },
+    return styled(
+        fig,
+        title=f"{stats.layer} · channel {stats.stat} ({int(outside.sum())} of {len(x)} outside ±2σ)",
         height=260,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
         showlegend=False,
         xaxis={"title": "channel"},
     )
-    return fig
 
 
 def feature_shift_chart(report: FeatureShiftReport, highlight: int | None = None) -> go.Figure:
@@ -322,12 +247,10 @@ def feature_shift_chart(report: FeatureShiftReport, highlight: int | None = None
     )
     fig.add_vline(x=report.score_max, line_dash="dash", annotation_text="shift threshold")
     fig.add_hline(y=report.ssim_min, line_dash="dash", annotation_text="structure threshold")
-    fig.update_layout(
-        template=PLOT_TEMPLATE,
-        title={"text": "Early-layer shift per image (red: flagged)", "x": 0.01},
+    return styled(
+        fig,
+        title="Early-layer shift per image (red: flagged)",
         height=360,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
         xaxis={"title": "shift score: mean |z| of channel statistics (lower is closer)"},
         yaxis={"title": "structure SSIM with the reference (higher is closer)"},
     )
-    return fig

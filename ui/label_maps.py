@@ -14,7 +14,7 @@ import numpy as np
 import streamlit as st
 
 from verification import render
-from verification.cam.methods import METHODS
+from verification.interactive import DEFAULT_METHOD, per_label_method
 from verification.io.records import LoadedImage, LoadedModel
 from verification.multilabel import label_cams
 
@@ -39,12 +39,6 @@ def _maps(
     return lm.labels, np.asarray(lm.results[0].maps, np.float32), lm.probs[0]
 
 
-def gradient_method(method: str) -> bool:
-    """Whether ``method`` is one of the one-pass gradient maps :func:`label_cams` computes per label."""
-    spec = METHODS.get(method)
-    return spec is not None and spec.kind == "capture"
-
-
 def draw(
     model: LoadedModel,
     lock: threading.Lock,
@@ -58,7 +52,7 @@ def draw(
     """The per-label maps of ``image`` under a heading; nothing for a model that is not multi-label."""
     if model.task != "multilabel":
         return
-    shown = method if gradient_method(method) else "gradcam"
+    shown = method if per_label_method(method) else DEFAULT_METHOD
     labels, maps, probs = _maps(model.content_hash, image.content_hash, shown, layer, model, lock, image)
     positive = [k for k in labels if probs[k] >= 0.5]
     st.markdown(

@@ -12,33 +12,23 @@ stores keyed the same way, so a single image's view takes them instead of recomp
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
 import numpy as np
 import streamlit as st
 import torch
 
-from ui.uploads import Blob, expand_uploads, expand_zip
 from verification import demo
-from verification.batch import scan_images, scan_labelled
-from verification.cam import (
-    compute_cams,
-    default_target_layer,
-    list_layers,
-    list_methods,
-    method_labels,
-)
+from verification.cam import compute_cams
 from verification.cam.records import CamResult
-from verification.cam.targets import ClassLogit, MultiLabel, SegmentationTarget, Target
 from verification.consistency import CheckpointSeries, track_checkpoints
 from verification.errors import BundleError, ImageLoadError, VerificationError
 from verification.features import (
@@ -49,11 +39,30 @@ from verification.features import (
     check_features,
 )
 from verification.garbage import Prediction, predict
+from verification.interactive import (
+    ALL_METHODS,
+    ATTRIBUTION_METHODS,
+    EXTRA_CAM_METHODS,
+    INTERACTIVE_OPTIONS,
+    METHOD_LABELS,
+    ONE_PASS_METHODS,
+    TargetChoice,
+    can_split,
+    folder_images,
+    labelled_for_classes,
+    labels_or_none,
+    layer_choices,
+    method_options,
+    segmentation_logits,
+    split_result,
+)
+from verification.interactive import reference_map as _reference_map
 from verification.io.images import load_image, to_tensor
 from verification.io.models import load_model, load_model_bytes
 from verification.io.records import LoadedImage, LoadedModel
 from verification.io.sidecar import read_sidecar_bytes
 from verification.reference import ReferenceBundle, build_reference, load_bundle, load_bundle_bytes
+from verification.uploads import Blob, bundle_files, expand_uploads
 from verification.verdict import ImageEvidence, VerdictConfig, VerificationReport, verify
 
 
@@ -70,27 +79,18 @@ def torch_threads() -> int:
 
 torch.set_num_threads(torch_threads())
 
-# Methods as the backend registers them. The gradient family (capture and multi-scale methods) comes from one
-# forward and one backward (multi-scale Grad-CAM++ adds its depths to the same capture), so those maps are
-# computed and cached together and switching between them never recomputes.
-ONE_PASS_METHODS: tuple[str, ...] = (*list_methods("capture"), *list_methods("multiscale"))
-EXTRA_CAM_METHODS: tuple[str, ...] = tuple(list_methods("perturbation"))
-ATTRIBUTION_METHODS: tuple[str, ...] = tuple(list_methods("attribution"))
-ALL_METHODS: tuple[str, ...] = ONE_PASS_METHODS + EXTRA_CAM_METHODS + ATTRIBUTION_METHODS
-# Score-CAM in its fast mode (at most 64 masked forwards per image: cluster medoids, then a search for the
-# masks that keep the class; see verification.cam.scorecam) keeps the page responsive; the CLI runs exact.
-INTERACTIVE_OPTIONS: dict[str, dict[str, object]] = {"scorecam": {"mode": "fast", "k": 64}}
-# What the page adds to the registry's names: the interactive settings and what a user should expect.
-_LABEL_NOTES = {
-    "eigencam": " (class-agnostic)",
-    "scorecam": " (fast, 64 forwards)",
-    "ablationcam": " (slow)",
-    "integrated_gradients": " (slow)",
-    "occlusion": " (13×13 patches)",
-}
-METHOD_LABELS: dict[str, str] = {
-    name: label + _LABEL_NOTES.get(name, "") for name, label in method_labels().items()
-}
+# The method groups, labels and interactive settings are the backend's (verification.interactive); the names
+# stay importable from here for the pages. TargetKey: what a map explains, as a cache key.
+TargetKey = TargetChoice
+__all__ = [
+    "ALL_METHODS",
+    "ATTRIBUTION_METHODS",
+    "EXTRA_CAM_METHODS",
+    "INTERACTIVE_OPTIONS",
+    "METHOD_LABELS",
+    "ONE_PASS_METHODS",
+    "TargetKey",
+]
 
 
 def sha256(data: bytes) -> str:
@@ -140,29 +140,11 @@ class _Store(Generic[V]):
             return len(self._items)
 
 
-@dataclass(frozen=True)
-class TargetKey:
-    """What the map explains, as a hashable cache key: a class logit (None: the predicted class; for a
-    multi-label model, probabilities by sigmoid), or for a segmentation model the pixels of ``cls`` whose
-    probability is at least ``threshold``."""
-
-    kind: Literal["logit", "multilabel", "segmentation"] = "logit"
-    cls: int | None = None
-    threshold: float = 0.5
-
-    def build(self) -> Target:
-        if self.kind == "segmentation":
-            return SegmentationTarget(self.cls, threshold=self.threshold)
-        if self.kind == "multilabel":
-            return MultiLabel(self.cls)
-        return ClassLogit(self.cls)
-
-
 # ---------------------------------------------------------------------------------------------- models
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelChoice:
     """What the user chose for a model slot; enough to (re)load it. Compared and cached by ``key``."""
 
     kind: Literal["file", "upload"]
@@ -191,16 +173,16 @@ def file_digest(path: Path) -> str:
     return found
 
 
-def file_spec(path: Path, label: str) -> ModelSpec:
+def file_spec(path: Path, label: str) -> ModelChoice:
     """A model on disk (the demo's), keyed by the hash of its weights and sidecar."""
     digest = hashlib.sha256(file_digest(path).encode())
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
         digest.update(file_digest(sidecar).encode())
-    return ModelSpec(kind="file", label=label, key=digest.hexdigest(), path=path)
+    return ModelChoice(kind="file", label=label, key=digest.hexdigest(), path=path)
 
 
-def demo_spec(name: str) -> ModelSpec:
+def demo_spec(name: str) -> ModelChoice:
     return file_spec(demo.demo_model_path(name), f"demo: {name}")
 
 
@@ -211,7 +193,7 @@ def upload_spec(
     sidecar_bytes: bytes | None = None,
     architecture: str | None = None,
     trust: bool = False,
-) -> ModelSpec:
+) -> ModelChoice:
     """A spec for uploaded weights; a malformed sidecar is reported here, before anything is loaded."""
     sidecar: dict[str, object] | None = None
     digest = hashlib.sha256(data)
@@ -222,7 +204,7 @@ def upload_spec(
     if architecture:
         digest.update(b"arch:" + architecture.encode())
     digest.update(b"trust" if trust else b"safe")
-    return ModelSpec(
+    return ModelChoice(
         kind="upload",
         label=f"upload: {filename}",
         key=digest.hexdigest(),
@@ -235,7 +217,7 @@ def upload_spec(
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
-def _cached_model(key: str, _spec: ModelSpec) -> tuple[LoadedModel, threading.Lock]:
+def _cached_model(key: str, _spec: ModelChoice) -> tuple[LoadedModel, threading.Lock]:
     if _spec.kind == "file":
         assert _spec.path is not None
         model = load_model(_spec.path, name=_spec.label.removeprefix("demo: "))
@@ -251,7 +233,7 @@ def _cached_model(key: str, _spec: ModelSpec) -> tuple[LoadedModel, threading.Lo
     return model, threading.Lock()
 
 
-def get_model(spec: ModelSpec) -> tuple[LoadedModel, threading.Lock]:
+def get_model(spec: ModelChoice) -> tuple[LoadedModel, threading.Lock]:
     """The loaded model and the lock to hold while running it (shared across sessions)."""
     return _cached_model(spec.key, spec)
 
@@ -259,23 +241,15 @@ def get_model(spec: ModelSpec) -> tuple[LoadedModel, threading.Lock]:
 @st.cache_data(show_spinner=False, max_entries=32)
 def model_layers(model_hash: str, _model: LoadedModel, _lock: threading.Lock) -> tuple[dict[str, str], str]:
     """Spatial layers, deepest first, as {dotted name: "C×h×w"}, and the default target layer."""
-    shape = (1, _model.in_channels, *_model.input_size)
     with _lock:
-        infos = list_layers(_model.module, shape)
-        default = default_target_layer(_model.module, shape)
-    spatial = {
-        info.name: "×".join(str(s) for s in info.output_shape[1:])
-        for info in reversed(infos)
-        if info.spatial and info.output_shape is not None
-    }
-    return spatial, default
+        return layer_choices(_model)
 
 
 # ---------------------------------------------------------------------------------------------- images
 
 
 @dataclass(frozen=True, eq=False)
-class ImageItem:
+class WorkingImage:
     """One image in the working set with what is known about it: its class label, and (for the demo) the
     annotated lesion and the anatomical region of interest (lungs) as (H, W) bool masks."""
 
@@ -290,7 +264,7 @@ class ImageItem:
 @dataclass(frozen=True, eq=False)
 class ImageSet:
     label: str  # "demo: test" or "3 uploaded files"
-    items: tuple[ImageItem, ...]
+    items: tuple[WorkingImage, ...]
 
     @property
     def hashes(self) -> tuple[str, ...]:
@@ -312,7 +286,7 @@ def demo_image_set(split: str) -> ImageSet:
     for entry in demo.demo_images(split):
         image = load_image(entry.path)
         items.append(
-            ImageItem(
+            WorkingImage(
                 image=image,
                 label=entry.label,
                 lesion_mask=entry.load_mask("lesion"),
@@ -322,14 +296,14 @@ def demo_image_set(split: str) -> ImageSet:
     return ImageSet(label=f"demo: {split}", items=tuple(items))
 
 
-def images_from_blobs(blobs: Sequence[Blob]) -> tuple[list[ImageItem], list[str]]:
+def images_from_blobs(blobs: Sequence[Blob]) -> tuple[list[WorkingImage], list[str]]:
     """Load every blob; a bad file becomes an error line and the rest still load."""
-    items: list[ImageItem] = []
+    items: list[WorkingImage] = []
     errors: list[str] = []
     for blob in blobs:
         try:
             items.append(
-                ImageItem(image=image_from_bytes(blob.name, blob.data), label=blob.label, data=blob.data)
+                WorkingImage(image=image_from_bytes(blob.name, blob.data), label=blob.label, data=blob.data)
             )
         except VerificationError as exc:
             errors.append(f"{blob.name}: {exc}")
@@ -372,10 +346,6 @@ def extra_map(
 ) -> CamResult:
     """A method that needs its own passes (Score-/Ablation-CAM, captum attributions), with the interactive
     settings of :data:`INTERACTIVE_OPTIONS` (named in the method labels)."""
-    options: dict[str, Mapping[str, object]] = {
-        **INTERACTIVE_OPTIONS,
-        "occlusion": _occlusion_grid(_model.input_size),
-    }
     with _lock:
         x = to_tensor(_image, _model)
         return compute_cams(
@@ -384,28 +354,12 @@ def extra_map(
             methods=(method,),
             layers=[layer],
             target=target.build(),
-            options={method: options[method]} if method in options else None,
+            options=method_options(method, _model.input_size),
         )[0]
 
 
 # Maps of images not yet shown, from one batched pass over their set (popped when one_pass_cams takes them).
 _PRECOMPUTED_CAMS: _Store[dict[str, CamResult]] = _Store(256)
-_CAM_FIELDS = {"method", "layer", "raw", "maps", "targets", "target_kind", "logits", "probs", "constant"}
-
-
-def _one_of(result: CamResult, j: int) -> CamResult:
-    """Sample ``j`` of a batched result, as a one-image result."""
-    sl = slice(j, j + 1)
-    return replace(
-        result,
-        raw=result.raw[sl].copy(),
-        maps=result.maps[sl].copy(),
-        targets=(result.targets[j],),
-        logits=result.logits[sl].copy(),
-        probs=result.probs[sl].copy(),
-        constant=result.constant[sl].copy(),
-        provenance=dict(result.provenance),
-    )
 
 
 def _cam_key(model: LoadedModel, image: LoadedImage, layer: str, target: TargetKey) -> Hashable:
@@ -424,8 +378,7 @@ def precompute_cams(
     """The gradient-family maps of ``images`` in batches (one forward and one backward per batch), kept
     for :func:`one_pass_cams`; returns how many images were computed (0 when a result type has per-sample
     fields this function does not know how to split, so nothing wrong is ever stored)."""
-    names = {f.name for f in dataclasses.fields(CamResult)} - {"provenance"}
-    if names != _CAM_FIELDS:
+    if not can_split():
         return 0
     todo = list({im.content_hash: im for im in images}.values())
     todo = [im for im in todo if _cam_key(model, im, layer, target) not in _PRECOMPUTED_CAMS]
@@ -435,16 +388,9 @@ def precompute_cams(
             x = to_tensor(chunk, model)
             results = compute_cams(model, x, methods=ONE_PASS_METHODS, layers=[layer], target=target.build())
         for j, im in enumerate(chunk):
-            maps = {r.method: _one_of(r, j) for r in results}
+            maps = {r.method: split_result(r, j) for r in results}
             _PRECOMPUTED_CAMS.put(_cam_key(model, im, layer, target), maps)
     return len(todo)
-
-
-def _occlusion_grid(size: tuple[int, int]) -> dict[str, tuple[int, int]]:
-    """Occlusion patches of 1/7 of the side moved by half a patch: 13 × 13 forwards (the backend's finer
-    default, 1/14 by 1/28, needs 27 × 27 and is meant for batch runs)."""
-    win = (max(1, size[0] // 7), max(1, size[1] // 7))
-    return {"window": win, "stride": (max(1, win[0] // 2), max(1, win[1] // 2))}
 
 
 def cam_for(
@@ -506,10 +452,8 @@ def _segmentation_logits(
     model_hash: str, image_hash: str, _model: LoadedModel, _lock: threading.Lock, _image: LoadedImage
 ) -> torch.Tensor:
     """(1, C, H, W) logits of a segmentation model for one image."""
-    from verification.cam.targets import output_tensor
-
-    with _lock, torch.inference_mode():
-        return output_tensor(_model.module(to_tensor(_image, _model))).float()
+    with _lock:
+        return segmentation_logits(_model, _image)
 
 
 def segmentation_mask(
@@ -518,7 +462,7 @@ def segmentation_mask(
     """The region the segmentation target sums over (the backend's rule: pixels of ``target.cls`` at or above
     its threshold), (H, W) bool."""
     logits = _segmentation_logits(model.content_hash, image.content_hash, model, lock, image)
-    return SegmentationTarget(target.cls, threshold=target.threshold).region(logits)[0].numpy()
+    return target.region(logits)
 
 
 # ---------------------------------------------------------------------------------------------- demo
@@ -603,17 +547,17 @@ def demo_bundle(model: LoadedModel | None) -> BundleHandle:
 def _bundle_from_files(
     digest: str, model_hash: str | None, _files: tuple[tuple[str, bytes], ...], _model: LoadedModel | None
 ) -> BundleHandle:
-    blobs = {PurePosixPath(blob.name).name: blob.data for blob in expand_bundle_upload(_files)}
-    manifests = sorted(n for n in blobs if n.endswith(".json"))
-    arrays = sorted(n for n in blobs if n.endswith(".npz"))
-    if not manifests or not arrays:
-        raise BundleError("The bundle upload needs the bundle's .json manifest and its .npz arrays.")
+    found = bundle_files(_files)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bundle = load_bundle_bytes(
-            blobs[arrays[0]], blobs[manifests[0]], model=_model, name=arrays[0], manifest_name=manifests[0]
+            found.arrays,
+            found.manifest,
+            model=_model,
+            name=found.arrays_name,
+            manifest_name=found.manifest_name,
         )
-    label = f"uploaded bundle {manifests[0]}"
+    label = f"uploaded bundle {found.manifest_name}"
     return _bundle_handle(bundle, f"{digest}:{model_hash}", label, [str(w.message) for w in caught])
 
 
@@ -623,17 +567,6 @@ def bundle_from_upload(files: Sequence[tuple[str, bytes]], model: LoadedModel | 
         digest.update(name.encode())
         digest.update(data)
     return _bundle_from_files(digest.hexdigest(), model.content_hash if model else None, tuple(files), model)
-
-
-def expand_bundle_upload(files: Sequence[tuple[str, bytes]]) -> list[Blob]:
-    """A bundle arrives as its files (.npz + .json) or as one zip holding them."""
-    out: list[Blob] = []
-    for name, data in files:
-        if name.lower().endswith(".zip"):
-            out.extend(expand_zip(name, data, suffixes=frozenset({".npz", ".json"})).blobs)
-        else:
-            out.append(Blob(name, data))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- consistency
@@ -663,12 +596,9 @@ def demo_checkpoint_series(
     paths = tuple(demo.demo_checkpoints())
     if not paths:
         raise BundleError("The demo has no checkpoint series; build it with 'python -m assets.make_demo'.")
-    labelled = [item for item in images.items if item.label in class_names]
-    if len(labelled) < 4:
-        raise BundleError(
-            "The C-Score needs labelled images of the checkpoints' classes "
-            f"({', '.join(class_names)}); choose a labelled demo set or a zip with one folder per class."
-        )
+    labelled = labelled_for_classes(
+        images.items, class_names, advice="choose a labelled demo set or a zip with one folder per class"
+    )
     digest = _digest_files(list(paths))
     return checkpoint_series(
         digest,
@@ -710,20 +640,19 @@ def _verify_items(
     model: LoadedModel,
     lock: threading.Lock,
     bundle: ReferenceBundle,
-    items: Sequence[ImageItem],
+    items: Sequence[WorkingImage],
     config: VerdictConfig,
     progress: ProgressFn | None,
 ) -> VerificationReport:
     """The backend's one verify over the items, with their labels and masks (None where unknown)."""
     if not items:
         raise BundleError("No images to verify: choose or upload some in the sidebar.")
-    labels = [item.label for item in items] if any(item.label for item in items) else None
     with lock:
         return verify(
             model,
             bundle,
             [item.image for item in items],
-            labels,
+            labels_or_none(items),
             annotations=[item.lesion_mask for item in items],
             anatomy=[item.anatomy_mask for item in items],
             config=config,
@@ -743,7 +672,7 @@ def _cached_verify(
     model: LoadedModel,
     lock: threading.Lock,
     bundle: BundleHandle,
-    items: tuple[ImageItem, ...],
+    items: tuple[WorkingImage, ...],
     config: VerdictConfig,
     progress: ProgressFn | None,
 ) -> VerificationReport:
@@ -775,7 +704,7 @@ def clear_stores() -> None:
         store.clear()
 
 
-def _item_key(item: ImageItem) -> Hashable:
+def _item_key(item: WorkingImage) -> Hashable:
     return (
         item.image.content_hash,
         item.image.name,
@@ -790,7 +719,7 @@ def _item_key(item: ImageItem) -> Hashable:
 _EVIDENCE: _Store[ImageEvidence] = _Store(20_000)
 
 
-def _evidence_key(model_hash: str, bundle_key: str, item: ImageItem, config: VerdictConfig) -> Hashable:
+def _evidence_key(model_hash: str, bundle_key: str, item: WorkingImage, config: VerdictConfig) -> Hashable:
     return (model_hash, bundle_key, config, _item_key(item))
 
 
@@ -798,7 +727,7 @@ def image_evidence(
     model: LoadedModel,
     lock: threading.Lock,
     bundle: BundleHandle,
-    item: ImageItem,
+    item: WorkingImage,
     *,
     faithfulness: bool = False,
 ) -> ImageEvidence | None:
@@ -816,7 +745,7 @@ def verify_items(
     model: LoadedModel,
     lock: threading.Lock,
     bundle: BundleHandle,
-    items: Sequence[ImageItem],
+    items: Sequence[WorkingImage],
     *,
     faithfulness: bool = False,
     progress: ProgressFn | None = None,
@@ -858,11 +787,7 @@ def build_bundle(model: LoadedModel, lock: threading.Lock, images: ImageSet | No
 
 def reference_map(bundle: BundleHandle, class_name: str) -> np.ndarray | None:
     """The reference map (h, w) in [0, 1] of a class, or None when the bundle has none for it."""
-    b = bundle.bundle
-    if class_name not in b.class_names:
-        return None
-    k = b.class_names.index(class_name)
-    return None if int(b.counts[k]) == 0 else np.asarray(b.references[k])
+    return _reference_map(bundle.bundle, class_name)
 
 
 # ---------------------------------------------------------------------------------------------- datasets
@@ -881,20 +806,10 @@ class Source:
 
 def sources_from_folder(folder: str) -> list[Source]:
     """A folder on this machine: one subfolder per class gives labels, otherwise every image unlabelled."""
-    from ui import server_paths
+    from verification import server_paths
 
     root = server_paths.resolve_folder(folder)  # only inside the folders the operator allows (off by default)
-    has_classes = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
-    try:
-        labels: list[str | None]
-        if has_classes:
-            paths, class_names = scan_labelled(root)
-            labels = list(class_names)
-        else:
-            paths = scan_images([root])
-            labels = [None] * len(paths)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ImageLoadError(str(exc)) from exc
+    paths, labels = folder_images(root)
     inside = set(server_paths.keep_within_roots(paths)[0])  # links that lead out of the roots are dropped
     return [Source(str(p.relative_to(root)), lab, path=p) for p, lab in zip(paths, labels) if p in inside]
 
@@ -926,13 +841,12 @@ def verify_sources(
     if not sources:
         raise ImageLoadError("No images found there.")
     inputs = [src.path if src.path is not None else src.data for src in sources]
-    labels = [src.label for src in sources] if any(src.label for src in sources) else None
     with lock:
         report = verify(
             model,
             bundle.bundle,
             inputs,
-            labels,
+            labels_or_none(sources),
             config=VerdictConfig(faithfulness=faithfulness),
             progress=progress,
             names=[src.name for src in sources],

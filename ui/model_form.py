@@ -3,13 +3,12 @@ multi-label hint, and errors shown at the field that fixes them.
 
 The sidebar (``ui/sidebar.py``) calls, in its upload form: :func:`field_slot` just above a field whose errors
 should appear there, :func:`label_fields` (task + label names, which become the sidecar handed to the
-loader), :func:`field_errors` around the load, and :func:`after_load` once the model loaded. The words and
-the sidecar merge are in :mod:`ui.uploads` (no Streamlit: tested directly).
+loader), :func:`field_errors` around the load, and :func:`after_load` once the model loaded. The form's words
+are in :mod:`ui.uploads`, the sidecar merge in :mod:`verification.uploads` (no Streamlit: tested directly).
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,12 +18,13 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from ui.state import ModelSlotKeys, StateKey
-from ui.uploads import FIELD_LABELS, TASKS, form_message, parse_names
+from ui.uploads import FIELD_LABELS, form_message
 from ui.widgets import Failed
 from verification.errors import MissingFieldError
 from verification.io.records import LoadedModel
 from verification.io.sidecar import sidecar_bytes, sidecar_of
 from verification.multilabel import multilabel_hint
+from verification.uploads import TASKS, parse_names, unnamed_outputs
 
 TASK_HELP = (
     "Single-label: the outputs compete, exactly one class per image (softmax). Multi-label: each output is "
@@ -35,7 +35,6 @@ NAMES_HELP = (
     "One name per model output, in output order. They replace the sidecar's class_names (or class_0, "
     "class_1, …) on every page; download the sidecar below to keep them."
 )
-_GENERIC = re.compile(r"class_\d+")
 
 _slots = threading.local()  # this run's containers above the form's fields (one script run per thread)
 
@@ -119,7 +118,7 @@ def after_load(slot: ModelSlotKeys, filename: str, model: LoadedModel) -> None:
             f"Read as single-label: the {model.num_classes} probabilities are a softmax and add up to 100 %. "
             f"If the outputs are independent findings, choose **Multi-label** in the **Task** field above."
         )
-    if all(_GENERIC.fullmatch(c) for c in model.class_names):
+    if unnamed_outputs(model.class_names):
         st.caption(
             f"The {model.num_classes} outputs have no names (class_0 … class_{model.num_classes - 1}): type "
             f"them in **{FIELD_LABELS['class_names']}** above, one per line."

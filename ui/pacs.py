@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import streamlit as st
 
 from ui import loaders
-from ui.uploads import expand_uploads
 from ui.widgets import guard
 from verification.errors import PacsError
 from verification.io.records import LoadedModel
@@ -30,6 +29,7 @@ from verification.pacs import (
     StudyInfo,
     parse_source,
 )
+from verification.uploads import expand_uploads
 
 URL_KEY = "pacs_url"
 STUDY_KEY = "pacs_study"
@@ -131,7 +131,7 @@ def image_set() -> loaders.ImageSet | None:
 
 
 def store_section(
-    model: LoadedModel | None, lock: threading.Lock | None, image: loaders.ImageItem | None
+    model: LoadedModel | None, lock: threading.Lock | None, image: loaders.WorkingImage | None
 ) -> None:
     """The opt-in write-back: a button that stores model A's Grad-CAM of the current image (predicted class,
     default layer) into the image's study as a Secondary Capture overlay in a new series."""
@@ -151,7 +151,7 @@ def store_section(
         st.success(f"Stored in the study as a new series: {stored}", icon=":material/cloud_done:")
 
 
-def _store(model: LoadedModel, lock: threading.Lock, item: loaders.ImageItem, origin: Origin) -> str:
+def _store(model: LoadedModel, lock: threading.Lock, item: loaders.WorkingImage, origin: Origin) -> str:
     import pydicom
 
     from verification.cam import compute_cams

@@ -16,10 +16,10 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from ui import loaders, model_form
-from ui.state import K, ModelSlotKeys
-from ui.uploads import expand_uploads, form_sidecar
-from ui.widgets import guard
+from ui.state import K, ModelSlotKeys, StateKey
+from ui.widgets import choice, guard, switch
 from verification.io.records import LoadedModel
+from verification.uploads import expand_uploads, form_sidecar
 
 DEMO_MODELS: dict[str, str] = {
     "sound": "Sound classifier",
@@ -50,6 +50,9 @@ def available_demo_models() -> list[str]:
     return [name for name in DEMO_MODELS if name in on_disk]
 
 
+MODEL_SOURCES = {"demo": "Built-in demo", "upload": "Upload a model"}
+IMAGE_SOURCES = {"demo": "Built-in demo images", "upload": "Upload images", "pacs": "PACS"}
+BUNDLE_SOURCES = {"demo": "Demo bundle", "upload": "Upload", "build": "Build from labelled images"}
 MODEL_TYPES = ["safetensors", "pt", "pth", "pt2", "bin", "ckpt"]
 IMAGE_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom", "zip"]
 TRUST_LABEL = "I trust this file — allow executing code from it"
@@ -62,7 +65,7 @@ TRUST_HELP = (
 
 @dataclass(frozen=True)
 class ModelHandle:
-    spec: loaders.ModelSpec
+    spec: loaders.ModelChoice
     model: LoadedModel
     lock: threading.Lock
 
@@ -132,17 +135,15 @@ def workspace(*, images: bool = True, bundle: bool = False) -> Ready[Any, Any]:
 # ---------------------------------------------------------------------------------------------- models
 
 
-def _choose_model(slot: ModelSlotKeys, title: str) -> loaders.ModelSpec | None:
-    for key in (slot.source, slot.demo_name, slot.trust, slot.architecture):
+def _source(key: StateKey[str], label: str, options: dict[str, str]) -> str:
+    """A section's source choice: one row of options, its label hidden (the section's heading says it)."""
+    return choice(key, label, options, horizontal=True, show_label=False)
+
+
+def _choose_model(slot: ModelSlotKeys, title: str) -> loaders.ModelChoice | None:
+    for key in (slot.demo_name, slot.trust, slot.architecture):
         key.init()
-    source = st.radio(
-        f"{title} source",
-        ["demo", "upload"],
-        format_func={"demo": "Built-in demo", "upload": "Upload a model"}.get,
-        horizontal=True,
-        key=slot.source.name,
-        label_visibility="collapsed",
-    )
+    source = _source(slot.source, f"{title} source", MODEL_SOURCES)
     if source == "demo":
         name = st.selectbox(
             "Demo model",
@@ -182,8 +183,8 @@ def _choose_model(slot: ModelSlotKeys, title: str) -> loaders.ModelSpec | None:
 
 
 def _resolve_model(slot: ModelSlotKeys, title: str) -> ModelHandle | None:
-    last: loaders.ModelSpec | None = slot.last_good.get()
-    spec: loaders.ModelSpec | None = None
+    last: loaders.ModelChoice | None = slot.last_good.get()
+    spec: loaders.ModelChoice | None = None
     with guard(f"{title}: reading the choice"):
         spec = _choose_model(slot, title)
     if spec is not None:
@@ -221,16 +222,8 @@ def _model_caption(model: LoadedModel) -> None:
 
 
 def _resolve_images() -> loaders.ImageSet | None:
-    K.IMAGES_SOURCE.init()
     K.IMAGES_SPLIT.init()
-    source = st.radio(
-        "Image source",
-        ["demo", "upload", "pacs"],
-        format_func={"demo": "Built-in demo images", "upload": "Upload images", "pacs": "PACS"}.get,
-        horizontal=True,
-        key=K.IMAGES_SOURCE.name,
-        label_visibility="collapsed",
-    )
+    source = _source(K.IMAGES_SOURCE, "Image source", IMAGE_SOURCES)
     last: loaders.ImageSet | None = K.IMAGES_LAST_GOOD.get()
     chosen: loaders.ImageSet | None = None
     if source == "demo":
@@ -288,7 +281,7 @@ def _pick_image(images: loaders.ImageSet) -> None:
     )
 
 
-def _image_title(item: loaders.ImageItem) -> str:
+def _image_title(item: loaders.WorkingImage) -> str:
     return item.image.name + (f" ({item.label})" if item.label else "")
 
 
@@ -298,15 +291,7 @@ def _image_title(item: loaders.ImageItem) -> str:
 def _resolve_bundle(
     model_a: ModelHandle | None, images: loaders.ImageSet | None
 ) -> loaders.BundleHandle | None:
-    K.BUNDLE_SOURCE.init()
-    source = st.radio(
-        "Reference source",
-        ["demo", "upload", "build"],
-        format_func={"demo": "Demo bundle", "upload": "Upload", "build": "Build from labelled images"}.get,
-        horizontal=True,
-        key=K.BUNDLE_SOURCE.name,
-        label_visibility="collapsed",
-    )
+    source = _source(K.BUNDLE_SOURCE, "Reference source", BUNDLE_SOURCES)
     last: loaders.BundleHandle | None = K.BUNDLE_LAST_GOOD.get()
     chosen: loaders.BundleHandle | None = None
     model = model_a.model if model_a else None
@@ -390,13 +375,10 @@ def render(*, model_b_now: bool) -> Callable[[], None]:
 
 
 def _model_b_toggle() -> bool:
-    K.MODEL_B_ENABLED.init()
-    return bool(
-        st.toggle(
-            "Compare with a second model",
-            key=K.MODEL_B_ENABLED.name,
-            help="Off by default. Model B is loaded only when this is on; Compare models uses it.",
-        )
+    return switch(
+        K.MODEL_B_ENABLED,
+        "Compare with a second model",
+        help="Off by default. Model B is loaded only when this is on; Compare models uses it.",
     )
 
 

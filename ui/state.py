@@ -56,7 +56,7 @@ class ModelSlotKeys:
     sidecar: StateKey[Any]  # optional JSON sidecar upload
     architecture: StateKey[str]  # architecture name for bare state dicts
     trust: StateKey[bool]
-    last_good: StateKey[Any]  # ui.loaders.ModelSpec | None: what to fall back to after a failed load
+    last_good: StateKey[Any]  # ui.loaders.ModelChoice | None: what to fall back to after a failed load
 
 
 def _slot(slot: str, demo_default: str) -> ModelSlotKeys:
@@ -102,6 +102,7 @@ class K:
     SEG_THRESHOLD: StateKey[float] = StateKey("seg_threshold", _const(0.5))
     ATTENTION_SLOW: StateKey[bool] = StateKey("attention_slow", _const(False))
     SHOW_LESION: StateKey[bool] = StateKey("show_lesion", _const(True))
+    DRAW_REGION: StateKey[bool] = StateKey("viewer_draw_open", _const(False))  # the drawing chart, on request
 
     FEATURE_STAT: StateKey[str] = StateKey("feature_stat", _const("mean"))
 
@@ -141,6 +142,7 @@ class K:
             cls.SEG_THRESHOLD,
             cls.ATTENTION_SLOW,
             cls.SHOW_LESION,
+            cls.DRAW_REGION,
             cls.CONSISTENCY_METHODS,
             cls.CONSISTENCY_TAU,
             cls.CONSISTENCY_GAMMA,

@@ -1,206 +1,43 @@
-"""Turn what the user uploaded (single files, several at once, or zip archives) into named byte blobs.
-
-No Streamlit here: the sidebar hands over ``(filename, bytes)`` pairs, so the tests drive this directly. The
-model form's words and sidecar (:func:`form_message`, :func:`form_sidecar`) live here for the same reason. Zip
-archives are opened with limits on the number of entries and on the bytes actually decompressed (not the sizes
-the archive declares, which a zip bomb can lie about). One :class:`~verification.io.budget.Budget` spans the
-whole upload: entries and decompressed bytes are summed across all its archives, and the decoded size of all
-its images (from their headers, before any is decoded) is bounded too.
-"""
+"""The model upload form's words: a :class:`~verification.errors.MissingFieldError` said at the form's own
+field. The upload rules themselves (zip limits, bundle and checkpoint files, the form's sidecar) are the
+backend's :mod:`verification.uploads`, re-exported here under their old names."""
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
-import zlib
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from verification.errors import MissingFieldError
+from verification.uploads import (
+    IMAGE_SUFFIXES,
+    MAX_ENTRY_BYTES,
+    MAX_ZIP_ENTRIES,
+    MAX_ZIP_RATIO,
+    MAX_ZIP_TOTAL_BYTES,
+    TASKS,
+    Blob,
+    Expanded,
+    expand_uploads,
+    expand_zip,
+    form_sidecar,
+    is_zip,
+    parse_names,
+)
 
-from verification.batch import IMAGE_SUFFIXES as BATCH_SUFFIXES
-from verification.errors import ImageLoadError, InputTooLargeError, MissingFieldError, ModelLoadError
-from verification.io.archive import ZIP_OPEN_ERRORS, entry_name_problem
-from verification.io.budget import Budget, ResourceLimits
-from verification.io.images import DEFAULT_MAX_IMAGE_BYTES, image_cost
-from verification.io.sidecar import parse_sidecar, read_sidecar_bytes
-
-# The batch loader's image suffixes, plus none at all: DICOM files inside archives often have no suffix.
-IMAGE_SUFFIXES = frozenset(BATCH_SUFFIXES | {""})
-MAX_ZIP_ENTRIES = 5000
-MAX_ZIP_TOTAL_BYTES = 1 << 30  # 1 GiB decompressed across all archives of one upload
-MAX_ZIP_RATIO = 200  # an entry that inflates more than this is treated as a bomb
-# One entry is never larger than one image may be (load_image's file limit): its copy is the transient peak.
-MAX_ENTRY_BYTES = DEFAULT_MAX_IMAGE_BYTES
-_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class Blob:
-    """One uploaded file. ``label`` is the name of the folder it sat in inside a zip (the class label)."""
-
-    name: str
-    data: bytes = field(repr=False)
-    label: str | None = None
-
-
-@dataclass(frozen=True)
-class Expanded:
-    blobs: tuple[Blob, ...]
-    skipped: tuple[str, ...]  # entries that are not images (README.txt, labels.csv, ...)
-
-
-def is_zip(name: str, data: bytes) -> bool:
-    return name.lower().endswith(".zip") or data[:4] == b"PK\x03\x04"
-
-
-def _skippable(path: PurePosixPath) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in path.parts)
-
-
-def _budget(max_entries: int, max_total_bytes: int) -> Budget:
-    return Budget(ResourceLimits(max_archive_entries=max_entries, max_archive_bytes=max_total_bytes))
-
-
-def _read_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, archive: str) -> bytes:
-    """Decompress one entry, stopping as soon as it exceeds its declared size, the ratio or the budget."""
-    limit = min(budget, max(info.compress_size, 1) * MAX_ZIP_RATIO, info.file_size)
-    out = bytearray()
-    with zf.open(info) as fh:
-        while chunk := fh.read(_CHUNK):
-            out += chunk
-            if len(out) > limit:
-                raise InputTooLargeError(
-                    f"{archive}: entry {info.filename!r} decompresses to more than "
-                    f"{limit:,} bytes (its declared size, {MAX_ZIP_RATIO}x its compressed size, or what is "
-                    "left of the upload's archive limit). Upload a smaller archive."
-                )
-    return bytes(out)
-
-
-def expand_zip(
-    name: str,
-    data: bytes,
-    *,
-    max_entries: int = MAX_ZIP_ENTRIES,
-    max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
-    suffixes: frozenset[str] = IMAGE_SUFFIXES,
-    budget: Budget | None = None,
-) -> Expanded:
-    """The entries of a zip archive whose suffix is in ``suffixes`` (images by default), labelled by their
-    parent folder; other entries are listed as skipped. ``budget`` carries the upload's totals across archives
-    (by default one for this archive alone, with ``max_entries`` and ``max_total_bytes``)."""
-    budget = budget if budget is not None else _budget(max_entries, max_total_bytes)
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except ZIP_OPEN_ERRORS as exc:
-        raise ImageLoadError(f"{name} is not a readable zip archive ({exc}).") from exc
-    with zf:
-        infos = [i for i in zf.infolist() if not i.is_dir()]
-        if len(infos) > max_entries:
-            raise InputTooLargeError(
-                f"{name} holds {len(infos):,} files; at most {max_entries:,} are accepted in one archive. "
-                "Split it into smaller archives."
-            )
-        declared = sum(i.file_size for i in infos)
-        if declared > max_total_bytes:
-            raise InputTooLargeError(
-                f"{name} would decompress to {declared:,} bytes; at most {max_total_bytes:,} are accepted."
-            )
-        room = budget.archive_room()
-        if declared > room:
-            raise InputTooLargeError(
-                f"{name} would decompress to {declared:,} bytes, more than the {max(room, 0):,} left of this "
-                f"upload's {budget.limits.max_archive_bytes:,}-byte limit for all archives together."
-            )
-        budget.charge_entries(len(infos), name)
-        for info in infos:  # declared ratios first: a bomb is refused before a byte is inflated
-            ratio_cap = max(info.compress_size, 1) * MAX_ZIP_RATIO
-            if info.file_size > max(ratio_cap, _CHUNK):
-                raise InputTooLargeError(
-                    f"{name}: entry {info.filename[:120]!r} decompresses to more than {MAX_ZIP_RATIO}x its "
-                    f"compressed size ({info.file_size:,} bytes from {info.compress_size:,}): a zip bomb."
-                )
-            if info.file_size > MAX_ENTRY_BYTES and PurePosixPath(info.filename).suffix.lower() in suffixes:
-                raise InputTooLargeError(
-                    f"{name}: entry {info.filename[:120]!r} is {info.file_size / 1e6:,.0f} MB, above the "
-                    f"{MAX_ENTRY_BYTES / 1e6:,.0f} MB limit for one file; it could not be loaded."
-                )
-        blobs: list[Blob] = []
-        skipped: list[str] = []
-        for info in infos:
-            path = PurePosixPath(info.filename)
-            if _skippable(path):
-                continue
-            if entry_name_problem(info.filename) is not None:  # absolute, '..', control characters
-                skipped.append(info.filename[:120].encode("ascii", "backslashreplace").decode())
-                continue
-            if path.suffix.lower() not in suffixes:
-                skipped.append(info.filename)
-                continue
-            room = budget.archive_room()
-            if 2 * info.file_size > room:  # inflating briefly holds the entry twice (buffer, then bytes)
-                raise InputTooLargeError(
-                    f"{name}: entry {info.filename[:120]!r} ({info.file_size:,} bytes) does not fit in what "
-                    f"is left of this upload's {budget.limits.max_archive_bytes:,}-byte limit for all "
-                    "archives together (reading it takes twice its size). Upload fewer or smaller files."
-                )
-            try:
-                content = _read_bounded(zf, info, room, name)
-            except (
-                zipfile.BadZipFile,
-                OSError,
-                RuntimeError,
-                EOFError,
-                NotImplementedError,
-                ValueError,
-                zlib.error,
-            ) as exc:
-                raise ImageLoadError(
-                    f"{name}: entry {info.filename[:120]!r} cannot be read ({exc})."
-                ) from exc
-            budget.charge_archive_bytes(len(content), name)
-            label = path.parent.name or None
-            blobs.append(Blob(name=info.filename, data=content, label=label))
-    return Expanded(tuple(blobs), tuple(skipped))
-
-
-def expand_uploads(
-    files: Iterable[tuple[str, bytes]],
-    *,
-    max_entries: int = MAX_ZIP_ENTRIES,
-    max_total_bytes: int = MAX_ZIP_TOTAL_BYTES,
-    budget: Budget | None = None,
-    retain: bool = True,
-) -> Expanded:
-    """Single files pass through unlabelled; zip archives are expanded with the limits above, summed across
-    all archives of the upload (one ``budget``). With ``retain`` (all images are kept in memory, as the
-    sidebar does), the decoded size of all images, read from their headers, must fit the budget's
-    ``max_decoded_bytes``; pass ``retain=False`` where images are decoded a chunk at a time. Files whose
-    header cannot be read are passed on: loading them reports the error."""
-    budget = budget if budget is not None else _budget(max_entries, max_total_bytes)
-    blobs: list[Blob] = []
-    skipped: list[str] = []
-    for name, data in files:
-        if is_zip(name, data):
-            part = expand_zip(
-                name, data, max_entries=max_entries, max_total_bytes=max_total_bytes, budget=budget
-            )
-            blobs.extend(part.blobs)
-            skipped.extend(part.skipped)
-        else:
-            blobs.append(Blob(name=name, data=data))
-    if retain:
-        for blob in blobs:
-            try:
-                cost = image_cost(blob.data, blob.name)
-            except (ImageLoadError, InputTooLargeError):
-                continue  # unreadable or refused on its own: load_image reports it for this file
-            budget.charge_decoded(cost, blob.name)
-    return Expanded(tuple(blobs), tuple(skipped))
-
-
-# ------------------------------------------------------------------------------------ the model form
+__all__ = [
+    "FIELD_LABELS",
+    "IMAGE_SUFFIXES",
+    "MAX_ENTRY_BYTES",
+    "MAX_ZIP_ENTRIES",
+    "MAX_ZIP_RATIO",
+    "MAX_ZIP_TOTAL_BYTES",
+    "TASKS",
+    "Blob",
+    "Expanded",
+    "expand_uploads",
+    "expand_zip",
+    "form_message",
+    "form_sidecar",
+    "is_zip",
+    "parse_names",
+]
 
 FIELD_LABELS: dict[str, str] = {
     "architecture": "Architecture",
@@ -210,12 +47,6 @@ FIELD_LABELS: dict[str, str] = {
 }
 """The dashboard's model-form field that answers a :class:`~verification.errors.MissingFieldError`, by the
 error's ``field`` (the sidecar's vocabulary)."""
-
-TASKS: dict[str, str] = {
-    "auto": "As the sidecar says (else single-label)",
-    "classification": "Single-label: one class per image (softmax, adds up to 100 %)",
-    "multilabel": "Multi-label: independent labels (a sigmoid each)",
-}
 
 
 def form_message(exc: MissingFieldError, filename: str, *, outputs: int | None = None) -> str:
@@ -235,33 +66,3 @@ def form_message(exc: MissingFieldError, filename: str, *, outputs: int | None =
         )
     label = FIELD_LABELS.get(exc.field)
     return f"{exc} — set it in the **{label}** field below." if label else str(exc)
-
-
-def parse_names(text: str | None) -> tuple[str, ...] | None:
-    """Label names typed one per line (blank lines and surrounding spaces ignored); None when there are
-    none. Duplicates and over-long names are refused by the sidecar check with a message naming them."""
-    if not text:
-        return None
-    names = tuple(line.strip() for line in text.splitlines() if line.strip())
-    return names or None
-
-
-def form_sidecar(
-    uploaded: bytes | None, names: tuple[str, ...] | None = None, task: str = "auto"
-) -> bytes | None:
-    """The sidecar the form hands to the loader: the uploaded one (validated) with the names typed in the
-    form and the task chosen there put over it; None when there is nothing to say. Raises ModelLoadError for
-    a malformed upload or names the sidecar schema refuses (duplicates, > 200 characters)."""
-    doc = read_sidecar_bytes(uploaded) if uploaded else {}
-    if names is not None:
-        doc["class_names"] = list(names)
-        if doc.get("num_classes") is not None and doc["num_classes"] != len(names):
-            doc.pop("num_classes")  # the typed names are the newer word on how many outputs there are
-    if task != "auto":
-        if task not in TASKS:
-            raise ModelLoadError(f"unknown task {task[:40]!r}; choose one of {', '.join(TASKS)}")
-        doc["task"] = task
-    if not doc:
-        return None
-    parse_sidecar(doc)  # names the key at fault before any model is built
-    return json.dumps(doc).encode("utf-8")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ui.loaders import BundleHandle, ImageItem, ImageSet, TargetKey
+    from ui.loaders import BundleHandle, ImageSet, TargetKey, WorkingImage
     from verification.io.records import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,7 +223,7 @@ def _defaults(model: LoadedModel, lock: threading.Lock) -> tuple[str, TargetKey]
 def attention_view(
     model: LoadedModel,
     lock: threading.Lock,
-    item: ImageItem,
+    item: WorkingImage,
     bundle: BundleHandle | None,
     *,
     method: str,

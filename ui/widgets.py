@@ -1,16 +1,17 @@
-"""Small reusable pieces of page: the error boundary, image panels, the colour bar, notices (the verdict is
-drawn by :mod:`ui.evidence`)."""
+"""Small reusable pieces of page: the error boundary, choices bound to a session key, image panels, the colour
+bar, notices (the verdict is drawn by :mod:`ui.evidence`)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
 import streamlit as st
 
 from ui.figures import colorbar_html
+from ui.state import StateKey
 from verification.errors import VerificationError
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,36 @@ def guard(what: str) -> Iterator[Failed]:
         state.failed = True
         log.exception("%s failed", what)
         st.error(f"**{what}** failed unexpectedly: `{type(exc).__name__}: {exc}`", icon=":material/error:")
+
+
+def choice(
+    key: StateKey[str],
+    label: str,
+    options: Mapping[str, str],
+    *,
+    horizontal: bool = False,
+    show_label: bool = True,
+    help: str | None = None,
+) -> str:
+    """A radio over ``options`` (value → the words shown), bound to ``key`` and starting from its default."""
+    key.init()
+    return str(
+        st.radio(
+            label,
+            list(options),
+            format_func=options.__getitem__,
+            horizontal=horizontal,
+            key=key.name,
+            label_visibility="visible" if show_label else "collapsed",
+            help=help,
+        )
+    )
+
+
+def switch(key: StateKey[bool], label: str, *, help: str | None = None) -> bool:
+    """A toggle bound to ``key``, starting from its default."""
+    key.init()
+    return bool(st.toggle(label, key=key.name, help=help))
 
 
 def image_panel(title: str, picture: np.ndarray, *, caption: str | None = None) -> None:

@@ -208,6 +208,15 @@ class ChannelStats:
     ref_mean: np.ndarray
     ref_std: np.ndarray
 
+    def band(self, k: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+        """The reference set's mean ± ``k`` std per channel, (C,) each."""
+        return self.ref_mean - k * self.ref_std, self.ref_mean + k * self.ref_std
+
+    def outside(self, k: float = 2.0) -> np.ndarray:
+        """(C,) bool: the channels where this image lies outside :meth:`band`."""
+        lo, hi = self.band(k)
+        return (self.image < lo) | (self.image > hi)
+
 
 def build_feature_reference(
     model: nn.Module | LoadedModel,
@@ -263,6 +272,11 @@ def build_feature_reference(
     )
 
 
+BROAD_SHIFT_RATE = 0.2
+"""A set whose flagged fraction exceeds this is called broadly shifted (the Features page's rule since the
+first release)."""
+
+
 @dataclass(frozen=True)
 class FeatureShiftReport:
     """Per image: shift ``score`` (mean |z|), ``structure_ssim``, the two flags and ``flagged`` (either);
@@ -283,6 +297,11 @@ class FeatureShiftReport:
     @property
     def flag_rate(self) -> float:
         return float(self.flagged.mean()) if len(self.names) else float("nan")
+
+    @property
+    def broad_shift(self) -> bool:
+        """Whether more than :data:`BROAD_SHIFT_RATE` of the images are flagged (an empty set is not)."""
+        return self.flag_rate > BROAD_SHIFT_RATE
 
     def rows(self) -> list[dict[str, Any]]:
         return [

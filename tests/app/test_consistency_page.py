@@ -4,30 +4,21 @@ the trust tick and nothing in it runs."""
 
 from __future__ import annotations
 
-import io
 import pathlib
 import pickle
-import zipfile
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.app.conftest import DASHBOARD
+from tests.builders import zip_bytes
 from ui import checkpoints
-from ui.uploads import Blob
 from verification import demo
 from verification.errors import ModelLoadError
+from verification.uploads import Blob
 
 pytestmark = pytest.mark.usefixtures("navigation_only")
-
-
-def _zip(entries: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def _checkpoint_zip(indices: tuple[int, ...]) -> bytes:
@@ -37,7 +28,7 @@ def _checkpoint_zip(indices: tuple[int, ...]) -> bytes:
         p = paths[i]
         entries[f"run/{p.name}"] = p.read_bytes()
         entries[f"run/{p.with_suffix('.json').name}"] = p.with_suffix(".json").read_bytes()
-    return _zip(entries)
+    return zip_bytes(entries)
 
 
 def _labelled_zip(per_class: int = 4) -> bytes:
@@ -48,7 +39,7 @@ def _labelled_zip(per_class: int = 4) -> bytes:
         if counts.get(label, 0) < per_class:
             counts[label] = counts.get(label, 0) + 1
             entries[f"{label}/{item.path.name}"] = item.path.read_bytes()
-    return _zip(entries)
+    return zip_bytes(entries)
 
 
 def _app() -> AppTest:
@@ -57,18 +48,25 @@ def _app() -> AppTest:
     return at
 
 
-def test_own_checkpoints_and_labelled_set() -> None:
+def _own_series(indices: tuple[int, ...], per_class: int) -> AppTest:
+    """The page after uploading the demo checkpoints ``indices`` (in that order, one zip) and a labelled zip
+    of ``per_class`` test images per class, Grad-CAM only."""
     at = _app()
     at.multiselect(key="consistency_methods").set_value(["gradcam"])
     at.radio(key="consistency_source").set_value("upload").run()
-    # uploaded out of order: the page takes them in natural name order (02 before 10)
     at.file_uploader(key="consistency_upload").set_value(
-        ("run.zip", _checkpoint_zip((9, 0, 1)), "application/zip")
+        ("run.zip", _checkpoint_zip(indices), "application/zip")
     ).run()
     at.radio(key="consistency_eval").set_value("upload").run()
     at.file_uploader(key="consistency_eval_upload").set_value(
-        ("labelled.zip", _labelled_zip(), "application/zip")
+        ("labelled.zip", _labelled_zip(per_class), "application/zip")
     ).run()
+    return at
+
+
+def test_own_checkpoints_and_labelled_set() -> None:
+    # uploaded out of order: the page takes them in natural name order (02 before 10)
+    at = _own_series((9, 0, 1), per_class=4)
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     order = [c.value for c in at.caption if c.value.startswith("Training order")]
@@ -106,26 +104,10 @@ def test_a_pickled_checkpoint_is_refused_without_trust_and_never_runs(tmp_path: 
     assert not marker.exists()
 
 
-def test_pairing_needs_two_checkpoints_and_names_the_sidecars() -> None:
-    with pytest.raises(ModelLoadError, match="at least two"):
-        checkpoints.pair([Blob("only.safetensors", b"x")])
-    with pytest.raises(ModelLoadError, match="No checkpoint weights"):
-        checkpoints.pair([Blob("notes.txt", b"x")])
-
-
 def test_the_demo_runs_dip_at_checkpoint_5_is_shown_as_recovered_not_drift() -> None:
     """The demo's sound run dips at checkpoint 5 (normal, C-Score 0.11 below checkpoint 4's) and is back at
     checkpoint 6: measured on its own 60 test images, the page calls it a recovered dip, not drift."""
-    at = _app()
-    at.multiselect(key="consistency_methods").set_value(["gradcam"])
-    at.radio(key="consistency_source").set_value("upload").run()
-    at.file_uploader(key="consistency_upload").set_value(
-        ("run.zip", _checkpoint_zip((3, 4, 5)), "application/zip")
-    ).run()
-    at.radio(key="consistency_eval").set_value("upload").run()
-    at.file_uploader(key="consistency_eval_upload").set_value(
-        ("labelled.zip", _labelled_zip(per_class=20), "application/zip")
-    ).run()
+    at = _own_series((3, 4, 5), per_class=20)
     assert not at.exception, [e.value for e in at.exception]
     assert not at.warning, [w.value for w in at.warning]  # no drift
     recovered = [i.value for i in at.info if i.value.startswith("A dip that recovered, not drift")]

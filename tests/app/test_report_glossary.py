@@ -67,9 +67,9 @@ def test_report_page_offers_html_and_pdf_made_at_the_click() -> None:
     model, lock = loaders.get_model(loaders.demo_spec("sound"))
     bundle = loaders.demo_bundle(model)
     report = loaders.verify_set(model, lock, bundle, images)
-    keys = (model.content_hash, bundle.key, images.hashes, "t")
-    first = export.report_html(*keys, report, images, made="2026-01-01 00:00:01 UTC")
-    second = export.report_html(*keys, report, images, made="2026-01-01 00:00:02 UTC")
+    key = export.ReportKey(model.content_hash, bundle.key, images.hashes, "t")
+    first = export.report_html(key, report, images, made="2026-01-01 00:00:01 UTC")
+    second = export.report_html(key, report, images, made="2026-01-01 00:00:02 UTC")
     assert "Report made 2026-01-01 00:00:01 UTC" in first
     assert "Report made 2026-01-01 00:00:02 UTC" in second
     assert "\x00" not in second

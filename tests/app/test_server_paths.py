@@ -12,7 +12,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.app.conftest import DASHBOARD, ROOT
-from ui import loaders, server_paths
+from ui import loaders
+from verification import server_paths
 from verification.errors import ImageLoadError
 
 DEMO_PNG = sorted((ROOT / "assets" / "demo" / "images" / "test").glob("00[0-1]_*.png"))

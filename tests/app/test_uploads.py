@@ -1,4 +1,5 @@
-"""The upload path without Streamlit: zip expansion, labels from folders, and the zip-bomb guards."""
+"""The upload rules without Streamlit (verification.uploads): zip expansion, labels from folders, the zip-bomb
+guards, which files of an upload are a reference bundle, and a checkpoint series in training order."""
 
 from __future__ import annotations
 
@@ -7,8 +8,18 @@ import zipfile
 
 import pytest
 
-from ui.uploads import MAX_ZIP_RATIO, expand_uploads, expand_zip
-from verification.errors import ImageLoadError, InputTooLargeError
+from verification.errors import BundleError, ImageLoadError, InputTooLargeError, ModelLoadError
+from verification.uploads import (
+    MAX_CHECKPOINTS,
+    MAX_ZIP_RATIO,
+    Blob,
+    bundle_files,
+    expand_uploads,
+    expand_zip,
+    natural_key,
+    pair_checkpoints,
+    unnamed_outputs,
+)
 
 
 def _zip(entries: dict[str, bytes], *, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -87,3 +98,55 @@ def test_lying_declared_size_is_caught_while_decompressing() -> None:
 def test_not_a_zip_is_a_clear_error() -> None:
     with pytest.raises(ImageLoadError, match="not a readable zip archive"):
         expand_zip("fake.zip", b"PK\x03\x04 but not really")
+
+
+def test_a_bundle_is_the_first_npz_and_json_of_the_upload_loose_or_zipped() -> None:
+    loose = bundle_files([("b.json", b"{}"), ("a.npz", b"A"), ("c.npz", b"C"), ("notes.txt", b"x")])
+    assert (loose.arrays_name, loose.arrays, loose.manifest_name, loose.manifest) == (
+        "a.npz",
+        b"A",
+        "b.json",
+        b"{}",
+    )
+    zipped = bundle_files(
+        [("bundle.zip", _zip({"ref/m.json": b"{1}", "ref/m.npz": b"N", "ref/x.png": b"p"}))]
+    )
+    assert (zipped.arrays_name, zipped.arrays, zipped.manifest_name) == ("m.npz", b"N", "m.json")
+    with pytest.raises(BundleError, match=r"\.json manifest and its \.npz"):
+        bundle_files([("m.npz", b"N")])
+
+
+def test_checkpoints_pair_in_natural_order_with_their_own_or_the_one_shared_sidecar() -> None:
+    assert sorted(["e10", "e2", "E1"], key=natural_key) == ["E1", "e2", "e10"]
+    own = pair_checkpoints(
+        [
+            Blob("run/e10.pt", b"10"),
+            Blob("run/e2.pt", b"2"),
+            Blob("run/e2.json", b"{}"),
+            Blob("run/other.json", b"{}"),
+            Blob("r.txt", b""),
+        ]
+    )
+    assert [(c.name, c.weights.data, c.sidecar and c.sidecar.name) for c in own] == [
+        ("e2", b"2", "run/e2.json"),
+        ("e10", b"10", None),  # two JSONs and none of its stem: no sidecar rather than a guess
+    ]
+    shared = pair_checkpoints(
+        [Blob("b_10.safetensors", b""), Blob("b_9.safetensors", b""), Blob("m.json", b"")]
+    )
+    assert [(c.name, c.sidecar and c.sidecar.name) for c in shared] == [("b_9", "m.json"), ("b_10", "m.json")]
+
+
+def test_a_series_needs_two_to_the_most_checkpoints() -> None:
+    with pytest.raises(ModelLoadError, match="at least two"):
+        pair_checkpoints([Blob("only.safetensors", b"x")])
+    with pytest.raises(ModelLoadError, match="No checkpoint weights"):
+        pair_checkpoints([Blob("notes.txt", b"x")])
+    with pytest.raises(ModelLoadError, match=f"at most {MAX_CHECKPOINTS}"):
+        pair_checkpoints([Blob(f"e{i}.pt", b"") for i in range(MAX_CHECKPOINTS + 1)])
+
+
+def test_outputs_are_unnamed_only_when_every_name_is_the_loaders_placeholder() -> None:
+    assert unnamed_outputs(["class_0", "class_1", "class_12"])
+    assert not unnamed_outputs(["class_0", "nodule"])
+    assert not unnamed_outputs(["class_0b"])  # the whole name, not a prefix

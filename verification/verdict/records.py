@@ -146,6 +146,11 @@ class LineResult:
     numbers: Mapping[str, float | None] = field(default_factory=dict)
     sentence: str = ""
 
+    @property
+    def votes(self) -> bool:
+        """Whether the line votes on the verdict: decisive, and not found uninformative by calibration."""
+        return self.decisive and self.status != "uninformative"
+
     def for_class(self, class_name: str) -> ClassLine | None:
         for c in self.per_class:
             if c.class_name == class_name:
