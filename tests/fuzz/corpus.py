@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.builders import zip_bytes
+from tests.builders import dataset_bytes, dicom_dataset, zip_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "assets" / "demo"
@@ -227,35 +227,13 @@ def tiff_bytes(
 
 
 def _dataset(rows: int = 64, cols: int = 64, *, bits: int = 16, photometric: str = "MONOCHROME2") -> Any:
-    """A valid small CR DICOM (MONOCHROME2, 12 bits in 16) as a pydicom FileDataset, to be broken by items."""
+    """A valid small CR DICOM (12 bits stored in 16, or 8 in 8) as a pydicom Dataset, for items to break."""
     import numpy as np
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.PatientName = "Fuzz^Hostile"
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, min(bits, 12), min(bits, 12) - 1
-    ds.PixelRepresentation = 0
     yy, xx = np.mgrid[0:rows, 0:cols]
-    dtype = np.uint16 if bits == 16 else np.uint8
-    ds.PixelData = ((xx * 37 + yy * 11) % (1 << min(bits, 12))).astype(dtype).tobytes()
-    return ds
-
-
-def dicom_bytes(ds: Any, *, little_endian_header: bool = True) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=little_endian_header)
-    return buf.getvalue()
+    stored = min(bits, 12)
+    pixels = ((xx * 37 + yy * 11) % (1 << stored)).astype(np.uint16 if bits == 16 else np.uint8)
+    return dicom_dataset(pixels, photometric, stored, PatientName="Fuzz^Hostile")
 
 
 def patch_value(data: bytes, group: int, elem: int, value: bytes) -> bytes:
@@ -430,7 +408,7 @@ _image_item(
 _image_item(
     "dicom_as_png",
     "really_dicom.png",
-    lambda: dicom_bytes(_dataset()),
+    lambda: dataset_bytes(_dataset()),
     expect="either",
     note="wrong extension, valid DICOM",
 )
@@ -637,7 +615,7 @@ def _dicom_data(dataset: Callable[[], Any] = _dataset, **changes: Any) -> bytes:
     ds = dataset()
     for key, value in changes.items():
         setattr(ds, key, value)
-    return dicom_bytes(ds)
+    return dataset_bytes(ds)
 
 
 def _dicom_item(
@@ -697,7 +675,7 @@ _dicom_item("dicom_frames_negative", "frames_neg.dcm", expect="either", NumberOf
 def _(root: Path) -> dict[str, Any]:
     ds = _dataset()
     del ds.PixelData
-    return _img(root, "nopixels.dcm", dicom_bytes(ds))
+    return _img(root, "nopixels.dcm", dataset_bytes(ds))
 
 
 _dicom_item("dicom_bits_allocated_7", "bits7.dcm", BitsAllocated=7)
@@ -719,7 +697,7 @@ _dicom_item("dicom_rows_zero", "rows0.dcm", Rows=0)
 def _(root: Path) -> dict[str, Any]:
     ds = _dataset()
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
-    return _img(root, "short.dcm", dicom_bytes(ds))
+    return _img(root, "short.dcm", dataset_bytes(ds))
 
 
 _dicom_item(
@@ -752,7 +730,7 @@ def _(root: Path) -> dict[str, Any]:
     lut.LUTDescriptor = [0, 0, 40]
     lut.LUTData = struct.pack("<3H", 0, 1, 2)
     ds.VOILUTSequence = Sequence([lut])
-    return _img(root, "voilut.dcm", dicom_bytes(ds))
+    return _img(root, "voilut.dcm", dataset_bytes(ds))
 
 
 @item("dicom_jpeg2000_garbage", "dicom", "load_image", note="JPEG 2000 syntax, random fragments")
@@ -764,12 +742,12 @@ def _(root: Path) -> dict[str, Any]:
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     ds.PixelData = encapsulate([os.urandom(512)])
     ds["PixelData"].VR = "OB"
-    return _img(root, "j2k.dcm", dicom_bytes(ds))
+    return _img(root, "j2k.dcm", dataset_bytes(ds))
 
 
 @item("dicom_truncated", "dicom", "load_image")
 def _(root: Path) -> dict[str, Any]:
-    data = dicom_bytes(_dataset())
+    data = dataset_bytes(_dataset())
     return _img(root, "trunc.dcm", data[: len(data) - 5000])
 
 
@@ -794,7 +772,7 @@ def _(root: Path) -> dict[str, Any]:
 
 def _meta_vr(vr: bytes) -> Builder:
     def build(root: Path) -> dict[str, Any]:
-        data = dicom_bytes(_dataset(32, 32))
+        data = dataset_bytes(_dataset(32, 32))
         at = data.index(b"\x02\x00\x00\x00UL")
         return _img(root, f"meta_{vr.decode()}.dcm", data[: at + 4] + vr + data[at + 6 :])
 
@@ -1005,7 +983,7 @@ def _(root: Path) -> dict[str, Any]:
 def _(root: Path) -> dict[str, Any]:
     entries = [
         ("normal/a.png", small_png()),
-        ("nodule/b.dcm", dicom_bytes(_dataset())),
+        ("nodule/b.dcm", dataset_bytes(_dataset())),
         ("README.txt", b"hello"),
         ("nodule/broken.png", b"\x89PNG\r\n\x1a\nxx"),
     ]

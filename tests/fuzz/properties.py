@@ -28,6 +28,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.builders import dataset_bytes
 from tests.fuzz import corpus
 
 MAX_MESSAGE = 2000
@@ -85,7 +86,7 @@ def _seeds() -> dict[str, bytes]:
         "seed16.png": corpus.png_bytes(32, 32, bit_depth=16, colour=0),
         "seed.jpg": corpus.pil_bytes("JPEG", 32),
         "seed.tif": buf.getvalue(),
-        "seed.dcm": corpus.dicom_bytes(corpus._dataset(32, 32)),
+        "seed.dcm": dataset_bytes(corpus._dataset(32, 32)),
     }
 
 
@@ -189,7 +190,7 @@ def dicom_headers(draw: st.DrawFn) -> bytes:
     ds.PixelData = draw(st.binary(max_size=2048))
     if len(ds.PixelData) % 2:
         ds.PixelData += b"\0"
-    return corpus.dicom_bytes(ds)
+    return dataset_bytes(ds)
 
 
 # ---------------------------------------------------------------------------------------------- images
