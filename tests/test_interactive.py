@@ -13,29 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from verification import demo
+from verification import demo, interactive
 from verification.cam import compute_cams, list_methods
 from verification.cam.records import CamResult
 from verification.cam.targets import ClassLogit, MultiLabel, SegmentationTarget
 from verification.errors import ImageLoadError
-from verification.interactive import (
-    ALL_METHODS,
-    DEFAULT_METHOD,
-    METHOD_LABELS,
-    ONE_PASS_METHODS,
-    TargetChoice,
-    can_split,
-    folder_images,
-    labelled_for_classes,
-    labels_or_none,
-    layer_choices,
-    method_of,
-    method_options,
-    occlusion_grid,
-    per_label_method,
-    reference_map,
-    split_result,
-)
 from verification.io.images import load_image, to_tensor
 from verification.io.models import load_model
 from verification.reference import load_bundle
@@ -52,33 +34,36 @@ def test_the_backend_rules_load_without_streamlit() -> None:
 
 
 def test_every_registered_method_is_offered_once_with_a_label() -> None:
-    assert sorted(ALL_METHODS) == sorted(list_methods())
-    assert len(set(ALL_METHODS)) == len(ALL_METHODS)
-    assert set(METHOD_LABELS) == set(ALL_METHODS)
-    assert METHOD_LABELS["scorecam"].endswith("(fast, 64 forwards)")
-    assert DEFAULT_METHOD in ONE_PASS_METHODS
-    assert per_label_method(DEFAULT_METHOD)
-    assert not per_label_method("scorecam")
-    assert not per_label_method("no such method")
+    assert sorted(interactive.ALL_METHODS) == sorted(list_methods())
+    assert len(set(interactive.ALL_METHODS)) == len(interactive.ALL_METHODS)
+    assert set(interactive.METHOD_LABELS) == set(interactive.ALL_METHODS)
+    assert interactive.METHOD_LABELS["scorecam"].endswith("(fast, 64 forwards)")
+    assert interactive.DEFAULT_METHOD in interactive.ONE_PASS_METHODS
+    assert interactive.per_label_method(interactive.DEFAULT_METHOD)
+    assert not interactive.per_label_method("scorecam")
+    assert not interactive.per_label_method("no such method")
 
 
 def test_interactive_settings_by_hand() -> None:
     # 224 // 7 = 32-pixel patches moved by 16: (224 - 32) / 16 + 1 = 13 positions per side
-    assert occlusion_grid((224, 224)) == {"window": (32, 32), "stride": (16, 16)}
-    assert occlusion_grid((5, 3)) == {"window": (1, 1), "stride": (1, 1)}  # never a zero-sized patch
-    assert method_options("occlusion", (224, 112)) == {"occlusion": {"window": (32, 16), "stride": (16, 8)}}
-    assert method_options("scorecam", (224, 224)) == {"scorecam": {"mode": "fast", "k": 64}}
-    assert method_options("gradcam", (224, 224)) is None
+    assert interactive.occlusion_grid((224, 224)) == {"window": (32, 32), "stride": (16, 16)}
+    # never a zero-sized patch
+    assert interactive.occlusion_grid((5, 3)) == {"window": (1, 1), "stride": (1, 1)}
+    assert interactive.method_options("occlusion", (224, 112)) == {
+        "occlusion": {"window": (32, 16), "stride": (16, 8)}
+    }
+    assert interactive.method_options("scorecam", (224, 224)) == {"scorecam": {"mode": "fast", "k": 64}}
+    assert interactive.method_options("gradcam", (224, 224)) is None
 
 
 def test_a_target_choice_builds_the_backend_target() -> None:
-    assert isinstance(TargetChoice().build(), ClassLogit)
-    assert isinstance(TargetChoice("multilabel", 2).build(), MultiLabel)
-    seg = TargetChoice("segmentation", 1, 0.7).build()
+    assert isinstance(interactive.TargetChoice().build(), ClassLogit)
+    assert isinstance(interactive.TargetChoice("multilabel", 2).build(), MultiLabel)
+    seg = interactive.TargetChoice("segmentation", 1, 0.7).build()
     assert isinstance(seg, SegmentationTarget)
     logits = torch.zeros(1, 2, 2, 2)
     logits[0, 1, 0, 0] = 5.0  # σ(5) ≈ 0.993 ≥ 0.7; σ(0) = 0.5 < 0.7 elsewhere
-    region = TargetChoice("segmentation", 1, 0.7).region(logits)
+    region = interactive.TargetChoice("segmentation", 1, 0.7).region(logits)
     assert region.tolist() == [[True, False], [False, False]]
 
 
@@ -99,9 +84,9 @@ def _result(n: int) -> CamResult:
 
 
 def test_one_sample_of_a_batched_result_is_that_samples_rows_copied() -> None:
-    assert can_split()
+    assert interactive.can_split()
     batch = _result(3)
-    one = split_result(batch, 1)
+    one = interactive.split_result(batch, 1)
     for name in ("raw", "maps", "logits", "probs", "constant"):
         np.testing.assert_array_equal(getattr(one, name), getattr(batch, name)[1:2])
     assert one.targets == (1,)
@@ -114,13 +99,13 @@ def test_a_batched_map_split_equals_the_map_computed_alone() -> None:
     images = [load_image(e.path) for e in demo.demo_images("test")[:2]]
     batch = compute_cams(model, to_tensor(images, model), methods=["gradcam"])[0]
     alone = compute_cams(model, to_tensor(images[1], model), methods=["gradcam"])[0]
-    np.testing.assert_allclose(split_result(batch, 1).maps, alone.maps, atol=1e-5)
-    assert split_result(batch, 1).targets == alone.targets
+    np.testing.assert_allclose(interactive.split_result(batch, 1).maps, alone.maps, atol=1e-5)
+    assert interactive.split_result(batch, 1).targets == alone.targets
 
 
 def test_layer_choices_are_spatial_deepest_first_with_the_default_among_them() -> None:
     model = load_model(demo.demo_model_path("sound"))
-    shapes, default = layer_choices(model)
+    shapes, default = interactive.layer_choices(model)
     assert default in shapes
     in_model_order = [name for name, _ in model.module.named_modules() if name in shapes]
     assert list(shapes) == in_model_order[::-1], "deepest first"
@@ -130,30 +115,30 @@ def test_layer_choices_are_spatial_deepest_first_with_the_default_among_them() -
 def test_reference_maps_only_for_classes_the_bundle_has_images_of() -> None:
     bundle = load_bundle(demo.demo_reference_bundle())
     name = bundle.class_names[0]
-    found = reference_map(bundle, name)
+    found = interactive.reference_map(bundle, name)
     assert found is not None
     np.testing.assert_array_equal(found, np.asarray(bundle.references[0]))
-    assert reference_map(bundle, "no such class") is None
-    assert method_of(bundle) == (bundle.method or DEFAULT_METHOD)
-    assert method_of(None) == DEFAULT_METHOD
+    assert interactive.reference_map(bundle, "no such class") is None
+    assert interactive.method_of(bundle) == (bundle.method or interactive.DEFAULT_METHOD)
+    assert interactive.method_of(None) == interactive.DEFAULT_METHOD
 
 
 def test_labels_for_verify_are_none_when_no_image_has_one() -> None:
-    assert labels_or_none([_Item(None), _Item(None)]) is None
-    assert labels_or_none([_Item("a"), _Item(None)]) == ["a", None]
-    assert labels_or_none([]) is None
+    assert interactive.labels_or_none([_Item(None), _Item(None)]) is None
+    assert interactive.labels_or_none([_Item("a"), _Item(None)]) == ["a", None]
+    assert interactive.labels_or_none([]) is None
 
 
 def test_the_c_score_takes_images_of_the_series_classes_and_needs_four() -> None:
     items = [_Item("a"), _Item("b"), _Item("x"), _Item(None), _Item("a"), _Item("b")]
-    assert labelled_for_classes(items, ("a", "b"), advice="upload more") == [
+    assert interactive.labelled_for_classes(items, ("a", "b"), advice="upload more") == [
         items[0],
         items[1],
         items[4],
         items[5],
     ]
     with pytest.raises(ImageLoadError, match=r"classes \(a, b\): upload more\.$"):
-        labelled_for_classes(items[:3], ("a", "b"), advice="upload more")
+        interactive.labelled_for_classes(items[:3], ("a", "b"), advice="upload more")
 
 
 def test_a_folder_of_class_folders_gives_labels_else_none(tmp_path: Path) -> None:
@@ -161,11 +146,11 @@ def test_a_folder_of_class_folders_gives_labels_else_none(tmp_path: Path) -> Non
     for cls in ("normal", "nodule"):
         (tmp_path / "set" / cls).mkdir(parents=True)
         (tmp_path / "set" / cls / "x.png").write_bytes(png)
-    paths, labels = folder_images(tmp_path / "set")
+    paths, labels = interactive.folder_images(tmp_path / "set")
     assert sorted(zip([p.parent.name for p in paths], labels)) == [("nodule", "nodule"), ("normal", "normal")]
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "y.png").write_bytes(png)
-    paths, labels = folder_images(tmp_path / "flat")
+    paths, labels = interactive.folder_images(tmp_path / "flat")
     assert [p.name for p in paths] == ["y.png"]
     assert labels == [None]
 
@@ -229,12 +214,10 @@ class _Report:
 
 
 def test_the_charted_line_is_e3_among_the_deciding_lines_else_the_first_never_e0() -> None:
-    from verification.interactive import charted_line, deciding_lines
-
     both = _Report("E1+E3+E4", ("E0", "E1", "E3", "E4"))
-    assert deciding_lines(both) == ("E1", "E3", "E4")
-    assert charted_line(both).key == "E3"
-    assert charted_line(_Report("E4", ("E3", "E4"))).key == "E4"
-    assert charted_line(_Report("E0", ("E0",))) is None
-    assert charted_line(_Report(None, ("E3",))) is None
-    assert deciding_lines(_Report("", ())) == ()
+    assert interactive.deciding_lines(both) == ("E1", "E3", "E4")
+    assert interactive.charted_line(both).key == "E3"
+    assert interactive.charted_line(_Report("E4", ("E3", "E4"))).key == "E4"
+    assert interactive.charted_line(_Report("E0", ("E0",))) is None
+    assert interactive.charted_line(_Report(None, ("E3",))) is None
+    assert interactive.deciding_lines(_Report("", ())) == ()
