@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import replace
 
 import numpy as np
 import pypdfium2 as pdfium
 import pytest
 
 from tests.app.report_fixture import E3, shortcut_report
-from verification.report import bands, made_now, render_pdf, render_report
+from verification.report import bands, made_now, render_pdf, render_report, ticks
 from verification.report import pdf as report_pdf
 from verification.verdict import ClassLine, Example, ImageEvidence, LineResult, VerificationReport
 
@@ -161,3 +162,16 @@ def test_band_axis_is_zoomed_to_the_numbers() -> None:
     assert e4.healthy == (0.97, 0.99)  # the healthy models' class means: the band the chart shades
     assert e4.axis[1] == pytest.approx(0.99 + 0.08 * (0.99 - 0.58))
     assert rows[0].healthy is None  # E3 here reports no healthy band: none is drawn
+
+
+def test_chart_ticks_and_sides_by_hand() -> None:
+    # span 0.727 over 4 gaps: a raw step of 0.18, rounded up to 0.2, starting at the first multiple ≥ 0.013
+    assert ticks(0.013, 0.74) == pytest.approx([0.2, 0.4, 0.6])
+    assert ticks(0.0, 1.0) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    e3 = bands(_report().lines[0])[1]  # nodule: threshold 0.15, lower is better
+    assert e3.sides(0.0, 1.0, lambda v: v) == ((0.0, 0.15), (0.15, 1.0))  # (passing, failing)
+    assert replace(e3, higher_is_better=True).sides(0.0, 1.0, lambda v: v) == ((0.15, 1.0), (0.0, 0.15))
+    assert replace(e3, threshold=None).sides(0.0, 1.0, lambda v: v) is None
+    assert e3.threshold_words() == "threshold ≤ 0.150"
+    assert e3.value_words() == "this run 0.610"
+    assert bands(_report().lines[1])[0].legend() == ["healthy models 0.970 to 0.990", "healthy edge 0.970"]
