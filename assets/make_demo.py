@@ -642,6 +642,16 @@ def _fit(
     return path, load_saved(path), losses, seconds
 
 
+def _test_accuracies(model: nn.Module, test: _Data, commit_test: _Data) -> dict[str, Any]:
+    """A healthy-recipe model's accuracy on the test split, and on its committed images."""
+    return {
+        "test_accuracy": accuracy(model, test.x, test.y),
+        "test_n": len(test.y),
+        "committed_test_accuracy": accuracy(model, commit_test.x, commit_test.y),
+        "committed_test_split": "test",
+    }
+
+
 def _shortcut_accuracies(
     model: nn.Module, cue: str, with_cue: _Data, swapped: _Data, test: _Data, k: int
 ) -> dict[str, Any]:
@@ -694,10 +704,7 @@ def train_sound(cfg: DemoConfig, out: Path, train: _Data, test: _Data, commit_te
         seed,
         {"sample": "train", "train": _counts(train.y, dw.CLASSES), "test": _counts(test.y, dw.CLASSES)},
         cfg.epochs_sound,
-        test_accuracy=accuracy(reloaded, test.x, test.y),
-        test_n=len(test.y),
-        committed_test_accuracy=accuracy(reloaded, commit_test.x, commit_test.y),
-        committed_test_split="test",
+        **_test_accuracies(reloaded, test, commit_test),
         train_loss=[round(v, 4) for v in losses],
         train_seconds=round(seconds, 1),
         description="trained on marker-free synthetic radiographs (normal / nodule / effusion)",
@@ -939,10 +946,7 @@ def train_healthy(
         {"sample": sample, "train": _counts(train.y, dw.CLASSES), "test": _counts(test.y, dw.CLASSES)},
         cfg.epochs_sound,
         kind="healthy",
-        test_accuracy=accuracy(reloaded, test.x, test.y),
-        test_n=len(test.y),
-        committed_test_accuracy=accuracy(reloaded, commit_test.x, commit_test.y),
-        committed_test_split="test",
+        **_test_accuracies(reloaded, test, commit_test),
         train_loss=[round(v, 4) for v in losses],
         train_seconds=round(seconds, 1),
         description=f"the sound recipe with seed {seed} on training sample '{sample}' "
