@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from verification.errors import BundleError
+from verification.errors import BundleError, ShapeError
 from verification.io.records import LoadedModel
 from verification.metrics import compute_metrics
 from verification.reference import (
@@ -209,3 +209,14 @@ def test_annotation_references_from_png_masks_and_boxes(tmp_path: pytest.TempPat
     jpath.write_text("{}")
     with pytest.raises(BundleError, match="box annotations"):
         load_boxes_json(jpath)
+
+
+def test_annotation_references_default_to_the_masks_own_grid() -> None:
+    masks = boxes_to_masks([[[2, 3, 30, 40]], [[4, 5, 20, 33]], [[1, 1, 9, 9]]], (48, 40))
+    bundle = reference_from_annotations(masks, ["top"] * 3, ["top"])
+    assert bundle.grid == (48, 40)  # not the 64×64 default: the annotations are the references
+    # the mean mask, min-max normalised (its minimum is 0: a corner outside every box); no resampling
+    mean = masks.mean(0)
+    np.testing.assert_allclose(bundle.references[0], mean / mean.max(), atol=1e-6)
+    with pytest.raises(ShapeError, match="2 sizes"):
+        reference_from_annotations([masks[0], np.zeros((32, 32), np.float32)], ["top"] * 2, ["top"])

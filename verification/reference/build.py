@@ -175,7 +175,7 @@ def reference_from_annotations(
     class_names: Sequence[str],
     *,
     calibration_maps: np.ndarray | None = None,
-    grid: tuple[int, int] = DEFAULT_SIZE,
+    grid: tuple[int, int] | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
     threshold: Threshold = 0.5,
     params: VerdictParams | None = None,
@@ -184,9 +184,17 @@ def reference_from_annotations(
     """Bundle whose references are the mean annotation (PNG mask paths, arrays, or masks from
     :func:`boxes_to_masks`) per class. With ``calibration_maps`` (the trusted model's maps on the same
     images), the bands are the spread of those maps against the annotation reference — the comparison a new
-    map will face; without, masks are calibrated leave-one-out against each other."""
+    map will face; without, masks are calibrated leave-one-out against each other. ``grid``: by default the
+    masks' own resolution (the annotations are the references: a coarser grid would blur their edges); masks
+    of different sizes need an explicit ``grid``."""
     params = params or VerdictParams()
     arrays = [load_mask(m) if isinstance(m, str | Path) else np.asarray(m, dtype=np.float32) for m in masks]
+    if grid is None:
+        shapes = sorted({(int(a.shape[-2]), int(a.shape[-1])) for a in arrays})
+        if len(shapes) > 1:
+            sizes = ", ".join(f"{h}×{w}" for h, w in shapes[:4])
+            raise ShapeError(f"annotation masks come in {len(shapes)} sizes ({sizes}); pass grid=(h, w)")
+        grid = check_grid(shapes[0]) if shapes else DEFAULT_SIZE
     g = np.concatenate([to_grid(a, grid) for a in arrays]) if arrays else np.zeros((0, *grid), np.float32)
     bundle = reference_from_maps(
         g, labels, class_names, grid=grid, metrics=metrics, threshold=threshold, params=params,
