@@ -177,6 +177,22 @@ def test_provided_masks_array_and_folder(tmp_path: Path) -> None:
     assert via.source == "provided"
 
 
+def _segmenter(module: nn.Module, outputs: tuple[str, ...], name: str) -> LoadedModel:
+    """A toy segmentation model (1 channel in, 32×32, mean 0.5, std 0.25) with the output channels given."""
+    return LoadedModel(
+        module=module.eval(),
+        in_channels=1,
+        input_size=(32, 32),
+        class_names=outputs,
+        mean=(0.5,),
+        std=(0.25,),
+        source_format="module",
+        content_hash=name,
+        task="segmentation",
+        name=name,
+    )
+
+
 class _HalfSegmenter(nn.Module):
     """Logits (1, 2, h, w): channel 1 ('lungs') wins on the left half of the input, channel 0 elsewhere."""
 
@@ -188,18 +204,7 @@ class _HalfSegmenter(nn.Module):
 
 
 def test_segmentation_model_channel_is_the_region() -> None:
-    model = LoadedModel(
-        module=_HalfSegmenter().eval(),
-        in_channels=1,
-        input_size=(32, 32),
-        class_names=("background", "lungs"),
-        mean=(0.5,),
-        std=(0.25,),
-        source_format="module",
-        content_hash="toy",
-        task="segmentation",
-        name="toy",
-    )
+    model = _segmenter(_HalfSegmenter(), ("background", "lungs"), "toy")
     img = np.random.default_rng(0).random((64, 64)).astype(np.float32)
     rec = roi_from_model(img, model, "lungs")
     expected = np.zeros((64, 64), bool)
@@ -222,18 +227,7 @@ class _TopSegmenter(nn.Module):
 
 
 def test_single_channel_segmentation_uses_the_sigmoid() -> None:
-    model = LoadedModel(
-        module=_TopSegmenter().eval(),
-        in_channels=1,
-        input_size=(32, 32),
-        class_names=("lungs",),
-        mean=(0.5,),
-        std=(0.25,),
-        source_format="module",
-        content_hash="toy1",
-        task="segmentation",
-        name="toy1",
-    )
+    model = _segmenter(_TopSegmenter(), ("lungs",), "toy1")
     img = np.zeros((64, 64), np.float32)
     rec = roi_from_model(img, model, 0)
     assert rec.mask is not None
