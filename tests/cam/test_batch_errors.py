@@ -90,13 +90,17 @@ def test_cam_job_keeps_batch_mates_of_a_nan_image(model: Any) -> None:
     job.setup(model)
     clean = job.run(_batch(model, None))
     rows = job.run(_batch(model, 1))
-    assert [r["error"] is None for r in rows] == [True, False, True]
-    assert "NaN or infinite" in rows[1]["error"]
-    assert "sample 0 of 1" in rows[1]["error"]
+    assert [r.error is None for r in rows] == [True, False, True]
+    assert [r.result is None for r in rows] == [False, True, False]
+    assert "NaN or infinite" in str(rows[1].error)
+    assert "sample 0 of 1" in str(rows[1].error)
     for i in (0, 2):  # run alone, the others get the numbers they get in the whole batch
-        assert rows[i]["maps"].keys() == clean[i]["maps"].keys()
-        for key in clean[i]["maps"]:
-            np.testing.assert_allclose(rows[i]["maps"][key], clean[i]["maps"][key], atol=1e-5)
+        got, want = rows[i].result, clean[i].result
+        assert got is not None
+        assert want is not None
+        assert got.maps.keys() == want.maps.keys()
+        for key in want.maps:
+            np.testing.assert_allclose(got.maps[key], want.maps[key], atol=1e-5)
 
 
 def test_configuration_errors_still_stop_the_run(model: Any) -> None:
@@ -115,7 +119,7 @@ def test_single_image_batch_with_nan_is_an_error_row(model: Any) -> None:
     batch = _batch(model, 0)
     one = Batch(x=batch.x[:1], items=batch.items[:1], ok=(0,))
     (row,) = job.run(one)
-    assert "NaN or infinite" in row["error"]
+    assert "NaN or infinite" in str(row.error)
     assert torch.isnan(batch.x[0]).any()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def test_engine_ray_without_ray_installed_is_a_clear_failure(env: Env, tmp_path:
 @pytest.mark.slow
 def test_ray_and_local_engines_give_identical_numbers(env: Env, bundle: Path, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
-    from verification.batch import CamJob, ModelSpec, VerifyJob, scan_images
+    from verification.batch import CamJob, ModelSpec, Row, VerifyJob, scan_images
     from verification.engines import EngineOptions, run_job
 
     folder = tmp_path / "images"
@@ -51,7 +52,7 @@ def test_ray_and_local_engines_give_identical_numbers(env: Env, bundle: Path, tm
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": root}},
     )
-    rows: dict[str, list[dict[str, object]]] = {}
+    rows: dict[str, list[Row[Any]]] = {}
     try:
         jobs = {
             "cam": lambda: CamJob(spec, methods=("gradcam", "gradcampp", "layercam")),
@@ -61,26 +62,29 @@ def test_ray_and_local_engines_give_identical_numbers(env: Env, bundle: Path, tm
             a = list(run_job(make(), paths, local, progress=False))
             b = list(run_job(make(), paths, remote, progress=False))
             rows[name] = a
-            assert [r["path"] for r in a] == [r["path"] for r in b] == [str(p) for p in paths]
-            assert [bool(r["error"]) for r in a] == [bool(r["error"]) for r in b]
-            assert sum(bool(r["error"]) for r in a) == 1
-            for ra, rb in zip(a, b):
-                if ra["error"]:
-                    assert ra["error"] == rb["error"]
+            assert [r.path for r in a] == [r.path for r in b] == [str(p) for p in paths]
+            assert [bool(r.error) for r in a] == [bool(r.error) for r in b]
+            assert sum(bool(r.error) for r in a) == 1
+            for row_a, row_b in zip(a, b):
+                if row_a.error:
+                    assert row_a.error == row_b.error
+                    assert row_b.result is None
                     continue
+                ra, rb = row_a.result, row_b.result
+                assert type(ra) is type(rb)  # the Ray engine decodes the job's own frozen record
                 if name == "cam":
-                    assert ra["pred"] == rb["pred"]
-                    for key in ra["maps"]:
-                        np.testing.assert_array_equal(ra["maps"][key], rb["maps"][key])
-                        np.testing.assert_array_equal(ra["raw"][key], rb["raw"][key])
-                    np.testing.assert_array_equal(ra["logits"], rb["logits"])
+                    assert ra.pred == rb.pred
+                    for key in ra.maps:
+                        np.testing.assert_array_equal(ra.maps[key], rb.maps[key])
+                        np.testing.assert_array_equal(ra.raw[key], rb.raw[key])
+                    np.testing.assert_array_equal(ra.logits, rb.logits)
                 else:
-                    keys = sorted(ra["values"])  # the verdict's per-image quantities (NaN where not measured)
-                    assert keys == sorted(rb["values"])
-                    values = [[r["values"][k] for k in keys] for r in (ra, rb)]
+                    keys = sorted(ra.values)  # the verdict's per-image quantities (NaN where not measured)
+                    assert keys == sorted(rb.values)
+                    values = [[r.values[k] for k in keys] for r in (ra, rb)]
                     np.testing.assert_array_equal(values[0], values[1])
-                    np.testing.assert_array_equal(ra["map"], rb["map"])
-                    assert ra["predicted"] == rb["predicted"]
+                    np.testing.assert_array_equal(ra.map, rb.map)
+                    assert ra.predicted == rb.predicted
     finally:
         ray.shutdown()
 
@@ -94,9 +98,9 @@ def test_ray_and_local_engines_give_identical_numbers(env: Env, bundle: Path, tm
     assert res.returncode == 4, res.stderr  # unlabelled: CANNOT VERIFY, whatever the engine
     assert res.stderr == ""  # Ray started quietly
     doc = json.loads(out.read_text())
-    local_ok = [r for r in rows["verify"] if not r["error"]]
-    assert [im["name"] for im in doc["images"]] == [r["path"] for r in local_ok]
+    local_ok = [r for r in rows["verify"] if not r.error]
+    assert [im["name"] for im in doc["images"]] == [r.path for r in local_ok]
     for image, row in zip(doc["images"], local_ok):
-        keys = sorted(row["values"])
+        keys = sorted(row.result.values)
         got = [np.nan if image["values"][k] is None else image["values"][k] for k in keys]
-        np.testing.assert_array_equal(np.array(got, dtype=float), [row["values"][k] for k in keys])
+        np.testing.assert_array_equal(np.array(got, dtype=float), [row.result.values[k] for k in keys])

@@ -12,9 +12,10 @@ One concern per module; every public name is re-exported here (``from verificati
   (:func:`scan_images`, :func:`scan_labelled`);
 * :mod:`~verification.batch.dataset` — the Dataset over image paths, the collate, the DataLoader, and the
   per-file error rows (:func:`guarded`, :func:`read_images`);
-* :mod:`~verification.batch.jobs` — the jobs (:class:`BatchJob`, :class:`CamJob`, :class:`VerifyJob`,
-  :func:`merge_verify_rows`), the model spec a worker loads, per-image error isolation;
-* :mod:`~verification.batch.rows` — the row type and its npz encoding across process boundaries (Ray);
+* :mod:`~verification.batch.jobs` — the jobs (:class:`BatchJob`, :class:`CamJob` and its :class:`ImageCams`,
+  :class:`VerifyJob`, :func:`merge_verify_rows`), the model spec a worker loads, per-image error isolation;
+* :mod:`~verification.batch.rows` — the frozen :class:`Row` record (one image's result or error) and its npz
+  encoding across process boundaries (Ray);
 * :mod:`~verification.batch.camfiles` — the per-image ``.npz`` CAM file written by ``cam``.
 """
 
@@ -38,13 +39,15 @@ from verification.batch.jobs import (
     PER_IMAGE_ERRORS,
     BatchJob,
     CamJob,
+    ImageCams,
     ModelSpec,
     VerifyJob,
+    folder_mask,
     merge_verify_rows,
     per_sample_on_error,
     resolve_target,
 )
-from verification.batch.rows import Row, decode_row, encode_row
+from verification.batch.rows import Failure, Row, decode_row, encode_row
 from verification.batch.sources import IMAGE_SUFFIXES, scan_images, scan_labelled
 
 __all__ = [
@@ -56,6 +59,8 @@ __all__ = [
     "Batch",
     "BatchJob",
     "CamJob",
+    "Failure",
+    "ImageCams",
     "ImageDataset",
     "ImageItem",
     "ModelSpec",
@@ -65,6 +70,7 @@ __all__ = [
     "decode_row",
     "encode_row",
     "error_message",
+    "folder_mask",
     "guarded",
     "load_image_cams",
     "make_loader",

@@ -5,41 +5,47 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from verification.batch.rows import Row
 from verification.errors import BundleError
 
+if TYPE_CHECKING:
+    from verification.batch.jobs import ImageCams
+
 __all__ = ["CAM_FILE_SCHEMA", "load_image_cams", "save_image_cams"]
 
 CAM_FILE_SCHEMA = "verification.batch.image_cams"
 
 
-def save_image_cams(path: str | Path, row: Row, *, class_names: Sequence[str]) -> Path:
+def save_image_cams(path: str | Path, row: Row[ImageCams], *, class_names: Sequence[str]) -> Path:
     """Write one image's maps as ``.npz``: ``map/<method>@<layer>`` (H, W) in [0, 1], ``raw/<key>`` (h, w),
     ``logits`` (K,), ``probs`` (K,), and ``meta`` (a JSON string: schema, source path, target, predicted
     class, class names, constant flags, provenance). Readable with ``np.load(path, allow_pickle=False)``.
     A multi-label model's row adds ``label_map/<i>/<key>`` for each label ``meta["labels"][i]``."""
-    arrays: dict[str, np.ndarray] = {"logits": row["logits"], "probs": row["probs"]}
-    for key in row["maps"]:
-        arrays[f"map/{key}"] = row["maps"][key]
-        arrays[f"raw/{key}"] = row["raw"][key]
-    labels = list(row.get("label_maps", {}))  # a multi-label model: one map per label it calls present
+    cams = row.result
+    if cams is None:
+        raise ValueError(f"{row.path}: an error row has no maps to save ({row.error})")
+    arrays: dict[str, np.ndarray] = {"logits": cams.logits, "probs": cams.probs}
+    for key in cams.maps:
+        arrays[f"map/{key}"] = cams.maps[key]
+        arrays[f"raw/{key}"] = cams.raw[key]
+    labels = list(cams.label_maps)  # a multi-label model: one map per label it calls present
     for i, label in enumerate(labels):
-        for key, m in row["label_maps"][label].items():
+        for key, m in cams.label_maps[label].items():
             arrays[f"label_map/{i}/{key}"] = m
     meta = {
         "schema": CAM_FILE_SCHEMA,
         "schema_version": 1,
-        "source": str(row["path"]),
-        "content_hash": row.get("content_hash", ""),
-        "pred": int(row["pred"]),
-        "target": int(row["target"]),
+        "source": row.path,
+        "content_hash": row.content_hash,
+        "pred": cams.pred,
+        "target": cams.target,
         "class_names": list(class_names),
-        "constant": {k: bool(v) for k, v in row["constant"].items()},
-        "provenance": row.get("provenance", {}),
+        "constant": {k: bool(v) for k, v in cams.constant.items()},
+        "provenance": cams.provenance,
         **({"labels": labels} if labels else {}),
     }
     arrays["meta"] = np.array(json.dumps(meta))

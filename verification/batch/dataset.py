@@ -136,18 +136,18 @@ def guarded(read: Callable[[], T], path: str | Path) -> tuple[T | None, str | No
         return None, error_message(exc, "unexpected error reading this file ({})")
 
 
-def read_images(paths: Sequence[str | Path]) -> tuple[list[LoadedImage], list[int], list[Row]]:
-    """Load every image: the ones that loaded, their positions in ``paths``, and an error row
-    (``index``, ``path``, ``error``) for each one that did not."""
+def read_images(paths: Sequence[str | Path]) -> tuple[list[LoadedImage], list[int], list[Row[None]]]:
+    """Load every image: the ones that loaded, their positions in ``paths``, and an error row for each one
+    that did not."""
     from verification.io.images import load_image
 
     images: list[LoadedImage] = []
     kept: list[int] = []
-    errors: list[Row] = []
+    errors: list[Row[None]] = []
     for i, path in enumerate(paths):
         image, error = guarded(functools.partial(load_image, path), path)
         if image is None:
-            errors.append({"index": i, "path": str(path), "error": error})
+            errors.append(Row(index=i, path=str(path), error=error))
         else:
             images.append(image)
             kept.append(i)

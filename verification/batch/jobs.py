@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
 from verification.batch.dataset import Batch, ImageItem, error_message
-from verification.batch.rows import Row
+from verification.batch.rows import Failure, Row
 from verification.errors import BundleError, ModelForwardError, NonFiniteError
 from verification.io.records import LoadedModel
 
 if TYPE_CHECKING:
+    from verification.reference import ReferenceBundle
+    from verification.verdict import VerdictConfig
+    from verification.verdict.measure import ImageMeasurement
     from verification.verdict.records import VerificationReport
 
 __all__ = [
@@ -27,8 +30,10 @@ __all__ = [
     "PER_IMAGE_ERRORS",
     "BatchJob",
     "CamJob",
+    "ImageCams",
     "ModelSpec",
     "VerifyJob",
+    "folder_mask",
     "merge_verify_rows",
     "per_sample_on_error",
     "resolve_target",
@@ -50,9 +55,13 @@ class ModelSpec:
         return load_model(self.path, sidecar=self.sidecar, architecture=self.architecture, trust=self.trust)
 
 
-class BatchJob:
+R = TypeVar("R")
+
+
+class BatchJob(Generic[R]):
     """Work done on each batch. ``setup`` loads what the job needs once per process (a model, a bundle);
-    ``run`` turns a batch into one row per image, error rows included, in batch order."""
+    ``run`` turns a batch into one :class:`Row` per image, error rows included, in batch order; each row's
+    ``result`` is a frozen ``result_type`` record."""
 
     keep_display: bool = False
 
@@ -78,20 +87,28 @@ class BatchJob:
         state["_model"] = None
         return state
 
-    def run(self, batch: Batch) -> list[Row]:
-        rows: list[Row] = [_base_row(item) for item in batch.items]
+    def run(self, batch: Batch) -> list[Row[R]]:
+        rows: list[Row[R]] = [_base_row(item) for item in batch.items]
         if batch.ok:
-            for pos, row in zip(batch.ok, self.process(batch)):
-                rows[pos].update(row)
+            for pos, out in zip(batch.ok, self.process(batch)):
+                if isinstance(out, Failure):
+                    rows[pos] = dataclasses.replace(rows[pos], error=out.message)
+                else:
+                    rows[pos] = dataclasses.replace(rows[pos], result=out)
         return rows
 
-    def process(self, batch: Batch) -> list[Row]:
-        """Rows for the images in ``batch.x`` (one per entry of ``batch.ok``)."""
+    def process(self, batch: Batch) -> list[R | Failure]:
+        """Results for the images in ``batch.x`` (one per entry of ``batch.ok``)."""
+        raise NotImplementedError
+
+    @property
+    def result_type(self) -> type[R]:
+        """The class of the rows' results (how the Ray engine decodes them)."""
         raise NotImplementedError
 
 
-def _base_row(item: ImageItem) -> Row:
-    return {"index": item.index, "path": item.path, "error": item.error, "content_hash": item.content_hash}
+def _base_row(item: ImageItem) -> Row[Any]:
+    return Row(index=item.index, path=item.path, error=item.error, content_hash=item.content_hash)
 
 
 def resolve_target(target: str | None, model: LoadedModel) -> int | None:
@@ -111,13 +128,29 @@ def resolve_target(target: str | None, model: LoadedModel) -> int | None:
     return index
 
 
-class CamJob(BatchJob):
-    """Attention maps for every requested (method, layer) from one forward and one backward per batch.
+@dataclass(frozen=True)
+class ImageCams:
+    """One image's maps from a :class:`CamJob`: ``pred`` (int), ``logits`` and ``probs`` (K,), ``target``
+    (int), and for each result key ``"<method>@<layer>"``: ``maps[key]`` (H, W) in [0, 1] at input size,
+    ``raw[key]`` (h, w) at the layer's resolution, ``constant[key]``; ``provenance[key]`` its CamResult
+    provenance. ``display`` the uint8 picture when the job keeps it; ``label_maps[label][key]`` (H, W) for a
+    multi-label model without a target: one map per label it calls present."""
 
-    Row fields: ``pred`` (int), ``probs`` (K,), ``logits`` (K,), ``target`` (int), and for each result key
-    ``"<method>@<layer>"``: ``maps[key]`` (H, W) in [0, 1] at input size, ``raw[key]`` (h, w) at the layer's
-    resolution, ``constant[key]`` (bool); ``provenance`` maps each key to its CamResult provenance.
-    """
+    pred: int
+    logits: np.ndarray
+    probs: np.ndarray
+    target: int
+    maps: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]
+    constant: dict[str, bool]
+    provenance: dict[str, dict[str, Any]]
+    display: np.ndarray | None = None
+    label_maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+class CamJob(BatchJob[ImageCams]):
+    """Attention maps for every requested (method, layer) from one forward and one backward per batch: one
+    :class:`ImageCams` per image."""
 
     def __init__(
         self,
@@ -134,10 +167,14 @@ class CamJob(BatchJob):
         self.target = target
         self.keep_display = keep_display
 
-    def process(self, batch: Batch) -> list[Row]:
+    def process(self, batch: Batch) -> list[ImageCams | Failure]:
         return per_sample_on_error(self._cams, batch)
 
-    def _cams(self, batch: Batch, x: torch.Tensor, ok: Sequence[int]) -> list[Row]:
+    @property
+    def result_type(self) -> type[ImageCams]:
+        return ImageCams
+
+    def _cams(self, batch: Batch, x: torch.Tensor, ok: Sequence[int]) -> list[ImageCams]:
         from verification.cam import compute_cams
 
         model = self.model
@@ -149,42 +186,42 @@ class CamJob(BatchJob):
             target=resolve_target(self.target, model),
         )
         first = results[0]
-        rows: list[Row] = []
+        label_maps = (
+            self._label_maps(model, x)
+            if model.task == "multilabel" and self.target is None
+            else [{} for _ in ok]
+        )
+        out: list[ImageCams] = []
         for n, pos in enumerate(ok):
-            item = batch.items[pos]
-            row: Row = {
-                "pred": int(np.argmax(first.logits[n])),
-                "logits": np.asarray(first.logits[n], dtype=np.float32),
-                "probs": np.asarray(first.probs[n], dtype=np.float32),
-                "target": int(first.targets[n]),
-                "maps": {},
-                "raw": {},
-                "constant": {},
-                "provenance": {},
-            }
-            for res in results:
-                key = f"{res.method}@{res.layer}"
-                row["maps"][key] = np.asarray(res.maps[n], dtype=np.float32)
-                row["raw"][key] = np.asarray(res.raw[n], dtype=np.float32)
-                row["constant"][key] = bool(res.constant[n])
-                row["provenance"][key] = dict(res.provenance)
-            if item.display is not None:
-                row["display"] = item.display
-            rows.append(row)
-        if getattr(model, "task", None) == "multilabel" and self.target is None:
-            self._label_maps(model, x, rows)
-        return rows
+            keys = [f"{res.method}@{res.layer}" for res in results]
+            out.append(
+                ImageCams(
+                    pred=int(np.argmax(first.logits[n])),
+                    logits=np.asarray(first.logits[n], dtype=np.float32),
+                    probs=np.asarray(first.probs[n], dtype=np.float32),
+                    target=int(first.targets[n]),
+                    maps={k: np.asarray(res.maps[n], dtype=np.float32) for k, res in zip(keys, results)},
+                    raw={k: np.asarray(res.raw[n], dtype=np.float32) for k, res in zip(keys, results)},
+                    constant={k: bool(res.constant[n]) for k, res in zip(keys, results)},
+                    provenance={k: dict(res.provenance) for k, res in zip(keys, results)},
+                    display=batch.items[pos].display,
+                    label_maps=label_maps[n],
+                )
+            )
+        return out
 
-    def _label_maps(self, model: LoadedModel, x: torch.Tensor, rows: list[Row]) -> None:
-        """A multi-label model without ``--target``: also one map per label the model calls present (σ ≥ 0.5,
-        else its top label), as ``row["label_maps"][label][key]``."""
+    def _label_maps(self, model: LoadedModel, x: torch.Tensor) -> list[dict[str, dict[str, np.ndarray]]]:
+        """A multi-label model without ``--target``: per image, one map per label the model calls present
+        (σ ≥ 0.5, else its top label), as ``[image][label][key]``."""
         from verification.multilabel import label_cams
 
         lm = label_cams(model, x, methods=self.methods, layers=self.layers)
+        out: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in range(len(x))]
         for r, (n, k) in enumerate(zip(lm.images, lm.labels)):
-            per = rows[n].setdefault("label_maps", {}).setdefault(model.class_names[k], {})
+            per = out[n].setdefault(model.class_names[k], {})
             for res in lm.results:
                 per[f"{res.method}@{res.layer}"] = np.asarray(res.maps[r], dtype=np.float32)
+        return out
 
 
 # Errors that one image of a batch can cause on its own (NaN/inf in its tensor, a model that fails on it);
@@ -193,30 +230,41 @@ PER_IMAGE_ERRORS: tuple[type[Exception], ...] = (NonFiniteError, ModelForwardErr
 
 
 def per_sample_on_error(
-    compute: Callable[[Batch, torch.Tensor, Sequence[int]], list[Row]], batch: Batch
-) -> list[Row]:
-    """Rows for ``batch.x`` from ``compute(batch, x, ok_positions)``; when the whole batch fails with a
-    per-image error, each image is run alone and the ones that fail become error rows (``{"error": ...}``),
-    so one hostile image does not take its batch-mates down with it."""
+    compute: Callable[[Batch, torch.Tensor, Sequence[int]], Sequence[R]], batch: Batch
+) -> list[R | Failure]:
+    """Results for ``batch.x`` from ``compute(batch, x, ok_positions)``; when the whole batch fails with a
+    per-image error, each image is run alone and the ones that fail become :class:`Failure` (error rows), so
+    one hostile image does not take its batch-mates down with it."""
     try:
-        return compute(batch, batch.x, batch.ok)
+        return list(compute(batch, batch.x, batch.ok))
     except PER_IMAGE_ERRORS as exc:
         if len(batch.ok) == 1:
-            return [{"error": error_message(exc)}]
-    rows: list[Row] = []
+            return [Failure(error_message(exc))]
+    out: list[R | Failure] = []
     for n, pos in enumerate(batch.ok):
         try:
-            rows.extend(compute(batch, batch.x[n : n + 1], [pos]))
+            out.extend(compute(batch, batch.x[n : n + 1], [pos]))
         except PER_IMAGE_ERRORS as exc:
-            rows.append({"error": error_message(exc)})
-    return rows
+            out.append(Failure(error_message(exc)))
+    return out
 
 
 LESION_SUFFIXES = ("_lesion", "_finding", "_annotation")
 """File names :class:`VerifyJob` looks for in an annotation folder: ``<image stem><suffix>.png`` (or .npy)."""
 
 
-class VerifyJob(BatchJob):
+def folder_mask(folder: str | None, path: str | Path, suffixes: Sequence[str]) -> np.ndarray | None:
+    """The mask of image ``path`` in ``folder`` (``<image stem><suffix>.png`` or .npy) as float32, or None
+    (no folder, or no mask for this image there)."""
+    if folder is None:
+        return None
+    from verification.anatomy import find_mask_file, read_mask_file
+
+    found = find_mask_file(folder, Path(path).name, suffixes)
+    return None if found is None else np.asarray(read_mask_file(found), dtype=np.float32)
+
+
+class VerifyJob(BatchJob["ImageMeasurement"]):  # a string: the verdict package loads lazily
     """The verdict's measurements, batch by batch (:func:`verification.verdict.measure.measure_batch`).
 
     The rules of :func:`verification.verify` — one path: the bundle's method, the bundle's layer when the
@@ -224,9 +272,8 @@ class VerifyJob(BatchJob):
     has it (else the default target layer, with a warning), the E0 gate from the bundle's reference images,
     the
     anatomy from ``anatomy_dir`` masks or the automatic method, findings from ``annotation_dir`` masks
-    (``<stem>_lesion.png``). Rows are :meth:`Measurements.rows` (numbers, strings and arrays, so they cross
-    the
-    Ray engine's process boundary); :func:`merge_verify_rows` turns them back into the frozen
+    (``<stem>_lesion.png``). Each row's result is one image's
+    :class:`~verification.verdict.measure.ImageMeasurement`; :func:`merge_verify_rows` joins them into the
     :class:`~verification.verdict.measure.Measurements` and the :class:`VerificationReport`.
     """
 
@@ -239,7 +286,7 @@ class VerifyJob(BatchJob):
         annotation_dir: str | None = None,
         anatomy_dir: str | None = None,
         gate: ModelSpec | None = None,
-        config: Any = None,
+        config: VerdictConfig | None = None,
     ) -> None:
         super().__init__(spec)
         self.bundle_path = bundle_path
@@ -247,8 +294,10 @@ class VerifyJob(BatchJob):
         self.annotation_dir = annotation_dir
         self.anatomy_dir = anatomy_dir
         self.gate_spec = gate
-        self.config = config
-        self._bundle: Any = None
+        from verification.verdict import VerdictConfig
+
+        self.config = config if config is not None else VerdictConfig()
+        self._bundle: ReferenceBundle | None = None
         self._measure: Any = None
         self.warnings: tuple[str, ...] = ()
         self.mismatch: str | None = None
@@ -259,13 +308,11 @@ class VerifyJob(BatchJob):
             import warnings
 
             from verification.reference import load_bundle
-            from verification.verdict import VerdictConfig
             from verification.verdict.api import class_mismatch, measure_spec
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the mismatches are kept in bundle.warnings and reported
                 bundle = load_bundle(self.bundle_path, model=loaded)
-            self.config = self.config or VerdictConfig()
             self.mismatch = class_mismatch(loaded, bundle)
             found = list(bundle.warnings)
             if self.mismatch is None:
@@ -276,7 +323,7 @@ class VerifyJob(BatchJob):
         return loaded
 
     @property
-    def bundle(self) -> Any:
+    def bundle(self) -> ReferenceBundle:
         if self._bundle is None:
             raise RuntimeError("VerifyJob.setup() must run before the job is used")
         return self._bundle
@@ -287,21 +334,21 @@ class VerifyJob(BatchJob):
         state["_measure"] = None
         return state
 
-    def _mask(self, folder: str | None, path: str, suffixes: Sequence[str]) -> np.ndarray | None:
-        if folder is None:
-            return None
-        from verification.anatomy import _read_mask_file, find_mask_file
-
-        found = find_mask_file(folder, Path(path).name, suffixes)
-        return None if found is None else np.asarray(_read_mask_file(found), dtype=np.float32)
-
-    def process(self, batch: Batch) -> list[Row]:
-        """Measurement rows; an image whose forward fails (NaN, model error) alone becomes an error row."""
+    def process(self, batch: Batch) -> list[ImageMeasurement | Failure]:
+        """Measurements; an image whose forward fails (NaN, model error) alone becomes an error row."""
         if self.mismatch is not None:
             raise BundleError(self.mismatch)
         return per_sample_on_error(self._measure_rows, batch)
 
-    def _measure_rows(self, batch: Batch, x: torch.Tensor, positions: Sequence[int]) -> list[Row]:
+    @property
+    def result_type(self) -> type[ImageMeasurement]:
+        from verification.verdict.measure import ImageMeasurement
+
+        return ImageMeasurement
+
+    def _measure_rows(
+        self, batch: Batch, x: torch.Tensor, positions: Sequence[int]
+    ) -> list[ImageMeasurement]:
         from verification.anatomy import MASK_SUFFIXES
         from verification.verdict.api import label_indices
         from verification.verdict.measure import measure_batch
@@ -311,26 +358,26 @@ class VerifyJob(BatchJob):
         m = measure_batch(
             self.model, self._measure, x, names=[it.path for it in items],
             labels=label_indices(labels, self.bundle.class_names, len(items)),
-            lesions=[self._mask(self.annotation_dir, it.path, LESION_SUFFIXES) for it in items],
-            anatomy=[self._mask(self.anatomy_dir, it.path, MASK_SUFFIXES) for it in items],
+            lesions=[folder_mask(self.annotation_dir, it.path, LESION_SUFFIXES) for it in items],
+            anatomy=[folder_mask(self.anatomy_dir, it.path, MASK_SUFFIXES) for it in items],
         )  # fmt: skip
         return m.rows()
 
 
-def merge_verify_rows(rows: Sequence[Row], job: VerifyJob) -> VerificationReport:
+def merge_verify_rows(rows: Sequence[Row[ImageMeasurement]], job: VerifyJob) -> VerificationReport:
     """The :class:`~verification.verdict.VerificationReport` of a run: readable images measured, unreadable
     ones listed as errors (never counted as evidence)."""
     from verification.verdict.api import assemble, cannot_verify
     from verification.verdict.measure import Measurements
 
     bundle, model = job.bundle, job.model
-    errors = [(str(r["path"]), str(r["error"])) for r in rows if r["error"]]
+    errors = [(r.path, r.error) for r in rows if r.error]
     if job.mismatch is not None:
         return cannot_verify(model, bundle, job.config, job.mismatch, len(rows), job.warnings, errors)
-    ok = [r for r in rows if not r["error"]]
+    ok = [(r.path, r.result) for r in rows if r.result is not None and not r.error]
     if not ok:
         return cannot_verify(model, bundle, job.config, "none of the images could be read", len(rows),
                              job.warnings, errors)  # fmt: skip
-    m = Measurements.from_rows(ok, bundle.class_names, model.class_names, bundle.grid)
-    m = dataclasses.replace(m, names=tuple(str(r["path"]) for r in ok))
+    m = Measurements.from_rows([res for _, res in ok], bundle.class_names, model.class_names, bundle.grid)
+    m = dataclasses.replace(m, names=tuple(path for path, _ in ok))
     return assemble(m, model, bundle, job.config, warnings=job.warnings, errors=errors)

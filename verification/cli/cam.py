@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from verification.cli.common import (
     EXIT_OK,
@@ -18,6 +18,11 @@ from verification.cli.common import (
     progress_flag,
 )
 from verification.cli.outputs import atomic_dir, check_output_dir, dumps
+
+if TYPE_CHECKING:
+    from verification.batch import ImageCams, Row
+    from verification.io.records import LoadedModel
+    from verification.pacs.sources import CamRecord
 
 
 def _output_stems(paths: Sequence[Path], inputs: Sequence[str]) -> list[str]:
@@ -60,17 +65,17 @@ def cmd_cam(args: argparse.Namespace) -> int:
     options = engine_options(args)
     entries: list[dict[str, Any]] = []
     keys: list[str] = []
-    to_store: list[Any] = []
+    to_store: list[CamRecord] = []
     with atomic_dir(args.out, force=args.force) as staging:
         for row in run_job(job, paths, options, progress=progress_flag(args)):
-            stem = stems[int(row["index"])]
-            entry: dict[str, Any] = {"path": str(row["path"]), "error": row["error"]}
+            stem = stems[row.index]
+            entry: dict[str, Any] = {"path": row.path, "error": row.error}
             check_row(row, args)
-            if not row["error"]:
-                keys = list(row["maps"])
+            if row.result is not None and not row.error:
+                keys = list(row.result.maps)
                 entry.update(_write_cam_row(staging, stem, row, model, overlays=not args.no_overlays))
                 if args.pacs_store:
-                    to_store.append(_pacs_record(row, entry, model.class_names))
+                    to_store.append(_pacs_record(row.path, row.result, model.class_names))
             entries.append(entry)
         failed = sum(1 for e in entries if e["error"])
         if failed == len(entries):
@@ -131,19 +136,21 @@ def _pacs_verdict(args: argparse.Namespace) -> str:
     return f"{report.label}{line}"
 
 
-def _pacs_record(row: dict[str, Any], entry: dict[str, Any], class_names: Sequence[str]) -> Any:
+def _pacs_record(path: str, cams: ImageCams, class_names: Sequence[str]) -> CamRecord:
     from verification.pacs import origin
     from verification.pacs.sources import CamRecord
 
-    if origin(row["path"]) is None:
-        raise CliError(f"{row['path']} was not read from a PACS; --pacs-store takes only dicomweb+ inputs")
-    target = int(entry["target"])
+    if origin(path) is None:
+        raise CliError(f"{path} was not read from a PACS; --pacs-store takes only dicomweb+ inputs")
+    if cams.display is None:
+        raise CliError(f"{path}: no picture kept to draw the overlay on")
+    target = cams.target
     name = class_names[target] if 0 <= target < len(class_names) else str(target)
-    return CamRecord(str(row["path"]), row["display"], dict(row["maps"]), name)
+    return CamRecord(path, cams.display, dict(cams.maps), name)
 
 
 def _write_cam_row(
-    staging: Path, stem: str, row: dict[str, Any], model: Any, *, overlays: bool
+    staging: Path, stem: str, row: Row[ImageCams], model: LoadedModel, *, overlays: bool
 ) -> dict[str, Any]:
     from verification.batch import save_image_cams
     from verification.report import overlay_png
@@ -151,21 +158,23 @@ def _write_cam_row(
     npz = staging / f"{stem}.npz"
     npz.parent.mkdir(parents=True, exist_ok=True)
     save_image_cams(npz, row, class_names=model.class_names)
+    cams = row.result
+    assert cams is not None  # the caller writes only rows with maps
     written: dict[str, str] = {}
-    if overlays and "display" in row:
-        layers = {key.split("@", 1)[1] for key in row["maps"]}
-        for key, cam in row["maps"].items():
+    if overlays and cams.display is not None:
+        layers = {key.split("@", 1)[1] for key in cams.maps}
+        for key, cam in cams.maps.items():
             method, layer = key.split("@", 1)
             name = f"{stem}.{method}.png" if len(layers) == 1 else f"{stem}.{method}@{layer}.png"
-            (staging / name).write_bytes(overlay_png(row["display"], cam))
+            (staging / name).write_bytes(overlay_png(cams.display, cam))
             written[key] = name
-    pred = int(row["pred"])
+    pred = cams.pred
     return {
         "npz": npz.relative_to(staging).as_posix(),
         "overlays": written,
         "pred": pred,
         "pred_class": model.class_names[pred] if pred < len(model.class_names) else str(pred),
-        "prob": float(row["probs"][pred]),
-        "target": int(row["target"]),
-        "constant": {k: bool(v) for k, v in row["constant"].items()},
+        "prob": float(cams.probs[pred]),
+        "target": cams.target,
+        "constant": {k: bool(v) for k, v in cams.constant.items()},
     }

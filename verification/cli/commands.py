@@ -118,7 +118,7 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     for row in errors:
         check_row(row, args)
     if not images:
-        raise CliError(f"none of the {len(paths)} images could be read; first error: {errors[0]['error']}")
+        raise CliError(f"none of the {len(paths)} images could be read; first error: {errors[0].error}")
     with tqdm(
         total=len(args.checkpoints), unit="ckpt", disable=True if args.quiet else None, leave=False
     ) as bar:
@@ -149,7 +149,7 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     if errors:
         sys.stdout.write(
             f"warning: {len(errors)} unreadable image(s) left out: "
-            + "; ".join(f"{Path(e['path']).name}: {e['error']}" for e in errors[:3])
+            + "; ".join(f"{Path(e.path).name}: {e.error}" for e in errors[:3])
             + ("; …" if len(errors) > 3 else "")
             + "\n"
         )

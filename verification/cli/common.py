@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from verification.errors import VerificationError
 
 if TYPE_CHECKING:
-    from verification.batch import ModelSpec
+    from verification.batch import ModelSpec, Row
     from verification.engines import EngineOptions
     from verification.io.records import LoadedModel
 
@@ -86,9 +86,9 @@ def progress_flag(args: argparse.Namespace) -> bool | None:
     return False if args.quiet else None
 
 
-def check_row(row: dict[str, Any], args: argparse.Namespace) -> None:
+def check_row(row: Row[Any], args: argparse.Namespace) -> None:
     """An error row: a warning, or with ``--strict`` the failure of the run."""
-    if row.get("error"):
+    if row.error:
         if args.strict:
-            raise CliError(f"{row['path']}: {row['error']} (--strict stops at the first unreadable image)")
-        log.warning("skipped %s: %s", row["path"], row["error"])
+            raise CliError(f"{row.path}: {row.error} (--strict stops at the first unreadable image)")
+        log.warning("skipped %s: %s", row.path, row.error)

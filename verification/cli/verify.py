@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from verification.cli.common import (
     EXIT_OK,
@@ -22,6 +22,15 @@ from verification.cli.common import (
     progress_flag,
 )
 from verification.cli.outputs import dumps, write_text_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from verification.batch import Row, VerifyJob
+    from verification.io.records import LoadedModel
+    from verification.reference import ReferenceBundle
+    from verification.verdict import VerificationReport
+    from verification.verdict.measure import ImageMeasurement
 
 
 def cmd_reference_build(args: argparse.Namespace) -> int:
@@ -55,7 +64,7 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _load_other(path: str, args: argparse.Namespace) -> Any:
+def _load_other(path: str, args: argparse.Namespace) -> LoadedModel:
     from verification.io.models import load_model
 
     if not Path(path).is_file():
@@ -69,7 +78,7 @@ def _bundle_files(path: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
 
 
-def _save_bundle(bundle: Any, out: Path) -> tuple[Path, Path]:
+def _save_bundle(bundle: ReferenceBundle, out: Path) -> tuple[Path, Path]:
     """Save a bundle's two files atomically: both are written in a staging folder, the old manifest (if any)
     is removed, the arrays moved into place, and the manifest — what makes a bundle loadable — moved last."""
     npz, manifest = _bundle_files(out)
@@ -128,7 +137,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 raise CliError(
                     f"labels {unknown} are not classes of the bundle {list(job.bundle.class_names)}"
                 )
-        rows = []
+        rows: list[Row[ImageMeasurement]] = []
         if job.mismatch is None:
             for row in run_job(job, paths, engine_options(args), progress=progress_flag(args)):
                 check_row(row, args)
@@ -148,22 +157,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _verify_labels(
-    args: argparse.Namespace, job: Any, model: Any, paths: list[Path], labels: list[str] | None
-) -> Any:
+    args: argparse.Namespace,
+    job: VerifyJob,
+    model: LoadedModel,
+    paths: Sequence[Path],
+    labels: list[str] | None,
+) -> VerificationReport:
     """A multi-label model: one verdict per label (:mod:`verification.verdict.multilabel`), local engine.
     With ``--labelled``, a label is a class subfolder's name, or in a CSV one name or several joined by "|"
     (``Effusion|Nodule``; an empty cell: none of the labels); finding masks stand for each of their image's
     labels."""
     from verification.anatomy import MASK_SUFFIXES
-    from verification.batch import LESION_SUFFIXES
+    from verification.batch import LESION_SUFFIXES, folder_mask
     from verification.verdict import verify
 
     if args.engine != "local":
         raise CliError(
             "a multi-label model is verified label by label on the local engine: use --engine local"
         )
-    ann = [job._mask(args.annotations, str(p), LESION_SUFFIXES) for p in paths] if args.annotations else None
-    roi = [job._mask(args.anatomy, str(p), MASK_SUFFIXES) for p in paths] if args.anatomy else None
+    ann = [folder_mask(args.annotations, p, LESION_SUFFIXES) for p in paths] if args.annotations else None
+    roi = [folder_mask(args.anatomy, p, MASK_SUFFIXES) for p in paths] if args.anatomy else None
     gate = job.gate_spec.load() if job.gate_spec is not None else None
     sets = None if labels is None else [[] if lab == "" else lab for lab in labels]
     return verify(
@@ -172,7 +185,7 @@ def _verify_labels(
     )  # fmt: skip
 
 
-def verify_document(args: argparse.Namespace, report: Any) -> dict[str, Any]:
+def verify_document(args: argparse.Namespace, report: VerificationReport) -> dict[str, Any]:
     """The verify result as written by ``--json``: the report's one document, examples trimmed to
     ``--examples``, with the run's paths and engine added to the provenance."""
     import dataclasses
@@ -190,7 +203,7 @@ def verify_document(args: argparse.Namespace, report: Any) -> dict[str, Any]:
     return doc
 
 
-def verify_table(report: Any) -> Any:
+def verify_table(report: VerificationReport) -> pd.DataFrame:
     """One row per image (status ok / not assessable / error) with the line values."""
     import pandas as pd
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from verification.batch import BatchJob, Row
 from verification.errors import VerificationError
@@ -17,6 +17,7 @@ from verification.errors import VerificationError
 __all__ = ["EngineOptions", "EngineUnavailableError", "run_job"]
 
 EngineName = Literal["local", "ray"]
+R = TypeVar("R")
 
 
 class EngineUnavailableError(VerificationError):
@@ -37,8 +38,8 @@ class EngineOptions:
 
 
 def run_job(
-    job: BatchJob, paths: Sequence[str | Path], options: EngineOptions, *, progress: bool | None = None
-) -> Iterator[Row]:
+    job: BatchJob[R], paths: Sequence[str | Path], options: EngineOptions, *, progress: bool | None = None
+) -> Iterator[Row[R]]:
     """Run ``job`` over ``paths`` and yield one row per path, in order.
 
     ``progress``: a tqdm bar on stderr (None: only when stderr is a terminal, False: never).

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from tqdm import tqdm
 
 from verification.batch import BatchJob, Row, make_loader
 from verification.engines import EngineOptions
 
+R = TypeVar("R")
+
 
 def run_local(
-    job: BatchJob, paths: Sequence[str | Path], options: EngineOptions, *, progress: bool | None = None
-) -> Iterator[Row]:
+    job: BatchJob[R], paths: Sequence[str | Path], options: EngineOptions, *, progress: bool | None = None
+) -> Iterator[Row[R]]:
     """Yield one row per path in order; the model is loaded once, here."""
     model = job.setup()
     loader = make_loader(

@@ -13,12 +13,13 @@ by index.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -28,12 +29,13 @@ from verification.batch import BatchJob, ImageDataset, Row, collate_items, decod
 from verification.engines import EngineOptions, EngineUnavailableError
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
 class JobActor:
     """Ray Data callable class: loads the job's model once per actor, then runs chunks of paths."""
 
-    def __init__(self, job: BatchJob) -> None:
+    def __init__(self, job: BatchJob[Any]) -> None:
         self.job = job
         self.model = job.setup()
 
@@ -68,8 +70,8 @@ def _import_ray() -> Any:
 
 
 def run_ray(
-    job: BatchJob, paths: Sequence[str | Path], options: EngineOptions, *, progress: bool | None = None
-) -> Iterator[Row]:
+    job: BatchJob[R], paths: Sequence[str | Path], options: EngineOptions, *, progress: bool | None = None
+) -> Iterator[Row[R]]:
     """Yield one row per path in path order, computed by Ray actors."""
     ray = _import_ray()
     size = options.batch_size
@@ -99,18 +101,19 @@ def run_ray(
                 batch_format="numpy",
                 max_restarts=0,
             )
-        pending: dict[int, list[Row]] = {}
+        pending: dict[int, list[Row[R]]] = {}
         next_chunk = 0
         disable = None if progress is None else not progress
         with tqdm(total=len(names), unit="img", disable=disable, leave=False) as bar:
             for out in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 for chunk_id, data in zip(out["chunk"], out["row"]):
-                    pending.setdefault(int(chunk_id), []).append(decode_row(bytes(data)))
+                    pending.setdefault(int(chunk_id), []).append(decode_row(bytes(data), job.result_type))
                 # Yield whole chunks in order as soon as they are complete.
                 while next_chunk in pending and len(pending[next_chunk]) == chunk_sizes[next_chunk]:
-                    rows = sorted(pending.pop(next_chunk), key=lambda r: int(r["index"]))
-                    for row in rows:
-                        row["path"] = str(paths[int(row["index"])])
+                    rows = [
+                        dataclasses.replace(row, path=str(paths[row.index]))
+                        for row in sorted(pending.pop(next_chunk), key=lambda r: r.index)
+                    ]
                     bar.update(len(rows))
                     yield from rows
                     next_chunk += 1

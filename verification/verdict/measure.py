@@ -129,6 +129,27 @@ QUANTITIES: dict[str, Quantity] = _quantities()
 
 
 @dataclass(frozen=True)
+class ImageMeasurement:
+    """One image's row of :class:`Measurements` (how a batch job's results cross process boundaries:
+    numbers, strings and arrays only). ``label`` / ``predicted`` −1 when unknown; ``probs`` (K,);
+    ``gate_reason`` "" when assessable; ``values`` / ``gate`` per quantity (NaN where not measured); ``map``
+    and ``lesion`` (h, w) on the comparison grid."""
+
+    name: str
+    label: int
+    predicted: int
+    probs: np.ndarray
+    assessable: bool
+    gate_reason: str
+    has_finding: bool
+    values: dict[str, float]
+    gate: dict[str, float]
+    map: np.ndarray
+    lesion: np.ndarray
+    roi_method: str
+
+
+@dataclass(frozen=True)
 class Measurements:
     """Per-image measurements of one model on one image set (arrays of length N).
 
@@ -192,63 +213,61 @@ class Measurements:
             gate_numbers={k: np.concatenate([col(p, p.gate_numbers, k) for p in parts]) for k in gkeys},
         )
 
-    # Rows: how a batch job's per-image results cross process boundaries (numbers, strings and arrays only).
-    def rows(self) -> list[dict[str, Any]]:
-        out = []
-        for i in range(self.n):
-            out.append(
-                {
-                    "name": self.names[i],
-                    "label": int(self.labels[i]),
-                    "predicted": int(self.predicted[i]),
-                    "probs": self.probs[i].astype(np.float32),
-                    "assessable": bool(self.assessable[i]),
-                    "gate_reason": self.gate_reasons[i] or "",
-                    "has_finding": bool(self.has_finding[i]),
-                    "values": {k: float(v[i]) for k, v in self.values.items()},
-                    "gate": {k: float(v[i]) for k, v in self.gate_numbers.items()},
-                    "map": self.maps[i].astype(np.float32),
-                    "lesion": self.lesions[i].astype(np.float32),
-                    "roi_method": self.roi_method,
-                }
+    def rows(self) -> list[ImageMeasurement]:
+        """One :class:`ImageMeasurement` per image (the inverse of :meth:`from_rows`)."""
+        return [
+            ImageMeasurement(
+                name=self.names[i],
+                label=int(self.labels[i]),
+                predicted=int(self.predicted[i]),
+                probs=self.probs[i].astype(np.float32),
+                assessable=bool(self.assessable[i]),
+                gate_reason=self.gate_reasons[i] or "",
+                has_finding=bool(self.has_finding[i]),
+                values={k: float(v[i]) for k, v in self.values.items()},
+                gate={k: float(v[i]) for k, v in self.gate_numbers.items()},
+                map=self.maps[i].astype(np.float32),
+                lesion=self.lesions[i].astype(np.float32),
+                roi_method=self.roi_method,
             )
-        return out
+            for i in range(self.n)
+        ]
 
     @classmethod
     def from_rows(
         cls,
-        rows: Sequence[Mapping[str, Any]],
+        rows: Sequence[ImageMeasurement],
         class_names: Sequence[str],
         model_classes: Sequence[str],
         grid: tuple[int, int],
     ) -> Measurements:
         n = len(rows)
-        keys = sorted({k for r in rows for k in r["values"]})
-        gkeys = sorted({k for r in rows for k in r["gate"]})
+        keys = sorted({k for r in rows for k in r.values})
+        gkeys = sorted({k for r in rows for k in r.gate})
 
         def arr(key: str, dtype: Any) -> np.ndarray:
-            return np.array([r[key] for r in rows], dtype=dtype).reshape(n)
+            return np.array([getattr(r, key) for r in rows], dtype=dtype).reshape(n)
 
         def stack(key: str, shape: tuple[int, ...]) -> np.ndarray:
             if not n:
                 return np.zeros((0, *shape), np.float32)
-            return np.stack([np.asarray(r[key], np.float32) for r in rows])
+            return np.stack([np.asarray(getattr(r, key), np.float32) for r in rows])
 
         return cls(
-            names=tuple(str(r["name"]) for r in rows),
+            names=tuple(str(r.name) for r in rows),
             class_names=tuple(class_names),
             model_classes=tuple(model_classes),
             labels=arr("label", np.int64),
             predicted=arr("predicted", np.int64),
             probs=stack("probs", (len(model_classes),)),
             assessable=arr("assessable", bool),
-            gate_reasons=tuple((str(r["gate_reason"]) or None) for r in rows),
+            gate_reasons=tuple((str(r.gate_reason) or None) for r in rows),
             has_finding=arr("has_finding", bool),
-            values={k: np.array([float(r["values"].get(k, np.nan)) for r in rows]) for k in keys},
+            values={k: np.array([float(r.values.get(k, np.nan)) for r in rows]) for k in keys},
             maps=stack("map", grid),
             lesions=stack("lesion", grid),
-            roi_method=", ".join(sorted({str(r["roi_method"]) for r in rows})) if rows else "none",
-            gate_numbers={k: np.array([float(r["gate"].get(k, np.nan)) for r in rows]) for k in gkeys},
+            roi_method=", ".join(sorted({str(r.roi_method) for r in rows})) if rows else "none",
+            gate_numbers={k: np.array([float(r.gate.get(k, np.nan)) for r in rows]) for k in gkeys},
         )
 
 
