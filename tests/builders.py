@@ -28,19 +28,26 @@ def zip_bytes(
 
 
 def dicom_dataset(
-    arr: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, **tags: object
+    arr: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits: int = 12,
+    *,
+    sop_class: str | None = None,
+    **tags: object,
 ) -> Dataset:
-    """A secondary-capture CR dataset holding ``arr`` (``(H, W)`` or ``(frames, H, W)``) with ``bits`` stored
-    bits, then the attributes ``tags`` set (in order, after the pixel data)."""
+    """A CR dataset of SOP class ``sop_class`` (default: secondary capture) holding ``arr`` (``(H, W)`` or
+    ``(frames, H, W)``) with ``bits`` stored bits, then the attributes ``tags`` set (in order, after the pixel
+    data)."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+    sop = UID(sop_class) if sop_class else SecondaryCaptureImageStorage
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = sop
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = sop
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
     ds.Modality = "CR"
     ds.set_pixel_data(arr, photometric, bits)

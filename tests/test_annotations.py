@@ -11,9 +11,10 @@ import json
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 
+from tests.builders import dataset_bytes, dicom_dataset
 from verification.annotations import (
     Annotation,
     AnnotationStore,
@@ -196,29 +197,16 @@ def test_json_nesting_bomb_is_refused() -> None:
 def _cr(rows: int = 60, cols: int = 80, **tags: object) -> bytes:
     yy, xx = np.mgrid[0:rows, 0:cols]
     pixels = (xx * 40 + yy).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "CR"
-    ds.PatientName = "Secret^Patient"
-    ds.PatientID = "ID-12345"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    ds.PixelData = pixels.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    ds = dicom_dataset(
+        pixels,
+        sop_class=ComputedRadiographyImageStorage,
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        PatientName="Secret^Patient",
+        PatientID="ID-12345",
+        **tags,
+    )
+    return dataset_bytes(ds)
 
 
 def _seg_mask(seg_bytes: bytes) -> tuple[object, np.ndarray]:
