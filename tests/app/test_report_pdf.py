@@ -175,3 +175,17 @@ def test_chart_ticks_and_sides_by_hand() -> None:
     assert e3.threshold_words() == "threshold ≤ 0.150"
     assert e3.value_words() == "this run 0.610"
     assert bands(_report().lines[1])[0].legend() == ["healthy models 0.970 to 0.990", "healthy edge 0.970"]
+
+
+def test_a_line_found_uninformative_does_not_vote_in_either_report() -> None:
+    report = _report(0)
+    e5 = LineResult(key="E5", name="agreement with reference maps", status="uninformative", decisive=True)
+    report = replace(report, lines=(*report.lines, e5))
+    html = render_report(report, made=MADE)
+    assert "<span class='uninformative'>not informative (does not vote)</span> (does not vote)" in html
+    assert html.count("(votes)") == 2  # E3 and E4
+    pdf = pdfium.PdfDocument(render_pdf(report, made=MADE))
+    everything = " ".join(" ".join(_text(pdf)).split())
+    pdf.close()
+    assert "E5 agreement with reference maps: not informative (does not vote) (does not vote)" in everything
+    assert everything.count("(votes)") == 2

@@ -241,7 +241,7 @@ def render_report(
     }
     line_parts = []
     for ln in report.lines:
-        votes = "votes" if ln.decisive else "does not vote"
+        votes = "votes" if ln.votes else "does not vote"
         line_parts.append(
             f"<h3>{html.escape(ln.key)} {html.escape(ln.name)}: "
             f"<span class='{ln.status}'>{html.escape(STATUS_LABELS[ln.status])}</span> ({votes})</h3>"

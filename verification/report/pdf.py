@@ -309,7 +309,7 @@ def render_pdf(
     if report.lines:
         doc.heading("Evidence lines", 13)
     for ln in report.lines:
-        votes = "votes" if ln.decisive and ln.status != "uninformative" else "does not vote"
+        votes = "votes" if ln.votes else "does not vote"
         doc.font(10, True)
         pdf.set_text_color(*STATUS_RGB.get(ln.status, (0, 0, 0)))
         pdf.multi_cell(
