@@ -23,6 +23,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 NEEDS_CHROMIUM = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"
 )
+# the marks of a test that drives the whole dashboard in Chromium (a server and a browser each: slow)
+BROWSER_TEST = [pytest.mark.browser, pytest.mark.slow, NEEDS_CHROMIUM]
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots and measurements the browser tests leave
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

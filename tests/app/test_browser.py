@@ -10,11 +10,10 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests.app.browser_harness import (
-    NEEDS_CHROMIUM,
-    ROOT,
+    ARTIFACTS,
+    BROWSER_TEST,
     choose,
     chromium_page,
     goto_page,
@@ -25,12 +24,7 @@ from tests.app.browser_harness import (
     wait_overlay_changed,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    NEEDS_CHROMIUM,
-]
-ARTIFACTS = ROOT / "test-artifacts"
+pytestmark = BROWSER_TEST
 # (navigation title, the page's h1)
 PAGES = [
     ("Similarity", "Similarity to the reference"),

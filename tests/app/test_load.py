@@ -29,26 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from tests.app.browser_harness import (
+    ARTIFACTS,
+    BROWSER_TEST,
     CHROMIUM,
     CHROMIUM_ARGS,
-    NEEDS_CHROMIUM,
     OVERLAY,
     OVERLAY_CHANGED_JS,
     OVERLAY_DECODED_JS,
-    ROOT,
     streamlit_server,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    NEEDS_CHROMIUM,
-]
-
-ARTIFACTS = ROOT / "test-artifacts"
+pytestmark = BROWSER_TEST
 SESSIONS = 8
 # Measured (this test, 5 runs, 2 cores, load average 10-30): one session's server peaks at 1.20-1.39 GB
 # resident, eight concurrent sessions at 1.63-2.02 GB (+0.43 to +0.77 GB). The bounds leave room to vary.

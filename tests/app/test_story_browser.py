@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.app.browser_harness import (
-    NEEDS_CHROMIUM,
-    ROOT,
+    ARTIFACTS,
+    BROWSER_TEST,
     chromium_page,
     goto_page,
     streamlit_server,
@@ -23,12 +23,7 @@ from tests.app.browser_harness import (
     wait_idle,
 )
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    NEEDS_CHROMIUM,
-]
-ARTIFACTS = ROOT / "test-artifacts"
+pytestmark = BROWSER_TEST
 
 
 @pytest.fixture(scope="module")
