@@ -6,7 +6,9 @@ Each scenario starts the server the README's command starts (``streamlit run ui/
 ``--launcher dashboard.py`` measures the plain script) and drives it with Chromium from
 ``tests/app/browser_harness.py``. Every figure is a median and a 95th percentile over ``--repeats`` runs.
 
-What is measured (all times from the browser's own clock, ``performance.now()``):
+What is measured (all times from the browser's own clock, ``performance.now()``; a step starts when the page
+receives the user's action — the pointer press on the choice, the file put into the input — not when the
+driver began looking for the element; opening a selectbox's list is not part of the step):
 
 * **first heatmap, cold server** — a new server process per repeat; from the moment its health endpoint
   answers (a warm launcher answers only after warming) to the Attention overlay decoded in the first browser;
@@ -22,7 +24,11 @@ What is measured (all times from the browser's own clock, ``performance.now()``)
 ``notRunning`` (``data-test-script-state`` on the app root; a run or fragment run has started since the
 interaction), no element is stale (``data-stale="true"``), no spinner, skeleton or running-status icon is on
 the page, and every ``<img>`` in the app is decoded as above; the time is when that state began, and it must
-hold for a further ``QUIET_MS`` (a second rerun inside that window restarts the wait).
+hold for a further ``QUIET_MS`` (a second rerun inside that window restarts the wait). Every message from the
+server counts as activity: a run of 50 ms may never show "running" in the page, but it sends messages, and
+the page is not settled before the last. Where the time went is printed beside each step: the server's first
+message (its answer began) and its last (the run ended); the rest up to "drawn" is the browser's (rendering,
+fetching and decoding the pictures). A step that does not settle is listed as FAILED with what held it.
 
 The loaded scenario starts ``--load-procs`` background processes (each a single-threaded loop of 512×512
 float64 numpy matrix products, at normal priority) before the server, and stops them after. ``uptime``'s
@@ -52,7 +58,6 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.app.browser_harness import (
     ROOT,
-    choose,
     chromium_page,
     goto_page,
     streamlit_server,
@@ -87,14 +92,32 @@ TARGETS = {  # seconds, idle machine; the loaded run is held to twice these
 }
 
 # Installed in every document before its scripts run: a 10 ms poll that records when the app became
-# settled and when the overlay showed a new decoded picture, on the page's own clock.
+# settled and when the overlay showed a new decoded picture, on the page's own clock. Every message from the
+# server (Streamlit's websocket: deltas, script started/finished) is counted and timed: a run of 50 ms may
+# never show "running" in the DOM, but it always sends messages, and the page is not settled before the last.
 RECORDER_JS = """
 (() => {
   const OVERLAY = '.st-key-overlay_main img';
   const decoded = new WeakMap();
-  const rec = {mark: 0, sawRunning: false, settledSince: null, drawnAt: null, oldSrc: null, runs: 0,
-               runEnd: null};
+  const rec = {mark: 0, actAt: null, sawRunning: false, settledSince: null, drawnAt: null, oldSrc: null,
+               msgs: 0, firstMsg: null, lastMsg: null};
   window.__bench = rec;
+  // the step starts when the page receives the user's action (pointer press, file chosen), not when the
+  // driver began to look for the element
+  for (const type of ['pointerdown', 'mousedown', 'click', 'change', 'input', 'keydown']) {
+    window.addEventListener(type, () => { if (rec.actAt === null) rec.actAt = performance.now(); }, true);
+  }
+  const NativeWS = window.WebSocket;
+  window.WebSocket = class extends NativeWS {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', () => {
+        const now = performance.now();
+        rec.msgs += 1; rec.lastMsg = now; if (rec.firstMsg === null) rec.firstMsg = now;
+        rec.settledSince = null;
+      });
+    }
+  };
   const isDecoded = (img) => {
     const src = img.currentSrc || img.src;
     if (!(img.complete && img.naturalWidth > 0)) return false;
@@ -106,28 +129,32 @@ RECORDER_JS = """
     return false;
   };
   rec.begin = (oldSrc) => {
-    rec.mark = performance.now(); rec.sawRunning = false; rec.settledSince = null; rec.drawnAt = null;
-    rec.oldSrc = oldSrc === undefined ? null : oldSrc; rec.runs = 0; rec.runEnd = null;
+    rec.mark = performance.now(); rec.actAt = null; rec.sawRunning = false; rec.settledSince = null;
+    rec.drawnAt = null;
+    rec.oldSrc = oldSrc === undefined ? null : oldSrc; rec.msgs = 0; rec.firstMsg = null; rec.lastMsg = null;
     return rec.mark;
   };
   rec.overlaySrc = () => { const i = document.querySelector(OVERLAY); return i ? i.src : null; };
-  let lastState = null;
+  rec.blockers = () => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    const busy = Array.from(document.querySelectorAll(BUSY)).map(
+      (e) => (e.getAttribute('data-testid') || e.tagName) + ' ' + (e.innerText || '').slice(0, 60));
+    const pending = app ? Array.from(app.querySelectorAll('img')).filter((i) => !isDecoded(i)).map(
+      (i) => (i.currentSrc || i.src).slice(-48)) : [];
+    return {state: app ? app.getAttribute('data-test-script-state') : null, msgs: rec.msgs,
+            sawRunning: rec.sawRunning, busy, pending};
+  };
+  const BUSY = '[data-stale="true"], [data-testid="stSpinner"], [data-testid="stSkeleton"], ' +
+    '[data-testid="stAppSkeleton"], [data-testid="stStatusWidgetRunningIcon"], ' +
+    '[data-testid="stStatusWidgetRunningManIcon"]';
   const tick = () => {
     const now = performance.now();
     const app = document.querySelector('[data-testid="stApp"]');
     const state = app ? app.getAttribute('data-test-script-state') : null;
-    if (state === 'running') {
-      rec.sawRunning = true;
-      if (lastState !== 'running') rec.runs += 1;
-    } else if (lastState === 'running') rec.runEnd = now;
-    lastState = state;
+    if (state === 'running') rec.sawRunning = true;
     const ov = document.querySelector(OVERLAY);
     if (rec.drawnAt === null && ov && ov.src !== rec.oldSrc && isDecoded(ov)) rec.drawnAt = now;
-    const busy = document.querySelector(
-      '[data-stale="true"], [data-testid="stSpinner"], [data-testid="stSkeleton"], ' +
-      '[data-testid="stAppSkeleton"], [data-testid="stStatusWidgetRunningIcon"], ' +
-      '[data-testid="stStatusWidgetRunningManIcon"]');
-    let settled = rec.sawRunning && state === 'notRunning' && !busy;
+    let settled = (rec.sawRunning || rec.msgs > 0) && state === 'notRunning' && !document.querySelector(BUSY);
     if (settled && app) {
       for (const img of app.querySelectorAll('img')) { if (!isDecoded(img)) { settled = false; } }
     }
@@ -146,7 +173,13 @@ DRAWN_JS = "() => window.__bench && window.__bench.drawnAt !== null"
 class Timing:
     drawn: float | None  # s from the interaction to the new overlay decoded (None: no overlay involved)
     settled: float  # s from the interaction to settled
-    run_end: float | None = None  # s from the interaction to the end of the last script run (diagnostic)
+    first_msg: float | None = None  # s to the server's first message (its answer began; diagnostic)
+    last_msg: float | None = None  # s to the server's last message (the run's end; diagnostic)
+
+
+class NotSettled(Exception):
+    """The page did not settle in time; the message says what held it (script state, stale or busy elements,
+    pictures not decoded)."""
 
 
 @dataclass
@@ -154,29 +187,52 @@ class Results:
     samples: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def failed(self, name: str, timeout_ms: float = TIMEOUT_MS) -> None:
-        """A measurement that never reached its state in time: listed, never averaged in."""
-        self.notes.append(f"FAILED: {name} did not settle within {timeout_ms / 1000:.0f} s")
-        print(f"  FAILED: {name}", file=sys.stderr, flush=True)
+    def failed(self, name: str, why: object, timeout_ms: float = TIMEOUT_MS) -> None:
+        """A measurement that never reached its state in time: listed with what held it, never averaged in."""
+        self.notes.append(f"FAILED: {name} did not settle within {timeout_ms / 1000:.0f} s: {why}")
+        print(f"  FAILED: {name}: {why}", file=sys.stderr, flush=True)
 
     def add(self, name: str, value: float | None) -> None:
         if value is not None:
             self.samples.setdefault(name, []).append(value)
             print(f"  {name}: {value:.2f} s", file=sys.stderr, flush=True)
 
+    def timing(self, name: str, t: Timing) -> None:
+        """A step's drawn and settled times, and where the time went (server's first / last message)."""
+        self.add(f"{name}, drawn", t.drawn)
+        self.add(f"{name}, settled", t.settled)
+        self.add(f"  ({name}: server's first message)", t.first_msg)
+        self.add(f"  ({name}: server's last message)", t.last_msg)
+
+
+def _wait_settled(page: Any, timeout_ms: float) -> None:
+    try:
+        page.wait_for_function(SETTLED_JS, timeout=timeout_ms, polling=50)
+    except PlaywrightTimeout as exc:
+        raise NotSettled(page.evaluate("() => window.__bench.blockers()")) from exc
+
 
 def _measure(page: Any, act: Any, *, watch_overlay: bool, timeout_ms: float = TIMEOUT_MS) -> Timing:
+    """Time ``act`` (one click: what a user does) to the new overlay decoded and to the page settled."""
     old = page.evaluate("() => window.__bench.overlaySrc()") if watch_overlay else "__none__"
     page.evaluate("(old) => window.__bench.begin(old)", old)
     act()
     # settled implies every picture decoded, the overlay too; drawnAt is set only if its picture changed
-    page.wait_for_function(SETTLED_JS, timeout=timeout_ms, polling=50)
+    _wait_settled(page, timeout_ms)
     rec = page.evaluate(
-        "() => ({m: __bench.mark, d: __bench.drawnAt, s: __bench.settledSince, e: __bench.runEnd})"
+        "() => ({m: __bench.actAt === null ? __bench.mark : __bench.actAt, d: __bench.drawnAt, "
+        "s: __bench.settledSince, f: __bench.firstMsg, l: __bench.lastMsg})"
     )
-    drawn = (rec["d"] - rec["m"]) / 1000 if watch_overlay and rec["d"] is not None else None
-    run_end = (rec["e"] - rec["m"]) / 1000 if rec["e"] is not None else None
-    return Timing(drawn=drawn, settled=(rec["s"] - rec["m"]) / 1000, run_end=run_end)
+
+    def since(key: str) -> float | None:
+        return None if rec[key] is None else (rec[key] - rec["m"]) / 1000
+
+    return Timing(
+        drawn=since("d") if watch_overlay else None,
+        settled=(rec["s"] - rec["m"]) / 1000,
+        first_msg=since("f"),
+        last_msg=since("l"),
+    )
 
 
 @contextlib.contextmanager
@@ -190,9 +246,16 @@ def _open(page: Any, url: str) -> Timing:
     """Navigate and wait for the first overlay and a settled page; times from navigation start."""
     page.goto(url)
     page.wait_for_function(DRAWN_JS, timeout=TIMEOUT_MS, polling=50)
-    page.wait_for_function(SETTLED_JS, timeout=TIMEOUT_MS, polling=50)
-    rec = page.evaluate("() => ({d: __bench.drawnAt, s: __bench.settledSince})")
-    return Timing(drawn=rec["d"] / 1000, settled=rec["s"] / 1000)
+    _wait_settled(page, TIMEOUT_MS)
+    rec = page.evaluate(
+        "() => ({d: __bench.drawnAt, s: __bench.settledSince, f: __bench.firstMsg, l: __bench.lastMsg})"
+    )
+    return Timing(
+        drawn=rec["d"] / 1000,
+        settled=rec["s"] / 1000,
+        first_msg=None if rec["f"] is None else rec["f"] / 1000,
+        last_msg=None if rec["l"] is None else rec["l"] / 1000,
+    )
 
 
 def _fresh_dicom(folder: Path, i: int) -> Path:
@@ -216,9 +279,15 @@ def run_scenario(launcher: str, repeats: int, res: Results) -> None:
             res.add("server start → health answers (warming)", ready)
             with _browser() as page:
                 t0 = time.perf_counter()
-                first = _open(page, url)
+                try:
+                    first = _open(page, url)
+                except NotSettled as exc:
+                    res.failed("first heatmap, cold server", exc)
+                    continue
                 res.add("first heatmap, cold server", first.drawn)
                 res.add("first page settled, cold server", first.settled)
+                res.add("  (first heatmap: server's first message)", first.first_msg)
+                res.add("  (first heatmap: server's last message)", first.last_msg)
                 res.add("(python clock) first heatmap, cold server", time.perf_counter() - t0)
             if r < repeats - 1:
                 continue
@@ -258,28 +327,26 @@ def _interactions(url: str, repeats: int, res: Results) -> None:
         # 3. image switch: images never shown in this server (index 1, 2, ...)
         for i in range(1, repeats + 1):
             try:
-                t = _measure(page, lambda i=i: _choose_index(page, i), watch_overlay=True)
-            except PlaywrightTimeout:
-                res.failed("image switch")
+                option = _open_choices(page, "Image to inspect").nth(i)
+                res.timing("image switch", _measure(page, option.click, watch_overlay=True))
+            except NotSettled as exc:
+                res.failed("image switch", exc)
                 break
-            res.add("image switch, drawn", t.drawn)
-            res.add("image switch, settled", t.settled)
-            res.add("  (image switch, script run ended)", t.run_end)
         # 4. method switch
         for i in range(max(repeats, len(METHOD_CYCLE))):
             label = METHOD_CYCLE[i % len(METHOD_CYCLE)]
             try:
-                t = _measure(page, lambda label=label: choose(page, "Method", label), watch_overlay=True)
-            except PlaywrightTimeout:
-                res.failed("method switch")
+                _open_choices(page, "Method")
+                option = page.get_by_role("option", name=label, exact=True).first
+                t = _measure(page, option.click, watch_overlay=True)
+            except NotSettled as exc:
+                res.failed("method switch", exc)
                 break
             if t.drawn is None:
                 res.notes.append(
                     f"method switch to {label}: the same picture as before (not counted as drawn)"
                 )
-            res.add("method switch, drawn", t.drawn)
-            res.add("method switch, settled", t.settled)
-            res.add("  (method switch, script run ended)", t.run_end)
+            res.timing("method switch", t)
     # 5. page switch: every page once per session, `repeats` sessions
     for _ in range(repeats):
         with _browser() as page:
@@ -292,14 +359,13 @@ def _interactions(url: str, repeats: int, res: Results) -> None:
                         watch_overlay=False,
                         timeout_ms=PAGE_TIMEOUT_MS,
                     )
-                except PlaywrightTimeout:
-                    res.failed(f"page switch → {title}", PAGE_TIMEOUT_MS)
+                except NotSettled as exc:
+                    res.failed(f"page switch → {title}", exc, PAGE_TIMEOUT_MS)
                     break  # the session's state is unknown: the next session starts over
                 h1 = page.get_by_role("heading", level=1).first.inner_text(timeout=TIMEOUT_MS)
                 if not h1.startswith(heading):
                     raise RuntimeError(f"clicked {title!r} but the page's title is {h1!r}")
-                res.add("page switch, settled", t.settled)
-                res.add("  (page switch, script run ended)", t.run_end)
+                res.timing("page switch", t)
                 res.add(f"  page switch → {title}", t.settled)
     # 6. DICOM upload, a file no cache knows, in a new session each time
     with tempfile.TemporaryDirectory() as tmp:
@@ -308,30 +374,29 @@ def _interactions(url: str, repeats: int, res: Results) -> None:
             with _browser() as page:
                 _open(page, url)
                 page.get_by_text("Upload images", exact=True).click()
-                page.locator('[data-testid="stFileUploaderDropzoneInput"]').last.wait_for(
-                    state="attached", timeout=TIMEOUT_MS
-                )
-                page.wait_for_function(SETTLED_JS, timeout=TIMEOUT_MS, polling=50)
+                dropzone = page.locator('[data-testid="stFileUploaderDropzoneInput"]').last
+                dropzone.wait_for(state="attached", timeout=TIMEOUT_MS)
+                _wait_settled(page, TIMEOUT_MS)
                 try:
                     t = _measure(
                         page,
-                        lambda path=path: page.locator(
-                            '[data-testid="stFileUploaderDropzoneInput"]'
-                        ).last.set_input_files(str(path)),
+                        lambda d=dropzone, path=path: d.set_input_files(str(path)),
                         watch_overlay=True,
                     )
-                except PlaywrightTimeout:
-                    res.failed("DICOM upload")
+                except NotSettled as exc:
+                    res.failed("DICOM upload", exc)
                     continue
                 page.get_by_text(path.name).first.wait_for(timeout=TIMEOUT_MS)
-                res.add("DICOM upload, drawn", t.drawn)
-                res.add("DICOM upload, settled", t.settled)
+                res.timing("DICOM upload", t)
 
 
-def _choose_index(page: Any, i: int) -> None:
-    box = page.get_by_role("combobox", name="Image to inspect", exact=True).first
-    box.click()
-    page.get_by_role("option").nth(i).click()
+def _open_choices(page: Any, label: str) -> Any:
+    """Open the selectbox ``label`` and return its options (opening the list is not part of the step: the
+    step starts with the click on a choice, as a user's wait does)."""
+    page.get_by_role("combobox", name=label, exact=True).first.click()
+    options = page.get_by_role("option")
+    options.first.wait_for(timeout=TIMEOUT_MS)
+    return options
 
 
 LOAD_LOOP = (

@@ -22,7 +22,17 @@ image = item.image
 segmentation = model.task == "segmentation"
 multilabel = model.task == "multilabel"  # independent labels: sigmoid probabilities, no single prediction
 
-for key in (K.METHOD, K.LAYER, K.TARGET, K.OPACITY, K.COLORMAP, K.SEG_CLASS, K.SEG_THRESHOLD, K.SHOW_LESION):
+for key in (
+    K.METHOD,
+    K.LAYER,
+    K.TARGET,
+    K.OPACITY,
+    K.COLORMAP,
+    K.SEG_CLASS,
+    K.SEG_THRESHOLD,
+    K.SHOW_LESION,
+    K.DRAW_REGION,
+):
     key.init()
 
 # ------------------------------------------------------------------------------------------- controls
@@ -270,39 +280,46 @@ st.caption(
     "region is this image's finding annotation at once: the numbers beside it and this image's verdict below "
     "are measured against it. It is kept for this session by the image's content; export it to keep it."
 )
+finding_name = (
+    model.class_names[result.targets[0]] if not segmentation and result.targets[0] >= 0 else "finding"
+)
 draw_left, draw_right = st.columns([1.25, 1])
-with draw_left, st.container(key="viewer_draw"):
-    bump = int(st.session_state.get("viewer_draw_round", 0))
-    event = st.plotly_chart(
-        viewer.drawing_figure(base, view, drawn),
-        key=f"viewer_draw_chart_{image.content_hash[:12]}_{bump}",
-        on_select="rerun",
-        selection_mode=("box", "lasso"),
-        # one zoom for every picture: the viewer's (this chart's own zoom and pan would not be linked)
-        config={
-            "displaylogo": False,
-            "scrollZoom": False,
-            "modeBarButtonsToRemove": [
-                "toImage",
-                "zoom2d",
-                "pan2d",
-                "zoomIn2d",
-                "zoomOut2d",
-                "autoScale2d",
-                "resetScale2d",
-            ],
-        },
-    )
-    finding_name = (
-        model.class_names[result.targets[0]] if not segmentation and result.targets[0] >= 0 else "finding"
-    )
-    new_regions = viewer.regions_from_selection(getattr(event, "selection", None))
-    if new_regions:
-        add = st.session_state.get("viewer_region_mode", "replace") == "add"
-        with guard("Saving the drawn region"):
-            viewer.apply_selection(region_store, image, new_regions, replace=not add, finding=finding_name)
-        st.session_state["viewer_draw_round"] = bump + 1
-        st.rerun()
+# The drawing chart is plotly: the browser fetches and parses its 4.7 MB library before the page's pictures
+# settle, so it is drawn only on request (the first heatmap of a session is not held back by it).
+with draw_left:
+    drawing = st.toggle("Draw the expected region", key=K.DRAW_REGION.name)
+if drawing:
+    with draw_left, st.container(key="viewer_draw"):
+        bump = int(st.session_state.get("viewer_draw_round", 0))
+        event = st.plotly_chart(
+            viewer.drawing_figure(base, view, drawn),
+            key=f"viewer_draw_chart_{image.content_hash[:12]}_{bump}",
+            on_select="rerun",
+            selection_mode=("box", "lasso"),
+            # one zoom for every picture: the viewer's (this chart's own zoom and pan would not be linked)
+            config={
+                "displaylogo": False,
+                "scrollZoom": False,
+                "modeBarButtonsToRemove": [
+                    "toImage",
+                    "zoom2d",
+                    "pan2d",
+                    "zoomIn2d",
+                    "zoomOut2d",
+                    "autoScale2d",
+                    "resetScale2d",
+                ],
+            },
+        )
+        new_regions = viewer.regions_from_selection(getattr(event, "selection", None))
+        if new_regions:
+            add = st.session_state.get("viewer_region_mode", "replace") == "add"
+            with guard("Saving the drawn region"):
+                viewer.apply_selection(
+                    region_store, image, new_regions, replace=not add, finding=finding_name
+                )
+            st.session_state["viewer_draw_round"] = bump + 1
+            st.rerun()
 with draw_right:
     st.radio(
         "A new drawing",

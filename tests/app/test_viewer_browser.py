@@ -186,7 +186,11 @@ def test_viewer_in_chromium(tmp_path: Path) -> None:
         choose(page, "Zoom", "1×")
         wait_idle(page)
 
-        # --- drawing: a box dragged with the mouse is the expected region; the numbers follow it
+        # --- drawing: the chart is off until asked for; a box dragged on it is the expected region
+        assert page.locator(".st-key-viewer_draw").count() == 0
+        page.get_by_text("Draw the expected region").click()
+        page.locator(".st-key-viewer_draw .nsewdrag").first.wait_for(timeout=180_000)
+        wait_idle(page)
         _drag(page, 0.30, 0.30, 0.60, 0.70)
         page.get_by_text(re.compile(r"^Drawn region")).first.wait_for(timeout=180_000)
         wait_idle(page)
