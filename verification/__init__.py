@@ -43,7 +43,7 @@ _EXPORTS: dict[str, str] = {
     "default_target_layer": "verification.cam",
     "list_methods": "verification.cam",
     "score_cam": "verification.cam.scorecam",
-    "ablation_cam": "verification.cam.scorecam",
+    "ablation_cam": "verification.cam.ablation",
     "fast_fidelity": "verification.cam.scorecam",
     # comparison and verdicts
     "METRICS": "verification.metrics",

@@ -14,18 +14,13 @@ from verification.cam.capture import ADVICE_MODEL, Capture, capture, check_finit
 from verification.cam.concurrency import exclusive
 from verification.cam.layers import default_target_layer, resolve_layer_names
 from verification.cam.methods import METHODS, get_method, list_methods, option_names, postprocess
+from verification.cam.modules import ModelLike, as_module
 from verification.cam.multiscale import Fuse, default_ms_layers, ms_gradcampp
 from verification.cam.progress import Progress
 from verification.cam.records import CamResult, base_provenance
-from verification.cam.targets import task_target
+from verification.cam.targets import TargetSpec, task_target
 from verification.errors import InvalidInputError
-
-
-def _module(model: Any) -> nn.Module:
-    module = getattr(model, "module", model)
-    if not isinstance(module, nn.Module):
-        raise InvalidInputError(f"expected an nn.Module or a LoadedModel, got {type(model).__name__}")
-    return module
+from verification.options import check_keyword_options
 
 
 def _check_methods(methods: Any) -> list[str]:
@@ -50,29 +45,9 @@ def _check_layers(layers: Any, what: str = "layers") -> None:
         raise InvalidInputError(f"{what} must be a layer name or a non-empty list of layer names")
 
 
-def _check_options(options: Any) -> dict[str, dict[str, Any]]:
+def _check_options(options: object) -> dict[str, dict[str, Any]]:
     """Per-method keyword options: registered methods only, and only keywords the method takes."""
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise InvalidInputError(
-            f"options must map method names to keyword options, got {type(options).__name__}"
-        )
-    out: dict[str, dict[str, Any]] = {}
-    for name, opts in options.items():
-        if name not in METHODS:
-            raise InvalidInputError(f"options given for an unknown method {str(name)[:40]!r}")
-        if not isinstance(opts, Mapping):
-            raise InvalidInputError(f"options[{name!r}] must be a mapping of keyword options")
-        allowed = option_names(name)
-        bad = [str(k)[:40] for k in opts if k not in allowed]
-        if bad:
-            raise InvalidInputError(
-                f"method {name!r} takes no option(s) {bad[:5]}; "
-                f"it takes: {', '.join(sorted(allowed)) or 'none'}"
-            )
-        out[name] = dict(opts)
-    return out
+    return check_keyword_options(options, kind="method", known=METHODS, allowed=option_names)
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -81,12 +56,12 @@ def _np(t: Tensor) -> np.ndarray:
 
 @exclusive
 def compute_cams(
-    model: nn.Module | Any,
+    model: ModelLike,
     x: Tensor,
     *,
     methods: Sequence[str] = ("gradcam",),
     layers: Sequence[str] | str | None = None,
-    target: Any = None,
+    target: TargetSpec = None,
     normalize: bool = True,
     ms_layers: Sequence[str] | None = None,
     ms_fuse: Fuse = "mean",
@@ -100,9 +75,10 @@ def compute_cams(
     "eigencam" are derived from one capture (one forward, one ``autograd.grad`` for all layers);
     "ms_gradcampp" adds its depths (``ms_layers``, **default** the last three stage outputs) to that same
     capture and gives one fused result; "scorecam" / "ablationcam" (kind "perturbation") run
-    :mod:`verification.cam.scorecam` per layer; "saliency", "integrated_gradients", "occlusion" (kind
-    "attribution") run :mod:`verification.cam.attribution` once, at the input (layer "input"). Every method
-    is dispatched from the registry (:mod:`verification.cam.methods`); ``normalize`` applies to every kind.
+    :mod:`verification.cam.scorecam` / :mod:`verification.cam.ablation` per layer; "saliency",
+    "integrated_gradients", "occlusion" (kind "attribution") run :mod:`verification.cam.attribution` once,
+    at the input (layer "input"). Every method is dispatched from the registry
+    (:mod:`verification.cam.methods`); ``normalize`` applies to every kind.
     ``layers``: dotted module names; None → :func:`default_target_layer`. ``target``: None (each sample's
     predicted class logit; the segmentation target for (N, C, H, W) outputs), a class index, one index per
     sample, or a Target from :mod:`verification.cam.targets`. ``options``: per-method keyword options, e.g.
@@ -116,7 +92,7 @@ def compute_cams(
     map raise :class:`~verification.errors.NonFiniteError` naming the samples. Safe to call from several
     threads on one shared model (:mod:`verification.cam.concurrency`).
     """
-    module = _module(model)
+    module = as_module(model)
     check_input(x)
     target = task_target(model, target)  # a multi-label LoadedModel: label logits, sigmoid probabilities
     methods = _check_methods(methods)
@@ -139,13 +115,13 @@ def compute_cams(
 
 
 def _compute(
-    model: Any,
+    model: ModelLike,
     module: nn.Module,
     x: Tensor,
     *,
     methods: Sequence[str],
     layers: Sequence[str] | str | None,
-    target: Any,
+    target: TargetSpec,
     normalize: bool,
     ms_layers: Sequence[str] | None,
     ms_fuse: Fuse,
@@ -278,10 +254,10 @@ def _record(
 
 def _run_own(
     method: str,
-    model: Any,
+    model: ModelLike,
     x: Tensor,
     layer_names: Sequence[str],
-    target: Any,
+    target: TargetSpec,
     normalize: bool,
     options: Mapping[str, Mapping[str, Any]],
     progress: Progress | None,

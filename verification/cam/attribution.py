@@ -32,11 +32,11 @@ from verification.cam.chunking import run_chunked
 from verification.cam.concurrency import exclusive
 from verification.cam.layers import eval_mode, model_device_dtype
 from verification.cam.methods import METHODS, list_methods, option_names, register_method
+from verification.cam.modules import ModelLike, as_module
+from verification.cam.perturb import check_float_batch, make_result, run_forward
 from verification.cam.progress import Progress, report
 from verification.cam.records import CamResult
-from verification.cam.scorecam import _check_input, _make_result, _module_of
-from verification.cam.targets import Target, output_tensor, task_target
-from verification.errors import ModelForwardError
+from verification.cam.targets import Target, TargetSpec, output_tensor, task_target
 
 __all__ = [
     "ATTRIBUTION_METHODS",
@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 AttributionMethod = Literal["saliency", "integrated_gradients", "occlusion"]
+Baseline = str | float | Tensor
+"""A baseline input: "black" (0 in pixel space, through the model's mean / std), a constant, or a tensor."""
 
 
 def occlusion_window(height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -57,7 +59,7 @@ def occlusion_window(height: int, width: int) -> tuple[tuple[int, int], tuple[in
     return (side, side), (step, step)
 
 
-def _black(model: Any, x: Tensor, baseline: Any) -> tuple[Tensor, str]:
+def _black(model: ModelLike, x: Tensor, baseline: Baseline) -> tuple[Tensor, str]:
     if isinstance(baseline, Tensor):
         return baseline.to(device=x.device, dtype=x.dtype).expand_as(x).contiguous(), "caller-supplied tensor"
     if isinstance(baseline, int | float) and not isinstance(baseline, bool):
@@ -74,7 +76,9 @@ def _black(model: Any, x: Tensor, baseline: Any) -> tuple[Tensor, str]:
     return torch.zeros_like(x), "black: zeros (model normalisation unknown)"
 
 
-def _score_fn(target: Target, classes: tuple[int, ...]) -> tuple[Callable[[Tensor], Tensor], Any]:
+def _score_fn(
+    target: Target, classes: tuple[int, ...]
+) -> tuple[Callable[[Tensor], Tensor], list[int] | None]:
     """A function from the model output to what captum differentiates, and captum's ``target``.
 
     Class targets give a (rows, K) score matrix (column c = the target's score for class c), so captum picks
@@ -103,26 +107,26 @@ class _Run:
     """What every attribution method shares: the input on the model's device, captum's forward (the target's
     scores, counted for progress) and target, and the provenance the method adds to."""
 
-    model: Any
+    model: ModelLike
     x: Tensor
     forward: Callable[[Tensor], Tensor]
-    target: Any
+    target: list[int] | None
     provenance: dict[str, str]
     start: Callable[[int], None]  # the number of forward rows the method will run, before it runs them
 
 
 def _attribute(
     method: str,
-    model: Any,
+    model: ModelLike,
     x: Tensor,
-    target: Any,
+    target: TargetSpec,
     progress: Progress | None,
     normalize: bool,
     body: Callable[[_Run], Tensor],
 ) -> CamResult:
     """Run ``body`` (one captum method: its attribution (N, C, H, W)) and make the map ``Σ_c |attr|``."""
-    _check_input(x)
-    module = _module_of(model)
+    check_float_batch(x)
+    module = as_module(model)
     target = task_target(model, target)  # a multi-label LoadedModel: label logits, sigmoid probabilities
     cap: Capture = capture(module, x, [], target, gradients=False)
     device, dtype = model_device_dtype(module)
@@ -137,12 +141,8 @@ def _attribute(
         report(progress, 0, rows, f"{name}: {rows} forward rows")
 
     def forward(inp: Tensor) -> Tensor:
-        try:
-            out = output_tensor(run_chunked(module, inp, module))  # batch sizes the model accepts
-        except Exception as err:
-            raise ModelForwardError(
-                f"The model failed on an input of shape {tuple(inp.shape)}: {err}"
-            ) from err
+        # in batch sizes the model accepts
+        out = output_tensor(run_forward(lambda t: run_chunked(module, t, module), inp))
         done[0] = min(done[0] + int(inp.shape[0]), total[0])
         report(progress, done[0], total[0], f"{name}: {done[0]}/{total[0]} forward rows")
         return score(out)
@@ -150,7 +150,7 @@ def _attribute(
     with eval_mode(module), torch.inference_mode(False), torch.enable_grad():
         attr = body(_Run(model, xi, forward, captum_target, prov, start))
     raw = attr.detach().abs().sum(dim=1).float()
-    return _make_result(method=method, layer="input", cap=cap, raw=raw, normalize=normalize, provenance=prov)
+    return make_result(method=method, layer="input", cap=cap, raw=raw, normalize=normalize, provenance=prov)
 
 
 @register_method(
@@ -158,7 +158,12 @@ def _attribute(
 )
 @exclusive
 def saliency(
-    model: Any, x: Tensor, target: Any = None, *, progress: Progress | None = None, normalize: bool = True
+    model: ModelLike,
+    x: Tensor,
+    target: TargetSpec = None,
+    *,
+    progress: Progress | None = None,
+    normalize: bool = True,
 ) -> CamResult:
     """``|∂y/∂x|`` (captum ``Saliency``); one forward row per image."""
     from captum.attr import Saliency
@@ -178,13 +183,13 @@ def saliency(
 )
 @exclusive
 def integrated_gradients(
-    model: Any,
+    model: ModelLike,
     x: Tensor,
-    target: Any = None,
+    target: TargetSpec = None,
     *,
     progress: Progress | None = None,
     normalize: bool = True,
-    baseline: Any = "black",
+    baseline: Baseline = "black",
     n_steps: int = 32,
     internal_batch_size: int | None = 32,
 ) -> CamResult:
@@ -227,13 +232,13 @@ def integrated_gradients(
 )
 @exclusive
 def occlusion(
-    model: Any,
+    model: ModelLike,
     x: Tensor,
-    target: Any = None,
+    target: TargetSpec = None,
     *,
     progress: Progress | None = None,
     normalize: bool = True,
-    baseline: Any = "black",
+    baseline: Baseline = "black",
     window: tuple[int, int] | None = None,
     stride: tuple[int, int] | None = None,
     perturbations_per_eval: int = 16,
@@ -275,14 +280,14 @@ ATTRIBUTION_METHODS: tuple[str, ...] = tuple(list_methods("attribution"))
 
 @exclusive
 def compute_attribution(
-    model: Any,
+    model: ModelLike,
     x: Tensor,
     method: AttributionMethod | str = "saliency",
-    target: Any = None,
+    target: TargetSpec = None,
     *,
     progress: Progress | None = None,
     normalize: bool = True,
-    baseline: Any = "black",
+    baseline: Baseline = "black",
     n_steps: int = 32,
     internal_batch_size: int | None = 32,
     window: tuple[int, int] | None = None,

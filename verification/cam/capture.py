@@ -31,8 +31,16 @@ from torch import Tensor, nn
 
 from verification.cam.chunking import chunk_bounds, pad_rows
 from verification.cam.concurrency import exclusive, this_thread_only
-from verification.cam.layers import eval_mode, is_spatial_map, model_device_dtype, resolve_layer_names
-from verification.cam.targets import Target, TargetScores, as_target, output_tensor
+from verification.cam.layers import (
+    eval_mode,
+    first_tensor,
+    is_spatial_map,
+    model_device_dtype,
+    replace_first_tensor,
+    resolve_layer_names,
+)
+from verification.cam.modules import ModelLike, as_module
+from verification.cam.targets import Target, TargetScores, TargetSpec, as_target, output_tensor
 from verification.errors import InvalidInputError, LayerError, ModelForwardError, NonFiniteError, ShapeError
 
 
@@ -49,19 +57,6 @@ class Capture:
     scores: TargetScores
     input_size: tuple[int, int]
     calls: dict[str, int]
-
-
-def _replace_first_tensor(output: Any, new: Tensor) -> Any:
-    if isinstance(output, Tensor):
-        return new
-    items = list(output)
-    for i, item in enumerate(items):
-        if isinstance(item, Tensor):
-            items[i] = new
-            break
-    if isinstance(output, tuple):
-        return type(output)(*items) if hasattr(output, "_fields") else tuple(items)
-    return items
 
 
 def _samples(idx: list[int], n: int) -> str:
@@ -102,20 +97,12 @@ def check_input(x: Any) -> None:
     check_finite(x, "the input", ADVICE_INPUT)
 
 
-def _first_tensor(output: Any) -> Tensor | None:
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        return next((t for t in output if isinstance(t, Tensor)), None)
-    return None
-
-
 @exclusive
 def capture(
-    model: nn.Module,
+    model: ModelLike,
     x: Tensor,
     layers: Sequence[str],
-    target: Any = None,
+    target: TargetSpec = None,
     *,
     gradients: bool = True,
     eval: bool = True,
@@ -126,8 +113,8 @@ def capture(
     ``eval`` (default True) runs the model in eval mode — batch-norm statistics and dropout of a deployed
     model, no update of running statistics — and restores every module's own flag afterwards.
     """
-    module: nn.Module = getattr(model, "module", model)
     check_input(x)
+    module = as_module(model)
     names = resolve_layer_names(module, layers)
     by_name = dict(module.named_modules())
     device, dtype = model_device_dtype(module)
@@ -138,14 +125,14 @@ def capture(
 
     def make_hook(name: str) -> Any:
         def hook(mod: nn.Module, args: Any, output: Any) -> Any:
-            t = _first_tensor(output)
+            t = first_tensor(output)
             if t is None or not t.is_floating_point() or not is_spatial_map(t.shape, x.shape[2:]):
                 bad[name] = repr(tuple(t.shape)) if t is not None else type(output).__name__
                 return None
             if not t.requires_grad and torch.is_grad_enabled():
                 t = t.detach().requires_grad_(True)
             acts[name].append(t)
-            return _replace_first_tensor(output, t.clone())
+            return replace_first_tensor(output, t.clone())
 
         return hook
 
@@ -190,9 +177,9 @@ def capture(
             for h in handles:
                 h.remove()
         if bad:
-            from verification.cam.layers import _candidates, scan_layers
+            from verification.cam.layers import scan_layers, spatial_candidates
 
-            spatial = _candidates(scan_layers(module, tuple(x.shape[1:])))
+            spatial = spatial_candidates(scan_layers(module, tuple(x.shape[1:])))
             raise LayerError(
                 "these layers do not produce a spatial (N, C, h, w) map with more than one position "
                 "(a channels-last (N, h, w, C) tensor does not count): "

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from verification.cam.modules import ModelLike, unwrap_module
+
 __all__ = [
     "batch_limits",
     "chunk_bounds",
@@ -44,13 +46,13 @@ def set_batch_limits(module: nn.Module, min_batch: int, max_batch: int | None) -
     object.__setattr__(module, _ATTR, (lo, hi))
 
 
-def batch_limits(model: Any) -> tuple[int, int | None]:
+def batch_limits(model: ModelLike) -> tuple[int, int | None]:
     """``(min_batch, max_batch)`` of a LoadedModel or a module; ``(1, None)`` when nothing limits it.
 
     Read from what the loader recorded; a torch.export program unflattened by the caller (not through the
     loader) is inspected on first use (its input placeholders and range constraints) and the answer kept.
     """
-    module = getattr(model, "module", model)
+    module = unwrap_module(model)
     if not isinstance(module, nn.Module):
         return 1, None
     limits = getattr(module, _ATTR, None)
@@ -92,13 +94,13 @@ def export_batch_limits(shape: tuple[Any, ...], range_constraints: Any) -> tuple
     return lo, hi if hi is None else max(lo, hi)
 
 
-def fixed_batch(model: Any) -> int | None:
+def fixed_batch(model: ModelLike) -> int | None:
     """The one batch size the model accepts, or None when it accepts more than one."""
     lo, hi = batch_limits(model)
     return lo if hi == lo else None
 
 
-def chunk_bounds(model: Any, n: int, size: int | None = None) -> Iterator[tuple[int, int]]:
+def chunk_bounds(model: ModelLike, n: int, size: int | None = None) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` row ranges covering ``n`` rows, each at most the model's ``max_batch`` (and at most
     ``size`` when given). Callers that run the chunk themselves pad it with :func:`pad_rows`."""
     _, hi = batch_limits(model)
@@ -110,7 +112,7 @@ def chunk_bounds(model: Any, n: int, size: int | None = None) -> Iterator[tuple[
         yield start, min(start + step, n)
 
 
-def limit_chunk(model: Any, size: int | None, *, auto_up_to: int = 32) -> int | None:
+def limit_chunk(model: ModelLike, size: int | None, *, auto_up_to: int = 32) -> int | None:
     """A chunk size (rows per forward) that fits the model: ``size`` capped at ``max_batch`` and raised to
     ``min_batch``; for ``size`` None (tune it), ``max_batch`` when that is at most ``auto_up_to``."""
     lo, hi = batch_limits(model)
@@ -121,7 +123,7 @@ def limit_chunk(model: Any, size: int | None, *, auto_up_to: int = 32) -> int | 
     return min(max(size, lo), hi)
 
 
-def pad_rows(model: Any, x: Tensor) -> Tensor:
+def pad_rows(model: ModelLike, x: Tensor) -> Tensor:
     """``x`` with copies of its last row appended up to the model's ``min_batch`` (``x`` itself if it has
     enough rows). Gradients flow through the copy."""
     lo, _ = batch_limits(model)
@@ -155,7 +157,7 @@ def _cat(parts: list[Any]) -> Any:
     raise TypeError(f"cannot join chunk outputs of type {type(first).__name__}")
 
 
-def run_chunked(model: Any, x: Tensor, fn: Callable[[Tensor], T], *, size: int | None = None) -> T:
+def run_chunked(model: ModelLike, x: Tensor, fn: Callable[[Tensor], T], *, size: int | None = None) -> T:
     """``fn(x)`` computed in chunks of rows the model accepts, outputs joined along dimension 0.
 
     ``fn`` maps a batch of rows (K, ...) to an output whose first dimension is K (a tensor, or a

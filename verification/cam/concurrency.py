@@ -45,22 +45,24 @@ from typing import Any, ParamSpec, TypeVar
 
 from torch import nn
 
+from verification.cam.modules import unwrap_module
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[object, threading.RLock] = weakref.WeakKeyDictionary()
 _REGISTRY_GUARD = threading.Lock()
 # Modules that cannot be weak dictionary keys (a subclass with __eq__ and no __hash__) share this one lock.
 _FALLBACK = threading.RLock()
 
 
-def model_lock(model: Any) -> threading.RLock:
+def model_lock(model: object) -> threading.RLock:
     """The backend's re-entrant lock for ``model`` (an ``nn.Module`` or an object with ``.module``).
 
     The same object for the same model for as long as the model lives (weakly held: the lock never keeps a
     model alive); distinct models get distinct locks.
     """
-    module = getattr(model, "module", model)
+    module = unwrap_module(model)
     with _REGISTRY_GUARD:
         try:
             lock = _LOCKS.get(module)
@@ -79,7 +81,7 @@ def exclusive(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         model = args[0] if args else kwargs.get("model")
-        module = getattr(model, "module", model)
+        module = unwrap_module(model)
         if not isinstance(module, nn.Module):
             return fn(*args, **kwargs)
         with model_lock(module):

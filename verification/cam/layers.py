@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from verification.cam.chunking import batch_limits
 from verification.cam.concurrency import exclusive, this_thread_only
+from verification.cam.modules import as_module
 from verification.errors import LayerError, ModelForwardError, ShapeError
 
 
@@ -78,6 +79,21 @@ def first_tensor(output: Any) -> Tensor | None:
             if isinstance(item, Tensor):
                 return item
     return None
+
+
+def replace_first_tensor(output: Any, new: Tensor) -> Any:
+    """``output`` with :func:`first_tensor`'s tensor replaced by ``new`` (what a forward hook returns to
+    change a layer's output; a tuple stays a tuple of its own type, a list a list)."""
+    if isinstance(output, Tensor):
+        return new
+    items = list(output)
+    for i, item in enumerate(items):
+        if isinstance(item, Tensor):
+            items[i] = new
+            break
+    if isinstance(output, tuple):
+        return type(output)(*items) if hasattr(output, "_fields") else tuple(items)
+    return items
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -179,7 +195,7 @@ def _batch_one(shape: Sequence[int], rows: int) -> tuple[int, ...]:
 
 def list_layers(model: nn.Module, input_shape: Sequence[int]) -> list[LayerInfo]:
     """Every named module with its output shape for batch 1 (None when it did not run in the forward)."""
-    return list(scan_layers(_as_module(model), input_shape).layers)
+    return list(scan_layers(as_module(model), input_shape).layers)
 
 
 def is_spatial_map(shape: Sequence[int] | None, input_hw: Sequence[int]) -> bool:
@@ -195,7 +211,7 @@ def is_spatial_map(shape: Sequence[int] | None, input_hw: Sequence[int]) -> bool
 _NOT_BLOCKS = ("Dropout", "AdaptiveAvgPool", "AdaptiveMaxPool", "Identity")
 
 
-def _candidates(scan: LayerScan) -> list[str]:
+def spatial_candidates(scan: LayerScan) -> list[str]:
     """Spatial layers in completion order, without the ones that produce the prediction itself (a
     segmentation head and the containers ending in it), nor dropout / identity (they repeat their input) or
     adaptive pooling (it resamples to a fixed grid: vgg's avgpool turns a 4×4 map into 7×7)."""
@@ -222,8 +238,8 @@ def default_target_layer(model: nn.Module, input_shape: Sequence[int]) -> str:
     emit the class logits (output channels = number of classes) are skipped,
     which leaves the last decoder block.
     """
-    scan = scan_layers(_as_module(model), input_shape)
-    cands = _candidates(scan)
+    scan = scan_layers(as_module(model), input_shape)
+    cands = spatial_candidates(scan)
     if not cands:
         raise LayerError(
             "the model has no module with a spatial (N, C, H, W) output larger than 1×1 for input "
@@ -238,7 +254,7 @@ def stage_outputs(model: nn.Module, input_shape: Sequence[int], count: int = 3) 
     densenet: denseblock2, denseblock3, features). A module inside a block that changes resolution (the
     expand conv of a strided MBConv, resnet's ``layer2.0.conv1``) is partial work of the next stage, not the
     output of its own, and is skipped."""
-    scan = scan_layers(_as_module(model), input_shape)
+    scan = scan_layers(as_module(model), input_shape)
     infos = {layer.name: layer for layer in scan.layers}
 
     def grid(shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -253,7 +269,7 @@ def stage_outputs(model: nn.Module, input_shape: Sequence[int], count: int = 3) 
                 return True
         return False
 
-    cands = [n for n in _candidates(scan) if not partial(n)]
+    cands = [n for n in spatial_candidates(scan) if not partial(n)]
     stages: list[str] = []
     last_hw: tuple[int, int] | None = None
     for name in cands:
@@ -294,10 +310,3 @@ def resolve_layer_names(model: nn.Module, layers: Sequence[str] | str) -> list[s
         if layer not in known:
             raise LayerError(unknown_layer_message(layer, [n for n in names if n]))
     return list(dict.fromkeys(layers))
-
-
-def _as_module(model: Any) -> nn.Module:
-    module = getattr(model, "module", model)
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"expected an nn.Module or a LoadedModel, got {type(model).__name__}")
-    return module

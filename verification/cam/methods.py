@@ -9,7 +9,8 @@ This module holds the one registry of every map method, of every kind, with its 
 * ``"capture"``: ``fn(A, g, **options) -> raw (N, h, w)`` on one shared capture (registered here);
 * ``"multiscale"``: Grad-CAM++ fused over depths from that same capture (the engine runs it; registered here);
 * ``"perturbation"``: ``fn(model, x, layer, target, *, progress, **options) -> CamResult``, once per layer
-  (Score-CAM, Ablation-CAM; registered in :mod:`verification.cam.scorecam`);
+  (Score-CAM, Ablation-CAM; registered in :mod:`verification.cam.scorecam` and
+  :mod:`verification.cam.ablation`);
 * ``"attribution"``: ``fn(model, x, target, *, progress, **options) -> CamResult`` at the input, layer
   ``"input"`` (captum; registered in :mod:`verification.cam.attribution`).
 

@@ -1,55 +1,61 @@
-"""Perturbation CAMs: Score-CAM (Wang et al. 2020) and Ablation-CAM (Desai & Ramaswamy 2020).
+"""Score-CAM (Wang et al. 2020), exact and fast.
 
-Both weight the activation channels ``A[k]`` (N, K, h, w) of one layer by what happens to the target score
-when the model is run again, K extra forwards per image:
+Score-CAM weights the activation channels ``A[k]`` (N, K, h, w) of one layer by what happens to the target
+score when the model is run again on the input masked by each channel, K extra forwards per image:
+``M_k = minmax(up(A[k]))`` (bilinear to the input size, min-max per channel; a constant channel gives an
+all-zero mask), score the masked input ``X ⊙ M_k``. Weightings:
 
-* Score-CAM: ``M_k = minmax(up(A[k]))`` (bilinear to the input size, min-max per channel; a constant channel
-  gives an all-zero mask), score the masked input ``X ⊙ M_k``. Weightings:
-
-  - ``"paper"`` (**default**): ``w_k = p_c(X ⊙ M_k) − p_c(X_b)``, ``p_c`` the softmax probability of the
-    target class (the target's ``probabilities``), ``X_b`` the baseline input: **the all-zero tensor in the
-    model's input space** (``X ⊙ 0``, the input under an all-zero mask; for a normalised model this is the
-    dataset-mean image, not black pixels), or the tensor passed as ``baseline``. Wang et al. define the
-    "increase of confidence" against a baseline ``X_b``; their reference code leaves it out (a constant
-    shift of every weight by ``p_c(X_b)``, which changes the map). A constant channel then gets exactly
-    ``w_k = 0``.
-  - ``"gradcam_lib"``: pytorch-grad-cam's ``ScoreCAM``: ``w = softmax_k(y_c(X ⊙ M_k))`` across channels of the
-    masked target logits.
-
-* Ablation-CAM: ``w_k = (y − y_without_k) / |y|``, ``y`` the target logit, ``y_without_k`` the logit when
-  channel k of the layer output is set to zero (paper). Dividing by ``|y|`` rather than ``y`` keeps the sign
-  of the weights when the target logit is negative (with ``y > 0``, the usual case, it is the paper's
-  formula); ``y == 0`` leaves the weights undivided. Both are recorded in the provenance.
+- ``"paper"`` (**default**): ``w_k = p_c(X ⊙ M_k) − p_c(X_b)``, ``p_c`` the softmax probability of the
+  target class (the target's ``probabilities``), ``X_b`` the baseline input: **the all-zero tensor in the
+  model's input space** (``X ⊙ 0``, the input under an all-zero mask; for a normalised model this is the
+  dataset-mean image, not black pixels), or the tensor passed as ``baseline``. Wang et al. define the
+  "increase of confidence" against a baseline ``X_b``; their reference code leaves it out (a constant
+  shift of every weight by ``p_c(X_b)``, which changes the map). A constant channel then gets exactly
+  ``w_k = 0``.
+- ``"gradcam_lib"``: pytorch-grad-cam's ``ScoreCAM``: ``w = softmax_k(y_c(X ⊙ M_k))`` across channels of the
+  masked target logits.
 
 Map ``Σ_k w_k A[k]`` (kept as ``raw``), then ReLU, bilinear upsampling to the input and min-max
 normalisation. Masked copies are streamed in chunks of ``chunk_size`` (sample, channel) rows under
 ``torch.inference_mode()``; never more than ``chunk_size`` copies exist at once, rows of different samples
 share a chunk but each is scored against its own sample's target.
+
+Ablation-CAM, the other perturbation method, is :mod:`verification.cam.ablation` (re-exported here); what
+both share with the captum attributions is :mod:`verification.cam.perturb`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from verification.cam.capture import Capture, capture
-from verification.cam.chunking import chunk_bounds, limit_chunk, pad_rows, run_chunked
-from verification.cam.concurrency import exclusive, this_thread_only
+from verification.cam.ablation import ablation_cam
+from verification.cam.capture import capture
+from verification.cam.chunking import limit_chunk, pad_rows, run_chunked
+from verification.cam.concurrency import exclusive
 from verification.cam.inference import ChunkSizer, inference_forward
-from verification.cam.layers import eval_mode, first_tensor, model_device_dtype, resolve_layer_names
-from verification.cam.methods import postprocess, register_method
+from verification.cam.layers import eval_mode
+from verification.cam.methods import register_method
+from verification.cam.modules import ModelLike
+from verification.cam.perturb import (
+    check_chunk,
+    forward_output,
+    make_result,
+    prepare,
+    row_scorer,
+    run_forward,
+)
 from verification.cam.progress import Progress, report
-from verification.cam.records import CamResult, base_provenance
-from verification.cam.targets import Target, output_tensor
-from verification.errors import InputTooLargeError, InvalidInputError, ModelForwardError, ShapeError
+from verification.cam.records import CamResult
+from verification.cam.targets import TargetSpec
+from verification.errors import InvalidInputError
 
 __all__ = ["ablation_cam", "fast_fidelity", "score_cam"]
 
@@ -62,138 +68,6 @@ SATURATED_BASELINE = 0.99
 provenance (``saturated_baseline``); its weights are at most ``1 − p_b`` and its map is not evidence."""
 
 _BASELINE_NOTE = "zeros: the all-zero input in the model's input space (X ⊙ 0)"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# shared helpers (also used by verification.cam.attribution)
-
-
-def _module_of(model: Any) -> nn.Module:
-    """The ``nn.Module`` behind a ``LoadedModel`` or the module itself."""
-    module = getattr(model, "module", model)
-    if not isinstance(module, nn.Module):
-        raise InvalidInputError(f"Expected an nn.Module or a LoadedModel, got {type(model).__name__}.")
-    return module
-
-
-def _check_input(x: Tensor) -> None:
-    if not isinstance(x, Tensor):
-        raise ShapeError(f"The input must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}.")
-    if x.ndim != 4:
-        raise ShapeError(f"The input must have shape (N, C, H, W); got shape {tuple(x.shape)}.")
-    if not x.is_floating_point():
-        raise ShapeError(f"The input must be a floating-point tensor; got dtype {x.dtype}.")
-    if x.shape[0] == 0:
-        raise ShapeError("The input batch is empty.")
-
-
-def _forward(module: nn.Module, x: Tensor) -> Tensor:
-    try:
-        out = module(x)
-    except Exception as err:
-        raise ModelForwardError(f"The model failed on an input of shape {tuple(x.shape)}: {err}") from err
-    return output_tensor(out)
-
-
-def _row_scorer(
-    target: Target, classes: tuple[int, ...], probability: bool
-) -> tuple[Callable[[Tensor, Tensor], Tensor], bool]:
-    """Score rows of a chunk that may mix samples: ``scorer(output, sample_index) -> (rows,)`` float64, and
-    whether those scores are class probabilities.
-
-    Each row is scored against its own sample's class (a copy of the target with that class per row).
-    ``probability`` scores the class probability (``target.probabilities``, computed in float64 so that
-    saturated probabilities keep their logarithm) instead of the target's own score. Targets without classes
-    (custom callables, class -1) score every row with the target as given.
-    """
-    cls = torch.tensor(classes, dtype=torch.long)
-    per_class = all(c >= 0 for c in classes) and hasattr(target, "classes")
-
-    def scorer(out: Tensor, ii: Tensor) -> Tensor:
-        rows = cls[ii.cpu()]
-        if probability and per_class:
-            probs = target.probabilities(out.double())
-            return probs[torch.arange(out.shape[0], device=probs.device), rows.to(probs.device)].double()
-        if per_class:
-            t = copy.copy(target)
-            t.classes = rows.tolist()  # type: ignore[attr-defined]
-            return t(out).scores.double()
-        return target(out).scores.double()
-
-    return scorer, probability and per_class
-
-
-def _run(forward: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    try:
-        return forward(x)
-    except ModelForwardError:
-        raise
-    except Exception as err:
-        raise ModelForwardError(f"The model failed on an input of shape {tuple(x.shape)}: {err}") from err
-
-
-def _make_result(
-    *,
-    method: str,
-    layer: str,
-    cap: Capture,
-    raw: Tensor,
-    normalize: bool,
-    provenance: dict[str, str],
-) -> CamResult:
-    maps, constant = postprocess(raw, cap.input_size, normalize)
-    empty = cap.scores.empty.to(maps.device)
-    if bool(empty.any()):
-        # a segmentation target with no pixel above the threshold: an all-zero map, flagged
-        maps = torch.where(empty[:, None, None], torch.zeros_like(maps), maps)
-        raw = torch.where(empty[:, None, None], torch.zeros_like(raw), raw)
-        constant = constant | empty
-        provenance["empty_target"] = ",".join(str(i) for i in torch.nonzero(empty).flatten().tolist())
-    out = cap.output
-    logits = out.mean(dim=(2, 3)) if out.ndim == 4 else out.reshape(out.shape[0], -1)
-    prov = base_provenance()
-    prov.update({"method": method, "layer": layer, "target": repr(cap.target)})
-    prov.update(provenance)
-    return CamResult(
-        method=method,
-        layer=layer,
-        raw=raw.detach().float().cpu().numpy(),
-        maps=maps.detach().float().cpu().numpy(),
-        targets=cap.scores.classes,
-        target_kind=cap.target.kind,
-        logits=logits.detach().float().cpu().numpy(),
-        probs=cap.target.probabilities(out).reshape(out.shape[0], -1).float().cpu().numpy(),
-        constant=constant.cpu().numpy().astype(bool),
-        provenance=prov,
-    )
-
-
-# A caller-fixed chunk holds chunk_size masked copies of one input row (and the model's activations for
-# them); bound the masked inputs so that a huge chunk_size is refused instead of allocated.
-MAX_CHUNK_INPUT_BYTES = 512 << 20
-
-
-def _check_chunk(chunk_size: int, x: Tensor | None = None) -> None:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InvalidInputError(f"chunk_size must be a positive integer, got {chunk_size!r:.40}.")
-    if isinstance(x, Tensor) and x.ndim == 4:
-        row = max(1, math.prod(x.shape[1:])) * x.element_size()
-        if chunk_size * row > MAX_CHUNK_INPUT_BYTES:
-            raise InputTooLargeError(
-                f"chunk_size {chunk_size} would hold {chunk_size * row / 2**20:,.0f} MiB of masked inputs "
-                f"of shape {tuple(x.shape[1:])}; use at most {max(1, MAX_CHUNK_INPUT_BYTES // row)} rows, "
-                "or None to tune it."
-            )
-
-
-def _prepare(model: Any, x: Tensor, layer: str) -> tuple[nn.Module, Tensor]:
-    _check_input(x)
-    if not isinstance(layer, str):
-        raise InvalidInputError(f"layer must be a layer name, got {type(layer).__name__}.")
-    module = _module_of(model)
-    resolve_layer_names(module, [layer])
-    device, dtype = model_device_dtype(module)
-    return module, x.detach().to(device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -331,7 +205,7 @@ class _Stream:
             stop = start + self.chunks.next(rows_i.numel() - start)
             ii = rows_i[start:stop]
             masks = _masks(units[start:stop], self.hw, size, self.align_corners).to(self.xi.dtype)
-            out = _run(self.forward, self.xi[ii] * masks)
+            out = run_forward(self.forward, self.xi[ii] * masks)
             values[start:stop] = self.scorer(out, ii).to(values.device)
             del masks, out
             self.chunks.done(stop - start)
@@ -381,10 +255,10 @@ def _span(counts: list[int]) -> str:
 )
 @exclusive
 def score_cam(
-    model: Any,
+    model: ModelLike,
     x: Tensor,
     layer: str,
-    target: Any = None,
+    target: TargetSpec = None,
     *,
     mode: Mode = "exact",
     weighting: Weighting = "paper",
@@ -425,7 +299,7 @@ def score_cam(
     returning False raises CancelledError.
     """
     if chunk_size is not None:
-        _check_chunk(chunk_size, x)
+        check_chunk(chunk_size, x)
     if mode not in ("exact", "fast"):
         raise InvalidInputError(f"mode must be 'exact' or 'fast', got {mode!r:.40}.")
     if weighting not in ("paper", "gradcam_lib"):
@@ -436,7 +310,7 @@ def score_cam(
         raise InvalidInputError(f"select must be 'cluster', 'variance' or 'gradcam', got {select!r:.40}.")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InvalidInputError(f"seed must be a whole number ≥ 0, got {seed!r:.40}.")
-    module, xi = _prepare(model, x, layer)
+    module, xi = prepare(model, x, layer)
     n = xi.shape[0]
     topk = mode == "fast" and select != "cluster"
     cap = capture(module, xi, [layer], target, gradients=topk and select == "gradcam")
@@ -444,7 +318,7 @@ def score_cam(
     n_channels, hw = acts.shape[1], (acts.shape[2], acts.shape[3])
     units = _unit_maps(acts)
     samples = [_Sample.of(units[i], acts[i]) for i in range(n)]
-    scorer, is_prob = _row_scorer(cap.target, cap.scores.classes, probability=weighting == "paper")
+    scorer, is_prob = row_scorer(cap.target, cap.scores.classes, probability=weighting == "paper")
 
     # what each sample scores first, and how many masked forwards it may spend in all
     if mode == "exact":
@@ -472,14 +346,14 @@ def score_cam(
             probe, reference = pad_rows(module, xi[:1]), pad_rows(module, cap.output[:1])
             whole, path, row_bytes = inference_forward(module, probe, reference)
         else:
-            whole, path = (lambda t: _forward(module, t)), "the model itself"
+            whole, path = (lambda t: forward_output(module, t)), "the model itself"
 
         def forward(t: Tensor) -> Tensor:  # in chunks of the batch sizes the model accepts
             return run_chunked(module, t, whole)
 
         chunks = ChunkSizer(limit_chunk(module, chunk_size), total, row_bytes)
         zero_in = torch.zeros((1, *xi.shape[1:]), dtype=xi.dtype, device=xi.device)
-        zero_out = _run(forward, zero_in)
+        zero_out = run_forward(forward, zero_in)
         # every sample shares the zero input: one forward, scored for each sample's target
         zero_value = scorer(zero_out.expand(n, *zero_out.shape[1:]), torch.arange(n))
         base = torch.zeros(n, dtype=torch.float64)
@@ -488,7 +362,7 @@ def score_cam(
                 base = zero_value.clone()
             else:
                 base_in = torch.as_tensor(baseline, dtype=xi.dtype, device=xi.device).expand(xi.shape)
-                base = scorer(_run(forward, base_in.contiguous()), torch.arange(n))
+                base = scorer(run_forward(forward, base_in.contiguous()), torch.arange(n))
         stream = _Stream(forward, xi, hw, align_corners, scorer, chunks, progress, total, label)
         report(progress, 0, total, f"{label}: {total} masked forwards")
         stream.score(samples, first)
@@ -548,9 +422,7 @@ def score_cam(
             saturated = torch.nonzero(base >= SATURATED_BASELINE).flatten().tolist()
             if saturated:
                 prov["saturated_baseline"] = ",".join(str(i) for i in saturated)
-    return _make_result(
-        method="scorecam", layer=layer, cap=cap, raw=raw, normalize=normalize, provenance=prov
-    )
+    return make_result(method="scorecam", layer=layer, cap=cap, raw=raw, normalize=normalize, provenance=prov)
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -563,10 +435,10 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fast_fidelity(
-    model: Any,
+    model: ModelLike,
     x: Tensor,
     layer: str,
-    target: Any = None,
+    target: TargetSpec = None,
     *,
     weighting: Weighting = "paper",
     k: int = 64,
@@ -596,85 +468,3 @@ def fast_fidelity(
         progress=progress,
     )
     return float(np.mean([_pearson(e, f) for e, f in zip(exact.maps, fast.maps)]))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Ablation-CAM
-
-
-@register_method(
-    "ablationcam",
-    label="Ablation-CAM",
-    reference="Desai & Ramaswamy, WACV 2020",
-    kind="perturbation",
-    needs_gradients=False,
-)
-@exclusive
-def ablation_cam(
-    model: Any,
-    x: Tensor,
-    layer: str,
-    target: Any = None,
-    *,
-    chunk_size: int = 32,
-    progress: Progress | None = None,
-    normalize: bool = True,
-) -> CamResult:
-    """Ablation-CAM (Desai & Ramaswamy 2020): ``w_k = (y − y_without_k) / |y|``, map ``Σ_k w_k A[k]``.
-
-    Channel k is ablated by a forward hook that sets it to zero in the layer's output, ``chunk_size``
-    (sample, channel) rows per batched forward. ``y`` is the target's score (the class logit by default).
-    See the module docstring for ``|y|``.
-    """
-    _check_chunk(chunk_size, x)
-    module, xi = _prepare(model, x, layer)
-    n = xi.shape[0]
-    cap = capture(module, xi, [layer], target, gradients=False)
-    acts = cap.activations[layer]
-    n_channels = acts.shape[1]
-    y = cap.scores.scores.float().to(acts.device)
-    rows_i = torch.arange(n, device=acts.device).repeat_interleave(n_channels)
-    rows_k = torch.arange(n_channels, device=acts.device).repeat(n)
-    total = rows_i.numel()
-    ablated = torch.empty(total, dtype=torch.float32, device=acts.device)
-    scorer, _ = _row_scorer(cap.target, cap.scores.classes, probability=False)
-    current: list[Tensor] = [rows_k[:0]]
-
-    def zero_channel(_m: nn.Module, _i: object, output: Any) -> Any:
-        t = first_tensor(output)
-        if t is None:
-            return None
-        t = t.clone()
-        t[torch.arange(t.shape[0], device=t.device), current[0]] = 0
-        if isinstance(output, Tensor):
-            return t
-        items = list(output)
-        items[next(i for i, v in enumerate(items) if isinstance(v, Tensor))] = t
-        return type(output)(items) if isinstance(output, list) else tuple(items)
-
-    layer_module = dict(module.named_modules())[layer]
-    handle = layer_module.register_forward_hook(this_thread_only(zero_channel))
-    try:
-        with eval_mode(module), torch.inference_mode():
-            report(progress, 0, total, f"Ablation-CAM: {total} ablated forwards")
-            for start, stop in chunk_bounds(module, total, chunk_size):
-                ii = rows_i[start:stop]
-                current[0] = pad_rows(module, rows_k[start:stop])  # padding rows: outputs dropped
-                out = _forward(module, pad_rows(module, xi[ii]))[: stop - start]
-                ablated[start:stop] = scorer(out, ii)
-                report(progress, stop, total, f"Ablation-CAM: {stop}/{total} ablated forwards")
-    finally:
-        handle.remove()
-
-    denom = torch.where(y == 0, torch.ones_like(y), y.abs())
-    weights = (y[:, None] - ablated.view(n, n_channels)) / denom[:, None]
-    raw = torch.einsum("nk,nkhw->nhw", weights, acts.float())
-    prov = {
-        "ablation": "channel set to zero in the layer output",
-        "normaliser": "|y| (y the target score; 1 where y == 0)",
-        "chunk_size": str(limit_chunk(module, chunk_size)),
-        "zero_target_score": str(bool((y == 0).any())),
-    }
-    return _make_result(
-        method="ablationcam", layer=layer, cap=cap, raw=raw, normalize=normalize, provenance=prov
-    )

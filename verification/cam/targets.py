@@ -9,9 +9,9 @@ threshold).
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, SupportsIndex, TypeAlias, cast, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -100,18 +100,24 @@ def _logits_2d(output: Tensor, kind: str) -> Tensor:
 
 
 class ClassLogit:
-    """Raw logit of a class; ``classes=None`` → each sample's own predicted class (argmax per sample)."""
+    """Raw logit of a class; ``classes=None`` → each sample's own predicted class (argmax per sample).
+
+    The subclasses score the class through another function of the (N, K) logits (:meth:`score`)."""
 
     kind = "logit"
 
     def __init__(self, classes: int | Sequence[int] | None = None) -> None:
         self.classes = classes
 
+    def score(self, logits: Tensor, idx: Tensor) -> Tensor:
+        """(N,) differentiable score of class ``idx[n]`` of each sample from (N, K) logits: the logit."""
+        return logits.gather(1, idx[:, None])[:, 0]
+
     def __call__(self, output: Tensor) -> TargetScores:
         logits = _logits_2d(output, self.kind)
         idx = _classes_per_sample(self.classes, logits.detach().argmax(dim=1), logits.shape[0])
         _check_range(idx, logits.shape[1])
-        scores = logits.gather(1, idx[:, None])[:, 0]
+        scores = self.score(logits, idx)
         empty = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
         return TargetScores(scores, tuple(int(i) for i in idx.tolist()), empty)
 
@@ -119,7 +125,7 @@ class ClassLogit:
         return torch.softmax(output.detach().float(), dim=1)
 
     def __repr__(self) -> str:
-        return f"ClassLogit({self.classes!r})"
+        return f"{type(self).__name__}({self.classes!r})"
 
 
 class ClassProbability(ClassLogit):
@@ -127,16 +133,8 @@ class ClassProbability(ClassLogit):
 
     kind = "probability"
 
-    def __call__(self, output: Tensor) -> TargetScores:
-        logits = _logits_2d(output, self.kind)
-        idx = _classes_per_sample(self.classes, logits.detach().argmax(dim=1), logits.shape[0])
-        _check_range(idx, logits.shape[1])
-        scores = torch.softmax(logits, dim=1).gather(1, idx[:, None])[:, 0]
-        empty = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-        return TargetScores(scores, tuple(int(i) for i in idx.tolist()), empty)
-
-    def __repr__(self) -> str:
-        return f"ClassProbability({self.classes!r})"
+    def score(self, logits: Tensor, idx: Tensor) -> Tensor:
+        return torch.softmax(logits, dim=1).gather(1, idx[:, None])[:, 0]
 
 
 class MultiLabel(ClassLogit):
@@ -144,19 +142,11 @@ class MultiLabel(ClassLogit):
 
     kind = "multilabel"
 
-    def __call__(self, output: Tensor) -> TargetScores:
-        logits = _logits_2d(output, self.kind)
-        idx = _classes_per_sample(self.classes, logits.detach().argmax(dim=1), logits.shape[0])
-        _check_range(idx, logits.shape[1])
-        scores = torch.sigmoid(logits.gather(1, idx[:, None])[:, 0])
-        empty = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
-        return TargetScores(scores, tuple(int(i) for i in idx.tolist()), empty)
+    def score(self, logits: Tensor, idx: Tensor) -> Tensor:
+        return torch.sigmoid(logits.gather(1, idx[:, None])[:, 0])
 
     def probabilities(self, output: Tensor) -> Tensor:
         return torch.sigmoid(output.detach().float())
-
-    def __repr__(self) -> str:
-        return f"MultiLabel({self.classes!r})"
 
 
 class LabelLogit(ClassLogit):
@@ -172,9 +162,6 @@ class LabelLogit(ClassLogit):
     def probabilities(self, output: Tensor) -> Tensor:
         return torch.sigmoid(output.detach().float())
 
-    def __repr__(self) -> str:
-        return f"LabelLogit({self.classes!r})"
-
 
 def task_probabilities(task: str | None, logits: Tensor) -> Tensor:
     """Class probabilities of (N, K) logits for a model's ``task``: a sigmoid per label for "multilabel"
@@ -183,7 +170,7 @@ def task_probabilities(task: str | None, logits: Tensor) -> Tensor:
     return torch.sigmoid(out) if task == "multilabel" else torch.softmax(out, dim=1)
 
 
-def task_target(model: Any, spec: TargetSpec) -> TargetSpec:
+def task_target(model: object, spec: TargetSpec) -> TargetSpec:
     """``spec`` read for ``model``'s task: on a multi-label model (a LoadedModel whose task is "multilabel")
     None, a label index or one index per sample become a :class:`LabelLogit` (sigmoid probabilities, each
     sample's top label by default); anything else, and every other model, is returned unchanged."""
@@ -280,7 +267,7 @@ class CustomTarget:
 
     kind = "custom"
 
-    def __init__(self, fn: Any) -> None:
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
         self.fn = fn
 
     def __call__(self, output: Tensor) -> TargetScores:
@@ -308,7 +295,11 @@ class CustomTarget:
         return f"CustomTarget({getattr(self.fn, '__name__', type(self.fn).__name__)})"
 
 
-TargetSpec = Target | int | Sequence[int] | None | Any
+TargetSpec: TypeAlias = (
+    Target | int | SupportsIndex | Sequence[int] | Tensor | Callable[[Tensor], Tensor] | None
+)
+"""What a caller may pass as ``target`` (:func:`as_target`): a Target, a class index (numpy integers too), one
+per sample, an integer tensor of them, a callable ``f(output) -> (N,)`` scores, or None (the default)."""
 
 
 def as_target(spec: TargetSpec, output: Tensor | None = None) -> Target:
