@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import lru_cache
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
@@ -341,12 +343,11 @@ def otsu_thresholds(x: torch.Tensor, nbins: int = 256) -> torch.Tensor:
 
 def _unit_histograms(rows: np.ndarray, nbins: int) -> np.ndarray:
     """(k, nbins) counts of rows with values in [0, 1]: bin floor(x · nbins), 1.0 in the last bin (as
-    ``np.histogram``); exact in float32 and float64 for a power-of-two ``nbins``. One int32 bincount."""
-    k = rows.shape[0]
-    t = torch.from_numpy(rows)
-    idx = torch.mul(t, nbins).clamp_(max=nbins - 1).to(torch.int32)  # values ≥ 0: truncation is floor
-    idx += (torch.arange(k, dtype=torch.int32) * nbins).unsqueeze(1)
-    return torch.bincount(idx.reshape(-1), minlength=k * nbins).reshape(k, nbins).numpy()
+    ``np.histogram``); exact in float32 and float64 for a power-of-two ``nbins``. One compiled pass a row."""
+    dt = np.float64 if rows.dtype == np.float64 else np.float32
+    out = np.empty((rows.shape[0], nbins), dtype=np.int64)
+    _kernels().unit_histograms(np.ascontiguousarray(rows, dtype=dt), nbins, out)
+    return out
 
 
 def _float64_histograms(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, nbins: int) -> np.ndarray:
@@ -400,43 +401,43 @@ def paired_rows(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarra
     return fa, fb
 
 
-def _rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row-wise dot products of (Nx, P) and (Ny, P) (one side may have one row), as float64. One BLAS dot
-    per row (a stacked matmul), so a pair's value never depends on the rest of the batch."""
-    return np.matmul(x[:, None, :], y[:, :, None])[:, 0, 0].astype(np.float64)
+@lru_cache(maxsize=1)
+def _kernels() -> ModuleType:
+    """The compiled row kernels (:mod:`verification.metrics.kernels`), imported on first use (numba)."""
+    from verification.metrics import kernels
+
+    return kernels
 
 
-def _foreground(x: torch.Tensor, threshold: Threshold) -> np.ndarray:
-    """value > threshold (Otsu per map for ``"otsu"``), 8 pixels a byte: (N, ⌈P/8⌉) uint8, viewed as uint64
-    words when the row allows (a popcount of packed words is ten times cheaper than counting bools)."""
-    flat = _as_numpy(x).reshape(x.shape[0], -1)
+def _kernel_rows(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`paired_rows` as C-contiguous arrays of one dtype, float64 if either side is, else float32."""
+    fa, fb = paired_rows(a, b)
+    dt = np.float64 if np.float64 in (fa.dtype, fb.dtype) else np.float32
+    return np.ascontiguousarray(fa, dtype=dt), np.ascontiguousarray(fb, dtype=dt)
+
+
+def _thresholds(x: torch.Tensor, threshold: Threshold, dtype: np.dtype[Any]) -> np.ndarray:
+    """Per-row thresholds of ``x`` in the maps' dtype: Otsu's per map, or the number for every map (compared
+    in the maps' dtype, as numpy compares an array with a Python number)."""
     if threshold == "otsu":
-        thr = otsu_thresholds(x).cpu().numpy()
-        fg = flat > thr[:, None]
-    else:
-        fg = flat > threshold
-    packed = np.packbits(fg, axis=1)  # pads the last byte with zeros: never counted
-    return packed.view(np.uint64) if packed.shape[1] % 8 == 0 else packed
-
-
-def _popcount(words: np.ndarray) -> np.ndarray:
-    """Set bits per row, as float64."""
-    return np.bitwise_count(words).sum(axis=1, dtype=np.int64).astype(np.float64)
+        return otsu_thresholds(x).cpu().numpy().astype(dtype)
+    return np.full(x.shape[0], threshold, dtype=dtype)
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor, threshold: Threshold) -> tuple[np.ndarray, ...]:
-    """(|A∩B|, |A|, |B|) per pair as float64; shared by IoU and Dice within one compute_metrics chunk."""
+    """(|A∩B|, |A|, |B|) per pair as float64, foreground = value > threshold; one compiled pass a pair.
+    Shared by IoU and Dice within one compute_metrics chunk."""
     threshold = check_threshold(threshold)
-    paired_rows(a, b)  # grid and batch checks
+    fa, fb = _kernel_rows(a, b)  # grid and batch checks
     key = ("overlap", id(a), id(b), threshold)
     known = _recall(key)
     if known is not None:
         return known
-    fa, fb = _foreground(a, threshold), _foreground(b, threshold)
-    n = max(fa.shape[0], fb.shape[0])
-    inter = _popcount(fa & fb)
-    na = np.broadcast_to(_popcount(fa), (n,))
-    nb = np.broadcast_to(_popcount(fb), (n,))
+    counts = np.empty((max(fa.shape[0], fb.shape[0]), 3), dtype=np.int64)
+    _kernels().overlap_counts(
+        fa, fb, _thresholds(a, threshold, fa.dtype), _thresholds(b, threshold, fb.dtype), counts
+    )
+    inter, na, nb = counts.astype(np.float64).T
     return _remember(key, (inter, na, nb))
 
 
@@ -497,73 +498,6 @@ def _gaussian_taps(sigma: float, truncate: float) -> np.ndarray:
     return w / w.sum()
 
 
-# Pairs per SSIM convolution in float32: 4 fields × 4 pairs = 16 channels, what oneDNN's depthwise kernel
-# vectorises well (4 channels: 10× slower), and 4 pairs' fields (3 MB at 224²) stay in the CPU caches through
-# both passes and the pixel formula. Rows beyond the batch are zeros (each channel is filtered on its own).
-_SSIM_GROUP = 4
-# Pairs per chunk in float64 (shifted multiply-adds in numpy): this many bytes of four fields.
-_SSIM_CHUNK_BYTES = 3 << 20
-
-
-def _valid_gaussian(f: np.ndarray, taps: np.ndarray) -> np.ndarray:
-    """'Valid' separable filter of (..., H, W) by symmetric ``taps`` along both axes, as shifted multiply-adds
-    on numpy views (columns first: each shifted view is a contiguous block of rows)."""
-    win = taps.size
-    r = win // 2
-    w = taps.astype(f.dtype)
-
-    def along(x: np.ndarray, axis: int) -> np.ndarray:
-        n = x.shape[axis] - win + 1
-
-        def view(k: int) -> np.ndarray:
-            return x[..., k : k + n, :] if axis == -2 else x[..., k : k + n]
-
-        out = np.multiply(view(r), w[r])
-        tmp = np.empty_like(out)
-        for k in range(r):  # taps[k] == taps[win - 1 - k]: one multiply per pair of taps
-            np.add(view(k), view(win - 1 - k), out=tmp)
-            tmp *= w[k]
-            out += tmp
-        return out
-
-    return along(along(f, -2), -1)
-
-
-def _ssim_float32(
-    xa: torch.Tensor, xb: torch.Tensor, taps: np.ndarray, c1: float, c2: float, out: np.ndarray
-) -> None:
-    """Mean SSIM of float32 (Na|1, H, W) and (Nb|1, H, W) into ``out`` (N,), :data:`_SSIM_GROUP` pairs per
-    depthwise convolution; fields, formula and temporaries live in buffers reused from group to group."""
-    g, (h, w), win = _SSIM_GROUP, xa.shape[-2:], taps.size
-    hv, wv = h - win + 1, w - win + 1
-    k = torch.from_numpy(taps.astype(np.float32))
-    kv, kh = k.view(1, 1, win, 1).repeat(4 * g, 1, 1, 1), k.view(1, 1, 1, win).repeat(4 * g, 1, 1, 1)
-    f = torch.zeros(4, g, h, w)
-    t1, t2 = torch.empty(g, hv, wv), torch.empty(g, hv, wv)
-    na, nb = xa.shape[0], xb.shape[0]
-    for s0 in range(0, out.size, g):
-        a = xa[s0 : s0 + g] if na > 1 else xa
-        b = xb[s0 : s0 + g] if nb > 1 else xb
-        m = min(g, out.size - s0)
-        torch.add(a, b, out=f[0, :m])  # s = a + b
-        torch.sub(a, b, out=f[1, :m])  # d = a − b
-        torch.mul(f[0, :m], f[0, :m], out=f[2, :m])
-        torch.mul(f[1, :m], f[1, :m], out=f[3, :m])
-        y = F.conv2d(F.conv2d(f.view(1, 4 * g, h, w), kv, groups=4 * g), kh, groups=4 * g)
-        ms, md, es, ed = y.view(4, g, hv, wv).unbind(0)  # μs, μd, E[s²], E[d²]
-        ms.square_()  # μs²
-        md.square_()  # μd²
-        torch.sub(ms, md, out=t1)  # μs² − μd²
-        ms.add_(md)  # μs² + μd²
-        torch.sub(es, ed, out=t2)
-        t2.sub_(t1).add_(c2)  # var s − var d + 2C2
-        es.add_(ed).sub_(ms).add_(c2)  # var s + var d + 2C2
-        t1.add_(c1).mul_(t2)
-        ms.add_(c1).mul_(es)
-        t1.div_(ms)
-        out[s0 : s0 + m] = t1[:m].numpy().reshape(m, -1).mean(axis=1, dtype=np.float64)
-
-
 def ssim(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -582,8 +516,9 @@ def ssim(
 
     Four filtered fields instead of five: with s = a + b and d = a − b, 2·μaμb = (μs² − μd²)/2,
     μa² + μb² = (μs² + μd²)/2, 2·cov = (var s − var d)/2 and var a + var b = (var s + var d)/2, so SSIM =
-    (μs² − μd² + 2C1)(var s − var d + 2C2) / ((μs² + μd² + 2C1)(var s + var d + 2C2)). Pairs are processed in
-    cache-sized chunks.
+    (μs² − μd² + 2C1)(var s − var d + 2C2) / ((μs² + μd² + 2C1)(var s + var d + 2C2)). One compiled kernel
+    (:func:`verification.metrics.kernels.ssim_means`) filters a pair's four fields in the maps' dtype, output
+    row by output row, and sums the formula in float64.
     """
     for name, v in (("sigma", sigma), ("data_range", data_range)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
@@ -595,82 +530,52 @@ def ssim(
     win = taps.size
     if min(h, w) < win:
         raise ShapeError(f"SSIM needs maps of at least {win}x{win} pixels, got {(h, w)}")
-    paired_rows(a, b)  # grid and batch checks
-    n = max(a.shape[0], b.shape[0])
+    fa, fb = _kernel_rows(a, b)  # grid and batch checks
+    dt = fa.dtype.type
+    out = np.empty(max(fa.shape[0], fb.shape[0]), dtype=np.float64)
     c1, c2 = 2 * (k1 * data_range) ** 2, 2 * (k2 * data_range) ** 2
-    out = np.empty(n, dtype=np.float64)
-    if torch.float64 not in (a.dtype, b.dtype):
-        with torch.inference_mode():
-            _ssim_float32(a.detach().cpu().float(), b.detach().cpu().float(), taps, c1, c2, out)
-        return make_result(out, nonfinite_reasons(a, b))
-    rows = max(1, _SSIM_CHUNK_BYTES // (4 * h * w * 8))
-    fa, fb = _as_numpy(a).astype(np.float64, copy=False), _as_numpy(b).astype(np.float64, copy=False)
-    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # NaN pairs are masked below
-        for s0 in range(0, n, rows):
-            xa = fa[s0 : s0 + rows] if fa.shape[0] > 1 else fa
-            xb = fb[s0 : s0 + rows] if fb.shape[0] > 1 else fb
-            m = max(xa.shape[0], xb.shape[0])
-            f = np.empty((4, m, h, w), dtype=np.float64)
-            np.add(xa, xb, out=f[0])
-            np.subtract(xa, xb, out=f[1])
-            np.multiply(f[0], f[0], out=f[2])
-            np.multiply(f[1], f[1], out=f[3])
-            ms, md, vs, vd = _valid_gaussian(f, taps)
-            ms *= ms  # μs²
-            md *= md  # μd²
-            vs -= ms  # var s
-            vd -= md  # var d
-            num = ms - md
-            num += c1
-            t = vs - vd
-            t += c2
-            num *= t
-            ms += md
-            ms += c1
-            vs += vd
-            vs += c2
-            ms *= vs
-            num /= ms
-            out[s0 : s0 + m] = num.reshape(m, -1).mean(axis=1, dtype=np.float64)
+    _kernels().ssim_means(fa.reshape(-1, h, w), fb.reshape(-1, h, w), taps.astype(dt), dt(c1), dt(c2), out)
     return make_result(out, nonfinite_reasons(a, b))
 
 
 # ----------------------------------------------------------------------------------------------- correlation
 def cosine(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
-    """Cosine similarity of the flattened maps; NaN when either map is all zeros."""
-    fa, fb = paired_rows(a, b)
-    na, nb = np.sqrt(_rowdot(fa, fa)), np.sqrt(_rowdot(fb, fb))
-    # float32 accumulation can land a hair outside [-1, 1] (1.0001 for a map with itself): clamp to the range.
+    """Cosine similarity of the flattened maps; NaN when either map is all zeros. One compiled pass a pair
+    (Σa², Σb², Σab in float64)."""
+    fa, fb = _kernel_rows(a, b)
+    m = np.empty((max(fa.shape[0], fb.shape[0]), 3), dtype=np.float64)
+    _kernels().raw_moments(fa, fb, m)
+    na, nb = np.sqrt(m[:, 0]), np.sqrt(m[:, 1])
     with np.errstate(invalid="ignore"):
-        val = np.clip(_rowdot(fa, fb) / np.maximum(na * nb, 1e-300), -1.0, 1.0)
+        val = np.clip(m[:, 2] / np.maximum(na * nb, 1e-300), -1.0, 1.0)
     return make_result(
         val, [*nonfinite_reasons(a, b), (na == 0, "map is all zeros"), (nb == 0, "reference is all zeros")]
     )
 
 
-def _centred(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows minus their means, the rows' norms after centring (float64) and a flag for constant rows."""
-    with np.errstate(invalid="ignore", over="ignore"):  # a row with ±inf (scored NaN) gives inf − inf
-        mean64 = x.mean(axis=1, dtype=np.float64)
-        c = x - mean64.astype(x.dtype)[:, None]
-        norm = np.sqrt(_rowdot(c, c))
-    # Relative test: a map equal to a constant up to rounding counts as constant. max|x| ≤ |mean| + norm, so
-    # only rows near the bound need their exact maximum.
-    tol = 8 * np.finfo(x.dtype).eps * math.sqrt(x.shape[1]) if x.dtype.kind == "f" else 0.0
-    const = norm <= tol * (np.abs(mean64) + norm)
+def _constant(x: np.ndarray, mean: np.ndarray, norm: np.ndarray) -> np.ndarray:
+    """(n,) bool: which pairs' row of ``x`` (N|1, P) is constant up to rounding, given its mean and its norm
+    after centring. Relative test: max|x| ≤ |mean| + norm, so only rows near the bound need their maximum."""
+    tol = 8 * np.finfo(x.dtype).eps * math.sqrt(x.shape[1])
+    const = norm <= tol * (np.abs(mean) + norm)
     if const.any():
-        top = np.abs(x[const]).max(axis=1).astype(np.float64)
-        const[const] = norm[const] <= tol * top
-    return c, norm, const
+        rows = np.flatnonzero(const)
+        top = np.abs(x[rows if x.shape[0] > 1 else np.zeros_like(rows)]).max(axis=1).astype(np.float64)
+        const[rows] = norm[rows] <= tol * top
+    return const
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
-    """Pearson correlation of the flattened maps; NaN when either map is constant."""
-    fa, fb = paired_rows(a, b)
-    ca, sa, const_a = _centred(fa)
-    cb, sb, const_b = _centred(fb)
+    """Pearson correlation of the flattened maps; NaN when either map is constant. One compiled kernel a
+    pair: the means, then the centred sums of products, in float64."""
+    fa, fb = _kernel_rows(a, b)
+    n = max(fa.shape[0], fb.shape[0])
+    m = np.empty((n, 5), dtype=np.float64)
+    _kernels().centred_moments(fa, fb, m)
+    sa, sb = np.sqrt(m[:, 2]), np.sqrt(m[:, 3])
     with np.errstate(invalid="ignore"):
-        val = np.clip(_rowdot(ca, cb) / np.maximum(sa * sb, 1e-300), -1.0, 1.0)
+        const_a, const_b = _constant(fa, m[:, 0], sa), _constant(fb, m[:, 1], sb)
+        val = np.clip(m[:, 4] / np.maximum(sa * sb, 1e-300), -1.0, 1.0)
     undefined = [*nonfinite_reasons(a, b), (const_a, "map is constant"), (const_b, "reference is constant")]
     return make_result(val, undefined)
 
@@ -683,16 +588,18 @@ def kl_divergence(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> Metric
     """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
         raise InvalidInputError(f"eps must be a positive finite number, got {_kind(eps)}")
-    fa, fb = paired_rows(a, b)
-    dt = np.result_type(fa.dtype, fb.dtype, np.float32)
-    q = np.add(fa, eps, dtype=dt)
-    p = np.add(fb, eps, dtype=dt)
-    sq, sp = q.sum(axis=1, dtype=np.float64), p.sum(axis=1, dtype=np.float64)
-    # Σ p/sp · log((p/sp) / (q/sq)) = Σ p · log(p/q) / sp + log(sq/sp): one log per pixel, in place.
+    fa, fb = _kernel_rows(a, b)
+    n, e = max(fa.shape[0], fb.shape[0]), fa.dtype.type(eps)
+    # Σ p/sp · log((p/sp) / (q/sq)) = Σ p · log(p/q) / sp + log(sq/sp): p/q and the sums in one compiled
+    # pass, the logarithm by numpy (vectorised), the weighted sum in a second compiled pass.
+    r = np.empty((n, fa.shape[1]), dtype=fa.dtype)
+    sums, weighted = np.empty((n, 2), dtype=np.float64), np.empty(n, dtype=np.float64)
+    kernels = _kernels()
+    kernels.kl_ratios(fa, fb, e, r, sums)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        r = np.divide(p, q) if p.shape == q.shape else p / q
         np.log(r, out=r)
-        kl = _rowdot(r, p) / sp + np.log(sq / sp)
+        kernels.kl_weighted(fb, e, r, weighted)
+        kl = weighted / sums[:, 1] + np.log(sums[:, 0] / sums[:, 1])
     return make_result(np.maximum(kl, 0.0), nonfinite_reasons(a, b))
 
 

@@ -1,0 +1,221 @@
+"""Compiled (numba) row kernels of the similarity metrics: one pass over a pair's pixels where possible.
+
+Each kernel takes (Na, P) or (Na, H, W) maps and (Nb, ...) references with Na and Nb equal or one of them 1
+(broadcast: row 0 serves every pair), loops over the pairs itself and releases the GIL, so that
+:func:`~verification.metrics.compute_metrics`' worker threads run side by side. A pair's value is computed by
+the same code whatever the batch around it, so it never depends on the batch.
+
+* :func:`overlap_counts`: |A|, |B| and |A∩B| of ``value > threshold`` (per-row thresholds), integer counts.
+* :func:`raw_moments`: Σa², Σb², Σab in float64 (cosine).
+* :func:`centred_moments`: the means and Σ(a−ā)(b−b̄), Σ(a−ā)², Σ(b−b̄)² in float64, two passes (Pearson).
+* :func:`ssim_means`: mean SSIM per pair, fused: the four fields s = a + b, d = a − b, s², d² of one pair,
+  then output row by output row the vertical and horizontal 'valid' Gaussian passes and the pixel formula
+  (see :func:`verification.metrics.functional.ssim`), accumulated in float64. Filtering runs in the maps'
+  dtype, as scikit-image does.
+* :func:`unit_histograms`: ``nbins``-bin histograms of rows with values in [0, 1] (bin ⌊x·nbins⌋, 1.0 in the
+  last bin), for Otsu's threshold.
+
+Float64 sums are vectorised (``fastmath`` reassociation and contraction only: NaN and ±inf still propagate);
+the filters and the pixel formula use contraction (fused multiply-add) only. Numba compiles the kernels on
+first use and caches the machine code on disk (``cache=True``); this module is imported lazily by
+:mod:`verification.metrics.functional`, so importing the metrics costs no numba import.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_SUMS = {"reassoc", "contract"}
+_FMA = {"contract"}
+
+
+@numba.njit(nogil=True, cache=True)
+def overlap_counts(
+    a: np.ndarray, b: np.ndarray, ta: np.ndarray, tb: np.ndarray, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """``out[p] = (|A∩B|, |A|, |B|)`` with A = a[p] > ta[p], B = b[p] > tb[p]; a, b (N|1, P)."""
+    n, px = out.shape[0], a.shape[1]
+    for p in range(n):
+        ia = p if a.shape[0] > 1 else 0
+        ib = p if b.shape[0] > 1 else 0
+        ra, rb, t1, t2 = a[ia], b[ib], ta[ia], tb[ib]
+        ci = 0
+        ca = 0
+        cb = 0
+        for j in range(px):
+            fa = ra[j] > t1
+            fb = rb[j] > t2
+            ca += fa
+            cb += fb
+            ci += fa & fb
+        out[p, 0] = ci
+        out[p, 1] = ca
+        out[p, 2] = cb
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_SUMS)
+def raw_moments(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out[p] = (Σa², Σb², Σab)`` in float64; a, b (N|1, P)."""
+    n, px = out.shape[0], a.shape[1]
+    for p in range(n):
+        ra = a[p if a.shape[0] > 1 else 0]
+        rb = b[p if b.shape[0] > 1 else 0]
+        saa = 0.0
+        sbb = 0.0
+        sab = 0.0
+        for j in range(px):
+            x = np.float64(ra[j])
+            y = np.float64(rb[j])
+            saa += x * x
+            sbb += y * y
+            sab += x * y
+        out[p, 0] = saa
+        out[p, 1] = sbb
+        out[p, 2] = sab
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_SUMS)
+def centred_moments(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out[p] = (ā, b̄, Σ(a−ā)², Σ(b−b̄)², Σ(a−ā)(b−b̄))`` in float64, the means by a first pass."""
+    n, px = out.shape[0], a.shape[1]
+    for p in range(n):
+        ra = a[p if a.shape[0] > 1 else 0]
+        rb = b[p if b.shape[0] > 1 else 0]
+        sa = 0.0
+        sb = 0.0
+        for j in range(px):
+            sa += np.float64(ra[j])
+            sb += np.float64(rb[j])
+        ma = sa / px
+        mb = sb / px
+        saa = 0.0
+        sbb = 0.0
+        sab = 0.0
+        for j in range(px):
+            x = np.float64(ra[j]) - ma
+            y = np.float64(rb[j]) - mb
+            saa += x * x
+            sbb += y * y
+            sab += x * y
+        out[p, 0] = ma
+        out[p, 1] = mb
+        out[p, 2] = saa
+        out[p, 3] = sbb
+        out[p, 4] = sab
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_FMA)
+def ssim_means(
+    a: np.ndarray, b: np.ndarray, taps: np.ndarray, k1: float, k2: float, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Mean SSIM per pair of (N|1, H, W) maps with ``taps`` ('valid' window: skimage's crop); ``k1`` = 2·C1
+    and ``k2`` = 2·C2 in the maps' dtype, as ``taps``."""
+    n, h, w = out.shape[0], a.shape[1], a.shape[2]
+    win = taps.shape[0]
+    hv, wv = h - win + 1, w - win + 1
+    dt = a.dtype
+    f = np.empty((4, h, w), dt)  # s, d, s², d² of one pair
+    v = np.empty((4, w), dt)  # one output row after the vertical pass
+    g = np.empty((4, wv), dt)  # ... and after the horizontal pass
+    acc = np.empty(wv, np.float64)
+    for p in range(n):
+        ra = a[p if a.shape[0] > 1 else 0]
+        rb = b[p if b.shape[0] > 1 else 0]
+        for i in range(h):
+            for j in range(w):
+                s = ra[i, j] + rb[i, j]
+                d = ra[i, j] - rb[i, j]
+                f[0, i, j] = s
+                f[1, i, j] = d
+                f[2, i, j] = s * s
+                f[3, i, j] = d * d
+        acc[:] = 0.0
+        for i in range(hv):
+            for c in range(4):
+                t = taps[0]
+                for j in range(w):
+                    v[c, j] = t * f[c, i, j]
+                for k in range(1, win):
+                    t = taps[k]
+                    for j in range(w):
+                        v[c, j] += t * f[c, i + k, j]
+                t = taps[0]
+                for j in range(wv):
+                    g[c, j] = t * v[c, j]
+                for k in range(1, win):
+                    t = taps[k]
+                    for j in range(wv):
+                        g[c, j] += t * v[c, j + k]
+            for j in range(wv):
+                ps = g[0, j] * g[0, j]  # μs²
+                pd = g[1, j] * g[1, j]  # μd²
+                x = ps - pd
+                y = ps + pd
+                num = (x + k1) * (g[2, j] - g[3, j] - x + k2)
+                den = (y + k1) * (g[2, j] + g[3, j] - y + k2)
+                acc[j] += num / den
+        total = 0.0
+        for j in range(wv):
+            total += acc[j]
+        out[p] = total / (hv * wv)
+
+
+@numba.njit(nogil=True, cache=True)
+def unit_histograms(x: np.ndarray, nbins: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out[r]``: counts of ⌊x[r]·nbins⌋ (clamped to nbins − 1) for rows with values in [0, 1]; four
+    interleaved partial histograms so that equal neighbouring bins do not serialise the increments."""
+    n, px = x.shape
+    part = np.zeros((4, nbins), np.int64)
+    top = nbins - 1
+    for r in range(n):
+        part[:] = 0
+        row = x[r]
+        j = 0
+        while j + 4 <= px:
+            for q in range(4):
+                i = min(max(int(row[j + q] * nbins), 0), top)
+                part[q, i] += 1
+            j += 4
+        while j < px:
+            i = min(max(int(row[j] * nbins), 0), top)
+            part[0, i] += 1
+            j += 1
+        for q in range(nbins):
+            out[r, q] = part[0, q] + part[1, q] + part[2, q] + part[3, q]
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_SUMS)
+def kl_ratios(
+    a: np.ndarray, b: np.ndarray, eps: float, r: np.ndarray, sums: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """KL's first pass: ``r[p] = (b + ε) / (a + ε)`` in the maps' dtype (``eps`` in it too) and
+    ``sums[p] = (Σ(a + ε), Σ(b + ε))`` in float64; a, b (N|1, P), r (N, P)."""
+    n, px = r.shape
+    for p in range(n):
+        ra = a[p if a.shape[0] > 1 else 0]
+        rb = b[p if b.shape[0] > 1 else 0]
+        rr = r[p]
+        sq = 0.0
+        sp = 0.0
+        for j in range(px):
+            q = ra[j] + eps
+            v = rb[j] + eps
+            rr[j] = v / q
+            sq += np.float64(q)
+            sp += np.float64(v)
+        sums[p, 0] = sq
+        sums[p, 1] = sp
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_SUMS)
+def kl_weighted(b: np.ndarray, eps: float, logr: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+    """KL's second pass: ``out[p] = Σ (b + ε) · logr[p]`` in float64; b (N|1, P), logr (N, P)."""
+    n, px = logr.shape
+    for p in range(n):
+        rb = b[p if b.shape[0] > 1 else 0]
+        rl = logr[p]
+        s = 0.0
+        for j in range(px):
+            s += np.float64(rb[j] + eps) * np.float64(rl[j])
+        out[p] = s
