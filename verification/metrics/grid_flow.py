@@ -363,13 +363,20 @@ def _solve(
             succ_num[y] -= old_succ_num
             y = parent[y]
 
-        # --- potentials: one shift for the whole re-hung subtree (a stretch of the thread)
+        # --- potentials: one shift for the whole re-hung subtree (a stretch of the thread), or the opposite
+        # shift for everything else when that is smaller (reduced costs only see differences)
         sigma = pi[v_in] - pi[u_in] - pdir[u_in] * c_[in_arc]
         end = thread[last_succ[u_in]]
-        y = u_in
-        while y != end:
-            pi[y] += sigma
-            y = thread[y]
+        if 2 * succ_num[u_in] <= n + 1:
+            y = u_in
+            while y != end:
+                pi[y] += sigma
+                y = thread[y]
+        else:
+            y = end
+            while y != u_in:
+                pi[y] -= sigma
+                y = thread[y]
 
     total = 0.0
     for e in range(m):
@@ -487,7 +494,7 @@ def _solve_pyramid(
                 v = 0.0
                 for q in range(4):
                     v += wt[f0 + i, q] * pi[nbr[f0 + i, q]]
-                key[i] = np.int64(np.rint(v))
+                key[i] = np.int64(np.floor(v))
     return total, pivots
 
 
