@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 
 from tests.app.conftest import DASHBOARD, ROOT
+from verification.io.records import LoadedImage, LoadedModel
 
 pytestmark = pytest.mark.usefixtures("navigation_only")
 
@@ -151,15 +152,9 @@ def test_the_download_is_the_sidecar_of_the_model_as_used(tmp_path: Path) -> Non
     assert (again.class_names, again.task) == (("clear", "mass", "fluid"), "multilabel")
 
 
-def _label_maps_script() -> None:
-    import threading
-
+def tiny_multilabel() -> tuple[LoadedModel, LoadedImage]:
+    """A five-label model whose biases make labels a, b and e present, and a 32×32 noise image."""
     import numpy as np
-    import torch
-    from torch import nn
-
-    from ui import label_maps
-    from verification.io.records import LoadedImage, LoadedModel
 
     torch.manual_seed(0)
     net = nn.Sequential(
@@ -173,8 +168,52 @@ def _label_maps_script() -> None:
         net, 1, (32, 32), ("a", "b", "c", "d", "e"), (0.5,), (0.25,), "module", "tiny-ml", task="multilabel"
     )
     pixels = np.random.default_rng(0).random((32, 32)).astype(np.float32)
-    image = LoadedImage(pixels, (pixels * 255).astype(np.uint8), "x.png", "png", "img-hash")
+    return model, LoadedImage(pixels, (pixels * 255).astype(np.uint8), "x.png", "png", "img-hash")
+
+
+def _label_maps_script() -> None:
+    import threading
+
+    from tests.app.test_model_form import tiny_multilabel
+    from ui import label_maps
+
+    model, image = tiny_multilabel()
     label_maps.draw(model, threading.Lock(), image, method="gradcam", layer="1")
+
+
+def _label_maps_pixels_script() -> None:
+    """Draws the per-label maps with every picture the page shows kept, beside the backend renderer's
+    pictures of the backend's label maps."""
+    import threading
+    from typing import Any
+
+    import numpy as np
+    import streamlit as st
+
+    from tests.app.test_model_form import tiny_multilabel
+    from ui import label_maps
+    from verification import render
+    from verification.io.images import to_tensor
+    from verification.multilabel import label_cams
+
+    model, image = tiny_multilabel()
+    shown: list[np.ndarray] = []
+    draw_image = st.image
+
+    def keep(picture: Any, *args: Any, **kwargs: Any) -> Any:
+        shown.append(np.asarray(picture))
+        return draw_image(picture, *args, **kwargs)
+
+    st.image = keep
+    try:
+        label_maps.draw(
+            model, threading.Lock(), image, method="gradcam", layer="1", colormap="turbo", opacity=0.6
+        )
+    finally:
+        st.image = draw_image
+    maps = label_cams(model, to_tensor([image], model), methods=("gradcam",), layers="1").results[0].maps
+    expected = [render.overlay(image.display, m, opacity=0.6, colormap="turbo", max_side=384) for m in maps]
+    st.session_state["pictures"] = (shown, expected)
 
 
 def test_one_map_per_positive_label_is_drawn() -> None:
@@ -183,3 +222,14 @@ def test_one_map_per_positive_label_is_drawn() -> None:
     assert any("One map per label" in m.value and "3 label(s)" in m.value for m in at.markdown)
     pictures = list(at.get("image"))
     assert len(pictures) == 3, [p for p in pictures]
+
+
+def test_the_label_maps_shown_are_the_backend_renderers_pictures_pixel_for_pixel() -> None:
+    at = AppTest.from_function(_label_maps_pixels_script, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown, expected = at.session_state["pictures"]
+    assert len(shown) == len(expected) == 3
+    for got, want in zip(shown, expected, strict=True):
+        assert got.dtype == want.dtype == "uint8"
+        assert got.shape == want.shape
+        assert (got == want).all()
