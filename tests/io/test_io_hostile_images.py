@@ -21,10 +21,10 @@ from PIL import Image
 
 from tests.builders import dicom_bytes, zip_bytes
 from tests.io.memcap import run_capped_many
-from ui.uploads import expand_uploads
 from verification.errors import ImageLoadError, InputTooLargeError
 from verification.io.budget import Budget, ImageCost, ResourceLimits
 from verification.io.images import image_cost, load_image
+from verification.uploads import expand_uploads
 
 GiB = 1 << 30
 
@@ -267,9 +267,9 @@ def test_image_cost_type_is_frozen() -> None:
 def test_entry_larger_than_one_image_may_be_is_refused_before_inflating(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import ui.uploads
+    import verification.uploads
 
-    monkeypatch.setattr(ui.uploads, "MAX_ENTRY_BYTES", 4000)
+    monkeypatch.setattr(verification.uploads, "MAX_ENTRY_BYTES", 4000)
     data = zip_bytes({"a/x.png": bytes(range(256)) * 20})  # 5,120 bytes
     with pytest.raises(InputTooLargeError, match="limit for one file"):
         expand_uploads([("big.zip", data)], retain=False)
