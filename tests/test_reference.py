@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from verification.reference import (
     VerdictParams,
     boxes_to_masks,
     build_reference,
+    build_reference_from_paths,
     compute_bands,
     load_boxes_json,
     load_bundle,
@@ -220,3 +222,29 @@ def test_annotation_references_default_to_the_masks_own_grid() -> None:
     np.testing.assert_allclose(bundle.references[0], mean / mean.max(), atol=1e-6)
     with pytest.raises(ShapeError, match="2 sizes"):
         reference_from_annotations([masks[0], np.zeros((32, 32), np.float32)], ["top"] * 2, ["top"])
+
+
+def test_building_from_files_skips_unreadable_ones_and_reads_the_mask_folder(tmp_path: Path) -> None:
+    sound = toy_model(False, "sound")
+    x, y = images_and_labels(3, seed=5)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "les").mkdir()
+    paths = []
+    for i, pic in enumerate(x[:, 0].numpy()):
+        p = tmp_path / "img" / f"{i:02d}.png"
+        Image.fromarray(np.round(pic / pic.max() * 255).astype(np.uint8)).save(p)
+        paths.append(p)
+    (tmp_path / "img" / "bad.png").write_bytes(b"not a png")
+    Image.fromarray(np.full((SIZE, SIZE), 255, np.uint8)).save(tmp_path / "les" / "00_lesion.png")
+    labels = [0 if c == "top" else 1 for c in y]
+    files = [*paths, tmp_path / "img" / "bad.png"]
+    plain, used, skipped = build_reference_from_paths(
+        sound, files, [*labels, 0], layer="features", calibrate=False
+    )
+    assert (used, skipped) == (6, 1)
+    assert plain.grid == (64, 64)  # no annotation: the default comparison grid
+    # one mask found by its file name: the annotations make the grid the model's input resolution
+    annotated, _, _ = build_reference_from_paths(
+        sound, paths, labels, layer="features", calibrate=False, annotation_dir=tmp_path / "les"
+    )
+    assert annotated.grid == (SIZE, SIZE)

@@ -345,8 +345,8 @@ def build_reference_from_paths(
     """:func:`build_reference` over image files (the command line's path): unreadable files are skipped;
     masks are read from ``<stem>_lesion.png`` / ``<stem>_lung.png`` files in the two folders.
     Returns (bundle, images used for the references, images skipped)."""
-    from verification.anatomy import MASK_SUFFIXES, find_mask_file, read_mask_file
-    from verification.batch import LESION_SUFFIXES
+    from verification.anatomy import MASK_SUFFIXES
+    from verification.batch import LESION_SUFFIXES, folder_mask
     from verification.errors import ImageLoadError, InputTooLargeError
     from verification.io.images import load_image
 
@@ -364,8 +364,7 @@ def build_reference_from_paths(
     def masks(folder: str | Path | None, suffixes: Sequence[str]) -> list[np.ndarray | None] | None:
         if folder is None:
             return None
-        found = [find_mask_file(folder, Path(img.name).name, suffixes) for img in loaded]
-        return [None if f is None else np.asarray(read_mask_file(f), np.float32) for f in found]
+        return [folder_mask(str(folder), img.name, suffixes) for img in loaded]
 
     bundle = build_reference(
         model, loaded, y, method=method, layer=layer, batch_size=batch_size, correct_only=correct_only,
