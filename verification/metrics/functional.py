@@ -659,9 +659,3 @@ def energy_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> MetricResult:
             (~(fm > 0.5).any(1), "annotation mask is empty"),
         ],
     )
-
-
-# The names wasserstein.py imported before they became public (#16); removed once it uses the public ones.
-_nonfinite = nonfinite_reasons
-_result = make_result
-_rows = paired_rows

@@ -19,6 +19,7 @@ from verification.errors import InvalidInputError, ShapeError
 from verification.metrics import functional as fn
 from verification.metrics.functional import ArrayLike, MetricResult, Threshold, as_batch, check_grid, prepare
 from verification.metrics.wasserstein import wasserstein
+from verification.options import check_keyword_options
 
 MetricFn = Callable[..., MetricResult]
 
@@ -224,29 +225,15 @@ def _check_options(
     options: Mapping[str, Mapping[str, Any]] | None, chosen: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
     """Per-metric keyword options: known metrics only, and only keywords the metric's function takes."""
-    if options is None:
-        return {}
-    if not isinstance(options, Mapping):
-        raise InvalidInputError(
-            f"options must map metric names to keyword options, got {type(options).__name__}"
-        )
-    out: dict[str, dict[str, Any]] = {}
-    for name, opts in options.items():
-        if name not in METRICS:
-            raise InvalidInputError(
-                f"options given for an unknown metric {str(name)[:40]!r}; known: {sorted(METRICS)}"
-            )
-        if not isinstance(opts, Mapping):
-            raise InvalidInputError(f"options[{name!r}] must be a mapping of keyword options")
+
+    def allowed(name: str) -> set[str]:
         params = list(inspect.signature(METRICS[name].fn).parameters.values())[2:]
-        allowed = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-        bad = [str(k)[:40] for k in opts if k not in allowed]
-        if bad:
-            raise InvalidInputError(
-                f"metric {name!r} takes no option(s) {bad[:5]}; "
-                f"it takes: {', '.join(sorted(allowed)) or 'none'}"
-            )
-        out[name] = dict(opts)
-        if "threshold" in out[name]:
-            out[name]["threshold"] = fn.check_threshold(out[name]["threshold"])
+        return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+    out = check_keyword_options(
+        options, kind="metric", known=METRICS, allowed=allowed, known_hint=f"; known: {sorted(METRICS)}"
+    )
+    for opts in out.values():
+        if "threshold" in opts:
+            opts["threshold"] = fn.check_threshold(opts["threshold"])
     return out
