@@ -256,6 +256,13 @@ def _img(root: Path, name: str, data: bytes) -> dict[str, Any]:
     return {"path": str(_write(root / "images" / name, data))}
 
 
+def _folder(root: Path, where: str, name: str) -> dict[str, Any]:
+    """A folder ``<where>/<name>`` passed where a file belongs; the error must not say it does not exist."""
+    d = root / where / name
+    d.mkdir(parents=True, exist_ok=True)
+    return {"path": str(d), "not_in_message": "does not exist"}
+
+
 def _image_item(
     id: str,
     name: str,
@@ -417,9 +424,7 @@ _image_item("png_as_dcm", "really_png.dcm", lambda: small_png(), expect="either"
 
 @item("directory", "image", "load_image", note="a folder passed as the image; must not say 'does not exist'")
 def _(root: Path) -> dict[str, Any]:
-    d = root / "images" / "a_folder.png"
-    d.mkdir(parents=True, exist_ok=True)
-    return {"path": str(d), "not_in_message": "does not exist"}
+    return _folder(root, "images", "a_folder.png")
 
 
 @item("jpeg_truncated", "image", "load_image")
@@ -1257,9 +1262,7 @@ def _(root: Path) -> dict[str, Any]:
 
 @item("model_directory", "model", "load_model", note="a folder; must not say 'does not exist'")
 def _(root: Path) -> dict[str, Any]:
-    d = root / "models" / "folder.safetensors"
-    d.mkdir(parents=True, exist_ok=True)
-    return {"path": str(d), "not_in_message": "does not exist"}
+    return _folder(root, "models", "folder.safetensors")
 
 
 @item("pt2_corrupt_json", "model", "load_model")
