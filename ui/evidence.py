@@ -536,10 +536,9 @@ def band_chart(line: LineResult) -> go.Figure | None:
     ]
     for k, b in enumerate(rows):
         y0, y1 = k - 0.28, k + 0.28
-        if b.threshold is not None:
-            good = (b.threshold, hi) if b.higher_is_better else (lo, b.threshold)
-            bad = (lo, b.threshold) if b.higher_is_better else (b.threshold, hi)
-            for (x0, x1), fill in ((good, "rgba(46,158,91,0.22)"), (bad, "rgba(217,83,79,0.18)")):
+        spans = b.sides(lo, hi, lambda v: v)  # (passing, failing): the reports' rule
+        if spans is not None and b.threshold is not None:
+            for (x0, x1), fill in zip(spans, ("rgba(46,158,91,0.22)", "rgba(217,83,79,0.18)"), strict=True):
                 fig.add_shape(
                     type="rect", x0=x0, x1=x1, y0=y0, y1=y1, fillcolor=fill, line_width=0, layer="below"
                 )
