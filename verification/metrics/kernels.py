@@ -55,31 +55,36 @@ def overlap_counts(
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_SUMS)
+def _products(
+    ra: np.ndarray, rb: np.ndarray, ma: float, mb: float
+) -> tuple[float, float, float]:  # pragma: no cover
+    """(Σ(a−ma)², Σ(b−mb)², Σ(a−ma)(b−mb)) of two rows, in float64."""
+    saa = 0.0
+    sbb = 0.0
+    sab = 0.0
+    for j in range(ra.shape[0]):
+        x = np.float64(ra[j]) - ma
+        y = np.float64(rb[j]) - mb
+        saa += x * x
+        sbb += y * y
+        sab += x * y
+    return saa, sbb, sab
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_SUMS)
 def raw_moments(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """``out[p] = (Σa², Σb², Σab)`` in float64; a, b (N|1, P)."""
-    n, px = out.shape[0], a.shape[1]
-    for p in range(n):
+    for p in range(out.shape[0]):
         ra = a[p if a.shape[0] > 1 else 0]
         rb = b[p if b.shape[0] > 1 else 0]
-        saa = 0.0
-        sbb = 0.0
-        sab = 0.0
-        for j in range(px):
-            x = np.float64(ra[j])
-            y = np.float64(rb[j])
-            saa += x * x
-            sbb += y * y
-            sab += x * y
-        out[p, 0] = saa
-        out[p, 1] = sbb
-        out[p, 2] = sab
+        out[p, 0], out[p, 1], out[p, 2] = _products(ra, rb, 0.0, 0.0)
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_SUMS)
 def centred_moments(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """``out[p] = (ā, b̄, Σ(a−ā)², Σ(b−b̄)², Σ(a−ā)(b−b̄))`` in float64, the means by a first pass."""
-    n, px = out.shape[0], a.shape[1]
-    for p in range(n):
+    px = a.shape[1]
+    for p in range(out.shape[0]):
         ra = a[p if a.shape[0] > 1 else 0]
         rb = b[p if b.shape[0] > 1 else 0]
         sa = 0.0
@@ -87,22 +92,8 @@ def centred_moments(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # p
         for j in range(px):
             sa += np.float64(ra[j])
             sb += np.float64(rb[j])
-        ma = sa / px
-        mb = sb / px
-        saa = 0.0
-        sbb = 0.0
-        sab = 0.0
-        for j in range(px):
-            x = np.float64(ra[j]) - ma
-            y = np.float64(rb[j]) - mb
-            saa += x * x
-            sbb += y * y
-            sab += x * y
-        out[p, 0] = ma
-        out[p, 1] = mb
-        out[p, 2] = saa
-        out[p, 3] = sbb
-        out[p, 4] = sab
+        out[p, 0], out[p, 1] = sa / px, sb / px
+        out[p, 2], out[p, 3], out[p, 4] = _products(ra, rb, out[p, 0], out[p, 1])
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_FMA)
