@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,7 +33,7 @@ def dicom_dataset(
     bits: int = 12,
     *,
     sop_class: str | None = None,
-    **tags: object,
+    **tags: Any,
 ) -> Dataset:
     """A CR dataset of SOP class ``sop_class`` (default: secondary capture) holding ``arr`` (``(H, W)`` or
     ``(frames, H, W)``) with ``bits`` stored bits, then the attributes ``tags`` set (in order, after the pixel
@@ -63,6 +63,6 @@ def dataset_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def dicom_bytes(arr: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, **tags: object) -> bytes:
+def dicom_bytes(arr: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, **tags: Any) -> bytes:
     """:func:`dicom_dataset` as a file."""
     return dataset_bytes(dicom_dataset(arr, photometric, bits, **tags))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -194,7 +195,7 @@ def test_json_nesting_bomb_is_refused() -> None:
 # ------------------------------------------------------------------------------------------- DICOM
 
 
-def _cr(rows: int = 60, cols: int = 80, **tags: object) -> bytes:
+def _cr(rows: int = 60, cols: int = 80, **tags: Any) -> bytes:
     yy, xx = np.mgrid[0:rows, 0:cols]
     pixels = (xx * 40 + yy).astype(np.uint16)
     ds = dicom_dataset(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -31,7 +32,7 @@ def _region(pixels: np.ndarray, rows: tuple[float, float], cols: tuple[float, fl
     return float(pixels[int(rows[0] * h) : int(rows[1] * h), int(cols[0] * w) : int(cols[1] * w)].mean())
 
 
-def _dicom(arr: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, **tags: object) -> Dataset:
+def _dicom(arr: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, **tags: Any) -> Dataset:
     """The shared test dataset with a patient's identity (kept out of the metadata unless asked for)."""
     patient = {"PatientName": "Doe^Jane", "PatientID": "PID-778899", "PatientBirthDate": "19700101"}
     return dicom_dataset(arr, photometric, bits, **{**patient, **tags})
