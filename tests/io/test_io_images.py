@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from verification.errors import ImageLoadError, InputTooLargeError, ShapeError
-from verification.io.images import MIN_SIDE, load_image, to_tensor
+from verification.io.images import MIN_SIDE, as_input, load_image, to_tensor
 from verification.io.records import LoadedImage, LoadedModel
 
 RNG = np.random.default_rng(0)
@@ -290,6 +290,26 @@ def test_resize_matches_pil_antialiased_bilinear() -> None:
     ref = np.asarray(Image.fromarray(grey, mode="F").resize((48, 64), Image.Resampling.BILINEAR))
     assert x.shape == (1, 1, 64, 48)
     assert np.abs(x[0, 0].numpy() - ref).max() < 2e-3
+
+
+def test_as_input_takes_paths_bytes_loaded_images_and_tensors_alike(tmp_path: Path) -> None:
+    """One conversion for every entry point: a path, the file's bytes and its LoadedImage give the same rows;
+    a preprocessed tensor passes through as float32; anything else is a ShapeError naming the images."""
+    model = _model(1, (16, 16), (0.5,), (0.25,))
+    grey = RNG.integers(0, 256, (20, 12), dtype=np.uint8)
+    path = tmp_path / "g.png"
+    path.write_bytes(_png(grey))
+    x = as_input([path, str(path), path.read_bytes(), load_image(path)], model)
+    assert x.shape == (4, 1, 16, 16)
+    expected = to_tensor(load_image(path), model)[0]
+    for row in x:
+        torch.testing.assert_close(row, expected, rtol=0, atol=0)
+    t = torch.zeros(2, 1, 16, 16, dtype=torch.float64)
+    assert as_input(t, model).dtype == torch.float32
+    with pytest.raises(ShapeError, match=r"calibration set: expected an input tensor \(N, C, H, W\)"):
+        as_input(torch.zeros(1, 16, 16), model, what="calibration set")
+    with pytest.raises(ShapeError, match="no images given"):
+        as_input([], model)
 
 
 def test_batch_of_mixed_sizes_and_kinds() -> None:

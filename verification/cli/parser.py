@@ -51,13 +51,23 @@ def _method(text: str) -> str:
     return names[0]
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _command(parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]) -> None:
+    """What every command ends with: the output and diagnostics options, and its handler."""
     group = parser.add_argument_group("output and diagnostics")
     group.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars or summary lines on stderr"
     )
     group.add_argument("-v", "--verbose", action="store_true", help="log what is being done (stderr)")
     group.add_argument("--debug", action="store_true", help="show the full traceback when something fails")
+    parser.set_defaults(handler=handler)
+
+
+def _table_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _methods_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--methods", type=_methods, default=("gradcam",), help=help)
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -74,13 +84,14 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _batch_args(parser: argparse.ArgumentParser, *, engines: bool = True) -> None:
+def _batch_args(parser: argparse.ArgumentParser, *, engines: bool = True, workers: bool = True) -> None:
     group = parser.add_argument_group("batching")
     group.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (16)")
-    group.add_argument(
-        "--workers", type=_non_negative_int, default=0,
-        help="image-decoding worker processes (local engine) or model replicas (ray engine); default 0",
-    )  # fmt: skip
+    if workers:
+        group.add_argument(
+            "--workers", type=_non_negative_int, default=0,
+            help="image-decoding worker processes (local engine) or model replicas (ray engine); default 0",
+        )  # fmt: skip
     group.add_argument("--strict", action="store_true", help="fail (exit 1) on the first unreadable image")
     if engines:
         group.add_argument("--engine", choices=("local", "ray"), default="local", help="where to run (local)")
@@ -102,16 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layers", help="list a model's layers and the default CAM target layer")
     _model_args(p)
     p.add_argument("--all", action="store_true", help="also list layers without a spatial (N,C,H,W) output")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _common(p)
-    p.set_defaults(handler=cmd_layers)
+    _table_args(p)
+    _command(p, cmd_layers)
 
     p = sub.add_parser(
         "methods", help="list the map methods (CAMs and pixel attributions) that --methods accepts"
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    _common(p)
-    p.set_defaults(handler=cmd_methods)
+    _table_args(p)
+    _command(p, cmd_methods)
 
     p = sub.add_parser(
         "cam",
@@ -130,11 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--out", required=True, help="output folder (absent or empty, or use --force)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.add_argument(
-        "--methods",
-        type=_methods,
-        default=("gradcam",),
-        help="comma-separated map methods (default gradcam): any registered one, CAMs or pixel attributions "
+    _methods_arg(
+        p,
+        "comma-separated map methods (default gradcam): any registered one, CAMs or pixel attributions "
         "('methods' lists them)",
     )
     p.add_argument(
@@ -154,8 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --pacs-store: record the verdict of this 'verify --json' result in the stored objects",
     )
     _batch_args(p)
-    _common(p)
-    p.set_defaults(handler=cmd_cam)
+    _command(p, cmd_cam)
 
     p = sub.add_parser(
         "reference", help="reference bundles (per-class reference maps with calibration bands)"
@@ -216,8 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the calibration (verify will then say CANNOT VERIFY)",
     )
     _batch_args(p, engines=False)
-    _common(p)
-    p.set_defaults(handler=cmd_reference_build)
+    _command(p, cmd_reference_build)
 
     p = sub.add_parser(
         "verify",
@@ -268,8 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", dest="csv_out", help="write the per-image table as CSV")
     p.add_argument("--examples", type=_non_negative_int, default=8, help="maps kept for the report (8)")
     _batch_args(p)
-    _common(p)
-    p.set_defaults(handler=cmd_verify)
+    _command(p, cmd_verify)
 
     p = sub.add_parser(
         "report",
@@ -282,8 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="HTML file to write (a name ending in .pdf writes the PDF)")
     p.add_argument("--pdf", dest="pdf_out", help="PDF file to write (beside or instead of the HTML)")
     p.add_argument("--title", default="Attention-map verification", help="the report's title")
-    _common(p)
-    p.set_defaults(handler=cmd_report)
+    _command(p, cmd_report)
 
     p = sub.add_parser(
         "consistency",
@@ -295,20 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", required=True, help="labelled images: a folder of class subfolders, or a CSV path,label"
     )
-    p.add_argument(
-        "--methods",
-        type=_methods,
-        default=("gradcam",),
-        help="comma-separated map methods (gradcam; 'methods' lists them)",
-    )
+    _methods_arg(p, "comma-separated map methods (gradcam; 'methods' lists them)")
     p.add_argument("--layer", help="target layer (default: each checkpoint's default layer)")
     p.add_argument("--tau", type=float, default=0.9, help="gold-list confidence threshold τ (0.9)")
     p.add_argument("--gamma", type=float, default=2.0, help="intensity exponent γ (2)")
     p.add_argument("--max-pairs", type=_positive_int, help="sample at most this many pairs per class")
     p.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (0)")
     p.add_argument("--drop", type=float, default=0.1, help="C-Score drop that raises an early warning (0.1)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (16)")
-    p.add_argument("--strict", action="store_true", help="fail (exit 1) on the first unreadable image")
     p.add_argument(
         "--trust", action="store_true", help="allow pickled checkpoints (runs code from the files)"
     )
@@ -316,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--csv", dest="csv_out", help="write the long table (checkpoint, method, class) as CSV here"
     )
-    _common(p)
-    p.set_defaults(handler=cmd_consistency)
+    _batch_args(p, engines=False, workers=False)
+    _command(p, cmd_consistency)
 
     return parser
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -168,6 +168,9 @@ class ImageCost:
         return f"{self.width}×{self.height}{depth}, {self.samples} samples of {bits} bits{frames}"
 
 
+_Total = Literal["archive_bytes", "archive_entries", "decoded_bytes"]
+
+
 def _mb(n: int) -> str:
     return f"{n / MiB:,.0f} MiB" if n >= 10 * MiB else f"{n / MiB:,.1f} MiB"
 
@@ -203,27 +206,40 @@ class Budget:
         self.check_image(cost, name)
         self.charge_decoded(cost, name)
 
+    def _charge(self, total: _Total, n: int, limit: int, refusal: Callable[[int], str]) -> None:
+        """Add ``n`` to the running ``total``; past ``limit`` nothing is added and ``refusal(new total)`` is
+        raised as :class:`InputTooLargeError`."""
+        with self._lock:
+            new = getattr(self, total) + n
+            if new > limit:
+                raise InputTooLargeError(refusal(new))
+            setattr(self, total, new)
+
     def charge_decoded(self, cost: ImageCost, name: str) -> None:
         """Add what the image keeps once loaded to the upload's decoded total, refusing past the limit."""
-        with self._lock:
-            total = self.decoded_bytes + cost.retained_bytes
-            if total > self.limits.max_decoded_bytes:
-                raise InputTooLargeError(
-                    f"'{name}' would bring the images of this upload to {_mb(total)} once decoded, above the "
-                    f"{_mb(self.limits.max_decoded_bytes)} limit for one upload; upload fewer or smaller "
-                    "images at a time"
-                )
-            self.decoded_bytes = total
+        limit = self.limits.max_decoded_bytes
+        self._charge(
+            "decoded_bytes",
+            cost.retained_bytes,
+            limit,
+            lambda total: (
+                f"'{name}' would bring the images of this upload to {_mb(total)} once decoded, "
+                f"above the {_mb(limit)} limit for one upload; upload fewer or smaller images at a time"
+            ),
+        )
 
     def charge_entries(self, n: int, archive: str) -> None:
-        with self._lock:
-            total = self.archive_entries + n
-            if total > self.limits.max_archive_entries:
-                raise InputTooLargeError(
-                    f"{archive} brings this upload to {total:,} archive entries; at most "
-                    f"{self.limits.max_archive_entries:,} are accepted in one upload. Split it."
-                )
-            self.archive_entries = total
+        """Add an archive's entries to the upload's count, refusing past the limit."""
+        limit = self.limits.max_archive_entries
+        self._charge(
+            "archive_entries",
+            n,
+            limit,
+            lambda total: (
+                f"{archive} brings this upload to {total:,} archive entries; at most {limit:,} are "
+                "accepted in one upload. Split it."
+            ),
+        )
 
     def archive_room(self) -> int:
         """Bytes that may still be decompressed from archives in this upload."""
@@ -231,14 +247,17 @@ class Budget:
             return self.limits.max_archive_bytes - self.archive_bytes
 
     def charge_archive_bytes(self, n: int, archive: str) -> None:
-        with self._lock:
-            total = self.archive_bytes + n
-            if total > self.limits.max_archive_bytes:
-                raise InputTooLargeError(
-                    f"{archive} brings this upload to {_mb(total)} decompressed, above the "
-                    f"{_mb(self.limits.max_archive_bytes)} limit for all archives of one upload together"
-                )
-            self.archive_bytes = total
+        """Add bytes decompressed from an archive to the upload's total, refusing past the limit."""
+        limit = self.limits.max_archive_bytes
+        self._charge(
+            "archive_bytes",
+            n,
+            limit,
+            lambda total: (
+                f"{archive} brings this upload to {_mb(total)} decompressed, above the "
+                f"{_mb(limit)} limit for all archives of one upload together"
+            ),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -111,10 +111,11 @@ def _voi_output_range(ds: Dataset) -> tuple[float, float]:
     return lo, hi
 
 
-def _unit_from_range(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """(values - lo) / (hi - lo) clipped to [0, 1], as float32, with one working copy (in-place steps)."""
+def unit_from_range(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(values - lo) / (hi - lo) clipped to [0, 1], as float32, with one working copy (in-place steps); all
+    zeros when the range is empty or not finite."""
     out = np.asarray(values).astype(np.float32, copy=True)
-    if not hi > lo:
+    if not hi > lo or not np.isfinite(hi - lo):
         out[...] = 0.0
         return out
     out -= np.float32(lo)
@@ -127,7 +128,7 @@ def _robust_unit(values: np.ndarray) -> np.ndarray:
     lo, hi = (float(v) for v in np.percentile(values, ROBUST_PERCENTILES))
     if hi <= lo:
         lo, hi = float(values.min()), float(values.max())
-    return _unit_from_range(values, lo, hi)
+    return unit_from_range(values, lo, hi)
 
 
 def _int_tag(ds: Dataset, tag: str, default: int | None, name: str) -> int:
@@ -286,7 +287,7 @@ def _decode(
             lo, hi = _voi_output_range(ds)
             windowed = apply_voi_lut(values, ds, index=0)
             del values
-            pixels = _unit_from_range(windowed, lo, hi)
+            pixels = unit_from_range(windowed, lo, hi)
         else:
             pixels = _robust_unit(values)
             notices.append(
@@ -303,7 +304,7 @@ def _decode(
         # pydicom converts YBR colour spaces to RGB by default
         if arr.dtype.kind == "u":
             stored = _int_tag(ds, "BitsStored", 8, name)
-            pixels = _unit_from_range(arr, 0.0, float(2 ** min(max(stored, 1), 64) - 1))
+            pixels = unit_from_range(arr, 0.0, float(2 ** min(max(stored, 1), 64) - 1))
         else:
             pixels = _robust_unit(arr)
     elif photometric == "PALETTE COLOR":
@@ -311,7 +312,7 @@ def _decode(
 
         rgb = apply_color_lut(arr, ds)
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-        pixels = _unit_from_range(rgb, 0.0, float(2 ** min(max(bits, 1), 64) - 1))
+        pixels = unit_from_range(rgb, 0.0, float(2 ** min(max(bits, 1), 64) - 1))
     else:
         raise ImageLoadError(f"'{name}': unsupported DICOM photometric interpretation {photometric}")
     return pixels, dicom_metadata(ds, include_identifying=include_identifying), tuple(notices)
@@ -465,7 +466,7 @@ def apply_preset(frame: ModalityFrame, preset: WindowPreset) -> np.ndarray:
     if preset.lut_index is not None:
         lo, hi = _voi_output_range(frame.header)
         lut = apply_voi_lut(frame.values, frame.header, index=preset.lut_index, prefer_lut=True)
-        out = _unit_from_range(lut, lo, hi)
+        out = unit_from_range(lut, lo, hi)
     else:
         out = window_unit(frame.values, preset.center, preset.width, preset.function)
     if frame.invert:

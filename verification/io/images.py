@@ -26,7 +26,8 @@ from verification.io.budget import (
     register_pil_plugins,
     unsupported_format_message,
 )
-from verification.io.dicom import looks_like_dicom, read_dicom
+from verification.io.dicom import looks_like_dicom, read_dicom, unit_from_range
+from verification.io.files import read_regular_file
 from verification.io.records import LoadedImage, LoadedModel
 
 __all__ = [
@@ -34,10 +35,21 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MIN_SIDE",
     "Budget",
+    "ImageInput",
+    "ImagesLike",
+    "as_image",
+    "as_input",
     "image_cost",
     "load_image",
     "to_tensor",
 ]
+
+ImageInput = LoadedImage | str | Path | bytes
+"""One image as the public API takes it: already loaded, a file path, or the bytes of a file."""
+
+ImagesLike = torch.Tensor | Sequence[ImageInput]
+"""Images as the public API takes them: a model input tensor (N, C, H, W), already preprocessed, or images
+to load and preprocess for the model."""
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +89,14 @@ def _to_unit(arr: np.ndarray, notices: list[str]) -> np.ndarray:
             "the image contains NaN or infinite values; re-export it with finite pixel values"
         )
     lo, hi = float(arr.min()), float(arr.max())
-    out = arr.astype(np.float32)
     if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
-        return out
+        return arr.astype(np.float32)
     if arr.dtype.kind in "iu" and lo >= 0 and hi <= 65535:
+        out = arr.astype(np.float32)
         out /= np.float32(65535.0)
         return out
     notices.append(f"{arr.dtype} samples in [{lo:g}, {hi:g}] rescaled linearly to [0, 1]")
-    if not hi > lo or not np.isfinite(hi - lo):
-        out[...] = 0.0
-        return out
-    out -= np.float32(lo)
-    out /= np.float32(hi - lo)
-    np.clip(out, 0.0, 1.0, out=out)
-    return out
+    return unit_from_range(arr, lo, hi)
 
 
 def _channels_last(arr: np.ndarray, name: str, notices: list[str]) -> np.ndarray:
@@ -230,26 +236,16 @@ def _read_source(
         name = name or "image"
         return bytes(source), name, Path(name).suffix.lower()
     path = Path(source)
-    if path.is_dir():
-        raise ImageLoadError(
-            f"'{path}' is a directory, not an image file; give the path of one image (the batch commands "
-            "take folders)"
-        )
-    if not path.exists():
-        raise ImageLoadError(f"image file '{path}' does not exist")
-    if not path.is_file():
-        raise ImageLoadError(
-            f"'{path}' is not a regular file (a device, socket or pipe?); give an image file"
-        )
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise InputTooLargeError(
+    data = read_regular_file(
+        path,
+        kind="image file",
+        advice="give the path of one image (the batch commands take folders)",
+        max_bytes=max_bytes,
+        too_large=lambda size: (
             f"'{path.name}' is {size / 1e6:.1f} MB, above the {max_bytes / 1e6:.0f} MB limit for images"
-        )
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageLoadError(f"image file '{path}' cannot be read: {exc.strerror or exc}") from exc
+        ),
+        error=ImageLoadError,
+    )
     return data, name or path.name, path.suffix.lower()
 
 
@@ -400,3 +396,25 @@ def to_tensor(images: Sequence[LoadedImage] | LoadedImage, model: LoadedModel) -
         out.append(x)
     t = torch.stack(out).contiguous()
     return (t - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def as_image(item: ImageInput, name: str | None = None) -> LoadedImage:
+    """One image input as a :class:`LoadedImage`: read from its path or bytes (``name`` names bytes), a
+    LoadedImage as it is."""
+    if isinstance(item, LoadedImage):
+        return item
+    return load_image(item, name=name) if isinstance(item, bytes) else load_image(item)
+
+
+def as_input(images: ImagesLike, model: LoadedModel, *, what: str = "images") -> torch.Tensor:
+    """Model input (N, C, H, W) float32: a tensor as given (already preprocessed), else each image read
+    (:func:`as_image`) and preprocessed for ``model`` (:func:`to_tensor`). ``what`` names the images in
+    errors."""
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ShapeError(f"{what}: expected an input tensor (N, C, H, W); got {tuple(images.shape)}")
+        return images.float()
+    items = list(images)
+    if not items:
+        raise ShapeError(f"{what}: no images given")
+    return to_tensor([as_image(item) for item in items], model)

@@ -45,6 +45,7 @@ from verification.io.budget import (
     check_model_decoded,
     decoded_weight_bytes,
 )
+from verification.io.files import read_regular_file
 from verification.io.pt2 import describe_problems, untrusted_pt2_problems
 from verification.io.records import LoadedModel, SourceFormat, Task
 from verification.io.safejson import loads_bounded
@@ -446,6 +447,10 @@ def _norm(
     return values
 
 
+_Built = tuple[str, dict[str, Any], int, Task]
+"""What a state dict was built as: architecture, its builder's arguments, class count, task."""
+
+
 def _assemble(
     module: nn.Module,
     *,
@@ -453,13 +458,20 @@ def _assemble(
     source_format: SourceFormat,
     content_hash: str,
     name: str,
-    architecture: str | None,
-    arch_kwargs: dict[str, Any],
     in_channels: int,
-    num_classes: int | None,
-    task: Task | None,
     input_size: tuple[int, int] | None = None,
+    built: _Built | None = None,
 ) -> LoadedModel:
+    """The :class:`LoadedModel` of a module built from a state dict (``built``) or of a whole module (an
+    export or a trusted pickle: the architecture is the sidecar's, the class count and task its output's)."""
+    architecture: str | None
+    num_classes: int | None
+    task: Task | None
+    if built is None:
+        architecture, num_classes, task = sc.architecture, None, sc.task
+        arch_kwargs = dict(sc.arch_kwargs or {})
+    else:
+        architecture, arch_kwargs, num_classes, task = built
     module.eval()
     size = sc.input_size or input_size or DEFAULT_INPUT_SIZE
     if max(size) > MAX_INPUT_SIDE or min(size) < 1 or not 1 <= in_channels <= MAX_IN_CHANNELS:
@@ -703,18 +715,9 @@ def _load_from_bytes(
         )
         in_channels = sc.in_channels or in_ch or _first_conv_in_channels(module) or 3
         return _assemble(
-            module,
-            sc=sc,
-            source_format="export",
-            content_hash=digest,
-            name=name,
-            architecture=sc.architecture,
-            arch_kwargs=dict(sc.arch_kwargs or {}),
-            in_channels=in_channels,
-            num_classes=None,
-            task=sc.task,
+            module, sc=sc, source_format="export", content_hash=digest, name=name, in_channels=in_channels,
             input_size=size,
-        )
+        )  # fmt: skip
     source: SourceFormat
     if fmt == "safetensors":
         from safetensors import SafetensorError
@@ -756,33 +759,17 @@ def _load_from_bytes(
         )
     if isinstance(weights, nn.Module):
         module = weights.float()
+        in_channels = sc.in_channels or _first_conv_in_channels(module) or 3
         return _assemble(
-            module,
-            sc=sc,
-            source_format="pickle",
-            content_hash=digest,
-            name=name,
-            architecture=sc.architecture,
-            arch_kwargs=dict(sc.arch_kwargs or {}),
-            in_channels=sc.in_channels or _first_conv_in_channels(module) or 3,
-            num_classes=None,
-            task=sc.task,
+            module, sc=sc, source_format="pickle", content_hash=digest, name=name, in_channels=in_channels
         )
     module, arch, kwargs, in_channels, num_classes, task = _module_from_state_dict(
         weights, sc, architecture, filename
     )
     return _assemble(
-        module,
-        sc=sc,
-        source_format=source,
-        content_hash=digest,
-        name=name,
-        architecture=arch,
-        arch_kwargs=kwargs,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        task=task,
-    )
+        module, sc=sc, source_format=source, content_hash=digest, name=name, in_channels=in_channels,
+        built=(arch, kwargs, num_classes, task),
+    )  # fmt: skip
 
 
 _SAFETENSORS_DTYPE_BYTES = {
@@ -818,12 +805,16 @@ def _check_safetensors_decoded(data: bytes, filename: str, max_decoded_bytes: in
     )
 
 
+def _too_large(n_bytes: int, max_bytes: int, what: str) -> str:
+    return (
+        f"{what} is {n_bytes / 1e6:.1f} MB, above the {max_bytes / 1e6:.0f} MB limit; raise max_bytes if "
+        "you trust it, or use a smaller model"
+    )
+
+
 def _check_size(n_bytes: int, max_bytes: int, what: str) -> None:
     if n_bytes > max_bytes:
-        raise InputTooLargeError(
-            f"{what} is {n_bytes / 1e6:.1f} MB, above the {max_bytes / 1e6:.0f} MB limit; raise max_bytes if "
-            "you trust it, or use a smaller model"
-        )
+        raise InputTooLargeError(_too_large(n_bytes, max_bytes, what))
 
 
 def load_model(
@@ -843,18 +834,18 @@ def load_model(
     file's declarations before the module is built; :class:`verification.io.budget.ModelLimits`).
     """
     path = Path(path)
-    if path.is_dir():
-        raise ModelLoadError(
-            f"'{path}' is a directory, not a model file; give the path of the weights file (.safetensors, "
-            ".pt/.pth or .pt2)"
-        )
-    if not path.is_file():
-        raise ModelLoadError(f"model file '{path}' does not exist")
-    _check_size(path.stat().st_size, max_bytes, f"model file '{path.name}'")
+    data = read_regular_file(
+        path,
+        kind="model file",
+        advice="give the path of the weights file (.safetensors, .pt/.pth or .pt2)",
+        max_bytes=max_bytes,
+        too_large=lambda size: _too_large(size, max_bytes, f"model file '{path.name}'"),
+        error=ModelLoadError,
+    )
     sidecar_path = Path(sidecar) if sidecar is not None else path.with_suffix(".json")
     raw = read_sidecar_file(sidecar_path) if sidecar is not None or sidecar_path.is_file() else None
     return _load_from_bytes(
-        path.read_bytes(),
+        data,
         path.name,
         sidecar=raw,
         architecture=architecture,

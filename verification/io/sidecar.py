@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast, get_args
 
-from verification.errors import InputTooLargeError, ModelLoadError
+from verification.errors import ModelLoadError
 from verification.io.architectures import check_arch_kwargs
+from verification.io.files import read_regular_file
 from verification.io.records import Task
 from verification.io.safejson import bounded_text, loads_bounded
 
@@ -213,20 +214,14 @@ def read_sidecar_bytes(data: bytes | str, what: str = "the sidecar") -> dict[str
 
 def read_sidecar_file(path: Path) -> dict[str, Any]:
     what = f"sidecar file '{path}'"
-    if path.is_dir():
-        raise ModelLoadError(f"{what} is a directory, not a JSON file")
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"{what} does not exist") from exc
-    except OSError as exc:
-        raise ModelLoadError(f"{what} cannot be read: {exc.strerror or exc}") from exc
-    if size > MAX_SIDECAR_BYTES:
-        raise InputTooLargeError(f"{what} is {size:,} bytes; at most {MAX_SIDECAR_BYTES:,} are accepted")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{what} cannot be read: {exc.strerror or exc}") from exc
+    data = read_regular_file(
+        path,
+        kind="sidecar file",
+        advice="give the JSON file that describes the model",
+        max_bytes=MAX_SIDECAR_BYTES,
+        too_large=lambda size: f"{what} is {size:,} bytes; at most {MAX_SIDECAR_BYTES:,} are accepted",
+        error=ModelLoadError,
+    )
     return read_sidecar_bytes(data, what)
 
 

@@ -264,6 +264,10 @@ def _date(value: Any) -> str:
     return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
 
 
+def _picker_line(*parts: str) -> str:
+    return " · ".join(p for p in parts if p)
+
+
 @dataclass(frozen=True)
 class StudyInfo:
     """One study as listed: no patient name, ID, birth date or accession number (those are not read)."""
@@ -294,13 +298,9 @@ class StudyInfo:
             counts.append(f"{self.n_series} series")
         if self.n_instances is not None:
             counts.append(f"{self.n_instances} image(s)")
-        parts = [
-            self.date or "no date",
-            "/".join(self.modalities) or "?",
-            self.description,
-            ", ".join(counts),
-        ]
-        return " · ".join(p for p in parts if p)
+        return _picker_line(
+            self.date or "no date", "/".join(self.modalities) or "?", self.description, ", ".join(counts)
+        )
 
 
 @dataclass(frozen=True)
@@ -332,14 +332,14 @@ class SeriesInfo:
         return self.modality == "OT" and self.description.startswith(HEATMAP_PREFIX)
 
     def label(self) -> str:
-        parts = [
+        """One line for a picker: number · modality · body part · description · count."""
+        return _picker_line(
             f"#{self.number}" if self.number is not None else "",
             self.modality,
             self.body_part,
             self.description,
             f"{self.n_instances} image(s)" if self.n_instances is not None else "",
-        ]
-        return " · ".join(p for p in parts if p)
+        )
 
 
 @dataclass(frozen=True)
@@ -462,18 +462,16 @@ class PacsClient:
                     self._wait(attempt, what, f"HTTP {status}")
                     continue
                 raise self._http_error(what, status, missing) from None
-            except requests.Timeout:
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                timeout = isinstance(exc, requests.Timeout)  # a connect timeout is both: a timeout
                 if attempt + 1 < attempts:
-                    self._wait(attempt, what, "timeout")
+                    self._wait(attempt, what, "timeout" if timeout else "connection error")
                     continue
-                raise PacsUnavailableError(
-                    f"the PACS at {self.where} did not answer {what} within "
-                    f"{self.config.read_timeout:g} s ({attempts} attempt(s)); it is overloaded or down"
-                ) from None
-            except requests.ConnectionError:
-                if attempt + 1 < attempts:
-                    self._wait(attempt, what, "connection error")
-                    continue
+                if timeout:
+                    raise PacsUnavailableError(
+                        f"the PACS at {self.where} did not answer {what} within "
+                        f"{self.config.read_timeout:g} s ({attempts} attempt(s)); it is overloaded or down"
+                    ) from None
                 raise PacsUnavailableError(
                     f"cannot reach the PACS at {self.where} for {what} ({attempts} attempt(s)): the "
                     "connection was refused or dropped. Check the address and that the server is running."
