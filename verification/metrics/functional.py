@@ -534,7 +534,9 @@ def ssim(
     dt = fa.dtype.type
     out = np.empty(max(fa.shape[0], fb.shape[0]), dtype=np.float64)
     c1, c2 = 2 * (k1 * data_range) ** 2, 2 * (k2 * data_range) ** 2
-    _kernels().ssim_means(fa.reshape(-1, h, w), fb.reshape(-1, h, w), taps.astype(dt), dt(c1), dt(c2), out)
+    _kernels().ssim_means(
+        fa.reshape(-1, h, w), fb.reshape(-1, h, w), tuple(taps.astype(dt)), dt(c1), dt(c2), out
+    )
     return make_result(out, nonfinite_reasons(a, b))
 
 

@@ -98,17 +98,19 @@ def centred_moments(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # p
 
 @numba.njit(nogil=True, cache=True, fastmath=_FMA)
 def ssim_means(
-    a: np.ndarray, b: np.ndarray, taps: np.ndarray, k1: float, k2: float, out: np.ndarray
+    a: np.ndarray, b: np.ndarray, taps: tuple[float, ...], k1: float, k2: float, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
-    """Mean SSIM per pair of (N|1, H, W) maps with ``taps`` ('valid' window: skimage's crop); ``k1`` = 2·C1
-    and ``k2`` = 2·C2 in the maps' dtype, as ``taps``."""
+    """Mean SSIM per pair of (N|1, H, W) maps with the filter ``taps`` ('valid' window: skimage's crop);
+    ``k1`` = 2·C1 and ``k2`` = 2·C2; taps, k1 and k2 in the maps' dtype. ``taps`` is a tuple so that its
+    length is known when compiling: each output's taps are summed in registers, outputs 16 at a time."""
     n, h, w = out.shape[0], a.shape[1], a.shape[2]
-    win = taps.shape[0]
+    win = len(taps)
     hv, wv = h - win + 1, w - win + 1
     dt = a.dtype
     f = np.empty((4, h, w), dt)  # s, d, s², d² of one pair
     v = np.empty((4, w), dt)  # one output row after the vertical pass
     g = np.empty((4, wv), dt)  # ... and after the horizontal pass
+    q = np.empty(wv, dt)  # ... and the SSIM of its pixels
     acc = np.empty(wv, np.float64)
     for p in range(n):
         ra = a[p if a.shape[0] > 1 else 0]
@@ -124,28 +126,26 @@ def ssim_means(
         acc[:] = 0.0
         for i in range(hv):
             for c in range(4):
-                t = taps[0]
                 for j in range(w):
-                    v[c, j] = t * f[c, i, j]
-                for k in range(1, win):
-                    t = taps[k]
-                    for j in range(w):
-                        v[c, j] += t * f[c, i + k, j]
-                t = taps[0]
+                    t = taps[0] * f[c, i, j]
+                    for k in range(1, win):
+                        t += taps[k] * f[c, i + k, j]
+                    v[c, j] = t
+                vc = v[c]
+                gc = g[c]
                 for j in range(wv):
-                    g[c, j] = t * v[c, j]
-                for k in range(1, win):
-                    t = taps[k]
-                    for j in range(wv):
-                        g[c, j] += t * v[c, j + k]
+                    t = taps[0] * vc[j]
+                    for k in range(1, win):
+                        t += taps[k] * vc[j + k]
+                    gc[j] = t
             for j in range(wv):
                 ps = g[0, j] * g[0, j]  # μs²
                 pd = g[1, j] * g[1, j]  # μd²
                 x = ps - pd
                 y = ps + pd
-                num = (x + k1) * (g[2, j] - g[3, j] - x + k2)
-                den = (y + k1) * (g[2, j] + g[3, j] - y + k2)
-                acc[j] += num / den
+                q[j] = ((x + k1) * (g[2, j] - g[3, j] - x + k2)) / ((y + k1) * (g[2, j] + g[3, j] - y + k2))
+            for j in range(wv):
+                acc[j] += q[j]
         total = 0.0
         for j in range(wv):
             total += acc[j]
