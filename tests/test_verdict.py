@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -315,3 +316,35 @@ def test_without_finding_annotations_a_model_that_passes_everything_cannot_be_ve
     # the same measurements pass once the rule is off: the rule, not another line, decided
     lines = evaluate_lines(m, cal, CFG, METRICS)
     assert combine(m, lines, CFG)[1] == "suitable"
+
+
+def test_read_images_skips_an_unreadable_file_with_its_reason(tmp_path: Path) -> None:
+    """The one image reader of verify (single- and multi-label): a file that cannot be read is left out with
+    its name and reason, the others keep their indices; a tensor is taken as preprocessed."""
+    import torch
+    from PIL import Image
+    from torch import nn
+
+    from verification.io.records import LoadedModel
+    from verification.verdict.api import read_images
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(good)
+    bad.write_bytes(b"not an image")
+    model = LoadedModel(
+        module=nn.Identity(),
+        in_channels=1,
+        input_size=(8, 8),
+        class_names=("a", "b"),
+        mean=(0.5,),
+        std=(0.25,),
+        source_format="module",
+        content_hash="x",
+    )
+    x, ok, names, errors = read_images([good, bad, good], model, start=1, stop=3)
+    assert (ok, names, tuple(x.shape)) == ([2], [str(good)], (1, 1, 8, 8))
+    assert [name for name, _ in errors] == [str(bad)]
+    assert errors[0][1]
+    t = torch.zeros(5, 1, 8, 8, dtype=torch.float64)
+    x, ok, names, errors = read_images(t, model, ["p", "q", "r", "s", "u"], 1, 3)
+    assert (ok, names, x.dtype, errors) == ([1, 2], ["q", "r"], torch.float32, [])

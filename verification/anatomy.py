@@ -242,9 +242,6 @@ def read_mask_file(path: Path) -> np.ndarray:
     return px if px.ndim == 2 else px.mean(axis=-1)
 
 
-_read_mask_file = read_mask_file  # the old private name, until batch/jobs.py imports the public one
-
-
 def roi_from_folder(
     folder: str | Path, image_name: str, shape: tuple[int, int], suffixes: Sequence[str] = MASK_SUFFIXES
 ) -> AnatomyROI:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,15 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from verification.cam.concurrency import exclusive
+from verification.cam.modules import as_module
+from verification.cam.targets import TargetSpec
 from verification.errors import ShapeError
 from verification.io.records import LoadedModel
 from verification.metrics.functional import pearson, ssim
 
 Baseline = Literal["blur", "zero", "mean"] | float
-
-
-def _module(model: nn.Module | LoadedModel) -> nn.Module:
-    return model.module if isinstance(model, LoadedModel) else model
 
 
 def _baseline(x: Tensor, baseline: Baseline) -> Tensor:
@@ -98,7 +96,7 @@ def deletion_insertion(
     """Deletion and insertion curves of ``maps`` (N, H, W) (resized to the input if needed) for inputs ``x``
     (N, C, H, W). ``target``: None → each input's predicted class. Ties in the map are broken by pixel
     order (stable sort), so the curves are deterministic."""
-    module = _module(model)
+    module = as_module(model)
     if x.ndim != 4:
         raise ShapeError(f"expected inputs (N, C, H, W), got {tuple(x.shape)}")
     n, _, h, w = x.shape
@@ -173,7 +171,7 @@ def parameter_groups(module: nn.Module, depth: int = 2) -> list[str]:
     return groups[::-1]
 
 
-def _reinit(sub: nn.Module, generator: torch.Generator) -> None:
+def reinit(sub: nn.Module, generator: torch.Generator) -> None:
     """Re-initialise every parameter of ``sub`` (recursively) with seeded N(0, σ²), σ from the fan-in
     (Kaiming-like) for weights, zero for biases and norm shifts, one for norm scales."""
     for name, p in sub.named_parameters():
@@ -218,9 +216,9 @@ def cascading_randomization(
     fixed through the steps. Returns the similarity of every step's map with the original one."""
     from verification.cam import compute_cams
 
-    original_module = _module(model)
+    original_module = as_module(model)
     first = compute_cams(original_module, x, methods=(method,), layers=layer, target=target)[0]
-    fixed_target: Any = list(first.targets)
+    fixed_target: TargetSpec = list(first.targets)
     used_layer = first.layer
     clone = copy.deepcopy(original_module)
     groups = parameter_groups(clone, depth)[: max_steps if max_steps is not None else None]
@@ -228,7 +226,7 @@ def cascading_randomization(
     gen = torch.Generator().manual_seed(seed)
     maps, names = [], []
     for g in groups:
-        _reinit(named[g], gen)
+        reinit(named[g], gen)
         res = compute_cams(clone, x, methods=(method,), layers=used_layer, target=fixed_target)[0]
         maps.append(res.maps)
         names.append(g)

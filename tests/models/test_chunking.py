@@ -158,10 +158,10 @@ def test_export_batch_limits_from_shapes() -> None:
 
 @pytest.mark.parametrize("only", [1, 3])
 def test_verify_forwards_go_through_the_helper(only: int) -> None:
-    """E3/E4/E6 forwards (measure._forward_probs, faithfulness) on a model that takes only ``only`` rows."""
+    """E3/E4/E6 forwards (measure.forward_probs, faithfulness) on a model that takes only ``only`` rows."""
     from verification.faithfulness import deletion_insertion
     from verification.io.records import LoadedModel
-    from verification.verdict.measure import _forward_probs
+    from verification.verdict.measure import forward_probs
 
     free, fixed = _pair(only)
     x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(5))
@@ -174,8 +174,8 @@ def test_verify_forwards_go_through_the_helper(only: int) -> None:
         "source_format": "module",
         "content_hash": "x",
     }
-    pa = _forward_probs(LoadedModel(module=free, **kw), x)
-    pb = _forward_probs(LoadedModel(module=fixed, **kw), x)
+    pa = forward_probs(LoadedModel(module=free, **kw), x)
+    pb = forward_probs(LoadedModel(module=fixed, **kw), x)
     np.testing.assert_allclose(pa, pb, rtol=1e-5, atol=1e-6)
     maps = torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(6))
     ca = deletion_insertion(free, x, maps, steps=3)

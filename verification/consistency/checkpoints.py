@@ -20,8 +20,8 @@ from verification.consistency.auc import ovr_auc
 from verification.consistency.cscore import (
     DEFAULT_TAU,
     Status,
-    _nan_to_none,
     consistency_report,
+    nan_to_none,
 )
 from verification.consistency.pairwise import DEFAULT_EPS, DEFAULT_GAMMA, Backend
 from verification.errors import ShapeError, VerificationError
@@ -269,7 +269,7 @@ class CheckpointSeries:
 
     def to_dict(self) -> dict[str, Any]:
         def clean(d: dict[str, Any]) -> dict[str, Any]:
-            return {k: (_nan_to_none(v) if isinstance(v, float) else v) for k, v in d.items()}
+            return {k: (nan_to_none(v) if isinstance(v, float) else v) for k, v in d.items()}
 
         return {
             "schema_version": SCHEMA_VERSION,

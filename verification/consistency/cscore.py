@@ -194,11 +194,11 @@ class ConsistencyReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
-            "macro_mean": _nan_to_none(self.macro_mean),
-            "weighted_mean": _nan_to_none(self.weighted_mean),
+            "macro_mean": nan_to_none(self.macro_mean),
+            "weighted_mean": nan_to_none(self.weighted_mean),
             "n_collapsed": self.n_collapsed,
             "params": dict(self.params),
-            "classes": [{**asdict(c), "score": _nan_to_none(c.score)} for c in self.classes],
+            "classes": [{**asdict(c), "score": nan_to_none(c.score)} for c in self.classes],
         }
 
 
@@ -285,5 +285,6 @@ def consistency_report(
     )
 
 
-def _nan_to_none(v: float | None) -> float | None:
+def nan_to_none(v: float | None) -> float | None:
+    """A float for a JSON document: NaN (a collapsed or unscored C-Score) as None."""
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)

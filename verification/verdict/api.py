@@ -9,7 +9,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,14 +23,19 @@ from verification.verdict.lines import evaluate_lines
 from verification.verdict.measure import Measurements, MeasureSpec, measure_batch
 from verification.verdict.records import Example, ImageEvidence, VerdictConfig, VerificationReport
 
+if TYPE_CHECKING:
+    from verification.reference import ReferenceBundle
+
 log = logging.getLogger(__name__)
 
 ImageInput = LoadedImage | str | Path | bytes
 Masks = Sequence[np.ndarray | None] | None
+Annotation = np.ndarray | Mapping[str, np.ndarray] | None
+"""One image's finding annotation: a mask (any size), ``{label: mask}`` for a multi-label model, or None."""
 Progress = Callable[[int, int], None]
 
 
-def class_mismatch(model: LoadedModel, bundle: Any) -> str | None:
+def class_mismatch(model: LoadedModel, bundle: ReferenceBundle) -> str | None:
     """Why the model's classes cannot be compared with the bundle's (None when they can): every bundle class
     must be a model class and every model class but the garbage class a bundle class."""
     own = [c for c in model.class_names if c != model.garbage_class]
@@ -42,7 +47,7 @@ def class_mismatch(model: LoadedModel, bundle: Any) -> str | None:
     return None
 
 
-def layer_for(model: LoadedModel, bundle: Any) -> tuple[str | None, list[str]]:
+def layer_for(model: LoadedModel, bundle: ReferenceBundle) -> tuple[str | None, list[str]]:
     """The bundle's layer when the model has it, else None (the model's default target layer) with a
     warning."""
     from verification.cam.layers import list_layers
@@ -56,7 +61,7 @@ def layer_for(model: LoadedModel, bundle: Any) -> tuple[str | None, list[str]]:
 
 
 def measure_spec(
-    model: LoadedModel, bundle: Any, config: VerdictConfig, gate: LoadedModel | None = None
+    model: LoadedModel, bundle: ReferenceBundle, config: VerdictConfig, gate: LoadedModel | None = None
 ) -> tuple[MeasureSpec, list[str]]:
     """Everything a measurement pass of ``model`` against ``bundle`` needs, with the warnings found."""
     from verification.verdict.gate import build_gate
@@ -88,7 +93,7 @@ def measure_spec(
     return spec, found
 
 
-def _calibrated(bundle: Any, prefix: str) -> bool:
+def _calibrated(bundle: ReferenceBundle, prefix: str) -> bool:
     cal = getattr(bundle, "calibration", None)
     return cal is not None and any(e.key.startswith(prefix) and e.threshold is not None for e in cal.edges)
 
@@ -110,7 +115,8 @@ def label_indices(
     return out
 
 
-def _name(item: ImageInput, given: str | None = None) -> str:
+def input_name(item: ImageInput, given: str | None = None) -> str:
+    """How an image is named in the report: ``given``, a LoadedImage's name, the path, or "uploaded image"."""
     if given is not None:
         return given
     if isinstance(item, LoadedImage):
@@ -118,7 +124,8 @@ def _name(item: ImageInput, given: str | None = None) -> str:
     return "uploaded image" if isinstance(item, bytes) else str(item)
 
 
-def _load(item: ImageInput, name: str | None = None) -> LoadedImage:
+def load_input(item: ImageInput, name: str | None = None) -> LoadedImage:
+    """An image input as a LoadedImage (read from its path or bytes; a LoadedImage as it is)."""
     from verification.io.images import load_image
 
     if isinstance(item, LoadedImage):
@@ -126,13 +133,46 @@ def _load(item: ImageInput, name: str | None = None) -> LoadedImage:
     return load_image(item, name=name) if isinstance(item, bytes) else load_image(item)
 
 
+def read_images(
+    images: Sequence[ImageInput] | Tensor,
+    model: LoadedModel,
+    names: Sequence[str] | None = None,
+    start: int = 0,
+    stop: int | None = None,
+) -> tuple[Tensor, list[int], list[str], list[tuple[str, str]]]:
+    """Images ``start:stop`` as ``model``'s input batch: ``(x, the indices read, their names, (name, why) of
+    each image that could not be read)``. A tensor is taken as already preprocessed; a file that cannot be
+    read is skipped with its reason rather than stopping the run."""
+    stop = len(images) if stop is None else stop
+    idx = range(start, stop)
+    if isinstance(images, Tensor):
+        return images[start:stop].float(), list(idx), [names[i] if names else f"image {i}" for i in idx], []
+    from verification.io.images import to_tensor
+
+    loaded, ok, errors = [], [], []
+    for i in idx:
+        given = names[i] if names else None
+        try:
+            loaded.append(load_input(images[i], given))
+            ok.append(i)
+        except (ImageLoadError, InputTooLargeError, OSError) as exc:
+            errors.append((input_name(images[i], given), str(exc)))
+    shown = [input_name(images[i], names[i] if names else None) for i in ok]
+    return (to_tensor(loaded, model) if loaded else torch.empty(0)), ok, shown, errors
+
+
+def _take(masks: Sequence[Any] | None, idx: Sequence[int]) -> list[Any] | None:
+    """The masks of images ``idx`` (None when none were given)."""
+    return [masks[i] for i in idx] if masks is not None else None
+
+
 def verify(
     model: LoadedModel,
-    bundle: Any,
+    bundle: ReferenceBundle,
     images: Sequence[ImageInput] | Tensor,
     labels: Sequence[Any] | None = None,
     *,
-    annotations: Sequence[Any] | None = None,
+    annotations: Sequence[Annotation] | None = None,
     anatomy: Masks = None,
     gate: LoadedModel | None = None,
     config: VerdictConfig | None = None,
@@ -189,40 +229,14 @@ def verify(
     errors: list[tuple[str, str]] = []
     done = 0
     for s in range(0, n, batch_size):
-        idx = list(range(s, min(s + batch_size, n)))
-        if isinstance(images, Tensor):
-            x, ok = images[s : s + batch_size].float(), idx
-            chunk_names = [names[i] if names else f"image {i}" for i in idx]
-        else:
-            from verification.io.images import to_tensor
-
-            loaded, ok = [], []
-            for i in idx:
-                try:
-                    loaded.append(_load(images[i], names[i] if names else None))
-                    ok.append(i)
-                except (ImageLoadError, InputTooLargeError, OSError) as exc:
-                    errors.append(
-                        (
-                            _name(images[i], names[i] if names else None),
-                            str(exc),
-                        )
-                    )
-            chunk_names = [_name(images[i], names[i] if names else None) for i in ok]
-            x = to_tensor(loaded, model) if loaded else torch.empty(0)
+        x, ok, chunk_names, unread = read_images(images, model, names, s, min(s + batch_size, n))
+        errors += unread
         if ok:
+            lesions, roi = _take(annotations, ok), _take(anatomy, ok)
             parts.append(
-                measure_batch(
-                    model,
-                    spec,
-                    x,
-                    names=chunk_names,
-                    labels=lab[ok],
-                    lesions=[annotations[i] for i in ok] if annotations is not None else None,
-                    anatomy=[anatomy[i] for i in ok] if anatomy is not None else None,
-                )
+                measure_batch(model, spec, x, names=chunk_names, labels=lab[ok], lesions=lesions, anatomy=roi)
             )
-        done += len(idx)
+        done += min(s + batch_size, n) - s
         if progress is not None:
             progress(done, n)
     if not parts:
@@ -234,7 +248,7 @@ def verify(
 
 def cannot_verify(
     model: LoadedModel,
-    bundle: Any,
+    bundle: ReferenceBundle,
     config: VerdictConfig,
     why: str,
     n: int,
@@ -264,7 +278,14 @@ def cannot_verify(
     )
 
 
-def provenance(model: LoadedModel, bundle: Any, roi: str | None = None) -> dict[str, Any]:
+def reference_maps(bundle: ReferenceBundle) -> dict[str, np.ndarray]:
+    """The bundle's reference map of each class that has one (a report shows them beside the maps)."""
+    return {
+        c: np.asarray(bundle.references[k]) for k, c in enumerate(bundle.class_names) if bundle.counts[k] > 0
+    }
+
+
+def provenance(model: LoadedModel, bundle: ReferenceBundle, roi: str | None = None) -> dict[str, Any]:
     from verification.cam.records import base_provenance
 
     return {
@@ -294,7 +315,7 @@ def provenance(model: LoadedModel, bundle: Any, roi: str | None = None) -> dict[
 def assemble(
     m: Measurements,
     model: LoadedModel,
-    bundle: Any,
+    bundle: ReferenceBundle,
     config: VerdictConfig,
     *,
     warnings: Sequence[str] = (),
@@ -330,9 +351,6 @@ def assemble(
         )
         for i in order.tolist()
     )
-    refs = {
-        c: np.asarray(bundle.references[k]) for k, c in enumerate(bundle.class_names) if bundle.counts[k] > 0
-    }
     return VerificationReport(
         verdict=verdict,  # type: ignore[arg-type]
         deciding_line=deciding,
@@ -350,7 +368,7 @@ def assemble(
         warnings=tuple(dict.fromkeys(warnings)),
         missing=missing,
         examples=ex,
-        references=refs,
+        references=reference_maps(bundle),
         provenance=provenance(model, bundle, m.roi_method),
     )
 
@@ -362,13 +380,13 @@ def randomised_model(model: LoadedModel, seed: int = 0) -> LoadedModel:
     """The cascading-randomised model (Adebayo et al. 2018), all steps applied: every parameter group of a
     deep copy re-initialised (:func:`verification.faithfulness.parameter_groups`); the known-bad reference
     every calibration has."""
-    from verification.faithfulness import _reinit, parameter_groups
+    from verification.faithfulness import parameter_groups, reinit
 
     clone = copy.deepcopy(model.module)
     named = dict(clone.named_modules())
     gen = torch.Generator().manual_seed(seed)
     for g in parameter_groups(clone, 2):
-        _reinit(named[g], gen)
+        reinit(named[g], gen)
     return dataclasses.replace(
         model,
         module=clone.eval(),
@@ -377,9 +395,20 @@ def randomised_model(model: LoadedModel, seed: int = 0) -> LoadedModel:
     )
 
 
+def known_bad(
+    first: LoadedModel, bad: Mapping[str, LoadedModel] | None, randomised: bool
+) -> dict[str, LoadedModel]:
+    """The known-bad references of a calibration: ``bad``, plus the cascading-randomised copy of the first
+    healthy model when ``randomised``."""
+    out = dict(bad or {})
+    if randomised:
+        out["randomised"] = randomised_model(first)
+    return out
+
+
 def measure_all(
     model: LoadedModel,
-    bundle: Any,
+    bundle: ReferenceBundle,
     images: Sequence[ImageInput] | Tensor,
     labels: Sequence[str | int | None],
     *,
@@ -400,25 +429,16 @@ def measure_all(
         idx = list(range(s, min(s + batch_size, len(images))))
         if isinstance(images, Tensor):
             x, nm = images[s : s + batch_size].float(), [f"image {i}" for i in idx]
-        else:
-            loaded = [_load(images[i]) for i in idx]
+        else:  # reference data: an unreadable image stops the calibration
+            loaded = [load_input(images[i]) for i in idx]
             x, nm = to_tensor(loaded, model), [im.name for im in loaded]
-        parts.append(
-            measure_batch(
-                model,
-                spec,
-                x,
-                names=nm,
-                labels=lab[idx],
-                lesions=[annotations[i] for i in idx] if annotations is not None else None,
-                anatomy=[anatomy[i] for i in idx] if anatomy is not None else None,
-            )
-        )
+        lesions, roi = _take(annotations, idx), _take(anatomy, idx)
+        parts.append(measure_batch(model, spec, x, names=nm, labels=lab[idx], lesions=lesions, anatomy=roi))
     return Measurements.concat(parts)
 
 
 def calibrate_bundle(
-    bundle: Any,
+    bundle: ReferenceBundle,
     healthy: Mapping[str, LoadedModel],
     images: Sequence[ImageInput] | Tensor,
     labels: Sequence[str | int | None],
@@ -430,7 +450,7 @@ def calibrate_bundle(
     randomised: bool = True,
     batch_size: int = 16,
     max_thumbnails: int = 64,
-) -> Any:
+) -> ReferenceBundle:
     """The bundle with the verdict's calibration attached (and the E0 gate's reference thumbnails).
 
     ``healthy``: trusted models of the same task (several: their spread; one: a bootstrap over images);
@@ -459,24 +479,22 @@ def calibrate_bundle(
             batch_size=batch_size,
             max_thumbnails=max_thumbnails,
         )
-    bad_models = dict(bad or {})
-    if randomised:
-        bad_models["randomised"] = randomised_model(first)
+    bad_models = known_bad(first, bad, randomised)
     kw = dict(annotations=annotations, anatomy=anatomy, config=config, batch_size=batch_size)
     h = {name: measure_all(mod, bundle, images, labels, **kw) for name, mod in healthy.items()}  # type: ignore[arg-type]
     b = {name: measure_all(mod, bundle, images, labels, **kw) for name, mod in bad_models.items()}  # type: ignore[arg-type]
     cal = calibrate(h, b, min_separation=config.min_separation)
     lab = label_indices(labels, bundle.class_names, len(images))
-    keep = _stratified(lab, max_thumbnails)
+    keep = stratified(lab, max_thumbnails)
     x = (
         images[keep].float()
         if isinstance(images, Tensor)
-        else to_tensor([_load(images[i]) for i in keep], first)
+        else to_tensor([load_input(images[i]) for i in keep], first)
     )
     return bundle.with_calibration(cal, thumbnails(first, x), lab[keep])
 
 
-def _stratified(labels: np.ndarray, cap: int) -> list[int]:
+def stratified(labels: np.ndarray, cap: int) -> list[int]:
     """Up to ``cap`` indices, taken in turn from each label's images (in order)."""
     groups = [list(np.nonzero(labels == k)[0]) for k in sorted(set(labels.tolist()))]
     out: list[int] = []

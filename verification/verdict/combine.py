@@ -48,7 +48,7 @@ def combine(
         n_ok = int(((m.group == k) & m.assessable).sum())
         others = any(v for c, v in relied.items() if c != name)
         classes.append(
-            _class_verdict(name, n_img, n_ok, by_key, has_labels, has_annotations, m, k, config, others)
+            class_verdict(name, n_img, n_ok, by_key, has_labels, has_annotations, m, k, config, others)
         )
     worst = max(classes, key=lambda c: SEVERITY[c.verdict]) if classes else None
     missing = tuple(dict.fromkeys(x for c in classes for x in c.missing))
@@ -61,18 +61,19 @@ def combine(
             f"{why}: a verdict needs measurements",
             missing or (why,),
         )
+    return (tuple(classes), *model_verdict(classes, "class"), missing)
+
+
+def model_verdict(classes: Sequence[ClassVerdict], unit: str) -> tuple[str, str | None, str]:
+    """(verdict, deciding line, reason) of a model from its classes' (``unit``: "class" or "label") verdicts,
+    at least one: the worst class's, SUITABLE only when every class passed its decisive lines."""
+    worst = max(classes, key=lambda c: SEVERITY[c.verdict])
     if worst.verdict == "suitable":
-        return (
-            tuple(classes),
-            "suitable",
-            worst.deciding_line,
-            "every class passed its decisive lines",
-            missing,
-        )
-    return tuple(classes), worst.verdict, worst.deciding_line, f"{worst.class_name}: {worst.reason}", missing
+        return "suitable", worst.deciding_line, f"every {unit} passed its decisive lines"
+    return worst.verdict, worst.deciding_line, f"{worst.class_name}: {worst.reason}"
 
 
-def _class_verdict(
+def class_verdict(
     name: str,
     n_img: int,
     n_ok: int,

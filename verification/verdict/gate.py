@@ -199,9 +199,9 @@ def apply_gate(
             reasons[j].append(f"the model's garbage class '{model.garbage_class}' rejected it")
         numbers["E0.garbage"] = rejected.astype(np.float64)
     if gate_model is not None and gate_model.garbage_index is not None:
-        from verification.verdict.measure import _forward_probs
+        from verification.verdict.measure import forward_probs
 
-        gp = _forward_probs(gate_model, x)
+        gp = forward_probs(gate_model, x)
         rej = gp.argmax(1) == gate_model.garbage_index
         for j in np.nonzero(rej)[0].tolist():
             reasons[j].append(f"the gate model '{gate_model.name}' rejected it as out-of-distribution")

@@ -35,7 +35,9 @@ E3_KEYS = ("E3.outside_drop", "E3.inside_survival", "E3.texture_drop")
 E3_REPORTED = ("E3.outside_energy",)
 
 
-def _overall(statuses: Sequence[Status]) -> Status:
+def overall_status(statuses: Sequence[Status]) -> Status:
+    """A line's status from its classes': fail, else inconclusive, else pass, else uninformative (when any
+    class is), else not assessable."""
     order: tuple[Status, ...] = ("fail", "inconclusive", "pass")
     for s in order:
         if s in statuses:
@@ -163,7 +165,7 @@ def line_e1(m: Measurements, config: VerdictConfig, multilabel: bool = False) ->
             )
         )
     acc = float((m.predicted[labelled] == lab).mean())
-    status = _overall([c.status for c in per])
+    status = overall_status([c.status for c in per])
     return LineResult(
         "E1",
         LINE_NAMES["E1"],
@@ -223,7 +225,7 @@ def line_e2(m: Measurements, config: VerdictConfig) -> LineResult:
                 f"[{lo:+.3f}, {hi:+.3f}]",
             )
         )
-    status = _overall([c.status for c in per])
+    status = overall_status([c.status for c in per])
     decisive = any(c.status != "not_assessable" for c in per)
     return LineResult(
         "E2",
@@ -324,7 +326,7 @@ def _merge(name: str, parts: Sequence[ClassLine]) -> ClassLine:
 
 
 def _calibrated_line(key: str, per: Sequence[ClassLine], cal: Calibration | None, always: bool) -> LineResult:
-    status = _overall([c.status for c in per])
+    status = overall_status([c.status for c in per])
     informative = any(c.status in ("pass", "fail", "inconclusive") for c in per)
     sep = [c.numbers.get("auroc") for c in per if c.numbers.get("auroc") is not None]
     return LineResult(

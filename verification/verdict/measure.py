@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,10 @@ from torch import Tensor
 
 from verification.io.records import LoadedModel
 from verification.metrics import METRICS, compute_metrics
+from verification.metrics.functional import Threshold
+
+if TYPE_CHECKING:
+    from verification.verdict.gate import InputGate
 
 # ------------------------------------------------------------------------------------------- quantities
 
@@ -281,7 +285,9 @@ def probabilities(model: LoadedModel, logits: Tensor | np.ndarray) -> np.ndarray
     return p.numpy()
 
 
-def _forward_probs(model: LoadedModel, x: Tensor, chunk: int = 64) -> np.ndarray:
+def forward_probs(model: LoadedModel, x: Tensor, chunk: int = 64) -> np.ndarray:
+    """:func:`probabilities` of ``model`` on ``x`` (N, C, H, W), forwarded in eval mode ``chunk`` rows at a
+    time (each in batch sizes the model accepts); (0, K) for an empty batch."""
     from verification.cam.chunking import run_chunked
     from verification.cam.layers import eval_mode
 
@@ -436,10 +442,10 @@ class MeasureSpec:
     has_reference: np.ndarray  # (K,) bool
     grid: tuple[int, int]
     metrics: tuple[str, ...]
-    threshold: Any
+    threshold: Threshold
     method: str = "gradcam"
     layer: str | None = None
-    gate: Any = None  # verification.verdict.gate.InputGate | None
+    gate: InputGate | None = None
     gate_model: LoadedModel | None = None
     faithfulness: bool = True
     e6_steps: int = 6
@@ -489,12 +495,12 @@ def measure_batch(
         ok_idx = np.nonzero(roi_ok)[0]
         p_out = np.full_like(probs, np.nan)
         p_in = np.full_like(probs, np.nan)
-        p_out[ok_idx] = _forward_probs(model, _neutralise(model, x[ok_idx], roi[ok_idx], inside=False))
-        p_in[ok_idx] = _forward_probs(model, _neutralise(model, x[ok_idx], roi[ok_idx], inside=True))
+        p_out[ok_idx] = forward_probs(model, _neutralise(model, x[ok_idx], roi[ok_idx], inside=False))
+        p_in[ok_idx] = forward_probs(model, _neutralise(model, x[ok_idx], roi[ok_idx], inside=True))
         values["E3.outside_drop"] = np.where(roi_ok, p_pred - p_out[np.arange(n), model_pred], np.nan)
         values["E3.inside_survival"] = np.where(roi_ok, p_in[np.arange(n), model_pred], np.nan)
         p_tex = np.full_like(probs, np.nan)
-        p_tex[ok_idx] = _forward_probs(model, _blur_inside(model, x[ok_idx], roi[ok_idx]))
+        p_tex[ok_idx] = forward_probs(model, _blur_inside(model, x[ok_idx], roi[ok_idx]))
         values["E3.texture_drop"] = np.where(roi_ok, p_pred - p_tex[np.arange(n), model_pred], np.nan)
     else:
         values["E3.outside_drop"] = np.full(n, np.nan)
@@ -511,7 +517,7 @@ def measure_batch(
     if use.any():
         idx = np.nonzero(use)[0]
         src = fields[idx]  # the aerated lung fields (an effusion is refilled from the lung above it)
-        p_f = _forward_probs(model, _inpaint(model, x[idx], les_full[idx], src))
+        p_f = forward_probs(model, _inpaint(model, x[idx], les_full[idx], src))
         values["E4.finding_drop"][idx] = probs[idx, model_lab[idx]] - p_f[np.arange(len(idx)), model_lab[idx]]
 
     # E2 (raw energies; the baselines are applied when the line is evaluated).

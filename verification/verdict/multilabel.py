@@ -21,20 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from verification.errors import ImageLoadError, InputTooLargeError, ShapeError
+from verification.errors import ShapeError
 from verification.io.records import LoadedModel
 from verification.multilabel import label_probabilities, label_view, not_label, parse_label_set
-from verification.verdict.combine import _class_verdict, image_why
-from verification.verdict.lines import _overall, evaluate_lines
+from verification.verdict.combine import class_verdict, image_why, model_verdict
+from verification.verdict.lines import evaluate_lines, overall_status
 from verification.verdict.measure import Measurements, MeasureSpec, measure_batch
 from verification.verdict.records import (
-    SEVERITY,
     ClassLine,
     ClassVerdict,
     Example,
@@ -44,6 +42,10 @@ from verification.verdict.records import (
     VerificationReport,
 )
 from verification.verdict.stats import wilson
+
+if TYPE_CHECKING:
+    from verification.reference import ReferenceBundle
+    from verification.verdict.api import Annotation, ImageInput
 
 Progress = Callable[[int, int], None]
 LABEL_SCHEME = "per label, on each label's binary task"
@@ -58,7 +60,7 @@ NO_LABEL = "(none of the labels)"
 """An image known to carry none of the labels (an empty label set), as shown in the per-image table."""
 
 
-def _mask_for(annotation: Any, name: str, positive: bool) -> np.ndarray | None:
+def _mask_for(annotation: Annotation, name: str, positive: bool) -> np.ndarray | None:
     """Label ``name``'s finding mask on one image: ``{label: mask}`` per label, or one mask that stands for
     every label the image is annotated with (``positive``)."""
     if annotation is None:
@@ -69,7 +71,7 @@ def _mask_for(annotation: Any, name: str, positive: bool) -> np.ndarray | None:
     return np.asarray(annotation) if positive else None
 
 
-def _binary_task(bundle: Any, k: int) -> dict[str, Any]:
+def _binary_task(bundle: ReferenceBundle, k: int) -> dict[str, Any]:
     """Label ``k``'s binary task as the bundle's fields: the classes ``(k, not k)`` and their reference maps
     (label k's; all zero for "not k")."""
     name = bundle.class_names[k]
@@ -77,14 +79,14 @@ def _binary_task(bundle: Any, k: int) -> dict[str, Any]:
     return {"class_names": (name, not_label(name)), "references": np.stack([ref, np.zeros_like(ref)])}
 
 
-def label_spec(spec: MeasureSpec, bundle: Any, k: int) -> MeasureSpec:
+def label_spec(spec: MeasureSpec, bundle: ReferenceBundle, k: int) -> MeasureSpec:
     """``spec`` (built once for the model: layer, gate, grid, metrics) for label ``k``'s binary task."""
     return dataclasses.replace(
         spec, **_binary_task(bundle, k), has_reference=np.array([int(bundle.counts[k]) > 0, False])
     )
 
 
-def label_bundle(bundle: Any, k: int) -> Any:
+def label_bundle(bundle: ReferenceBundle, k: int) -> ReferenceBundle:
     """The bundle seen for label ``k``'s binary task (its reference map; no reference for "not k")."""
     return dataclasses.replace(bundle, **_binary_task(bundle, k), counts=np.array([int(bundle.counts[k]), 0]))
 
@@ -101,7 +103,7 @@ def label_verdict(m: Measurements, lines: Sequence[LineResult], config: VerdictC
     by_key = {ln.key: ln for ln in lines}
     pos = m.group == 0
     own_findings = bool((m.has_finding & pos & m.assessable).any())
-    return _class_verdict(
+    return class_verdict(
         name,
         int(pos.sum()),
         int((pos & m.assessable).sum()),
@@ -128,7 +130,7 @@ def _merge_lines(names: Sequence[str], runs: Sequence[tuple[LineResult, ...]]) -
             LineResult(
                 key=first.key,
                 name=first.name,
-                status=_overall([c.status for c in per]),
+                status=overall_status([c.status for c in per]),
                 decisive=any(lines[j].decisive for lines in runs),
                 per_class=tuple(per),
                 calibration=first.calibration,
@@ -144,11 +146,11 @@ def _merge_lines(names: Sequence[str], runs: Sequence[tuple[LineResult, ...]]) -
 
 def verify_labels(
     model: LoadedModel,
-    bundle: Any,
-    images: Sequence[Any] | Tensor,
+    bundle: ReferenceBundle,
+    images: Sequence[ImageInput] | Tensor,
     labels: Sequence[Any] | None = None,
     *,
-    annotations: Sequence[Any] | None = None,
+    annotations: Sequence[Annotation] | None = None,
     anatomy: Sequence[np.ndarray | None] | None = None,
     gate: LoadedModel | None = None,
     config: VerdictConfig | None = None,
@@ -163,8 +165,7 @@ def verify_labels(
     ``labels[i]``: image i's label set — names or indices, a list (empty: none of the labels), a name, a
     "|"-separated string, or None (unknown); ``annotations[i]``: one finding mask (it stands for each of the
     image's labels) or ``{label: mask}``."""
-    from verification.io.images import to_tensor
-    from verification.verdict.api import _load, _name, cannot_verify, measure_spec
+    from verification.verdict.api import cannot_verify, measure_spec, read_images
 
     config = config or VerdictConfig()
     n = len(images)
@@ -180,21 +181,7 @@ def verify_labels(
     spec0, found = measure_spec(model, bundle, config, gate)
     warns += found
 
-    errors: list[tuple[str, str]] = []
-    if isinstance(images, Tensor):
-        x, ok = images.float(), list(range(n))
-        shown = [names[i] if names else f"image {i}" for i in ok]
-    else:
-        loaded, ok = [], []
-        for i in range(n):
-            given = names[i] if names else None
-            try:
-                loaded.append(_load(images[i], given))
-                ok.append(i)
-            except (ImageLoadError, InputTooLargeError, OSError) as exc:
-                errors.append((_name(images[i], given), str(exc)))
-        shown = [_name(images[i], names[i] if names else None) for i in ok]
-        x = to_tensor(loaded, model) if loaded else torch.empty(0)
+    x, ok, shown, errors = read_images(images, model, names)
     if not ok:
         why = "none of the images could be read" if n else "no images were given"
         return dataclasses.replace(
@@ -236,7 +223,7 @@ def verify_labels(
 
 def _report(
     model: LoadedModel,
-    bundle: Any,
+    bundle: ReferenceBundle,
     config: VerdictConfig,
     x: Tensor,
     sets: Sequence[tuple[int, ...] | None],
@@ -245,7 +232,7 @@ def _report(
     errors: Sequence[tuple[str, str]],
     examples: int,
 ) -> VerificationReport:
-    from verification.verdict.api import provenance
+    from verification.verdict.api import provenance, reference_maps
 
     classes = tuple(bundle.class_names)
     m0 = runs[0][0]
@@ -290,17 +277,13 @@ def _report(
         p, lo, hi = wilson(int(hits), len(known), config.confidence)
         acc, acc_ci = float(p), (lo, hi)
     ex = _examples(runs, examples)
-    worst = max(verdicts, key=lambda c: SEVERITY[c.verdict])
     missing = tuple(dict.fromkeys(w for c in verdicts for w in c.missing))
     deciding: str | None
     if not m0.assessable.any():
         verdict, deciding = "cannot_verify", "E0"
         reason = "no image could be assessed: a verdict needs measurements"
-    elif worst.verdict == "suitable":
-        verdict, deciding, reason = "suitable", worst.deciding_line, "every label passed its decisive lines"
     else:
-        verdict, deciding, reason = worst.verdict, worst.deciding_line, f"{worst.class_name}: {worst.reason}"
-    refs = {c: np.asarray(bundle.references[k]) for k, c in enumerate(classes) if bundle.counts[k] > 0}
+        verdict, deciding, reason = model_verdict(verdicts, "label")
     roi = ", ".join(sorted({r.roi_method for r, _, _ in runs}))
     return VerificationReport(
         verdict=verdict,  # type: ignore[arg-type]
@@ -319,7 +302,7 @@ def _report(
         warnings=tuple(dict.fromkeys(warns)),
         missing=missing,
         examples=ex,
-        references=refs,
+        references=reference_maps(bundle),
         provenance=provenance(model, bundle, roi),
         task="multilabel",
     )
@@ -348,35 +331,33 @@ def _examples(
 
 
 def calibrate_labels(
-    bundle: Any,
+    bundle: ReferenceBundle,
     healthy: Mapping[str, LoadedModel],
-    images: Sequence[Any] | Tensor,
+    images: Sequence[ImageInput] | Tensor,
     labels: Sequence[Any],
     *,
     bad: Mapping[str, LoadedModel] | None = None,
-    annotations: Sequence[Any] | None = None,
+    annotations: Sequence[Annotation] | None = None,
     anatomy: Sequence[np.ndarray | None] | None = None,
     config: VerdictConfig | None = None,
     randomised: bool = True,
     batch_size: int = 16,
     max_thumbnails: int = 64,
-) -> Any:
+) -> ReferenceBundle:
     """:func:`verification.verdict.calibrate_bundle` for multi-label models: each label's edges from its
     binary task (the healthy and known-bad models seen through :func:`label_view`), on the images annotated
     with it as positives. The edges of the "not L" classes are dropped."""
     from verification.io.images import to_tensor
-    from verification.verdict.api import _load, _stratified, measure_all, randomised_model
+    from verification.verdict.api import known_bad, load_input, measure_all, stratified
     from verification.verdict.calibration import calibrate
     from verification.verdict.gate import thumbnails
 
     config = config or VerdictConfig()
     first = next(iter(healthy.values()))
-    bad_models = dict(bad or {})
-    if randomised:
-        bad_models["randomised"] = randomised_model(first)
+    bad_models = known_bad(first, bad, randomised)
     classes = tuple(bundle.class_names)
     sets = [parse_label_set(v, classes) for v in labels]
-    x = images.float() if isinstance(images, Tensor) else to_tensor([_load(im) for im in images], first)
+    x = images.float() if isinstance(images, Tensor) else to_tensor([load_input(im) for im in images], first)
     if len(sets) != len(x):
         raise ShapeError(f"{len(sets)} label sets for {len(x)} calibration images: give one per image")
     edges = []
@@ -400,5 +381,5 @@ def calibrate_labels(
     assert cal is not None
     merged = dataclasses.replace(cal, edges=tuple(edges), scheme=f"{cal.scheme}; {LABEL_SCHEME}")
     first_label = np.array([s[0] if s else -1 for s in sets], dtype=np.int64)
-    keep = _stratified(first_label, max_thumbnails)
+    keep = stratified(first_label, max_thumbnails)
     return bundle.with_calibration(merged, thumbnails(first, x[keep]), first_label[keep])
