@@ -243,8 +243,8 @@ SEED_ZIP = _seed_zip()
     st.integers(1, len(SEED_ZIP)),
 )
 def upload_from_mutated_zip(edits: list[tuple[int, int]], keep: int) -> None:
-    from ui.uploads import expand_uploads
     from verification.io import load_image
+    from verification.uploads import expand_uploads
 
     data = bytearray(SEED_ZIP)
     for at, value in edits:

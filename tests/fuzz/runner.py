@@ -247,10 +247,10 @@ def _preload() -> None:
     import verification.cli
     import verification.engines
     import verification.io
-    import verification.metrics  # noqa: F401
+    import verification.metrics
 
     with contextlib.suppress(Exception):
-        import ui.uploads
+        import verification.uploads  # noqa: F401
     with contextlib.suppress(Exception):
         import ui.loaders  # noqa: F401
     with contextlib.suppress(Exception):
@@ -553,9 +553,9 @@ def op_load_image(args: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
 
 def op_upload(args: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     """The dashboard's upload path: the files as the browser sends them → expand zips → decode each blob."""
-    from ui.uploads import expand_uploads
     from verification.errors import VerificationError
     from verification.io import load_image
+    from verification.uploads import expand_uploads
 
     files = [(Path(p).name, Path(p).read_bytes()) for p in args["files"]]
     expanded = expand_uploads(files)

@@ -36,7 +36,7 @@ LOAD = "verification.io.images.load_image(data[0], name=NAME)"
 LOAD_MODEL = "verification.io.models.load_model_bytes"
 # The dashboard's sidebar path without Streamlit: expand the upload, then decode every blob.
 SIDEBAR = (
-    "from ui.uploads import expand_uploads\n"
+    "from verification.uploads import expand_uploads\n"
     "exp = expand_uploads([(f'u{i}.zip', d) for i, d in enumerate(data)])\n"
     "kept = [verification.io.images.load_image(b.data, name=b.name) for b in exp.blobs]\n"
 )

@@ -17,7 +17,7 @@ _CHILD = r"""
 import gc, json, resource, sys
 sys.path.insert(0, ROOT)
 import numpy, torch  # noqa: F401  (mapped before the cap)
-import verification.io.images, verification.io.models, ui.uploads  # noqa: F401
+import verification.io.images, verification.io.models, verification.uploads  # noqa: F401
 from verification.errors import VerificationError
 
 def _kb(field):
@@ -37,7 +37,7 @@ for body in args["bodies"]:
         fh.write("5")
     out = {"outcome": "loaded", "error": None, "message": ""}
     try:
-        exec(body, {"data": data, "verification": verification, "ui": ui})
+        exec(body, {"data": data, "verification": verification})
     except MemoryError as exc:
         out = {"outcome": "crash", "error": "MemoryError", "message": str(exc)[:300]}
     except Exception as exc:

@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 
 from tests.builders import dicom_bytes
-from ui.uploads import expand_uploads
 from verification.errors import VerificationError
 from verification.io.images import load_image
 from verification.io.models import load_model_bytes
 from verification.io.sidecar import parse_sidecar, read_sidecar_bytes
+from verification.uploads import expand_uploads
 
 ROUNDS = 150
 PT2_ROUNDS = 15  # each one runs torch.export.load when the archive survives inspection
