@@ -66,3 +66,32 @@ def dataset_bytes(ds: Dataset) -> bytes:
 def dicom_bytes(arr: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, **tags: Any) -> bytes:
     """:func:`dicom_dataset` as a file."""
     return dataset_bytes(dicom_dataset(arr, photometric, bits, **tags))
+
+
+def loaded_model(
+    module: Any,
+    *,
+    in_channels: int = 1,
+    input_size: tuple[int, int] = (16, 16),
+    class_names: tuple[str, ...] = ("normal", "nodule"),
+    mean: tuple[float, ...] = (0.0,),
+    std: tuple[float, ...] = (1.0,),
+    name: str = "toy",
+    **fields: Any,
+) -> Any:
+    """A ``LoadedModel`` around an in-memory module (source format "module", content hash = ``name``), eval
+    mode; ``fields`` sets any other field (``architecture``, ``task``, ``garbage_class``, ...)."""
+    from verification.io.records import LoadedModel
+
+    fields.setdefault("source_format", "module")
+    fields.setdefault("content_hash", name)
+    return LoadedModel(
+        module=module.eval(),
+        in_channels=in_channels,
+        input_size=input_size,
+        class_names=class_names,
+        mean=mean,
+        std=std,
+        name=name,
+        **fields,
+    )

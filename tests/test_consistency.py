@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.builders import loaded_model
 from verification.consistency import (
     CheckpointSeries,
     binary_auc,
@@ -249,17 +250,7 @@ class _TinyNet(nn.Module):
 
 
 def _loaded(module: nn.Module, name: str) -> LoadedModel:
-    return LoadedModel(
-        module=module.eval(),
-        in_channels=1,
-        input_size=(16, 16),
-        class_names=("normal", "nodule"),
-        mean=(0.0,),
-        std=(1.0,),
-        source_format="module",
-        content_hash=name,
-        name=name,
-    )
+    return loaded_model(module, name=name)
 
 
 def test_track_checkpoints_with_stand_in_cams() -> None:

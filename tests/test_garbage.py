@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.builders import loaded_model
 from verification.errors import LayerError, VerificationError
 from verification.garbage import (
     REJECTED_MESSAGE,
@@ -82,17 +83,7 @@ def _trained_toy() -> LoadedModel:
         opt.step()
     for p in net.parameters():
         p.grad = None
-    return LoadedModel(
-        module=net.eval(),
-        in_channels=1,
-        input_size=(24, 24),
-        class_names=("normal", "nodule"),
-        mean=(0.0,),
-        std=(1.0,),
-        source_format="module",
-        content_hash="toy",
-        name="toy",
-    )
+    return loaded_model(net, input_size=(24, 24))
 
 
 @pytest.fixture(scope="module")

@@ -325,22 +325,13 @@ def test_read_images_skips_an_unreadable_file_with_its_reason(tmp_path: Path) ->
     from PIL import Image
     from torch import nn
 
-    from verification.io.records import LoadedModel
+    from tests.builders import loaded_model
     from verification.verdict.api import read_images
 
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     Image.fromarray(np.full((8, 8), 128, np.uint8)).save(good)
     bad.write_bytes(b"not an image")
-    model = LoadedModel(
-        module=nn.Identity(),
-        in_channels=1,
-        input_size=(8, 8),
-        class_names=("a", "b"),
-        mean=(0.5,),
-        std=(0.25,),
-        source_format="module",
-        content_hash="x",
-    )
+    model = loaded_model(nn.Identity(), input_size=(8, 8), mean=(0.5,), std=(0.25,))
     x, ok, names, errors = read_images([good, bad, good], model, start=1, stop=3)
     assert (ok, names, tuple(x.shape)) == ([2], [str(good)], (1, 1, 8, 8))
     assert [name for name, _ in errors] == [str(bad)]
