@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -92,6 +93,26 @@ def _recall(key: tuple[Any, ...]) -> Any:
 def _as_numpy(x: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor (a copy only for other devices); the fast row kernels run in numpy."""
     return x.detach().cpu().numpy()
+
+
+# Per-thread arrays reused from call to call (see scratch); larger requests get a fresh array each time.
+_SCRATCH = threading.local()
+SCRATCH_MAX_BYTES = 64 << 20
+
+
+def scratch(key: str, shape: tuple[int, ...], dtype: np.dtype[Any] | type) -> np.ndarray:
+    """An uninitialised array of ``shape`` kept per thread under ``key`` and handed out again on the next
+    call: at 224², first touching a new chunk-sized array costs more than the kernels that fill it. The caller
+    must be done with the previous array of that key; arrays over :data:`SCRATCH_MAX_BYTES` are not kept."""
+    dt = np.dtype(dtype)
+    size = math.prod(shape)
+    if size * dt.itemsize > SCRATCH_MAX_BYTES:
+        return np.empty(shape, dtype=dt)
+    store: dict[str, np.ndarray] = _SCRATCH.__dict__
+    buf = store.get(key)
+    if buf is None or buf.dtype != dt or buf.size < size:
+        buf = store[key] = np.empty(max(size, 1), dtype=dt)
+    return buf[:size].reshape(shape)
 
 
 def _bad_rows(x: torch.Tensor) -> np.ndarray:
@@ -230,11 +251,15 @@ def prepare(
     *,
     normalize: bool = True,
     dtype: torch.dtype | None = None,
+    buffers: tuple[np.ndarray | None, np.ndarray | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring maps and references to one grid and to [0, 1].
 
     ``maps`` (N, H, W) | (H, W) and ``refs`` (N, H', W') | (1, H', W') | (H', W'); ``size`` (default: the
     maps' grid) is the common grid. Returns (N|1, h, w) tensors that broadcast against each other.
+    ``buffers``: (N|1, h·w) arrays of the result's dtype to normalise maps already on the grid into (the
+    returned tensors then share their memory); compute_metrics reuses one pair from chunk to chunk, since
+    touching freshly allocated memory costs more than the normalisation itself.
     """
     a = as_batch(maps, "maps")
     b = as_batch(refs, "refs")
@@ -248,41 +273,45 @@ def prepare(
     target = check_grid(size if size is not None else (int(a.shape[-2]), int(a.shape[-1])))
     if not normalize:
         return resize_maps(a, target), resize_maps(b, target)
-    return _resize_normalized(a, target), _resize_normalized(b, target)
+    out_a, out_b = buffers or (None, None)
+    return _resize_normalized(a, target, out_a), _resize_normalized(b, target, out_b)
 
 
-def _resize_normalized(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _resize_normalized(x: torch.Tensor, size: tuple[int, int], out: np.ndarray | None = None) -> torch.Tensor:
     """Resize then min-max normalise; a map constant at its own resolution stays all zeros (interpolation
     leaves rounding ripples on a constant map, which the normalisation would blow up to [0, 1]). A map with a
     NaN or an infinity becomes all NaN, so that no metric scores it (it is not "constant")."""
     if tuple(x.shape[-2:]) == tuple(size) and x.device.type == "cpu":
-        return _normalized_native(x)
+        return _normalized_native(x, out)
     flat = x.reshape(x.shape[0], -1)
     bad = nonfinite_rows(x)
     if bool(bad.any()):
         x = torch.where(bad.reshape(-1, 1, 1), torch.zeros_like(x), x)
         flat = x.reshape(x.shape[0], -1)
     lo, hi = torch.aminmax(flat, dim=1)
-    out = normalize_maps(resize_maps(x, size))
-    out = out * (hi > lo).to(out.dtype).reshape(-1, 1, 1)
+    res = normalize_maps(resize_maps(x, size))
+    res = res * (hi > lo).to(res.dtype).reshape(-1, 1, 1)
     if bool(bad.any()):
-        out = torch.where(bad.reshape(-1, 1, 1), torch.full_like(out, math.nan), out)
-    _remember(("bad", id(out)), bad.cpu().numpy())
-    return out
+        res = torch.where(bad.reshape(-1, 1, 1), torch.full_like(res, math.nan), res)
+    _remember(("bad", id(res)), bad.cpu().numpy())
+    return res
 
 
-def _normalized_native(x: torch.Tensor) -> torch.Tensor:
-    """:func:`_resize_normalized` without a resize, in two passes over a new array: (x − min) / (max − min);
-    zeros for a constant map, NaN rows for a map with NaN or ±inf (remembered for the metrics that follow)."""
+def _normalized_native(x: torch.Tensor, out: np.ndarray | None = None) -> torch.Tensor:
+    """:func:`_resize_normalized` without a resize, in two passes over ``out`` (a new array unless a buffer of
+    the right shape and dtype is given): (x − min) / (max − min); zeros for a constant map, NaN rows for a map
+    with NaN or ±inf (remembered for the metrics that follow)."""
     n = x.shape[0]
     flat = _as_numpy(x).reshape(n, -1)
+    if out is None or out.shape != flat.shape or out.dtype != flat.dtype:
+        out = np.empty_like(flat)
     lo, hi = flat.min(axis=1), flat.max(axis=1)
     bad = ~(np.isfinite(lo) & np.isfinite(hi))
     span = hi - lo
     if bad.any():
         lo, span = np.where(bad, 0, lo), np.where(bad, 1, span)
     safe = np.where(span > 0, span, 1).astype(flat.dtype)
-    out = np.subtract(flat, lo.astype(flat.dtype)[:, None])
+    np.subtract(flat, lo.astype(flat.dtype)[:, None], out=out)
     out /= safe[:, None]  # a finite constant map is 0 / 1 = 0 everywhere
     if bad.any():
         out[bad] = np.nan
@@ -594,7 +623,7 @@ def kl_divergence(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> Metric
     n, e = max(fa.shape[0], fb.shape[0]), fa.dtype.type(eps)
     # Σ p/sp · log((p/sp) / (q/sq)) = Σ p · log(p/q) / sp + log(sq/sp): p/q and the sums in one compiled
     # pass, the logarithm by numpy (vectorised), the weighted sum in a second compiled pass.
-    r = np.empty((n, fa.shape[1]), dtype=fa.dtype)
+    r = scratch("kl", (n, fa.shape[1]), fa.dtype)
     sums, weighted = np.empty((n, 2), dtype=np.float64), np.empty(n, dtype=np.float64)
     kernels = _kernels()
     kernels.kl_ratios(fa, fb, e, r, sums)

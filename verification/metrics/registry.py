@@ -182,8 +182,13 @@ def compute_metrics(
         b = b_all[start : start + rows] if nb > 1 else b_all
         out: dict[str, MetricResult] = {}
         # IoU and Dice share their counts, and prepare's row checks are reused, within the chunk
+        pixels, dt = grid[0] * grid[1], np.float64 if itemsize == 8 else np.float32
+        buffers = (
+            fn.scratch("prepare_a", (a.shape[0], pixels), dt) if a.shape[-2:] == grid else None,
+            fn.scratch("prepare_b", (b.shape[0], pixels), dt) if b.shape[-2:] == grid else None,
+        )
         with torch.inference_mode(), fn.shared_work():
-            pa, pb = prepare(a, b, grid, normalize=normalize)
+            pa, pb = prepare(a, b, grid, normalize=normalize, buffers=buffers)
             for name in chosen:  # one batched call per metric and chunk, never per pair
                 spec = METRICS[name]
                 kwargs = dict(per_metric.get(name, {}))
