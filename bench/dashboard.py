@@ -164,8 +164,13 @@ RECORDER_JS = """
   setInterval(tick, 10);
 })();
 """
-SETTLED_JS = f"() => window.__bench && window.__bench.settledSince !== null && \
-performance.now() - window.__bench.settledSince >= {QUIET_MS}"
+# Settled for QUIET_MS: a snapshot of the record taken at that moment (a message arriving later resets it).
+SETTLED_JS = f"""() => {{
+  const r = window.__bench;
+  if (!r || r.settledSince === null || performance.now() - r.settledSince < {QUIET_MS}) return false;
+  return {{m: r.actAt === null ? r.mark : r.actAt, d: r.drawnAt, s: r.settledSince, f: r.firstMsg,
+           l: r.lastMsg}};
+}}"""
 DRAWN_JS = "() => window.__bench && window.__bench.drawnAt !== null"
 
 
@@ -205,11 +210,13 @@ class Results:
         self.add(f"  ({name}: server's last message)", t.last_msg)
 
 
-def _wait_settled(page: Any, timeout_ms: float) -> None:
+def _wait_settled(page: Any, timeout_ms: float) -> dict[str, Any]:
+    """Wait for a settled page; returns the recorder's times (mark or action, drawn, settled, messages)."""
     try:
-        page.wait_for_function(SETTLED_JS, timeout=timeout_ms, polling=50)
+        handle = page.wait_for_function(SETTLED_JS, timeout=timeout_ms, polling=50)
     except PlaywrightTimeout as exc:
         raise NotSettled(page.evaluate("() => window.__bench.blockers()")) from exc
+    return dict(handle.json_value())
 
 
 def _measure(page: Any, act: Any, *, watch_overlay: bool, timeout_ms: float = TIMEOUT_MS) -> Timing:
@@ -218,11 +225,7 @@ def _measure(page: Any, act: Any, *, watch_overlay: bool, timeout_ms: float = TI
     page.evaluate("(old) => window.__bench.begin(old)", old)
     act()
     # settled implies every picture decoded, the overlay too; drawnAt is set only if its picture changed
-    _wait_settled(page, timeout_ms)
-    rec = page.evaluate(
-        "() => ({m: __bench.actAt === null ? __bench.mark : __bench.actAt, d: __bench.drawnAt, "
-        "s: __bench.settledSince, f: __bench.firstMsg, l: __bench.lastMsg})"
-    )
+    rec = _wait_settled(page, timeout_ms)
 
     def since(key: str) -> float | None:
         return None if rec[key] is None else (rec[key] - rec["m"]) / 1000
@@ -246,16 +249,12 @@ def _open(page: Any, url: str) -> Timing:
     """Navigate and wait for the first overlay and a settled page; times from navigation start."""
     page.goto(url)
     page.wait_for_function(DRAWN_JS, timeout=TIMEOUT_MS, polling=50)
-    _wait_settled(page, TIMEOUT_MS)
-    rec = page.evaluate(
-        "() => ({d: __bench.drawnAt, s: __bench.settledSince, f: __bench.firstMsg, l: __bench.lastMsg})"
-    )
-    return Timing(
-        drawn=rec["d"] / 1000,
-        settled=rec["s"] / 1000,
-        first_msg=None if rec["f"] is None else rec["f"] / 1000,
-        last_msg=None if rec["l"] is None else rec["l"] / 1000,
-    )
+    rec = _wait_settled(page, TIMEOUT_MS)
+
+    def at(key: str) -> float | None:  # navigation start is the page clock's 0
+        return None if rec[key] is None else rec[key] / 1000
+
+    return Timing(drawn=at("d"), settled=rec["s"] / 1000, first_msg=at("f"), last_msg=at("l"))
 
 
 def _fresh_dicom(folder: Path, i: int) -> Path:

@@ -488,3 +488,4 @@ for start in range(0, len(methods), per_row):
             )
             st.image(thumb, caption=loaders.METHOD_LABELS[name], width="stretch", output_format="JPEG")
 colorbar(colormap)
+viewer.preload_charts()

@@ -10,10 +10,12 @@ a zoomed crop is sent at native pixels up to :data:`VIEW_MAX_SIDE` per side.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -398,6 +400,52 @@ PER_IMAGE_SCALE = (
     "Colours are normalised per image: 0 is the lowest and 1 the highest value of this image's map "
     "(the reference: the mean of such maps), so colours do not compare strengths across images."
 )
+
+
+@functools.cache
+def _chart_chunk() -> str | None:
+    """The file name of Streamlit's plotly chunk in its static folder (hashed per release), or None."""
+    found = sorted((Path(st.__file__).parent / "static" / "static" / "js").glob("PlotlyChart.*.js"))
+    return found[0].name if len(found) == 1 else None
+
+
+# Runs once per browser tab: once the app is quiet (no run, every picture decoded) for QUIET ms, import the
+# chunk the way Streamlit's own code does (same URL, so the same module), when the browser is idle.
+_PRELOAD_JS = """<script>
+(() => {
+  if (window.__preloadCharts) return;
+  window.__preloadCharts = 'waiting';
+  const QUIET = %(quiet)d;
+  let quietSince = null;
+  const timer = setInterval(() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    const quiet = !!app && app.getAttribute('data-test-script-state') === 'notRunning' &&
+      Array.from(app.querySelectorAll('img')).every((i) => i.complete && i.naturalWidth > 0);
+    const now = performance.now();
+    if (!quiet) { quietSince = null; return; }
+    if (quietSince === null) quietSince = now;
+    if (now - quietSince < QUIET) return;
+    clearInterval(timer);
+    const index = document.querySelector('script[type="module"][src*="/static/js/index."]');
+    if (!index) { window.__preloadCharts = 'no index'; return; }
+    const load = () => {
+      window.__preloadCharts = 'loading';
+      import(new URL('./%(chunk)s', index.src).href).then(
+        () => { window.__preloadCharts = 'done'; }, () => { window.__preloadCharts = 'failed'; });
+    };
+    (window.requestIdleCallback || window.setTimeout)(load);
+  }, 100);
+})();
+</script>"""
+
+
+def preload_charts(quiet_ms: int = 300) -> None:
+    """Load the charting library (plotly, 4.7 MB of JavaScript) in the background once this page is quiet, so
+    the first chart the reader opens (the drawing chart, the Similarity page's) does not wait for it, and the
+    first heatmap is not held back by it either. Nothing is drawn; without the chunk, nothing happens."""
+    chunk = _chart_chunk()
+    if chunk is not None:
+        st.html(_PRELOAD_JS % {"quiet": quiet_ms, "chunk": chunk}, unsafe_allow_javascript=True)
 
 
 def zoom_css() -> None:

@@ -259,3 +259,34 @@ def test_grid_caption_names_the_grid_and_a_layer_only_when_there_is_one() -> Non
     stored = viewer.grid_caption((64, 64), None, (224, 224), True, stored=True)
     assert stored == "kept on a 64×64 grid, drawn cell by cell (nearest) to 224×224"
     assert "None" not in viewer.grid_caption((64, 64), "None", (224, 224), False, stored=True)
+
+
+def test_the_drawing_chart_is_drawn_on_request_and_the_chart_library_preloads() -> None:
+    at = _app()
+    assert not at.get("plotly_chart"), "the drawing chart (plotly) waits for its toggle"
+    scripts = [h for h in at.get("html") if "__preloadCharts" in h.proto.body]
+    assert len(scripts) == 1
+    assert scripts[0].proto.unsafe_allow_javascript
+    at.toggle(key="viewer_draw_open").set_value(True).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 1
+
+
+def test_the_preloaded_chunk_is_the_one_streamlit_imports_for_plotly() -> None:
+    """The preload imports Streamlit's own chunk (same URL, so the same module): it must exist and be the one
+    Streamlit's entry script lazily imports for a plotly chart (a Streamlit upgrade renames it)."""
+    import re
+    from pathlib import Path
+
+    import streamlit as st
+
+    chunk = viewer._chart_chunk()
+    assert chunk is not None
+    static = Path(st.__file__).parent / "static"
+    entry = re.search(
+        r'<script type="module"[^>]* src="\./(static/js/index\.[^"]+\.js)"',
+        (static / "index.html").read_text(),
+    )
+    assert entry, "Streamlit's index.html names its entry script"
+    assert f"import(`./{chunk}`)" in (static / entry.group(1)).read_text(encoding="utf-8")
+    assert f"'./{chunk}'" in viewer._PRELOAD_JS % {"quiet": 0, "chunk": chunk}
