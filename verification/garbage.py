@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from verification.cam.targets import task_probabilities
 from verification.errors import LayerError, ShapeError, VerificationError
-from verification.io.records import LoadedImage, LoadedModel
+from verification.io.images import ImageInput
+from verification.io.records import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ TrainScope = Literal["head", "head+last_block"]
 REJECTED_MESSAGE = "input rejected as out-of-distribution"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 
-ImagesLike = Tensor | str | Path | Sequence[LoadedImage | str | Path]
+ImagesOrFolder = Tensor | str | Path | Sequence[ImageInput]
+"""A model input tensor, a folder of image files, or images (as :data:`verification.io.images.ImagesLike`)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -100,28 +102,19 @@ def last_block(module: nn.Module, head: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _as_tensor(images: ImagesLike, model: LoadedModel, what: str) -> Tensor:
-    if isinstance(images, Tensor):
-        if images.ndim != 4:
-            raise ShapeError(f"{what}: expected a tensor (N, C, H, W); got {tuple(images.shape)}")
-        return images.float()
-    from verification.io.images import load_image, to_tensor
+def _as_tensor(images: ImagesOrFolder, model: LoadedModel, what: str) -> Tensor:
+    """:func:`verification.io.images.as_input`, and a folder's images (sorted, recursive) for a folder."""
+    from verification.io.images import as_input
 
     if isinstance(images, str | Path):
         folder = Path(images)
         if not folder.is_dir():
             raise VerificationError(f"{what}: '{folder}' is not a folder of images")
-        items: list[LoadedImage | str | Path] = [
-            p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        ]
+        items = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         if not items:
             raise VerificationError(f"{what}: no images ({', '.join(IMAGE_SUFFIXES)}) in '{folder}'")
-    else:
-        items = list(images)
-    if not items:
-        raise ShapeError(f"{what}: no images given")
-    loaded = [im if isinstance(im, LoadedImage) else load_image(im) for im in items]
-    return to_tensor(loaded, model)
+        return as_input(items, model, what=what)
+    return as_input(images, model, what=what)
 
 
 def _state_hash(module: nn.Module) -> str:
@@ -139,8 +132,8 @@ def _state_hash(module: nn.Module) -> str:
 
 def add_garbage_class(
     loaded_model: LoadedModel,
-    ood_images: ImagesLike,
-    in_dist_images: ImagesLike,
+    ood_images: ImagesOrFolder,
+    in_dist_images: ImagesOrFolder,
     in_dist_labels: Sequence[int] | np.ndarray | Tensor,
     *,
     train: TrainScope = "head",
@@ -301,7 +294,7 @@ def _probs(model: LoadedModel, x: Tensor, batch_size: int) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
-def predict(model: LoadedModel, x: ImagesLike, *, batch_size: int = 32) -> list[Prediction]:
+def predict(model: LoadedModel, x: ImagesOrFolder, *, batch_size: int = 32) -> list[Prediction]:
     """Predictions for a batch (tensor (N, C, H, W), folder or images); a garbage-class argmax is reported
     as a rejected input."""
     probs = _probs(model, _as_tensor(x, model, "images"), batch_size)
@@ -345,7 +338,7 @@ class RejectionReport:
 
 
 def evaluate_rejection(
-    model: LoadedModel, ood: ImagesLike, in_dist: ImagesLike, *, batch_size: int = 32
+    model: LoadedModel, ood: ImagesOrFolder, in_dist: ImagesOrFolder, *, batch_size: int = 32
 ) -> RejectionReport:
     """OOD rejection rate and in-distribution false-rejection rate of a model with a garbage class."""
     if model.garbage_index is None:

@@ -25,6 +25,7 @@ from verification.consistency.cscore import (
 )
 from verification.consistency.pairwise import DEFAULT_EPS, DEFAULT_GAMMA, Backend
 from verification.errors import ShapeError, VerificationError
+from verification.io.images import ImagesLike
 from verification.io.records import LoadedImage, LoadedModel
 
 if TYPE_CHECKING:
@@ -326,7 +327,6 @@ class CheckpointSeries:
         )
 
 
-ImagesLike = Tensor | Sequence[LoadedImage | str | Path]
 CamFn = Callable[..., Sequence[Any]]
 ProgressFn = Callable[[int, int, str], Any]
 
@@ -344,10 +344,10 @@ def _input_tensor(images: ImagesLike, model: LoadedModel, cache: dict[str, list[
         if images.ndim != 4:
             raise ShapeError(f"expected an input tensor (N, C, H, W); got {tuple(images.shape)}")
         return images
-    from verification.io.images import load_image, to_tensor
+    from verification.io.images import as_image, to_tensor
 
-    if "images" not in cache:
-        cache["images"] = [im if isinstance(im, LoadedImage) else load_image(im) for im in images]
+    if "images" not in cache:  # read once, preprocessed for each checkpoint
+        cache["images"] = [as_image(im) for im in images]
     return to_tensor(cache["images"], model)
 
 

@@ -8,7 +8,6 @@ import copy
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from torch import Tensor
 
 from verification.errors import ImageLoadError, InputTooLargeError, VerificationError
+from verification.io.images import ImageInput, as_image, to_tensor
 from verification.io.records import LoadedImage, LoadedModel
 from verification.verdict.calibration import calibrate
 from verification.verdict.combine import accuracy, combine, image_why
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ImageInput = LoadedImage | str | Path | bytes
 Masks = Sequence[np.ndarray | None] | None
 Annotation = np.ndarray | Mapping[str, np.ndarray] | None
 """One image's finding annotation: a mask (any size), ``{label: mask}`` for a multi-label model, or None."""
@@ -124,15 +123,6 @@ def input_name(item: ImageInput, given: str | None = None) -> str:
     return "uploaded image" if isinstance(item, bytes) else str(item)
 
 
-def load_input(item: ImageInput, name: str | None = None) -> LoadedImage:
-    """An image input as a LoadedImage (read from its path or bytes; a LoadedImage as it is)."""
-    from verification.io.images import load_image
-
-    if isinstance(item, LoadedImage):
-        return item
-    return load_image(item, name=name) if isinstance(item, bytes) else load_image(item)
-
-
 def read_images(
     images: Sequence[ImageInput] | Tensor,
     model: LoadedModel,
@@ -147,13 +137,11 @@ def read_images(
     idx = range(start, stop)
     if isinstance(images, Tensor):
         return images[start:stop].float(), list(idx), [names[i] if names else f"image {i}" for i in idx], []
-    from verification.io.images import to_tensor
-
     loaded, ok, errors = [], [], []
     for i in idx:
         given = names[i] if names else None
         try:
-            loaded.append(load_input(images[i], given))
+            loaded.append(as_image(images[i], given))
             ok.append(i)
         except (ImageLoadError, InputTooLargeError, OSError) as exc:
             errors.append((input_name(images[i], given), str(exc)))
@@ -418,8 +406,6 @@ def measure_all(
     batch_size: int = 16,
 ) -> Measurements:
     """Measurements of one model on labelled images (the calibration pass; no gate: reference data)."""
-    from verification.io.images import to_tensor
-
     config = config or VerdictConfig()
     spec, _ = measure_spec(model, bundle, config)
     spec = dataclasses.replace(spec, gate=None, faithfulness=config.faithfulness)
@@ -430,7 +416,7 @@ def measure_all(
         if isinstance(images, Tensor):
             x, nm = images[s : s + batch_size].float(), [f"image {i}" for i in idx]
         else:  # reference data: an unreadable image stops the calibration
-            loaded = [load_input(images[i]) for i in idx]
+            loaded = [as_image(images[i]) for i in idx]
             x, nm = to_tensor(loaded, model), [im.name for im in loaded]
         lesions, roi = _take(annotations, idx), _take(anatomy, idx)
         parts.append(measure_batch(model, spec, x, names=nm, labels=lab[idx], lesions=lesions, anatomy=roi))
@@ -458,7 +444,6 @@ def calibrate_bundle(
     the first healthy model. ``images`` / ``labels`` (and ``annotations`` / ``anatomy`` masks): a labelled
     calibration set, ideally not the set the verdict will be run on. At most ``max_thumbnails`` of its images
     (taken in turn from each class, in order) are stored as the E0 gate's 128-px reference thumbnails."""
-    from verification.io.images import to_tensor
     from verification.verdict.gate import thumbnails
 
     config = config or VerdictConfig()
@@ -489,7 +474,7 @@ def calibrate_bundle(
     x = (
         images[keep].float()
         if isinstance(images, Tensor)
-        else to_tensor([load_input(images[i]) for i in keep], first)
+        else to_tensor([as_image(images[i]) for i in keep], first)
     )
     return bundle.with_calibration(cal, thumbnails(first, x), lab[keep])
 

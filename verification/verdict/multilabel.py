@@ -44,8 +44,9 @@ from verification.verdict.records import (
 from verification.verdict.stats import wilson
 
 if TYPE_CHECKING:
+    from verification.io.images import ImageInput
     from verification.reference import ReferenceBundle
-    from verification.verdict.api import Annotation, ImageInput
+    from verification.verdict.api import Annotation
 
 Progress = Callable[[int, int], None]
 LABEL_SCHEME = "per label, on each label's binary task"
@@ -347,8 +348,8 @@ def calibrate_labels(
     """:func:`verification.verdict.calibrate_bundle` for multi-label models: each label's edges from its
     binary task (the healthy and known-bad models seen through :func:`label_view`), on the images annotated
     with it as positives. The edges of the "not L" classes are dropped."""
-    from verification.io.images import to_tensor
-    from verification.verdict.api import known_bad, load_input, measure_all, stratified
+    from verification.io.images import as_image, to_tensor
+    from verification.verdict.api import known_bad, measure_all, stratified
     from verification.verdict.calibration import calibrate
     from verification.verdict.gate import thumbnails
 
@@ -357,7 +358,7 @@ def calibrate_labels(
     bad_models = known_bad(first, bad, randomised)
     classes = tuple(bundle.class_names)
     sets = [parse_label_set(v, classes) for v in labels]
-    x = images.float() if isinstance(images, Tensor) else to_tensor([load_input(im) for im in images], first)
+    x = images.float() if isinstance(images, Tensor) else to_tensor([as_image(im) for im in images], first)
     if len(sets) != len(x):
         raise ShapeError(f"{len(sets)} label sets for {len(x)} calibration images: give one per image")
     edges = []
