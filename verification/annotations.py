@@ -21,10 +21,13 @@ import io
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 from verification.errors import ImageLoadError, InputTooLargeError, InvalidInputError
 from verification.io.dicom import IDENTIFYING_TAGS
@@ -376,26 +379,24 @@ _IDENTIFYING_EMPTY = (
 _UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
 
 
-def _deidentified(ds: Any) -> Any:
+def _deidentified(ds: Dataset) -> Dataset:
     """A copy of the source header with identifying attributes emptied and UIDs replaced by derived ones."""
     from pydicom.uid import generate_uid
 
     out = ds.copy()
     for tag in _IDENTIFYING_EMPTY:
         if tag in out:
-            out.data_element(tag).value = ""
+            out[tag].value = ""
     for tag in _UIDS:
         if tag in out:
-            out.data_element(tag).value = generate_uid(
-                entropy_srcs=["verification-deid", str(out[tag].value)]
-            )
+            out[tag].value = generate_uid(entropy_srcs=["verification-deid", str(out[tag].value)])
     if "file_meta" in dir(out) and "MediaStorageSOPInstanceUID" in out.file_meta:
         out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     out.PatientIdentityRemoved = "YES"
     return out
 
 
-def _completed(ds: Any, source: bytes) -> Any:
+def _completed(ds: Dataset, source: bytes) -> Dataset:
     """The attributes a SEG copies from its source, filled where a (minimal) source lacks them: UIDs derived
     from the file's bytes, empty patient/study attributes (type 2)."""
     import hashlib

@@ -105,6 +105,7 @@ def test_class_count_and_channels_inferred_from_weights(tmp_path: Path, resnet: 
     loaded = load_model(path)
     assert (loaded.in_channels, loaded.num_classes) == (1, 3)
     assert loaded.class_names == ("class_0", "class_1", "class_2")
+    assert (loaded.class_name(2), loaded.class_name(3), loaded.class_name(-1)) == ("class_2", "3", "-1")
     # one-channel default normalisation is the mean of the ImageNet statistics
     assert loaded.mean == pytest.approx((0.449,))
     assert _same_outputs(loaded.module, resnet)

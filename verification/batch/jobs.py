@@ -22,7 +22,7 @@ from verification.io.records import LoadedModel
 if TYPE_CHECKING:
     from verification.reference import ReferenceBundle
     from verification.verdict import VerdictConfig
-    from verification.verdict.measure import ImageMeasurement
+    from verification.verdict.measure import ImageMeasurement, MeasureSpec
     from verification.verdict.records import VerificationReport
 
 __all__ = [
@@ -298,7 +298,7 @@ class VerifyJob(BatchJob["ImageMeasurement"]):  # a string: the verdict package 
 
         self.config = config if config is not None else VerdictConfig()
         self._bundle: ReferenceBundle | None = None
-        self._measure: Any = None
+        self._measure: MeasureSpec | None = None
         self.warnings: tuple[str, ...] = ()
         self.mismatch: str | None = None
 
@@ -353,6 +353,8 @@ class VerifyJob(BatchJob["ImageMeasurement"]):  # a string: the verdict package 
         from verification.verdict.api import label_indices
         from verification.verdict.measure import measure_batch
 
+        if self._measure is None:
+            raise RuntimeError("VerifyJob.setup() must run before the job is used")
         items = [batch.items[pos] for pos in positions]
         labels = [self.labels[it.index] for it in items] if self.labels is not None else None
         m = measure_batch(

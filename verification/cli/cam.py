@@ -75,7 +75,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
                 keys = list(row.result.maps)
                 entry.update(_write_cam_row(staging, stem, row, model, overlays=not args.no_overlays))
                 if args.pacs_store:
-                    to_store.append(_pacs_record(row.path, row.result, model.class_names))
+                    to_store.append(_pacs_record(row.path, row.result, model))
             entries.append(entry)
         failed = sum(1 for e in entries if e["error"])
         if failed == len(entries):
@@ -136,7 +136,7 @@ def _pacs_verdict(args: argparse.Namespace) -> str:
     return f"{report.label}{line}"
 
 
-def _pacs_record(path: str, cams: ImageCams, class_names: Sequence[str]) -> CamRecord:
+def _pacs_record(path: str, cams: ImageCams, model: LoadedModel) -> CamRecord:
     from verification.pacs import origin
     from verification.pacs.sources import CamRecord
 
@@ -144,9 +144,7 @@ def _pacs_record(path: str, cams: ImageCams, class_names: Sequence[str]) -> CamR
         raise CliError(f"{path} was not read from a PACS; --pacs-store takes only dicomweb+ inputs")
     if cams.display is None:
         raise CliError(f"{path}: no picture kept to draw the overlay on")
-    target = cams.target
-    name = class_names[target] if 0 <= target < len(class_names) else str(target)
-    return CamRecord(path, cams.display, dict(cams.maps), name)
+    return CamRecord(path, cams.display, dict(cams.maps), model.class_name(cams.target))
 
 
 def _write_cam_row(
@@ -173,7 +171,7 @@ def _write_cam_row(
         "npz": npz.relative_to(staging).as_posix(),
         "overlays": written,
         "pred": pred,
-        "pred_class": model.class_names[pred] if pred < len(model.class_names) else str(pred),
+        "pred_class": model.class_name(pred),
         "prob": float(cams.probs[pred]),
         "target": cams.target,
         "constant": {k: bool(v) for k, v in cams.constant.items()},

@@ -47,7 +47,7 @@ from verification.io.budget import (
 )
 from verification.io.files import read_regular_file
 from verification.io.pt2 import describe_problems, untrusted_pt2_problems
-from verification.io.records import LoadedModel, SourceFormat, Task
+from verification.io.records import LoadedModel, SourceFormat, Task, placeholder_class_names
 from verification.io.safejson import loads_bounded
 from verification.io.sidecar import (
     MAX_IN_CHANNELS,
@@ -492,7 +492,7 @@ def _assemble(
             )
         num_classes = int(out.shape[1])
         task = task or ("segmentation" if out.ndim == 4 else "classification")
-    names = sc.class_names or tuple(f"class_{i}" for i in range(num_classes))
+    names = sc.class_names or placeholder_class_names(num_classes)
     if len(names) != num_classes:
         raise MissingFieldError(
             f"the sidecar lists {len(names)} class names but the model has {num_classes} outputs",

@@ -12,6 +12,11 @@ SourceFormat = Literal["architecture", "safetensors", "state_dict", "export", "p
 Task = Literal["classification", "multilabel", "segmentation"]
 
 
+def placeholder_class_names(n: int) -> tuple[str, ...]:
+    """The names a model without class names gets: ``class_0`` … ``class_{n-1}``."""
+    return tuple(f"class_{i}" for i in range(n))
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready for verification.
@@ -38,6 +43,10 @@ class LoadedModel:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def class_name(self, index: int) -> str:
+        """The name of output ``index``, or the index as text when the model has no such output."""
+        return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
 
     @property
     def min_batch(self) -> int:

@@ -31,7 +31,7 @@ from typing import Any, cast, get_args
 from verification.errors import ModelLoadError
 from verification.io.architectures import check_arch_kwargs
 from verification.io.files import read_regular_file
-from verification.io.records import Task
+from verification.io.records import LoadedModel, Task
 from verification.io.safejson import bounded_text, loads_bounded
 
 __all__ = [
@@ -256,7 +256,7 @@ def sidecar_bytes(sc: Sidecar) -> bytes:
     return (json.dumps(sidecar_document(sc), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def sidecar_of(model: Any) -> Sidecar:
+def sidecar_of(model: LoadedModel) -> Sidecar:
     """The sidecar that describes a loaded model (a :class:`~verification.io.records.LoadedModel`): its
     architecture (when built from one), channels, class names, input size, mean/std, task, garbage class."""
     return Sidecar(

@@ -25,7 +25,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from verification.errors import (
     ImageLoadError,
@@ -36,6 +36,9 @@ from verification.errors import (
     PacsUnavailableError,
 )
 from verification.io.budget import Budget
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "ENV_PASSWORD",
@@ -717,7 +720,7 @@ class PacsClient:
         """:meth:`iter_retrieve` into a list: all or nothing (an error leaves nothing half-retrieved)."""
         return list(self.iter_retrieve(source, **kwargs))
 
-    def retrieve_dataset(self, ref: InstanceRef) -> Any:
+    def retrieve_dataset(self, ref: InstanceRef) -> Dataset:
         """One instance as a pydicom Dataset (for its patient/study modules when writing results back)."""
         return self._call(
             f"the retrieval of instance {ref.sop_uid}",
@@ -727,7 +730,7 @@ class PacsClient:
 
     # ---- STOW-RS
 
-    def store(self, datasets: Sequence[Any], study_uid: str) -> list[str]:
+    def store(self, datasets: Sequence[Dataset], study_uid: str) -> list[str]:
         """Store ``datasets`` (all of one study) in ONE STOW-RS request; returns the stored SOP UIDs.
 
         Raises PacsError when the server refuses any of them (its FailedSOPSequence is reported)."""

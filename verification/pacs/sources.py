@@ -15,7 +15,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from verification.errors import PacsError
 from verification.io.budget import Budget
@@ -99,8 +100,8 @@ class CamRecord:
     ``method@layer`` key (each (h, w) in [0, 1]) and the class explained."""
 
     path: str
-    display: Any = field(repr=False)
-    maps: Mapping[str, Any] = field(repr=False)
+    display: np.ndarray = field(repr=False)
+    maps: Mapping[str, np.ndarray] = field(repr=False)
     target: str = ""
 
 

@@ -17,13 +17,18 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from verification.errors import PacsError
 from verification.pacs.client import HEATMAP_PREFIX
 from verification.render import DEFAULT_OPACITY, overlay
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from verification.pacs.client import PacsClient
 
 __all__ = ["HeatmapResult", "build_overlay", "describe", "store_overlays", "validate"]
 
@@ -38,7 +43,7 @@ class HeatmapResult:
     """One map to store: the source instance (a pydicom Dataset, pixels not needed), the display picture the
     map was computed on (``LoadedImage.display``) and the map in [0, 1], with what made it."""
 
-    source: Any = field(repr=False)  # pydicom.Dataset of the retrieved instance
+    source: Dataset = field(repr=False)  # of the retrieved instance
     display: np.ndarray = field(repr=False)
     cam: np.ndarray = field(repr=False)
     model: str
@@ -76,7 +81,7 @@ def overlay_pixels(item: HeatmapResult) -> np.ndarray:
 
 def build_overlay(
     item: HeatmapResult, *, series_uid: str, instance_number: int = 1, series_number: int = SERIES_NUMBER
-) -> Any:
+) -> Dataset:
     """The Secondary Capture of one heatmap (a pydicom Dataset, not yet sent)."""
     from highdicom.sc import SCImage
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -136,7 +141,7 @@ def build_overlay(
     return sc
 
 
-def validate(ds: Any, expected: np.ndarray) -> None:
+def validate(ds: Dataset, expected: np.ndarray) -> None:
     """Encode the object, decode it again, check the pixels and the UIDs; PacsError when anything is off."""
     import pydicom
 
@@ -156,7 +161,7 @@ def validate(ds: Any, expected: np.ndarray) -> None:
             raise PacsError(f"the heatmap object has no {keyword}; nothing was sent")
 
 
-def store_overlays(client: Any, items: Sequence[HeatmapResult]) -> list[Any]:
+def store_overlays(client: PacsClient, items: Sequence[HeatmapResult]) -> list[Dataset]:
     """Build every heatmap object (one new series per study), validate them all, then store them with ONE
     STOW-RS request per study. Returns the stored datasets. If building or validating any fails, nothing is
     sent; if the server refuses the request, the PacsError says so."""
@@ -167,7 +172,7 @@ def store_overlays(client: Any, items: Sequence[HeatmapResult]) -> list[Any]:
     by_study: dict[str, list[HeatmapResult]] = {}
     for item in items:
         by_study.setdefault(str(item.source.StudyInstanceUID), []).append(item)
-    built: dict[str, list[Any]] = {}
+    built: dict[str, list[Dataset]] = {}
     for study, group in by_study.items():
         series_uid = generate_uid()
         datasets = []
@@ -176,7 +181,7 @@ def store_overlays(client: Any, items: Sequence[HeatmapResult]) -> list[Any]:
             validate(ds, overlay_pixels(item))
             datasets.append(ds)
         built[study] = datasets
-    stored: list[Any] = []
+    stored: list[Dataset] = []
     for study, datasets in built.items():
         client.store(datasets, study)
         stored.extend(datasets)
