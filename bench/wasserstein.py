@@ -116,12 +116,13 @@ def batch(n: int) -> None:
     maps = attention_like(n, 224, 4)
     refs = attention_like(n, 224, 5)
     compute_metrics(maps[:2], refs[:2], ["wasserstein"], size=None)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = compute_metrics(maps, refs, ["wasserstein"], size=None)["wasserstein"]
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(
         f"\nBatch: {n} attention-like pairs at 224² through compute_metrics(..., ['wasserstein'], size=None), "
-        f"{torch.get_num_threads()} torch threads: {wall:.2f} s wall ({1e3 * wall / n:.2f} ms a pair); "
+        f"{torch.get_num_threads()} torch threads: {wall:.2f} s wall ({1e3 * wall / n:.2f} ms a pair), "
+        f"{cpu:.2f} s CPU (all threads); "
         f"values {np.nanmin(out):.4f}–{np.nanmax(out):.4f}, {int(np.isnan(out).sum())} NaN"
     )
 

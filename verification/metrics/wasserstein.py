@@ -14,22 +14,25 @@ The graph's path length is never below the Euclidean distance and, on a square g
 value is an UPPER bound of the exact distance on the pooled grid, at most 1.31 % high; it is exact for moves
 along the 32 arc directions (a translation by whole cells along an axis, a diagonal, (1, 2), …).
 
-Measured against POT's exact ``ot.emd2`` (Euclidean cost) on the same 32×32 grid
-(``python bench/wasserstein.py --pairs 4 --batch 50``, load 11 on 2 cores; |relative error|): attention-like
-pairs (224² maps pooled) median 0.46 %, p95 0.63 %; i.i.d. noise median 0.05 %, p95 0.14 %; two blobs vs one
-median 0.23 %, p95 0.41 %; always above ``ot.emd2``, as the bound says. A pair takes 2.9–6.3 ms of CPU against
-134–256 ms for ``ot.emd2``: 77× (attention-like), 49× (two blobs), 21× (noise) — short of the 100× of issue
-#18: the network simplex needs about 3,000 (smooth maps) to 6,000 (noise) pivots at 32×32 whatever the start.
-Pooling 224² maps to 32² instead of 64² changed attention-like values by 0.15 % (median); 64² costs ~12× more.
+Measured against POT's exact ``ot.emd2`` (Euclidean cost) on the same 32×32 grid, 20 pairs a family
+(``python bench/wasserstein.py``, 08:07 UTC, load 10–11 on 2 cores; |relative error| median / p95 / worst):
+attention-like pairs (224² maps pooled) 0.47 % / 0.69 % / 0.90 %; i.i.d. noise 0.13 % / 0.28 % / 0.38 %; two
+blobs vs one 0.44 % / 1.18 % / 1.25 %; never below ``ot.emd2``, as the bound says. CPU time a pair (both
+single-threaded): 2.9 ms against 197 ms (69×), 5.9 ms against 130 ms (22×), 2.5 ms against 149 ms (61×). That
+is short of issue #18's 100×: the network simplex needs about 3,000 (smooth maps) to 6,000 (noise) pivots at
+32×32, about 1 µs each, whatever the start (the multi-scale start halves them on smooth maps only).
+Pooling 224² maps to 32² instead of 64² changed attention-like values by 0.12 % (median; p95 0.24 %), and 64²
+costs ~11× more (32 ms a pair), hence the 32×32 default. Numba compiles the solver on the first call of a
+process with no cache (65 s measured at that load, niced), then loads it from disk (2.8 s incl. imports).
 
 Pooling moves each unit of mass by at most half a cell's diagonal (√2 / 62 in the unit square at 32×32),
 the same for the exact solver run on the pooled maps; the benchmark also reports 32×32 against 64×64.
 
 :func:`sliced_wasserstein` (not registered) is kept as a labelled LOWER bound: the maps are projected on
 ``n_directions`` lines and the 1-D distances averaged; every projection is 1-Lipschitz, so with the default
-``rescale=False`` it never exceeds the exact distance, for a translation by ``t`` it is ``(2/π)|t|``, and it
-measured 11 % (median) to 34 % (noise) below the exact distance. ``rescale=True`` multiplies by π/2 (exact
-for translations, otherwise neither a lower nor an upper bound).
+``rescale=False`` it never exceeds the exact distance and for a translation by ``t`` it is ``(2/π)|t|``.
+``rescale=True`` multiplies by π/2 (exact for translations, otherwise neither a lower nor an upper bound);
+even so it measured 11 % (median, attention-like) to 34 % (median, noise) below ``ot.emd2`` at 32×32.
 """
 
 from __future__ import annotations
