@@ -80,7 +80,7 @@ def test_polygon_agrees_with_matplotlib_on_random_shapes() -> None:
         n = int(rng.integers(3, 12))
         # vertices off the half-pixel lattice so no centre sits exactly on an edge
         pts = rng.uniform(-5, 55, size=(n, 2)) + 0.123
-        ours = rasterize([Region.polygon(pts[:, 0], pts[:, 1])], (h, w))
+        ours = rasterize([Region.polygon(pts[:, 0].tolist(), pts[:, 1].tolist())], (h, w))
         theirs = MplPath(pts).contains_points(centres).reshape(h, w)
         assert (ours != theirs).sum() <= 2, (
             "disagreements only where a centre lies within rounding of an edge"
@@ -210,7 +210,7 @@ def _cr(rows: int = 60, cols: int = 80, **tags: Any) -> bytes:
     return dataset_bytes(ds)
 
 
-def _seg_mask(seg_bytes: bytes) -> tuple[object, np.ndarray]:
+def _seg_mask(seg_bytes: bytes) -> tuple[Any, np.ndarray]:
     import highdicom as hd
 
     seg = hd.seg.segread(io.BytesIO(seg_bytes))
