@@ -165,17 +165,15 @@ def test_save_and_reload_with_class_names(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     module = build_architecture("resnet18", num_classes=2, in_channels=1)
-    loaded = LoadedModel(
-        module=module,
-        in_channels=1,
+    loaded = loaded_model(
+        module,
         input_size=(32, 32),
         class_names=("normal", "effusion"),
         mean=(0.5,),
         std=(0.25,),
-        source_format="architecture",
-        content_hash="r18",
-        architecture="resnet18",
         name="r18",
+        source_format="architecture",
+        architecture="resnet18",
     )
     x = torch.rand(4, 1, 32, 32)  # resnet18 at 32×32: small enough to be quick
     model = add_garbage_class(loaded, x[:2], x[2:], [0, 1], epochs=1, batch_size=4)
