@@ -79,3 +79,24 @@ def test_compute_metrics_threshold_and_options() -> None:
     assert few["wasserstein"].shape == (4,)
     with pytest.raises(InvalidInputError, match="unknown metric"):
         compute_metrics(maps, refs, ["nope"])
+
+
+def test_chunk_buffers_are_reused_without_changing_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compute_metrics normalises every chunk into the same per-thread buffers: results equal a fresh call
+    per chunk, and prepare(buffers=...) writes into the buffer it is given."""
+    from verification.metrics import functional, registry
+
+    maps, refs = _maps(7, 8), _maps(7, 9)
+    monkeypatch.setattr(registry, "chunk_rows", lambda grid, itemsize: 3)  # chunks of 3, 3 and 1 pairs
+    chunked = compute_metrics(maps, refs, size=None)
+    for s in range(0, 7, 3):
+        alone = compute_metrics(maps[s : s + 3], refs[s : s + 3], size=None)
+        for name in DEFAULT_METRICS:
+            np.testing.assert_array_equal(chunked[name][s : s + 3], alone[name], err_msg=name)
+    buf = functional.scratch("test", (7, 32 * 32), np.float32)
+    assert functional.scratch("test", (2, 32 * 32), np.float32).base is buf.base  # the same memory again
+    a, _ = prepare(maps, refs, None, buffers=(buf, None))
+    assert np.shares_memory(a.numpy(), buf)
+    np.testing.assert_array_equal(a.numpy(), prepare(maps, refs, None)[0].numpy())
+    big = functional.SCRATCH_MAX_BYTES // 4 + 1
+    assert functional.scratch("test", (big,), np.float32).base is not buf.base  # too large to keep
