@@ -339,3 +339,14 @@ def test_read_images_skips_an_unreadable_file_with_its_reason(tmp_path: Path) ->
     t = torch.zeros(5, 1, 8, 8, dtype=torch.float64)
     x, ok, names, errors = read_images(t, model, ["p", "q", "r", "s", "u"], 1, 3)
     assert (ok, names, x.dtype, errors) == ([1, 2], ["q", "r"], torch.float32, [])
+
+
+def test_label_indices_reads_names_and_indices_and_refuses_a_label_set() -> None:
+    from verification.errors import InvalidInputError
+    from verification.verdict.api import label_indices
+
+    got = label_indices(["nodule", 2, None, "unknown", 7, np.int64(0)], CLASSES, 6)
+    assert got.tolist() == [1, 2, -1, -1, -1, 0]
+    assert label_indices(None, CLASSES, 2).tolist() == [-1, -1]
+    with pytest.raises(InvalidInputError, match="one class per image"):
+        label_indices(["normal", ["nodule", "effusion"]], CLASSES, 2)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from verification.errors import ImageLoadError, InputTooLargeError, VerificationError
+from verification.errors import ImageLoadError, InputTooLargeError, InvalidInputError, VerificationError
 from verification.io.images import ImageInput, as_image, to_tensor
 from verification.io.records import LoadedImage, LoadedModel
 from verification.verdict.calibration import calibrate
@@ -32,6 +32,9 @@ Masks = Sequence[np.ndarray | None] | None
 Annotation = np.ndarray | Mapping[str, np.ndarray] | None
 """One image's finding annotation: a mask (any size), ``{label: mask}`` for a multi-label model, or None."""
 Progress = Callable[[int, int], None]
+LabelInput = str | int | Sequence[str | int] | None
+"""One image's label: a class name or index, or None (unknown); for a multi-label model its label set (names
+or indices, empty: none of the labels; a name; a "|"-separated string; or None)."""
 
 
 def class_mismatch(model: LoadedModel, bundle: ReferenceBundle) -> str | None:
@@ -97,10 +100,9 @@ def _calibrated(bundle: ReferenceBundle, prefix: str) -> bool:
     return cal is not None and any(e.key.startswith(prefix) and e.threshold is not None for e in cal.edges)
 
 
-def label_indices(
-    labels: Sequence[str | int | None] | None, class_names: Sequence[str], n: int
-) -> np.ndarray:
-    """Labels (names, indices or None) → indices into ``class_names`` (−1: unknown or not a bundle class)."""
+def label_indices(labels: Sequence[LabelInput] | None, class_names: Sequence[str], n: int) -> np.ndarray:
+    """Labels (names, indices or None) → indices into ``class_names`` (−1: unknown or not a bundle class);
+    InvalidInputError for a label set (a single-label model takes one class per image)."""
     out = np.full(n, -1, dtype=np.int64)
     if labels is None:
         return out
@@ -109,6 +111,10 @@ def label_indices(
             continue
         if isinstance(lab, str):
             out[i] = list(class_names).index(lab) if lab in class_names else -1
+        elif isinstance(lab, Sequence):
+            raise InvalidInputError(
+                f"image {i}'s label is a set of {len(lab)}: a single-label model takes one class per image"
+            )
         else:
             out[i] = int(lab) if 0 <= int(lab) < len(class_names) else -1
     return out
@@ -158,7 +164,7 @@ def verify(
     model: LoadedModel,
     bundle: ReferenceBundle,
     images: Sequence[ImageInput] | Tensor,
-    labels: Sequence[Any] | None = None,
+    labels: Sequence[LabelInput] | None = None,
     *,
     annotations: Sequence[Annotation] | None = None,
     anatomy: Masks = None,
@@ -398,7 +404,7 @@ def measure_all(
     model: LoadedModel,
     bundle: ReferenceBundle,
     images: Sequence[ImageInput] | Tensor,
-    labels: Sequence[str | int | None],
+    labels: Sequence[LabelInput],
     *,
     annotations: Masks = None,
     anatomy: Masks = None,
@@ -427,7 +433,7 @@ def calibrate_bundle(
     bundle: ReferenceBundle,
     healthy: Mapping[str, LoadedModel],
     images: Sequence[ImageInput] | Tensor,
-    labels: Sequence[str | int | None],
+    labels: Sequence[LabelInput],
     *,
     bad: Mapping[str, LoadedModel] | None = None,
     annotations: Masks = None,

@@ -46,7 +46,7 @@ from verification.verdict.stats import wilson
 if TYPE_CHECKING:
     from verification.io.images import ImageInput
     from verification.reference import ReferenceBundle
-    from verification.verdict.api import Annotation
+    from verification.verdict.api import Annotation, LabelInput
 
 Progress = Callable[[int, int], None]
 LABEL_SCHEME = "per label, on each label's binary task"
@@ -149,7 +149,7 @@ def verify_labels(
     model: LoadedModel,
     bundle: ReferenceBundle,
     images: Sequence[ImageInput] | Tensor,
-    labels: Sequence[Any] | None = None,
+    labels: Sequence[LabelInput] | None = None,
     *,
     annotations: Sequence[Annotation] | None = None,
     anatomy: Sequence[np.ndarray | None] | None = None,
@@ -335,7 +335,7 @@ def calibrate_labels(
     bundle: ReferenceBundle,
     healthy: Mapping[str, LoadedModel],
     images: Sequence[ImageInput] | Tensor,
-    labels: Sequence[Any],
+    labels: Sequence[LabelInput],
     *,
     bad: Mapping[str, LoadedModel] | None = None,
     annotations: Sequence[Annotation] | None = None,
