@@ -16,7 +16,8 @@ the same code whatever the batch around it, so it never depends on the batch.
   last bin), for Otsu's threshold.
 
 Float64 sums are vectorised (``fastmath`` reassociation and contraction only: NaN and ±inf still propagate);
-the filters and the pixel formula use contraction (fused multiply-add) only. Numba compiles the kernels on
+the filters and the pixel formula use contraction (fused multiply-add) only; divisions follow numpy's error
+model (x / 0 is ±inf or NaN, not an exception), which lets them vectorise. Numba compiles the kernels on
 first use and caches the machine code on disk (``cache=True``); this module is imported lazily by
 :mod:`verification.metrics.functional`, so importing the metrics costs no numba import.
 """
@@ -96,7 +97,7 @@ def centred_moments(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # p
         out[p, 2], out[p, 3], out[p, 4] = _products(ra, rb, out[p, 0], out[p, 1])
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_FMA)
+@numba.njit(nogil=True, cache=True, fastmath=_FMA, error_model="numpy")
 def ssim_means(
     a: np.ndarray, b: np.ndarray, taps: tuple[float, ...], k1: float, k2: float, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
@@ -176,7 +177,7 @@ def unit_histograms(x: np.ndarray, nbins: int, out: np.ndarray) -> None:  # prag
             out[r, q] = part[0, q] + part[1, q] + part[2, q] + part[3, q]
 
 
-@numba.njit(nogil=True, cache=True, fastmath=_SUMS)
+@numba.njit(nogil=True, cache=True, fastmath=_SUMS, error_model="numpy")
 def kl_ratios(
     a: np.ndarray, b: np.ndarray, eps: float, r: np.ndarray, sums: np.ndarray
 ) -> None:  # pragma: no cover - compiled
