@@ -10,7 +10,7 @@ from ui.state import K
 from ui.widgets import colorbar, guard, image_panel
 from verification import render
 from verification.compare import compare_reports
-from verification.interactive import method_of
+from verification.interactive import METHOD_LABELS, TargetChoice, method_of
 
 st.title("Compare models", anchor=False)
 ws = workspace()
@@ -38,7 +38,7 @@ K.COLORMAP.init()
 K.OPACITY.init()
 method = method_of(ws.bundle.bundle if ws.bundle else None)
 st.caption(
-    f"{loaders.METHOD_LABELS.get(method, method)} of each model's predicted class on **{item.image.name}** "
+    f"{METHOD_LABELS.get(method, method)} of each model's predicted class on **{item.image.name}** "
     "(the reference bundle's method, so both are judged on the maps the bands were calibrated on)."
 )
 
@@ -53,9 +53,7 @@ for col, handle, tag in ((cols[1], a, "A"), (cols[2], b, "B")):
     with col, guard(f"Model {tag}: computing the map"):
         m = handle.model
         shapes, layer = loaders.model_layers(m.content_hash, m, handle.lock)
-        res = loaders.cam_for(
-            m, handle.lock, item.image, method=method, layer=layer, target=loaders.TargetKey()
-        )
+        res = loaders.cam_for(m, handle.lock, item.image, method=method, layer=layer, target=TargetChoice())
         pred = loaders.prediction(m, handle.lock, item.image) if m.task != "segmentation" else None
         said = "" if pred is None else f" → {pred.message}"
         image_panel(

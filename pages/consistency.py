@@ -10,6 +10,7 @@ from ui import checkpoints, figures, glossary, loaders
 from ui.sidebar import MODEL_TYPES, TRUST_HELP, TRUST_LABEL, workspace
 from ui.state import K
 from ui.widgets import choice, guard
+from verification.interactive import METHOD_LABELS, ONE_PASS_METHODS
 
 st.title("Consistency across patients and checkpoints", anchor=False)
 st.caption(
@@ -69,8 +70,8 @@ with eval_col:
 c1, c2, c3 = st.columns([3, 1, 1])
 methods = c1.multiselect(
     "Methods",
-    loaders.ONE_PASS_METHODS,
-    format_func=lambda m: loaders.METHOD_LABELS.get(m, m),
+    ONE_PASS_METHODS,
+    format_func=lambda m: METHOD_LABELS.get(m, m),
     key=K.CONSISTENCY_METHODS.name,
     help="All of them come from the same forward and backward pass per checkpoint.",
 )
@@ -145,7 +146,7 @@ shown = (
     st.segmented_control(
         "Method",
         methods,
-        format_func=lambda m: loaders.METHOD_LABELS.get(m, m),
+        format_func=lambda m: METHOD_LABELS.get(m, m),
         key=K.CONSISTENCY_SHOWN.name,
         help=glossary.help_for("C-Score") + " " + glossary.help_for("early warning"),
     )

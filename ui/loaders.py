@@ -39,14 +39,14 @@ from verification.features import (
     check_features,
 )
 from verification.garbage import Prediction, predict
+
+# The method names and the target are verification.interactive's; the Attention page reads them from here.
+from verification.interactive import ALL_METHODS as ALL_METHODS
+from verification.interactive import ATTRIBUTION_METHODS as ATTRIBUTION_METHODS
+from verification.interactive import EXTRA_CAM_METHODS as EXTRA_CAM_METHODS
+from verification.interactive import METHOD_LABELS as METHOD_LABELS
 from verification.interactive import (
-    ALL_METHODS,
-    ATTRIBUTION_METHODS,
-    EXTRA_CAM_METHODS,
-    INTERACTIVE_OPTIONS,
-    METHOD_LABELS,
     ONE_PASS_METHODS,
-    TargetChoice,
     can_split,
     folder_images,
     labelled_for_classes,
@@ -56,6 +56,7 @@ from verification.interactive import (
     segmentation_logits,
     split_result,
 )
+from verification.interactive import TargetChoice as TargetKey
 from verification.interactive import reference_map as _reference_map
 from verification.io.images import load_image, to_tensor
 from verification.io.models import load_model, load_model_bytes
@@ -78,19 +79,6 @@ def torch_threads() -> int:
 
 
 torch.set_num_threads(torch_threads())
-
-# The method groups, labels and interactive settings are the backend's (verification.interactive); the names
-# stay importable from here for the pages. TargetKey: what a map explains, as a cache key.
-TargetKey = TargetChoice
-__all__ = [
-    "ALL_METHODS",
-    "ATTRIBUTION_METHODS",
-    "EXTRA_CAM_METHODS",
-    "INTERACTIVE_OPTIONS",
-    "METHOD_LABELS",
-    "ONE_PASS_METHODS",
-    "TargetKey",
-]
 
 
 def sha256(data: bytes) -> str:
@@ -345,7 +333,7 @@ def extra_map(
     _image: LoadedImage,
 ) -> CamResult:
     """A method that needs its own passes (Score-/Ablation-CAM, captum attributions), with the interactive
-    settings of :data:`INTERACTIVE_OPTIONS` (named in the method labels)."""
+    settings of :func:`verification.interactive.method_options` (named in the method labels)."""
     with _lock:
         x = to_tensor(_image, _model)
         return compute_cams(

@@ -23,6 +23,7 @@ from tests.app.browser_harness import (
     wait_overlay,
     wait_overlay_changed,
 )
+from tests.builders import dicom_dataset
 
 pytestmark = BROWSER_TEST
 # (navigation title, the page's h1)
@@ -37,28 +38,17 @@ PAGES = [
 
 
 def _dicom(path: Path) -> Path:
-    """A small MONOCHROME2 CR DICOM written with pydicom (a disc on a gradient, 12-bit)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    """A small MONOCHROME2 CR DICOM (a disc on a gradient, 12-bit)."""
+    from pydicom.uid import CTImageStorage
 
     yy, xx = np.mgrid[0:256, 0:256]
     pixels = (xx * 8 + 1200 * ((xx - 128) ** 2 + (yy - 110) ** 2 < 50**2)).astype(np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.PatientName = "Test^Browser"
-    ds.StudyDate = dt.date.today().strftime("%Y%m%d")
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.tobytes()
+    ds = dicom_dataset(
+        pixels,
+        sop_class=CTImageStorage,
+        PatientName="Test^Browser",
+        StudyDate=dt.date.today().strftime("%Y%m%d"),
+    )
     ds.save_as(path, enforce_file_format=True)
     return path
 
