@@ -353,8 +353,16 @@ with draw_right:
                     "what it measures": [glossary.metric_help(m) for m, _, _ in seven],
                 }
             )
-            gh, gw = viewer.metrics.DEFAULT_SIZE
-            st.caption(f"On the {gw}×{gh} comparison grid; IoU and Dice at each map's Otsu threshold.")
+            gh, gw = viewer.region_grid_size(image.size)
+            shrunk = (
+                ""
+                if (gh, gw) == tuple(image.size)
+                else f", the image's {image.size[1]}×{image.size[0]} shrunk"
+            )
+            st.caption(
+                f"At native resolution ({gw}×{gh}{shrunk}): the map upsampled to the image, the region as "
+                "drawn; IoU and Dice at each map's Otsu threshold."
+            )
         if image_evidence is not None and image_evidence.assessable:
             inside = image_evidence.values.get("E2.energy_inside")
             if inside is not None:

@@ -562,21 +562,32 @@ def drawing_figure(base: np.ndarray, view: View, annotation: Annotation | None) 
     return fig
 
 
+REGION_MAX_SIDE = 1024  # a drawn region is compared with the map at the image's size, capped at this side
+
+
+def region_grid_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of the grid a drawn region is measured on: the image's ``size``, longest side at most
+    :data:`REGION_MAX_SIDE`."""
+    h, w = size
+    s = min(1.0, REGION_MAX_SIDE / max(h, w))
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def region_grid(map01: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The map (any grid) and the drawn region's mask (the image's size) on :func:`region_grid_size`: the map
+    bilinear, the mask nearest (its edges stay where drawn)."""
+    gh, gw = region_grid_size((int(mask.shape[0]), int(mask.shape[1])))
+    m = cv2.resize(np.asarray(map01, np.float32), (gw, gh), interpolation=cv2.INTER_LINEAR)
+    k = cv2.resize(mask.astype(np.uint8), (gw, gh), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+    return np.ascontiguousarray(m), k
+
+
 def region_numbers(map01: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """The map against the drawn region at the image's size (longest side capped at 1024, mask by nearest):
-    energy inside, the region's area share (what a uniform map would put inside), their difference,
-    pointing game, IoU and Dice at the map's Otsu threshold."""
-    h, w = mask.shape
-    s = min(1.0, 1024 / max(h, w))
-    gh, gw = max(1, round(h * s)), max(1, round(w * s))
-    m = torch.from_numpy(
-        np.ascontiguousarray(
-            cv2.resize(np.asarray(map01, np.float32), (gw, gh), interpolation=cv2.INTER_LINEAR)
-        )
-    )[None]
-    k = torch.from_numpy(
-        cv2.resize(mask.astype(np.uint8), (gw, gh), interpolation=cv2.INTER_NEAREST).astype(np.float32)
-    )[None]
+    """The map against the drawn region on :func:`region_grid`: energy inside, the region's area share (what a
+    uniform map would put inside), their difference, pointing game, IoU and Dice at the map's Otsu
+    threshold."""
+    grid_map, grid_mask = region_grid(map01, mask)
+    m, k = torch.from_numpy(grid_map)[None], torch.from_numpy(grid_mask)[None]
     energy = float(metrics.energy_in_mask(m, k).values[0])
     area = float(k.mean())
     return {
@@ -591,11 +602,11 @@ def region_numbers(map01: np.ndarray, mask: np.ndarray) -> dict[str, float]:
 
 def reference_metrics(map01: np.ndarray, mask: np.ndarray) -> list[tuple[str, float, str]]:
     """The seven metrics of :data:`~verification.metrics.DEFAULT_METRICS` with the drawn region (1 inside, 0
-    outside) as this image's reference map (METHODS §3, E5's per-image reference), on the registry's
-    comparison grid with Otsu thresholds for IoU/Dice: (label, value, "higher is better" or "lower ...")."""
-    values = metrics.compute_metrics(
-        np.asarray(map01, np.float32)[None], np.asarray(mask, np.float32)[None], threshold="otsu"
-    )
+    outside) as this image's reference map (METHODS §3, E5's per-image reference), at native resolution (on
+    :func:`region_grid`: a region a few pixels wide is not lost on a coarse grid), Otsu thresholds for
+    IoU/Dice: (label, value, "higher is closer" or "lower is closer")."""
+    grid_map, grid_mask = region_grid(map01, mask)
+    values = metrics.compute_metrics(grid_map[None], grid_mask[None], threshold="otsu", size=None)
     out = []
     for name in metrics.DEFAULT_METRICS:
         spec = metrics.METRICS[name]

@@ -227,6 +227,24 @@ def test_seven_metrics_against_the_drawn_region_hand_derived() -> None:
     assert other["Wasserstein (spatial)"] > 0.3  # the squares sit 12/32 apart on both axes
 
 
+def test_a_region_a_few_pixels_wide_is_measured_at_native_resolution() -> None:
+    mask = np.zeros((224, 224), bool)
+    mask[100:103, 150:153] = True  # 3×3 pixels: less than one cell of a 64×64 grid
+    same = dict((m, v) for m, v, _ in viewer.reference_metrics(mask.astype(np.float32), mask))
+    assert same["IoU"] == pytest.approx(1.0)
+    assert same["Dice"] == pytest.approx(1.0)
+    assert same["Cosine"] == pytest.approx(1.0)
+    beside = np.zeros((224, 224), np.float32)
+    beside[100:103, 154:157] = 1.0  # 4 px to the right: no overlap at native resolution
+    moved = dict((m, v) for m, v, _ in viewer.reference_metrics(beside, mask))
+    assert moved["IoU"] == pytest.approx(0.0)
+    assert moved["Cosine"] == pytest.approx(0.0)
+    # a map on the model's grid is upsampled to the image; a large film is measured with its long side at 1024
+    grid_map, grid_mask = viewer.region_grid(np.ones((7, 7), np.float32), np.zeros((2000, 1000), bool))
+    assert grid_map.shape == grid_mask.shape == (1024, 512)
+    assert viewer.region_grid_size((224, 224)) == (224, 224)
+
+
 def test_the_real_1841x1955_film_zoomed_is_sent_at_native_pixels() -> None:
     import importlib.util
     from pathlib import Path
