@@ -80,26 +80,18 @@ def _channels_last(x: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------
 # oneDNN post-op fusion: conv → activation, conv → (+ residual) → activation
 
-_UNARY_MODULES: dict[type[nn.Module], tuple[str, list[float]]] = {
-    nn.ReLU: ("relu", []),
-    nn.ReLU6: ("hardtanh", [0.0, 6.0]),
-    nn.Hardswish: ("hardswish", []),
-    nn.SiLU: ("swish", []),
-    nn.Sigmoid: ("sigmoid", []),
-    nn.Tanh: ("tanh", []),
-    nn.Hardsigmoid: ("hardsigmoid", []),
-}
-_UNARY_FUNCTIONS: dict[Any, tuple[str, list[float]]] = {
-    torch.relu: ("relu", []),
-    torch.relu_: ("relu", []),
-    F.relu: ("relu", []),
-    F.relu6: ("hardtanh", [0.0, 6.0]),
-    F.hardswish: ("hardswish", []),
-    F.silu: ("swish", []),
-    torch.sigmoid: ("sigmoid", []),
-    torch.tanh: ("tanh", []),
-    F.hardsigmoid: ("hardsigmoid", []),
-}
+# each activation once: its module, its functional forms, and the oneDNN post-op (name, scalars) it fuses as
+_ACTIVATIONS: tuple[tuple[type[nn.Module], tuple[Any, ...], tuple[str, list[float]]], ...] = (
+    (nn.ReLU, (torch.relu, torch.relu_, F.relu), ("relu", [])),
+    (nn.ReLU6, (F.relu6,), ("hardtanh", [0.0, 6.0])),
+    (nn.Hardswish, (F.hardswish,), ("hardswish", [])),
+    (nn.SiLU, (F.silu,), ("swish", [])),
+    (nn.Sigmoid, (torch.sigmoid,), ("sigmoid", [])),
+    (nn.Tanh, (torch.tanh,), ("tanh", [])),
+    (nn.Hardsigmoid, (F.hardsigmoid,), ("hardsigmoid", [])),
+)
+_UNARY_MODULES: dict[type[nn.Module], tuple[str, list[float]]] = {m: op for m, _, op in _ACTIVATIONS}
+_UNARY_FUNCTIONS: dict[Any, tuple[str, list[float]]] = {f: op for _, fs, op in _ACTIVATIONS for f in fs}
 _ADDS = (operator.add, operator.iadd, torch.add)
 # modules that return a tensor of their own (never a view of, or the same storage as, their input)
 _FRESH_MODULES = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d)
