@@ -178,3 +178,23 @@ def _scores(g: object) -> np.ndarray:
     ref = getattr(g, "feature", None)
     assert isinstance(ref, FeatureReference)
     return ref.calib_scores
+
+
+def test_the_metric_warm_up_compiles_every_kernel_a_drawn_region_uses() -> None:
+    """The background warm stage compiles (or loads) the numba kernels of the seven metrics, Otsu thresholds
+    and the spatial Wasserstein included, so no reader's first drawn region waits for a compiler."""
+    import numba
+
+    from verification.metrics import grid_flow, kernels
+
+    warm.warm_metric_kernels()
+    dispatchers = {
+        name: obj
+        for module in (kernels, grid_flow)
+        for name, obj in vars(module).items()
+        if isinstance(obj, numba.core.registry.CPUDispatcher)
+    }
+    assert {"overlap_counts", "ssim_means", "unit_histograms", "kl_ratios"} <= dispatchers.keys()
+    used = [name for name, d in dispatchers.items() if d.signatures]
+    assert {"overlap_counts", "ssim_means", "unit_histograms", "kl_ratios"} <= set(used), used
+    assert any(name.startswith("_solve") for name in used), used  # the Wasserstein solver
