@@ -97,21 +97,27 @@ def centred_moments(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # p
         out[p, 2], out[p, 3], out[p, 4] = _products(ra, rb, out[p, 0], out[p, 1])
 
 
+# SSIM's output rows per block: a block's four filtered fields (4 × 16 × 214 values at 224²) and the input
+# rows they need stay in the core's L2 cache, one field's 11-row window in L1.
+_SSIM_ROWS = 16
+
+
 @numba.njit(nogil=True, cache=True, fastmath=_FMA, error_model="numpy")
 def ssim_means(
     a: np.ndarray, b: np.ndarray, taps: tuple[float, ...], k1: float, k2: float, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
     """Mean SSIM per pair of (N|1, H, W) maps with the filter ``taps`` ('valid' window: skimage's crop);
     ``k1`` = 2·C1 and ``k2`` = 2·C2; taps, k1 and k2 in the maps' dtype. ``taps`` is a tuple so that its
-    length is known when compiling: each output's taps are summed in registers, outputs 16 at a time."""
+    length is known when compiling: each output's taps are summed in registers, outputs 16 at a time.
+    Output rows in blocks of :data:`_SSIM_ROWS`, field by field, then the pixel formula over the block."""
     n, h, w = out.shape[0], a.shape[1], a.shape[2]
     win = len(taps)
     hv, wv = h - win + 1, w - win + 1
     dt = a.dtype
     f = np.empty((4, h, w), dt)  # s, d, s², d² of one pair
-    v = np.empty((4, w), dt)  # one output row after the vertical pass
-    g = np.empty((4, wv), dt)  # ... and after the horizontal pass
-    q = np.empty(wv, dt)  # ... and the SSIM of its pixels
+    v = np.empty(w, dt)  # one output row of one field after the vertical pass
+    g = np.empty((4, _SSIM_ROWS, wv), dt)  # a block of output rows after both passes
+    q = np.empty(wv, dt)  # the SSIM of one output row's pixels
     acc = np.empty(wv, np.float64)
     for p in range(n):
         ra = a[p if a.shape[0] > 1 else 0]
@@ -125,28 +131,31 @@ def ssim_means(
                 f[2, i, j] = s * s
                 f[3, i, j] = d * d
         acc[:] = 0.0
-        for i in range(hv):
+        for i0 in range(0, hv, _SSIM_ROWS):
+            m = min(_SSIM_ROWS, hv - i0)
             for c in range(4):
-                for j in range(w):
-                    t = taps[0] * f[c, i, j]
-                    for k in range(1, win):
-                        t += taps[k] * f[c, i + k, j]
-                    v[c, j] = t
-                vc = v[c]
-                gc = g[c]
+                for r in range(m):
+                    for j in range(w):
+                        t = taps[0] * f[c, i0 + r, j]
+                        for k in range(1, win):
+                            t += taps[k] * f[c, i0 + r + k, j]
+                        v[j] = t
+                    gr = g[c, r]
+                    for j in range(wv):
+                        t = taps[0] * v[j]
+                        for k in range(1, win):
+                            t += taps[k] * v[j + k]
+                        gr[j] = t
+            for r in range(m):
+                ms, md, es, ed = g[0, r], g[1, r], g[2, r], g[3, r]  # μs, μd, E[s²], E[d²]
                 for j in range(wv):
-                    t = taps[0] * vc[j]
-                    for k in range(1, win):
-                        t += taps[k] * vc[j + k]
-                    gc[j] = t
-            for j in range(wv):
-                ps = g[0, j] * g[0, j]  # μs²
-                pd = g[1, j] * g[1, j]  # μd²
-                x = ps - pd
-                y = ps + pd
-                q[j] = ((x + k1) * (g[2, j] - g[3, j] - x + k2)) / ((y + k1) * (g[2, j] + g[3, j] - y + k2))
-            for j in range(wv):
-                acc[j] += q[j]
+                    ps = ms[j] * ms[j]
+                    pd = md[j] * md[j]
+                    x = ps - pd
+                    y = ps + pd
+                    q[j] = ((x + k1) * (es[j] - ed[j] - x + k2)) / ((y + k1) * (es[j] + ed[j] - y + k2))
+                for j in range(wv):
+                    acc[j] += q[j]
         total = 0.0
         for j in range(wv):
             total += acc[j]
