@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from verification.verdict import LINE_NAMES, VerificationReport
+from verification.verdict.records import ClassLine, LineResult
 
 __all__ = ["Comparison", "LineComparison", "compare_reports"]
 
@@ -66,48 +67,50 @@ def _rows(a: VerificationReport, b: VerificationReport) -> tuple[LineComparison,
         la, lb = a.line(key), b.line(key)
         any_line = la or lb
         assert any_line is not None
-        votes_a = la is not None and la.decisive and la.status != "uninformative"
-        votes_b = lb is not None and lb.decisive and lb.status != "uninformative"
-        rows.append(
-            LineComparison(
-                line=key,
-                name=any_line.name,
-                class_name=None,
-                status_a=None if la is None else la.status,
-                status_b=None if lb is None else lb.status,
-                value_a=None,
-                value_b=None,
-                threshold_a=None,
-                threshold_b=None,
-                higher_is_better=True,
-                votes_a=votes_a,
-                votes_b=votes_b,
-            )
+        votes = (
+            la is not None and la.decisive and la.status != "uninformative",
+            lb is not None and lb.decisive and lb.status != "uninformative",
         )
+        rows.append(_row(key, any_line.name, None, _whole(la), _whole(lb), votes))
         for cls in classes:
             ca = None if la is None else la.for_class(cls)
             cb = None if lb is None else lb.for_class(cls)
-            if ca is None and cb is None:
-                continue
-            ref = ca or cb
-            assert ref is not None
-            rows.append(
-                LineComparison(
-                    line=key,
-                    name=any_line.name,
-                    class_name=cls,
-                    status_a=None if ca is None else ca.status,
-                    status_b=None if cb is None else cb.status,
-                    value_a=None if ca is None else ca.value,
-                    value_b=None if cb is None else cb.value,
-                    threshold_a=None if ca is None else ca.threshold,
-                    threshold_b=None if cb is None else cb.threshold,
-                    higher_is_better=ref.higher_is_better,
-                    votes_a=votes_a,
-                    votes_b=votes_b,
-                )
-            )
+            if ca is not None or cb is not None:
+                rows.append(_row(key, any_line.name, cls, ca, cb, votes))
     return tuple(rows)
+
+
+def _whole(line: LineResult | None) -> ClassLine | None:
+    """A line over the whole run as one side of a row: its status (no value, no threshold)."""
+    return None if line is None else ClassLine("", line.status)
+
+
+def _row(
+    key: str,
+    name: str,
+    cls: str | None,
+    ca: ClassLine | None,
+    cb: ClassLine | None,
+    votes: tuple[bool, bool],
+) -> LineComparison:
+    """Line ``key`` in both models for class ``cls`` (None: the line over the whole run), from each side's
+    result (None: the model has none)."""
+    ref = ca or cb
+    assert ref is not None
+    return LineComparison(
+        line=key,
+        name=name,
+        class_name=cls,
+        status_a=None if ca is None else ca.status,
+        status_b=None if cb is None else cb.status,
+        value_a=None if ca is None else ca.value,
+        value_b=None if cb is None else cb.value,
+        threshold_a=None if ca is None else ca.threshold,
+        threshold_b=None if cb is None else cb.threshold,
+        higher_is_better=ref.higher_is_better,
+        votes_a=votes[0],
+        votes_b=votes[1],
+    )
 
 
 def compare_reports(a: VerificationReport, b: VerificationReport) -> Comparison:
