@@ -1,6 +1,7 @@
 """Dashboard latency in a real browser (headless Chromium through Playwright, a real server).
 
-    .venv/bin/python bench/dashboard.py [--repeats 5] [--load-procs 2] [--only idle|loaded] [--launcher ui/serve.py]
+    .venv/bin/python bench/dashboard.py [--repeats 5] [--load-procs 2] [--only idle|loaded] [--think 2]
+                                        [--launcher ui/serve.py]
 
 Each scenario starts the server the README's command starts (``streamlit run ui/serve.py``: the warm launcher;
 ``--launcher dashboard.py`` measures the plain script) and drives it with Chromium from
@@ -29,6 +30,10 @@ server counts as activity: a run of 50 ms may never show "running" in the page, 
 the page is not settled before the last. Where the time went is printed beside each step: the server's first
 message (its answer began) and its last (the run ended); the rest up to "drawn" is the browser's (rendering,
 fetching and decoding the pictures). A step that does not settle is listed as FAILED with what held it.
+
+Between a settled page and the next action the bench waits ``--think`` seconds (default 2: a reader looks at
+the picture before the next click; the page preloads its chart library once quiet, and what it does in that
+time is part of what the reader gets). ``--think 0`` clicks as soon as the page has settled.
 
 The loaded scenario starts ``--load-procs`` background processes (each a single-threaded loop of 512×512
 float64 numpy matrix products, at normal priority) before the server, and stops them after. ``uptime``'s
@@ -64,6 +69,7 @@ from tests.app.browser_harness import (
 )
 
 QUIET_MS = 600  # a settled state must last this long (the time reported is when it began)
+THINK_S = 2.0  # before each step the reader looks at the settled page this long (--think)
 TIMEOUT_MS = 180_000
 PAGE_TIMEOUT_MS = 30_000  # a warm page that has not settled by then is reported as FAILED
 DICOM_SAMPLE = ROOT / "assets" / "demo" / "samples" / "cxr_nodule_dx_monochrome1.dcm"
@@ -221,6 +227,7 @@ def _wait_settled(page: Any, timeout_ms: float) -> dict[str, Any]:
 
 def _measure(page: Any, act: Any, *, watch_overlay: bool, timeout_ms: float = TIMEOUT_MS) -> Timing:
     """Time ``act`` (one click: what a user does) to the new overlay decoded and to the page settled."""
+    time.sleep(THINK_S)  # what the page does meanwhile (preloading) is part of what a reader gets
     old = page.evaluate("() => window.__bench.overlaySrc()") if watch_overlay else "__none__"
     page.evaluate("(old) => window.__bench.begin(old)", old)
     act()
@@ -448,15 +455,23 @@ def report(res: Results, *, scenario: str, factor: float, load_before: str, load
 
 
 def main() -> None:
+    global THINK_S
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop servers and load processes on a kill
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--load-procs", type=int, default=2, help="background processes of the loaded run")
     parser.add_argument("--only", choices=["idle", "loaded"], default=None)
     parser.add_argument("--launcher", default="ui/serve.py", help="script given to `streamlit run`")
+    parser.add_argument(
+        "--think", type=float, default=THINK_S, help="seconds between a settled page and the next action"
+    )
     args = parser.parse_args()
+    THINK_S = args.think
     (ROOT / "test-artifacts").mkdir(exist_ok=True)
-    print(f"dashboard latency, headless Chromium, `streamlit run {args.launcher}`, {args.repeats} repeats")
+    print(
+        f"dashboard latency, headless Chromium, `streamlit run {args.launcher}`, {args.repeats} repeats, "
+        f"{args.think:g} s between a settled page and the next action"
+    )
     if args.only in (None, "idle"):
         res, before = Results(), _uptime()
         run_scenario(args.launcher, args.repeats, res)
