@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from verification.cli.common import EXIT_OK, CliError, check_row, class_indices, load_model_args
+from verification.cli.common import (
+    EXIT_OK,
+    CliError,
+    check_row,
+    class_indices,
+    load_model_args,
+    progress_flag,
+)
 from verification.cli.outputs import atomic_file, dumps, write_text_atomic
 
 
@@ -105,6 +112,7 @@ def cmd_consistency(args: argparse.Namespace) -> int:
 
     from verification.batch import read_images, scan_labelled
     from verification.consistency import track_checkpoints
+    from verification.engines import progress_disabled
     from verification.io.models import load_model
 
     missing = [c for c in args.checkpoints if not Path(c).is_file()]
@@ -120,7 +128,7 @@ def cmd_consistency(args: argparse.Namespace) -> int:
     if not images:
         raise CliError(f"none of the {len(paths)} images could be read; first error: {errors[0].error}")
     with tqdm(
-        total=len(args.checkpoints), unit="ckpt", disable=True if args.quiet else None, leave=False
+        total=len(args.checkpoints), unit="ckpt", disable=progress_disabled(progress_flag(args)), leave=False
     ) as bar:
         series = track_checkpoints(
             [first, *args.checkpoints[1:]],

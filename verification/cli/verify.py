@@ -40,9 +40,7 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
     paths, labels = scan_labelled(args.data)
     _, model = load_model_args(args)
     y = class_indices(labels, model.class_names, args.data)
-    for flag, folder in (("--annotations", args.annotations), ("--anatomy", args.anatomy)):
-        if folder is not None and not Path(folder).is_dir():
-            raise CliError(f"{flag} {folder} is not a folder")
+    _check_mask_folders(args)
     healthy = {Path(p).stem: _load_other(p, args) for p in args.healthy}
     bad = {Path(p).stem: _load_other(p, args) for p in args.bad}
     bundle, used, skipped = build_reference_from_paths(
@@ -62,6 +60,12 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
             f"({counts})" + (f"; {skipped} unreadable" if skipped else "") + f"; {cal}\n"
         )
     return EXIT_OK
+
+
+def _check_mask_folders(args: argparse.Namespace) -> None:
+    for flag, folder in (("--annotations", args.annotations), ("--anatomy", args.anatomy)):
+        if folder is not None and not Path(folder).is_dir():
+            raise CliError(f"{flag} {folder} is not a folder")
 
 
 def _load_other(path: str, args: argparse.Namespace) -> LoadedModel:
@@ -112,9 +116,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     missing = [p for p in _bundle_files(Path(args.bundle)) if not p.is_file()]
     if missing:
         raise CliError(f"reference bundle {args.bundle}: {', '.join(map(str, missing))} not found")
-    for flag, folder in (("--annotations", args.annotations), ("--anatomy", args.anatomy)):
-        if folder is not None and not Path(folder).is_dir():
-            raise CliError(f"{flag} {folder} is not a folder")
+    _check_mask_folders(args)
     if args.gate is not None and not Path(args.gate).is_file():
         raise CliError(f"gate model {args.gate} does not exist")
     spec, model = load_model_args(args)

@@ -14,7 +14,7 @@ from typing import Literal, TypeVar
 from verification.batch import BatchJob, Row
 from verification.errors import VerificationError
 
-__all__ = ["EngineOptions", "EngineUnavailableError", "run_job"]
+__all__ = ["EngineOptions", "EngineUnavailableError", "progress_disabled", "run_job"]
 
 EngineName = Literal["local", "ray"]
 R = TypeVar("R")
@@ -35,6 +35,12 @@ class EngineOptions:
     workers: int = 0
     ray_address: str | None = None
     ray_num_cpus: int = 2
+
+
+def progress_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for ``progress``: None (tqdm then shows the bar only when stderr is a terminal) or
+    the opposite of the flag."""
+    return None if progress is None else not progress
 
 
 def run_job(

@@ -9,7 +9,7 @@ from typing import TypeVar
 from tqdm import tqdm
 
 from verification.batch import BatchJob, Row, make_loader
-from verification.engines import EngineOptions
+from verification.engines import EngineOptions, progress_disabled
 
 R = TypeVar("R")
 
@@ -22,12 +22,7 @@ def run_local(
     loader = make_loader(
         paths, model, batch_size=options.batch_size, workers=options.workers, keep_display=job.keep_display
     )
-    with tqdm(total=len(paths), unit="img", disable=_disable(progress), leave=False) as bar:
+    with tqdm(total=len(paths), unit="img", disable=progress_disabled(progress), leave=False) as bar:
         for batch in loader:
             yield from job.run(batch)
             bar.update(len(batch))
-
-
-def _disable(progress: bool | None) -> bool | None:
-    # tqdm: disable=None turns the bar off when stderr is not a terminal.
-    return None if progress is None else not progress

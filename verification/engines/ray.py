@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import verification
 from verification.batch import BatchJob, ImageDataset, Row, collate_items, decode_row, encode_row
-from verification.engines import EngineOptions, EngineUnavailableError
+from verification.engines import EngineOptions, EngineUnavailableError, progress_disabled
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -103,8 +103,7 @@ def run_ray(
             )
         pending: dict[int, list[Row[R]]] = {}
         next_chunk = 0
-        disable = None if progress is None else not progress
-        with tqdm(total=len(names), unit="img", disable=disable, leave=False) as bar:
+        with tqdm(total=len(names), unit="img", disable=progress_disabled(progress), leave=False) as bar:
             for out in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 for chunk_id, data in zip(out["chunk"], out["row"]):
                     pending.setdefault(int(chunk_id), []).append(decode_row(bytes(data), job.result_type))
