@@ -345,29 +345,18 @@ def otsu_thresholds(x: torch.Tensor, nbins: int = 256) -> torch.Tensor:
     bad = ~(np.isfinite(lo64) & np.isfinite(hi64))
     unit = (lo64 == 0) & (hi64 == 1) & (flat.dtype.kind == "f") & (nbins & (nbins - 1) == 0)
     lo64, hi64 = np.where(bad, 0.0, lo64), np.where(bad, 0.0, hi64)
-    counts = np.zeros((n, nbins), dtype=np.float64)
+    counts = np.zeros((n, nbins), dtype=np.int64)
     if unit.any():
         counts[unit] = _unit_histograms(flat if unit.all() else flat[unit], nbins)
     rest = ~unit & ~bad & (hi64 > lo64)
     if rest.any():
         counts[rest] = _float64_histograms(flat[rest], lo64[rest], hi64[rest], nbins)
-    lo = torch.from_numpy(lo64).unsqueeze(1)
-    span = torch.from_numpy(hi64 - lo64).unsqueeze(1)
-    const = (span <= 0).reshape(-1)
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    cnt = torch.from_numpy(counts)
-    edges = lo + safe * torch.arange(nbins + 1, dtype=torch.float64) / nbins
-    centers = (edges[:, :-1] + edges[:, 1:]) / 2
-    w1 = cnt.cumsum(1)
-    w2 = cnt.flip(1).cumsum(1).flip(1)
-    m1 = (cnt * centers).cumsum(1) / w1.clamp_min(1e-300)
-    m2 = (cnt * centers).flip(1).cumsum(1).flip(1) / w2.clamp_min(1e-300)
-    var12 = w1[:, :-1] * w2[:, 1:] * (m1[:, :-1] - m2[:, 1:]) ** 2
-    best = var12.argmax(dim=1, keepdim=True)
-    thr = centers.gather(1, best).reshape(-1)
-    thr = torch.where(const, lo.reshape(-1), thr)
-    thr = torch.where(torch.from_numpy(bad), torch.full_like(thr, math.nan), thr)
-    return thr.to(device=x.device, dtype=x.dtype)
+    span = hi64 - lo64
+    thr = np.empty(n, dtype=np.float64)
+    _kernels().otsu_from_counts(counts, lo64, np.where(span > 0, span, 1.0), thr)
+    thr = np.where(span > 0, thr, lo64)  # a constant map: its value
+    thr[bad] = np.nan
+    return torch.from_numpy(thr).to(device=x.device, dtype=x.dtype)
 
 
 def _unit_histograms(rows: np.ndarray, nbins: int) -> np.ndarray:

@@ -13,7 +13,7 @@ the same code whatever the batch around it, so it never depends on the batch.
   (see :func:`verification.metrics.functional.ssim`), accumulated in float64. Filtering runs in the maps'
   dtype, as scikit-image does.
 * :func:`unit_histograms`: ``nbins``-bin histograms of rows with values in [0, 1] (bin ⌊x·nbins⌋, 1.0 in the
-  last bin), for Otsu's threshold.
+  last bin), and :func:`otsu_from_counts`: Otsu's threshold from such histograms.
 
 Float64 sums are vectorised (``fastmath`` reassociation and contraction only: NaN and ±inf still propagate);
 the filters and the pixel formula use contraction (fused multiply-add) only; divisions follow numpy's error
@@ -164,26 +164,72 @@ def ssim_means(
 
 @numba.njit(nogil=True, cache=True)
 def unit_histograms(x: np.ndarray, nbins: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """``out[r]``: counts of ⌊x[r]·nbins⌋ (clamped to nbins − 1) for rows with values in [0, 1]; four
-    interleaved partial histograms so that equal neighbouring bins do not serialise the increments."""
+    """``out[r]``: counts of ⌊x[r]·nbins⌋ (clamped to nbins − 1) for rows with values in [0, 1] (the product
+    is exact for a power-of-two ``nbins``); eight interleaved partial histograms so that runs of equal bins
+    do not serialise the increments."""
     n, px = x.shape
-    part = np.zeros((4, nbins), np.int64)
+    parts = 8
+    part = np.zeros((parts, nbins), np.int32)
     top = nbins - 1
+    scale = x.dtype.type(nbins)
     for r in range(n):
         part[:] = 0
         row = x[r]
         j = 0
-        while j + 4 <= px:
-            for q in range(4):
-                i = min(max(int(row[j + q] * nbins), 0), top)
-                part[q, i] += 1
-            j += 4
+        while j + parts <= px:
+            for q in range(parts):
+                part[q, min(max(int(row[j + q] * scale), 0), top)] += 1
+            j += parts
         while j < px:
-            i = min(max(int(row[j] * nbins), 0), top)
-            part[0, i] += 1
+            part[0, min(max(int(row[j] * scale), 0), top)] += 1
             j += 1
-        for q in range(nbins):
-            out[r, q] = part[0, q] + part[1, q] + part[2, q] + part[3, q]
+        for k in range(nbins):
+            total = 0
+            for q in range(parts):
+                total += part[q, k]
+            out[r, k] = total
+
+
+@numba.njit(nogil=True, cache=True)
+def otsu_from_counts(
+    counts: np.ndarray, lo: np.ndarray, span: np.ndarray, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Otsu's threshold per row of ``counts`` (n, nbins) over [lo, lo + span], scikit-image's rule in float64:
+    the bin centre maximising w1·w2·(μ1 − μ2)² between bins k and k + 1 (the first such bin)."""
+    n, nbins = counts.shape
+    centers = np.empty(nbins)
+    w1 = np.empty(nbins)
+    w2 = np.empty(nbins)
+    m1 = np.empty(nbins)
+    m2 = np.empty(nbins)
+    for r in range(n):
+        for k in range(nbins):
+            e0 = lo[r] + span[r] * k / nbins
+            e1 = lo[r] + span[r] * (k + 1) / nbins
+            centers[k] = (e0 + e1) / 2
+        c = 0.0
+        cm = 0.0
+        for k in range(nbins):
+            c += counts[r, k]
+            cm += counts[r, k] * centers[k]
+            w1[k] = c
+            m1[k] = cm / max(c, 1e-300)
+        c = 0.0
+        cm = 0.0
+        for k in range(nbins - 1, -1, -1):
+            c += counts[r, k]
+            cm += counts[r, k] * centers[k]
+            w2[k] = c
+            m2[k] = cm / max(c, 1e-300)
+        best = 0
+        top = -1.0
+        for k in range(nbins - 1):
+            d = m1[k] - m2[k + 1]
+            v = w1[k] * w2[k + 1] * (d * d)
+            if v > top:
+                top = v
+                best = k
+        out[r] = centers[best]
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_SUMS, error_model="numpy")
