@@ -21,6 +21,7 @@ from verification.consistency import (
     ovr_auc,
     pairwise_sum_min,
     prepare_maps,
+    series_mismatch,
     soft_iou_matrix,
     track_checkpoints,
 )
@@ -365,3 +366,13 @@ def test_a_dip_that_recovered_is_not_drift() -> None:
     again = CheckpointSeries.from_dict(json.loads(series.to_json()))
     assert [w.recovered_at for w in again.warnings] == [w.recovered_at for w in series.warnings]
     assert [w.message() for w in again.warnings] == [w.message() for w in series.warnings]
+
+
+def test_a_checkpoint_with_other_classes_cannot_join_the_series() -> None:
+    a = loaded_model(nn.Identity(), class_names=("normal", "nodule"))
+    b = loaded_model(nn.Identity(), class_names=("nodule", "normal"))
+    assert series_mismatch(("normal", "nodule"), a, "a") is None
+    why = series_mismatch(("normal", "nodule"), b, "epoch 2")
+    assert why is not None
+    assert "checkpoint 'epoch 2' has classes ['nodule', 'normal']" in why
+    assert "one model's training run" in why

@@ -350,3 +350,29 @@ def test_label_indices_reads_names_and_indices_and_refuses_a_label_set() -> None
     assert label_indices(None, CLASSES, 2).tolist() == [-1, -1]
     with pytest.raises(InvalidInputError, match="one class per image"):
         label_indices(["normal", ["nodule", "effusion"]], CLASSES, 2)
+
+
+def test_text_says_a_decisive_but_uninformative_line_does_not_vote() -> None:
+    from verification.verdict.records import LineResult
+
+    lines = (
+        LineResult("E1", "accuracy", "pass", True, sentence="s1"),
+        LineResult("E5", "agreement", "uninformative", True, sentence="s5"),
+        LineResult("E6", "faithfulness", "pass", False, sentence="s6"),
+    )
+    report = VerificationReport(
+        verdict="suitable",
+        deciding_line=None,
+        reason="r",
+        class_names=CLASSES,
+        classes=(),
+        lines=lines,
+        images=(),
+        accuracy=None,
+        n_images=0,
+        n_not_assessable=0,
+    )
+    text = report.text()
+    assert "E1 accuracy: pass — s1" in text
+    assert "E5 agreement: uninformative (does not vote) — s5" in text
+    assert "E6 faithfulness: pass (does not vote) — s6" in text

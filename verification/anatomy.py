@@ -319,8 +319,7 @@ def roi_from_model(
         prob.float(), size=(height, width), mode="bilinear", align_corners=False
     )
     m = prob[0, 0].numpy() > threshold
-    name = model.class_names[index] if index < len(model.class_names) else str(index)
-    method = f"segmentation model '{model.name}', output '{name}' > {threshold:g}"
+    method = f"segmentation model '{model.name}', output '{model.class_name(index)}' > {threshold:g}"
     if not m.any():
         return AnatomyROI(
             None, "failed", method, reason="the segmentation model found no anatomy in the image"

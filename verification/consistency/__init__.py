@@ -31,6 +31,7 @@ from verification.consistency.checkpoints import (
     ProgressFn,
     WarningKind,
     detect_early_warnings,
+    series_mismatch,
     track_checkpoints,
 )
 from verification.consistency.cscore import (
@@ -83,6 +84,7 @@ __all__ = [
     "ovr_auc",
     "pairwise_sum_min",
     "prepare_maps",
+    "series_mismatch",
     "soft_iou_matrix",
     "soft_iou_pairs",
     "track_checkpoints",

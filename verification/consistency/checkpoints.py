@@ -351,6 +351,17 @@ def _input_tensor(images: ImagesLike, model: LoadedModel, cache: dict[str, list[
     return to_tensor(cache["images"], model)
 
 
+def series_mismatch(class_names: Sequence[str], model: LoadedModel, name: str) -> str | None:
+    """Why checkpoint ``name`` (``model``) cannot join a series whose classes are ``class_names`` (None when
+    it can): every checkpoint of a series has the same classes, in the same order."""
+    if tuple(model.class_names) == tuple(class_names):
+        return None
+    return (
+        f"checkpoint '{name}' has classes {list(model.class_names)}, the series has {list(class_names)}: a "
+        "series must be one model's training run"
+    )
+
+
 def _checkpoint_name(item: str | Path | LoadedModel, model: LoadedModel) -> str:
     return Path(item).stem if isinstance(item, (str, Path)) else model.name
 
@@ -407,11 +418,8 @@ def track_checkpoints(
         ckpt_names.append(name)
         if class_names is None:
             class_names = model.class_names
-        elif model.class_names != class_names:
-            raise ShapeError(
-                f"checkpoint '{name}' has classes {list(model.class_names)}, "
-                f"the series has {list(class_names)}"
-            )
+        elif (why := series_mismatch(class_names, model, name)) is not None:
+            raise ShapeError(why)
         x = _input_tensor(images, model, cache)
         if x.shape[0] != y.shape[0]:
             raise ShapeError(f"{x.shape[0]} images but {y.shape[0]} labels")

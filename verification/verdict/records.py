@@ -280,7 +280,7 @@ class VerificationReport:
                 f"  {c.class_name}: {c.label}{by} — {c.reason} ({c.n_assessable}/{c.n_images} {counted})"
             )
         for ln in self.lines:
-            votes = "" if ln.decisive else " (does not vote)"
+            votes = "" if ln.votes else " (does not vote)"
             out.append(f"  {ln.key} {ln.name}: {ln.status}{votes} — {ln.sentence}")
         return "\n".join(out)
 
