@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from tests.app.browser_harness import (
-    NEEDS_CHROMIUM,
-    ROOT,
+    ARTIFACTS,
+    BROWSER_TEST,
     choose,
     chromium_page,
     streamlit_server,
@@ -29,23 +28,22 @@ from ui.viewer import view_for
 from verification import demo
 from verification.io import load_image
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    NEEDS_CHROMIUM,
-]
-ARTIFACTS = ROOT / "test-artifacts"
+pytestmark = BROWSER_TEST
 PANELS = ".st-key-viewer_panels img"
 
-# The decoded pixels of every panel picture (drawn onto a canvas), once all are decoded.
-PIXELS_JS = """(sel) => Array.from(document.querySelectorAll(sel)).map((img) => {
-  const c = document.createElement('canvas');
-  c.width = img.naturalWidth; c.height = img.naturalHeight;
-  const g = c.getContext('2d');
-  g.drawImage(img, 0, 0);
-  const data = Array.from(g.getImageData(0, 0, c.width, c.height).data);
-  return {w: c.width, h: c.height, src: img.src, data: data};
-})"""
+# The decoded pixels of every panel picture (drawn onto a canvas), once every one's decode() has resolved.
+PIXELS_JS = """async (sel) => {
+  const imgs = Array.from(document.querySelectorAll(sel));
+  await Promise.all(imgs.map((img) => img.decode()));
+  return imgs.map((img) => {
+    const c = document.createElement('canvas');
+    c.width = img.naturalWidth; c.height = img.naturalHeight;
+    const g = c.getContext('2d');
+    g.drawImage(img, 0, 0);
+    const data = Array.from(g.getImageData(0, 0, c.width, c.height).data);
+    return {w: c.width, h: c.height, src: img.src, data: data};
+  });
+}"""
 # True when there are three panel pictures, all decoded, and none of them is one of ``old`` (their srcs).
 PANELS_CHANGED_JS = """([sel, old]) => {
   const imgs = Array.from(document.querySelectorAll(sel));
