@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from verification.pacs.orthanc import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 # every browser test: skipped, with the way to install it, where Debian's chromium is absent
@@ -111,12 +113,7 @@ def streamlit_server(
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         log.close()
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "OrthancServer",
     "demo_dicoms",
     "orthanc_missing",
+    "stop_process",
 ]
 
 ORTHANC = Path(os.environ.get("VERIFICATION_ORTHANC", "/usr/sbin/Orthanc"))
@@ -48,6 +49,17 @@ PLUGIN = Path(
     os.environ.get("VERIFICATION_ORTHANC_DICOMWEB", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 )
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """End a server process started for a local run: SIGTERM, then SIGKILL if it has not exited within
+    ``timeout`` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
 
 
 def orthanc_missing() -> str | None:
@@ -206,12 +218,7 @@ class OrthancServer:
         """Terminate Orthanc (SIGTERM, then SIGKILL after 10 s) and remove its temporary folder."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_process(proc)
         log, self._log = self._log, None
         if log is not None:
             log.close()  # type: ignore[attr-defined]
