@@ -353,7 +353,9 @@ def test_label_indices_reads_names_and_indices_and_refuses_a_label_set() -> None
 
 
 def test_text_says_a_decisive_but_uninformative_line_does_not_vote() -> None:
-    from verification.verdict.records import LineResult
+    import dataclasses
+
+    from verification.verdict.records import LINE_NAMES, LineResult
 
     lines = (
         LineResult("E1", "accuracy", "pass", True, sentence="s1"),
@@ -376,3 +378,9 @@ def test_text_says_a_decisive_but_uninformative_line_does_not_vote() -> None:
     assert "E1 accuracy: pass — s1" in text
     assert "E5 agreement: uninformative (does not vote) — s5" in text
     assert "E6 faithfulness: pass (does not vote) — s6" in text
+    assert report.decided_by is None
+    assert report.headline() == report.label
+    decided = dataclasses.replace(report, verdict="unsuitable", deciding_line="E3")
+    assert decided.decided_by == f"E3 {LINE_NAMES['E3']}"
+    assert decided.headline() == f"{decided.label} — decided by E3 {LINE_NAMES['E3']}"
+    assert decided.text().startswith(f"{decided.label} (decided by E3 {LINE_NAMES['E3']}): r")

@@ -260,12 +260,21 @@ class VerificationReport:
                 return c
         return None
 
+    @property
+    def decided_by(self) -> str | None:
+        """The deciding line with its name ("E3" and its LINE_NAMES entry), None when no line decided."""
+        if not self.deciding_line:
+            return None
+        return f"{self.deciding_line} {LINE_NAMES.get(self.deciding_line, '')}".rstrip()
+
+    def headline(self) -> str:
+        """The verdict in one line: "UNSUITABLE — decided by E3 …", the label alone when no line decided."""
+        return self.label if self.decided_by is None else f"{self.label} — decided by {self.decided_by}"
+
     def text(self) -> str:
         """Plain words: the verdict, the deciding line, accuracy and what was left out."""
         acc = "n/a (no labels)" if self.accuracy is None else f"{100 * self.accuracy:.1f} %"
-        head = f"{self.label}"
-        if self.deciding_line:
-            head += f" (decided by {self.deciding_line} {LINE_NAMES.get(self.deciding_line, '')})".rstrip()
+        head = self.label if self.decided_by is None else f"{self.label} (decided by {self.decided_by})"
         out = [
             f"{head}: {self.reason}",
             f"accuracy {acc}; {self.n_images} images, {self.n_not_assessable} not assessable"
