@@ -36,9 +36,8 @@ Threshold = float | Literal["otsu"]
 ArrayLike = np.ndarray | torch.Tensor
 
 
-# The comparison grid: at most 2048² pixels per map and 4096 per side. A pair's working memory is about 15
-# copies of its grid (SSIM's five filtered products and their temporaries; 500 MB for 2048² in float64) and
-# SSIM keeps an n × n filter matrix per side length (134 MB for n = 4096).
+# The comparison grid: at most 2048² pixels per map and 4096 per side. A pair's working memory is a few copies
+# of its grid (the two prepared maps, KL's ratios, SSIM's four fields: 235 MB for 2048² in float64).
 MAX_GRID_PIXELS = 2048 * 2048
 MAX_GRID_SIDE = 4096
 # A map as given (before resizing to the grid): the image loader's pixel limit (verification.io.images).

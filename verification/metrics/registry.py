@@ -85,7 +85,10 @@ for _spec in (
 
 DEFAULT_METRICS: tuple[str, ...] = ("iou", "dice", "ssim", "cosine", "pearson", "kl", "wasserstein")
 # Attention maps carry their layer's resolution (7-28 px for a 224 px input), so a 64×64 comparison grid keeps
-# everything the layer resolved while making every metric about 12× cheaper than at 224×224.
+# everything the layer resolved at 1/12 of the pixels of 224×224. The grid is the caller's choice (size=, the
+# CLI's --grid); where annotations are involved the callers default to the native resolution (a lesion a few
+# pixels wide does not survive 64×64): verification.reference.default_grid, annotation references, the
+# dashboard's drawn region.
 DEFAULT_SIZE: tuple[int, int] = (64, 64)
 
 
@@ -110,7 +113,7 @@ def _omp_set_num_threads() -> Callable[[int], None] | None:
 
 
 def _single_threaded_worker() -> None:
-    """Initialiser of compute_metrics' worker threads: their torch operations (the SSIM convolution, pooling)
+    """Initialiser of compute_metrics' worker threads: their torch operations (resizing, pooling)
     run inline, without torch's OpenMP team. The chunks are small, so a team gains little, and when the
     machine is oversubscribed each team's barrier waits for a descheduled thread: measured 10–40× slower.
     OpenMP's thread count is per calling thread, so nothing outside these workers changes."""
