@@ -32,23 +32,13 @@ if __package__ in (None, ""):  # run as a file (python bench/x.py): make the rep
 import numpy as np
 import ot
 import torch
-import torch.nn.functional as F
 
+from bench.metrics import attention_like
 from verification.metrics import compute_metrics
 from verification.metrics import grid_flow as gf
 from verification.metrics.wasserstein import _cell_centres, pool_mass, wasserstein
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def attention_like(n: int, size: int, seed: int) -> np.ndarray:
-    """Grad-CAM-like maps: ReLU of a random 7×7 layer map, bilinearly upsampled to size×size, in [0, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.relu(torch.randn(n, 1, 7, 7, generator=g) + 0.3)
-    up = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
-    flat = up.reshape(n, -1)
-    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).reshape(n, size, size).numpy()
 
 
 def families(k: int, g: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:

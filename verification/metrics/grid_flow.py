@@ -464,20 +464,11 @@ def pyramid(ys: tuple[float, ...], xs: tuple[float, ...], coarsest: int = COARSE
 
 
 @numba.njit(cache=True, nogil=True)
-def _solve_pyramid(
-    supply: np.ndarray,
-    cell_off: np.ndarray,
-    arc_off: np.ndarray,
-    src: np.ndarray,
-    dst: np.ndarray,
-    cost: np.ndarray,
-    length: np.ndarray,
-    agg: np.ndarray,
-    nbr: np.ndarray,
-    wt: np.ndarray,
-) -> tuple[float, int]:  # pragma: no cover - compiled
-    """Exact cost on level 0 for ``supply`` (int64 per level-0 cell); each coarser level is solved first and
-    its potentials, interpolated, shape the next level's first basis. Also the total number of pivots."""
+def _solve_pyramid(supply: np.ndarray, pyr: tuple[np.ndarray, ...]) -> tuple[float, int]:  # pragma: no cover
+    """Exact cost on level 0 for ``supply`` (int64 per level-0 cell) on the pyramid ``pyr`` (the arrays of a
+    :class:`Pyramid`, in field order); each coarser level is solved first and its potentials, interpolated,
+    shape the next level's first basis. Also the total number of pivots."""
+    cell_off, arc_off, src, dst, cost, length, agg, nbr, wt = pyr
     levels = cell_off.size - 1
     sup = np.zeros(cell_off[levels], np.int64)
     sup[: supply.size] = supply
@@ -504,24 +495,13 @@ def _solve_pyramid(
 
 
 @numba.njit(cache=True, nogil=True)
-def _solve_rows(
-    supply: np.ndarray,
-    cell_off: np.ndarray,
-    arc_off: np.ndarray,
-    src: np.ndarray,
-    dst: np.ndarray,
-    cost: np.ndarray,
-    length: np.ndarray,
-    agg: np.ndarray,
-    nbr: np.ndarray,
-    wt: np.ndarray,
-) -> np.ndarray:  # pragma: no cover - compiled
+def _solve_rows(supply: np.ndarray, pyr: tuple[np.ndarray, ...]) -> np.ndarray:  # pragma: no cover
     out = np.empty(supply.shape[0], np.float64)
     for i in range(supply.shape[0]):
         if not supply[i].any():  # the same masses: nothing moves
             out[i] = 0.0
             continue
-        out[i] = _solve_pyramid(supply[i], cell_off, arc_off, src, dst, cost, length, agg, nbr, wt)[0]
+        out[i] = _solve_pyramid(supply[i], pyr)[0]
     return out
 
 
@@ -535,7 +515,7 @@ def graph_transport(
     """Exact transport cost on the grid graph between rows of ``a`` and ``b`` ((N, len(ys)·len(xs)), masses
     ≥ 0 with positive row sums, each row normalised to unit mass), in the units of the coordinates."""
     supply = integer_masses(a) - integer_masses(b)
-    return _solve_rows(supply, *_args(pyramid(ys, xs, coarsest))) / MASS_UNITS
+    return _solve_rows(supply, _args(pyramid(ys, xs, coarsest))) / MASS_UNITS
 
 
 def pivot_count(
@@ -543,4 +523,4 @@ def pivot_count(
 ) -> int:
     """Network simplex pivots, all levels, for one pair (a diagnostic for the benchmark)."""
     supply = integer_masses(a[None]) - integer_masses(b[None])
-    return int(_solve_pyramid(supply[0], *_args(pyramid(ys, xs, coarsest)))[1])
+    return int(_solve_pyramid(supply[0], _args(pyramid(ys, xs, coarsest)))[1])
