@@ -11,6 +11,7 @@ from ui.widgets import colorbar, guard, image_panel
 from verification import render
 from verification.compare import compare_reports
 from verification.interactive import METHOD_LABELS, TargetChoice, method_of
+from verification.summary import comparison_table
 
 st.title("Compare models", anchor=False)
 ws = workspace()
@@ -107,7 +108,7 @@ for col, tag in zip(metric_cols[2:], ("A", "B")):
     col.metric(f"Not assessable {tag}", f"{rep.n_not_assessable} of {rep.n_images}")
 
 st.markdown("**Line by line** — each evidence line for each class in both models")
-st.dataframe(evidence.comparison_table(comparison), hide_index=True, width="stretch")
+st.dataframe(comparison_table(comparison), hide_index=True, width="stretch")
 for tag, handle in (("A", a), ("B", b)):
     with st.expander(f"Evidence of model {tag} ({handle.spec.label})"):
         evidence.evidence(reports[tag], per_image=False)

@@ -1,6 +1,6 @@
-"""The verdict as the dashboard writes it: the words of every line, the per-image "why", the not-assessable
-images, and the JSON download, which is the backend's one result document and renders with
-``python -m verification report``."""
+"""The verdict as the dashboard writes it (verification.summary, no Streamlit): the words of every line, the
+per-image "why", the not-assessable images, and the JSON download, which is the backend's one result document
+and renders with ``python -m verification report``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from tests.app.conftest import ROOT
 from tests.app.report_fixture import E3, shortcut_report
-from ui import evidence
+from verification import summary
 from verification.verdict import ClassLine, Example, ImageEvidence, LineResult, VerificationReport
 
 
@@ -74,16 +74,16 @@ def _report() -> VerificationReport:
 
 def test_the_headline_names_the_deciding_line_and_accuracy_stands_beside_it() -> None:
     report = _report()
-    assert evidence.verdict_headline(report, "Model") == (
+    assert summary.verdict_headline(report, "Model") == (
         "Model: UNSUITABLE — decided by E3 reliance on evidence outside the anatomy"
     )
-    detail = evidence.verdict_detail(report)
+    detail = summary.verdict_detail(report)
     assert "accuracy 80.0% [69.0%, 88.0%]" in detail
     assert "1 not assessable" in detail
 
 
 def test_every_line_in_plain_words_with_its_vote() -> None:
-    table = evidence.lines_table(_report()).set_index("line")
+    table = summary.lines_table(_report()).set_index("line")
     assert table.loc["E1 task performance", "result"].endswith("passed")
     assert table.loc["E3 reliance on evidence outside the anatomy", "result"].endswith("failed")
     assert table.loc["E3 reliance on evidence outside the anatomy", "votes"] == "deciding"
@@ -95,14 +95,14 @@ def test_every_line_in_plain_words_with_its_vote() -> None:
 def test_class_numbers_carry_interval_threshold_and_direction() -> None:
     e3 = _report().line("E3")
     assert e3 is not None
-    rows = evidence.line_class_table(e3).set_index("class")
+    rows = summary.line_class_table(e3).set_index("class")
     assert rows.loc["nodule", "measured"] == "0.610 [0.520, 0.700] (n = 29)"
     assert rows.loc["nodule", "threshold"] == "≤ 0.150 to pass"
     assert "outside of the lungs" in rows.loc["nodule", "why"]
 
 
 def test_a_not_assessable_image_says_so_and_why() -> None:
-    table = evidence.images_table(_report()).set_index("image")
+    table = summary.images_table(_report()).set_index("image")
     assert table.loc["leg.png", "assessed"].startswith("not assessable: input outside the model's domain")
     assert table.loc["a.png", "assessed"] == "assessed"
     assert table.loc["a.png", "why"] == "flips without the marker"
@@ -114,9 +114,9 @@ def test_accuracy_without_assessable_labelled_images_says_why() -> None:
 
     report = _report()
     gated = replace(report, accuracy=None, accuracy_interval=None)
-    assert "no labelled image could be assessed" in evidence.verdict_detail(gated)
+    assert "no labelled image could be assessed" in summary.verdict_detail(gated)
     unlabelled = replace(gated, images=tuple(replace(im, label=None) for im in report.images))
-    assert "accuracy n/a (no labels)" in evidence.verdict_detail(unlabelled)
+    assert "accuracy n/a (no labels)" in summary.verdict_detail(unlabelled)
 
 
 def test_cannot_verify_names_what_is_missing() -> None:
@@ -129,13 +129,13 @@ def test_cannot_verify_names_what_is_missing() -> None:
         reason="the bundle's classes do not match the model",
         missing=("a reference bundle for the classes normal, nodule",),
     )
-    assert evidence.verdict_headline(report) == "CANNOT VERIFY"
-    assert "missing: a reference bundle for the classes normal, nodule" in evidence.verdict_detail(report)
+    assert summary.verdict_headline(report) == "CANNOT VERIFY"
+    assert "missing: a reference bundle for the classes normal, nodule" in summary.verdict_detail(report)
 
 
 def test_the_json_download_is_the_result_document_and_renders_as_the_report(tmp_path: Path) -> None:
     report = _report()
-    text = evidence.document_json(report)
+    text = summary.document_json(report)
     back = VerificationReport.from_document(json.loads(text))
     assert back.verdict == report.verdict
     assert back.line("E3") == report.line("E3")
@@ -158,7 +158,7 @@ def test_the_json_download_is_the_result_document_and_renders_as_the_report(tmp_
 
 @pytest.mark.parametrize("status", ["pass", "fail", "inconclusive", "not_assessable", "uninformative"])
 def test_every_status_has_words(status: str) -> None:
-    words = evidence.status_words(status)
+    words = summary.status_words(status)
     assert (
         status.replace("_", " ") in words or "informative" in words or "passed" in words or "failed" in words
     )
