@@ -34,6 +34,7 @@ from verification.cam.targets import (
     SegmentationTarget,
     Target,
     TargetScores,
+    TargetSpec,
     as_target,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "SegmentationTarget",
     "Target",
     "TargetScores",
+    "TargetSpec",
     "as_target",
     "capture",
     "compute_attribution",
