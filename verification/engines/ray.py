@@ -19,6 +19,7 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -57,7 +58,7 @@ class JobActor:
         return {"chunk": np.asarray(chunk_ids, dtype=np.int64), "row": out}
 
 
-def _import_ray() -> Any:
+def _import_ray() -> ModuleType:
     try:
         import ray
         import ray.data
@@ -125,7 +126,7 @@ def run_ray(
             ray.shutdown()
 
 
-def _init(ray: Any, options: EngineOptions) -> bool:
+def _init(ray: ModuleType, options: EngineOptions) -> bool:
     """Start or join Ray quietly; return whether this call did (and so must shut it down)."""
     if ray.is_initialized():
         return False
