@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from tests.builders import loaded_model
 from verification.errors import (
     InputTooLargeError,
     ModelForwardError,
@@ -28,7 +29,6 @@ from verification.errors import (
 )
 from verification.io.models import check_forward, load_model, load_model_bytes
 from verification.io.pt2 import untrusted_pt2_problems
-from verification.io.records import LoadedModel
 from verification.io.sidecar import read_sidecar_bytes
 
 Edit = Callable[[str, bytes], bytes | None]
@@ -371,16 +371,7 @@ def test_overflowing_weights_fail_the_realistic_dry_run() -> None:
     net = nn.Sequential(*layers, nn.Linear(64, 2, bias=False)).eval()
     with torch.no_grad():
         assert torch.isfinite(net(torch.zeros(1, 1, 32, 32))).all()
-    loaded = LoadedModel(
-        module=net,
-        in_channels=1,
-        input_size=(32, 32),
-        class_names=("a", "b"),
-        mean=(0.5,),
-        std=(0.25,),
-        source_format="module",
-        content_hash="0",
-    )
+    loaded = loaded_model(net, input_size=(32, 32), class_names=("a", "b"), mean=(0.5,), std=(0.25,))
     with pytest.raises(ModelForwardError, match="NaN or infinite outputs on a test image"):
         check_forward(loaded)
 

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from tests.builders import loaded_model
 from verification.errors import (
     InputTooLargeError,
     ModelForwardError,
@@ -324,16 +325,7 @@ def test_forward_that_raises(tmp_path: Path) -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             raise RuntimeError("boom")
 
-    loaded = LoadedModel(
-        module=Broken(),
-        in_channels=1,
-        input_size=(8, 8),
-        class_names=("a",),
-        mean=(0.5,),
-        std=(0.25,),
-        source_format="module",
-        content_hash="0",
-    )
+    loaded = loaded_model(Broken(), input_size=(8, 8), class_names=("a",), mean=(0.5,), std=(0.25,))
     with pytest.raises(ModelForwardError, match=r"raised RuntimeError.*boom"):
         check_forward(loaded)
     # a 5-level U-Net pools a 16×16 input down to nothing: load_model's dry run reports it
