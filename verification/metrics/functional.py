@@ -96,7 +96,7 @@ def _as_numpy(x: torch.Tensor) -> np.ndarray:
 
 # Per-thread arrays reused from call to call (see scratch); larger requests get a fresh array each time.
 _SCRATCH = threading.local()
-SCRATCH_MAX_BYTES = 64 << 20
+SCRATCH_MAX_BYTES = 16 << 20  # compute_metrics chunks at 224²: 4 MB a side
 
 
 def scratch(key: str, shape: tuple[int, ...], dtype: np.dtype[Any] | type) -> np.ndarray:
