@@ -295,3 +295,12 @@ def test_parallel_chunks_equal_one_thread() -> None:
         torch.set_num_threads(before)
     for name, values in serial.items():
         np.testing.assert_array_equal(parallel[name], values, err_msg=name)
+
+
+def test_one_map_against_n_references_equals_repeating_it() -> None:
+    """The compiled kernels broadcast either side: one map against N references equals N copies of it."""
+    one, refs = t(A[:1].astype(np.float32)), t(B.astype(np.float32))
+    rep = t(np.repeat(A[:1], len(B), axis=0).astype(np.float32))
+    for fn in (cosine, pearson, kl_divergence, ssim, iou, dice):
+        np.testing.assert_array_equal(fn(one, refs).values, fn(rep, refs).values, err_msg=fn.__name__)
+    np.testing.assert_array_equal(iou(one, refs, "otsu").values, iou(rep, refs, "otsu").values)
