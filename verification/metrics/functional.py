@@ -3,7 +3,9 @@
 Every function takes two tensors ``a`` (maps) and ``b`` (references) of shape (N, H, W) or (1, H, W)
 (broadcast against each other, so N maps can be compared against one reference without copying) with values in
 [0, 1] as produced by :func:`prepare`, and returns a :class:`MetricResult`: the (N,) values (float64 numpy)
-and, for every value that is undefined, the reason it is NaN. No function loops over pairs in Python.
+and, for every value that is undefined, the reason it is NaN. No function loops over pairs in Python: the
+six default metrics other than Wasserstein run compiled row kernels (:mod:`verification.metrics.kernels`,
+numba, loaded on first use), one pass over a pair's pixels where the metric allows.
 
 Hostile input: text, complex numbers, an empty batch, 0-pixel maps or a comparison grid beyond
 :data:`MAX_GRID_PIXELS` raise typed errors (:class:`~verification.errors.InvalidInputError`,
@@ -335,7 +337,8 @@ def otsu_thresholds(x: torch.Tensor, nbins: int = 256) -> torch.Tensor:
     The histogram has ``nbins`` equal bins over each map's own [min, max]; a constant map returns its value;
     a map with NaN or ±inf gets NaN (the metrics leave such a pair unscored). Maps spanning exactly [0, 1]
     (what :func:`prepare` makes) are binned in their own dtype — ``floor(x · nbins)`` is exact for a
-    power-of-two ``nbins`` — by one int32 bincount; other maps in float64.
+    power-of-two ``nbins`` — by a compiled pass a row; other maps in float64. The threshold is then found by
+    a compiled pass over each histogram, with scikit-image's float64 arithmetic.
     """
     n = x.shape[0]
     flat = _as_numpy(x).reshape(n, -1)
@@ -534,8 +537,8 @@ def ssim(
     Four filtered fields instead of five: with s = a + b and d = a − b, 2·μaμb = (μs² − μd²)/2,
     μa² + μb² = (μs² + μd²)/2, 2·cov = (var s − var d)/2 and var a + var b = (var s + var d)/2, so SSIM =
     (μs² − μd² + 2C1)(var s − var d + 2C2) / ((μs² + μd² + 2C1)(var s + var d + 2C2)). One compiled kernel
-    (:func:`verification.metrics.kernels.ssim_means`) filters a pair's four fields in the maps' dtype, output
-    row by output row, and sums the formula in float64.
+    (:func:`verification.metrics.kernels.ssim_means`) filters a pair's four fields in the maps' dtype, in
+    blocks of output rows that stay in the CPU caches, and sums the formula in float64.
     """
     for name, v in (("sigma", sigma), ("data_range", data_range)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
