@@ -44,7 +44,7 @@ from threadpoolctl import threadpool_limits
 
 from verification.metrics import DEFAULT_METRICS, DEFAULT_SIZE, METRICS, compute_metrics, prepare
 from verification.metrics.functional import shared_work
-from verification.metrics.registry import _single_threaded_worker, chunk_rows
+from verification.metrics.registry import chunk_rows, single_threaded_worker
 from verification.metrics.wasserstein import DEFAULT_GRID, _cell_centres, pool_mass
 
 SIX = tuple(m for m in DEFAULT_METRICS if m != "wasserstein")
@@ -211,7 +211,7 @@ def per_metric_table(maps: np.ndarray, refs: np.ndarray, args: argparse.Namespac
 
 def one_thread(fn: Callable[[], float]) -> float:
     """Run ``fn`` on a single-threaded worker, as compute_metrics runs its chunks, with BLAS on one thread."""
-    with ThreadPoolExecutor(1, initializer=_single_threaded_worker) as pool, threadpool_limits(1, "blas"):
+    with ThreadPoolExecutor(1, initializer=single_threaded_worker) as pool, threadpool_limits(1, "blas"):
         return pool.submit(fn).result()
 
 

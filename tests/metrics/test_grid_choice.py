@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from verification.cli import build_parser
-from verification.cli.parser import _grid
 from verification.errors import InputTooLargeError
 from verification.metrics import DEFAULT_SIZE
 from verification.reference import default_grid
@@ -27,21 +25,23 @@ def test_default_grid_rules() -> None:
         default_grid(MODEL, (5000, 5000))  # type: ignore[arg-type]
 
 
+BUILD = ["reference", "build", "m.pt", "data", "-o", "out"]
+
+
 @pytest.mark.parametrize(
     ("text", "want"), [("native", "native"), ("NATIVE", "native"), ("96", (96, 96)), ("128x64", (128, 64))]
 )
 def test_cli_grid_values(text: str, want: object) -> None:
-    assert _grid(text) == want
+    assert build_parser().parse_args([*BUILD, "--grid", text]).grid == want
 
 
 @pytest.mark.parametrize("text", ["0", "abc", "1x2x3", "5000", "-3"])
-def test_cli_grid_refuses(text: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError):
-        _grid(text)
+def test_cli_grid_refuses(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*BUILD, f"--grid={text}"])
+    assert "--grid" in capsys.readouterr().err
 
 
 def test_reference_build_takes_grid() -> None:
-    args = build_parser().parse_args(["reference", "build", "m.pt", "data", "-o", "out", "--grid", "native"])
-    assert args.grid == "native"
-    args = build_parser().parse_args(["reference", "build", "m.pt", "data", "-o", "out"])
-    assert args.grid is None
+    assert build_parser().parse_args([*BUILD, "--grid", "native"]).grid == "native"
+    assert build_parser().parse_args(BUILD).grid is None

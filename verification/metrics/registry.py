@@ -112,7 +112,7 @@ def _omp_set_num_threads() -> Callable[[int], None] | None:
     return None
 
 
-def _single_threaded_worker() -> None:
+def single_threaded_worker() -> None:
     """Initialiser of compute_metrics' worker threads: their torch operations (resizing, pooling)
     run inline, without torch's OpenMP team. The chunks are small, so a team gains little, and when the
     machine is oversubscribed each team's barrier waits for a descheduled thread: measured 10–40× slower.
@@ -202,8 +202,8 @@ def compute_metrics(
 
     starts = list(range(0, n, rows))
     workers = min(len(starts), max(1, torch.get_num_threads()))
-    if workers > 1:  # chunks in parallel on single-threaded workers (see _single_threaded_worker)
-        with ThreadPoolExecutor(workers, initializer=_single_threaded_worker) as pool:
+    if workers > 1:  # chunks in parallel on single-threaded workers (see single_threaded_worker)
+        with ThreadPoolExecutor(workers, initializer=single_threaded_worker) as pool:
             results = list(pool.map(run, starts))
     else:
         results = [run(s) for s in starts]
