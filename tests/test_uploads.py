@@ -146,7 +146,8 @@ def test_a_series_needs_two_to_the_most_checkpoints() -> None:
         pair_checkpoints([Blob(f"e{i}.pt", b"") for i in range(MAX_CHECKPOINTS + 1)])
 
 
-def test_outputs_are_unnamed_only_when_every_name_is_the_loaders_placeholder() -> None:
-    assert unnamed_outputs(["class_0", "class_1", "class_12"])
+def test_outputs_are_unnamed_only_when_they_carry_the_loaders_placeholders() -> None:
+    assert unnamed_outputs(["class_0", "class_1", "class_2"])
     assert not unnamed_outputs(["class_0", "nodule"])
     assert not unnamed_outputs(["class_0b"])  # the whole name, not a prefix
+    assert not unnamed_outputs(["class_1", "class_0"])  # names someone chose, not the loader's

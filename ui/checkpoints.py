@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 import streamlit as st
 
 from ui import loaders
-from verification.consistency import CheckpointSeries, track_checkpoints
+from verification.consistency import CheckpointSeries, series_mismatch, track_checkpoints
 from verification.errors import ImageLoadError, ModelLoadError
 from verification.interactive import labelled_for_classes
 from verification.io.records import LoadedModel
@@ -58,13 +58,9 @@ def pair(blobs: Sequence[Blob], *, architecture: str | None = None, trust: bool 
 def load(checkpoints: Sequence[Checkpoint]) -> list[LoadedModel]:
     """Every checkpoint loaded (cached by content); they must share their classes."""
     models = [loaders.get_model(c.spec)[0] for c in checkpoints]
-    first = models[0].class_names
     for c, m in zip(checkpoints, models, strict=True):
-        if m.class_names != first:
-            raise ModelLoadError(
-                f"checkpoint {c.name} has classes {list(m.class_names)}, the first has {list(first)}: a "
-                "series must be one model's training run"
-            )
+        if (why := series_mismatch(models[0].class_names, m, c.name)) is not None:
+            raise ModelLoadError(why)
     return models
 
 

@@ -168,7 +168,7 @@ def _store(model: LoadedModel, lock: threading.Lock, item: loaders.WorkingImage,
         model=model.name,
         method=cam.method,
         layer=cam.layer,
-        target=model.class_names[target] if 0 <= target < len(model.class_names) else str(target),
+        target=model.class_name(target),
         verdict="not verified",
     )
     with _client(origin.root) as client:

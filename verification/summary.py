@@ -140,10 +140,8 @@ def missing_words(report: VerificationReport, *, shown: int = 2) -> str:
 
 
 def verdict_headline(report: VerificationReport, subject: str = "") -> str:
-    head = f"{subject}: {report.label}" if subject else report.label
-    if report.deciding_line:
-        head += f" — decided by {report.deciding_line} {LINE_NAMES.get(report.deciding_line, '')}".rstrip()
-    return head
+    """The verdict's one headline (:meth:`VerificationReport.headline`), after ``subject: `` when given."""
+    return f"{subject}: {report.headline()}" if subject else report.headline()
 
 
 def lines_table(report: VerificationReport) -> pd.DataFrame:

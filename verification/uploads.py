@@ -25,6 +25,7 @@ from verification.errors import BundleError, ImageLoadError, InputTooLargeError,
 from verification.io.archive import ZIP_OPEN_ERRORS, entry_name_problem
 from verification.io.budget import Budget, ResourceLimits
 from verification.io.images import DEFAULT_MAX_IMAGE_BYTES, image_cost
+from verification.io.records import placeholder_class_names
 from verification.io.sidecar import parse_sidecar, read_sidecar_bytes
 
 # The batch loader's image suffixes, plus none at all: DICOM files inside archives often have no suffix.
@@ -305,13 +306,11 @@ TASKS: dict[str, str] = {
 }
 
 
-_PLACEHOLDER = re.compile(r"class_\d+")
-
-
-def unnamed_outputs(class_names: Iterable[str]) -> bool:
-    """Whether every output carries the loader's placeholder name (``class_0``, ``class_1``, …): neither the
-    file nor its sidecar named them, so the form should ask for names."""
-    return all(_PLACEHOLDER.fullmatch(c) for c in class_names)
+def unnamed_outputs(class_names: Sequence[str]) -> bool:
+    """Whether the outputs carry the loader's placeholder names (``class_0``, ``class_1``, … in order:
+    :func:`verification.io.records.placeholder_class_names`): neither the file nor its sidecar named them, so
+    the form should ask for names."""
+    return tuple(class_names) == placeholder_class_names(len(class_names))
 
 
 def parse_names(text: str | None) -> tuple[str, ...] | None:
