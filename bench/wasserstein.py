@@ -36,7 +36,7 @@ import torch
 from bench.metrics import attention_like
 from verification.metrics import compute_metrics
 from verification.metrics import grid_flow as gf
-from verification.metrics.wasserstein import _cell_centres, pool_mass, wasserstein
+from verification.metrics.wasserstein import cell_centres, pool_mass, wasserstein
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def since(t: tuple[float, float]) -> tuple[float, float]:
 
 
 def error_and_speed(k: int, g: int) -> None:
-    ax = _cell_centres(g, g)
+    ax = cell_centres(g, g)
     yy, xx = np.meshgrid(ax, ax, indexing="ij")
     pts = np.stack([yy.ravel(), xx.ravel()], axis=1)
     cost = ot.dist(pts, pts, metric="euclidean")

@@ -22,7 +22,7 @@ from scipy.sparse.csgraph import shortest_path
 from verification.errors import InvalidInputError
 from verification.metrics import METRICS, compute_metrics, sliced_wasserstein
 from verification.metrics import grid_flow as gf
-from verification.metrics.wasserstein import NO_MASS_MAP, NO_MASS_REF, _cell_centres, pool_mass, wasserstein
+from verification.metrics.wasserstein import NO_MASS_MAP, NO_MASS_REF, cell_centres, pool_mass, wasserstein
 
 BOUND = 0.0131  # grid_bound() on square grids, rounded up
 
@@ -77,7 +77,7 @@ def families(n: int, k: int) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
 def test_graph_solver_is_exact_on_the_graph_metric() -> None:
     """Same LP as ot.emd2 with the graph's shortest-path cost: agreement to 1e-6 (relative)."""
     rng = np.random.default_rng(0)
-    uneven = (tuple(_cell_centres(64, 21).tolist()), tuple(_cell_centres(40, 13).tolist()))  # pooled cells
+    uneven = (tuple(cell_centres(64, 21).tolist()), tuple(cell_centres(40, 13).tolist()))  # pooled cells
     for ys, xs in ((axis(8), axis(8)), (axis(9), axis(6)), (axis(1), axis(7)), uneven):
         h, w = len(ys), len(xs)  # 9 and 21 rows: a coarser level shapes the first basis
         src, dst, length = gf.grid_graph(ys, xs)

@@ -58,7 +58,7 @@ NO_MASS_REF = "reference has no mass (all zeros)"
 _CHUNK_ELEMENTS = 1 << 23  # bound on pairs × directions × cells held at once (about 32 MB in float32)
 
 
-def _cell_centres(n_in: int, n_out: int) -> np.ndarray:
+def cell_centres(n_in: int, n_out: int) -> np.ndarray:
     """Coordinates in [0, 1] of adaptive-average-pool cells (centre of the input pixels each one covers)."""
     i = np.arange(n_out)
     start = np.floor(i * n_in / n_out)
@@ -67,13 +67,16 @@ def _cell_centres(n_in: int, n_out: int) -> np.ndarray:
     return centre / max(n_in - 1, 1)
 
 
+_cell_centres = cell_centres  # the old private name, until bench/metrics.py switches
+
+
 @lru_cache(maxsize=32)
 def _projection_plan(
     in_hw: tuple[int, int], out_hw: tuple[int, int], n_directions: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per direction: the order of the grid cells along the projected line and the gaps between them."""
-    ys = _cell_centres(in_hw[0], out_hw[0])
-    xs = _cell_centres(in_hw[1], out_hw[1])
+    ys = cell_centres(in_hw[0], out_hw[0])
+    xs = cell_centres(in_hw[1], out_hw[1])
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
     pts = np.stack([xx.ravel(), yy.ravel()], axis=1)  # (cells, 2)
     offset = np.random.default_rng(seed).random()
@@ -135,8 +138,8 @@ def wasserstein(a: torch.Tensor, b: torch.Tensor, *, grid: int = DEFAULT_GRID) -
     if ok.any():
         from verification.metrics import grid_flow  # numba: imported on first use, not with the metrics
 
-        ys = tuple(_cell_centres(in_hw[0], out_hw[0]).tolist())
-        xs = tuple(_cell_centres(in_hw[1], out_hw[1]).tolist())
+        ys = tuple(cell_centres(in_hw[0], out_hw[0]).tolist())
+        xs = tuple(cell_centres(in_hw[1], out_hw[1]).tolist())
         out[ok] = grid_flow.graph_transport(fa[ok], fb[ok], ys, xs)
     return make_result(out, [*unscored, (ma <= 0, NO_MASS_MAP), (mb <= 0, NO_MASS_REF)])
 
