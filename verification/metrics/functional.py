@@ -612,16 +612,17 @@ def kl_divergence(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> Metric
         raise InvalidInputError(f"eps must be a positive finite number, got {_kind(eps)}")
     fa, fb = _kernel_rows(a, b)
     n, e = max(fa.shape[0], fb.shape[0]), fa.dtype.type(eps)
-    # Σ p/sp · log((p/sp) / (q/sq)) = Σ p · log(p/q) / sp + log(sq/sp): p/q and the sums in one compiled
-    # pass, the logarithm by numpy (vectorised), the weighted sum in a second compiled pass.
+    # Σ p/sp · log((p/sp) / (q/sq)) = ln 2 · Σ p · log2(p/q) / sp + log(sq/sp): p/q and the sums in one
+    # compiled pass, the logarithm by numpy (vectorised; log2 is the cheaper one), the weighted sum in a
+    # second compiled pass.
     r = scratch("kl", (n, fa.shape[1]), fa.dtype)
     sums, weighted = np.empty((n, 2), dtype=np.float64), np.empty(n, dtype=np.float64)
     kernels = _kernels()
     kernels.kl_ratios(fa, fb, e, r, sums)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        np.log(r, out=r)
+        np.log2(r, out=r)
         kernels.kl_weighted(fb, e, r, weighted)
-        kl = weighted / sums[:, 1] + np.log(sums[:, 0] / sums[:, 1])
+        kl = math.log(2.0) * weighted / sums[:, 1] + np.log(sums[:, 0] / sums[:, 1])
     return make_result(np.maximum(kl, 0.0), nonfinite_reasons(a, b))
 
 
