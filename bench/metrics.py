@@ -45,7 +45,7 @@ from threadpoolctl import threadpool_limits
 from verification.metrics import DEFAULT_METRICS, DEFAULT_SIZE, METRICS, compute_metrics, prepare
 from verification.metrics.functional import shared_work
 from verification.metrics.registry import chunk_rows, single_threaded_worker
-from verification.metrics.wasserstein import DEFAULT_GRID, _cell_centres, pool_mass
+from verification.metrics.wasserstein import DEFAULT_GRID, cell_centres, pool_mass
 
 SIX = tuple(m for m in DEFAULT_METRICS if m != "wasserstein")
 SSIM_KW = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False, "data_range": 1.0}
@@ -116,7 +116,7 @@ def _emd_peer(grid: int, in_hw: tuple[int, int]) -> Callable[[np.ndarray, np.nda
         py = pool_mass(torch.from_numpy(y)[None], grid)[0].numpy()
         h, w = px.shape
         if (h, w) not in cost:
-            yy, xx = np.meshgrid(_cell_centres(in_hw[0], h), _cell_centres(in_hw[1], w), indexing="ij")
+            yy, xx = np.meshgrid(cell_centres(in_hw[0], h), cell_centres(in_hw[1], w), indexing="ij")
             pts = np.stack([xx.ravel(), yy.ravel()], axis=1)
             cost[h, w] = ot.dist(pts, pts, metric="euclidean")
         return float(ot.emd2(px.ravel() / px.sum(), py.ravel() / py.sum(), cost[h, w]))

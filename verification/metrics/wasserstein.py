@@ -67,9 +67,6 @@ def cell_centres(n_in: int, n_out: int) -> np.ndarray:
     return centre / max(n_in - 1, 1)
 
 
-_cell_centres = cell_centres  # the old private name, until bench/metrics.py switches
-
-
 @lru_cache(maxsize=32)
 def _projection_plan(
     in_hw: tuple[int, int], out_hw: tuple[int, int], n_directions: int, seed: int
