@@ -299,9 +299,9 @@ def _resize_normalized(x: torch.Tensor, size: tuple[int, int], out: np.ndarray |
 
 
 def _normalized_native(x: torch.Tensor, out: np.ndarray | None = None) -> torch.Tensor:
-    """:func:`_resize_normalized` without a resize, in two passes over ``out`` (a new array unless a buffer of
-    the right shape and dtype is given): (x − min) / (max − min); zeros for a constant map, NaN rows for a map
-    with NaN or ±inf (remembered for the metrics that follow)."""
+    """:func:`_resize_normalized` without a resize, into ``out`` (a new array unless a buffer of the right
+    shape and dtype is given): numpy's min and max, then (x − min) / (max − min) in one compiled pass; zeros
+    for a constant map, NaN rows for a map with NaN or ±inf (remembered for the metrics that follow)."""
     n = x.shape[0]
     flat = _as_numpy(x).reshape(n, -1)
     if out is None or out.shape != flat.shape or out.dtype != flat.dtype:
@@ -311,9 +311,12 @@ def _normalized_native(x: torch.Tensor, out: np.ndarray | None = None) -> torch.
     span = hi - lo
     if bad.any():
         lo, span = np.where(bad, 0, lo), np.where(bad, 1, span)
-    safe = np.where(span > 0, span, 1).astype(flat.dtype)
-    np.subtract(flat, lo.astype(flat.dtype)[:, None], out=out)
-    out /= safe[:, None]  # a finite constant map is 0 / 1 = 0 everywhere
+    safe = np.where(span > 0, span, 1).astype(flat.dtype)  # a finite constant map is 0 / 1 = 0 everywhere
+    if flat.dtype in (np.float32, np.float64):
+        _kernels().normalize_rows(np.ascontiguousarray(flat), lo.astype(flat.dtype), safe, out)
+    else:
+        np.subtract(flat, lo.astype(flat.dtype)[:, None], out=out)
+        out /= safe[:, None]
     if bad.any():
         out[bad] = np.nan
     res = torch.from_numpy(out).reshape(x.shape)

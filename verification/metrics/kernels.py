@@ -266,3 +266,19 @@ def kl_weighted(b: np.ndarray, eps: float, logr: np.ndarray, out: np.ndarray) ->
         for j in range(px):
             s += np.float64(rb[j] + eps) * np.float64(rl[j])
         out[p] = s
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def normalize_rows(
+    x: np.ndarray, lo: np.ndarray, span: np.ndarray, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """``out[r] = (x[r] − lo[r]) / span[r]`` in the maps' dtype, one pass (numpy: a subtraction, then a
+    division in place; the same IEEE operations)."""
+    n, px = x.shape
+    for r in range(n):
+        low = lo[r]
+        s = span[r]
+        xr = x[r]
+        o = out[r]
+        for j in range(px):
+            o[j] = (xr[j] - low) / s
