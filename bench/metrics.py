@@ -255,6 +255,7 @@ def main() -> None:
         t = totals[label]
         print(
             f"  {label:30s} {t:7.3f} s wall ({1e3 * t / n:.3f} ms a pair), {cpu:7.3f} s CPU over all threads"
+            f" (CPU/wall {cpu / t:.1f}: the cores it got)"
         )
     seven = totals["all seven, one call"]
     verdict = "met" if seven <= 1.0 else "NOT met"
