@@ -151,3 +151,12 @@ def test_outputs_are_unnamed_only_when_they_carry_the_loaders_placeholders() -> 
     assert not unnamed_outputs(["class_0", "nodule"])
     assert not unnamed_outputs(["class_0b"])  # the whole name, not a prefix
     assert not unnamed_outputs(["class_1", "class_0"])  # names someone chose, not the loader's
+
+
+def test_small_entry_with_a_high_ratio_is_read() -> None:
+    # A blank image under 1 MiB deflates ~1000x: the declared check lets it through (the ratio applies above
+    # 1 MiB), and reading it must not refuse it on the ratio again.
+    data = _zip({"a/blank.dcm": b"\0" * 900_000})
+    info = zipfile.ZipFile(io.BytesIO(data)).infolist()[0]
+    assert info.file_size / info.compress_size > MAX_ZIP_RATIO
+    assert [b.data for b in expand_zip("blank.zip", data).blobs] == [b"\0" * 900_000]
