@@ -15,18 +15,18 @@ value is an UPPER bound of the exact distance on the pooled grid, at most 1.31 %
 along the 32 arc directions (a translation by whole cells along an axis, a diagonal, (1, 2), …).
 
 Measured against POT's exact ``ot.emd2`` (Euclidean cost) on the same 32×32 grid, 20 pairs a family
-(``python bench/wasserstein.py``, 08:07 UTC, load 10–11 on 2 cores; |relative error| median / p95 / worst):
-attention-like pairs (224² maps pooled) 0.47 % / 0.69 % / 0.90 %; i.i.d. noise 0.13 % / 0.28 % / 0.38 %; two
-blobs vs one 0.44 % / 1.18 % / 1.25 %; never below ``ot.emd2``, as the bound says. CPU time a pair (both
-single-threaded): 2.9 ms against 197 ms (69×), 5.9 ms against 130 ms (22×), 2.5 ms against 149 ms (61×). That
-is short of issue #18's 100×: the network simplex needs about 3,000 (smooth maps) to 6,000 (noise) pivots at
-32×32, about 1 µs each, whatever the start (the multi-scale start halves them on smooth maps only; even a
-start from the optimal potentials only halved them on noise). With ``--grid 48`` (3 pairs a family, same load)
-the ratios are 248× (attention-like), 140× (two blobs) and 43× (noise; 25 ms a pair): noise stays short at any
-grid, and 48² costs 4× more per attention-like pair than 32².
+(measured ``python bench/wasserstein.py``, 08:53 UTC, load 0.2–0.5 on 2 cores; |relative error| median /
+p95 / worst): attention-like pairs (224² maps pooled) 0.47 % / 0.69 % / 0.90 %; i.i.d. noise 0.13 % / 0.28 % /
+0.38 %; two blobs vs one 0.44 % / 1.18 % / 1.25 %; never below ``ot.emd2``, as the bound says. CPU time a pair
+(both single-threaded): 2.75 ms against 178 ms (65×), 5.41 ms against 123 ms (23×), 2.22 ms against 129 ms
+(58×). That is short of issue #18's 100×: the network simplex needs about 3,000 (smooth maps) to 6,000
+(noise) pivots at 32×32, about 1 µs each, whatever the start (the multi-scale start halves them on smooth
+maps only; even a start from the optimal potentials only halved them on noise). With ``--grid 48`` (3 pairs
+a family, 08:07 UTC, load 10–11) the ratios were 248× (attention-like), 140× (two blobs) and 43× (noise;
+25 ms a pair): noise stays short at any grid, and 48² costs 4× more per attention-like pair than 32².
 Pooling 224² maps to 32² instead of 64² changed attention-like values by 0.12 % (median; p95 0.24 %), and 64²
-costs ~11× more (32 ms a pair), hence the 32×32 default. Numba compiles the solver on the first call of a
-process with no cache (65 s measured at that load, niced), then loads it from disk (2.8 s incl. imports).
+costs ~10× more (26.5 ms a pair), hence the 32×32 default (same run). Numba compiles the solver on the first
+call of a process with no cache (5.9 s, same run), then loads it from disk (0.44 s incl. imports).
 
 Pooling moves each unit of mass by at most half a cell's diagonal (√2 / 62 in the unit square at 32×32),
 the same for the exact solver run on the pooled maps; the benchmark also reports 32×32 against 64×64.
