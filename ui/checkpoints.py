@@ -3,10 +3,10 @@ evaluation set, read with the same safe loaders and archive limits as every othe
 
 Weights are read as tensors (safetensors, ``torch.load(weights_only=True)``) or inspected ``torch.export``
 programs through :func:`ui.loaders.upload_spec` / :func:`ui.loaders.get_model`; a pickled module is executed
-only with the page's explicit trust tick. A zip is expanded with :func:`ui.uploads.expand_zip` (entry count,
-decompressed bytes, compression ratio bounded; unsafe names refused). A JSON file beside a weights file with
-the same stem is its sidecar (classes, input size, mean/std); checkpoints are taken in natural name order
-(``epoch_2`` before ``epoch_10``), which is the training order the page shows.
+only with the page's explicit trust tick. A zip is expanded with :func:`verification.uploads.expand_zip`
+(entry count, decompressed bytes, compression ratio bounded; unsafe names refused). A JSON file beside a
+weights file with the same stem is its sidecar (classes, input size, mean/std); checkpoints are taken in
+natural name order (``epoch_2`` before ``epoch_10``), which is the training order the page shows.
 """
 
 from __future__ import annotations

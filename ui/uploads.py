@@ -1,43 +1,14 @@
 """The model upload form's words: a :class:`~verification.errors.MissingFieldError` said at the form's own
 field. The upload rules themselves (zip limits, bundle and checkpoint files, the form's sidecar) are the
-backend's :mod:`verification.uploads`, re-exported here under their old names."""
+backend's :mod:`verification.uploads`."""
 
 from __future__ import annotations
 
 from verification.errors import MissingFieldError
-from verification.uploads import (
-    IMAGE_SUFFIXES,
-    MAX_ENTRY_BYTES,
-    MAX_ZIP_ENTRIES,
-    MAX_ZIP_RATIO,
-    MAX_ZIP_TOTAL_BYTES,
-    TASKS,
-    Blob,
-    Expanded,
-    expand_uploads,
-    expand_zip,
-    form_sidecar,
-    is_zip,
-    parse_names,
-)
+from verification.uploads import form_sidecar, parse_names
 
-__all__ = [
-    "FIELD_LABELS",
-    "IMAGE_SUFFIXES",
-    "MAX_ENTRY_BYTES",
-    "MAX_ZIP_ENTRIES",
-    "MAX_ZIP_RATIO",
-    "MAX_ZIP_TOTAL_BYTES",
-    "TASKS",
-    "Blob",
-    "Expanded",
-    "expand_uploads",
-    "expand_zip",
-    "form_message",
-    "form_sidecar",
-    "is_zip",
-    "parse_names",
-]
+# form_sidecar and parse_names are the backend's; tests that drive the form import them from here.
+__all__ = ["FIELD_LABELS", "form_message", "form_sidecar", "parse_names"]
 
 FIELD_LABELS: dict[str, str] = {
     "architecture": "Architecture",
