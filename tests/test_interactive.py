@@ -157,6 +157,14 @@ def test_a_folder_of_class_folders_gives_labels_else_none(tmp_path: Path) -> Non
     assert labels == [None]
 
 
+def test_a_folder_that_cannot_be_listed_is_an_image_load_error(tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_bytes(b"not a folder")
+    with pytest.raises(ImageLoadError):
+        interactive.folder_images(tmp_path / "x.png")  # listing it raises NotADirectoryError
+    with pytest.raises(ImageLoadError):
+        interactive.folder_images(tmp_path / "gone")
+
+
 # ---------------------------------------------------------------------------------------------- records
 # Rules the pages decided themselves before (#16), now properties of the backend's records.
 

@@ -252,12 +252,11 @@ def labelled_for_classes(
 def folder_images(root: Path) -> tuple[list[Path], list[str | None]]:
     """The images of a folder and their labels: one subfolder per class gives labels (the subfolder's
     name), otherwise every image is unlabelled. An unreadable folder is an ``ImageLoadError``."""
-    has_classes = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
     try:
-        if has_classes:
+        if any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
             paths, class_names = scan_labelled(root)
             return paths, list(class_names)
         paths = scan_images([root])
         return paths, [None] * len(paths)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # OSError: missing, not a folder, no permission to list it
         raise ImageLoadError(str(exc)) from exc
