@@ -281,10 +281,12 @@ def test_values_do_not_depend_on_the_batch() -> None:
 def test_parallel_chunks_equal_one_thread() -> None:
     """compute_metrics runs its chunks on worker threads when torch has more than one: same values."""
     from verification.metrics import compute_metrics
+    from verification.metrics.registry import chunk_rows
 
     rng = np.random.default_rng(5)
-    maps = rng.random((40, 224, 224)).astype(np.float32)  # 16 pairs a chunk at 224²: three chunks
+    maps = rng.random((40, 224, 224)).astype(np.float32)  # 20 pairs a chunk at 224²: two chunks
     refs = rng.random((1, 224, 224)).astype(np.float32)
+    assert len(maps) > chunk_rows((224, 224), 4)  # more than one chunk, or nothing runs in parallel
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

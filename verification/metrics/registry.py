@@ -92,10 +92,10 @@ DEFAULT_METRICS: tuple[str, ...] = ("iou", "dice", "ssim", "cosine", "pearson", 
 DEFAULT_SIZE: tuple[int, int] = (64, 64)
 
 
-# Rows of one chunk: their working memory (about 16 copies of each pair's grid, see MAX_GRID_PIXELS in
-# functional) stays under this, so a batch of any length compares in bounded memory. Chunks are also kept
-# small enough (CACHE_BYTES of prepared maps per side) that the metrics re-read them from the CPU caches
-# rather than from memory: at 224×224 in float32, 16 pairs.
+# Rows of one chunk: their working memory (counted as 16 copies of each pair's grid, a margin over the few
+# copies that MAX_GRID_PIXELS in functional lists) stays under this, so a batch of any length compares in
+# bounded memory. Chunks are also kept small enough (CACHE_BYTES of prepared maps per side) that the metrics
+# re-read them from the CPU caches rather than from memory: at 224×224 in float32, 20 pairs.
 WORK_BYTES = 256 * 1024 * 1024
 _COPIES_PER_ROW = 16
 CACHE_BYTES = 4 * 1024 * 1024
