@@ -209,7 +209,7 @@ with st.container(key="viewer_panels"):
                     caption=f"mean map of the reference set ({ws.bundle.label}), "
                     + viewer.grid_caption(
                         tuple(np.asarray(ref).shape),
-                        str(ws.bundle.bundle.layer),  # as before: a bundle without a layer reads 'None'
+                        ws.bundle.bundle.layer,
                         image.size,
                         view_state.nearest,
                         stored=True,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -730,8 +729,3 @@ def json_bytes(annotations: AnnotationStore) -> bytes:
 
 def png_bytes(annotation: Annotation) -> bytes:
     return mask_png(annotation.mask())
-
-
-def selection_signature(selection: Any) -> str:
-    sel = selection or {}
-    return json.dumps({"box": sel.get("box", []), "lasso": sel.get("lasso", [])}, sort_keys=True, default=str)
