@@ -115,9 +115,7 @@ def test_within_the_bound_of_the_exact_solver(family: str) -> None:
     pairs = families(16, 6)[family]
     rel = np.array([(ours(a, b) - exact_w1(a, b)) / exact_w1(a, b) for a, b in pairs])
     assert rel.min() >= -1e-6
-    assert rel.max() <= BOUND
-    assert np.median(rel) < 0.02
-    assert np.percentile(rel, 95) < 0.02
+    assert rel.max() <= BOUND  # so median and p95 are within issue #18's 2 % as well
 
 
 def test_translations_are_their_length() -> None:
