@@ -7,7 +7,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui import checkpoints, figures, glossary, loaders
-from ui.sidebar import MODEL_TYPES, TRUST_HELP, TRUST_LABEL, workspace
+from ui.sidebar import MODEL_TYPES, trust_checkbox, workspace
 from ui.state import K
 from ui.widgets import choice, guard
 from verification.interactive import METHOD_LABELS, ONE_PASS_METHODS
@@ -51,7 +51,7 @@ with src_col:
             key=K.CONSISTENCY_ARCH.name,
             placeholder="from the sidecar",
         )
-        trust = st.checkbox(TRUST_LABEL, key=K.CONSISTENCY_TRUST.name, help=TRUST_HELP)
+        trust = trust_checkbox(K.CONSISTENCY_TRUST, K.CONSISTENCY_TRUSTED_FILES, uploads or [])
 with eval_col:
     evaluation = choice(
         K.CONSISTENCY_EVAL,

@@ -8,7 +8,7 @@ the last choice that worked, so every page keeps drawing what the user had befor
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, overload
 
@@ -61,6 +61,19 @@ TRUST_HELP = (
     "made yourself or got from someone you trust. Safetensors, state dicts and torch.export files never "
     "need it."
 )
+
+
+def trust_checkbox(key: StateKey[bool], trusted: StateKey[str | None], files: Sequence[Any]) -> bool:
+    """The trust opt-in, bound to the uploads it was ticked for (Streamlit's per-upload ``file_id``): when
+    other files (or none) replace them, the tick is cleared before the box is drawn, so a pickle never loads
+    on a tick given to a different file."""
+    chosen = "|".join(str(f.file_id) for f in files) or None
+    if st.session_state.get(key.name) and trusted.get() not in (None, chosen):
+        key.set(False)
+        st.caption("Another file was chosen: tick the box again if you trust it.")
+    trust = st.checkbox(TRUST_LABEL, key=key.name, help=TRUST_HELP)
+    trusted.set(chosen if trust else None)
+    return trust
 
 
 @dataclass(frozen=True)
@@ -170,7 +183,7 @@ def _choose_model(slot: ModelSlotKeys, title: str) -> loaders.ModelChoice | None
         placeholder="from sidecar",
     )
     names, task = model_form.label_fields(slot)
-    trust = st.checkbox(TRUST_LABEL, key=slot.trust.name, help=TRUST_HELP)
+    trust = trust_checkbox(slot.trust, slot.trusted_file, [upload] if upload is not None else [])
     if upload is None:
         return None
     return loaders.upload_spec(

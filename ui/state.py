@@ -56,6 +56,7 @@ class ModelSlotKeys:
     sidecar: StateKey[Any]  # optional JSON sidecar upload
     architecture: StateKey[str]  # architecture name for bare state dicts
     trust: StateKey[bool]
+    trusted_file: StateKey[str | None]  # the upload the trust tick was given for (see sidebar.trust_checkbox)
     last_good: StateKey[Any]  # ui.loaders.ModelChoice | None: what to fall back to after a failed load
 
 
@@ -67,6 +68,7 @@ def _slot(slot: str, demo_default: str) -> ModelSlotKeys:
         sidecar=StateKey(f"model_{slot}_sidecar", _const(None)),
         architecture=StateKey(f"model_{slot}_arch", _const("")),
         trust=StateKey(f"model_{slot}_trust", _const(False)),
+        trusted_file=StateKey(f"model_{slot}_trusted_file", _const(None)),
         last_good=StateKey(f"model_{slot}_last_good", _const(None)),
     )
 
@@ -126,6 +128,7 @@ class K:
     CONSISTENCY_UPLOAD: StateKey[Any] = StateKey("consistency_upload", _const(None))
     CONSISTENCY_ARCH: StateKey[str] = StateKey("consistency_arch", _const(""))
     CONSISTENCY_TRUST: StateKey[bool] = StateKey("consistency_trust", _const(False))
+    CONSISTENCY_TRUSTED_FILES: StateKey[str | None] = StateKey("consistency_trusted_files", _const(None))
     CONSISTENCY_EVAL: StateKey[str] = StateKey("consistency_eval", _const("sidebar"))  # "sidebar" | "upload"
     CONSISTENCY_EVAL_UPLOAD: StateKey[Any] = StateKey("consistency_eval_upload", _const(None))
 
