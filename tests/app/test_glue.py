@@ -36,6 +36,12 @@ def _offences(path: Path) -> list[str]:
         found += [
             f"{path.name}:{node.lineno} import {n}" for n in names if n.split(".")[0] in FORBIDDEN_MODULES
         ]
+        if isinstance(node, ast.ImportFrom):  # `from cv2 import applyColorMap`: imported by name
+            found += [
+                f"{path.name}:{node.lineno} import {a.name}"
+                for a in node.names
+                if a.name in FORBIDDEN_ATTRIBUTES or a.name.startswith("COLORMAP_")
+            ]
     return found
 
 
@@ -56,4 +62,14 @@ def test_the_check_finds_a_page_that_blends_on_its_own(tmp_path: Path) -> None:
         "rogue.py:3 .addWeighted",
         "rogue.py:3 .applyColorMap",
         "rogue.py:3 .COLORMAP_JET",
+    ]
+
+
+def test_the_check_finds_a_blend_imported_by_name(tmp_path: Path) -> None:
+    page = tmp_path / "rogue.py"
+    page.write_text("from cv2 import COLORMAP_JET, applyColorMap\nfrom PIL.Image import blend\n")
+    assert _offences(page) == [
+        "rogue.py:1 import COLORMAP_JET",
+        "rogue.py:1 import applyColorMap",
+        "rogue.py:2 import blend",
     ]
