@@ -9,8 +9,8 @@ report was made) and :mod:`~verification.report.pictures` (example overlays and 
 :mod:`verification.render`, their JPEG/PNG encodings).
 """
 
-from verification.report.charts import STATUS_RGB, Band, bands, chart_number, status_hex, ticks
-from verification.report.content import accuracy_text, as_report, class_rows, example_sentence, made_now
+from verification.report.charts import Band, bands, ticks
+from verification.report.content import example_sentence, made_now
 from verification.report.html import band_svg, img_tag, kv_table, render_report
 from verification.report.pdf import render_pdf
 from verification.report.pictures import (
@@ -26,14 +26,9 @@ __all__ = [
     "EXAMPLE_SIDE",
     "JPEG_QUALITY",
     "REFERENCE_SIDE",
-    "STATUS_RGB",
     "Band",
-    "accuracy_text",
-    "as_report",
     "band_svg",
     "bands",
-    "chart_number",
-    "class_rows",
     "example_pictures",
     "example_sentence",
     "img_tag",
@@ -43,6 +38,5 @@ __all__ = [
     "overlay_png",
     "render_pdf",
     "render_report",
-    "status_hex",
     "ticks",
 ]
