@@ -20,9 +20,10 @@ p95 / worst): attention-like pairs (224² maps pooled) 0.47 % / 0.69 % / 0.90 %;
 0.38 %; two blobs vs one 0.44 % / 1.18 % / 1.25 %; never below ``ot.emd2``, as the bound says. CPU time a pair
 (both single-threaded): 2.75 ms against 178 ms (65×), 5.41 ms against 123 ms (23×), 2.22 ms against 129 ms
 (58×). That is short of issue #18's 100×: the network simplex needs about 3,000 (smooth maps) to 6,000
-(noise) pivots at 32×32, about 1 µs each, whatever the start (the multi-scale start halves them on smooth
-maps only; even a start from the optimal potentials only halved them on noise). With ``--grid 48`` (3 pairs
-a family, 08:07 UTC, load 10–11) the ratios were 248× (attention-like), 140× (two blobs) and 43× (noise;
+(noise) pivots at 32×32 (the bench's medians: 2,887 attention-like, 2,598 two blobs, 5,901 noise), about
+1 µs each, whatever the start (the multi-scale start halves them on smooth maps only; even a start from the
+optimal potentials only halved them on noise). With ``--grid 48`` (3 pairs a family, 08:07 UTC, load 10–11)
+the ratios were 248× (attention-like), 140× (two blobs) and 43× (noise;
 25 ms a pair): noise stays short at any grid, and 48² costs 4× more per attention-like pair than 32².
 Pooling 224² maps to 32² instead of 64² changed attention-like values by 0.12 % (median; p95 0.24 %), and 64²
 costs ~10× more (26.5 ms a pair), hence the 32×32 default (same run). Numba compiles the solver on the first
