@@ -27,6 +27,7 @@ from verification.io.images import to_tensor
 from verification.io.records import LoadedImage, LoadedModel
 from verification.reference import ReferenceBundle
 from verification.verdict import LineResult, VerificationReport
+from verification.verdict.api import reference_maps
 
 __all__ = [
     "ALL_METHODS",
@@ -190,11 +191,8 @@ def layer_choices(model: LoadedModel) -> tuple[dict[str, str], str]:
 
 def reference_map(bundle: ReferenceBundle, class_name: str) -> np.ndarray | None:
     """The reference map (h, w) in [0, 1] of a class, or None when the bundle has none for it (an unknown
-    class, or no reference image of it)."""
-    if class_name not in bundle.class_names:
-        return None
-    k = bundle.class_names.index(class_name)
-    return None if int(bundle.counts[k]) == 0 else np.asarray(bundle.references[k])
+    class, or no reference image of it): the report's :func:`verification.verdict.api.reference_maps`."""
+    return reference_maps(bundle).get(class_name)
 
 
 def deciding_lines(report: VerificationReport) -> tuple[str, ...]:
