@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from verification.cam.chunking import chunk_bounds, pad_rows
 from verification.cam.concurrency import exclusive, this_thread_only
+from verification.cam.modules import as_module
 from verification.errors import LayerError, ShapeError
 from verification.io.records import LoadedImage, LoadedModel
 from verification.metrics.functional import normalize_maps, resize_maps, ssim
@@ -42,7 +43,7 @@ def early_layers(model: nn.Module | LoadedModel, input_shape: Sequence[int], cou
     """The first ``count`` stage outputs (one per resolution, in forward order) by dotted name."""
     from verification.cam.layers import stage_outputs
 
-    module = model.module if isinstance(model, LoadedModel) else model
+    module = as_module(model)
     stages = stage_outputs(module, input_shape, count=10_000)
     if not stages:
         raise LayerError(
@@ -120,7 +121,7 @@ def summarise_features(
     """Statistics and channel-mean maps of ``layers`` for every image (batched forwards)."""
     from verification.io.images import to_tensor
 
-    module = model.module if isinstance(model, LoadedModel) else model
+    module = as_module(model)
     stats, maps = [], []
     for s in range(0, len(images), batch_size):
         chunk = images[s : s + batch_size]
