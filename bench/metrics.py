@@ -106,6 +106,13 @@ PEERS: dict[str, tuple[str, Callable[[np.ndarray, np.ndarray], float]]] = {
 }  # fmt: skip
 
 
+def euclidean_cost(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """POT's Euclidean ground cost between the cells at (ys[i], xs[j]), cell index i·len(xs) + j."""
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    pts = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    return ot.dist(pts, pts, metric="euclidean")
+
+
 def _emd_peer(grid: int, in_hw: tuple[int, int]) -> Callable[[np.ndarray, np.ndarray], float]:
     """POT's exact ``ot.emd2`` between the two maps pooled to the registered metric's grid (its cells at the
     centres of the pixels they pool, coordinates in [0, 1], Euclidean ground cost)."""
@@ -116,9 +123,7 @@ def _emd_peer(grid: int, in_hw: tuple[int, int]) -> Callable[[np.ndarray, np.nda
         py = pool_mass(torch.from_numpy(y)[None], grid)[0].numpy()
         h, w = px.shape
         if (h, w) not in cost:
-            yy, xx = np.meshgrid(cell_centres(in_hw[0], h), cell_centres(in_hw[1], w), indexing="ij")
-            pts = np.stack([xx.ravel(), yy.ravel()], axis=1)
-            cost[h, w] = ot.dist(pts, pts, metric="euclidean")
+            cost[h, w] = euclidean_cost(cell_centres(in_hw[0], h), cell_centres(in_hw[1], w))
         return float(ot.emd2(px.ravel() / px.sum(), py.ravel() / py.sum(), cost[h, w]))
 
     return emd

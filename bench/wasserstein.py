@@ -34,7 +34,7 @@ import numpy as np
 import ot
 import torch
 
-from bench.metrics import attention_like
+from bench.metrics import attention_like, euclidean_cost
 from verification.metrics import compute_metrics
 from verification.metrics import grid_flow as gf
 from verification.metrics.wasserstein import cell_centres, pool_mass, wasserstein
@@ -74,9 +74,7 @@ def since(t: tuple[float, float]) -> tuple[float, float]:
 def error_and_speed(k: int, g: int) -> None:
     ax = cell_centres(g, g)
     axis = tuple(ax.tolist())
-    yy, xx = np.meshgrid(ax, ax, indexing="ij")
-    pts = np.stack([yy.ravel(), xx.ravel()], axis=1)
-    cost = ot.dist(pts, pts, metric="euclidean")
+    cost = euclidean_cost(ax, ax)
     print(
         f"Error and speed on the {g}×{g} grid, {k} pairs per family (ours: exact on the 32-neighbour graph):"
     )
