@@ -46,10 +46,7 @@ def atomic_dir(target: str | Path, *, force: bool = False) -> Iterator[Path]:
     ``target`` may be absent or an empty folder; anything else needs ``force`` (then it is replaced whole).
     """
     target = Path(target)
-    if target.exists() and not force and not (target.is_dir() and not any(target.iterdir())):
-        raise CliError(
-            f"{target} already exists and is not an empty folder; choose another path or add --force"
-        )
+    check_output_dir(target, force=force)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
