@@ -184,8 +184,10 @@ def test_viewer_in_chromium(tmp_path: Path) -> None:
         choose(page, "Zoom", "1×")
         wait_idle(page)
 
-        # --- drawing: the chart is off until asked for; a box dragged on it is the expected region
+        # --- drawing: the chart is off until asked for, its library already loaded while the page was quiet
+        # (viewer.preload_charts); a box dragged on it is the expected region
         assert page.locator(".st-key-viewer_draw").count() == 0
+        page.wait_for_function("() => window.__preloadCharts === 'done'", timeout=60_000, polling=200)
         page.get_by_text("Draw the expected region").click()
         page.locator(".st-key-viewer_draw .nsewdrag").first.wait_for(timeout=180_000)
         wait_idle(page)
