@@ -50,7 +50,8 @@ def example_pictures(
     report: VerificationReport, displays: Mapping[str, np.ndarray] | None = None
 ) -> list[tuple[Example, np.ndarray | None, np.ndarray | None]]:
     """Per example of the report: (example, its overlay at display size or None when the image cannot be
-    found, its class reference map as a heat picture or None)."""
+    found, its class reference map as a heat picture or None). With ``displays`` the pictures are those
+    (an example whose image is not among them has none); without, each is read from the path it names."""
     from verification.errors import VerificationError
     from verification.io.images import load_image
 
@@ -58,8 +59,9 @@ def example_pictures(
     for ex in report.examples:
         cam = np.asarray(ex.map, dtype=np.float32)
         picture = None
-        if displays is not None and ex.image in displays:
-            picture = overlay(displays[ex.image], cam, max_side=EXAMPLE_SIDE)
+        if displays is not None:  # the caller's pictures (the dashboard's uploads): no file is read by name
+            if ex.image in displays:
+                picture = overlay(displays[ex.image], cam, max_side=EXAMPLE_SIDE)
         else:
             try:
                 picture = overlay(load_image(ex.image).display, cam, max_side=EXAMPLE_SIDE)
