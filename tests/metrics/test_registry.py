@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import pearsonr
 
 from verification.errors import InvalidInputError
@@ -100,3 +101,21 @@ def test_chunk_buffers_are_reused_without_changing_values(monkeypatch: pytest.Mo
     np.testing.assert_array_equal(a.numpy(), prepare(maps, refs, None)[0].numpy())
     big = functional.SCRATCH_MAX_BYTES // 4 + 1
     assert functional.scratch("test", (big,), np.float32).base is not buf.base  # too large to keep
+
+
+def test_worker_threads_run_torch_single_threaded() -> None:
+    """compute_metrics' worker initialiser sets OpenMP to one thread in that worker only."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from verification.metrics.registry import single_threaded_worker
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with ThreadPoolExecutor(1) as pool:
+            assert pool.submit(torch.get_num_threads).result() == 2  # a plain worker inherits the count
+        with ThreadPoolExecutor(1, initializer=single_threaded_worker) as pool:
+            assert pool.submit(torch.get_num_threads).result() == 1
+        assert torch.get_num_threads() == 2  # the calling thread keeps its own
+    finally:
+        torch.set_num_threads(before)
