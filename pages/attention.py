@@ -11,6 +11,13 @@ from ui.state import K
 from ui.widgets import colorbar, guard, notices
 from verification import render
 from verification.errors import VerificationError
+from verification.interactive import (
+    ALL_METHODS,
+    ATTRIBUTION_METHODS,
+    EXTRA_CAM_METHODS,
+    METHOD_LABELS,
+    ONE_PASS_METHODS,
+)
 
 st.title("Attention", anchor=False)
 ws = workspace()
@@ -44,15 +51,13 @@ if K.LAYER.get() not in ("", *layers):
     K.LAYER.set("")
 
 c1, c2, c3, c4, c5 = st.columns([1.3, 1.6, 1.2, 1.0, 0.9])
-method = c1.selectbox(
-    "Method", loaders.ALL_METHODS, format_func=lambda m: loaders.METHOD_LABELS.get(m, m), key=K.METHOD.name
-)
+method = c1.selectbox("Method", ALL_METHODS, format_func=lambda m: METHOD_LABELS.get(m, m), key=K.METHOD.name)
 layer_choice = c2.selectbox(
     "Layer",
     ["", *layers],
     format_func=lambda name: f"default: {default_layer}" if name == "" else f"{name}  ({layers[name]})",
     key=K.LAYER.name,
-    disabled=method in loaders.ATTRIBUTION_METHODS or method == "ms_gradcampp",
+    disabled=method in ATTRIBUTION_METHODS or method == "ms_gradcampp",
     help=glossary.help_for("layer")
     + " Attributions work on input pixels; multi-scale fuses the last stages.",
 )
@@ -85,7 +90,7 @@ notices(list(image.notices))
 
 # ------------------------------------------------------------------------------------------- the map
 result = None
-with guard(f"Computing {loaders.METHOD_LABELS[method]}"), st.spinner("Computing the map…"):
+with guard(f"Computing {METHOD_LABELS[method]}"), st.spinner("Computing the map…"):
     result = loaders.cam_for(model, handle.lock, image, method=method, layer=layer, target=target)
 if result is None:
     st.stop()
@@ -137,7 +142,7 @@ with st.container(key="viewer_panels"):
             tuple(result.raw.shape[1:]), result.layer, image.size, view_state.nearest
         )
         viewer.panel(
-            f"{loaders.METHOD_LABELS[method]} — {what}",
+            f"{METHOD_LABELS[method]} — {what}",
             overlay,
             view,
             image.size,
@@ -340,7 +345,7 @@ with draw_right:
             st.session_state["viewer_draw_round"] = int(st.session_state.get("viewer_draw_round", 0)) + 1
             st.rerun()
         numbers = viewer.region_numbers_for(map_key, result.maps[0], drawn)
-        st.markdown(f"**{loaders.METHOD_LABELS[method]} at {result.layer} against the drawn region**")
+        st.markdown(f"**{METHOD_LABELS[method]} at {result.layer} against the drawn region**")
         with st.container(key="viewer_region_numbers"):
             st.table({"measure": list(numbers), "value": [f"{v:.3f}" for v in numbers.values()]})
         with st.expander("The seven metrics with the drawn region as this image's reference map"):
@@ -453,7 +458,7 @@ with right:
                 f"here are for this image under {ws.bundle.label}'s calibration"
                 + (
                     f" ({ws.bundle.bundle.method} at {ws.bundle.bundle.layer}; the map above is "
-                    f"{loaders.METHOD_LABELS[method]} at {layer})."
+                    f"{METHOD_LABELS[method]} at {layer})."
                     if (ws.bundle.bundle.method, ws.bundle.bundle.layer) != (method, layer)
                     else "."
                 )
@@ -473,15 +478,15 @@ with guard("Computing the method grid"):
 extra = st.toggle(
     "Add Score-CAM, Ablation-CAM and the pixel attributions (slower)", key=K.ATTENTION_SLOW.name
 )
-methods = [m for m in loaders.ONE_PASS_METHODS if m in grid] + (
-    list(loaders.EXTRA_CAM_METHODS + loaders.ATTRIBUTION_METHODS) if extra else []
+methods = [m for m in ONE_PASS_METHODS if m in grid] + (
+    list(EXTRA_CAM_METHODS + ATTRIBUTION_METHODS) if extra else []
 )
 per_row = 4
 for start in range(0, len(methods), per_row):
     row = st.columns(per_row)
     for col, name in zip(row, methods[start : start + per_row]):
         # each slow method on its own: one that fails for this model leaves the others drawn
-        with col, guard(loaders.METHOD_LABELS[name]):
+        with col, guard(METHOD_LABELS[name]):
             res = (
                 grid[name]
                 if name in grid
@@ -494,6 +499,6 @@ for start in range(0, len(methods), per_row):
                 colormap=colormap,
                 max_side=figures.THUMB_MAX_SIDE,
             )
-            st.image(thumb, caption=loaders.METHOD_LABELS[name], width="stretch", output_format="JPEG")
+            st.image(thumb, caption=METHOD_LABELS[name], width="stretch", output_format="JPEG")
 colorbar(colormap)
 viewer.preload_charts()

@@ -39,12 +39,6 @@ from verification.features import (
     check_features,
 )
 from verification.garbage import Prediction, predict
-
-# The method names and the target are verification.interactive's; the Attention page reads them from here.
-from verification.interactive import ALL_METHODS as ALL_METHODS
-from verification.interactive import ATTRIBUTION_METHODS as ATTRIBUTION_METHODS
-from verification.interactive import EXTRA_CAM_METHODS as EXTRA_CAM_METHODS
-from verification.interactive import METHOD_LABELS as METHOD_LABELS
 from verification.interactive import (
     ONE_PASS_METHODS,
     can_split,
