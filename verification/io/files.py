@@ -20,7 +20,8 @@ def read_regular_file(
     too_large: Callable[[int], str],
     error: type[VerificationError],
 ) -> bytes:
-    """The bytes of ``path``, a regular file of at most ``max_bytes`` (checked from its size before reading).
+    """The bytes of ``path``, a regular file of at most ``max_bytes``: checked from its size before reading,
+    and the read itself stops one byte past the limit, so a file that grows meanwhile is still bounded.
 
     ``kind`` names what is expected ("image file") and ``advice`` what to give when a folder is given;
     ``error`` is raised for a folder, a missing path, something that is not a regular file, or a read
@@ -37,6 +38,10 @@ def read_regular_file(
         size = path.stat().st_size
         if size > max_bytes:
             raise InputTooLargeError(too_large(size))
-        return path.read_bytes()
+        with path.open("rb") as f:  # read at most one byte past the limit: the file may grow after stat
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise InputTooLargeError(too_large(len(data)))
+        return data
     except OSError as exc:
         raise error(f"{kind} '{path}' cannot be read: {exc.strerror or exc}") from exc
