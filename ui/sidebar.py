@@ -258,8 +258,7 @@ def _resolve_images() -> loaders.ImageSet | None:
             key=K.IMAGES_UPLOAD.name,
         )
         if files:
-            with guard("Reading the uploaded images"):
-                chosen = _images_from_uploads([(f.name, f.getvalue()) for f in files])
+            chosen = _uploaded_images(files)
     if chosen is not None and chosen.items:
         if last is None or chosen.hashes != last.hashes:
             K.IMAGE_INDEX.set(0)
@@ -270,16 +269,47 @@ def _resolve_images() -> loaders.ImageSet | None:
     return last
 
 
+@dataclass(frozen=True)
+class _UploadRead:
+    """What reading some uploads gave, and (for the sidebar's uploader) their Streamlit ``file_id``s."""
+
+    images: loaders.ImageSet | None
+    errors: tuple[str, ...]
+    skipped: tuple[str, ...]
+    file_ids: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, files: list[tuple[str, bytes]], file_ids: tuple[str, ...] = ()) -> _UploadRead:
+        expanded = expand_uploads(files)
+        items, errors = loaders.images_from_blobs(expanded.blobs)
+        images = (
+            loaders.ImageSet(label=f"{len(items)} uploaded image(s)", items=tuple(items)) if items else None
+        )
+        return cls(images, tuple(errors), tuple(expanded.skipped), file_ids)
+
+    def show(self) -> loaders.ImageSet | None:
+        for message in self.errors:
+            st.error(message, icon=":material/broken_image:")
+        if self.skipped:
+            st.caption(f"Skipped {len(self.skipped)} non-image file(s): {', '.join(self.skipped[:5])}")
+        return self.images
+
+
 def _images_from_uploads(files: list[tuple[str, bytes]]) -> loaders.ImageSet | None:
-    expanded = expand_uploads(files)
-    items, errors = loaders.images_from_blobs(expanded.blobs)
-    for message in errors:
-        st.error(message, icon=":material/broken_image:")
-    if expanded.skipped:
-        st.caption(f"Skipped {len(expanded.skipped)} non-image file(s): {', '.join(expanded.skipped[:5])}")
-    if not items:
-        return None
-    return loaders.ImageSet(label=f"{len(items)} uploaded image(s)", items=tuple(items))
+    return _UploadRead.of(files).show()
+
+
+def _uploaded_images(files: Sequence[Any]) -> loaders.ImageSet | None:
+    """The sidebar's uploaded images, read once per set of uploads: a rerun with the same files (any widget
+    change) reuses what was read instead of expanding the zips and hashing every image again."""
+    ids = tuple(str(f.file_id) for f in files)
+    read: _UploadRead | None = K.IMAGES_UPLOAD_READ.get()
+    if read is None or read.file_ids != ids:
+        read = None
+        with guard("Reading the uploaded images"):
+            read = _UploadRead.of([(f.name, f.getvalue()) for f in files], ids)
+        K.IMAGES_UPLOAD_READ.set(read)
+    return None if read is None else read.show()  # None: the guard showed why
 
 
 def _pick_image(images: loaders.ImageSet) -> None:

@@ -83,6 +83,8 @@ class K:
     IMAGES_SOURCE: StateKey[str] = StateKey("images_source", _const("demo"))  # "demo" | "upload"
     IMAGES_SPLIT: StateKey[str] = StateKey("images_split", _const("test"))
     IMAGES_UPLOAD: StateKey[Any] = StateKey("images_upload", _const(None))
+    # What the uploads above were read as, with their file ids: a rerun with the same uploads reuses it.
+    IMAGES_UPLOAD_READ: StateKey[Any] = StateKey("images_upload_read", _const(None))
     IMAGES_LAST_GOOD: StateKey[Any] = StateKey("images_last_good", _const(None))  # ui.loaders.ImageSet | None
     IMAGE_INDEX: StateKey[int] = StateKey("image_index", _const(0))
 
