@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from verification.errors import BundleError, ShapeError
+from verification.errors import BundleError, InputTooLargeError, ShapeError
+from verification.io.budget import ResourceLimits
 from verification.io.records import LoadedModel
 from verification.metrics import compute_metrics
 from verification.reference import (
@@ -209,6 +210,24 @@ def test_annotation_references_from_png_masks_and_boxes(tmp_path: pytest.TempPat
     assert labels == ["top"]
     np.testing.assert_array_equal(jm[0], masks[0])
     jpath.write_text("{}")
+    with pytest.raises(BundleError, match="box annotations"):
+        load_boxes_json(jpath)
+
+
+def test_box_annotations_are_bounded_before_allocating(tmp_path: pytest.TempPathFactory) -> None:
+    # 60 bytes of JSON declaring 1,000 masks of 100,000² (40 TB as float32): refused, nothing allocated
+    spec = {"image_size": [100_000, 100_000], "images": [{"image": "a", "label": "x"}] * 1000}
+    jpath = tmp_path / "huge.json"  # type: ignore[operator]
+    jpath.write_text(json.dumps(spec))
+    with pytest.raises(InputTooLargeError, match="box masks of 100000×100000"):
+        load_boxes_json(jpath)
+    small = ResourceLimits(max_decoded_bytes=3 * 32 * 32 * 4 - 1)  # one byte short of three 32² masks
+    with pytest.raises(InputTooLargeError, match="limit for decoded annotations"):
+        boxes_to_masks([[], [], []], (32, 32), small)
+    assert boxes_to_masks([[], []], (32, 32), small).shape == (2, 32, 32)
+    with pytest.raises(ShapeError, match="positive"):
+        boxes_to_masks([[]], (0, 32))
+    jpath.write_bytes(b"\xff\xfe not utf-8")
     with pytest.raises(BundleError, match="box annotations"):
         load_boxes_json(jpath)
 

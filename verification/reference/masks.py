@@ -8,7 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from verification.errors import BundleError, ShapeError
+from verification.errors import BundleError, InputTooLargeError, ShapeError
+from verification.io.budget import DEFAULT_LIMITS, ResourceLimits
+from verification.io.files import read_regular_file
+
+MAX_JSON_BYTES = 64 << 20  # a box file is text: 64 MiB is millions of boxes
 
 
 def load_mask(path: str | Path) -> np.ndarray:
@@ -20,9 +24,24 @@ def load_mask(path: str | Path) -> np.ndarray:
     return (px > 0.5).astype(np.float32)
 
 
-def boxes_to_masks(boxes: Sequence[Sequence[Sequence[float]]], image_size: tuple[int, int]) -> np.ndarray:
-    """Per image, a list of (x0, y0, x1, y1) pixel boxes (x1, y1 exclusive) -> (N, H, W) float32 masks."""
-    h, w = image_size
+def boxes_to_masks(
+    boxes: Sequence[Sequence[Sequence[float]]],
+    image_size: tuple[int, int],
+    limits: ResourceLimits = DEFAULT_LIMITS,
+) -> np.ndarray:
+    """Per image, a list of (x0, y0, x1, y1) pixel boxes (x1, y1 exclusive) -> (N, H, W) float32 masks.
+    The masks' size (N × H × W × 4 bytes) is checked against ``limits.max_decoded_bytes`` before any is
+    allocated: a box file is untrusted and a few bytes of JSON can declare terabytes of masks."""
+    h, w = (int(v) for v in image_size)
+    if h < 1 or w < 1:
+        raise ShapeError(f"image_size must be two positive whole numbers [H, W]; got {[h, w]}")
+    need = len(boxes) * h * w * 4
+    if need > limits.max_decoded_bytes:
+        raise InputTooLargeError(
+            f"{len(boxes)} box masks of {h}×{w} would take {need / (1 << 20):,.0f} MiB, above the "
+            f"{limits.max_decoded_bytes / (1 << 20):,.0f} MiB limit for decoded annotations; give fewer "
+            "images or a smaller image_size, or raise the limit if you trust the file"
+        )
     out = np.zeros((len(boxes), h, w), dtype=np.float32)
     for i, image_boxes in enumerate(boxes):
         for box in image_boxes:
@@ -33,19 +52,30 @@ def boxes_to_masks(boxes: Sequence[Sequence[Sequence[float]]], image_size: tuple
     return out
 
 
-def load_boxes_json(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
+def load_boxes_json(
+    path: str | Path, limits: ResourceLimits = DEFAULT_LIMITS
+) -> tuple[list[str], list[str], np.ndarray]:
     """Read box annotations: ``{"image_size": [H, W], "images": [{"image": name, "label": class,
-    "boxes": [[x0, y0, x1, y1], ...]}, ...]}`` -> (image names, labels, masks (N, H, W))."""
+    "boxes": [[x0, y0, x1, y1], ...]}, ...]}`` -> (image names, labels, masks (N, H, W)). The file is read
+    bounded (:data:`MAX_JSON_BYTES`) and the masks bounded by ``limits`` before they are allocated."""
+    raw = read_regular_file(
+        Path(path),
+        kind="box annotation file",
+        advice="give the JSON file of boxes",
+        max_bytes=MAX_JSON_BYTES,
+        too_large=lambda size: f"box annotation file '{path}' is {size:,} bytes, above {MAX_JSON_BYTES:,}",
+        error=BundleError,
+    )
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = json.loads(raw.decode("utf-8"))
         size = (int(doc["image_size"][0]), int(doc["image_size"][1]))
         entries = list(doc["images"])
         names = [str(e["image"]) for e in entries]
         labels = [str(e["label"]) for e in entries]
         boxes = [e.get("boxes", []) for e in entries]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
         raise BundleError(
             f"cannot read box annotations from '{path}': {exc}; expected "
             '{"image_size": [H, W], "images": [{"image": ..., "label": ..., "boxes": [[x0, y0, x1, y1]]}]}'
         ) from exc
-    return names, labels, boxes_to_masks(boxes, size)
+    return names, labels, boxes_to_masks(boxes, size, limits)
