@@ -100,15 +100,11 @@ if evaluation == "upload" and not eval_files:
 series = None
 with guard("Tracking the checkpoints"):
     if eval_files:
-        images = checkpoints.labelled_set([(f.name, f.getvalue()) for f in eval_files])
+        images = checkpoints.labelled_uploads(eval_files)
     else:
         images = loaders.labelled_or_demo(ws.images)
     if uploads:
-        found = checkpoints.pair(
-            checkpoints.checkpoint_files([(f.name, f.getvalue()) for f in uploads]),
-            architecture=arch.strip() or None,
-            trust=trust,
-        )
+        found = checkpoints.pair_uploads(uploads, architecture=arch.strip() or None, trust=trust)
         st.caption(
             "Training order (natural name order): "
             + " → ".join(c.name + (f" (+{c.sidecar})" if c.sidecar else "") for c in found)

@@ -14,17 +14,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 import streamlit as st
 
 from ui import loaders
+from ui.state import K, read_once
 from verification.consistency import CheckpointSeries, series_mismatch, track_checkpoints
 from verification.errors import ImageLoadError, ModelLoadError
 from verification.interactive import labelled_for_classes
 from verification.io.records import LoadedModel
 from verification.uploads import Blob, checkpoint_files, expand_uploads, pair_checkpoints
 
-__all__ = ["Checkpoint", "checkpoint_files", "labelled_set", "load", "pair", "series"]
+__all__ = ["Checkpoint", "labelled_uploads", "load", "pair", "pair_uploads", "series"]
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,28 @@ def series(
     )
 
 
-def labelled_set(files: Sequence[tuple[str, bytes]]) -> loaders.ImageSet:
-    """A labelled evaluation set from uploaded zips (one folder per class), within the image upload limits."""
-    expanded = expand_uploads(files)
-    items, errors = loaders.images_from_blobs(expanded.blobs)
+def pair_uploads(files: Sequence[Any], *, architecture: str | None, trust: bool) -> list[Checkpoint]:
+    """:func:`pair` of the page's uploaded files (zips expanded), read once per set of uploads and settings:
+    a rerun for another widget does not expand and hash the checkpoints again."""
+    return read_once(
+        K.CONSISTENCY_UPLOAD_READ,
+        files,
+        (architecture, trust),
+        lambda: pair(
+            checkpoint_files([(f.name, f.getvalue()) for f in files]), architecture=architecture, trust=trust
+        ),
+    )
+
+
+def labelled_uploads(files: Sequence[Any]) -> loaders.ImageSet:
+    """A labelled evaluation set from uploaded zips (one folder per class), within the image upload limits;
+    read once per set of uploads (files that failed to load are reported on every run)."""
+    items, errors = read_once(
+        K.CONSISTENCY_EVAL_READ,
+        files,
+        (),
+        lambda: loaders.images_from_blobs(expand_uploads([(f.name, f.getvalue()) for f in files]).blobs),
+    )
     for message in errors[:5]:
         st.error(message, icon=":material/broken_image:")
     labelled = [i for i in items if i.label]

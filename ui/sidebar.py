@@ -16,7 +16,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from ui import loaders, model_form
-from ui.state import K, ModelSlotKeys, StateKey
+from ui.state import K, ModelSlotKeys, StateKey, read_once
 from ui.widgets import choice, guard, switch
 from verification.io.records import LoadedModel
 from verification.uploads import expand_uploads, form_sidecar
@@ -271,21 +271,20 @@ def _resolve_images() -> loaders.ImageSet | None:
 
 @dataclass(frozen=True)
 class _UploadRead:
-    """What reading some uploads gave, and (for the sidebar's uploader) their Streamlit ``file_id``s."""
+    """What reading some uploads gave: the images, the files that failed and the files skipped."""
 
     images: loaders.ImageSet | None
     errors: tuple[str, ...]
     skipped: tuple[str, ...]
-    file_ids: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, files: list[tuple[str, bytes]], file_ids: tuple[str, ...] = ()) -> _UploadRead:
+    def of(cls, files: list[tuple[str, bytes]]) -> _UploadRead:
         expanded = expand_uploads(files)
         items, errors = loaders.images_from_blobs(expanded.blobs)
         images = (
             loaders.ImageSet(label=f"{len(items)} uploaded image(s)", items=tuple(items)) if items else None
         )
-        return cls(images, tuple(errors), tuple(expanded.skipped), file_ids)
+        return cls(images, tuple(errors), tuple(expanded.skipped))
 
     def show(self) -> loaders.ImageSet | None:
         for message in self.errors:
@@ -300,15 +299,14 @@ def _images_from_uploads(files: list[tuple[str, bytes]]) -> loaders.ImageSet | N
 
 
 def _uploaded_images(files: Sequence[Any]) -> loaders.ImageSet | None:
-    """The sidebar's uploaded images, read once per set of uploads: a rerun with the same files (any widget
-    change) reuses what was read instead of expanding the zips and hashing every image again."""
-    ids = tuple(str(f.file_id) for f in files)
-    read: _UploadRead | None = K.IMAGES_UPLOAD_READ.get()
-    if read is None or read.file_ids != ids:
-        read = None
-        with guard("Reading the uploaded images"):
-            read = _UploadRead.of([(f.name, f.getvalue()) for f in files], ids)
-        K.IMAGES_UPLOAD_READ.set(read)
+    """The sidebar's uploaded images, read once per set of uploads (:func:`ui.state.read_once`): a rerun with
+    the same files (any widget change) reuses what was read instead of expanding the zips and hashing every
+    image again; the files that failed are reported on every run."""
+    read: _UploadRead | None = None
+    with guard("Reading the uploaded images"):
+        read = read_once(
+            K.IMAGES_UPLOAD_READ, files, (), lambda: _UploadRead.of([(f.name, f.getvalue()) for f in files])
+        )
     return None if read is None else read.show()  # None: the guard showed why
 
 

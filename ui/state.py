@@ -6,7 +6,7 @@ touches ``st.session_state`` with a string literal, so a typo cannot silently cr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
@@ -40,6 +40,21 @@ class StateKey(Generic[T]):
         """Give the key its default if unset, so a widget bound to it starts from that default."""
         if self.name not in st.session_state:
             st.session_state[self.name] = self.factory()
+
+
+def read_once(key: StateKey[Any], files: Sequence[Any], extra: tuple[Any, ...], read: Callable[[], T]) -> T:
+    """What ``read()`` made of the uploaded ``files`` (Streamlit UploadedFiles) with the settings ``extra``,
+    read once per set of uploads: a rerun with the same files (same ``file_id``s) and settings (any other
+    widget change) returns what was read instead of expanding and hashing the bytes again. An exception
+    is not kept, so a failed read is retried (and its error shown) on the next run."""
+    ids = (tuple(str(f.file_id) for f in files), extra)
+    kept = key.get()
+    if kept is not None and kept[0] == ids:
+        return cast(T, kept[1])
+    key.set(None)  # a failed read below must not leave the previous files' result in place
+    value = read()
+    key.set((ids, value))
+    return value
 
 
 def _const(value: T) -> Callable[[], T]:
@@ -133,6 +148,9 @@ class K:
     CONSISTENCY_TRUSTED_FILES: StateKey[str | None] = StateKey("consistency_trusted_files", _const(None))
     CONSISTENCY_EVAL: StateKey[str] = StateKey("consistency_eval", _const("sidebar"))  # "sidebar" | "upload"
     CONSISTENCY_EVAL_UPLOAD: StateKey[Any] = StateKey("consistency_eval_upload", _const(None))
+    # What the two uploads above were read as (see read_once): reruns reuse them.
+    CONSISTENCY_UPLOAD_READ: StateKey[Any] = StateKey("consistency_upload_read", _const(None))
+    CONSISTENCY_EVAL_READ: StateKey[Any] = StateKey("consistency_eval_read", _const(None))
 
     @classmethod
     def page_widgets(cls) -> tuple[StateKey[Any], ...]:

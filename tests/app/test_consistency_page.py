@@ -80,6 +80,32 @@ def test_own_checkpoints_and_labelled_set() -> None:
     assert len(at.get("plotly_chart")) == 2
 
 
+def test_a_rerun_does_not_read_the_uploads_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    real_ckpt, real_eval = checkpoints.checkpoint_files, checkpoints.expand_uploads
+
+    def counting_ckpt(files: list[tuple[str, bytes]]) -> object:
+        reads.append("checkpoints")
+        return real_ckpt(files)
+
+    def counting_eval(files: list[tuple[str, bytes]]) -> object:
+        reads.append("labelled")
+        return real_eval(files)
+
+    monkeypatch.setattr(checkpoints, "checkpoint_files", counting_ckpt)
+    monkeypatch.setattr(checkpoints, "expand_uploads", counting_eval)
+    at = _own_series((0, 1), per_class=2)
+    assert not at.exception, [e.value for e in at.exception]
+    first = list(reads)
+    assert first == ["checkpoints", "labelled"], "each upload read once while the page was set up"
+    shown = at.segmented_control(key="consistency_shown")
+    shown.set_value(shown.options[0]).run()  # another widget: a rerun with the same uploads
+    at.run()
+    assert reads == first, "the same uploads were read again on a rerun"
+    at.text_input(key="consistency_arch").set_value("resnet18").run()  # a setting that changes the loading
+    assert reads.count("checkpoints") == first.count("checkpoints") + 1
+
+
 def test_a_pickled_checkpoint_is_refused_without_trust_and_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
 
