@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from verification.errors import BundleError, InputTooLargeError, ShapeError
+from verification.errors import BundleError, InputTooLargeError, ShapeError, UploadTooLargeError
 from verification.io.budget import ResourceLimits
 from verification.io.records import LoadedModel
 from verification.metrics import compute_metrics
@@ -267,3 +267,16 @@ def test_building_from_files_skips_unreadable_ones_and_reads_the_mask_folder(tmp
         sound, paths, labels, layer="features", calibrate=False, annotation_dir=tmp_path / "les"
     )
     assert annotated.grid == (SIZE, SIZE)
+    # decoded in threads: the same references, in the same order
+    threaded, used2, skipped2 = build_reference_from_paths(
+        sound, files, [*labels, 0], layer="features", calibrate=False, workers=2
+    )
+    assert (used2, skipped2) == (6, 1)
+    np.testing.assert_array_equal(threaded.references, plain.references)
+    # the images are held together: past the decoded budget the build stops, it does not skip on silently
+    one = SIZE * SIZE * 5  # what one grey image keeps (float32 pixels + uint8 display)
+    with pytest.raises(UploadTooLargeError, match="held in memory together"):
+        build_reference_from_paths(
+            sound, paths, labels, layer="features", calibrate=False,
+            limits=ResourceLimits(max_decoded_bytes=3 * one),
+        )  # fmt: skip

@@ -15,6 +15,11 @@ class InputTooLargeError(VerificationError):
     """A file or image exceeds a configured size or pixel limit."""
 
 
+class UploadTooLargeError(InputTooLargeError):
+    """The files of one upload or batch, together, exceed a budget (decoded bytes, archive bytes or entries);
+    each file alone may be fine."""
+
+
 class ImageLoadError(VerificationError):
     """An image file could not be read or is unusable (corrupt, truncated, not an image, too small)."""
 

@@ -45,7 +45,7 @@ def cmd_reference_build(args: argparse.Namespace) -> int:
     bad = {Path(p).stem: _load_other(p, args) for p in args.bad}
     bundle, used, skipped = build_reference_from_paths(
         model, paths, y, method=args.method, layer=args.layer, correct_only=not args.all_images,
-        batch_size=args.batch_size, workers=args.workers, progress=progress_flag(args) is not False,
+        batch_size=args.batch_size, workers=args.workers, progress=progress_flag(args),
         calibrate=not args.no_calibration, healthy=healthy, bad=bad, annotation_dir=args.annotations,
         anatomy_dir=args.anatomy,
         faithfulness=args.faithfulness,

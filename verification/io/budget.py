@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from verification.errors import ImageLoadError, InputTooLargeError
+from verification.errors import ImageLoadError, InputTooLargeError, UploadTooLargeError
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -208,11 +208,11 @@ class Budget:
 
     def _charge(self, total: _Total, n: int, limit: int, refusal: Callable[[int], str]) -> None:
         """Add ``n`` to the running ``total``; past ``limit`` nothing is added and ``refusal(new total)`` is
-        raised as :class:`InputTooLargeError`."""
+        raised as :class:`UploadTooLargeError` (an :class:`InputTooLargeError`)."""
         with self._lock:
             new = getattr(self, total) + n
             if new > limit:
-                raise InputTooLargeError(refusal(new))
+                raise UploadTooLargeError(refusal(new))
             setattr(self, total, new)
 
     def charge_decoded(self, cost: ImageCost, name: str) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from verification.errors import BundleError, ShapeError
+from verification.io.budget import DEFAULT_LIMITS, Budget, ResourceLimits
 from verification.io.records import LoadedImage, LoadedModel
 from verification.metrics import DEFAULT_METRICS, DEFAULT_SIZE, METRICS, compute_metrics
 from verification.metrics.functional import Threshold, as_batch, check_grid, normalize_maps, resize_maps
@@ -333,7 +334,7 @@ def build_reference_from_paths(
     correct_only: bool = True,
     batch_size: int = 16,
     workers: int = 0,
-    progress: bool = False,
+    progress: bool | None = False,
     calibrate: bool = True,
     healthy: Mapping[str, LoadedModel] | None = None,
     bad: Mapping[str, LoadedModel] | None = None,
@@ -341,25 +342,56 @@ def build_reference_from_paths(
     anatomy_dir: str | Path | None = None,
     faithfulness: bool = False,
     grid: tuple[int, int] | None = None,
+    limits: ResourceLimits = DEFAULT_LIMITS,
 ) -> tuple[ReferenceBundle, int, int]:
     """:func:`build_reference` over image files (the command line's path): unreadable files are skipped;
     masks are read from ``<stem>_lesion.png`` / ``<stem>_lung.png`` files in the two folders.
-    Returns (bundle, images used for the references, images skipped)."""
+    Returns (bundle, images used for the references, images skipped).
+
+    The images are held in memory together, so what they keep once decoded is charged to one
+    :class:`~verification.io.budget.Budget` (``limits.max_decoded_bytes``, 2 GiB by default) before each is
+    decoded: past it the build stops with :class:`UploadTooLargeError` instead of running out of memory.
+    ``workers`` > 0 decodes in that many threads; ``progress`` shows a bar on stderr (None: when stderr is a
+    terminal)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
     from verification.anatomy import MASK_SUFFIXES
     from verification.batch import LESION_SUFFIXES, folder_mask
-    from verification.errors import ImageLoadError, InputTooLargeError
+    from verification.engines import progress_disabled
+    from verification.errors import ImageLoadError, InputTooLargeError, UploadTooLargeError
     from verification.io.images import load_image
+
+    budget = Budget(limits)
+
+    def read(path: str | Path) -> LoadedImage | None:
+        try:
+            return load_image(path, budget=budget)
+        except UploadTooLargeError as exc:
+            mib = limits.max_decoded_bytes / (1 << 20)
+            raise UploadTooLargeError(
+                f"the reference images are held in memory together, and '{path}' would take them past the "
+                f"{mib:,.0f} MiB limit once decoded; build from fewer images (a few hundred per class make "
+                "stable references and calibration) or raise limits.max_decoded_bytes if the machine has the "
+                "memory"
+            ) from exc
+        except (ImageLoadError, InputTooLargeError, OSError) as exc:
+            log.warning("skipped %s: %s", path, exc)
+            return None
 
     loaded: list[LoadedImage] = []
     y: list[int] = []
-    skipped = 0
-    for path, lab in zip(paths, labels):
-        try:
-            loaded.append(load_image(path))
-            y.append(int(lab))
-        except (ImageLoadError, InputTooLargeError, OSError) as exc:
-            log.warning("skipped %s: %s", path, exc)
-            skipped += 1
+    with (
+        ThreadPoolExecutor(max_workers=max(workers, 1)) as pool,
+        tqdm(total=len(paths), unit="img", disable=progress_disabled(progress), leave=False) as bar,
+    ):
+        for img, lab in zip(pool.map(read, paths), labels):  # in order; map submits all, results as done
+            bar.update(1)
+            if img is not None:
+                loaded.append(img)
+                y.append(int(lab))
+    skipped = len(paths) - len(loaded)
 
     def masks(folder: str | Path | None, suffixes: Sequence[str]) -> list[np.ndarray | None] | None:
         if folder is None:
