@@ -137,7 +137,7 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
         if not ln.per_class:
             continue
         title = f"{ln.key} {ln.name}: {status_words(ln.status)}"
-        with st.expander(title, expanded=ln.key == report.deciding_line):
+        with st.expander(title, expanded=ln.key in report.deciding_lines):
             st.markdown(ln.sentence or LINE_NAMES.get(ln.key, ""), help=glossary.line_help(ln.key))
             if ln.calibration:
                 st.caption(f"Threshold calibration: {ln.calibration}")

@@ -152,7 +152,7 @@ def lines_table(report: VerificationReport) -> pd.DataFrame:
             {
                 "line": f"{ln.key} {ln.name}",
                 "result": status_words(ln.status),
-                "votes": "deciding" if ln.key == report.deciding_line else ("yes" if ln.votes else "no"),
+                "votes": "deciding" if ln.key in report.deciding_lines else ("yes" if ln.votes else "no"),
                 "separation (AUROC)": number(ln.separation, 2),
                 "calibration": ln.calibration or "—",
                 "what it found": ln.sentence,

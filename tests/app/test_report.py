@@ -92,6 +92,18 @@ def test_every_line_in_plain_words_with_its_vote() -> None:
     assert "healthy models" in table.loc["E3 reliance on evidence outside the anatomy", "calibration"]
 
 
+def test_a_suitable_verdict_marks_every_line_it_passed_as_deciding() -> None:
+    from dataclasses import replace
+
+    report = replace(_report(), verdict="suitable", deciding_line="E1+E3")
+    assert report.deciding_lines == ("E1", "E3")
+    votes = summary.lines_table(report).set_index("line")["votes"]
+    assert votes["E1 task performance"] == "deciding"
+    assert votes["E3 reliance on evidence outside the anatomy"] == "deciding"
+    assert votes["E5 agreement with reference maps"] == "no"
+    assert replace(report, deciding_line=None).deciding_lines == ()
+
+
 def test_class_numbers_carry_interval_threshold_and_direction() -> None:
     e3 = _report().line("E3")
     assert e3 is not None

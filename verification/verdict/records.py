@@ -261,6 +261,12 @@ class VerificationReport:
         return None
 
     @property
+    def deciding_lines(self) -> tuple[str, ...]:
+        """The deciding line's keys: one for UNSUITABLE and CANNOT VERIFY, every passed decisive line for
+        SUITABLE (stored joined, "E1+E3+E4+E2"), none when no line decided."""
+        return tuple(self.deciding_line.split("+")) if self.deciding_line else ()
+
+    @property
     def decided_by(self) -> str | None:
         """The deciding line with its name ("E3" and its LINE_NAMES entry), None when no line decided."""
         if not self.deciding_line:
