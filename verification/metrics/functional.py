@@ -147,6 +147,8 @@ def make_result(
     reasons: dict[int, str] = {}
     for mask, reason in undefined:
         m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        if not m.any():  # the usual case, tested quickly (flatnonzero costs more, on every chunk)
+            continue
         flat = m.reshape(-1)
         if flat.size == 1 and out.size != 1:
             flat = np.broadcast_to(flat, out.shape)
@@ -564,6 +566,13 @@ def ssim(
 
 
 # ----------------------------------------------------------------------------------------------- correlation
+def _unit_clip(x: np.ndarray) -> np.ndarray:
+    """``np.clip(x, -1, 1)`` in place (NaN stays NaN), as two ufuncs: np.clip's dispatch costs more than
+    the whole cosine of a compute_metrics chunk's 20 pairs takes outside its kernel."""
+    np.maximum(x, -1.0, out=x)
+    return np.minimum(x, 1.0, out=x)
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     """Cosine similarity of the flattened maps; NaN when either map is all zeros. One compiled pass a pair
     (Σa², Σb², Σab in float64)."""
@@ -572,7 +581,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     _kernels().raw_moments(fa, fb, m)
     na, nb = np.sqrt(m[:, 0]), np.sqrt(m[:, 1])
     with np.errstate(invalid="ignore"):
-        val = np.clip(m[:, 2] / np.maximum(na * nb, 1e-300), -1.0, 1.0)
+        val = _unit_clip(m[:, 2] / np.maximum(na * nb, 1e-300))
     return make_result(
         val, [*nonfinite_reasons(a, b), (na == 0, "map is all zeros"), (nb == 0, "reference is all zeros")]
     )
@@ -600,7 +609,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     sa, sb = np.sqrt(m[:, 2]), np.sqrt(m[:, 3])
     with np.errstate(invalid="ignore"):
         const_a, const_b = _constant(fa, m[:, 0], sa), _constant(fb, m[:, 1], sb)
-        val = np.clip(m[:, 4] / np.maximum(sa * sb, 1e-300), -1.0, 1.0)
+        val = _unit_clip(m[:, 4] / np.maximum(sa * sb, 1e-300))
     undefined = [*nonfinite_reasons(a, b), (const_a, "map is constant"), (const_b, "reference is constant")]
     return make_result(val, undefined)
 
