@@ -16,7 +16,9 @@ stays put costs nothing), uncapacitated arcs. It is solved exactly by the primal
 * the leaving arc is the last blocking arc met when the cycle is walked from its apex in its own direction
   (Cunningham's rule), which keeps every basis strongly feasible and so excludes cycling on degenerate pivots;
 * block-search pricing (blocks of √arcs / 8 arcs: the most negative reduced cost of the first block that has
-  one enters);
+  one enters), first over the 8-neighbour arcs only (the first :data:`NEAR` offsets, a prefix of the arc
+  list) until they price out, then over all arcs: the same optimum, in fewer pivots (medians at 32×32,
+  noise 5,901 → 4,057, attention-like 2,887 → 2,688, two blobs 2,598 → 2,396; 1.1–1.4× faster);
 * masses are integers (each map scaled to :data:`MASS_UNITS` units, rounding residue put on its largest cell)
   and arc costs are integers (:data:`COST_UNITS` per unit length), so flows and potentials are exact; the
   returned cost is ``Σ flow × true arc length`` in float64. Rounding moves at most ``cells / MASS_UNITS`` of
@@ -50,6 +52,7 @@ OFFSETS: tuple[tuple[int, int], ...] = (
 MASS_UNITS = 1 << 40  # integer units per unit of mass
 COST_UNITS = 1 << 30  # integer cost units per unit of length ([0, 1] coordinates)
 COARSEST = 8  # the multi-scale start: coarsest level at most this many cells a side
+NEAR = 4  # pricing sees the arcs of the first NEAR offsets (the 8-neighbour subgraph) first
 
 _UP = 1  # the tree arc of a node points from the node to its parent
 _DOWN = -1  # ... from the parent to the node
@@ -66,6 +69,11 @@ def grid_bound(ys: np.ndarray, xs: np.ndarray) -> float:
     angles = sorted(math.atan2(di * dy, dj * dx) for di, dj in dirs)
     gaps = [b - a for a, b in itertools.pairwise(angles)] + [angles[0] + 2 * math.pi - angles[-1]]
     return 1 / math.cos(max(gaps) / 2) - 1
+
+
+def near_arcs(h: int, w: int) -> int:
+    """Arcs of the first :data:`NEAR` offsets on an h×w grid: the first arcs of :func:`grid_graph`."""
+    return 2 * sum(max(h - abs(di), 0) * max(w - abs(dj), 0) for di, dj in OFFSETS[:NEAR])
 
 
 @lru_cache(maxsize=16)
@@ -109,13 +117,15 @@ def _solve(
     cost: np.ndarray,
     length: np.ndarray,
     key: np.ndarray,
+    near: int,
 ) -> tuple[float, int, np.ndarray]:  # pragma: no cover - compiled
     """Minimum of Σ length·flow over flows with divergence ``supply`` (int64, sums to 0), the number of
     pivots, and optimal potentials (int64, per cell). ``cost`` is the integer arc cost used for pivoting;
     arcs 2k and 2k + 1 must be the two directions of one edge. ``key`` (int64 per cell, e.g. potentials of a
     coarser solve) shapes the first basis: each cell hangs from the neighbour of higher key (ties: higher
     index) whose arc is tightest, ``cost + key[cell] − key[neighbour]`` smallest; a cell without such a
-    neighbour hangs from an artificial root.
+    neighbour hangs from an artificial root. Pricing first sees only arcs ``0 … near − 1`` (a subgraph, e.g.
+    the 8-neighbour one) until none of them has a negative reduced cost, then all arcs.
 
     The tree is held as in LEMON's network simplex: parent, tree arc and its direction, the preorder
     ("thread") with its reverse, subtree sizes and each subtree's last node in the preorder."""
@@ -212,22 +222,23 @@ def _solve(
             flow[e] = -sub[u]
             pi[u] = pi[parent[u]] + c_[e]
 
-    block = max(8, int(math.sqrt(m)) // 8)
+    m_act = near if 0 < near < m else m  # the arcs priced (first the subgraph, then all)
+    block = max(8, int(math.sqrt(m_act)) // 8)
     next_arc = 0
     pivots = 0
     while True:
-        # --- pricing: block search over the real arcs (tree arcs have reduced cost exactly 0)
+        # --- pricing: block search over the active real arcs (tree arcs have reduced cost exactly 0)
         in_arc = -1
         best = 0
         cnt = block
         e = next_arc
-        for _ in range(m):
+        for _ in range(m_act):
             rc = c_[e] + pi[s_[e]] - pi[t_[e]]
             if rc < best:
                 best = rc
                 in_arc = e
             e += 1
-            if e == m:
+            if e == m_act:
                 e = 0
             cnt -= 1
             if cnt == 0:
@@ -235,6 +246,11 @@ def _solve(
                     break
                 cnt = block
         if in_arc < 0:
+            if m_act < m:  # optimal on the subgraph: now price every arc
+                m_act = m
+                block = max(8, int(math.sqrt(m)) // 8)
+                next_arc = 0
+                continue
             break
         next_arc = e
         pivots += 1
@@ -396,7 +412,8 @@ class Pyramid:
     the compiled solver: level ``k`` owns cells ``cell_off[k]:cell_off[k+1]`` and arcs
     ``arc_off[k]:arc_off[k+1]`` (cell indices local to the level). ``agg`` maps each cell of levels
     0 … L−2 to its cell in the next level; ``nbr``/``wt`` interpolate the next level's potentials bilinearly
-    at the cell's centre."""
+    at the cell's centre. ``near[k]``: level ``k``'s arcs of the first :data:`NEAR` offsets (its first arcs,
+    the 8-neighbour subgraph), priced first."""
 
     cell_off: np.ndarray
     arc_off: np.ndarray
@@ -407,6 +424,7 @@ class Pyramid:
     agg: np.ndarray
     nbr: np.ndarray
     wt: np.ndarray
+    near: np.ndarray
 
 
 def _coarser(c: np.ndarray) -> np.ndarray:
@@ -460,6 +478,7 @@ def pyramid(ys: tuple[float, ...], xs: tuple[float, ...], coarsest: int = COARSE
         agg=np.concatenate(agg).astype(np.int64) if agg else np.zeros(0, np.int64),
         nbr=np.concatenate(nbr).astype(np.int64) if nbr else np.zeros((0, 4), np.int64),
         wt=np.concatenate(wt) if wt else np.zeros((0, 4)),
+        near=np.array([near_arcs(y.size, x.size) for y, x in axes], dtype=np.int64),
     )
 
 
@@ -468,7 +487,7 @@ def _solve_pyramid(supply: np.ndarray, pyr: tuple[np.ndarray, ...]) -> tuple[flo
     """Exact cost on level 0 for ``supply`` (int64 per level-0 cell) on the pyramid ``pyr`` (the arrays of a
     :class:`Pyramid`, in field order); each coarser level is solved first and its potentials, interpolated,
     shape the next level's first basis. Also the total number of pivots."""
-    cell_off, arc_off, src, dst, cost, length, agg, nbr, wt = pyr
+    cell_off, arc_off, src, dst, cost, length, agg, nbr, wt, near = pyr
     levels = cell_off.size - 1
     sup = np.zeros(cell_off[levels], np.int64)
     sup[: supply.size] = supply
@@ -480,7 +499,7 @@ def _solve_pyramid(supply: np.ndarray, pyr: tuple[np.ndarray, ...]) -> tuple[flo
     pivots = 0
     for k in range(levels - 1, -1, -1):
         c0, c1, a0, a1 = cell_off[k], cell_off[k + 1], arc_off[k], arc_off[k + 1]
-        total, piv, pi = _solve(sup[c0:c1], src[a0:a1], dst[a0:a1], cost[a0:a1], length[a0:a1], key)
+        total, piv, pi = _solve(sup[c0:c1], src[a0:a1], dst[a0:a1], cost[a0:a1], length[a0:a1], key, near[k])
         pivots += piv
         if k > 0:
             f0 = cell_off[k - 1]
@@ -506,7 +525,7 @@ def _solve_rows(supply: np.ndarray, pyr: tuple[np.ndarray, ...]) -> np.ndarray: 
 
 
 def _args(p: Pyramid) -> tuple[np.ndarray, ...]:
-    return (p.cell_off, p.arc_off, p.src, p.dst, p.cost, p.length, p.agg, p.nbr, p.wt)
+    return (p.cell_off, p.arc_off, p.src, p.dst, p.cost, p.length, p.agg, p.nbr, p.wt, p.near)
 
 
 def graph_transport(
