@@ -38,9 +38,10 @@ PAGES = [
 ]
 
 navigation = st.navigation(PAGES, position="top")
-finish_sidebar = sidebar.render(model_b_now=navigation.url_path == "compare")
-try:
-    navigation.run()
-finally:  # also after a page's st.stop(): the sidebar is always complete
-    finish_sidebar()
-    warm.freeze_heap_once()  # later runs' garbage collections skip what the first run loaded
+with warm.ACTIVITY.run():  # ui/serve.py's background warming waits while a reader's run is in progress
+    finish_sidebar = sidebar.render(model_b_now=navigation.url_path == "compare")
+    try:
+        navigation.run()
+    finally:  # also after a page's st.stop(): the sidebar is always complete
+        finish_sidebar()
+        warm.freeze_heap_once()  # later runs' garbage collections skip what the first run loaded

@@ -4,11 +4,13 @@ results of the views a new session opens on the built-in demo.
 ``ui/serve.py`` (the README's launch command) runs :func:`warm_first` in its ``st.App`` lifespan, after
 Streamlit's runtime has started and before the server accepts a connection, so the entries land in the same
 ``st.cache_resource`` / ``st.cache_data`` caches the pages read; :func:`warm_rest` then runs in a background
-thread while the server already serves (torch work there takes the model's lock per batch, so a session's
-own request waits for one batch at most). Nothing here decides anything: each step calls the very loader a
-page calls, with the page's defaults (from :mod:`ui.state`), so a warmed entry is a cache hit for the page,
-and a step that no longer matches a page merely warms nothing (``tests/app/test_speed.py`` checks that the
-first Attention view computes nothing after :func:`warm_first`).
+thread while the server already serves (torch work there takes the model's lock per batch, so a session's own
+request waits for one batch at most) and only while no reader is using the server (:data:`ACTIVITY`: it waits
+before each step until no script run is in progress and no request has come for a moment, so a reader's page
+load never competes with it for the cores and the interpreter lock). Nothing here decides anything: each step
+calls the very loader a page calls, with the page's defaults (from :mod:`ui.state`), so a warmed entry is a
+cache hit for the page, and a step that no longer matches a page merely warms nothing
+(``tests/app/test_speed.py`` checks that the first Attention view computes nothing after :func:`warm_first`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ class WarmReport:
 
     steps: dict[str, float] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    waited: float = 0.0  # seconds spent waiting for readers between steps (not in ``steps``)
 
     @property
     def total(self) -> float:
@@ -48,13 +51,17 @@ class WarmReport:
     def summary(self) -> str:
         parts = [f"{name} {sec:.2f} s" for name, sec in self.steps.items()]
         text = f"warmed in {self.total:.1f} s: " + ", ".join(parts)
+        if self.waited:
+            text += f" (after waiting {self.waited:.1f} s for readers)"
         if self.failed:
             text += "; failed: " + ", ".join(f"{k} ({v})" for k, v in self.failed.items())
         return text
 
 
 @contextmanager
-def _step(report: WarmReport, name: str) -> Iterator[None]:
+def _step(report: WarmReport, name: str, wait: Callable[[], float] | None = None) -> Iterator[None]:
+    if wait is not None:
+        report.waited += wait()
     t0 = time.perf_counter()
     try:
         yield
@@ -63,6 +70,64 @@ def _step(report: WarmReport, name: str) -> Iterator[None]:
         log.warning("warming %s failed", name, exc_info=True)
     finally:
         report.steps[name] = time.perf_counter() - t0
+
+
+class Activity:
+    """Whether readers are using this server now: the script runs in progress, and when the last one ended or
+    the last request (page, scripts, pictures, websocket message) came. The background warm stage waits for a
+    quiet moment before each step, so it runs in the gaps between what readers do."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._runs = 0
+        self._last = time.monotonic()
+
+    def touch(self) -> None:
+        """A request came (called by ``ui/serve.py``'s middleware)."""
+        with self._cond:
+            self._last = time.monotonic()
+
+    @contextmanager
+    def run(self) -> Iterator[None]:
+        """A script run of a session (``dashboard.py`` wraps each run in it)."""
+        with self._cond:
+            self._runs += 1
+            self._last = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._runs -= 1
+                self._last = time.monotonic()
+                self._cond.notify_all()
+
+    def wait_idle(self, quiet_s: float, *, max_wait_s: float) -> float:
+        """Block until no run is in progress and nothing came for ``quiet_s`` seconds (at most
+        ``max_wait_s``: a reader busy without pause does not hold warming off for ever); returns the
+        seconds waited."""
+        t0 = time.monotonic()
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if now - t0 >= max_wait_s:
+                    break
+                if self._runs == 0 and now - self._last >= quiet_s:
+                    break
+                left = quiet_s - (now - self._last) if self._runs == 0 else quiet_s
+                self._cond.wait(timeout=min(max(left, 0.01), max_wait_s - (now - t0)))
+        return time.monotonic() - t0
+
+
+ACTIVITY = Activity()
+# Before each background step: no run for this long and no request (a page's scripts and pictures come in
+# bursts well under a second apart while it loads), at most this long in all per step.
+QUIET_S = 1.0
+MAX_WAIT_S = 60.0
+
+
+def wait_for_readers() -> float:
+    """:meth:`Activity.wait_idle` with the launcher's settings (the ``wait`` of :func:`warm_rest`)."""
+    return ACTIVITY.wait_idle(QUIET_S, max_wait_s=MAX_WAIT_S)
 
 
 _FROZEN = threading.Event()
@@ -116,6 +181,26 @@ def import_page_modules(pages: Path = PAGES) -> list[str]:
     return done
 
 
+def compile_scripts() -> list[str]:
+    """Inside a running server: compile ``dashboard.py`` and the pages into Streamlit's script cache (a page's
+    first run in a process otherwise parses, rewrites and compiles it: 57 ms for the Attention page), and let
+    Streamlit make its once-per-process check whether it runs in a REPL (``inspect.stack()``, which reads the
+    source of every frame: 80 ms of the first run; both measured in the first run of a warmed server, load
+    ~3). Returns the scripts compiled; none outside a server (no runtime)."""
+    from streamlit import delta_generator
+    from streamlit.runtime import Runtime
+
+    if not Runtime.exists():
+        return []
+    delta_generator._maybe_print_use_warning()  # with a runtime: only the check, nothing printed
+    cache = Runtime.instance()._script_cache
+    done = []
+    for path in [ROOT / "dashboard.py", *sorted(PAGES.glob("*.py"))]:
+        cache.get_bytecode(str(path))
+        done.append(path.name)
+    return done
+
+
 @dataclass
 class Warmed:
     """What the first stage loaded, for the second."""
@@ -136,6 +221,8 @@ def warm_first(report: WarmReport) -> Warmed | None:
 
     with _step(report, "imports"):
         import_page_modules()
+    with _step(report, "scripts"):
+        compile_scripts()
     a: tuple[LoadedModel, threading.Lock] | None = None
     images: ImageSet | None = None
     bundle: BundleHandle | None = None
@@ -166,38 +253,38 @@ def warm_first(report: WarmReport) -> Warmed | None:
     return Warmed(model, lock, images, bundle, b)
 
 
-def warm_rest(warmed: Warmed, report: WarmReport) -> None:
+def warm_rest(warmed: Warmed, report: WarmReport, wait: Callable[[], float] | None = None) -> None:
     """The other views a session reaches next: the compiled metric kernels, the set's verdict (Similarity,
     Report & export; it also gives every image's evidence on Attention), the other images' maps and
     predictions in batches, the feature check (Feature maps), the demo checkpoint series (Consistency), model
-    B's views when B is on."""
+    B's views when B is on. ``wait`` runs before each step (the launcher's :func:`wait_for_readers`)."""
     from ui import loaders
     from ui.state import K
 
     model, lock, images, bundle = warmed.model, warmed.lock, warmed.images, warmed.bundle
     faithful = K.VERIFY_FAITHFULNESS.factory()
-    with _step(report, "metric kernels"):
+    with _step(report, "metric kernels", wait):
         warm_metric_kernels()
     if bundle is not None:
-        with _step(report, "verdict A"):
+        with _step(report, "verdict A", wait):
             loaders.verify_set(model, lock, bundle, images, faithfulness=faithful)
-    with _step(report, "other images"):
+    with _step(report, "other images", wait):
         layer, target = _defaults(model, lock)
         rest = [item.image for item in images.items[1:]]
         loaders.precompute_cams(model, lock, rest, layer=layer, target=target)
         if model.task == "classification":
             loaders.precompute_predictions(model, lock, rest)
-    with _step(report, "feature check"):
+    with _step(report, "feature check", wait):
         reference = loaders.feature_reference(model, lock)
         loaders.feature_check(model, lock, images)
         loaders.early_activations(model, lock, images.items[0].image, reference)
     if warmed.model_b is not None:
         b, b_lock = warmed.model_b
-        with _step(report, "model B views"):
+        with _step(report, "model B views", wait):
             attention_view(b, b_lock, images.items[0], None, method=K.METHOD.factory(), faithfulness=faithful)
             if bundle is not None:
                 loaders.verify_set(b, b_lock, bundle, images, faithfulness=faithful)
-    with _step(report, "consistency"):
+    with _step(report, "consistency", wait):
         loaders.demo_checkpoint_series(
             loaders.labelled_or_demo(images),
             loaders.checkpoint_class_names(),
