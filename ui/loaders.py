@@ -1,7 +1,8 @@
 """Cached loaders: models once per process (shared by sessions, used under a lock), results by content hash.
 
 ``st.cache_resource`` holds models, each returned with the ``threading.Lock`` that every computation on it
-takes, because Streamlit sessions run in threads and a module with hooks attached is not re-entrant.
+takes, because Streamlit sessions run in threads and a module with hooks attached is not re-entrant; it also
+holds the demo image sets (frozen, read by every session; no copy per script run).
 ``st.cache_data`` holds pure results keyed by content hashes (model, images, method, layer, target),
 so moving a slider or switching between methods already computed redraws without touching the model.
 
@@ -262,7 +263,10 @@ def image_from_bytes(name: str, data: bytes) -> LoadedImage:
     return _cached_image(sha256(data), name, data)
 
 
-@st.cache_data(show_spinner="Loading the demo images…", max_entries=16)
+# st.cache_resource, not st.cache_data: one set shared by every session, as the models are (an ImageSet and
+# its images are frozen and nothing writes into their arrays), where st.cache_data unpickled a copy in every
+# script run (the 60-image test set: 20 MB, 58 ms a run on our busy 2 cores).
+@st.cache_resource(show_spinner="Loading the demo images…", max_entries=16)
 def demo_image_set(split: str) -> ImageSet:
     items = []
     for entry in demo.demo_images(split):
