@@ -155,6 +155,8 @@ def _solve(
     succ_num = np.ones(n + 1, np.int64)
     last_succ = np.empty(n + 1, np.int64)
     dirty = np.empty(n + 2, np.int64)
+    path_u = np.empty(n + 1, np.int64)
+    path_v = np.empty(n + 1, np.int64)
     parent[root] = -1
 
     # --- first basis: a spanning tree along the keys, flows from subtree supplies (always feasible since
@@ -255,15 +257,22 @@ def _solve(
         next_arc = e
         pivots += 1
 
-        # --- the cycle's apex (join): climb from the end with the smaller subtree
+        # --- the cycle's apex (join): climb from the end with the smaller subtree; the two paths (u … join
+        # and v … join, join excluded) are recorded for the walks below
         u = s_[in_arc]
         v = t_[in_arc]
         a = u
         b = v
+        nu = 0
+        nv = 0
         while a != b:
             if succ_num[a] < succ_num[b]:
+                path_u[nu] = a
+                nu += 1
                 a = parent[a]
             else:
+                path_v[nv] = b
+                nv += 1
                 b = parent[b]
         join = a
 
@@ -272,40 +281,41 @@ def _solve(
         delta = np.int64(1) << 62
         u_out = -1
         side = 0
-        x = u
-        while x != join:
+        i_out = 0
+        for i in range(nu):
+            x = path_u[i]
             if pdir[x] == _UP:
                 d = flow[pred[x]]
                 if d < delta:
                     delta = d
                     u_out = x
                     side = 1
-            x = parent[x]
-        x = v
-        while x != join:
+                    i_out = i
+        for i in range(nv):
+            x = path_v[i]
             if pdir[x] == _DOWN:
                 d = flow[pred[x]]
                 if d <= delta:
                     delta = d
                     u_out = x
                     side = 2
-            x = parent[x]
+                    i_out = i
         if side == 1:
             u_in, v_in = u, v
+            path_in, n_in, path_out, n_out = path_v, nv, path_u, nu
         else:
             u_in, v_in = v, u
+            path_in, n_in, path_out, n_out = path_u, nu, path_v, nv
 
         # --- augment
         if delta > 0:
             flow[in_arc] += delta
-            x = u
-            while x != join:
+            for i in range(nu):
+                x = path_u[i]
                 flow[pred[x]] -= pdir[x] * delta
-                x = parent[x]
-            x = v
-            while x != join:
+            for i in range(nv):
+                x = path_v[i]
                 flow[pred[x]] += pdir[x] * delta
-                x = parent[x]
 
         # --- re-hang the subtree of u_out under v_in: the stem u_in … u_out reverses
         old_rev_thread = rev_thread[u_out]
@@ -375,14 +385,10 @@ def _solve(
         while y >= 0 and y != up_limit_out and last_succ[y] == old_last_succ:
             last_succ[y] = new_last
             y = parent[y]
-        y = v_in
-        while y != join:
-            succ_num[y] += old_succ_num
-            y = parent[y]
-        y = v_out
-        while y != join:
-            succ_num[y] -= old_succ_num
-            y = parent[y]
+        for i in range(n_in):  # v_in … join: unchanged by the re-hang
+            succ_num[path_in[i]] += old_succ_num
+        for i in range(i_out + 1, n_out):  # v_out … join, above u_out: unchanged too
+            succ_num[path_out[i]] -= old_succ_num
 
         # --- potentials: one shift for the whole re-hung subtree (a stretch of the thread), or the opposite
         # shift for everything else when that is smaller (reduced costs only see differences)
