@@ -54,6 +54,7 @@ COST_UNITS = 1 << 30  # integer cost units per unit of length ([0, 1] coordinate
 COARSEST = 8  # the multi-scale start: coarsest level at most this many cells a side
 NEAR = 4  # pricing sees the arcs of the first NEAR offsets (the 8-neighbour subgraph) first
 
+_ix = np.uint64  # main-loop indices (never negative there): unsigned, so numba skips the wraparound test
 _UP = 1  # the tree arc of a node points from the node to its parent
 _DOWN = -1  # ... from the parent to the node
 
@@ -235,7 +236,7 @@ def _solve(
         cnt = block
         e = next_arc
         for _ in range(m_act):
-            rc = c_[e] + pi[s_[e]] - pi[t_[e]]
+            rc = c_[_ix(e)] + pi[_ix(s_[_ix(e)])] - pi[_ix(t_[_ix(e)])]
             if rc < best:
                 best = rc
                 in_arc = e
@@ -259,21 +260,21 @@ def _solve(
 
         # --- the cycle's apex (join): climb from the end with the smaller subtree; the two paths (u … join
         # and v … join, join excluded) are recorded for the walks below
-        u = s_[in_arc]
-        v = t_[in_arc]
+        u = s_[_ix(in_arc)]
+        v = t_[_ix(in_arc)]
         a = u
         b = v
         nu = 0
         nv = 0
         while a != b:
-            if succ_num[a] < succ_num[b]:
-                path_u[nu] = a
+            if succ_num[_ix(a)] < succ_num[_ix(b)]:
+                path_u[_ix(nu)] = a
                 nu += 1
-                a = parent[a]
+                a = parent[_ix(a)]
             else:
-                path_v[nv] = b
+                path_v[_ix(nv)] = b
                 nv += 1
-                b = parent[b]
+                b = parent[_ix(b)]
         join = a
 
         # --- leaving arc: flow goes join → … → u → v → … → join; blocking arcs are the tree arcs it runs
@@ -283,18 +284,18 @@ def _solve(
         side = 0
         i_out = 0
         for i in range(nu):
-            x = path_u[i]
-            if pdir[x] == _UP:
-                d = flow[pred[x]]
+            x = path_u[_ix(i)]
+            if pdir[_ix(x)] == _UP:
+                d = flow[_ix(pred[_ix(x)])]
                 if d < delta:
                     delta = d
                     u_out = x
                     side = 1
                     i_out = i
         for i in range(nv):
-            x = path_v[i]
-            if pdir[x] == _DOWN:
-                d = flow[pred[x]]
+            x = path_v[_ix(i)]
+            if pdir[_ix(x)] == _DOWN:
+                d = flow[_ix(pred[_ix(x)])]
                 if d <= delta:
                     delta = d
                     u_out = x
@@ -309,101 +310,107 @@ def _solve(
 
         # --- augment
         if delta > 0:
-            flow[in_arc] += delta
+            flow[_ix(in_arc)] += delta
             for i in range(nu):
-                x = path_u[i]
-                flow[pred[x]] -= pdir[x] * delta
+                x = path_u[_ix(i)]
+                flow[_ix(pred[_ix(x)])] -= pdir[_ix(x)] * delta
             for i in range(nv):
-                x = path_v[i]
-                flow[pred[x]] += pdir[x] * delta
+                x = path_v[_ix(i)]
+                flow[_ix(pred[_ix(x)])] += pdir[_ix(x)] * delta
 
         # --- re-hang the subtree of u_out under v_in: the stem u_in … u_out reverses
-        old_rev_thread = rev_thread[u_out]
-        old_succ_num = succ_num[u_out]
-        old_last_succ = last_succ[u_out]
-        v_out = parent[u_out]
-        x = last_succ[u_in]
-        right = thread[x]
+        old_rev_thread = rev_thread[_ix(u_out)]
+        old_succ_num = succ_num[_ix(u_out)]
+        old_last_succ = last_succ[_ix(u_out)]
+        v_out = parent[_ix(u_out)]
+        x = last_succ[_ix(u_in)]
+        right = thread[_ix(x)]
         if old_rev_thread == v_in:
-            last = thread[last_succ[u_out]]
+            last = thread[_ix(last_succ[_ix(u_out)])]
         else:
-            last = thread[v_in]
-        thread[v_in] = u_in
+            last = thread[_ix(v_in)]
+        thread[_ix(v_in)] = u_in
         stem = u_in
         par_stem = v_in
-        dirty[0] = v_in
+        dirty[_ix(0)] = v_in
         ndirty = 1
         while stem != u_out:
-            new_stem = parent[stem]
-            thread[x] = new_stem  # the next stem node follows the current stem's (remaining) subtree
-            dirty[ndirty] = x
+            new_stem = parent[_ix(stem)]
+            thread[_ix(x)] = new_stem  # the next stem node follows the current stem's (remaining) subtree
+            dirty[_ix(ndirty)] = x
             ndirty += 1
-            w = rev_thread[stem]  # cut the stem's subtree out of its old place in the thread
-            thread[w] = right
-            rev_thread[right] = w
-            parent[stem] = par_stem
+            w = rev_thread[_ix(stem)]  # cut the stem's subtree out of its old place in the thread
+            thread[_ix(w)] = right
+            rev_thread[_ix(right)] = w
+            parent[_ix(stem)] = par_stem
             par_stem = stem
             stem = new_stem
-            x = rev_thread[par_stem] if last_succ[stem] == last_succ[par_stem] else last_succ[stem]
-            right = thread[x]
-        parent[u_out] = par_stem
-        thread[x] = last
-        rev_thread[last] = x
-        last_succ[u_out] = x
+            x = (
+                rev_thread[_ix(par_stem)]
+                if last_succ[_ix(stem)] == last_succ[_ix(par_stem)]
+                else last_succ[_ix(stem)]
+            )
+            right = thread[_ix(x)]
+        parent[_ix(u_out)] = par_stem
+        thread[_ix(x)] = last
+        rev_thread[_ix(last)] = x
+        last_succ[_ix(u_out)] = x
         if old_rev_thread != v_in:
-            thread[old_rev_thread] = right
-            rev_thread[right] = old_rev_thread
+            thread[_ix(old_rev_thread)] = right
+            rev_thread[_ix(right)] = old_rev_thread
         for i in range(ndirty):
-            y = dirty[i]
-            rev_thread[thread[y]] = y
+            y = dirty[_ix(i)]
+            rev_thread[_ix(thread[_ix(y)])] = y
         tmp_sc = 0
-        tmp_ls = last_succ[u_out]
+        tmp_ls = last_succ[_ix(u_out)]
         y = u_out
         while y != u_in:
-            w = parent[y]
-            pred[y] = pred[w]
-            pdir[y] = -pdir[w]
-            tmp_sc += succ_num[y] - succ_num[w]
-            succ_num[y] = tmp_sc
-            last_succ[w] = tmp_ls
+            w = parent[_ix(y)]
+            pred[_ix(y)] = pred[_ix(w)]
+            pdir[_ix(y)] = -pdir[_ix(w)]
+            tmp_sc += succ_num[_ix(y)] - succ_num[_ix(w)]
+            succ_num[_ix(y)] = tmp_sc
+            last_succ[_ix(w)] = tmp_ls
             y = w
-        pred[u_in] = in_arc
-        pdir[u_in] = _UP if u_in == s_[in_arc] else _DOWN
-        succ_num[u_in] = old_succ_num
+        pred[_ix(u_in)] = in_arc
+        pdir[_ix(u_in)] = _UP if u_in == s_[_ix(in_arc)] else _DOWN
+        succ_num[_ix(u_in)] = old_succ_num
         up_limit_in = -1
         up_limit_out = -1
-        if last_succ[join] == v_in:
+        if last_succ[_ix(join)] == v_in:
             up_limit_out = join
         else:
             up_limit_in = join
         y = v_in
-        while y >= 0 and y != up_limit_in and last_succ[y] == v_in:
-            last_succ[y] = last_succ[u_out]
-            y = parent[y]
-        new_last = old_rev_thread if (join != old_rev_thread and v_in != old_rev_thread) else last_succ[u_out]
+        while y >= 0 and y != up_limit_in and last_succ[_ix(y)] == v_in:
+            last_succ[_ix(y)] = last_succ[_ix(u_out)]
+            y = parent[_ix(y)]
+        new_last = (
+            old_rev_thread if (join != old_rev_thread and v_in != old_rev_thread) else last_succ[_ix(u_out)]
+        )
         y = v_out
-        while y >= 0 and y != up_limit_out and last_succ[y] == old_last_succ:
-            last_succ[y] = new_last
-            y = parent[y]
+        while y >= 0 and y != up_limit_out and last_succ[_ix(y)] == old_last_succ:
+            last_succ[_ix(y)] = new_last
+            y = parent[_ix(y)]
         for i in range(n_in):  # v_in … join: unchanged by the re-hang
-            succ_num[path_in[i]] += old_succ_num
+            succ_num[_ix(path_in[_ix(i)])] += old_succ_num
         for i in range(i_out + 1, n_out):  # v_out … join, above u_out: unchanged too
-            succ_num[path_out[i]] -= old_succ_num
+            succ_num[_ix(path_out[_ix(i)])] -= old_succ_num
 
         # --- potentials: one shift for the whole re-hung subtree (a stretch of the thread), or the opposite
         # shift for everything else when that is smaller (reduced costs only see differences)
-        sigma = pi[v_in] - pi[u_in] - pdir[u_in] * c_[in_arc]
-        end = thread[last_succ[u_in]]
-        if 2 * succ_num[u_in] <= n + 1:
+        sigma = pi[_ix(v_in)] - pi[_ix(u_in)] - pdir[_ix(u_in)] * c_[_ix(in_arc)]
+        end = thread[_ix(last_succ[_ix(u_in)])]
+        if 2 * succ_num[_ix(u_in)] <= n + 1:
             y = u_in
             while y != end:
-                pi[y] += sigma
-                y = thread[y]
+                pi[_ix(y)] += sigma
+                y = thread[_ix(y)]
         else:
             y = end
             while y != u_in:
-                pi[y] -= sigma
-                y = thread[y]
+                pi[_ix(y)] -= sigma
+                y = thread[_ix(y)]
 
     total = 0.0
     for e in range(m):
