@@ -233,21 +233,19 @@ def _solve(
         # --- pricing: block search over the active real arcs (tree arcs have reduced cost exactly 0)
         in_arc = -1
         best = 0
-        cnt = block
         e = next_arc
-        for _ in range(m_act):
-            rc = c_[_ix(e)] + pi[_ix(s_[_ix(e)])] - pi[_ix(t_[_ix(e)])]
-            if rc < best:
-                best = rc
-                in_arc = e
-            e += 1
-            if e == m_act:
-                e = 0
-            cnt -= 1
-            if cnt == 0:
-                if in_arc >= 0:
-                    break
-                cnt = block
+        scanned = 0
+        while scanned < m_act:  # blocks (the last one cut at the end of the arcs) until one has a candidate
+            stop = min(e + block, m_act)
+            for f in range(e, stop):
+                rc = c_[_ix(f)] + pi[_ix(s_[_ix(f)])] - pi[_ix(t_[_ix(f)])]
+                if rc < best:
+                    best = rc
+                    in_arc = f
+            scanned += stop - e
+            e = stop if stop < m_act else 0
+            if in_arc >= 0:
+                break
         if in_arc < 0:
             if m_act < m:  # optimal on the subgraph: now price every arc
                 m_act = m
