@@ -1,7 +1,7 @@
 """Benchmark: the seven similarity metrics on 1,000 map pairs at native 224×224 on CPU, against per-pair peers.
 
 Run from the repository root: ``.venv/bin/python bench/metrics.py`` (options: ``--pairs 1000 --loop-pairs 100
---emd-pairs 8 --threads 2 --repeat 3 --default-grid``; ``--help`` lists them).
+--emd-pairs 8 --threads 2 --repeat 3 --default-grid --omp-busy 4``; ``--help`` lists them).
 
 What it prints (issue #18: the seven in ≤ 1 s, each metric ≥ 3× faster than its per-pair peer loop):
 
@@ -19,6 +19,8 @@ What it prints (issue #18: the seven in ≤ 1 s, each metric ≥ 3× faster than
   arrays as the peer loops read them. ``×floor`` says how close each metric is to it; ``f32 peer / floor`` is
   the most ANY one-thread implementation could beat the float32 peer by, since it must read the data once.
   A second table gives ours on the shipped ``--threads`` (chunks split over that many workers at once).
+* ``--omp-busy BUSY``: compute_metrics' single-threaded workers (as shipped) against workers that keep torch's
+  OpenMP team, with no and with BUSY background processes spinning.
 * The load average before and after: on a shared machine every time is an upper bound.
 
 Cosine against its float32 peer (``1 − scipy.spatial.distance.cosine``: three float32 BLAS dot products on a
@@ -40,10 +42,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -62,7 +66,7 @@ from skimage.filters import threshold_otsu
 from skimage.metrics import structural_similarity
 from threadpoolctl import threadpool_limits
 
-from verification.metrics import DEFAULT_METRICS, DEFAULT_SIZE, METRICS, compute_metrics, prepare
+from verification.metrics import DEFAULT_METRICS, DEFAULT_SIZE, METRICS, compute_metrics, prepare, registry
 from verification.metrics.functional import shared_work
 from verification.metrics.registry import chunk_rows, single_threaded_worker
 from verification.metrics.wasserstein import DEFAULT_GRID, cell_centres, pool_mass
@@ -326,6 +330,47 @@ def one_thread(fn: Callable[[], float]) -> float:
         return pool.submit(fn).result()
 
 
+# ------------------------------------------------------------------------------------------------ OpenMP teams
+@contextmanager
+def openmp_teams() -> Iterator[None]:
+    """compute_metrics' workers without :func:`~verification.metrics.registry.single_threaded_worker`: each
+    keeps torch's OpenMP team (torch's thread count) for its torch operations."""
+    saved = registry.single_threaded_worker
+    registry.single_threaded_worker = lambda: None
+    try:
+        yield
+    finally:
+        registry.single_threaded_worker = saved
+
+
+def omp_table(maps: np.ndarray, refs: np.ndarray, busy: int, args: argparse.Namespace) -> None:
+    """compute_metrics on single-threaded workers (as shipped) against workers with OpenMP teams, with no and
+    with ``busy`` background processes spinning (an oversubscribed machine), wall seconds, best of --repeat."""
+    n = len(maps)
+    print(f"\nWorkers' OpenMP: compute_metrics on {args.threads} workers, {n} pairs (wasserstein: {n // 5}), "
+          f"single-threaded (shipped) vs torch's OpenMP team in each, wall s, best of {args.repeat}:")  # fmt: skip
+    cases: list[tuple[str, tuple[str, ...], tuple[int, int] | None, int]] = [
+        (f"the six, {DEFAULT_SIZE[0]}×{DEFAULT_SIZE[1]} grid", SIX, DEFAULT_SIZE, n),
+        (f"all seven, {DEFAULT_SIZE[0]}×{DEFAULT_SIZE[1]} grid", DEFAULT_METRICS, DEFAULT_SIZE, n // 5),
+        ("wasserstein alone, native grid", ("wasserstein",), None, n // 5),
+    ]
+    for spinning in sorted({0, busy}):
+        procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(spinning)]
+        try:
+            time.sleep(0.5)
+            for label, names, size, m in cases:
+                run = partial(compute_metrics, maps[:m], refs[:m], names, size=size)
+                with openmp_teams():
+                    teams = best_of(run, args.repeat)[0]
+                single = best_of(run, args.repeat)[0]
+                print(f"  {spinning} busy processes, {label:32s} single-threaded {single:6.3f}  teams {teams:6.3f}"
+                      f"  teams / single {teams / single:4.1f}×  ({load()})")  # fmt: skip
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+
+
 # ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -336,6 +381,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="compute_metrics' worker threads (torch threads)")
     ap.add_argument("--repeat", type=int, default=3, help="times are the best of this many runs")
     ap.add_argument("--default-grid", action="store_true", help=f"also time the {DEFAULT_SIZE} default grid")
+    ap.add_argument("--omp-busy", type=int, default=None, metavar="BUSY",
+                    help="also time compute_metrics' single-threaded workers against workers with torch's "
+                    "OpenMP team, idle and with BUSY background processes spinning")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n, s = args.pairs, args.size
@@ -373,6 +421,8 @@ def main() -> None:
     print(f"  target ≤ 1 s for all seven: {verdict} ({seven:.2f} s; the six {totals['the six (IoU/Dice at 0.5)']:.2f} s,"
           f" wasserstein {totals['wasserstein alone']:.2f} s)")  # fmt: skip
 
+    if args.omp_busy is not None:
+        omp_table(maps, refs, args.omp_busy, args)
     failing = per_metric_table(maps, refs, args)
     for dtype, under in failing.items():
         print(

@@ -114,9 +114,11 @@ def _omp_set_num_threads() -> Callable[[int], None] | None:
 
 def single_threaded_worker() -> None:
     """Initialiser of compute_metrics' worker threads: their torch operations (resizing, pooling)
-    run inline, without torch's OpenMP team. The chunks are small, so a team gains little, and when the
-    machine is oversubscribed each team's barrier waits for a descheduled thread: measured 10–40× slower.
-    OpenMP's thread count is per calling thread, so nothing outside these workers changes."""
+    run inline, without torch's OpenMP team, so that the workers alone share out the cores (with a team each,
+    2 workers run 4 threads on 2 cores). Measured against workers that keep their teams (``python
+    bench/metrics.py --omp-busy 4``, 2026-12-01, 2 CPUs at load 3.4–6.1, with 0, 2 or 4 busy processes): the
+    teams took 0.7–2.1× the time, no consistent direction on that machine. OpenMP's thread count is per
+    calling thread, so nothing outside these workers changes."""
     torch.get_num_threads()  # torch sets this thread's OpenMP count on first use; override it after
     setter = _omp_set_num_threads()
     if setter is not None:
