@@ -1,7 +1,7 @@
 """Throughput of ``python -m verification verify`` against the model's own forward+backward, and what the
 verdict's counterfactual lines cost.
 
-    python -m bench.batch [--model PATH] [--n 128] [--batch-size 16] [--workers 1] [--threads 0]
+    .venv/bin/python -m bench.batch [--model PATH] [--n 128] [--batch-size 16] [--workers 1] [--threads 0]
 
 The demo's test split (60 images) is replicated to ``--n`` files in a temporary folder, each copy a distinct
 PNG (flipped / shifted / re-exposed), so decoding is real work and nothing is cached. The bundle is the demo's
@@ -52,7 +52,9 @@ def _demo_model() -> Path:
         )
     checkpoints = [p for p in demo_checkpoints() if p.is_file()]
     if not checkpoints:
-        raise SystemExit("no demo model or checkpoint found; build the demo (python -m assets.make_demo)")
+        raise SystemExit(
+            "no demo model or checkpoint found; build the demo (.venv/bin/python -m assets.make_demo)"
+        )
     return checkpoints[-1]
 
 

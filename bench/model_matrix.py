@@ -1,8 +1,8 @@
 """The model matrix's pass table: family × format × capability (tests/models/matrix.py), printed and saved.
 
 Run: ``.venv/bin/python bench/model_matrix.py [--ci] [--families resnet18,vgg11_bn] [--formats pt2_static]``
-(or ``python -m bench.model_matrix``). Default: every family in every format (about 10 minutes on a loaded
-2-core machine); ``--ci`` only the cells CI runs. Writes test-artifacts/model-matrix.md (the table, the
+(or ``.venv/bin/python -m bench.model_matrix``). Default: every family in every format (about 10 minutes on
+a loaded 2-core machine); ``--ci`` only the cells CI runs. Writes test-artifacts/model-matrix.md (the table, the
 failures with their error, seconds per cell, the load average before and after). Exit status 1 when a cell
 fails.
 """
@@ -81,7 +81,8 @@ def _save(
     partial = "" if final else f" (PARTIAL: {len(cells)} cells so far)"
     text = (
         f"# Model matrix{partial}\n\n"
-        f"Command: `python bench/model_matrix.py{' --ci' if args.ci else ''}`; torch {torch.__version__}, "
+        f"Command: `.venv/bin/python bench/model_matrix.py{' --ci' if args.ci else ''}`; "
+        f"torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s); {elapsed:.0f} s in all (exports included); load average "
         f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} now (2 cores, shared).\n\n"
         f"Inputs: a batch of {matrix.N_IMAGES} random images with one target per image (64×64; the "

@@ -4,8 +4,8 @@ Run: ``.venv/bin/python -m bench.verdicts [--models sound shortcut ...] [--faith
 
 1. The bundle is the demo's sound reference bundle (``assets/demo/references``), as a user gets it. When it
    carries no verdict calibration (a schema-1 bundle), one is made here with the same recipe as
-   ``python -m assets.make_demo --stage calibrate`` would (healthy demo models, shortcut models and the
-   cascading-randomised model on the "reference" split) and the fact is printed.
+   ``.venv/bin/python -m assets.make_demo --stage calibrate`` would (healthy demo models, shortcut models
+   and the cascading-randomised model on the "reference" split) and the fact is printed.
 2. Each model is verified (:func:`verification.verify`, the one verify path) on its relevant splits — healthy
    and garbage models: clean test, strongly shifted, OOD; each shortcut model: clean test, its cue split and
    the cue-swapped split — with labels (except on OOD), the demo's lesion masks (``--no-annotations``: none)
