@@ -410,9 +410,10 @@ def _solve(
                 pi[_ix(y)] -= sigma
                 y = thread[_ix(y)]
 
-    total = 0.0
-    for e in range(m):
-        if flow[e] != 0:
+    total = 0.0  # only tree arcs carry flow (and artificial ones none at the optimum)
+    for x in range(n):
+        e = pred[x]
+        if e < m and flow[e] != 0:
             total += flow[e] * length[e]
     return total, pivots, pi[:n]
 
