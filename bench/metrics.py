@@ -30,7 +30,7 @@ pairs, 2 CPUs), peer / floor on our chunks / floor from memory: 0.024 / 0.0084 /
 the faster floor, 1.8× the peer's own input read from memory) and 0.025 / 0.0114 / 0.0124 s (load 5.4–5.9:
 2.2×). Ours reads each pair once: compute_metrics normalises the float32 maps into reused buffers (numpy's min
 and max, then one compiled pass; no copy, no cast to float64) and
-:func:`~verification.metrics.kernels.raw_moments` sums a², b² and ab in float64 in that single pass, at 1.6×
+:func:`~verification.metrics.kernels.cosine_rows` sums a², b² and ab in float64 in that single pass, at 1.6×
 the floor: bound by its arithmetic (per 32 pixels, as compiled: 8 float32→float64 conversions and 12 float64
 fused multiply-adds), the price of float64 sums (agreement 2e-15 with the float64 peer; the float32 peer's is
 up to 2.6e-7, median 6e-8, on 100 of these pairs). In the first run: 3.2× the float64 peer and 1.8× the

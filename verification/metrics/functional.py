@@ -574,17 +574,16 @@ def _unit_clip(x: np.ndarray) -> np.ndarray:
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
-    """Cosine similarity of the flattened maps; NaN when either map is all zeros. One compiled pass a pair
-    (Σa², Σb², Σab in float64)."""
+    """Cosine similarity of the flattened maps; NaN when either map is all zeros. One compiled call a batch,
+    one pass a pair (Σa², Σb², Σab in float64)."""
     fa, fb = _kernel_rows(a, b)
-    m = np.empty((max(fa.shape[0], fb.shape[0]), 3), dtype=np.float64)
-    _kernels().raw_moments(fa, fb, m)
-    na, nb = np.sqrt(m[:, 0]), np.sqrt(m[:, 1])
-    with np.errstate(invalid="ignore"):
-        val = _unit_clip(m[:, 2] / np.maximum(na * nb, 1e-300))
-    return make_result(
-        val, [*nonfinite_reasons(a, b), (na == 0, "map is all zeros"), (nb == 0, "reference is all zeros")]
-    )
+    n = max(fa.shape[0], fb.shape[0])
+    val, zero = np.empty(n, dtype=np.float64), np.empty(n, dtype=np.int8)
+    _kernels().cosine_rows(fa, fb, val, zero)
+    undefined = nonfinite_reasons(a, b)
+    if zero.any():
+        undefined += [((zero & 1) > 0, "map is all zeros"), ((zero & 2) > 0, "reference is all zeros")]
+    return make_result(val, undefined)
 
 
 def _constant(x: np.ndarray, mean: np.ndarray, norm: np.ndarray) -> np.ndarray:

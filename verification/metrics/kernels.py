@@ -6,7 +6,7 @@ Each kernel takes (Na, P) or (Na, H, W) maps and (Nb, ...) references with Na an
 the same code whatever the batch around it, so it never depends on the batch.
 
 * :func:`overlap_counts`: |A|, |B| and |A∩B| of ``value > threshold`` (per-row thresholds), integer counts.
-* :func:`raw_moments`: Σa², Σb², Σab in float64 (cosine).
+* :func:`cosine_rows`: the cosine from Σa², Σb², Σab summed in float64, one pass a pair.
 * :func:`centred_moments`: the means and Σ(a−ā)(b−b̄), Σ(a−ā)², Σ(b−b̄)² in float64, two passes (Pearson).
 * :func:`ssim_means`: mean SSIM per pair, fused: the four fields s = a + b, d = a − b, s², d² of one pair,
   then output row by output row the vertical and horizontal 'valid' Gaussian passes and the pixel formula
@@ -73,12 +73,24 @@ def _products(
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_SUMS)
-def raw_moments(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """``out[p] = (Σa², Σb², Σab)`` in float64; a, b (N|1, P)."""
+def cosine_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, zero: np.ndarray) -> None:  # pragma: no cover
+    """``out[p]`` = Σab / max(√Σa²·√Σb², 1e-300) clipped to [−1, 1] (NaN stays NaN), the sums in float64 in
+    one pass; ``zero[p]`` = 1 if √Σa² is 0, + 2 if √Σb² is 0. a, b (N|1, P). The per-pair arithmetic after
+    the sums is numpy's (the same IEEE operations), done here so that a chunk costs one call."""
     for p in range(out.shape[0]):
         ra = a[p if a.shape[0] > 1 else 0]
         rb = b[p if b.shape[0] > 1 else 0]
-        out[p, 0], out[p, 1], out[p, 2] = _products(ra, rb, 0.0, 0.0)
+        saa, sbb, sab = _products(ra, rb, 0.0, 0.0)
+        na = np.sqrt(saa)
+        nb = np.sqrt(sbb)
+        den = na * nb
+        v = sab / (den if den > 1e-300 or den != den else 1e-300)  # np.maximum(den, 1e-300): NaN stays
+        if v > 1.0:
+            v = 1.0
+        elif v < -1.0:
+            v = -1.0
+        out[p] = v
+        zero[p] = (1 if na == 0.0 else 0) + (2 if nb == 0.0 else 0)
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_SUMS)
