@@ -18,7 +18,9 @@ stays put costs nothing), uncapacitated arcs. It is solved exactly by the primal
 * block-search pricing (blocks of √arcs / 8 arcs: the most negative reduced cost of the first block that has
   one enters), first over the 8-neighbour arcs only (the first :data:`NEAR` offsets, a prefix of the arc
   list) until they price out, then over all arcs: the same optimum, in fewer pivots (medians at 32×32,
-  noise 5,901 → 4,057, attention-like 2,887 → 2,688, two blobs 2,598 → 2,396; 1.1–1.4× faster);
+  noise 5,901 → 4,166, attention-like 2,887 → 2,686, two blobs 2,598 → 2,384);
+* the main loop indexes arrays through unsigned integers (``_ix``), so numba drops its negative-index
+  wraparound test (~25 % less time), and scans each pricing block as one plain loop (~15 % less);
 * masses are integers (each map scaled to :data:`MASS_UNITS` units, rounding residue put on its largest cell)
   and arc costs are integers (:data:`COST_UNITS` per unit length), so flows and potentials are exact; the
   returned cost is ``Σ flow × true arc length`` in float64. Rounding moves at most ``cells / MASS_UNITS`` of
