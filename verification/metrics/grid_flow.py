@@ -139,7 +139,6 @@ def _solve(
     s_ = np.empty(na, np.int64)
     t_ = np.empty(na, np.int64)
     c_ = np.empty(na, np.int64)
-    flow = np.zeros(na, np.int64)
     s_[:m] = src
     t_[:m] = dst
     c_[:m] = cost
@@ -152,6 +151,7 @@ def _solve(
     parent = np.empty(n + 1, np.int64)
     pred = np.full(n + 1, -1, np.int64)
     pdir = np.zeros(n + 1, np.int64)
+    flow = np.zeros(n + 1, np.int64)  # the flow on each node's tree arc (other arcs carry none)
     pi = np.zeros(n + 1, np.int64)
     thread = np.empty(n + 1, np.int64)
     rev_thread = np.empty(n + 1, np.int64)
@@ -220,11 +220,11 @@ def _solve(
         pred[u] = e
         if sub[u] >= 0:
             pdir[u] = _UP
-            flow[e] = sub[u]
+            flow[u] = sub[u]
             pi[u] = pi[parent[u]] - c_[e]
         else:
             pdir[u] = _DOWN
-            flow[e] = -sub[u]
+            flow[u] = -sub[u]
             pi[u] = pi[parent[u]] + c_[e]
 
     m_act = near if 0 < near < m else m  # the arcs priced (first the subgraph, then all)
@@ -286,7 +286,7 @@ def _solve(
         for i in range(nu):
             x = path_u[_ix(i)]
             if pdir[_ix(x)] == _UP:
-                d = flow[_ix(pred[_ix(x)])]
+                d = flow[_ix(x)]
                 if d < delta:
                     delta = d
                     u_out = x
@@ -295,7 +295,7 @@ def _solve(
         for i in range(nv):
             x = path_v[_ix(i)]
             if pdir[_ix(x)] == _DOWN:
-                d = flow[_ix(pred[_ix(x)])]
+                d = flow[_ix(x)]
                 if d <= delta:
                     delta = d
                     u_out = x
@@ -310,13 +310,12 @@ def _solve(
 
         # --- augment
         if delta > 0:
-            flow[_ix(in_arc)] += delta
             for i in range(nu):
                 x = path_u[_ix(i)]
-                flow[_ix(pred[_ix(x)])] -= pdir[_ix(x)] * delta
+                flow[_ix(x)] -= pdir[_ix(x)] * delta
             for i in range(nv):
                 x = path_v[_ix(i)]
-                flow[_ix(pred[_ix(x)])] += pdir[_ix(x)] * delta
+                flow[_ix(x)] += pdir[_ix(x)] * delta
 
         # --- re-hang the subtree of u_out under v_in: the stem u_in … u_out reverses
         old_rev_thread = rev_thread[_ix(u_out)]
@@ -367,12 +366,14 @@ def _solve(
         while y != u_in:
             w = parent[_ix(y)]
             pred[_ix(y)] = pred[_ix(w)]
+            flow[_ix(y)] = flow[_ix(w)]
             pdir[_ix(y)] = -pdir[_ix(w)]
             tmp_sc += succ_num[_ix(y)] - succ_num[_ix(w)]
             succ_num[_ix(y)] = tmp_sc
             last_succ[_ix(w)] = tmp_ls
             y = w
         pred[_ix(u_in)] = in_arc
+        flow[_ix(u_in)] = delta  # the entering arc's flow (it had none)
         pdir[_ix(u_in)] = _UP if u_in == s_[_ix(in_arc)] else _DOWN
         succ_num[_ix(u_in)] = old_succ_num
         up_limit_in = -1
@@ -415,8 +416,8 @@ def _solve(
     total = 0.0  # only tree arcs carry flow (and artificial ones none at the optimum)
     for x in range(n):
         e = pred[x]
-        if e < m and flow[e] != 0:
-            total += flow[e] * length[e]
+        if e < m and flow[x] != 0:
+            total += flow[x] * length[e]
     return total, pivots, pi[:n]
 
 
