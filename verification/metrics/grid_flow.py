@@ -135,13 +135,6 @@ def _solve(
     n = supply.size
     m = src.size
     root = n
-    na = m + n
-    s_ = np.empty(na, np.int64)
-    t_ = np.empty(na, np.int64)
-    c_ = np.empty(na, np.int64)
-    s_[:m] = src
-    t_[:m] = dst
-    c_[:m] = cost
     max_cost = 0
     for e in range(m):
         if cost[e] > max_cost:
@@ -209,23 +202,22 @@ def _solve(
     for i in range(1, n + 1):
         u = order[i]
         e = up_arc[u]
-        if e < 0:
+        if e < 0:  # artificial arc m + u (never priced): u → root costs 0, root → u costs art
             e = m + u
-            if sub[u] >= 0:
-                s_[e], t_[e], c_[e] = u, root, 0
-            else:
-                s_[e], t_[e], c_[e] = root, u, art
-        elif sub[u] < 0:
-            e = e ^ 1
+            ce = 0 if sub[u] >= 0 else art
+        else:
+            if sub[u] < 0:
+                e = e ^ 1
+            ce = cost[e]
         pred[u] = e
         if sub[u] >= 0:
             pdir[u] = _UP
             flow[u] = sub[u]
-            pi[u] = pi[parent[u]] - c_[e]
+            pi[u] = pi[parent[u]] - ce
         else:
             pdir[u] = _DOWN
             flow[u] = -sub[u]
-            pi[u] = pi[parent[u]] + c_[e]
+            pi[u] = pi[parent[u]] + ce
 
     m_act = near if 0 < near < m else m  # the arcs priced (first the subgraph, then all)
     block = max(8, int(math.sqrt(m_act)) // 8)
@@ -240,7 +232,7 @@ def _solve(
         while scanned < m_act:  # blocks (the last one cut at the end of the arcs) until one has a candidate
             stop = min(e + block, m_act)
             for f in range(e, stop):
-                rc = c_[_ix(f)] + pi[_ix(s_[_ix(f)])] - pi[_ix(t_[_ix(f)])]
+                rc = cost[_ix(f)] + pi[_ix(src[_ix(f)])] - pi[_ix(dst[_ix(f)])]
                 if rc < best:
                     best = rc
                     in_arc = f
@@ -260,8 +252,8 @@ def _solve(
 
         # --- the cycle's apex (join): climb from the end with the smaller subtree; the two paths (u … join
         # and v … join, join excluded) are recorded for the walks below
-        u = s_[_ix(in_arc)]
-        v = t_[_ix(in_arc)]
+        u = src[_ix(in_arc)]
+        v = dst[_ix(in_arc)]
         a = u
         b = v
         nu = 0
@@ -374,7 +366,7 @@ def _solve(
             y = w
         pred[_ix(u_in)] = in_arc
         flow[_ix(u_in)] = delta  # the entering arc's flow (it had none)
-        pdir[_ix(u_in)] = _UP if u_in == s_[_ix(in_arc)] else _DOWN
+        pdir[_ix(u_in)] = _UP if u_in == src[_ix(in_arc)] else _DOWN
         succ_num[_ix(u_in)] = old_succ_num
         up_limit_in = -1
         up_limit_out = -1
@@ -400,7 +392,7 @@ def _solve(
 
         # --- potentials: one shift for the whole re-hung subtree (a stretch of the thread), or the opposite
         # shift for everything else when that is smaller (reduced costs only see differences)
-        sigma = pi[_ix(v_in)] - pi[_ix(u_in)] - pdir[_ix(u_in)] * c_[_ix(in_arc)]
+        sigma = pi[_ix(v_in)] - pi[_ix(u_in)] - pdir[_ix(u_in)] * cost[_ix(in_arc)]
         end = thread[_ix(last_succ[_ix(u_in)])]
         if 2 * succ_num[_ix(u_in)] <= n + 1:
             y = u_in
