@@ -26,16 +26,16 @@ What it prints (issue #18: the seven in ≤ 1 s, each metric ≥ 3× faster than
 Cosine against its float32 peer (``1 − scipy.spatial.distance.cosine``: three float32 BLAS dot products on a
 pair, the second and third from the core's cache) cannot be 3× faster on one thread, by any implementation
 that reads the data: the peer loop takes under 3× one read pass of the same maps. Runs of 2026-12-01 (1,000
-pairs, 2 CPUs), peer / floor on our chunks / floor from memory: 0.024 / 0.0084 / 0.0135 s (load 2.3–3.3: 2.9×
-the faster floor, 1.8× the peer's own input read from memory) and 0.025 / 0.0114 / 0.0124 s (load 5.4–5.9:
-2.2×). Ours reads each pair once: compute_metrics normalises the float32 maps into reused buffers (numpy's min
-and max, then one compiled pass; no copy, no cast to float64) and
-:func:`~verification.metrics.kernels.cosine_rows` sums a², b² and ab in float64 in that single pass, at 1.6×
-the floor: bound by its arithmetic (per 32 pixels, as compiled: 8 float32→float64 conversions and 12 float64
-fused multiply-adds), the price of float64 sums (agreement 2e-15 with the float64 peer; the float32 peer's is
-up to 2.6e-7, median 6e-8, on 100 of these pairs). In the first run: 3.2× the float64 peer and 1.8× the
-float32 peer on one thread; on the shipped 2 threads 5.6× and 3.1× (in the second, at load 5.5 with the cores
-contended: 4.2× and 2.2×).
+pairs, 2 CPUs), peer / read floor on our chunks / read floor from memory: 0.024 / 0.0091 / 0.0138 s at load
+4.2–4.4 (2.7× the faster floor; 1.7× reading the peer's own input from memory), 0.024 / 0.0084 / 0.0135 s at
+load 2.3–3.3 (2.9×), 0.025 / 0.0114 / 0.0124 s at load 5.4–5.9 (2.2×). Ours reads each pair once:
+compute_metrics normalises the float32 maps into reused buffers (numpy's min and max, then one compiled pass;
+no copy, no cast to float64) and :func:`~verification.metrics.kernels.cosine_rows` sums a², b² and ab in
+float64 in that single pass, one compiled call a chunk: 0.0113 s, 1.2× the floor (what remains is its
+arithmetic: per 32 pixels, as compiled, 8 float32→float64 conversions and 12 float64 fused multiply-adds, the
+price of float64 sums: agreement 2e-15 with the float64 peer, where the float32 peer's is up to 2.6e-7, median
+6e-8, on 100 of these pairs). In that first run: 3.8× the float64 peer and 2.2× the float32 peer on one
+thread; on the shipped 2 threads (0.0066 s) 6.5× and 3.7×.
 """
 
 from __future__ import annotations
