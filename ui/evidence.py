@@ -397,7 +397,9 @@ def band_charts(report: VerificationReport) -> list[tuple[LineResult, go.Figure]
 _BAND_CHARTS: dict[int, tuple[weakref.ref[VerificationReport], list[tuple[LineResult, go.Figure]]]] = {}
 
 
-def _band_charts_of(report: VerificationReport) -> list[tuple[LineResult, go.Figure]]:
+def band_charts_of(report: VerificationReport) -> list[tuple[LineResult, go.Figure]]:
+    """:func:`band_charts` of ``report``, built once per report object (``ui.warm`` builds the warm
+    verdict's)."""
     found = _BAND_CHARTS.get(id(report))
     if found is not None and found[0]() is report:
         return found[1]
@@ -410,7 +412,7 @@ def _band_charts_of(report: VerificationReport) -> list[tuple[LineResult, go.Fig
 
 def draw_band_charts(report: VerificationReport, *, key: str = "bands") -> None:
     """The band charts two to a row (``key`` makes their element keys unique on the page)."""
-    charts = _band_charts_of(report)
+    charts = band_charts_of(report)
     if not charts:
         return
     st.markdown(
