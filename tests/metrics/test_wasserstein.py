@@ -227,3 +227,21 @@ def test_sliced_distance_is_a_lower_bound() -> None:
     assert raw == pytest.approx(2 / math.pi, rel=2e-3)
     scaled = sliced_wasserstein(torch.from_numpy(a)[None], torch.from_numpy(b)[None], rescale=True).values[0]
     assert scaled == pytest.approx(1.0, rel=2e-3)
+
+
+@pytest.mark.parametrize(("hw", "grid"), [((224, 224), 32), ((37, 50), 8), ((9, 64), 32), ((5, 7), 32)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_compiled_pooling_is_pool_mass_of_the_clipped_maps(
+    hw: tuple[int, int], grid: int, dtype: torch.dtype
+) -> None:
+    from verification.metrics.wasserstein import pooled_rows
+
+    x = torch.randn(3, *hw, generator=torch.Generator().manual_seed(1)).to(dtype)  # half of it negative
+    out_hw = (min(hw[0], grid), min(hw[1], grid))
+    got = pooled_rows(x, out_hw)
+    ref = pool_mass(x.double().clamp_min(0), grid).reshape(3, -1).numpy()
+    # the same up to one factor a row (pool_mass rescales to the map's total; the metric normalises rows)
+    np.testing.assert_allclose(got / got.sum(1, keepdims=True), ref / ref.sum(1, keepdims=True), rtol=1e-12)
+    if hw[0] % out_hw[0] == 0 and hw[1] % out_hw[1] == 0:  # disjoint cells: plain means of the clipped pixels
+        cells = x.double().clamp_min(0).reshape(3, out_hw[0], hw[0] // out_hw[0], out_hw[1], -1).mean((2, 4))
+        np.testing.assert_allclose(got, cells.reshape(3, -1).numpy(), rtol=1e-12)

@@ -12,6 +12,8 @@ the same code whatever the batch around it, so it never depends on the batch.
   then output row by output row the vertical and horizontal 'valid' Gaussian passes and the pixel formula
   (see :func:`verification.metrics.functional.ssim`), accumulated in float64. Filtering runs in the maps'
   dtype, as scikit-image does.
+* :func:`pool_nonnegative`: the spatial Wasserstein's area pooling to its grid (negatives clipped to 0),
+  summed in float64 from the maps' own dtype.
 * :func:`unit_histograms`: ``nbins``-bin histograms of rows with values in [0, 1] (bin ⌊x·nbins⌋, 1.0 in the
   last bin), and :func:`otsu_from_counts`: Otsu's threshold from such histograms.
 
@@ -294,3 +296,32 @@ def normalize_rows(
         o = out[r]
         for j in range(px):
             o[j] = (xr[j] - low) / s
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_SUMS)
+def pool_nonnegative(x: np.ndarray, oh: int, ow: int, out: np.ndarray) -> None:  # pragma: no cover
+    """``out[p]`` (oh·ow float64) = the means of ``max(x[p], 0)`` (x (N, H, W)) over the cells of adaptive
+    average pooling to oh × ow (cell i covers rows ⌊i·H/oh⌋ … ⌈(i+1)·H/oh⌉ − 1, columns likewise), summed in
+    float64 straight from the input's dtype (no float64 copy of the maps): a band of rows is summed column
+    by column (contiguous, vectorised), then each cell sums its columns. NaN counts as 0: rows with
+    non-finite values are unscored by the caller."""
+    n, h, w = x.shape
+    acc = np.empty(w, np.float64)
+    for p in range(n):
+        for i in range(oh):
+            r0 = (i * h) // oh
+            r1 = -((-(i + 1) * h) // oh)
+            acc[:] = 0.0
+            for r in range(r0, r1):
+                row = x[p, r]
+                for c in range(w):
+                    v = np.float64(row[c])
+                    acc[c] += v if v > 0.0 else 0.0
+            rows = r1 - r0
+            for j in range(ow):
+                c0 = (j * w) // ow
+                c1 = -((-(j + 1) * w) // ow)
+                s = 0.0
+                for c in range(c0, c1):
+                    s += acc[c]
+                out[p, i * ow + j] = s / (rows * (c1 - c0))

@@ -110,6 +110,23 @@ def pool_mass(x: torch.Tensor, grid: int) -> torch.Tensor:
     return pooled * torch.where(pooled_total > 0, total / safe, torch.zeros_like(total))
 
 
+def pooled_rows(x: torch.Tensor, out_hw: tuple[int, int]) -> np.ndarray:
+    """(N, cells) float64 cell means of ``max(x, 0)`` (x (N, H, W)) area-pooled to ``out_hw`` as
+    :func:`pool_mass` pools (without its rescaling to the map's total: each row is normalised to unit mass
+    afterwards, so a factor common to the row changes nothing). One compiled pass over the maps in their own
+    dtype, summing in float64: no float64 copy of the full-resolution maps (which cost more than the
+    pooling)."""
+    from verification.metrics import kernels  # numba: imported on first use, not with the metrics
+
+    t = x.detach().cpu()
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    arr = np.ascontiguousarray(t.numpy()).reshape(-1, int(t.shape[-2]), int(t.shape[-1]))
+    out = np.empty((arr.shape[0], out_hw[0] * out_hw[1]), np.float64)
+    kernels.pool_nonnegative(arr, out_hw[0], out_hw[1], out)
+    return out
+
+
 def _check_whole(name: str, v: object, hi: int) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= hi:
         raise InvalidInputError(f"{name} must be a whole number from 1 to {hi}, got {str(v)[:40]}")
@@ -125,13 +142,11 @@ def wasserstein(a: torch.Tensor, b: torch.Tensor, *, grid: int = DEFAULT_GRID) -
     unscored = nonfinite_reasons(a, b)
     paired_rows(a, b)  # grid and batch checks
     in_hw = (int(a.shape[-2]), int(a.shape[-1]))
-    # float64 from here: pooling rescales by a sum that can overflow float32 for huge finite values
-    pa = pool_mass(_nonnegative(a.detach().cpu().to(torch.float64)), grid)
-    pb = pool_mass(_nonnegative(b.detach().cpu().to(torch.float64)), grid)
-    out_hw = (int(pa.shape[-2]), int(pa.shape[-1]))
+    out_hw = (min(in_hw[0], grid), min(in_hw[1], grid))
+    pa, pb = pooled_rows(a, out_hw), pooled_rows(b, out_hw)
     n = max(pa.shape[0], pb.shape[0])
-    fa = np.broadcast_to(pa.numpy().reshape(pa.shape[0], -1), (n, out_hw[0] * out_hw[1]))
-    fb = np.broadcast_to(pb.numpy().reshape(pb.shape[0], -1), (n, out_hw[0] * out_hw[1]))
+    fa = np.broadcast_to(pa, (n, pa.shape[1]))
+    fb = np.broadcast_to(pb, (n, pb.shape[1]))
     ma, mb = fa.sum(1), fb.sum(1)
     ok = (ma > 0) & (mb > 0) & np.isfinite(ma) & np.isfinite(mb)
     for mask, _ in unscored:  # (Na,) or (Nb,): one row broadcasts
