@@ -1157,6 +1157,37 @@ def _(root: Path) -> dict[str, Any]:
     return _model_file(root, "storage_lie.pt", _rezip(buf.getvalue(), lie), _sound_sidecar())
 
 
+@item(
+    "pt_deflated_state_dict_bomb",
+    "model",
+    "load_model",
+    isolate=True,
+    note="torch.save zip re-deflated: a 1.75 GiB zero record in 8 MB (torch.load inflated it all)",
+)
+def _(root: Path) -> dict[str, Any]:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(10)}, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    total = 7 << 28  # 1.75 GiB of float32 zeros: 469,762,048 elements, declared in data.pkl (BININT)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                zf.writestr(info.filename, data.replace(b"K\nt", b"J" + struct.pack("<i", total // 4) + b"t"))
+            elif info.filename.split("/")[1:] == ["data", "0"]:
+                with zf.open(info.filename, "w") as fh:
+                    chunk, left = bytes(8 << 20), total
+                    while left > 0:
+                        fh.write(chunk[: min(left, len(chunk))])
+                        left -= len(chunk)
+            else:
+                zf.writestr(info.filename, data)
+    return _model_file(root, "deflated_sd.pt", out.getvalue(), _sound_sidecar())
+
+
 @item("torchscript", "model", "load_model")
 def _(root: Path) -> dict[str, Any]:
     import torch

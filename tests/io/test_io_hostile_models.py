@@ -21,6 +21,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from tests.builders import loaded_model
+from tests.io.memcap import run_capped_many
 from verification.errors import (
     InputTooLargeError,
     ModelForwardError,
@@ -390,6 +391,48 @@ def test_state_dict_nested_100000_deep_is_typed() -> None:
             dst.writestr(info, bytes(ops) if info.filename.endswith("data.pkl") else src.read(info.filename))
     with pytest.raises(ModelLoadError, match="more than 4 levels"):
         load_model_bytes(out.getvalue(), "deep.pt", architecture="resnet18")
+
+
+def _deflated_state_dict(tensor: torch.Tensor) -> bytes:
+    """``torch.save({"w": tensor})`` (entries stored) written again with every entry deflated."""
+    buf = io.BytesIO()
+    torch.save({"w": tensor}, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    return out.getvalue()
+
+
+def test_compressed_state_dict_is_bounded_before_torch_load(tmp_path: Path) -> None:
+    """torch.load inflates and allocates every record of a .pt zip; the loader checks the declared sizes
+    first. In a child capped at 256 MiB over its imports, under a 16 MiB decoded limit: 64 MiB of deflated
+    zeros (1,000:1, a zip bomb) and a 24 MiB uint8 record deflated ~4:1 (under the bomb ratio; refused by
+    its declared size) both raise InputTooLargeError naming the file, with under 8 MiB of peak growth. Before
+    the check torch.load allocated each record first (peak growth >= 64 and 24 MiB); a small deflated state
+    dict still reads."""
+    gen = torch.Generator().manual_seed(0)
+    files = [
+        _deflated_state_dict(torch.zeros(16 << 20)),
+        _deflated_state_dict(torch.randint(0, 4, (24 << 20,), dtype=torch.uint8, generator=gen)),
+    ]
+    assert max(len(f) for f in files) < 8 << 20
+    paths = []
+    for i, blob in enumerate(files):
+        paths.append(tmp_path / f"{i}.pt")
+        paths[-1].write_bytes(blob)
+    body = "verification.io.models.load_model_bytes(data[{0}], 'sd{0}.pt', max_decoded_bytes=16 << 20)"
+    results = run_capped_many([body.format(i) for i in range(len(files))], paths, cap_bytes=256 << 20)
+    for i, (res, match) in enumerate(zip(results, ("zip bomb", "declares tensor data of 24 MiB"))):
+        assert (res["outcome"], res["error"]) == ("typed", "InputTooLargeError"), res
+        assert f"'sd{i}.pt'" in str(res["message"]), res
+        assert match in str(res["message"]), res
+        peak = res["peak_bytes"]
+        assert isinstance(peak, int), res
+        assert peak < 8 << 20, res
+    with pytest.raises(ModelLoadError, match=r"unexpected keys \(w\)"):  # read, then refused by its keys
+        load_model_bytes(_deflated_state_dict(torch.ones(3)), "small.pt", architecture="resnet18")
 
 
 def test_dry_run_activations_are_bounded_before_the_dry_run(monkeypatch: pytest.MonkeyPatch) -> None:

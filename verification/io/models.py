@@ -38,7 +38,7 @@ from verification.errors import (
     VerificationError,
 )
 from verification.io.architectures import build_architecture, default_task
-from verification.io.archive import ZIP_OPEN_ERRORS
+from verification.io.archive import ZIP_OPEN_ERRORS, ZipLimits, check_entries, open_zip
 from verification.io.budget import (
     DEFAULT_MODEL_LIMITS,
     ModelLimits,
@@ -732,6 +732,8 @@ def _load_from_bytes(
             ) from exc
         source = "safetensors"
     else:
+        if data[:4] == b"PK\x03\x04":  # before torch.load, which inflates and allocates every record
+            _check_torch_zip(data, filename, max_bytes, max_decoded_bytes)
         try:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             source = "state_dict"
@@ -770,6 +772,28 @@ def _load_from_bytes(
         module, sc=sc, source_format=source, content_hash=digest, name=name, in_channels=in_channels,
         built=(arch, kwargs, num_classes, task),
     )  # fmt: skip
+
+
+MAX_TORCH_ZIP_ENTRIES = 20_000
+
+
+def _check_torch_zip(data: bytes, filename: str, max_bytes: int, max_decoded_bytes: int) -> None:
+    """A torch.save zip's entries checked before ``torch.load`` reads them. Its reader allocates every record
+    at its declared uncompressed size and inflates a compressed one in full (a 973 KB deflated file made it
+    allocate 955 MiB), so the declared sizes are what bounds it: the archive checks of
+    :func:`verification.io.archive.check_entries` (entry count, names, compression ratio, all entries
+    against the file budget ``max_bytes``), then the tensor records (``<root>/data/<key>``) charged at their
+    declared size against ``max_decoded_bytes``. ``torch.save`` writes every entry stored, so a record is at
+    most what the weights decode to (an fp16 record is half of it)."""
+    what = f"'{filename}'"
+    with open_zip(data, what, ModelLoadError) as zf:
+        infos = check_entries(zf, what, ZipLimits(MAX_TORCH_ZIP_ENTRIES, max_bytes, 200), ModelLoadError)
+    records = sum(i.file_size for i in infos if i.filename.split("/")[1:2] == ["data"])
+    if records > max_decoded_bytes:
+        raise InputTooLargeError(
+            f"{what} declares tensor data of {records / (1 << 20):,.0f} MiB, above the "
+            f"{max_decoded_bytes / (1 << 20):,.0f} MiB limit for one model's weights; refused before loading"
+        )
 
 
 _SAFETENSORS_DTYPE_BYTES = {
