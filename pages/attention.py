@@ -97,7 +97,9 @@ if result is None:
 
 # A region drawn by the reader (below) is this image's finding annotation: it replaces the demo's lesion mask.
 region_store = viewer.store()
-drawn = region_store.get(image.content_hash)
+drawn = None
+with guard("Reading this image's annotation"):  # one of another size is set aside with a message
+    drawn = region_store.for_image(image.content_hash, image.size)
 # The verdict banner and the prediction line sit above the pictures but are filled after them, so the
 # heatmap is not held back by this image's verify.
 header = st.container()

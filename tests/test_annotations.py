@@ -15,6 +15,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 
+import verification.annotations as annotations_module
 from tests.builders import dataset_bytes, dicom_dataset
 from verification.annotations import (
     Annotation,
@@ -25,8 +26,9 @@ from verification.annotations import (
     mask_png,
     rasterize,
 )
-from verification.errors import ImageLoadError, InvalidInputError
+from verification.errors import ImageLoadError, InputTooLargeError, InvalidInputError, UploadTooLargeError
 from verification.io import load_image
+from verification.io.budget import ResourceLimits
 from verification.io.dicom import apply_preset, modality_frame, window_presets, window_unit
 
 HASH = "ab" * 32
@@ -183,13 +185,181 @@ def test_json_round_trip_keeps_regions_and_imported_masks() -> None:
     ],
 )
 def test_hostile_json_is_refused_with_a_typed_error(doc: dict) -> None:
-    with pytest.raises(InvalidInputError):
+    with pytest.raises((InvalidInputError, ImageLoadError)):
         AnnotationStore.from_json(json.dumps(doc))
 
 
 def test_json_nesting_bomb_is_refused() -> None:
     with pytest.raises(InvalidInputError):
         AnnotationStore.from_json("[" * 10_000 + "]" * 10_000)
+
+
+# ------------------------------------------------------------------------------------------- memory bounds
+
+H, W = 30, 40  # one imported mask keeps H × W = 1,200 bytes
+
+
+def _doc(*hashes: str, size: tuple[int, int] = (H, W), mask: bool = True) -> str:
+    png = base64.b64encode(mask_png(np.ones(size, bool))).decode()
+    items = [
+        {
+            "content_hash": h,
+            "image_name": f"{h[:2]}.png",
+            "size": list(size),
+            "regions": [{"kind": "box", "points": [[0, 0], [5, 5]]}],
+            **({"mask_png": png} if mask else {}),
+        }
+        for h in hashes
+    ]
+    return json.dumps({"schema": "verification.annotations/1", "annotations": items})
+
+
+def _counting_decoder(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    decoded: list[tuple[int, int]] = []
+    real = annotations_module.mask_from_png
+
+    def counting(data: bytes, size: tuple[int, int], **kw: Any) -> np.ndarray:
+        decoded.append(size)
+        return real(data, size, **kw)
+
+    monkeypatch.setattr(annotations_module, "mask_from_png", counting)
+    return decoded
+
+
+def test_json_masks_are_charged_against_one_total_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded = _counting_decoder(monkeypatch)
+    limits = ResourceLimits(max_decoded_bytes=2 * H * W)  # two masks fit, not three
+    doc = _doc("01" * 32, "02" * 32, "03" * 32)
+    with pytest.raises(
+        UploadTooLargeError, match=r"annotation 3: .*The first 2 of the file's 3 annotations fit"
+    ):
+        AnnotationStore.from_json(doc, limits=limits)
+    assert decoded == [(H, W), (H, W)], "the third mask was refused before it was decoded"
+    assert len(AnnotationStore.from_json(_doc("01" * 32, "02" * 32), limits=limits)) == 2
+    # the same image twice: the second replaces the first and is not counted twice
+    assert len(AnnotationStore.from_json(_doc("01" * 32, "01" * 32, "02" * 32), limits=limits)) == 2
+    # regions alone keep no mask: not charged
+    assert (
+        len(AnnotationStore.from_json(_doc("01" * 32, "02" * 32, "03" * 32, mask=False), limits=limits)) == 3
+    )
+
+
+def test_import_into_a_session_is_all_or_nothing_and_counts_what_it_keeps() -> None:
+    limits = ResourceLimits(max_decoded_bytes=2 * H * W)
+    store = AnnotationStore(limits=limits)
+    store.import_json(_doc("01" * 32))
+    assert store.held_bytes == H * W
+    mine = store.get("01" * 32)
+    with pytest.raises(UploadTooLargeError, match=r"annotation 2: .*The first 1 of the file's 2"):
+        store.import_json(_doc("02" * 32, "03" * 32))
+    assert list(store) == [mine], "a refused import changes nothing"
+    imported = store.import_json(_doc("01" * 32, "02" * 32))  # replaces 01: fits
+    assert len(imported) == len(store) == 2
+    assert store.held_bytes == 2 * H * W
+    with pytest.raises(UploadTooLargeError, match=r"above the 0\.0 MiB limit"):  # a mask set by hand
+        store.set(Annotation("03" * 32, "c.png", (H, W), (), "finding", np.ones((H, W), bool)))
+    assert "03" * 32 not in store
+
+
+def test_a_declared_size_too_large_to_rasterise_is_refused_on_import() -> None:
+    """The review's case: 248 bytes declaring 16,000² and one box (mask() grew memory by 489 MiB)."""
+    doc = _doc("ab" * 32, size=(16_000, 16_000), mask=False)
+    with pytest.raises(InputTooLargeError, match="annotation 1: its image is 16,000×16,000 pixels"):
+        AnnotationStore.from_json(doc)
+    small = ResourceLimits(max_image_bytes=5 * H * W - 1)  # rasterising takes 5 bytes a pixel at most
+    with pytest.raises(InputTooLargeError, match="limit for one image"):
+        AnnotationStore.from_json(_doc("ab" * 32, mask=False), limits=small)
+    assert (
+        len(
+            AnnotationStore.from_json(
+                _doc("ab" * 32, mask=False), limits=ResourceLimits(max_image_bytes=5 * H * W)
+            )
+        )
+        == 1
+    )
+
+
+def test_an_annotation_of_another_size_than_its_image_is_refused() -> None:
+    doc = _doc("ab" * 32, mask=False)
+    with pytest.raises(
+        InvalidInputError, match=r"annotation 1: it is 40×30 pixels but the loaded image .* is 41×30"
+    ):
+        AnnotationStore.from_json(doc, sizes={"ab" * 32: (H, W + 1)})
+    assert len(AnnotationStore.from_json(doc, sizes={"ab" * 32: (H, W), "cd" * 32: (5, 5)})) == 1
+    # kept while its image was not loaded, then met on use: set aside with a message, never rasterised
+    store = AnnotationStore.from_json(doc)
+    assert store.for_image("cd" * 32, (H, W)) is None
+    a = store.for_image("ab" * 32, (H, W))
+    assert a is not None
+    assert a.size == (H, W)
+    with pytest.raises(
+        InvalidInputError, match=r"is 40×30 pixels but this image .* is 41×30; it was set aside"
+    ):
+        store.for_image("ab" * 32, (H, W + 1))
+    assert "ab" * 32 not in store
+
+
+def _png_header(width: int, height: int, *, colour: int = 0, depth: int = 8, idat: bytes = b"") -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", idat or zlib.compress(b"\0" * 10))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_mask_decompression_bombs_and_corrupt_masks_are_typed_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    # the review's 20,000² header: refused from the header, before PIL opens it
+    with pytest.raises(InputTooLargeError, match="limit for one image"):
+        mask_from_png(_png_header(20_000, 20_000), (20_000, 20_000), name="m.png")
+    # PIL's own bomb check (DecompressionBombError) is an InputTooLargeError too
+    png = mask_png(np.ones((H, W), bool))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W // 4)
+    with pytest.raises(InputTooLargeError, match="decompression bomb"):
+        mask_from_png(png, (H, W), name="m.png")
+    monkeypatch.undo()
+    # a valid header whose data is cut short
+    with pytest.raises(ImageLoadError, match="corrupt or truncated"):
+        mask_from_png(_png_header(W, H), (H, W), name="m.png")
+    # decoding a 16-bit RGBA mask takes 2 × 8 + 5 bytes a pixel: refused from the header, PIL never opens it
+    big = _png_header(W, H, colour=6, depth=16)
+
+    def no_open(*a: object, **k: object) -> None:
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(Image, "open", no_open)
+    with pytest.raises(InputTooLargeError, match="to decode"):
+        mask_from_png(big, (H, W), name="m.png", limits=ResourceLimits(max_image_bytes=20 * H * W))
+
+
+def _pil_png(img: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_grey_alpha_and_palette_masks_read_their_intensity_not_alpha_or_index() -> None:
+    from PIL import Image
+
+    half = np.zeros((H, W), np.uint8)
+    half[:, : W // 2] = 255
+    expected = half > 0
+    la = Image.fromarray(np.stack([half, np.full_like(half, 255)], -1), mode="LA")  # opaque everywhere
+    np.testing.assert_array_equal(mask_from_png(_pil_png(la), (H, W)), expected)
+    p = Image.fromarray((half > 0).astype(np.uint8), mode="P")  # index 1 is white
+    p.putpalette([0, 0, 0, 255, 255, 255])
+    np.testing.assert_array_equal(mask_from_png(_pil_png(p), (H, W)), expected)
+    grey16 = Image.fromarray(half.astype(np.uint16) * 257)
+    np.testing.assert_array_equal(mask_from_png(_pil_png(grey16), (H, W)), expected)
 
 
 # ------------------------------------------------------------------------------------------- DICOM

@@ -713,9 +713,8 @@ def import_file(
     """Read an uploaded annotation file: a JSON document of this tool (every annotation in it is merged), or
     a mask image of this image's size. Returns what was done, in words."""
     if name.lower().endswith(".json"):
-        imported = AnnotationStore.from_json(data, name=name)
-        for a in imported:
-            annotations.set(a)
+        # all or nothing, within the store's memory limit; one of another size than this image is refused
+        imported = annotations.import_json(data, name=name, sizes={image.content_hash: image.size})
         here = " (one for this image)" if image.content_hash in imported else " (none for this image)"
         return f"read {len(imported)} annotation(s) from {name}{here}"
     mask = mask_from_png(data, image.size, name=name)

@@ -7,6 +7,13 @@ centre does: inside a box when ``x0 ≤ cx ≤ x1`` and ``y0 ≤ cy ≤ y1``; in
 (crossing number) rule, with the usual half-open convention for centres exactly on an edge. The mask of an
 annotation is the union of its regions (and of an imported mask).
 
+Memory is bounded before anything is decoded or rasterised (:data:`ANNOTATION_LIMITS`, a
+:class:`~verification.io.budget.ResourceLimits`): one annotation's mask may take at most ``max_image_bytes``
+to decode or rasterise at its declared size (a mask PNG's header is read first), and the imported masks a
+store keeps (one byte a pixel) at most ``max_decoded_bytes`` together. An annotation whose size differs from
+the image with its content hash cannot belong to that image: it is refused on import (``sizes``) and on use
+(:meth:`AnnotationStore.for_image`).
+
 Exports: a PNG mask (0 / 255, the image's size), a JSON document of every annotation (regions as numbers,
 imported masks as PNG in base64) that :meth:`AnnotationStore.from_json` reads back with limits (the file is
 untrusted), and a DICOM Segmentation (highdicom) for images that came as DICOM. The DICOM SEG carries no
@@ -19,7 +26,8 @@ from __future__ import annotations
 import base64
 import io
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,11 +37,13 @@ from PIL import Image, UnidentifiedImageError
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-from verification.errors import ImageLoadError, InputTooLargeError, InvalidInputError
+from verification.errors import ImageLoadError, InputTooLargeError, InvalidInputError, UploadTooLargeError
+from verification.io.budget import DEFAULT_LIMITS, ImageCost, ResourceLimits, probe_image
 from verification.io.dicom import IDENTIFYING_TAGS
 from verification.io.safejson import bounded_text, loads_bounded
 
 __all__ = [
+    "ANNOTATION_LIMITS",
     "SCHEMA",
     "Annotation",
     "AnnotationStore",
@@ -52,6 +62,42 @@ MAX_REGIONS = 256  # per image
 MAX_ANNOTATIONS = 10_000
 MAX_JSON_BYTES = 64 << 20
 _HASH = re.compile(r"^[0-9a-f]{64}$")
+_MiB = 1 << 20
+# Imported masks kept by one store (a session), one byte a pixel: a quarter of the image budget of one upload
+# (DEFAULT_LIMITS.max_decoded_bytes, 2 GiB), which holds at most 2 GiB / 5 bytes ≈ 430 M grey pixels (a loaded
+# image keeps float32 + uint8 a sample): a mask for every pixel of a full upload (≈ 410 MiB) fits in 512 MiB.
+# One annotation: what decoding or rasterising its mask may take, as for one image (1 GiB).
+ANNOTATION_LIMITS = ResourceLimits(
+    max_image_bytes=DEFAULT_LIMITS.max_image_bytes, max_decoded_bytes=DEFAULT_LIMITS.max_decoded_bytes // 4
+)
+# Peak bytes a pixel while rasterising (rasterize + Annotation.mask): the union, the region's own mask (a
+# polygon: its output, its bounding-box mask and two comparison temporaries) — 5 bool arrays at most.
+_RASTER_BYTES_PER_PIXEL = 5
+_MASK_MAGIC = (b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\xff\xd8\xff")
+
+
+def _mb(n: int) -> str:
+    return f"{n / _MiB:,.0f} MiB" if n >= 10 * _MiB else f"{n / _MiB:,.1f} MiB"
+
+
+def check_mask_size(size: tuple[int, int], what: str, limits: ResourceLimits = ANNOTATION_LIMITS) -> None:
+    """Refuse a mask whose rasterisation at ``size`` = (H, W) would take more than ``limits.max_image_bytes``
+    (InputTooLargeError): no image the loaders accept is that large."""
+    h, w = size
+    need = _RASTER_BYTES_PER_PIXEL * h * w
+    if need > limits.max_image_bytes:
+        raise InputTooLargeError(
+            f"{what} is {w:,}×{h:,} pixels: its mask would need about {_mb(need)} of memory, above the "
+            f"{_mb(limits.max_image_bytes)} limit for one image; no image that large can be loaded here"
+        )
+
+
+def _decode_peak(cost: ImageCost) -> int:
+    """Peak bytes of decoding a mask image: PIL's buffer (RGB held as 4 bytes a pixel) and the array copy of
+    it, the comparison's bool samples and the bool mask."""
+    samples = 4 if cost.samples == 3 else cost.samples
+    raw = cost.pixels * samples * cost.bytes_per_sample
+    return 2 * raw + cost.pixels * (samples + 1)
 
 
 @dataclass(frozen=True)
@@ -179,7 +225,7 @@ class Annotation:
             m = np.asarray(self.imported)
             if m.shape != self.size:
                 raise InvalidInputError(f"imported mask is {m.shape}, the image is {self.size}")
-            object.__setattr__(self, "imported", m.astype(bool))
+            object.__setattr__(self, "imported", m.astype(bool, copy=False))
 
     def mask(self) -> np.ndarray:
         """(H, W) bool: the union of the regions and the imported mask."""
@@ -187,6 +233,11 @@ class Annotation:
         if self.imported is not None:
             m |= self.imported
         return m
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the imported mask this annotation keeps (0 for regions alone)."""
+        return 0 if self.imported is None else int(self.imported.nbytes)
 
     @property
     def empty(self) -> bool:
@@ -227,35 +278,77 @@ def mask_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def mask_from_png(data: bytes, size: tuple[int, int], *, name: str = "mask") -> np.ndarray:
-    """A mask image (PNG/TIFF/JPEG; any pixel > half its range is inside; colour: any channel) at exactly
-    ``size`` = (H, W), the image's native size. ImageLoadError otherwise."""
+def mask_from_png(
+    data: bytes, size: tuple[int, int], *, name: str = "mask", limits: ResourceLimits = ANNOTATION_LIMITS
+) -> np.ndarray:
+    """A mask image (PNG/TIFF/JPEG; any pixel > half its range is inside; colour: any colour channel, alpha
+    ignored) at exactly ``size`` = (H, W), the image's native size. Its header is read first: a mask of
+    another size is an ImageLoadError and one whose decoding (or rasterising at ``size``) would take more than
+    ``limits.max_image_bytes`` an InputTooLargeError, before any pixel is decoded; a corrupt file is an
+    ImageLoadError."""
     h, w = _check_size(size)
-    try:
-        img = Image.open(io.BytesIO(data), formats=("PNG", "TIFF", "JPEG"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageLoadError(f"'{name}' is not a PNG, TIFF or JPEG mask image") from exc
-    if img.size != (w, h):
+    if not data.startswith(_MASK_MAGIC):
+        raise ImageLoadError(f"'{name}' is not a PNG, TIFF or JPEG mask image")
+    check_mask_size((h, w), f"'{name}'", limits)
+    cost = probe_image(data, name, is_dicom=False)  # ImageLoadError / InputTooLargeError on a bad header
+    if (cost.width, cost.height) != (w, h) or cost.depth != 1:
         raise ImageLoadError(
-            f"'{name}' is {img.size[0]}×{img.size[1]} pixels but the image is {w}×{h}; a mask must have the "
+            f"'{name}' is {cost.width}×{cost.height} pixels but the image is {w}×{h}; a mask must have the "
             "image's native size (export the mask from the same image)"
         )
+    if (need := _decode_peak(cost)) > limits.max_image_bytes:
+        raise InputTooLargeError(
+            f"'{name}' ({cost.describe()}) would need about {_mb(need)} of memory to decode, above the "
+            f"{_mb(limits.max_image_bytes)} limit for one image; save the mask as an 8-bit grey PNG"
+        )
     try:
+        img: Image.Image = Image.open(io.BytesIO(data), formats=("PNG", "TIFF", "JPEG"))
+        if img.size != (w, h):  # the probe and PIL disagree: a malformed header
+            raise ImageLoadError(f"'{name}' has an inconsistent header ({img.size[0]}×{img.size[1]})")
+        if img.mode == "P":  # palette indices are not intensities
+            img = img.convert("RGBA")
         arr = np.asarray(img)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageLoadError(f"'{name}' is corrupt or truncated ({exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise InputTooLargeError(f"'{name}' declares more pixels than allowed (decompression bomb?)") from exc
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        TypeError,
+        EOFError,
+        KeyError,
+        IndexError,
+        ZeroDivisionError,
+        struct.error,
+    ) as exc:
+        raise ImageLoadError(
+            f"'{name}' is a corrupt or truncated mask image ({type(exc).__name__}: {str(exc)[:160]})"
+        ) from exc
+    inside: np.ndarray
     if arr.dtype == np.bool_:
-        inside = np.asarray(arr, dtype=bool)
+        inside = arr
+    elif arr.dtype.kind == "f":
+        inside = np.asarray(arr > 0.5)
+    elif arr.dtype.kind in "iu":  # > half the range, without a float copy: the maximum is odd (2^k - 1)
+        inside = np.asarray(arr > np.iinfo(arr.dtype).max // 2)
     else:
-        top = 1.0 if arr.dtype.kind == "f" else float(np.iinfo(arr.dtype).max)
-        inside = np.asarray(arr.astype(np.float64) > top / 2.0)
-    return np.asarray(inside if inside.ndim == 2 else inside[..., :3].any(-1), dtype=bool)
+        raise ImageLoadError(f"'{name}' has samples of an unsupported type ({arr.dtype})")
+    if inside.ndim == 3:  # grey + alpha: the grey sample; colour (+ alpha): any colour sample
+        inside = inside[..., 0] if inside.shape[-1] == 2 else np.asarray(inside[..., :3].any(-1))
+    return np.asarray(inside, dtype=bool)
 
 
 class AnnotationStore:
-    """Annotations by image content hash: set (replace), clear, masks for ``verify``, JSON export/import."""
+    """Annotations by image content hash: set (replace), clear, masks for ``verify``, JSON export/import.
 
-    def __init__(self, annotations: Iterable[Annotation] = ()) -> None:
+    The imported masks it keeps are bounded together by ``limits.max_decoded_bytes`` (:meth:`set` refuses past
+    it; :meth:`import_json` before decoding anything)."""
+
+    def __init__(
+        self, annotations: Iterable[Annotation] = (), *, limits: ResourceLimits = ANNOTATION_LIMITS
+    ) -> None:
+        self.limits = limits
         self._by_hash: dict[str, Annotation] = {}
         for a in annotations:
             self.set(a)
@@ -269,15 +362,46 @@ class AnnotationStore:
     def __contains__(self, content_hash: object) -> bool:
         return content_hash in self._by_hash
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the imported masks this store keeps."""
+        return sum(a.held_bytes for a in self._by_hash.values())
+
     def get(self, content_hash: str) -> Annotation | None:
         return self._by_hash.get(content_hash)
 
+    def for_image(self, content_hash: str, size: tuple[int, int]) -> Annotation | None:
+        """The annotation of the image with ``content_hash`` and native ``size`` = (H, W), None when it has
+        none. One of another size cannot belong to that image (an edited or foreign file): it is removed and
+        refused (InvalidInputError) rather than rasterised at a size no loaded image has."""
+        a = self.get(content_hash)
+        if a is None or a.size == tuple(size):
+            return a
+        self.clear(content_hash)
+        raise InvalidInputError(
+            f"the annotation of '{bounded_text(a.image_name)}' is {a.size[1]}×{a.size[0]} pixels but this "
+            f"image (the same content) is {size[1]}×{size[0]}; it was set aside. Draw the region again or "
+            "import an annotation made on this image"
+        )
+
     def set(self, annotation: Annotation) -> None:
-        """Add or replace the image's annotation; an empty one clears it."""
+        """Add or replace the image's annotation; an empty one clears it. UploadTooLargeError (nothing
+        changes) when the imported masks kept would exceed ``limits.max_decoded_bytes``."""
         if annotation.empty:
             self.clear(annotation.content_hash)
-        else:
-            self._by_hash[annotation.content_hash] = annotation
+            return
+        old = self.get(annotation.content_hash)
+        total = self.held_bytes - (0 if old is None else old.held_bytes) + annotation.held_bytes
+        if annotation.held_bytes and total > self.limits.max_decoded_bytes:
+            raise UploadTooLargeError(self._over(total, f"the mask of '{annotation.image_name}'"))
+        self._by_hash[annotation.content_hash] = annotation
+
+    def _over(self, total: int, what: str) -> str:
+        return (
+            f"{what} would bring the imported masks kept in this session to {_mb(total)}, above the "
+            f"{_mb(self.limits.max_decoded_bytes)} limit; clear annotations you no longer need or import "
+            "fewer at a time"
+        )
 
     def add_region(
         self, content_hash: str, image_name: str, size: tuple[int, int], region: Region
@@ -309,30 +433,110 @@ class AnnotationStore:
         return json.dumps({"schema": SCHEMA, "annotations": [a.to_json() for a in self]}, indent=1)
 
     @classmethod
-    def from_json(cls, data: bytes | str, *, name: str = "annotations.json") -> AnnotationStore:
-        """Read a document written by :meth:`to_json` (untrusted: sizes, counts and types are checked)."""
+    def from_json(
+        cls,
+        data: bytes | str,
+        *,
+        name: str = "annotations.json",
+        sizes: Mapping[str, tuple[int, int]] | None = None,
+        limits: ResourceLimits = ANNOTATION_LIMITS,
+        held: Mapping[str, int] | None = None,
+    ) -> AnnotationStore:
+        """Read a document written by :meth:`to_json` (untrusted: sizes, counts and types are checked).
+
+        ``sizes``: the native (H, W) of known images by content hash; an annotation of one of them with
+        another size is refused. Before any mask is decoded or rasterised, each annotation's declared size is
+        checked against ``limits.max_image_bytes`` and its mask's H×W bytes are charged against
+        ``limits.max_decoded_bytes``, together with ``held`` (bytes already kept by content hash, as
+        :meth:`import_json` passes; an annotation replacing one of them frees it). The first annotation that
+        fails refuses the whole document with its number: the error keeps its type (InvalidInputError,
+        ImageLoadError, InputTooLargeError / UploadTooLargeError)."""
         doc = loads_bounded(data, f"'{name}'", error=InvalidInputError, max_bytes=MAX_JSON_BYTES)
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             raise InvalidInputError(f"'{name}' is not an annotation file of this tool (schema {SCHEMA})")
         items = doc.get("annotations")
         if not isinstance(items, list) or len(items) > MAX_ANNOTATIONS:
             raise InvalidInputError(f"'{name}': 'annotations' must be a list of at most {MAX_ANNOTATIONS:,}")
-        store = cls()
+        store = cls(limits=limits)
+        kept = dict(held or {})  # bytes each content hash will hold once the document is in
         for i, item in enumerate(items):
             try:
-                store.set(_annotation_from_json(item))
+                key = str(item.get("content_hash")) if isinstance(item, dict) else ""
+                declared = _declared_mask_bytes(item)
+                total = sum(kept.values()) - kept.get(key, 0) + declared
+                if declared and total > limits.max_decoded_bytes:
+                    fit = _how_many_fit(items, held or {}, limits.max_decoded_bytes)
+                    raise UploadTooLargeError(
+                        store._over(total, "its mask")
+                        + f". The first {fit:,} of the file's {len(items):,} annotations fit; nothing was "
+                        "imported"
+                    )
+                annotation = _annotation_from_json(item, sizes or {}, limits)
+                store.set(annotation)
+                kept[key] = annotation.held_bytes
             except (InvalidInputError, ImageLoadError, InputTooLargeError) as exc:
-                raise InvalidInputError(f"'{name}', annotation {i + 1}: {exc}") from exc
+                raise type(exc)(f"'{name}', annotation {i + 1}: {exc}") from exc
         return store
 
+    def import_json(
+        self,
+        data: bytes | str,
+        *,
+        name: str = "annotations.json",
+        sizes: Mapping[str, tuple[int, int]] | None = None,
+    ) -> AnnotationStore:
+        """Merge a document of :meth:`to_json` into this store, all or nothing: :meth:`from_json` with this
+        store's limits and the masks it keeps, so a refusal leaves it as it was. Returns what was read."""
+        held = {a.content_hash: a.held_bytes for a in self._by_hash.values()}
+        imported = self.from_json(data, name=name, sizes=sizes, limits=self.limits, held=held)
+        for a in imported:
+            self._by_hash[a.content_hash] = a  # charged above, with what it replaces
+        return imported
 
-def _annotation_from_json(item: object) -> Annotation:
+
+def _declared_mask_bytes(item: object) -> int:
+    """Bytes the annotation's imported mask will keep (one a pixel at its declared size), 0 without one."""
+    if not isinstance(item, dict) or item.get("mask_png") is None:
+        return 0
+    h, w = _check_size(tuple(item.get("size") or ()))
+    return h * w
+
+
+def _how_many_fit(items: list[Any], held: Mapping[str, int], limit: int) -> int:
+    """How many of the document's annotations, in order, fit in ``limit`` with what is ``held`` (declared
+    sizes only: nothing is decoded)."""
+    kept = dict(held)
+    for n, item in enumerate(items):
+        try:
+            declared = _declared_mask_bytes(item)
+        except InvalidInputError:
+            return n
+        key = str(item.get("content_hash")) if isinstance(item, dict) else ""
+        if declared and sum(kept.values()) - kept.get(key, 0) + declared > limit:
+            return n
+        kept[key] = declared
+    return len(items)
+
+
+def _annotation_from_json(
+    item: object, sizes: Mapping[str, tuple[int, int]], limits: ResourceLimits
+) -> Annotation:
     if not isinstance(item, dict):
         raise InvalidInputError("each annotation must be an object")
     unknown = set(item) - {"content_hash", "image_name", "size", "finding", "regions", "mask_png"}
     if unknown:
         raise InvalidInputError(f"unknown keys {sorted(unknown)[:5]}")
     size = _check_size(tuple(item.get("size") or ()))
+    name, finding = item.get("image_name", "image"), item.get("finding", "finding")
+    if not isinstance(name, str) or not isinstance(finding, str):
+        raise InvalidInputError("'image_name' and 'finding' must be text")
+    known = sizes.get(str(item.get("content_hash")))
+    if known is not None and tuple(known) != size:
+        raise InvalidInputError(
+            f"it is {size[1]}×{size[0]} pixels but the loaded image with its content "
+            f"('{bounded_text(name[:200])}') is {known[1]}×{known[0]}: it was not made on this image"
+        )
+    check_mask_size(size, "its image", limits)  # before any mask is decoded or rasterised
     regions_doc = item.get("regions", [])
     if not isinstance(regions_doc, list) or len(regions_doc) > MAX_REGIONS:
         raise InvalidInputError(f"'regions' must be a list of at most {MAX_REGIONS}")
@@ -354,10 +558,7 @@ def _annotation_from_json(item: object) -> Annotation:
             png = base64.b64decode(raw, validate=True)
         except ValueError as exc:
             raise InvalidInputError("'mask_png' is not valid base64") from exc
-        imported = mask_from_png(png, size, name="mask_png")
-    name, finding = item.get("image_name", "image"), item.get("finding", "finding")
-    if not isinstance(name, str) or not isinstance(finding, str):
-        raise InvalidInputError("'image_name' and 'finding' must be text")
+        imported = mask_from_png(png, size, name="mask_png", limits=limits)
     return Annotation(
         str(item.get("content_hash")), name[:200], size, tuple(regions), finding[:200], imported
     )

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from tests.app.conftest import DASHBOARD
 from ui import viewer
 from verification.annotations import Annotation, AnnotationStore, Region
+from verification.errors import InvalidInputError
 from verification.io import load_image
 
 pytestmark = pytest.mark.usefixtures("navigation_only")
@@ -308,3 +309,23 @@ def test_the_preloaded_chunk_is_the_one_streamlit_imports_for_plotly() -> None:
     assert entry, "Streamlit's index.html names its entry script"
     assert f"import(`./{chunk}`)" in (static / entry.group(1)).read_text(encoding="utf-8")
     assert f"'./{chunk}'" in viewer._PRELOAD_JS % {"quiet": 0, "chunk": chunk}
+
+
+def test_an_annotation_of_another_size_than_its_image_is_set_aside_and_never_imported() -> None:
+    """Same content hash, another size: not this image's annotation (never rasterised at that size)."""
+    at = _app()
+    image = at.session_state["workspace"].images.items[0].image
+    wrong = Annotation(image.content_hash, "x.png", (300, 300), (Region.box(0, 0, 10, 10),), "nodule")
+    store = AnnotationStore([wrong])
+    at.session_state["viewer_annotations"] = store
+    at.run()
+    assert not at.exception
+    assert any("it was set aside" in e.value for e in at.error), [e.value for e in at.error]
+    assert "No region drawn on this image yet." in [i.value for i in at.info]
+    assert image.content_hash not in store
+    # imported from a JSON file: refused, and what the session had is kept
+    mine = Annotation("cd" * 32, "mine.png", (8, 8), (Region.box(0, 0, 3, 3),), "nodule")
+    store.set(mine)
+    with pytest.raises(InvalidInputError, match="it was not made on this image"):
+        viewer.import_file(store, image, "a.json", AnnotationStore([wrong]).to_json().encode(), "nodule")
+    assert list(store) == [mine]
