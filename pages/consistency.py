@@ -109,10 +109,8 @@ with guard("Tracking the checkpoints"):
             "Training order (natural name order): "
             + " → ".join(c.name + (f" (+{c.sidecar})" if c.sidecar else "") for c in found)
         )
-        with st.spinner(f"Loading {len(found)} checkpoints…"):
-            models = checkpoints.load(found)
         with st.spinner(f"Computing maps for {len(found)} checkpoints × {len(images.items)} images…"):
-            series = checkpoints.series(found, models, images, methods, tau, gamma)
+            series = checkpoints.series(found, images, methods, tau, gamma)  # loads one at a time
     else:
         class_names = loaders.checkpoint_class_names()
         n_ckpt = len(loaders.demo_checkpoint_paths())

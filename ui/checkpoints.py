@@ -7,6 +7,11 @@ only with the page's explicit trust tick. A zip is expanded with :func:`verifica
 (entry count, decompressed bytes, compression ratio bounded; unsafe names refused). A JSON file beside a
 weights file with the same stem is its sidecar (classes, input size, mean/std); checkpoints are taken in
 natural name order (``epoch_2`` before ``epoch_10``), which is the training order the page shows.
+
+Memory: each checkpoint is bounded by what its weights decode to (``ModelLimits``, 1 GiB) and the series is
+computed one checkpoint at a time (:func:`ui.loaders.load_spec`, uncached; the first through the model cache
+for the series' classes), so a series of any length holds at most three models: the first, the one measured
+and the next while it loads.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, overload
 
 import streamlit as st
 
@@ -26,7 +31,7 @@ from verification.interactive import labelled_for_classes
 from verification.io.records import LoadedModel
 from verification.uploads import Blob, checkpoint_files, expand_uploads, pair_checkpoints
 
-__all__ = ["Checkpoint", "labelled_uploads", "load", "pair", "pair_uploads", "series"]
+__all__ = ["Checkpoint", "labelled_uploads", "pair", "pair_uploads", "series"]
 
 
 @dataclass(frozen=True)
@@ -57,13 +62,36 @@ def pair(blobs: Sequence[Blob], *, architecture: str | None = None, trust: bool 
     ]
 
 
-def load(checkpoints: Sequence[Checkpoint]) -> list[LoadedModel]:
-    """Every checkpoint loaded (cached by content); they must share their classes."""
-    models = [loaders.get_model(c.spec)[0] for c in checkpoints]
-    for c, m in zip(checkpoints, models, strict=True):
-        if (why := series_mismatch(models[0].class_names, m, c.name)) is not None:
+class _Models(Sequence[LoadedModel]):
+    """The series' models, each loaded when the computation reaches it and dropped once its maps are made
+    (:func:`verification.consistency.track_checkpoints` takes one at a time): two checkpoints in memory at
+    most (the one measured and the next, while it loads) besides the first, which is in the model cache,
+    instead of the whole series (up to 50 uploads of up to 1 GiB of weights each). A checkpoint with other
+    classes than the first is refused (ModelLoadError) when it is reached."""
+
+    def __init__(self, checkpoints: Sequence[Checkpoint], first: LoadedModel) -> None:
+        self._checkpoints = tuple(checkpoints)
+        self._first = first
+
+    def __len__(self) -> int:
+        return len(self._checkpoints)
+
+    @overload
+    def __getitem__(self, i: int) -> LoadedModel: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[LoadedModel]: ...
+
+    def __getitem__(self, i: int | slice) -> LoadedModel | Sequence[LoadedModel]:
+        if isinstance(i, slice):
+            return _Models(self._checkpoints[i], self._first)
+        c = self._checkpoints[i]  # IndexError past the end: the end of iteration
+        if c.spec.key == self._checkpoints[0].spec.key:
+            return self._first
+        model = loaders.load_spec(c.spec)
+        if (why := series_mismatch(self._first.class_names, model, c.name)) is not None:
             raise ModelLoadError(why)
-    return models
+        return model
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -74,12 +102,12 @@ def _series(
     methods: tuple[str, ...],
     tau: float,
     gamma: float,
-    _models: tuple[LoadedModel, ...],
+    _models: _Models,
     _items: tuple[loaders.WorkingImage, ...],
     _labels: tuple[int, ...],
 ) -> CheckpointSeries:
     return track_checkpoints(
-        list(_models),
+        _models,
         [i.image for i in _items],
         list(_labels),
         methods=methods,
@@ -91,16 +119,16 @@ def _series(
 
 def series(
     checkpoints: Sequence[Checkpoint],
-    models: Sequence[LoadedModel],
     images: loaders.ImageSet,
     methods: Sequence[str],
     tau: float,
     gamma: float,
 ) -> CheckpointSeries:
-    """The C-Score series of uploaded checkpoints on the labelled images of ``images`` (cached by content)."""
-    class_names = models[0].class_names
+    """The C-Score series of uploaded checkpoints on the labelled images of ``images`` (cached by content),
+    loading one checkpoint at a time (:class:`_Models`); they must share their classes."""
+    first = loaders.get_model(checkpoints[0].spec)[0]
     labelled = labelled_for_classes(
-        images.items, class_names, advice="upload a zip with one folder per class"
+        images.items, first.class_names, advice="upload a zip with one folder per class"
     )
     return _series(
         tuple(c.spec.key for c in checkpoints),
@@ -109,9 +137,9 @@ def series(
         tuple(methods),
         float(tau),
         float(gamma),
-        tuple(models),
+        _Models(checkpoints, first),
         tuple(labelled),
-        tuple(class_names.index(str(i.label)) for i in labelled),
+        tuple(first.class_names.index(str(i.label)) for i in labelled),
     )
 
 

@@ -199,21 +199,24 @@ def upload_spec(
     )
 
 
+def load_spec(spec: ModelChoice) -> LoadedModel:
+    """The model ``spec`` names, loaded now and not cached (:func:`get_model` caches it)."""
+    if spec.kind == "file":
+        assert spec.path is not None
+        return load_model(spec.path, name=spec.label.removeprefix("demo: "))
+    assert spec.filename is not None
+    return load_model_bytes(
+        spec.data,
+        spec.filename,
+        sidecar_json=spec.sidecar,
+        architecture=spec.architecture,
+        trust=spec.trust,
+    )
+
+
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
 def _cached_model(key: str, _spec: ModelChoice) -> tuple[LoadedModel, threading.Lock]:
-    if _spec.kind == "file":
-        assert _spec.path is not None
-        model = load_model(_spec.path, name=_spec.label.removeprefix("demo: "))
-    else:
-        assert _spec.filename is not None
-        model = load_model_bytes(
-            _spec.data,
-            _spec.filename,
-            sidecar_json=_spec.sidecar,
-            architecture=_spec.architecture,
-            trust=_spec.trust,
-        )
-    return model, threading.Lock()
+    return load_spec(_spec), threading.Lock()
 
 
 def get_model(spec: ModelChoice) -> tuple[LoadedModel, threading.Lock]:

@@ -4,8 +4,10 @@ the trust tick and nothing in it runs."""
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import pickle
+import weakref
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,10 @@ from streamlit.testing.v1 import AppTest
 
 from tests.app.conftest import DASHBOARD
 from tests.builders import zip_bytes
-from ui import checkpoints
+from ui import checkpoints, loaders
 from verification import demo
 from verification.errors import ModelLoadError
+from verification.io import load_image
 from verification.uploads import Blob
 
 pytestmark = pytest.mark.usefixtures("navigation_only")
@@ -117,7 +120,7 @@ def test_a_pickled_checkpoint_is_refused_without_trust_and_never_runs(tmp_path: 
     blobs = [Blob("a.pt", evil), Blob("b.pt", evil)]
     found = checkpoints.pair(blobs, architecture="resnet18")
     with pytest.raises(ModelLoadError):
-        checkpoints.load(found)
+        checkpoints.series(found, loaders.ImageSet("none", ()), ("gradcam",), 0.5, 1.0)
     assert not marker.exists(), "nothing in the pickle ran"
 
     at = _app()
@@ -141,3 +144,42 @@ def test_the_demo_runs_dip_at_checkpoint_5_is_shown_as_recovered_not_drift() -> 
     assert "sound_ckpt_05: gradcam / normal" in recovered[0]
     assert "recovered at sound_ckpt_06" in recovered[0]
     assert any("1 dip(s) recovered" in s.value for s in at.success)
+
+
+def _demo_blobs(indices: tuple[int, ...]) -> list[Blob]:
+    paths = [demo.demo_checkpoints()[i] for i in indices]
+    return [Blob(q.name, q.read_bytes()) for p in paths for q in (p, p.with_suffix(".json"))]
+
+
+def _labelled_set(per_class: int) -> loaders.ImageSet:
+    items: list[loaders.WorkingImage] = []
+    for item in demo.demo_images("test"):
+        if sum(i.label == str(item.label) for i in items) < per_class:
+            items.append(loaders.WorkingImage(load_image(item.path), str(item.label)))
+    return loaders.ImageSet("labelled", tuple(items))
+
+
+def test_the_series_loads_one_checkpoint_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to 50 uploads of up to 1 GiB of weights each: never all in memory. When a checkpoint is loaded, at
+    most two earlier ones are alive: the first (in the model cache) and the one measured just before."""
+    loaded: list[weakref.ref[object]] = []
+    alive_at_load: list[int] = []
+    real = loaders.load_spec
+
+    def tracking(spec: loaders.ModelChoice) -> object:
+        gc.collect()
+        alive_at_load.append(sum(r() is not None for r in loaded))
+        model = real(spec)
+        loaded.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(loaders, "load_spec", tracking)
+    loaders._cached_model.clear()
+    found = checkpoints.pair(_demo_blobs((0, 1, 2, 3, 4)))
+    result = checkpoints.series(found, _labelled_set(2), ("gradcam",), 0.5, 1.0)
+    assert [c.name for c in result.checkpoints] == [c.name for c in found]
+    assert len(alive_at_load) == 5, "each checkpoint loaded once"
+    assert max(alive_at_load) <= 2, alive_at_load  # all at once would give [0, 1, 2, 3, 4]
+    # the series is cached by content: a rerun loads nothing
+    checkpoints.series(found, _labelled_set(2), ("gradcam",), 0.5, 1.0)
+    assert len(alive_at_load) == 5
