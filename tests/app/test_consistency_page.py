@@ -5,6 +5,7 @@ the trust tick and nothing in it runs."""
 from __future__ import annotations
 
 import gc
+import json
 import pathlib
 import pickle
 import weakref
@@ -183,3 +184,13 @@ def test_the_series_loads_one_checkpoint_at_a_time(monkeypatch: pytest.MonkeyPat
     # the series is cached by content: a rerun loads nothing
     checkpoints.series(found, _labelled_set(2), ("gradcam",), 0.5, 1.0)
     assert len(alive_at_load) == 5
+
+
+def test_a_checkpoint_with_other_classes_is_refused_when_the_series_reaches_it() -> None:
+    blobs = _demo_blobs((0, 1))
+    side = json.loads(blobs[3].data)
+    side["class_names"] = ["normal", "effusion", "nodule"]
+    blobs[3] = Blob(blobs[3].name, json.dumps(side).encode())
+    found = checkpoints.pair(blobs)
+    with pytest.raises(ModelLoadError, match="checkpoint 'sound_ckpt_02' has classes"):
+        checkpoints.series(found, _labelled_set(2), ("gradcam",), 0.5, 1.0)
