@@ -226,18 +226,35 @@ def find_mask_file(
     return None
 
 
+MAX_MASK_NPY_BYTES = 256 << 20
+"""The largest ``.npy`` mask read: a float32 mask of the largest image ``load_image`` accepts (64 Mpx), a
+float64 one of 32 Mpx. Reading one holds the file and its array at once (at most twice this)."""
+
+
 def read_mask_file(path: Path) -> np.ndarray:
-    """A mask file's values as found by :func:`find_mask_file`: a ``.npy`` array (never unpickled) or an
-    image's pixels (the mean over colour channels)."""
+    """A mask file's values as found by :func:`find_mask_file`: a ``.npy`` array or an image's pixels (the
+    mean over colour channels). A ``.npy`` is read by its header first (``verification.io.files.read_npy``:
+    never unpickled, an object array refused, at most :data:`MAX_MASK_NPY_BYTES`, a shape that must match
+    the file's size); any failure is an ImageLoadError (InputTooLargeError for the size) naming the file."""
     if path.suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)  # never unpickle a user's file
-        return np.asarray(arr)
+        from verification.io.files import read_npy, read_regular_file
+
+        data = read_regular_file(
+            path, kind="mask file", advice="give a .npy or image file", max_bytes=MAX_MASK_NPY_BYTES + 4096,
+            too_large=lambda n: f"mask file '{path}' is {n:,} bytes; a .npy mask is at most "
+            f"{MAX_MASK_NPY_BYTES:,} bytes of data",
+            error=ImageLoadError,
+        )  # fmt: skip
+        arr = read_npy(data, f"mask file '{path}'", max_bytes=MAX_MASK_NPY_BYTES, error=ImageLoadError)
+        if arr.ndim not in (2, 3) or arr.dtype.kind not in "biuf":
+            raise ImageLoadError(
+                f"mask file '{path}' holds a {arr.dtype} array of shape {arr.shape}; a mask is a 2-D array "
+                "of numbers or booleans"
+            )
+        return arr
     from verification.io.images import load_image
 
-    try:
-        loaded = load_image(path)
-    except ImageLoadError:
-        raise
+    loaded = load_image(path)
     px = loaded.pixels
     return px if px.ndim == 2 else px.mean(axis=-1)
 

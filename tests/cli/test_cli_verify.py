@@ -165,3 +165,36 @@ def test_api_and_cli_give_identical_numbers_on_the_demo(tmp_path: Path) -> None:
                 np.testing.assert_allclose(value, c["values"][key], rtol=1e-4, atol=1e-5)
     for a_line, c_line in zip(api["lines"], doc["lines"]):
         assert [x["status"] for x in a_line["per_class"]] == [x["status"] for x in c_line["per_class"]]
+
+
+def test_a_bad_mask_file_is_its_images_error_row(env: Env, bundle: Path, tmp_path: Path) -> None:
+    """An object-array ``<stem>_lesion.npy`` used to end ``verify`` with exit 1 and no report ("error:
+    ValueError: Object arrays cannot be loaded ..."); it, and a header declaring 8 GB over 1 KB of data, are
+    now their own image's error row naming the file, and the other images (one with a good mask) are
+    measured."""
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    np.save(ann / "img00_lesion.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with (ann / "img01_lesion.npy").open("wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f8", "fortran_order": False, "shape": (32768,) * 2}
+        )
+        fh.write(b"\0" * 1024)
+    mask = np.zeros((64, 64), np.float32)
+    mask[20:40, 20:40] = 1
+    np.save(ann / "img04_lesion.npy", mask)
+    out = tmp_path / "v.json"
+    res = run_cli(
+        "verify", env.model, env.images, "--bundle", bundle, "--annotations", ann, "--json", out,
+        "--no-faithfulness", "--no-counterfactuals",
+    )  # fmt: skip
+    assert res.returncode != 1, res.stderr
+    assert "Traceback" not in res.stderr
+    doc = json.loads(out.read_text())
+    errors = {Path(e["image"]).name: e["error"] for e in doc["errors"]}
+    assert sorted(errors) == ["img00.png", "img01.png"]
+    assert "img00_lesion.npy" in errors["img00.png"]
+    assert "Python objects" in errors["img00.png"]
+    assert "img01_lesion.npy" in errors["img01.png"]
+    assert "8,589,934,592 bytes" in errors["img01.png"]
+    assert len(doc["images"]) == 5

@@ -18,6 +18,7 @@ import gc, json, resource, sys
 sys.path.insert(0, ROOT)
 import numpy, torch  # noqa: F401  (mapped before the cap)
 import verification.io.images, verification.io.models, verification.uploads  # noqa: F401
+import verification.batch, verification.cam.records  # noqa: F401  (the saved-result readers)
 from verification.errors import VerificationError
 
 def _kb(field):

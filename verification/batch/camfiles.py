@@ -11,11 +11,13 @@ import numpy as np
 
 from verification.batch.rows import Row
 from verification.errors import BundleError
+from verification.io.files import read_npz_file
+from verification.io.safejson import loads_bounded
 
 if TYPE_CHECKING:
     from verification.batch.jobs import ImageCams
 
-__all__ = ["CAM_FILE_SCHEMA", "load_image_cams", "save_image_cams"]
+__all__ = ["CAM_FILE_SCHEMA", "MAX_CAM_FILE_BYTES", "load_image_cams", "save_image_cams"]
 
 CAM_FILE_SCHEMA = "verification.batch.image_cams"
 
@@ -53,13 +55,24 @@ def save_image_cams(path: str | Path, row: Row[ImageCams], *, class_names: Seque
     return Path(path)
 
 
+MAX_CAM_FILE_BYTES = 256 << 20
+"""The most array bytes one per-image CAM file may decode to (a 224² map and raw map per method take 0.4 MB;
+this leaves room for hundreds of methods, layers and labels at 2,048²)."""
+
+
 def load_image_cams(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
-    """Read a file written by :func:`save_image_cams`: ``(maps, raw, meta)``; meta also holds logits/probs."""
-    with np.load(path, allow_pickle=False) as npz:
-        data = {k: npz[k] for k in npz.files}
-    meta: dict[str, Any] = json.loads(str(data.pop("meta")))
-    if meta.get("schema") != CAM_FILE_SCHEMA:
-        raise BundleError(f"{path} is not a per-image CAM file (schema {meta.get('schema')!r})")
+    """Read a file written by :func:`save_image_cams`: ``(maps, raw, meta)``; meta also holds logits/probs.
+    The file is not trusted: the zip and each array's header are checked before anything is inflated or
+    allocated (:func:`verification.io.files.read_npz_file`, at most :data:`MAX_CAM_FILE_BYTES`), the meta
+    JSON is parsed with bounds; a bad file raises BundleError (InputTooLargeError for the size) naming it."""
+    data = read_npz_file(Path(path), max_bytes=MAX_CAM_FILE_BYTES, error=BundleError)
+    for key in ("meta", "logits", "probs"):
+        if key not in data:
+            raise BundleError(f"'{path}' is not a per-image CAM file (no '{key}' array)")
+    meta = loads_bounded(str(data.pop("meta")), f"'{path}' meta", error=BundleError, max_bytes=8 << 20)
+    if not isinstance(meta, dict) or meta.get("schema") != CAM_FILE_SCHEMA:
+        schema = meta.get("schema") if isinstance(meta, dict) else None
+        raise BundleError(f"{path} is not a per-image CAM file (schema {schema!r})")
     maps = {k[4:]: v for k, v in data.items() if k.startswith("map/")}
     raw = {k[4:]: v for k, v in data.items() if k.startswith("raw/")}
     meta["logits"] = data["logits"]

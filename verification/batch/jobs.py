@@ -16,7 +16,7 @@ import torch
 
 from verification.batch.dataset import Batch, ImageItem, error_message
 from verification.batch.rows import Failure, Row
-from verification.errors import BundleError, ModelForwardError, NonFiniteError
+from verification.errors import BundleError, ModelForwardError, NonFiniteError, VerificationError
 from verification.io.records import LoadedModel
 
 if TYPE_CHECKING:
@@ -335,10 +335,38 @@ class VerifyJob(BatchJob["ImageMeasurement"]):  # a string: the verdict package 
         return state
 
     def process(self, batch: Batch) -> list[ImageMeasurement | Failure]:
-        """Measurements; an image whose forward fails (NaN, model error) alone becomes an error row."""
+        """Measurements; an image whose mask file cannot be read, or whose forward fails (NaN, model error),
+        alone becomes an error row."""
         if self.mismatch is not None:
             raise BundleError(self.mismatch)
-        return per_sample_on_error(self._measure_rows, batch)
+        masks: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
+        failed: dict[int, Failure] = {}
+        for pos in batch.ok:
+            try:
+                masks[pos] = self.masks(batch.items[pos].path)
+            except VerificationError as exc:
+                failed[pos] = Failure(error_message(exc))
+        keep = [n for n, pos in enumerate(batch.ok) if pos not in failed]
+        rest = (
+            dataclasses.replace(batch, x=batch.x[keep], ok=tuple(batch.ok[n] for n in keep))
+            if failed
+            else batch
+        )
+        measured = (
+            per_sample_on_error(lambda b, x, ps: self._measure_rows(b, x, ps, masks), rest) if keep else []
+        )
+        done = iter(measured)
+        return [failed[pos] if pos in failed else next(done) for pos in batch.ok]
+
+    def masks(self, path: str | Path) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Image ``path``'s finding mask and anatomy mask (None where there is no folder or no mask in it);
+        a mask file that cannot be read raises a typed error naming it."""
+        from verification.anatomy import MASK_SUFFIXES
+
+        return (
+            folder_mask(self.annotation_dir, path, LESION_SUFFIXES),
+            folder_mask(self.anatomy_dir, path, MASK_SUFFIXES),
+        )
 
     @property
     def result_type(self) -> type[ImageMeasurement]:
@@ -347,9 +375,12 @@ class VerifyJob(BatchJob["ImageMeasurement"]):  # a string: the verdict package 
         return ImageMeasurement
 
     def _measure_rows(
-        self, batch: Batch, x: torch.Tensor, positions: Sequence[int]
+        self,
+        batch: Batch,
+        x: torch.Tensor,
+        positions: Sequence[int],
+        masks: dict[int, tuple[np.ndarray | None, np.ndarray | None]],
     ) -> list[ImageMeasurement]:
-        from verification.anatomy import MASK_SUFFIXES
         from verification.verdict.api import label_indices
         from verification.verdict.measure import measure_batch
 
@@ -360,8 +391,7 @@ class VerifyJob(BatchJob["ImageMeasurement"]):  # a string: the verdict package 
         m = measure_batch(
             self.model, self._measure, x, names=[it.path for it in items],
             labels=label_indices(labels, self.bundle.class_names, len(items)),
-            lesions=[folder_mask(self.annotation_dir, it.path, LESION_SUFFIXES) for it in items],
-            anatomy=[folder_mask(self.anatomy_dir, it.path, MASK_SUFFIXES) for it in items],
+            lesions=[masks[pos][0] for pos in positions], anatomy=[masks[pos][1] for pos in positions],
         )  # fmt: skip
         return m.rows()
 

@@ -13,10 +13,16 @@ from typing import Any
 import numpy as np
 
 from verification.errors import BundleError
+from verification.io.files import read_npz_file, read_regular_file
+from verification.io.safejson import loads_bounded
 
 SCHEMA_VERSION = 1
 SCHEMA_NAME = "verification.cam.CamResult"
 _ARRAYS = ("raw", "maps", "logits", "probs", "constant")
+MAX_RESULT_BYTES = 2 << 30
+"""The most array bytes :meth:`CamResult.load` reads (checked from the zip and ``.npy`` headers before
+inflating): raw and normalised maps of about 5,000 images at 224² in float32."""
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 @functools.cache
@@ -143,23 +149,30 @@ class CamResult:
         npz, manifest = _paths(path)
         if not manifest.is_file() or not npz.is_file():
             raise BundleError(f"CamResult needs both {npz.name} and {manifest.name} in {npz.parent}")
-        try:
-            doc = json.loads(manifest.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{manifest} is not a readable JSON manifest: {exc}") from exc
+        text = read_regular_file(
+            manifest,
+            kind="CamResult manifest",
+            advice="give the result's .json or .npz",
+            max_bytes=MAX_MANIFEST_BYTES,
+            too_large=lambda n: f"{manifest} is {n:,} bytes; a manifest is at most {MAX_MANIFEST_BYTES:,}",
+            error=BundleError,
+        )
+        doc = loads_bounded(
+            text, f"{manifest} (JSON manifest)", error=BundleError, max_bytes=MAX_MANIFEST_BYTES
+        )
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_NAME:
-            raise BundleError(f"{manifest} is not a CamResult manifest (schema {doc.get('schema')!r})")
+            schema = doc.get("schema") if isinstance(doc, dict) else None
+            raise BundleError(f"{manifest} is not a CamResult manifest (schema {schema!r})")
         version = doc.get("schema_version")
         if version != SCHEMA_VERSION:
             raise BundleError(
                 f"{manifest} has schema_version {version!r}; this version reads {SCHEMA_VERSION}. "
                 "Recompute the maps with this version."
             )
-        try:
-            with np.load(npz, allow_pickle=False) as data:
-                arrays = {name: np.asarray(data[name]) for name in _ARRAYS}
-        except (OSError, KeyError, ValueError) as exc:
-            raise BundleError(f"{npz} is missing arrays or is corrupt: {exc}") from exc
+        arrays = read_npz_file(npz, max_bytes=MAX_RESULT_BYTES, error=BundleError, names=_ARRAYS)
+        missing = [name for name in _ARRAYS if name not in arrays]
+        if missing:
+            raise BundleError(f"{npz} is missing arrays: {', '.join(missing)}")
         for name, shape in doc.get("shapes", {}).items():
             if name in arrays and list(arrays[name].shape) != list(shape):
                 raise BundleError(

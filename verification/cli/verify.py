@@ -169,22 +169,34 @@ def _verify_labels(
     With ``--labelled``, a label is a class subfolder's name, or in a CSV one name or several joined by "|"
     (``Effusion|Nodule``; an empty cell: none of the labels); finding masks stand for each of their image's
     labels."""
-    from verification.anatomy import MASK_SUFFIXES
-    from verification.batch import LESION_SUFFIXES, folder_mask
+    import dataclasses
+
+    from verification.batch import error_message
+    from verification.errors import VerificationError
     from verification.verdict import verify
 
     if args.engine != "local":
         raise CliError(
             "a multi-label model is verified label by label on the local engine: use --engine local"
         )
-    ann = [folder_mask(args.annotations, p, LESION_SUFFIXES) for p in paths] if args.annotations else None
-    roi = [folder_mask(args.anatomy, p, MASK_SUFFIXES) for p in paths] if args.anatomy else None
+    kept: list[int] = []
+    masks: list[tuple[Any, Any]] = []
+    unread: list[tuple[str, str]] = []  # an image whose mask file cannot be read is an error row
+    for i, p in enumerate(paths):
+        try:
+            masks.append(job.masks(p))
+            kept.append(i)
+        except VerificationError as exc:
+            unread.append((str(p), error_message(exc)))
+    ann = [a for a, _ in masks] if args.annotations else None
+    roi = [r for _, r in masks] if args.anatomy else None
     gate = job.gate_spec.load() if job.gate_spec is not None else None
-    sets = None if labels is None else [[] if lab == "" else lab for lab in labels]
-    return verify(
-        model, job.bundle, [str(p) for p in paths], sets, annotations=ann, anatomy=roi, gate=gate,
+    sets = None if labels is None else [[] if labels[i] == "" else labels[i] for i in kept]
+    report = verify(
+        model, job.bundle, [str(paths[i]) for i in kept], sets, annotations=ann, anatomy=roi, gate=gate,
         config=job.config, batch_size=args.batch_size,
     )  # fmt: skip
+    return dataclasses.replace(report, errors=(*unread, *report.errors)) if unread else report
 
 
 def verify_document(args: argparse.Namespace, report: VerificationReport) -> dict[str, Any]:

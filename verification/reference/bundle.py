@@ -11,7 +11,6 @@ assessable.
 
 from __future__ import annotations
 
-import io
 import json
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from verification.errors import BundleError
+from verification.io.files import read_npz
 from verification.io.records import LoadedModel
 from verification.metrics import DEFAULT_METRICS, METRICS
 from verification.metrics.functional import Threshold
@@ -220,7 +220,14 @@ def load_bundle_bytes(
             f"{manifest} has schema_version {version!r}; this version reads "
             f"{', '.join(map(str, READS_VERSIONS))}. Rebuild the bundle with this version."
         )
-    members = _read_npz(arrays_npz, npz)
+    members = read_npz(
+        arrays_npz,
+        f"reference bundle {npz}",
+        max_bytes=MAX_BUNDLE_BYTES,
+        error=BundleError,
+        max_entries=64,
+        names={*_ARRAYS, *_OPTIONAL_ARRAYS},
+    )
     try:
         arrays: dict[str, Any] = {name: members[name] for name in _ARRAYS}
         for name_ in _OPTIONAL_ARRAYS:
@@ -293,53 +300,6 @@ def _read_manifest(text: str | bytes, what: str) -> Any:
 
 
 MAX_BUNDLE_BYTES = 512 << 20
-
-
-def _read_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
-    """The arrays of a bundle's ``.npz`` read without trusting it: a zip checked for entry count, sizes and
-    inflation (:mod:`verification.io.archive`), each ``.npy`` header's shape × item size compared with the
-    member's real size before anything is allocated, no pickle."""
-    import zipfile
-
-    from verification.io.archive import ZipLimits, check_entries, open_zip, read_entry
-
-    zf = open_zip(data, f"reference bundle {what}", BundleError)
-    out: dict[str, np.ndarray] = {}
-    with zf:
-        infos = check_entries(
-            zf, f"reference bundle {what}", ZipLimits(64, MAX_BUNDLE_BYTES, 200), BundleError
-        )
-        for info in infos:
-            name = info.filename.removesuffix(".npy")
-            if name not in _ARRAYS and name not in _OPTIONAL_ARRAYS:
-                continue
-            raw = read_entry(zf, info, MAX_BUNDLE_BYTES, f"reference bundle {what}", BundleError)
-            buf = io.BytesIO(raw)
-            try:
-                version = np.lib.format.read_magic(buf)
-                header = (
-                    np.lib.format.read_array_header_1_0
-                    if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0
-                )
-                shape, _, dtype = header(buf)
-                if dtype.hasobject:
-                    raise BundleError(
-                        f"reference bundle {what}: array '{name}' holds Python objects; refused"
-                    )
-                need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-                if need > len(raw):
-                    raise BundleError(
-                        f"reference bundle {what}: array '{name}' declares shape {tuple(shape)} "
-                        f"({need:,} bytes) but holds {len(raw):,} bytes; the file is corrupt"
-                    )
-                buf.seek(0)
-                out[name] = np.asarray(np.load(buf, allow_pickle=False))
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise BundleError(
-                    f"reference bundle {what}: array '{name}' cannot be read: {str(exc)[:160]}"
-                ) from exc
-    return out
 
 
 def _check_arrays(bundle: ReferenceBundle, what: str) -> None:
