@@ -38,6 +38,14 @@ time is part of what the reader gets). ``--think 0`` clicks as soon as the page 
 The loaded scenario starts ``--load-procs`` background processes (each a single-threaded loop of 512×512
 float64 numpy matrix products, at normal priority) before the server, and stops them after. ``uptime``'s
 load average is printed with every table.
+
+Measured 2026-12-01 (``--repeats 5``, median / p95 s; 2 cores shared with other engineers' jobs, so the
+load is given): "idle" at load 1.3–1.5: first heatmap on a cold server 1.80 / 1.88, new session on a warm
+server 2.06 / 3.09, image switch drawn 0.33 / 0.42 and settled 0.37 / 0.48, method switch 0.18 / 0.21, page
+switch 0.35 / 0.96 (Similarity 0.90 / 1.16), DICOM upload drawn 0.46 / 0.50; "loaded" (load rising 1.6 →
+8.9 with the other jobs): cold first heatmap 2.69 / 3.52, image switch settled 0.45 / 1.40, page switch
+0.74 / 2.60 (Similarity 2.39 / 3.34). Cold first heatmap before the background warm stage yielded to readers
+(``ui/serve.py``), interleaved with after on the same machine, 8 pairs at load 4.9–7.1: 3.07 → 2.50 median.
 """
 
 from __future__ import annotations
