@@ -33,3 +33,13 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+class Payload:
+    """Unpickling this runs ``open(marker, "w")``: proof of whether code from the file was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))

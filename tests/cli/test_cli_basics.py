@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from .helpers import Env, run_cli
+from .helpers import Env, Payload, run_cli
 
 SUBCOMMANDS = {
     "layers": "--trust",
@@ -161,20 +161,10 @@ def test_nonexistent_model_is_a_one_line_failure(env: Env, tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
 
 
-class _Payload:
-    """Unpickling this runs ``open(marker, "w")``: proof of whether code from the file was executed."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
-        return (open, (str(self.marker), "w"))
-
-
 def test_untrusted_pickle_is_refused_without_trust(env: Env, tmp_path: Path) -> None:
     marker = tmp_path / "executed"
     bad = tmp_path / "model.pt"
-    bad.write_bytes(pickle.dumps(_Payload(marker)))
+    bad.write_bytes(pickle.dumps(Payload(marker)))
     res = run_cli("layers", bad)
     assert res.returncode == 1
     assert "--trust" in res.stderr
@@ -238,3 +228,24 @@ def test_existing_output_is_not_mixed_into(env: Env, tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "--force" in res.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_report_refuses_hostile_json_with_a_typed_error(tmp_path: Path) -> None:
+    """``report`` on JSON nested 100,000 deep used to end with "internal error: RecursionError"; that, a
+    document that is not an object, and one without a verify result's fields are each one ``error:`` line
+    naming the file (exit 1, no traceback)."""
+    cases = {
+        "deep.json": ("[" * 100_000 + "]" * 100_000, "nests deeper than 64 levels"),
+        "list.json": ("[1, 2]", "not a JSON verify result"),
+        "text.json": ("{not json", "is not valid JSON"),
+    }
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        res = run_cli("report", path, "-o", tmp_path / "r.html")
+        assert res.returncode == 1, res.stderr
+        assert "internal error" not in res.stderr
+        assert "Traceback" not in res.stderr
+        assert name in res.stderr
+        assert message in res.stderr
+    assert not (tmp_path / "r.html").exists()

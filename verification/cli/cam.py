@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from verification.cli.common import (
     engine_options,
     load_model_args,
     progress_flag,
+    read_verify_result,
 )
 from verification.cli.outputs import atomic_dir, check_output_dir, dumps
 
@@ -125,13 +125,7 @@ def _pacs_verdict(args: argparse.Namespace) -> str:
         return "not verified"
     if not args.pacs_store:
         raise CliError("--pacs-verdict is recorded only with --pacs-store")
-    from verification.verdict.records import VerificationReport
-
-    try:
-        doc = json.loads(Path(args.pacs_verdict).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CliError(f"--pacs-verdict {args.pacs_verdict}: not a readable JSON file ({exc})") from None
-    report = VerificationReport.from_document(doc)
+    report = read_verify_result(args.pacs_verdict, "--pacs-verdict file")
     line = f" ({report.deciding_line})" if report.deciding_line else ""
     return f"{report.label}{line}"
 

@@ -14,6 +14,7 @@ from verification.cli.common import (
     class_indices,
     load_model_args,
     progress_flag,
+    read_verify_result,
 )
 from verification.cli.outputs import atomic_file, dumps, write_text_atomic
 
@@ -72,21 +73,12 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from verification.errors import BundleError
     from verification.report import render_report
 
     source = Path(args.result)
     if not source.is_file():
         raise CliError(f"verify result {source} does not exist")
-    try:
-        doc = json.loads(source.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{source} is not a JSON verify result: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise BundleError(f"{source} is not a JSON verify result")
-    from verification.verdict import VerificationReport
-
-    report = VerificationReport.from_document(doc)
+    report = read_verify_result(source, "verify result")
     html_out, pdf_out = args.out, args.pdf_out
     if html_out is not None and str(html_out).lower().endswith(".pdf"):
         html_out, pdf_out = None, pdf_out or html_out

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from verification.batch import ModelSpec, Row
     from verification.engines import EngineOptions
     from verification.io.records import LoadedModel
+    from verification.verdict import VerificationReport
 
 log = logging.getLogger("verification.cli")
 
@@ -92,3 +93,44 @@ def check_row(row: Row[Any], args: argparse.Namespace) -> None:
         if args.strict:
             raise CliError(f"{row.path}: {row.error} (--strict stops at the first unreadable image)")
         log.warning("skipped %s: %s", row.path, row.error)
+
+
+MAX_RESULT_JSON_BYTES = 64 << 20
+"""The largest verify result JSON that ``report`` and ``cam --pacs-verdict`` read."""
+
+
+def read_verify_result(path: str | Path, what: str) -> VerificationReport:
+    """A verify result written by ``verify --json`` from a file the user gives, not trusted: read by
+    ``io.files.read_regular_file`` (at most :data:`MAX_RESULT_JSON_BYTES`), parsed by ``io.safejson``
+    (nesting, number length; NaN allowed, as ``verify`` writes it), and a document that is not a complete
+    verify result is a BundleError naming the file (never an internal error)."""
+    from verification.errors import BundleError
+    from verification.io.files import read_regular_file
+    from verification.io.safejson import loads_bounded
+    from verification.verdict import VerificationReport as Report
+
+    source = Path(path)
+    data = read_regular_file(
+        source,
+        kind=what,
+        advice="give the JSON file written by 'verify --json'",
+        max_bytes=MAX_RESULT_JSON_BYTES,
+        too_large=lambda n: f"{what} '{source}' is {n:,} bytes; at most {MAX_RESULT_JSON_BYTES:,} are read",
+        error=BundleError,
+    )
+    doc = loads_bounded(
+        data,
+        f"{what} '{source}'",
+        error=BundleError,
+        max_bytes=MAX_RESULT_JSON_BYTES,
+        max_depth=64,
+        allow_nan=True,
+    )
+    if not isinstance(doc, dict):
+        raise BundleError(f"{what} '{source}' is not a JSON verify result (not an object)")
+    try:
+        return Report.from_document(doc)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise BundleError(
+            f"{what} '{source}' is not a complete verify result ({type(exc).__name__}: {str(exc)[:160]})"
+        ) from exc

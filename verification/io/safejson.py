@@ -74,9 +74,11 @@ def loads_bounded(
     error: type[VerificationError],
     max_bytes: int = 1 << 20,
     max_depth: int = 32,
+    allow_nan: bool = False,
 ) -> Any:
     """Parse ``data`` as JSON, refusing (with ``error``) more than ``max_bytes``, nesting deeper than
-    ``max_depth``, numbers longer than 40 characters, NaN/Infinity literals and invalid UTF-8 or JSON."""
+    ``max_depth``, numbers longer than 40 characters, NaN/Infinity literals (unless ``allow_nan``: a file this
+    project wrote with ``allow_nan=True``) and invalid UTF-8 or JSON."""
     if len(data) > max_bytes:
         raise InputTooLargeError(f"{what} is {len(data):,} bytes; at most {max_bytes:,} are accepted")
     try:
@@ -91,7 +93,7 @@ def loads_bounded(
             text,
             parse_int=_number("int", error, what),
             parse_float=_number("float", error, what),
-            parse_constant=_constant(error, what),
+            parse_constant=float if allow_nan else _constant(error, what),
         )
     except json.JSONDecodeError as exc:
         raise error(f"{what} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from exc
