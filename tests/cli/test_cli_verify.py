@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .helpers import Env, run_cli
+from .helpers import Env, Payload, run_cli
 
 
 def test_reference_build_verify_and_report(env: Env, bundle: Path, tmp_path: Path) -> None:
@@ -198,3 +198,28 @@ def test_a_bad_mask_file_is_its_images_error_row(env: Env, bundle: Path, tmp_pat
     assert "img01_lesion.npy" in errors["img01.png"]
     assert "8,589,934,592 bytes" in errors["img01.png"]
     assert len(doc["images"]) == 5
+
+
+def test_trust_covers_only_the_main_model(env: Env, bundle: Path, tmp_path: Path) -> None:
+    """``--trust`` used to unpickle every model file of the command (--gate, --healthy, --bad): a pickle given
+    as the gate or a healthy model ran its code. Now each other file needs ``--trust-other PATH``; without
+    it the file is refused naming that flag, and nothing ran."""
+    import pickle
+
+    marker = tmp_path / "executed"
+    evil = tmp_path / "gate.pt"
+    evil.write_bytes(pickle.dumps(Payload(marker), protocol=2))
+    common = ("--trust", "--no-faithfulness", "--no-counterfactuals")
+    res = run_cli("verify", env.model, env.images, "--bundle", bundle, "--gate", evil, *common)
+    assert res.returncode == 1
+    assert f"--trust-other {evil}" in res.stderr
+    assert not marker.exists(), "--trust unpickled the --gate file"
+    built = run_cli(
+        "reference", "build", env.model, env.labelled, "-o", tmp_path / "ref", "--healthy", evil, "--trust"
+    )
+    assert built.returncode == 1
+    assert f"--trust-other {evil}" in built.stderr
+    assert not marker.exists(), "--trust unpickled the --healthy file"
+    # the explicit opt-in for that one file is honoured (the payload runs, as torch's docs warn)
+    run_cli("verify", env.model, env.images, "--bundle", bundle, "--gate", evil, "--trust-other", evil)
+    assert marker.exists()

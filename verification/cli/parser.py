@@ -80,7 +80,20 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--trust",
         action="store_true",
-        help="allow loading a pickled model; this runs code from the file, so only for files you trust",
+        help="allow unpickling MODEL (the main model file only); this runs code from the file, so only for a "
+        "file you trust. Other model files of a command (--healthy, --bad, --gate) are trusted one by one "
+        "with --trust-other PATH",
+    )
+
+
+def _trust_other_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flags: str) -> None:
+    parser.add_argument(
+        "--trust-other",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help=f"allow unpickling this one model file given to {flags} (repeat per file); runs code from it. "
+        "--trust covers only MODEL",
     )
 
 
@@ -207,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="a known-bad model (e.g. a shortcut model; repeat) for the power check",
     )
+    _trust_other_arg(cal, "--healthy or --bad")
     cal.add_argument("--annotations", help="folder of finding masks <image stem>_lesion.png (E2, E4)")
     cal.add_argument(
         "--anatomy", help="folder of anatomy masks <image stem>_lung.png (E3; default: automatic)"
@@ -249,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--anatomy", help="folder of anatomy masks named <image stem>_lung.png (E3; default: automatic)"
     )
     p.add_argument("--gate", help="a model with a garbage class that screens the inputs (E0)")
+    _trust_other_arg(p, "--gate")
     p.add_argument(
         "--min-images",
         type=_positive_int,

@@ -22,6 +22,7 @@ from verification.cli.common import (
     progress_flag,
 )
 from verification.cli.outputs import dumps, write_text_atomic
+from verification.errors import UntrustedFileError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,12 +69,21 @@ def _check_mask_folders(args: argparse.Namespace) -> None:
             raise CliError(f"{flag} {folder} is not a folder")
 
 
+def _trusts_other(path: str, args: argparse.Namespace) -> bool:
+    """Whether the user opted in to unpickling this other model file (``--trust-other PATH``; ``--trust``
+    covers only the main model)."""
+    return Path(path).resolve() in {Path(p).resolve() for p in args.trust_other}
+
+
 def _load_other(path: str, args: argparse.Namespace) -> LoadedModel:
     from verification.io.models import load_model
 
     if not Path(path).is_file():
         raise CliError(f"model file {path} does not exist")
-    return load_model(path, trust=args.trust, name=Path(path).stem)
+    try:
+        return load_model(path, trust=_trusts_other(path, args), name=Path(path).stem)
+    except UntrustedFileError as exc:
+        raise UntrustedFileError(f"{exc} The flag for this file is --trust-other {path}") from exc
 
 
 def _bundle_files(path: Path) -> tuple[Path, Path]:
@@ -125,11 +135,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         faithfulness=not args.no_faithfulness,
         counterfactuals=not args.no_counterfactuals,
     )
+    gate = ModelSpec(path=args.gate, trust=_trusts_other(args.gate, args)) if args.gate else None
     job = VerifyJob(
         spec, args.bundle, labels=labels, annotation_dir=args.annotations, anatomy_dir=args.anatomy,
-        gate=ModelSpec(path=args.gate, trust=args.trust) if args.gate else None, config=config,
+        gate=gate, config=config,
     )  # fmt: skip
-    job.setup(model)
+    try:
+        job.setup(model)  # the main model is loaded: a file refused here is the gate
+    except UntrustedFileError as exc:
+        raise UntrustedFileError(f"{exc} The flag for the --gate file is --trust-other {args.gate}") from exc
     if model.task == "multilabel" and job.mismatch is None:  # one verdict per label
         report = _verify_labels(args, job, model, paths, labels)
     else:
