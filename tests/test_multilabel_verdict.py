@@ -302,3 +302,42 @@ def test_a_single_label_calibration_never_judges_labels(bundle: Any) -> None:
     e3 = got.line("E3")
     assert e3 is not None
     assert e3.status == "not_assessable"
+
+
+def test_a_label_with_too_many_images_not_assessable_is_cannot_verify() -> None:
+    """E0's limit (``max_not_assessable``) holds label by label: every line of the label's binary run passing,
+    but 30 of its 50 images removed by the input gate → CANNOT VERIFY (E0). Before the fix: SUITABLE."""
+    from verification.verdict.lines import line_e0
+    from verification.verdict.measure import Measurements
+    from verification.verdict.multilabel import label_verdict
+    from verification.verdict.records import ClassLine, LineResult
+
+    names = ("nodule", "not nodule")
+    lab = np.repeat([0, 1], 25)
+    assessable = np.tile(np.arange(25) >= 15, 2)  # 10 of 25 of each side kept: 60 % gated
+    m = Measurements(
+        names=tuple(f"i{i}" for i in range(50)),
+        class_names=names,
+        model_classes=names,
+        labels=lab,
+        predicted=lab.copy(),
+        probs=np.eye(2, dtype=np.float32)[lab],
+        assessable=assessable,
+        gate_reasons=tuple(None if a else "garbage class" for a in assessable),
+        has_finding=(lab == 0) & assessable,
+        values={},
+        maps=np.zeros((50, 4, 4), np.float32),
+        lesions=np.zeros((50, 4, 4), np.float32),
+    )
+    config = VerdictConfig(min_images=10)
+
+    def passing(key: str) -> LineResult:
+        return LineResult(key, key, "pass", True, tuple(ClassLine(c, "pass") for c in names))
+
+    lines = [line_e0(m, config), *(passing(k) for k in ("E1", "E2", "E3", "E4"))]
+    got = label_verdict(m, lines, config)
+    assert (got.verdict, got.deciding_line) == ("cannot_verify", "E0"), got
+    assert "30 of the run's 50 images" in got.reason
+    assert "50 %" in got.reason
+    within = Measurements(**{**m.__dict__, "assessable": np.ones(50, bool), "gate_reasons": (None,) * 50})
+    assert label_verdict(within, [line_e0(within, config), *lines[1:]], config).verdict == "suitable"

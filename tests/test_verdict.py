@@ -12,8 +12,9 @@ from sklearn.metrics import roc_auc_score
 from verification.verdict import VerdictConfig, VerificationReport
 from verification.verdict.calibration import Calibration, Edge, calibrate
 from verification.verdict.combine import combine
-from verification.verdict.lines import evaluate_lines
+from verification.verdict.lines import evaluate_lines, line_e0
 from verification.verdict.measure import Measurements
+from verification.verdict.records import LINE_NAMES, ClassLine, LineResult, Status
 from verification.verdict.stats import auroc, judge, mean_interval, wilson
 
 CLASSES = ("normal", "nodule", "effusion")
@@ -384,3 +385,151 @@ def test_text_says_a_decisive_but_uninformative_line_does_not_vote() -> None:
     assert decided.decided_by == f"E3 {LINE_NAMES['E3']}"
     assert decided.headline() == f"{decided.label} — decided by E3 {LINE_NAMES['E3']}"
     assert decided.text().startswith(f"{decided.label} (decided by E3 {LINE_NAMES['E3']}): r")
+
+
+# ------------------------------------------------- combiner rules on hand-built lines (review of 1 Dec 2026)
+def _line(key: str, status: dict[str, Status], decisive: bool = True, default: Status = "pass") -> LineResult:
+    """A hand-built line: ``default`` for every class but those named in ``status``."""
+    per = tuple(ClassLine(c, s, reason=f"{key} {s}") for c in CLASSES for s in [status.get(c, default)])
+    return LineResult(key, key, "pass", decisive, per)
+
+
+def _findings_run(n_per: int, gated_per_class: int = 0) -> Measurements:
+    """Every class labelled and predicted right; nodule and effusion images carry annotated findings; the
+    first ``gated_per_class`` images of each class removed by the input gate."""
+    lab = balanced(n_per)
+    assessable = np.tile(np.arange(n_per) >= gated_per_class, 3)
+    return measurements(lab, lab, assessable=assessable, has_finding=(lab > 0) & assessable)
+
+
+def _passing(m: Measurements, *extra: LineResult) -> list[LineResult]:
+    none: dict[str, Status] = {
+        "normal": "not_assessable"
+    }  # no finding to localise or remove on a normal image
+    return [
+        line_e0(m, CFG),
+        _line("E1", {}),
+        _line("E2", none),
+        _line("E3", {}),
+        _line("E4", none),
+        *extra,
+    ]
+
+
+def test_too_many_images_not_assessable_cannot_be_verified_but_a_failure_still_decides() -> None:
+    """METHODS §3: CANNOT VERIFY when too many images are not assessable (E0, ``max_not_assessable``). Before
+    the fix the combiner never read it: 90 of 150 images gated, every line passing → SUITABLE."""
+    m = _findings_run(50, gated_per_class=30)  # 20 assessable per class: enough for min_images
+    lines = _passing(m)
+    assert lines[0].status == "not_assessable"
+    classes, verdict, deciding, reason, missing = combine(m, lines, CFG)
+    assert verdict == "cannot_verify", classes
+    assert deciding == "E0"
+    assert {c.verdict for c in classes} == {"cannot_verify"}
+    assert "90 of the run's 150 images" in reason
+    assert "60.0 %" in reason
+    assert "50 %" in reason
+    assert "max_not_assessable" in reason
+    assert any("at most 50 %" in w for w in missing)
+    # without labels or annotations E0 still decides, and the missing ground truth is said too
+    blind = measurements(np.full(m.n, -1), m.predicted, assessable=m.assessable)
+    _, verdict, deciding, _, missing = combine(blind, _passing(blind), CFG)
+    assert (verdict, deciding) == ("cannot_verify", "E0")
+    assert any("at most 50 %" in w for w in missing)
+    assert any("labels" in w for w in missing)
+    # the same run within the limit is suitable: the share, not another line, decided
+    ok = _findings_run(50, gated_per_class=20)
+    assert combine(ok, _passing(ok), CFG)[1] == "suitable"
+    # a clear failure on the assessable images still decides: UNSUITABLE wins over CANNOT VERIFY
+    fail = [*lines[:3], _line("E3", {"nodule": "fail"}), *lines[4:]]
+    classes, verdict, deciding, _reason, _ = combine(m, fail, CFG)
+    assert (verdict, deciding) == ("unsuitable", "E3")
+    assert [c.verdict for c in classes] == ["cannot_verify", "unsuitable", "cannot_verify"]
+
+
+def test_too_many_of_one_class_not_assessable_makes_that_class_cannot_verify() -> None:
+    lab = balanced(50)
+    assessable = np.ones(150, bool)
+    assessable[50:80] = False  # 30 of 50 nodule images gated; 30 of 150 over the run (within the limit)
+    m = measurements(lab, lab, assessable=assessable, has_finding=(lab > 0) & assessable)
+    classes, verdict, deciding, reason, _ = combine(m, _passing(m), CFG)
+    by = {c.class_name: c for c in classes}
+    assert by["nodule"].verdict == "cannot_verify"
+    assert by["nodule"].deciding_line == "E0"
+    assert "30 of the 50 images of 'nodule'" in by["nodule"].reason
+    assert by["normal"].verdict == by["effusion"].verdict == "suitable"
+    assert (verdict, deciding) == ("cannot_verify", "E0")
+    assert reason.startswith("nodule: too many images not assessable")
+
+
+def test_only_a_no_finding_class_borrows_reliance_evidence() -> None:
+    """A finding class with no annotated finding and no informative reliance line of its own is CANNOT
+    VERIFY, saying what is missing. Before the fix it borrowed nodule's E2/E3/E4 pass: SUITABLE on E1
+    alone."""
+    lab = balanced(30)
+    m = measurements(lab, lab, has_finding=lab == 1)  # only nodule is annotated
+    none: dict[str, Status] = {"normal": "not_assessable", "effusion": "not_assessable"}
+    lines = [
+        line_e0(m, CFG),
+        _line("E1", {}),
+        _line("E2", none),
+        _line("E3", {"normal": "uninformative", "effusion": "uninformative"}),
+        _line("E4", none),
+    ]
+    classes, verdict, _deciding, _reason, missing = combine(m, lines, CFG)
+    by = {c.class_name: c for c in classes}
+    assert by["effusion"].verdict == "cannot_verify"
+    assert by["effusion"].deciding_line == "E3"
+    assert "reliance evidence of 'effusion' itself" in by["effusion"].reason
+    assert "no_finding_classes" in by["effusion"].reason
+    assert any("'effusion'" in w for w in missing)
+    assert by["nodule"].verdict == "suitable"
+    assert by["normal"].verdict == "suitable"  # the absence of a finding borrows nodule's reliance pass
+    assert by["normal"].deciding_line == "E1"
+    assert "no-finding class" in by["normal"].reason
+    assert verdict == "cannot_verify"
+    # the no-finding class is named explicitly: without it in the list, "normal" borrows nothing either
+    strict = VerdictConfig(min_images=20, require_findings=False, no_finding_classes=("healthy",))
+    by = {c.class_name: c for c in combine(m, lines, strict)[0]}
+    assert by["normal"].verdict == "cannot_verify"
+    assert "reliance evidence of 'normal' itself" in by["normal"].reason
+    # nothing to borrow from: a no-finding class needs some other class's reliance pass
+    nothing = [*lines[:2], *(_line(k, {}, default="uninformative") for k in ("E2", "E3", "E4"))]
+    by = {c.class_name: c for c in combine(m, nothing, CFG)[0]}
+    assert by["normal"].verdict == "cannot_verify"
+    assert "a passing line showing the model decides" in by["normal"].reason
+
+
+def test_no_finding_classes_match_case_insensitively_and_round_trip() -> None:
+    cfg = VerdictConfig()
+    assert cfg.is_no_finding("Normal")
+    assert cfg.is_no_finding(" No Finding ")
+    assert cfg.is_no_finding("NO_FINDING")
+    assert not cfg.is_no_finding("effusion")
+    assert not cfg.is_no_finding("abnormal")
+    custom = VerdictConfig(no_finding_classes=("Unremarkable",))
+    doc = json.loads(json.dumps(custom.to_dict()))
+    assert doc["no_finding_classes"] == ["Unremarkable"]
+    back = VerdictConfig.from_dict(doc)
+    assert back == custom
+    assert back.is_no_finding("unremarkable")
+    assert VerdictConfig.from_dict({}) == VerdictConfig()  # a document written before the field
+    with pytest.raises(TypeError, match="list of class names"):
+        VerdictConfig.from_dict({"no_finding_classes": "normal"})
+
+
+def test_an_inconclusive_informative_e5_or_e6_blocks_suitable_and_an_uninformative_one_does_not() -> None:
+    """METHODS §3: SUITABLE only when every assessable decisive line passes. Before the fix an informative
+    (decisive) E5 inconclusive for every class left the verdict SUITABLE."""
+    m = _findings_run(25)
+    for key in ("E5", "E6"):
+        inconclusive = _line(key, {}, default="inconclusive")
+        classes, verdict, deciding, reason, missing = combine(m, _passing(m, inconclusive), CFG)
+        assert (verdict, deciding) == ("cannot_verify", key), classes
+        assert f"{key} {LINE_NAMES[key]} inconclusive for 'normal'" in reason
+        assert missing
+    # uninformative (the line does not vote), or not decisive: no effect
+    uninformative = _line("E5", {}, default="uninformative")
+    assert combine(m, _passing(m, uninformative), CFG)[1] == "suitable"
+    not_decisive = _line("E6", {}, decisive=False, default="inconclusive")
+    assert combine(m, _passing(m, not_decisive), CFG)[1] == "suitable"

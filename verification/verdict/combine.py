@@ -4,21 +4,34 @@ Per class, in this order:
 
 1. **UNSUITABLE** when a voting decisive line fails for the class (E1, E3, E4, E2 with annotations; E5 and E6
    only where calibration found them informative). The first failing line in the order E1, E3, E4, E2, E5, E6
-   decides. A failure needs its whole 95 % interval beyond the threshold, however few the images.
-2. **CANNOT VERIFY** when the run has neither labels nor annotations; when fewer than ``min_images`` of the
+   decides. A failure needs its whole 95 % interval beyond the threshold on the *assessable* images, however
+   few they are, so it takes precedence over every CANNOT VERIFY below, E0's included: the images the gate
+   removed count neither way, and a model that clearly fails on valid inputs is unsuitable whatever the
+   removed ones would have shown.
+2. **CANNOT VERIFY (E0)** when too many images are not assessable (METHODS §3): more than
+   ``VerdictConfig.max_not_assessable`` of the run's images, or of the class's own images, were removed by
+   the input gate, so what is left is no longer the dataset the question is about. The reason names the
+   count and the limit.
+3. **CANNOT VERIFY** when the run has neither labels nor annotations; when fewer than ``min_images`` of the
    class's images are assessable; when a required line is inconclusive or not assessable (E1 with labels; E3
-   always; E2 and E4 where the class has annotated findings) — an uninformative line does not block, but
-3. ... at least one line that tests *why* the model decides (E2, E3, E4, or an informative E5/E6) must pass,
-   else CANNOT VERIFY: performance alone never makes a model suitable. A class with no annotated finding and
-   no informative reliance line of its own (typically "normal": the absence of a finding) borrows this
-   evidence from the model: some other class must have passed a reliance line.
-4. Without any finding annotation in the run (``VerdictConfig.require_findings``, default on): CANNOT VERIFY,
+   always; E2 and E4 where the class has annotated findings) — an uninformative line does not block.
+4. **CANNOT VERIFY** when any other voting decisive line is inconclusive for the class (E5/E6 where
+   calibration found them informative): SUITABLE needs every assessable decisive line to pass. An
+   uninformative or not assessable line does not vote.
+5. At least one line that tests *why* the model decides (E2, E3, E4, or an informative E5/E6) must pass, else
+   CANNOT VERIFY: performance alone never makes a model suitable. Only a **no-finding class**
+   (``VerdictConfig.no_finding_classes``, e.g. "normal": the absence of a finding, which has nothing to
+   annotate or remove) with no annotated finding and no informative reliance line of its own may borrow this
+   evidence from the model: some other class must have passed a reliance line. Any other class without
+   reliance evidence of its own is CANNOT VERIFY, saying what is missing.
+6. Without any finding annotation in the run (``VerdictConfig.require_findings``, default on): CANNOT VERIFY,
    since no labels-only line separates a cue inside the anatomy from the finding (the demo's texture shortcut
    overlaps the healthy models on every labels-only line).
-5. Otherwise **SUITABLE**; the lines that passed are named.
+7. Otherwise **SUITABLE**; the lines that passed are named.
 
 The model's verdict is its worst class's (UNSUITABLE > CANNOT VERIFY > SUITABLE). No images measured → CANNOT
 VERIFY. Not-assessable images never count as passing evidence: they are excluded before any line is evaluated.
+The multi-label path (:mod:`verification.verdict.multilabel`) applies the same per-class rule to each label.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from verification.verdict.lines import too_many_not_assessable
 from verification.verdict.measure import Measurements
 from verification.verdict.records import LINE_NAMES, SEVERITY, ClassVerdict, LineResult, VerdictConfig
 
@@ -94,9 +108,16 @@ def class_verdict(
             return ClassVerdict(
                 name, "unsuitable", key, f"{key} {LINE_NAMES[key]} failed — {c.reason}", n_img, n_ok
             )
-    if not has_labels and not has_annotations:
-        what = "labels (class subfolders or a CSV) or finding annotations (lesion masks or boxes)"
-        return ClassVerdict(name, "cannot_verify", None, f"no {what}", n_img, n_ok, (what,))
+    truth = "labels (class subfolders or a CSV) or finding annotations (lesion masks or boxes)"
+    no_truth = not has_labels and not has_annotations
+    gated = _too_many_gated(name, n_img, n_ok, m, config)
+    if gated is not None:  # E0 decides; what else is missing is said too
+        reason, what = gated
+        return ClassVerdict(
+            name, "cannot_verify", "E0", reason, n_img, n_ok, (what, truth) if no_truth else (what,)
+        )
+    if no_truth:
+        return ClassVerdict(name, "cannot_verify", None, f"no {truth}", n_img, n_ok, (truth,))
     if n_ok < config.min_images:
         what = f"at least {config.min_images} assessable images of '{name}' ({n_ok} of {n_img} assessable)"
         return ClassVerdict(
@@ -113,6 +134,12 @@ def class_verdict(
         reason = c.reason if c is not None else "not measured"
         what = f"{key} {LINE_NAMES[key]} {status.replace('_', ' ')} for '{name}' ({reason})"
         return ClassVerdict(name, "cannot_verify", key, what, n_img, n_ok, (what,))
+    for key in ORDER:  # every other voting decisive line must not be inconclusive (E5/E6 when informative)
+        ln = by_key.get(key)
+        c = ln.for_class(name) if ln is not None and ln.decisive else None
+        if c is not None and c.status == "inconclusive":
+            what = f"{key} {LINE_NAMES[key]} inconclusive for '{name}' ({c.reason})"
+            return ClassVerdict(name, "cannot_verify", key, what, n_img, n_ok, (what,))
     passed = []
     for key in ORDER:
         ln = by_key.get(key)
@@ -124,11 +151,23 @@ def class_verdict(
         for key in RELIANCE
         if key in by_key and by_key[key].decisive
     )
-    if not any(key in RELIANCE for key in passed) and (own_reliance or not others_relied):
-        what = "a passing line showing the model decides from the findings (E2, E3, E4, informative E5/E6)"
-        return ClassVerdict(
-            name, "cannot_verify", "E3", f"no evidence of why the model decides: {what}", n_img, n_ok, (what,)
-        )
+    borrowed = ""
+    if not any(key in RELIANCE for key in passed):
+        generic = "a passing line showing the model decides from the findings (E2, E3, E4, informative E5/E6)"
+        if own_reliance or (config.is_no_finding(name) and not others_relied):
+            what = generic
+        elif not config.is_no_finding(name):
+            what = (
+                f"reliance evidence of '{name}' itself: its finding annotations (E2, E4) or an informative "
+                "E3/E5/E6 for it; only a no-finding class (VerdictConfig.no_finding_classes: "
+                f"{', '.join(config.no_finding_classes) or 'none'}) may rest on the other classes' evidence"
+            )
+        else:  # a no-finding class borrows: another class passed a reliance line
+            what = ""
+            borrowed = "; a no-finding class: the model's reliance evidence comes from the other classes"
+        if what:
+            why = f"no evidence of why the model decides: {what}"
+            return ClassVerdict(name, "cannot_verify", "E3", why, n_img, n_ok, (what,))
     if config.require_findings and not has_annotations:
         what = (
             "finding annotations (lesion masks or boxes): without them no line can tell the finding from "
@@ -137,7 +176,28 @@ def class_verdict(
         return ClassVerdict(
             name, "cannot_verify", "E4", f"passed {', '.join(passed)}, but no {what}", n_img, n_ok, (what,)
         )
-    return ClassVerdict(name, "suitable", "+".join(passed), f"passed {', '.join(passed)}", n_img, n_ok)
+    reason = f"passed {', '.join(passed)}{borrowed}"
+    return ClassVerdict(name, "suitable", "+".join(passed), reason, n_img, n_ok)
+
+
+def _too_many_gated(
+    name: str, n_img: int, n_ok: int, m: Measurements, config: VerdictConfig
+) -> tuple[str, str] | None:
+    """(reason, what is missing) when E0's limit is exceeded over the run or over the class's own images."""
+    bad = int((~m.assessable).sum())
+    if too_many_not_assessable(m.n, bad, config):
+        n, gone, scope = m.n, bad, f"the run's {m.n} images"
+    elif too_many_not_assessable(n_img, n_img - n_ok, config):
+        n, gone, scope = n_img, n_img - n_ok, f"the {n_img} images of '{name}'"
+    else:
+        return None
+    limit = f"{100 * config.max_not_assessable:g} %"
+    reason = (
+        f"too many images not assessable: {gone} of {scope} ({100 * gone / n:.1f} %) were removed by the "
+        f"input gate, more than the {limit} allowed (VerdictConfig.max_not_assessable)"
+    )
+    what = f"images the input gate accepts: at most {limit} not assessable ({gone} of {n} were)"
+    return reason, what
 
 
 def _reliance_passed(by_key: dict[str, LineResult], name: str) -> bool:

@@ -54,6 +54,11 @@ def _f(v: float) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------------------ E0
+def too_many_not_assessable(n: int, not_assessable: int, config: VerdictConfig) -> bool:
+    """E0's limit: more than ``config.max_not_assessable`` of ``n`` (> 0) images removed by the input gate."""
+    return n > 0 and not_assessable / n > config.max_not_assessable
+
+
 def line_e0(m: Measurements, config: VerdictConfig) -> LineResult:
     per = []
     for k, name in enumerate(m.class_names):
@@ -61,7 +66,7 @@ def line_e0(m: Measurements, config: VerdictConfig) -> LineResult:
         n, ok = int(sel.sum()), int((sel & m.assessable).sum())
         status: Status = "not_assessable"
         if n:
-            status = "pass" if (n - ok) / n <= config.max_not_assessable else "not_assessable"
+            status = "not_assessable" if too_many_not_assessable(n, n - ok, config) else "pass"
         per.append(
             ClassLine(
                 name,
@@ -85,7 +90,7 @@ def line_e0(m: Measurements, config: VerdictConfig) -> LineResult:
         )
     if n_out:
         sentence += f"; {n_out} predicted as a class outside the bundle"
-    status = "pass" if m.n and bad / m.n <= config.max_not_assessable else "not_assessable"
+    status = "pass" if m.n and not too_many_not_assessable(m.n, bad, config) else "not_assessable"
     return LineResult(
         "E0",
         LINE_NAMES["E0"],

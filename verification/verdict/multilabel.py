@@ -8,6 +8,9 @@ its positives and every other labelled image as its negatives, L's finding masks
 calibrated edges. Nothing is pooled across labels:
 
 * a label with fewer than ``min_images`` assessable positives is CANNOT VERIFY (E0), whatever the others do;
+  so is every label (short of one that clearly fails) when the input gate removed more than
+  ``max_not_assessable`` of the images, or of the label's positives;
+* an informative E5/E6 that is inconclusive for a label blocks its SUITABLE, as for a class;
 * a label borrows no reliance evidence from another label (each label is a finding of its own), and with
   ``require_findings`` it needs finding annotations *of its own* (E2/E4), not another label's;
 * the model's verdict is its worst label's.

@@ -66,6 +66,17 @@ LINE_NAMES: dict[str, str] = {
 }
 """The evidence lines of METHODS.md §3, in the order the combiner reads them."""
 
+NO_FINDING_CLASSES: tuple[str, ...] = (
+    "normal",
+    "no finding",
+    "no_finding",
+    "no-finding",
+    "nofinding",
+    "healthy",
+    "negative",
+)
+"""The default :attr:`VerdictConfig.no_finding_classes`: common names of the class that is no finding."""
+
 
 @dataclass(frozen=True)
 class VerdictConfig:
@@ -81,6 +92,12 @@ class VerdictConfig:
     ``require_findings``: SUITABLE needs finding annotations in the run (E2/E4 assessable). Without them no
     line tells the finding from a cue *inside* the anatomy (on the demo, the texture-in-the-lungs shortcut's
     labels-only lines overlap the healthy models'), so a run that passes the rest is CANNOT VERIFY, saying so.
+    ``no_finding_classes``: the class names that mean *the absence of a finding* (matched case-insensitively,
+    ignoring surrounding spaces; :meth:`is_no_finding`). Such a class has no finding to annotate or to remove,
+    so it alone may rest on the reliance evidence (E2–E6) the model showed for the other classes; any other
+    class needs reliance evidence of its own. The default lists common names; give your dataset's
+    no-finding class here when it is called something else (a class left out is judged strictly: CANNOT
+    VERIFY without its own reliance evidence, never SUITABLE by mistake).
     """
 
     min_images: int = 20
@@ -92,14 +109,26 @@ class VerdictConfig:
     e6_steps: int = 6
     counterfactuals: bool = True
     require_findings: bool = True
+    no_finding_classes: tuple[str, ...] = NO_FINDING_CLASSES
+
+    def is_no_finding(self, class_name: str) -> bool:
+        """Whether ``class_name`` is the absence of a finding (one of ``no_finding_classes``, any case)."""
+        return class_name.strip().casefold() in {c.strip().casefold() for c in self.no_finding_classes}
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        plain = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in plain.items()}  # JSON's own form
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> VerdictConfig:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in known})
+        kw = {k: v for k, v in doc.items() if k in known}
+        if "no_finding_classes" in kw:
+            names = kw["no_finding_classes"]
+            if isinstance(names, str) or not isinstance(names, Sequence):
+                raise TypeError(f"no_finding_classes: a list of class names, not {type(names).__name__}")
+            kw["no_finding_classes"] = tuple(str(c) for c in names)
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
