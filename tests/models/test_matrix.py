@@ -133,7 +133,10 @@ def test_cli_reference_build_and_verify_on_a_static_export(
     model_files: dict[tuple[str, str], Path], tmp_path: Path
 ) -> None:
     """`reference build` and `verify` in the CLI on the ResNet-18 exported with its batch fixed at 1, with
-    --batch-size 4 (every forward chunked to 1 row): both run and verify returns a verdict document."""
+    --batch-size 4 (every forward chunked to 1 row): both run and verify returns a verdict document. The
+    random-weight model says the same class for every image: at chance, so UNSUITABLE by E1 (with 2
+    positives and 4 negatives a constant answer has Youden J ≤ 0.49 at the top of its interval, below the
+    0.5 margin) and exit code 3."""
     from PIL import Image
 
     model = model_files[("resnet18", "pt2_static")]
@@ -153,6 +156,7 @@ def test_cli_reference_build_and_verify_on_a_static_export(
         "--workers", "1",
     )  # fmt: skip
     doc = json.loads(out.read_text())
-    assert doc["verdict"] in ("suitable", "unsuitable", "cannot_verify"), res.stderr
+    assert len({im["predicted"] for im in doc["images"]}) == 1, doc["images"]  # the premise: one answer
+    assert (doc["verdict"], doc["deciding_line"], res.returncode) == ("unsuitable", "E1", 3), res.stderr
     assert [ln["key"] for ln in doc["lines"]] == ["E0", "E1", "E2", "E3", "E4", "E5", "E6"]
     assert len(doc["images"]) == 6
