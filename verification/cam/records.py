@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from verification.errors import BundleError
-from verification.io.files import read_npz_file, read_regular_file
-from verification.io.safejson import loads_bounded
+from verification.io.files import read_json_file, read_npz_file
 
 SCHEMA_VERSION = 1
 SCHEMA_NAME = "verification.cam.CamResult"
@@ -149,17 +148,10 @@ class CamResult:
         npz, manifest = _paths(path)
         if not manifest.is_file() or not npz.is_file():
             raise BundleError(f"CamResult needs both {npz.name} and {manifest.name} in {npz.parent}")
-        text = read_regular_file(
-            manifest,
-            kind="CamResult manifest",
-            advice="give the result's .json or .npz",
-            max_bytes=MAX_MANIFEST_BYTES,
-            too_large=lambda n: f"{manifest} is {n:,} bytes; a manifest is at most {MAX_MANIFEST_BYTES:,}",
-            error=BundleError,
-        )
-        doc = loads_bounded(
-            text, f"{manifest} (JSON manifest)", error=BundleError, max_bytes=MAX_MANIFEST_BYTES
-        )
+        doc = read_json_file(
+            manifest, kind="CamResult manifest", advice="give the result's .json or .npz",
+            max_bytes=MAX_MANIFEST_BYTES, error=BundleError,
+        )  # fmt: skip
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA_NAME:
             schema = doc.get("schema") if isinstance(doc, dict) else None
             raise BundleError(f"{manifest} is not a CamResult manifest (schema {schema!r})")

@@ -105,27 +105,14 @@ def read_verify_result(path: str | Path, what: str) -> VerificationReport:
     (nesting, number length; NaN allowed, as ``verify`` writes it), and a document that is not a complete
     verify result is a BundleError naming the file (never an internal error)."""
     from verification.errors import BundleError
-    from verification.io.files import read_regular_file
-    from verification.io.safejson import loads_bounded
+    from verification.io.files import read_json_file
     from verification.verdict import VerificationReport as Report
 
     source = Path(path)
-    data = read_regular_file(
-        source,
-        kind=what,
-        advice="give the JSON file written by 'verify --json'",
-        max_bytes=MAX_RESULT_JSON_BYTES,
-        too_large=lambda n: f"{what} '{source}' is {n:,} bytes; at most {MAX_RESULT_JSON_BYTES:,} are read",
-        error=BundleError,
-    )
-    doc = loads_bounded(
-        data,
-        f"{what} '{source}'",
-        error=BundleError,
-        max_bytes=MAX_RESULT_JSON_BYTES,
-        max_depth=64,
-        allow_nan=True,
-    )
+    doc = read_json_file(
+        source, kind=what, advice="give the JSON file written by 'verify --json'",
+        max_bytes=MAX_RESULT_JSON_BYTES, error=BundleError, max_depth=64, allow_nan=True,
+    )  # fmt: skip
     if not isinstance(doc, dict):
         raise BundleError(f"{what} '{source}' is not a JSON verify result (not an object)")
     try:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from verification.errors import InputTooLargeError, VerificationError
 from verification.io.archive import ZipLimits, check_entries, open_zip, read_entry
 
-__all__ = ["read_npy", "read_npz", "read_npz_file", "read_regular_file"]
+__all__ = ["read_json_file", "read_npy", "read_npz", "read_npz_file", "read_regular_file"]
 
 
 def read_regular_file(
@@ -133,3 +134,28 @@ def read_npz_file(
         error=error,
     )  # fmt: skip
     return read_npz(data, f"'{path}'", max_bytes=max_bytes, error=error, max_entries=max_entries, names=names)
+
+
+def read_json_file(
+    path: Path,
+    *,
+    kind: str,
+    advice: str,
+    max_bytes: int,
+    error: type[VerificationError],
+    max_depth: int = 32,
+    allow_nan: bool = False,
+) -> Any:
+    """The JSON document in the file at ``path``, not trusted: read by :func:`read_regular_file` (at most
+    ``max_bytes``), parsed by :func:`verification.io.safejson.loads_bounded` (nesting, number length, NaN
+    only with ``allow_nan``); every failure is ``error`` (InputTooLargeError for the size) naming the file."""
+    from verification.io.safejson import loads_bounded
+
+    what = f"{kind} '{path}'"
+    data = read_regular_file(
+        path, kind=kind, advice=advice, max_bytes=max_bytes,
+        too_large=lambda n: f"{what} is {n:,} bytes; at most {max_bytes:,} are read", error=error,
+    )  # fmt: skip
+    return loads_bounded(
+        data, what, error=error, max_bytes=max_bytes, max_depth=max_depth, allow_nan=allow_nan
+    )
