@@ -113,3 +113,27 @@ def test_read_npz_bounds_the_archive_and_each_member() -> None:
         files.read_npz(bomb.getvalue(), "'z.npz'", max_bytes=1 << 30, error=ImageLoadError)
     with pytest.raises(InputTooLargeError, match=r"'r.npz' would decompress to"):
         files.read_npz(buf.getvalue(), "'r.npz'", max_bytes=100, error=ImageLoadError)
+
+
+def test_json_files_are_parsed_with_bounds(tmp_path: Path) -> None:
+    """JSON nested 100,000 deep: ``json.loads`` raised RecursionError, which reached users of
+    ``reference.load_boxes_json`` untyped; ``read_json_file`` (and so load_boxes_json) raises the caller's
+    typed error naming the file. NaN only where allowed."""
+    from verification.errors import BundleError
+    from verification.reference import load_boxes_json
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match=r"box annotations file '.*deep\.json' nests deeper than 32"):
+        load_boxes_json(deep)
+    nan = tmp_path / "nan.json"
+    nan.write_text('{"x": NaN}')
+    read = files.read_json_file
+    with pytest.raises(BundleError, match=r"result '.*nan\.json' holds NaN"):
+        read(nan, kind="result", advice="give a JSON file", max_bytes=100, error=BundleError)
+    doc = read(
+        nan, kind="result", advice="give a JSON file", max_bytes=100, error=BundleError, allow_nan=True
+    )
+    assert doc["x"] != doc["x"]
+    with pytest.raises(InputTooLargeError, match=r"result '.*nan\.json' is 10 bytes; at most 9"):
+        read(nan, kind="result", advice="give a JSON file", max_bytes=9, error=BundleError)

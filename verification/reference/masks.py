@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from verification.errors import BundleError, InputTooLargeError, ShapeError
 from verification.io.budget import DEFAULT_LIMITS, ResourceLimits
-from verification.io.files import read_regular_file
+from verification.io.files import read_json_file
 
 MAX_JSON_BYTES = 64 << 20  # a box file is text: 64 MiB is millions of boxes
 
@@ -58,22 +57,20 @@ def load_boxes_json(
     """Read box annotations: ``{"image_size": [H, W], "images": [{"image": name, "label": class,
     "boxes": [[x0, y0, x1, y1], ...]}, ...]}`` -> (image names, labels, masks (N, H, W)). The file is read
     bounded (:data:`MAX_JSON_BYTES`) and the masks bounded by ``limits`` before they are allocated."""
-    raw = read_regular_file(
+    doc = read_json_file(  # deep nesting, long numbers, bad UTF-8: BundleErrors naming the file
         Path(path),
-        kind="box annotation file",
+        kind="box annotations file",
         advice="give the JSON file of boxes",
         max_bytes=MAX_JSON_BYTES,
-        too_large=lambda size: f"box annotation file '{path}' is {size:,} bytes, above {MAX_JSON_BYTES:,}",
         error=BundleError,
     )
     try:
-        doc = json.loads(raw.decode("utf-8"))
         size = (int(doc["image_size"][0]), int(doc["image_size"][1]))
         entries = list(doc["images"])
         names = [str(e["image"]) for e in entries]
         labels = [str(e["label"]) for e in entries]
         boxes = [e.get("boxes", []) for e in entries]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError, ValueError) as exc:
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
         raise BundleError(
             f"cannot read box annotations from '{path}': {exc}; expected "
             '{"image_size": [H, W], "images": [{"image": ..., "label": ..., "boxes": [[x0, y0, x1, y1]]}]}'
