@@ -68,7 +68,7 @@ def _rewrite(data: bytes, edit: Edit, extra: dict[str, bytes] | None = None) -> 
     return out.getvalue()
 
 
-def _json_edit(suffix: str, change: Callable[[dict], None]) -> Edit:
+def _json_edit(suffix: str, change: Callable[[dict], None]) -> Callable[[str, bytes], bytes]:
     def edit(name: str, content: bytes) -> bytes:
         if name.endswith(suffix):
             doc = json.loads(content)
