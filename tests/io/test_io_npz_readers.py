@@ -88,3 +88,20 @@ def test_cam_files_with_bad_arrays_are_typed(tmp_path: Path, monkeypatch: pytest
     big = _npy(np.zeros(1024, np.float32))
     with pytest.raises(InputTooLargeError, match=r"b\.npz"):
         load_image_cams(npz("b.npz", {"meta.npy": meta, "map/gradcam.npy": big}))
+
+
+def test_bundle_files_are_bounded_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``load_bundle`` read both files whole (``read_bytes``/``read_text``) before any check; now each is
+    refused from its size first, naming the file."""
+    import verification.reference.bundle as bundle_module
+
+    (tmp_path / "b.json").write_text("{}")
+    (tmp_path / "b.npz").write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(bundle_module, "MAX_MANIFEST_BYTES", 1)
+    with pytest.raises(InputTooLargeError, match=r"bundle manifest '.*b\.json' is 2 bytes; at most 1"):
+        bundle_module.load_bundle(tmp_path / "b")
+    monkeypatch.setattr(bundle_module, "MAX_MANIFEST_BYTES", 1 << 20)
+    monkeypatch.setattr(bundle_module, "MAX_BUNDLE_BYTES", 1024)
+    monkeypatch.setattr(bundle_module, "MiB", 1024)
+    with pytest.raises(InputTooLargeError, match=r"bundle arrays file '.*b\.npz' is 4,096 bytes"):
+        bundle_module.load_bundle(tmp_path / "b")

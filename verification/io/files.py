@@ -21,19 +21,23 @@ def read_regular_file(
     path: Path,
     *,
     kind: str,
-    advice: str,
     max_bytes: int,
-    too_large: Callable[[int], str],
     error: type[VerificationError],
+    advice: str | None = None,
+    too_large: Callable[[int], str] | None = None,
 ) -> bytes:
     """The bytes of ``path``, a regular file of at most ``max_bytes``: checked from its size before reading,
     and the read itself stops one byte past the limit, so a file that grows meanwhile is still bounded.
 
-    ``kind`` names what is expected ("image file") and ``advice`` what to give when a folder is given;
-    ``error`` is raised for a folder, a missing path, something that is not a regular file, or a read
-    failure; :class:`InputTooLargeError` with ``too_large(size)`` for an oversized file.
+    ``kind`` names what is expected ("image file") and ``advice`` what to give when a folder is given
+    (default: "give the <kind>"); ``error`` is raised for a folder, a missing path, something that is not a
+    regular file, or a read failure; :class:`InputTooLargeError` with ``too_large(size)`` for an oversized
+    file (default: "<kind> '<path>' is N bytes; at most M are read").
     """
     article = "an" if kind[:1].lower() in "aeiou" else "a"
+    advice = advice or f"give the {kind}"
+    if too_large is None:
+        too_large = lambda n: f"{kind} '{path}' is {n:,} bytes; at most {max_bytes:,} are read"  # noqa: E731
     if path.is_dir():
         raise error(f"'{path}' is a directory, not {article} {kind}; {advice}")
     if not path.exists():
@@ -152,10 +156,7 @@ def read_json_file(
     from verification.io.safejson import loads_bounded
 
     what = f"{kind} '{path}'"
-    data = read_regular_file(
-        path, kind=kind, advice=advice, max_bytes=max_bytes,
-        too_large=lambda n: f"{what} is {n:,} bytes; at most {max_bytes:,} are read", error=error,
-    )  # fmt: skip
+    data = read_regular_file(path, kind=kind, advice=advice, max_bytes=max_bytes, error=error)
     return loads_bounded(
         data, what, error=error, max_bytes=max_bytes, max_depth=max_depth, allow_nan=allow_nan
     )

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from verification.errors import BundleError
-from verification.io.files import read_npz
+from verification.io.files import read_npz, read_regular_file
 from verification.io.records import LoadedModel
 from verification.metrics import DEFAULT_METRICS, METRICS
 from verification.metrics.functional import Threshold
@@ -187,11 +187,13 @@ def load_bundle(
     npz, manifest = _paths(path)
     if not manifest.is_file() or not npz.is_file():
         raise BundleError(f"a reference bundle needs both {npz.name} and {manifest.name} in {npz.parent}")
-    try:
-        text = manifest.read_text(encoding="utf-8")
-        data = npz.read_bytes()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest} is not a readable JSON manifest: {exc}") from exc
+    # both files bounded before they are read (the .npz: its arrays + 1 MiB of zip and .npy headers)
+    text = read_regular_file(
+        manifest, kind="bundle manifest", max_bytes=MAX_MANIFEST_BYTES, error=BundleError
+    )
+    data = read_regular_file(
+        npz, kind="bundle arrays file", max_bytes=MAX_BUNDLE_BYTES + MiB, error=BundleError
+    )
     return load_bundle_bytes(
         data, text, model=model, method=method, layer=layer, name=str(npz), manifest_name=str(manifest)
     )
@@ -300,6 +302,7 @@ def _read_manifest(text: str | bytes, what: str) -> Any:
 
 
 MAX_BUNDLE_BYTES = 512 << 20
+MiB = 1 << 20
 
 
 def _check_arrays(bundle: ReferenceBundle, what: str) -> None:
