@@ -1989,6 +1989,38 @@ _cli_item("cli_verify_bundle_payload", _verify_bundle_cli("bundle_npz_object_pay
 _cli_item("cli_verify_mixed_folder", _verify_cli, expect="verify_rows", note="errors listed in JSON and CSV")
 
 
+def _verify_npy_masks_cli(root: Path, work: Path) -> dict[str, Any]:
+    """Three good images; the finding mask of the first is an object array, of the second a header
+    declaring 8 GB of float64 over 1 KB (before: ``verify`` exit 1, "ValueError: Object arrays ...")."""
+    import numpy as np
+
+    folder, ann = root / "cli" / "npy_masks" / "images", root / "cli" / "npy_masks" / "lesions"
+    folder.mkdir(parents=True, exist_ok=True)
+    ann.mkdir(parents=True, exist_ok=True)
+    for p in GOOD_PNGS[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    objects = io.BytesIO()
+    np.save(objects, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    (ann / f"{GOOD_PNGS[0].stem}_lesion.npy").write_bytes(objects.getvalue())
+    lie = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        lie, {"descr": "<f8", "fortran_order": False, "shape": (32768, 32768)}
+    )
+    (ann / f"{GOOD_PNGS[1].stem}_lesion.npy").write_bytes(lie.getvalue() + bytes(1024))
+    out = work / "out"
+    argv = ["verify", str(SOUND), str(folder), "--bundle", str(BUNDLE), "--annotations", str(ann), "-q",
+            "--json", str(out / "result.json"), "--csv", str(out / "table.csv")]  # fmt: skip
+    return {"argv": argv, "n_images": 3, "n_good": 1}
+
+
+_cli_item(
+    "cli_verify_hostile_npy_masks",
+    _verify_npy_masks_cli,
+    expect="verify_rows",
+    note="an object-array and a lying .npy finding mask: each its image's error row",
+)
+
+
 def _cam_model_cli(model_item: str) -> Callable[[Path, Path], dict[str, Any]]:
     source = next(i for i in ITEMS if i.id == model_item)
 
