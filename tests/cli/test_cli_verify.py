@@ -187,6 +187,7 @@ def test_a_bad_mask_file_is_its_images_error_row(env: Env, bundle: Path, tmp_pat
     res = run_cli(
         "verify", env.model, env.images, "--bundle", bundle, "--annotations", ann, "--json", out,
         "--no-faithfulness", "--no-counterfactuals",
+        "--no-finding-class", "normal", "--no-finding-class", "clear",
     )  # fmt: skip
     assert res.returncode != 1, res.stderr
     assert "Traceback" not in res.stderr
@@ -198,6 +199,8 @@ def test_a_bad_mask_file_is_its_images_error_row(env: Env, bundle: Path, tmp_pat
     assert "img01_lesion.npy" in errors["img01.png"]
     assert "8,589,934,592 bytes" in errors["img01.png"]
     assert len(doc["images"]) == 5
+    # the same run also carries --no-finding-class into the verdict's configuration
+    assert doc["config"]["no_finding_classes"] == ["normal", "clear"]
 
 
 def test_trust_covers_only_the_main_model(env: Env, bundle: Path, tmp_path: Path) -> None:

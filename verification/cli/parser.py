@@ -271,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="assessable images a class needs before it can be judged suitable (20)",
     )
     p.add_argument(
+        "--no-finding-class",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a class that means no finding (e.g. normal; repeat for several): only such a class may rest on "
+        "the other classes' reliance evidence (default: common names such as normal, no finding, healthy, "
+        "negative)",
+    )
+    p.add_argument(
         "--no-counterfactuals",
         action="store_true",
         help="skip E3's and E4's counterfactual forwards (then they are not assessable: CANNOT VERIFY)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -135,6 +136,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         faithfulness=not args.no_faithfulness,
         counterfactuals=not args.no_counterfactuals,
     )
+    if args.no_finding_class:
+        config = dataclasses.replace(config, no_finding_classes=tuple(args.no_finding_class))
     gate = ModelSpec(path=args.gate, trust=_trusts_other(args.gate, args)) if args.gate else None
     job = VerifyJob(
         spec, args.bundle, labels=labels, annotation_dir=args.annotations, anatomy_dir=args.anatomy,
@@ -183,8 +186,6 @@ def _verify_labels(
     With ``--labelled``, a label is a class subfolder's name, or in a CSV one name or several joined by "|"
     (``Effusion|Nodule``; an empty cell: none of the labels); finding masks stand for each of their image's
     labels."""
-    import dataclasses
-
     from verification.batch import error_message
     from verification.errors import VerificationError
     from verification.verdict import verify
@@ -216,8 +217,6 @@ def _verify_labels(
 def verify_document(args: argparse.Namespace, report: VerificationReport) -> dict[str, Any]:
     """The verify result as written by ``--json``: the report's one document, examples trimmed to
     ``--examples``, with the run's paths and engine added to the provenance."""
-    import dataclasses
-
     report = dataclasses.replace(report, examples=report.examples[: args.examples])
     doc: dict[str, Any] = report.to_document()
     doc["provenance"] = {
