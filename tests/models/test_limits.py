@@ -76,8 +76,15 @@ def test_state_dict_checked_before_the_build() -> None:
     }
     buf = io.BytesIO()
     torch.save(sd, buf)
-    with pytest.raises(InputTooLargeError, match="once decoded"):
+    # the zip's declared tensor records alone are over the limit: refused before torch.load reads them
+    with pytest.raises(InputTooLargeError, match=r"declares tensor data .* refused before loading"):
         load_model_bytes(buf.getvalue(), "m.pt", sidecar_json=side, max_decoded_bytes=decoded // 2)
+    # fp16 records under the limit that decode to float32 over it: refused once decoded, before the build
+    half = io.BytesIO()
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, half)
+    records = sum(v.numel() * (2 if v.is_floating_point() else v.element_size()) for v in sd.values())
+    with pytest.raises(InputTooLargeError, match="once decoded"):
+        load_model_bytes(half.getvalue(), "m.pt", sidecar_json=side, max_decoded_bytes=records + 1024)
 
 
 def test_pt2_declared_weights_against_the_decoded_limit() -> None:
