@@ -14,20 +14,19 @@ The graph's path length is never below the Euclidean distance and, on a square g
 value is an UPPER bound of the exact distance on the pooled grid, at most 1.31 % high; it is exact for moves
 along the 32 arc directions (a translation by whole cells along an axis, a diagonal, (1, 2), …).
 
-Measured against POT's exact ``ot.emd2`` (Euclidean cost) on the same 32×32 grid, 20 pairs a family
-(measured ``python bench/wasserstein.py``, 08:53 UTC, load 0.2–0.5 on 2 cores; |relative error| median /
-p95 / worst): attention-like pairs (224² maps pooled) 0.47 % / 0.69 % / 0.90 %; i.i.d. noise 0.13 % / 0.28 % /
-0.38 %; two blobs vs one 0.44 % / 1.18 % / 1.25 %; never below ``ot.emd2``, as the bound says. CPU time a pair
-(both single-threaded): 2.75 ms against 178 ms (65×), 5.41 ms against 123 ms (23×), 2.22 ms against 129 ms
-(58×). That is short of issue #18's 100×: the network simplex needs about 3,000 (smooth maps) to 6,000
-(noise) pivots at 32×32 (the bench's medians: 2,887 attention-like, 2,598 two blobs, 5,901 noise), about
-1 µs each, whatever the start (the multi-scale start halves them on smooth maps only; even a start from the
-optimal potentials only halved them on noise). With ``--grid 48`` (3 pairs a family, 08:07 UTC, load 10–11)
-the ratios were 248× (attention-like), 140× (two blobs) and 43× (noise;
-25 ms a pair): noise stays short at any grid, and 48² costs 4× more per attention-like pair than 32².
-Pooling 224² maps to 32² instead of 64² changed attention-like values by 0.12 % (median; p95 0.24 %), and 64²
-costs ~10× more (26.5 ms a pair), hence the 32×32 default (same run). Numba compiles the solver on the first
-call of a process with no cache (5.9 s, same run), then loads it from disk (0.44 s incl. imports).
+Measured against POT's exact ``ot.emd2`` (Euclidean cost) on the same 32×32 grid (``.venv/bin/python
+bench/wasserstein.py --pairs 40``, 11:39 UTC, load 1.1–1.2 on 2 cores; |relative error| median / p95 / worst):
+attention-like pairs (224² maps pooled) 0.46 % / 0.66 % / 0.90 %; i.i.d. noise 0.11 % / 0.21 % / 0.30 %; two
+blobs vs one 0.58 % / 1.00 % / 1.10 %; never below ``ot.emd2``, as the bound says. CPU time a pair (both
+single-threaded): 1.80 ms against 213 ms (118×), 2.82 ms against 164 ms (58×), 1.24 ms against 163 ms (132×).
+Two 20-pair runs the same hour gave 102× / 55× / 113× and 92× / 60× / 88× (``ot.emd2``'s own time varies by 15
+%): issue #18's 100× is reached on smooth maps in two runs of three, never on noise, which needs about 3,900
+pivots against 2,700 (attention-like) and 2,600 (two blobs), at about 0.6 µs each (medians of the 40-pair
+run). 1,000 attention-like 224² pairs through ``compute_metrics(..., ["wasserstein"], size=None)`` on 2
+threads: 0.93–0.99 s wall. Pooling 224² maps to 32² instead of 64² changed attention-like values by 0.12 %
+(median; p95 0.24 %), and 64² costs ~10× more (17–19 ms a pair), hence the 32×32 default. Numba compiles the
+solver on the first call of a process with no cache (7.9–8.9 s at load ~1.3), then loads it from disk
+(0.44–0.56 s incl. imports).
 
 Pooling moves each unit of mass by at most half a cell's diagonal (√2 / 62 in the unit square at 32×32),
 the same for the exact solver run on the pooled maps; the benchmark also reports 32×32 against 64×64.
