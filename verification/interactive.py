@@ -41,7 +41,6 @@ __all__ = [
     "TargetChoice",
     "can_split",
     "charted_line",
-    "deciding_lines",
     "folder_images",
     "labelled_for_classes",
     "labels_or_none",
@@ -195,17 +194,11 @@ def reference_map(bundle: ReferenceBundle, class_name: str) -> np.ndarray | None
     return reference_maps(bundle).get(class_name)
 
 
-def deciding_lines(report: VerificationReport) -> tuple[str, ...]:
-    """The keys of the lines that decided the verdict (a SUITABLE verdict names every line it passed, joined
-    by "+"); () when none did."""
-    return tuple(report.deciding_line.split("+")) if report.deciding_line else ()
-
-
 def charted_line(report: VerificationReport) -> LineResult | None:
     """The deciding line to chart beside a verdict: E3 (attention outside the anatomy, what a heatmap
     shows) when it is among them, else the first; None when none decided or it is E0 (a pass rate without a
     threshold band)."""
-    keys = deciding_lines(report)
+    keys = report.deciding_lines
     if not keys:
         return None
     line = report.line("E3" if "E3" in keys else keys[0])
