@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from verification.errors import BundleError, ShapeError
-from verification.io.budget import DEFAULT_LIMITS, Budget, ResourceLimits
+from verification.io.budget import DEFAULT_LIMITS, Budget, MiB, ResourceLimits
 from verification.io.records import LoadedImage, LoadedModel
 from verification.metrics import DEFAULT_METRICS, DEFAULT_SIZE, METRICS, compute_metrics
 from verification.metrics.functional import Threshold, as_batch, check_grid, normalize_maps, resize_maps
@@ -369,7 +369,7 @@ def build_reference_from_paths(
         try:
             return load_image(path, budget=budget)
         except UploadTooLargeError as exc:
-            mib = limits.max_decoded_bytes / (1 << 20)
+            mib = limits.max_decoded_bytes / MiB
             raise UploadTooLargeError(
                 f"the reference images are held in memory together, and '{path}' would take them past the "
                 f"{mib:,.0f} MiB limit once decoded; build from fewer images (a few hundred per class make "
@@ -386,11 +386,15 @@ def build_reference_from_paths(
         ThreadPoolExecutor(max_workers=max(workers, 1)) as pool,
         tqdm(total=len(paths), unit="img", disable=progress_disabled(progress), leave=False) as bar,
     ):
-        for img, lab in zip(pool.map(read, paths), labels):  # in order; map submits all, results as done
-            bar.update(1)
-            if img is not None:
-                loaded.append(img)
-                y.append(int(lab))
+        try:
+            for img, lab in zip(pool.map(read, paths), labels):  # in order; map submits all, results as done
+                bar.update(1)
+                if img is not None:
+                    loaded.append(img)
+                    y.append(int(lab))
+        except UploadTooLargeError:
+            pool.shutdown(cancel_futures=True)  # the build stops here: decode none of the files still queued
+            raise
     skipped = len(paths) - len(loaded)
 
     def masks(folder: str | Path | None, suffixes: Sequence[str]) -> list[np.ndarray | None] | None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from verification.errors import BundleError
+from verification.io.budget import MiB
 from verification.io.files import read_npz, read_regular_file
 from verification.io.records import LoadedModel
 from verification.metrics import DEFAULT_METRICS, METRICS
@@ -302,7 +303,6 @@ def _read_manifest(text: str | bytes, what: str) -> Any:
 
 
 MAX_BUNDLE_BYTES = 512 << 20
-MiB = 1 << 20
 
 
 def _check_arrays(bundle: ReferenceBundle, what: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from verification.errors import BundleError, InputTooLargeError, ShapeError
-from verification.io.budget import DEFAULT_LIMITS, ResourceLimits
+from verification.io.budget import DEFAULT_LIMITS, MiB, ResourceLimits
 from verification.io.files import read_json_file
 
 MAX_JSON_BYTES = 64 << 20  # a box file is text: 64 MiB is millions of boxes
@@ -37,8 +37,8 @@ def boxes_to_masks(
     need = len(boxes) * h * w * 4
     if need > limits.max_decoded_bytes:
         raise InputTooLargeError(
-            f"{len(boxes)} box masks of {h}×{w} would take {need / (1 << 20):,.0f} MiB, above the "
-            f"{limits.max_decoded_bytes / (1 << 20):,.0f} MiB limit for decoded annotations; give fewer "
+            f"{len(boxes)} box masks of {h}×{w} would take {need / MiB:,.0f} MiB, above the "
+            f"{limits.max_decoded_bytes / MiB:,.0f} MiB limit for decoded annotations; give fewer "
             "images or a smaller image_size, or raise the limit if you trust the file"
         )
     out = np.zeros((len(boxes), h, w), dtype=np.float32)
