@@ -21,7 +21,7 @@ blobs vs one 0.58 % / 1.00 % / 1.10 %; never below ``ot.emd2``, as the bound say
 single-threaded): 1.80 ms against 213 ms (118×), 2.82 ms against 164 ms (58×), 1.24 ms against 163 ms (132×).
 Two 20-pair runs the same hour gave 102× / 55× / 113× and 92× / 60× / 88× (``ot.emd2``'s own time varies by 15
 %): issue #18's 100× is reached on smooth maps in two runs of three, never on noise, which needs about 3,900
-pivots against 2,700 (attention-like) and 2,600 (two blobs), at about 0.6 µs each (medians of the 40-pair
+pivots against 2,700 (attention-like) and 2,600 (two blobs), at 0.5–0.7 µs each (medians of the 40-pair
 run). 1,000 attention-like 224² pairs through ``compute_metrics(..., ["wasserstein"], size=None)`` on 2
 threads: 0.93–0.99 s wall. Pooling 224² maps to 32² instead of 64² changed attention-like values by 0.12 %
 (median; p95 0.24 %), and 64² costs ~10× more (17–19 ms a pair), hence the 32×32 default. Numba compiles the
