@@ -350,6 +350,7 @@ class AnnotationStore:
     ) -> None:
         self.limits = limits
         self._by_hash: dict[str, Annotation] = {}
+        self._held = 0  # Σ held_bytes of _by_hash's annotations, kept as they come and go
         for a in annotations:
             self.set(a)
 
@@ -365,7 +366,7 @@ class AnnotationStore:
     @property
     def held_bytes(self) -> int:
         """Bytes of the imported masks this store keeps."""
-        return sum(a.held_bytes for a in self._by_hash.values())
+        return self._held
 
     def get(self, content_hash: str) -> Annotation | None:
         return self._by_hash.get(content_hash)
@@ -391,10 +392,11 @@ class AnnotationStore:
             self.clear(annotation.content_hash)
             return
         old = self.get(annotation.content_hash)
-        total = self.held_bytes - (0 if old is None else old.held_bytes) + annotation.held_bytes
+        total = self._held - (0 if old is None else old.held_bytes) + annotation.held_bytes
         if annotation.held_bytes and total > self.limits.max_decoded_bytes:
             raise UploadTooLargeError(self._over(total, f"the mask of '{annotation.image_name}'"))
         self._by_hash[annotation.content_hash] = annotation
+        self._held = total
 
     def _over(self, total: int, what: str) -> str:
         return (
@@ -417,7 +419,9 @@ class AnnotationStore:
         return new
 
     def clear(self, content_hash: str) -> None:
-        self._by_hash.pop(content_hash, None)
+        old = self._by_hash.pop(content_hash, None)
+        if old is not None:
+            self._held -= old.held_bytes
 
     def mask(self, content_hash: str) -> np.ndarray | None:
         a = self.get(content_hash)
@@ -459,20 +463,22 @@ class AnnotationStore:
             raise InvalidInputError(f"'{name}': 'annotations' must be a list of at most {MAX_ANNOTATIONS:,}")
         store = cls(limits=limits)
         kept = dict(held or {})  # bytes each content hash will hold once the document is in
+        kept_total = sum(kept.values())
         for i, item in enumerate(items):
             try:
                 key = str(item.get("content_hash")) if isinstance(item, dict) else ""
                 declared = _declared_mask_bytes(item)
-                total = sum(kept.values()) - kept.get(key, 0) + declared
+                total = kept_total - kept.get(key, 0) + declared
                 if declared and total > limits.max_decoded_bytes:
-                    fit = _how_many_fit(items, held or {}, limits.max_decoded_bytes)
+                    # every earlier annotation passed this same check with the same sizes: the first i fit
                     raise UploadTooLargeError(
                         store._over(total, "its mask")
-                        + f". The first {fit:,} of the file's {len(items):,} annotations fit; nothing was "
+                        + f". The first {i:,} of the file's {len(items):,} annotations fit; nothing was "
                         "imported"
                     )
                 annotation = _annotation_from_json(item, sizes or {}, limits)
                 store.set(annotation)
+                kept_total += annotation.held_bytes - kept.get(key, 0)
                 kept[key] = annotation.held_bytes
             except (InvalidInputError, ImageLoadError, InputTooLargeError) as exc:
                 raise type(exc)(f"'{name}', annotation {i + 1}: {exc}") from exc
@@ -490,7 +496,9 @@ class AnnotationStore:
         held = {a.content_hash: a.held_bytes for a in self._by_hash.values()}
         imported = self.from_json(data, name=name, sizes=sizes, limits=self.limits, held=held)
         for a in imported:
-            self._by_hash[a.content_hash] = a  # charged above, with what it replaces
+            old = self._by_hash.get(a.content_hash)
+            self._held += a.held_bytes - (0 if old is None else old.held_bytes)  # charged above
+            self._by_hash[a.content_hash] = a
         return imported
 
 
@@ -500,22 +508,6 @@ def _declared_mask_bytes(item: object) -> int:
         return 0
     h, w = _check_size(tuple(item.get("size") or ()))
     return h * w
-
-
-def _how_many_fit(items: list[Any], held: Mapping[str, int], limit: int) -> int:
-    """How many of the document's annotations, in order, fit in ``limit`` with what is ``held`` (declared
-    sizes only: nothing is decoded)."""
-    kept = dict(held)
-    for n, item in enumerate(items):
-        try:
-            declared = _declared_mask_bytes(item)
-        except InvalidInputError:
-            return n
-        key = str(item.get("content_hash")) if isinstance(item, dict) else ""
-        if declared and sum(kept.values()) - kept.get(key, 0) + declared > limit:
-            return n
-        kept[key] = declared
-    return len(items)
 
 
 def _annotation_from_json(
