@@ -339,13 +339,9 @@ class VerifyJob(BatchJob["ImageMeasurement"]):  # a string: the verdict package 
         alone becomes an error row."""
         if self.mismatch is not None:
             raise BundleError(self.mismatch)
-        masks: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
-        failed: dict[int, Failure] = {}
-        for pos in batch.ok:
-            try:
-                masks[pos] = self.masks(batch.items[pos].path)
-            except VerificationError as exc:
-                failed[pos] = Failure(error_message(exc))
+        got, unread = self.masks_of([batch.items[pos].path for pos in batch.ok])
+        masks = {batch.ok[n]: pair for n, pair in got.items()}
+        failed = {batch.ok[n]: Failure(message) for n, message in unread.items()}
         keep = [n for n, pos in enumerate(batch.ok) if pos not in failed]
         rest = (
             dataclasses.replace(batch, x=batch.x[keep], ok=tuple(batch.ok[n] for n in keep))
@@ -367,6 +363,20 @@ class VerifyJob(BatchJob["ImageMeasurement"]):  # a string: the verdict package 
             folder_mask(self.annotation_dir, path, LESION_SUFFIXES),
             folder_mask(self.anatomy_dir, path, MASK_SUFFIXES),
         )
+
+    def masks_of(
+        self, paths: Sequence[str | Path]
+    ) -> tuple[dict[int, tuple[np.ndarray | None, np.ndarray | None]], dict[int, str]]:
+        """:meth:`masks` of each path by position, and the error message of each path whose mask file cannot
+        be read (that image alone becomes an error row)."""
+        got: dict[int, tuple[np.ndarray | None, np.ndarray | None]] = {}
+        unread: dict[int, str] = {}
+        for n, path in enumerate(paths):
+            try:
+                got[n] = self.masks(path)
+            except VerificationError as exc:
+                unread[n] = error_message(exc)
+        return got, unread
 
     @property
     def result_type(self) -> type[ImageMeasurement]:

@@ -186,23 +186,16 @@ def _verify_labels(
     With ``--labelled``, a label is a class subfolder's name, or in a CSV one name or several joined by "|"
     (``Effusion|Nodule``; an empty cell: none of the labels); finding masks stand for each of their image's
     labels."""
-    from verification.batch import error_message
-    from verification.errors import VerificationError
     from verification.verdict import verify
 
     if args.engine != "local":
         raise CliError(
             "a multi-label model is verified label by label on the local engine: use --engine local"
         )
-    kept: list[int] = []
-    masks: list[tuple[Any, Any]] = []
-    unread: list[tuple[str, str]] = []  # an image whose mask file cannot be read is an error row
-    for i, p in enumerate(paths):
-        try:
-            masks.append(job.masks(p))
-            kept.append(i)
-        except VerificationError as exc:
-            unread.append((str(p), error_message(exc)))
+    got, failed = job.masks_of(paths)  # an image whose mask file cannot be read is an error row
+    kept = sorted(got)
+    masks = [got[i] for i in kept]
+    unread = [(str(paths[i]), message) for i, message in sorted(failed.items())]
     ann = [a for a, _ in masks] if args.annotations else None
     roi = [r for _, r in masks] if args.anatomy else None
     gate = job.gate_spec.load() if job.gate_spec is not None else None
