@@ -145,7 +145,9 @@ def series(
 
 def pair_uploads(files: Sequence[Any], *, architecture: str | None, trust: bool) -> list[Checkpoint]:
     """:func:`pair` of the page's uploaded files (zips expanded), read once per set of uploads and settings:
-    a rerun for another widget does not expand and hash the checkpoints again."""
+    a rerun for another widget does not expand and hash the checkpoints again. The price: the session keeps
+    the checkpoints' bytes (each choice holds its file's bytes to load it later) beside Streamlit's own copy
+    of the uploads, until the uploads change — at most once more the upload limit per file."""
     return read_once(
         K.CONSISTENCY_UPLOAD_READ,
         files,
