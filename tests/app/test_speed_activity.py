@@ -41,7 +41,6 @@ def test_wait_idle_waits_for_a_run_in_progress_then_for_the_quiet() -> None:
 def test_a_request_restarts_the_quiet_and_max_wait_bounds_the_wait() -> None:
     activity = warm.Activity()
     time.sleep(QUIET)  # quiet already
-    t0 = time.monotonic()
     assert activity.wait_idle(QUIET, max_wait_s=10) < 0.05
     activity.touch()
     assert activity.wait_idle(QUIET, max_wait_s=10) >= QUIET - 0.02
