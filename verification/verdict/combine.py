@@ -99,12 +99,13 @@ def class_verdict(
     config: VerdictConfig,
     others_relied: bool = False,
 ) -> ClassVerdict:
-    for key in ORDER:
-        ln = by_key.get(key)
-        if ln is None or not ln.decisive:
-            continue
-        c = ln.for_class(name)
-        if c is not None and c.status == "fail":
+    decisive = {  # the class's result on each voting line, in ORDER
+        key: c
+        for key in ORDER
+        if (ln := by_key.get(key)) is not None and ln.decisive and (c := ln.for_class(name)) is not None
+    }
+    for key, c in decisive.items():
+        if c.status == "fail":
             return ClassVerdict(
                 name, "unsuitable", key, f"{key} {LINE_NAMES[key]} failed — {c.reason}", n_img, n_ok
             )
@@ -134,38 +135,27 @@ def class_verdict(
         reason = c.reason if c is not None else "not measured"
         what = f"{key} {LINE_NAMES[key]} {status.replace('_', ' ')} for '{name}' ({reason})"
         return ClassVerdict(name, "cannot_verify", key, what, n_img, n_ok, (what,))
-    for key in ORDER:  # every other voting decisive line must not be inconclusive (E5/E6 when informative)
-        ln = by_key.get(key)
-        c = ln.for_class(name) if ln is not None and ln.decisive else None
-        if c is not None and c.status == "inconclusive":
+    for key, c in decisive.items():  # no other voting line may be inconclusive (E5/E6 when informative)
+        if c.status == "inconclusive":
             what = f"{key} {LINE_NAMES[key]} inconclusive for '{name}' ({c.reason})"
             return ClassVerdict(name, "cannot_verify", key, what, n_img, n_ok, (what,))
-    passed = []
-    for key in ORDER:
-        ln = by_key.get(key)
-        c = ln.for_class(name) if ln is not None else None
-        if ln is not None and ln.decisive and c is not None and c.status == "pass":
-            passed.append(key)
+    passed = [key for key, c in decisive.items() if c.status == "pass"]
     own_reliance = class_has_findings or any(
-        (c := by_key[key].for_class(name)) is not None and c.status in ("pass", "fail", "inconclusive")
-        for key in RELIANCE
-        if key in by_key and by_key[key].decisive
+        c.status in ("pass", "fail", "inconclusive") for key, c in decisive.items() if key in RELIANCE
     )
     borrowed = ""
     if not any(key in RELIANCE for key in passed):
-        generic = "a passing line showing the model decides from the findings (E2, E3, E4, informative E5/E6)"
-        if own_reliance or (config.is_no_finding(name) and not others_relied):
-            what = generic
-        elif not config.is_no_finding(name):
+        no_finding = config.is_no_finding(name)
+        if no_finding and not own_reliance and others_relied:  # borrows: another class passed a reliance line
+            borrowed = "; a no-finding class: the model's reliance evidence comes from the other classes"
+        else:
             what = (
-                f"reliance evidence of '{name}' itself: its finding annotations (E2, E4) or an informative "
-                "E3/E5/E6 for it; only a no-finding class (VerdictConfig.no_finding_classes: "
+                "a passing line showing the model decides from the findings (E2, E3, E4, informative E5/E6)"
+                if own_reliance or no_finding
+                else f"reliance evidence of '{name}' itself: its finding annotations (E2, E4) or an "
+                "informative E3/E5/E6 for it; only a no-finding class (VerdictConfig.no_finding_classes: "
                 f"{', '.join(config.no_finding_classes) or 'none'}) may rest on the other classes' evidence"
             )
-        else:  # a no-finding class borrows: another class passed a reliance line
-            what = ""
-            borrowed = "; a no-finding class: the model's reliance evidence comes from the other classes"
-        if what:
             why = f"no evidence of why the model decides: {what}"
             return ClassVerdict(name, "cannot_verify", "E3", why, n_img, n_ok, (what,))
     if config.require_findings and not has_annotations:
