@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,22 @@ def test_worker_threads_run_torch_single_threaded() -> None:
         assert torch.get_num_threads() == 2  # the calling thread keeps its own
     finally:
         torch.set_num_threads(before)
+
+
+def test_chunk_spans_cover_the_batch_and_shrink_at_the_end() -> None:
+    """Guided chunks: contiguous, covering every pair once, never over ``rows``; with two workers the last
+    chunks shrink (both workers finish together), with one they are all ``rows`` (but the last)."""
+    from verification.metrics.registry import chunk_spans
+
+    for n, rows, workers in [(1000, 20, 2), (1000, 20, 1), (7, 3, 2), (1, 20, 2), (45, 20, 4)]:
+        spans = chunk_spans(n, rows, workers)
+        assert spans[0][0] == 0
+        assert spans[-1][1] == n
+        assert all(prev[1] == nxt[0] for prev, nxt in itertools.pairwise(spans))
+        sizes = [stop - start for start, stop in spans]
+        assert all(1 <= s <= rows for s in sizes)
+        assert sizes == sorted(sizes, reverse=True)
+    two = [stop - start for start, stop in chunk_spans(1000, 20, 2)]
+    assert two[0] == 20
+    assert two[-1] == 20 // 8  # the last chunk is an eighth of a full one
+    assert [stop - start for start, stop in chunk_spans(1000, 20, 1)] == [20] * 50
