@@ -71,3 +71,19 @@ def test_long_arc_moves_cost_their_length(di: int, dj: int) -> None:
     b[(2 + di) * n + 3 + dj] = 1.0
     got = gf.graph_transport(a[None], b[None], ys, xs)[0]
     assert got == pytest.approx(math.hypot(di, dj) / n, rel=1e-7)
+
+
+@pytest.mark.parametrize(("h", "w"), [(7, 5), (1, 6), (4, 1), (2, 2), (32, 32)])
+def test_runs_list_every_edge_once(h: int, w: int) -> None:
+    """Pricing walks runs (first edge, count, first cell, offset): they must be exactly grid_graph's edges,
+    in order, each edge k being arcs 2k (first → second cell) and 2k + 1, the 8-neighbour runs first."""
+    s, t, _ = gf.grid_graph(centres(h), centres(w))
+    runs, near_runs = gf.grid_runs(h, w)
+    first = np.concatenate([np.arange(c0, c0 + c) for _, c, c0, _ in runs])
+    second = np.concatenate([np.arange(c0, c0 + c) + o for _, c, c0, o in runs])
+    np.testing.assert_array_equal(runs[:, 0], np.concatenate([[0], np.cumsum(runs[:-1, 1])]))
+    np.testing.assert_array_equal(first, s[0::2])
+    np.testing.assert_array_equal(second, t[0::2])
+    np.testing.assert_array_equal(s[1::2], t[0::2])
+    np.testing.assert_array_equal(t[1::2], s[0::2])
+    assert 2 * runs[:near_runs, 1].sum() == gf.near_arcs(h, w)
