@@ -99,20 +99,34 @@ def _as_numpy(x: torch.Tensor) -> np.ndarray:
 # Per-thread arrays reused from call to call (see scratch); larger requests get a fresh array each time.
 _SCRATCH = threading.local()
 SCRATCH_MAX_BYTES = 16 << 20  # compute_metrics chunks at 224²: 4 MB a side
+ALIGN_BYTES = 64  # a cache line, and one 512-bit vector
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any] | type) -> np.ndarray:
+    """``np.empty(shape, dtype)`` starting on a :data:`ALIGN_BYTES` boundary (numpy's large arrays start 16
+    bytes past one, so every 64-byte vector access to them straddles two cache lines). SSIM of 1,000 pairs at
+    224² with its fields in such an array: 163–172 ms, against 187–203 ms 16 bytes off and 172–180 ms in
+    numba's own allocation (one thread, data in cache, load 4–4.5 on 2 CPUs)."""
+    dt = np.dtype(dtype)
+    size = math.prod(shape)
+    raw = np.empty(max(size, 1) * dt.itemsize + ALIGN_BYTES, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGN_BYTES
+    return raw[start : start + max(size, 1) * dt.itemsize].view(dt)[:size].reshape(shape)
 
 
 def scratch(key: str, shape: tuple[int, ...], dtype: np.dtype[Any] | type) -> np.ndarray:
     """An uninitialised array of ``shape`` kept per thread under ``key`` and handed out again on the next
     call: at 224², first touching a new chunk-sized array costs more than the kernels that fill it. The caller
-    must be done with the previous array of that key; arrays over :data:`SCRATCH_MAX_BYTES` are not kept."""
+    must be done with the previous array of that key; arrays over :data:`SCRATCH_MAX_BYTES` are not kept.
+    Either way the array starts on a cache line (:func:`aligned_empty`)."""
     dt = np.dtype(dtype)
     size = math.prod(shape)
     if size * dt.itemsize > SCRATCH_MAX_BYTES:
-        return np.empty(shape, dtype=dt)
+        return aligned_empty(shape, dt)
     store: dict[str, np.ndarray] = _SCRATCH.__dict__
     buf = store.get(key)
     if buf is None or buf.dtype != dt or buf.size < size:
-        buf = store[key] = np.empty(max(size, 1), dtype=dt)
+        buf = store[key] = aligned_empty((max(size, 1),), dt)
     return buf[:size].reshape(shape)
 
 
@@ -542,8 +556,9 @@ def ssim(
     Four filtered fields instead of five: with s = a + b and d = a − b, 2·μaμb = (μs² − μd²)/2,
     μa² + μb² = (μs² + μd²)/2, 2·cov = (var s − var d)/2 and var a + var b = (var s + var d)/2, so SSIM =
     (μs² − μd² + 2C1)(var s − var d + 2C2) / ((μs² + μd² + 2C1)(var s + var d + 2C2)). One compiled kernel
-    (:func:`verification.metrics.kernels.ssim_means`) filters a pair's four fields in the maps' dtype, in
-    blocks of output rows that stay in the CPU caches, and sums the formula in float64.
+    (:func:`verification.metrics.kernels.ssim_means`) filters a pair's four fields (held in a per-thread,
+    cache-line-aligned :func:`scratch` array) in the maps' dtype, in blocks of output rows that stay in the
+    CPU caches, and sums the formula in float64.
     """
     for name, v in (("sigma", sigma), ("data_range", data_range)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
@@ -559,8 +574,9 @@ def ssim(
     dt = fa.dtype.type
     out = np.empty(max(fa.shape[0], fb.shape[0]), dtype=np.float64)
     c1, c2 = 2 * (k1 * data_range) ** 2, 2 * (k2 * data_range) ** 2
+    fields = scratch("ssim", (4, h, w), fa.dtype)
     _kernels().ssim_means(
-        fa.reshape(-1, h, w), fb.reshape(-1, h, w), tuple(taps.astype(dt)), dt(c1), dt(c2), out
+        fa.reshape(-1, h, w), fb.reshape(-1, h, w), tuple(taps.astype(dt)), dt(c1), dt(c2), out, fields
     )
     return make_result(out, nonfinite_reasons(a, b))
 
