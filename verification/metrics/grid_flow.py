@@ -148,7 +148,7 @@ def _solve(
     cost: np.ndarray,
     length: np.ndarray,
     key: np.ndarray,
-    start_arcs: int,
+    start_runs: int,
     ecost: np.ndarray,
     runs: np.ndarray,
     near_runs: int,
@@ -161,9 +161,9 @@ def _solve(
     first cells plus the run's offset (as :func:`grid_runs` gives them). ``key`` (int64 per cell, e.g.
     potentials of a coarser solve) shapes the first basis: each cell hangs from the neighbour of higher key
     (ties: higher index) whose arc is tightest, ``cost + key[cell] − key[neighbour]`` smallest; a cell
-    without such a neighbour hangs from an artificial root; only arcs ``0 … start_arcs − 1`` are considered.
-    Pricing first sees only the edges of runs ``0 … near_runs − 1`` (a subgraph, e.g. the 8-neighbour one)
-    until none of them has a negative reduced cost, then all edges.
+    without such a neighbour hangs from an artificial root; only the edges of runs ``0 … start_runs − 1``
+    are considered. Pricing first sees only the edges of runs ``0 … near_runs − 1`` (a subgraph, e.g. the
+    8-neighbour one) until none of them has a negative reduced cost, then all edges.
 
     The tree is held as in LEMON's network simplex: parent, tree arc and its direction, the preorder
     ("thread") with its reverse, subtree sizes and each subtree's last node in the preorder."""
@@ -194,14 +194,21 @@ def _solve(
     # every edge has both directions); zero-flow arcs point to the root, so the tree is strongly feasible
     best_w = np.full(n, np.int64(1) << 62)
     up_arc = np.full(n, -1, np.int64)
-    for e in range(start_arcs):
-        u = src[e]
-        v = dst[e]
-        if key[v] > key[u] or (key[v] == key[u] and v > u):
-            w = cost[e] + key[u] - key[v]
-            if w < best_w[u]:
-                best_w[u] = w
-                up_arc[u] = e
+    for r in range(start_runs):  # edge by edge (in arc order): exactly one of its two arcs points up the keys
+        e0 = runs[r, 0]
+        s0 = runs[r, 2]
+        s1 = s0 + runs[r, 3]
+        for t in range(runs[r, 1]):  # written with selects, not branches (key order is unpredictable)
+            u = s0 + t
+            v = s1 + t
+            ku = key[_ix(u)]
+            kv = key[_ix(v)]
+            up = (kv > ku) | ((kv == ku) & (v > u))  # arc 2k (u → v) points up, else arc 2k + 1 (v → u)
+            h = _ix(u if up else v)  # the end that would hang from the other
+            w = ecost[_ix(e0 + t)] - abs(ku - kv)  # cost + key[lower] − key[higher]
+            better = w < best_w[h]
+            best_w[h] = w if better else best_w[h]
+            up_arc[h] = 2 * (e0 + t) + (0 if up else 1) if better else up_arc[h]
     first = np.full(n + 1, -1, np.int64)
     nxt = np.full(n + 1, -1, np.int64)
     for u in range(n - 1, -1, -1):
@@ -550,9 +557,9 @@ def pyramid(ys: tuple[float, ...], xs: tuple[float, ...], coarsest: int = COARSE
 @numba.njit(cache=True, nogil=True)
 def _solve_pyramid(supply: np.ndarray, pyr: tuple[np.ndarray, ...]) -> tuple[float, int]:  # pragma: no cover
     """Exact cost on level 0 for ``supply`` (int64 per level-0 cell) on the pyramid ``pyr`` (the arrays of a
-    :class:`Pyramid`, in field order); each coarser level is solved first and its potentials, interpolated,
-    shape the next level's first basis. Also the total number of pivots."""
-    cell_off, arc_off, src, dst, cost, length, agg, nbr, wt, near, ecost, runs, run_off, near_runs = pyr
+    :class:`Pyramid`, in field order, less ``near``); each coarser level is solved first and its potentials,
+    interpolated, shape the next level's first basis. Also the total number of pivots."""
+    cell_off, arc_off, src, dst, cost, length, agg, nbr, wt, ecost, runs, run_off, near_runs = pyr
     levels = cell_off.size - 1
     sup = np.zeros(cell_off[levels], np.int64)
     sup[: supply.size] = supply
@@ -560,9 +567,9 @@ def _solve_pyramid(supply: np.ndarray, pyr: tuple[np.ndarray, ...]) -> tuple[flo
         for i in range(cell_off[k + 1] - cell_off[k]):
             sup[cell_off[k + 1] + agg[cell_off[k] + i]] += sup[cell_off[k] + i]
     key = np.zeros(cell_off[levels] - cell_off[levels - 1], np.int64)
-    start = arc_off[1:] - arc_off[:-1]
+    start = run_off[1:] - run_off[:-1]  # the runs the first basis may use
     if levels > 1 and 4 * np.abs(sup[cell_off[1] : cell_off[2]]).sum() < 3 * np.abs(supply).sum():
-        start[0] = near[0]
+        start[0] = near_runs[0]
     total = 0.0
     pivots = 0
     for k in range(levels - 1, -1, -1):
@@ -614,7 +621,6 @@ def _args(p: Pyramid) -> tuple[np.ndarray, ...]:
         p.agg,
         p.nbr,
         p.wt,
-        p.near,
         p.ecost,
         p.runs,
         p.run_off,
