@@ -87,3 +87,25 @@ def test_runs_list_every_edge_once(h: int, w: int) -> None:
     np.testing.assert_array_equal(s[1::2], t[0::2])
     np.testing.assert_array_equal(t[1::2], s[0::2])
     assert 2 * runs[:near_runs, 1].sum() == gf.near_arcs(h, w)
+
+
+def test_noise_like_rows_start_from_poisson_keys() -> None:
+    """Noise-like rows (2×2 pooling cancels their supply) start level 0 from keys solving the grid Poisson
+    equation Δφ = supply (reflecting borders; sources at minima, so the start's flows run uphill to the
+    sinks); smooth rows keep the pyramid. Either way the value is the graph optimum."""
+    rng = np.random.default_rng(5)
+    h, w = 12, 10
+    ys, xs = centres(h), centres(w)
+    a = np.stack([rng.random(h * w), smooth(rng, h, w)])
+    b = np.stack([rng.random(h * w), smooth(rng, h, w)])
+    supply = gf.integer_masses(a) - gf.integer_masses(b)
+    keys, key_row = gf._start(supply, gf.pyramid(ys, xs), ys, xs)
+    assert key_row.tolist() == [0, -1]
+    phi = np.pad(keys[0].reshape(h, w).astype(np.float64), 1, mode="edge")  # reflecting border: zero flux
+    lap = phi[:-2, 1:-1] + phi[2:, 1:-1] + phi[1:-1, :-2] + phi[1:-1, 2:] - 4 * phi[1:-1, 1:-1]
+    ratio = lap.ravel() / supply[0]
+    big = np.abs(supply[0]) > 0.2 * np.abs(supply[0]).max()  # away from rounding of tiny supplies
+    assert (ratio[big] > 0).all()
+    np.testing.assert_allclose(ratio[big], np.median(ratio[big]), rtol=1e-3)
+    got = gf.graph_transport(a, b, ys, xs)
+    np.testing.assert_allclose(got, [graph_emd(p, q, ys, xs) for p, q in zip(a, b)], rtol=1e-6)
