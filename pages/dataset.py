@@ -98,7 +98,7 @@ if report.errors:
     st.metric("Unreadable files", len(report.errors))
 
 st.subheader("Evidence, class by class", help=glossary.help_for("in-distribution band"))
-evidence.draw_band_charts(report, key="dataset_bands")
+evidence.draw_band_charts(report)
 evidence.explain_one(report)
 
 st.subheader("Per-image numbers")

@@ -32,7 +32,7 @@ if report is None:
 evidence.verdict_banner(report, f"Model on {ws.images.label}")
 evidence.verdict_metrics(report)
 
-evidence.draw_band_charts(report, key="similarity_bands")
+evidence.draw_band_charts(report)
 evidence.explain_one(report)
 
 evidence.evidence(report)

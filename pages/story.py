@@ -117,10 +117,9 @@ def chapter(ch: Chapter) -> None:
                     anatomy="the lungs" if anatomy is not None else "the anatomy",
                 )
         deciding = charted_line(report)
-        if deciding is not None:
-            fig = evidence.band_chart(deciding)
-            if fig is not None:
-                st.plotly_chart(fig, key=f"story_band_{ch.model}_{ch.split}")
+        chart = "" if deciding is None else evidence.band_cards([deciding])
+        if chart:
+            st.html(chart)
     with st.expander("All the evidence of this chapter"):
         evidence.verdict_metrics(report)
         evidence.evidence(report, per_image=False)

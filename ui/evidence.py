@@ -8,19 +8,19 @@ backend's (:mod:`verification.summary`, re-exported here); this module only lays
 
 from __future__ import annotations
 
-import weakref
+import base64
+import html
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 from streamlit.elements.lib.column_types import ColumnConfig
 
-from ui import figures, glossary
+from ui import glossary
 from ui.state import K
 from ui.widgets import switch
 from verification.metrics import METRICS
-from verification.report import Band, bands
+from verification.report import Band, band_svg, bands
 from verification.report.content import unit
 from verification.summary import (
     NOT_ASSESSABLE,
@@ -66,14 +66,22 @@ def faithfulness_switch() -> bool:
     )
 
 
-def table(frame: pd.DataFrame, helps: Mapping[str, str]) -> None:
-    """A table across the page whose text columns named in ``helps`` carry that tooltip."""
-    st.dataframe(
-        frame,
-        hide_index=True,
-        width="stretch",
-        column_config={name: st.column_config.TextColumn(help=text) for name, text in helps.items()},
-    )
+def columns_help(text: str, helps: Mapping[str, str]) -> str:
+    """``text`` followed by what the columns named in ``helps`` mean (a heading's tooltip)."""
+    words = "  \n".join(f"*{name}*: {what}" for name, what in helps.items())
+    return f"{text}\n\n**Columns**  \n{words}" if words else text
+
+
+def table(
+    frame: pd.DataFrame, title: str, *, help: str = "", columns: Mapping[str, str] | None = None
+) -> None:
+    """A small fixed table under ``title``, whose tooltip is ``help`` and what the ``columns`` mean.
+
+    A static table (``st.table``), every cell's words in full: the dozen scrolling grids (``st.dataframe``)
+    the Similarity page drew cost Chromium about 0.4 s more CPU to settle (load 2–5 on 2 cores); a grid
+    stays for the long per-image table, where sorting and scrolling matter."""
+    st.markdown(title, help=columns_help(help, columns or {}) or None)
+    st.table(frame, hide_index=True)
 
 
 def verdict_banner(report: VerificationReport, subject: str = "") -> None:
@@ -113,21 +121,20 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
     images and, if asked, the per-image table."""
     for warning in report.warnings:
         st.warning(warning, icon=":material/warning:")
-    st.markdown(f"**Per {unit(report)}**", help=glossary.help_for(report.label))
     table(
         classes_table(report),
-        {
+        f"**Per {unit(report)}**",
+        help=glossary.help_for(report.label),
+        columns={
             "verdict": "SUITABLE, UNSUITABLE or CANNOT VERIFY (hover the verdict above for what each means)",
             "deciding line": "The evidence line (E0–E6) that decided.",
         },
     )
-    st.markdown(
-        "**Evidence lines** — each passed, failed, was not assessable or was not informative",
-        help=" ".join(glossary.line_help(k) for k in LINE_NAMES),
-    )
     table(
         lines_table(report),
-        {
+        "**Evidence lines** — each passed, failed, was not assessable or was not informative",
+        help=" ".join(glossary.line_help(k) for k in LINE_NAMES),
+        columns={
             "separation (AUROC)": glossary.help_for("separation (AUROC)"),
             "votes": glossary.help_for("uninformative"),
             "calibration": glossary.help_for("threshold"),
@@ -138,16 +145,15 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
             continue
         title = f"{ln.key} {ln.name}: {status_words(ln.status)}"
         with st.expander(title, expanded=ln.key in report.deciding_lines):
-            st.markdown(ln.sentence or LINE_NAMES.get(ln.key, ""), help=glossary.line_help(ln.key))
+            columns = {
+                "threshold": glossary.help_for("threshold"),
+                "measured": "The class's number with its 95 % interval and the images it rests on.",
+            }
+            sentence = ln.sentence or LINE_NAMES.get(ln.key, "")
+            st.markdown(sentence, help=columns_help(glossary.line_help(ln.key), columns))
             if ln.calibration:
                 st.caption(f"Threshold calibration: {ln.calibration}")
-            table(
-                line_class_table(ln),
-                {
-                    "threshold": glossary.help_for("threshold"),
-                    "measured": "The class's number with its 95 % interval and the images it rests on.",
-                },
-            )
+            st.table(line_class_table(ln), hide_index=True)
     excluded = [im for im in report.images if not im.assessable]
     if excluded:
         st.markdown(
@@ -184,9 +190,9 @@ def image_explanation(
     ex = explain_image(im, location=location, limits=limits, anatomy=anatomy)
     st.markdown(ex.sentence)
     with st.expander("The numbers behind this sentence"):
-        st.dataframe(explanation_table(ex), hide_index=True, width="stretch")
+        st.table(explanation_table(ex), hide_index=True)
         if im.values:
-            st.dataframe(image_values_table(im), hide_index=True, width="stretch")
+            st.table(image_values_table(im), hide_index=True)
     return ex
 
 
@@ -228,7 +234,7 @@ def image_verdict(im: ImageEvidence) -> None:
         return
     st.markdown(f"**Assessed** — {im.why}" if im.why else "**Assessed**")
     if im.values:
-        st.dataframe(image_values_table(im), hide_index=True, width="stretch")
+        st.table(image_values_table(im), hide_index=True)
 
 
 def quantity_help(key: str) -> str:
@@ -272,154 +278,56 @@ def downloads(report: VerificationReport, *, stem: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- band charts
 
-_STATUS_RGB = {
-    "pass": "#2e9e5b",
-    "fail": "#d9534f",
-    "inconclusive": "#c99a2e",
-    "not_assessable": "#888888",
-    "uninformative": "#888888",
-}
+# The band charts are the HTML report's own SVG (verification.report.band_svg: the same geometry, marks and
+# words), each a picture on a light card, all of a report in one element. As five plotly figures the
+# Similarity page cost Chromium about 0.8 s more CPU to settle, and as inline SVG in markdown still ~0.25 s of
+# markdown parsing (load 2–5 on 2 cores); a picture is decoded once, off the page's scripts.
+BAND_WIDTH = 600  # px of the SVG's own drawing; a narrower column scales it down
+_BAND_CSS = (
+    "<style>"
+    ".bandgrid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,28rem),1fr));"
+    "gap:.4rem 1rem}.bandcard{margin:0 0 .6rem}.bandcard figcaption{font-weight:600;margin:0 0 .3rem}"
+    ".bandcard img{display:block;max-width:100%;height:auto;background:#fff;border-radius:.4rem}"
+    "</style>"
+)
 
 
-def band_chart(line: LineResult) -> go.Figure | None:
-    """One line's band chart (the reports' geometry, :func:`verification.report.bands`): per class, the
-    passing side of the threshold shaded green and the failing side red, the healthy models' edge dashed, the
-    threshold a bar, this run's value a dot with its 95 % interval — each labelled with its number; the axis
-    zoomed to those numbers. None when no class measured a value."""
+def band_title(line: LineResult) -> str:
+    """The chart's title: the line, its status and whether it votes."""
+    votes = "" if line.votes else " · does not vote"
+    return f"{line.key} {line.name} ({STATUS_LABELS.get(line.status, line.status)}{votes})"
+
+
+def band_card(line: LineResult) -> str | None:
+    """One line's band chart with its title, as HTML (None when no class measured a value): per class, the
+    passing side of the threshold shaded green and the failing side red, the healthy models' band and edge,
+    the threshold a bar, this run's value a dot with its 95 % interval — each labelled with its number."""
     rows: Sequence[Band] = bands(line)
     if not rows:
         return None
-    lo, hi = rows[0].axis
-    fig = go.Figure()
-    # the class, and under it the healthy numbers in words (a label inside the plot could hide another)
-    names = [
-        b.class_name
-        + (
-            ""
-            if b.healthy is None and b.healthy_edge is None
-            else "<br><span style='font-size:10px;color:#7fd6a0'>"
-            + ("" if b.healthy is None else f"healthy {b.healthy[0]:.3f}–{b.healthy[1]:.3f}")
-            + ("" if b.healthy_edge is None else f" · edge {b.healthy_edge:.3f}")
-            + "</span>"
-        )
-        for b in rows
-    ]
-    for k, b in enumerate(rows):
-        y0, y1 = k - 0.28, k + 0.28
-        spans = b.sides(lo, hi, lambda v: v)  # (passing, failing): the reports' rule
-        if spans is not None and b.threshold is not None:
-            for (x0, x1), fill in zip(spans, ("rgba(46,158,91,0.22)", "rgba(217,83,79,0.18)"), strict=True):
-                fig.add_shape(
-                    type="rect", x0=x0, x1=x1, y0=y0, y1=y1, fillcolor=fill, line_width=0, layer="below"
-                )
-            fig.add_shape(
-                type="line",
-                x0=b.threshold,
-                x1=b.threshold,
-                y0=k - 0.4,
-                y1=k + 0.4,
-                line={"color": "#dddddd", "width": 3},
-            )
-            fig.add_annotation(
-                x=b.threshold,
-                y=k + 0.42,
-                text=f"threshold {'≥' if b.higher_is_better else '≤'} {b.threshold:.3g}",
-                showarrow=False,
-                yanchor="bottom",
-                font={"size": 11},
-            )
-        if b.healthy is not None:
-            fig.add_shape(
-                type="rect",
-                x0=b.healthy[0],
-                x1=max(b.healthy[1], b.healthy[0] + 0.004 * (hi - lo)),
-                y0=k - 0.1,
-                y1=k + 0.1,
-                fillcolor="rgba(46,158,91,0.75)",
-                line_width=0,
-            )
-        if b.healthy_edge is not None:
-            fig.add_shape(
-                type="line",
-                x0=b.healthy_edge,
-                x1=b.healthy_edge,
-                y0=y0,
-                y1=y1,
-                line={"color": "#2e9e5b", "width": 2, "dash": "dash"},
-            )
-    fig.add_trace(
-        go.Scatter(
-            x=[b.value for b in rows],
-            y=list(range(len(rows))),
-            mode="markers+text",
-            text=[f"this run {b.value:.3f}" for b in rows],
-            textposition="bottom center",
-            marker={"size": 12, "color": [_STATUS_RGB.get(b.status, "#888888") for b in rows]},
-            error_x={
-                "type": "data",
-                "symmetric": False,
-                "array": [0.0 if b.high is None else b.high - b.value for b in rows],
-                "arrayminus": [0.0 if b.low is None else b.value - b.low for b in rows],
-                "visible": True,
-            },
-            customdata=[STATUS_LABELS.get(b.status, b.status) for b in rows],
-            hovertemplate="%{text} (%{customdata})<extra></extra>",
-            name="this run",
-        )
-    )
-    votes = "" if line.votes else " · does not vote"
-    return figures.styled(
-        fig,
-        title=f"{line.key} {line.name} ({STATUS_LABELS.get(line.status, line.status)}{votes})",
-        height=110 + 70 * len(rows),
-        bottom=30,
-        showlegend=False,
-        xaxis={"range": [lo, hi], "zeroline": False},
-        yaxis={"tickvals": list(range(len(rows))), "ticktext": names, "range": [-0.7, len(rows) - 0.3]},
+    title = html.escape(band_title(line))
+    svg = base64.b64encode(band_svg(rows, width=BAND_WIDTH).encode()).decode()
+    return (
+        f'<figure class="bandcard"><figcaption>{title}</figcaption>'
+        f'<img alt="{title}: band chart" src="data:image/svg+xml;base64,{svg}"></figure>'
     )
 
 
-def band_charts(report: VerificationReport) -> list[tuple[LineResult, go.Figure]]:
+def band_cards(lines: Sequence[LineResult]) -> str:
+    """The band charts of ``lines`` that have a measured value, side by side where the width allows, as
+    one HTML string ("" when none has)."""
+    cards = [c for ln in lines if (c := band_card(ln)) is not None]
+    return f'{_BAND_CSS}<div class="bandgrid">{"".join(cards)}</div>' if cards else ""
+
+
+def draw_band_charts(report: VerificationReport) -> None:
     """Every line's band chart that has a measured value (E0's pass rate left out: it has no threshold)."""
-    out = []
-    for ln in report.lines:
-        if ln.key == "E0":
-            continue
-        fig = band_chart(ln)
-        if fig is not None:
-            out.append((ln, fig))
-    return out
-
-
-# Band charts per report object (the dashboard keeps each verdict as one object, ui.loaders._VERIFIED):
-# building the figures of the demo's 60-image verdict takes 0.21–0.31 s (one thread, load ~2.7 on 2 cores);
-# a rerun reuses them.
-_BAND_CHARTS: dict[int, tuple[weakref.ref[VerificationReport], list[tuple[LineResult, go.Figure]]]] = {}
-
-
-def band_charts_of(report: VerificationReport) -> list[tuple[LineResult, go.Figure]]:
-    """:func:`band_charts` of ``report``, built once per report object (``ui.warm`` builds the warm
-    verdict's)."""
-    found = _BAND_CHARTS.get(id(report))
-    if found is not None and found[0]() is report:
-        return found[1]
-    charts = band_charts(report)
-    for k in [k for k, (ref, _) in _BAND_CHARTS.items() if ref() is None]:
-        del _BAND_CHARTS[k]
-    _BAND_CHARTS[id(report)] = (weakref.ref(report), charts)
-    return charts
-
-
-def draw_band_charts(report: VerificationReport, *, key: str = "bands") -> None:
-    """The band charts two to a row (``key`` makes their element keys unique on the page)."""
-    charts = band_charts_of(report)
-    if not charts:
+    cards = band_cards([ln for ln in report.lines if ln.key != "E0"])
+    if not cards:
         return
     st.markdown(
         "**Band charts** — green: the passing side of the threshold; dashed: the healthy models' edge; dot: "
         "this run with its 95 % interval",
         help=glossary.help_for("in-distribution band"),
     )
-    grid = st.columns(2)
-    for i, (ln, fig) in enumerate(charts):
-        grid[i % 2].plotly_chart(fig, key=f"{key}_{ln.key}")
+    st.html(cards)

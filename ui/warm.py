@@ -254,12 +254,12 @@ def warm_first(report: WarmReport) -> Warmed | None:
 
 
 def warm_rest(warmed: Warmed, report: WarmReport, wait: Callable[[], float] | None = None) -> None:
-    """The other views a session reaches next: the compiled metric kernels, the set's verdict and its band
-    charts (Similarity, Report & export; it also gives every image's evidence on Attention), the other
+    """The other views a session reaches next: the compiled metric kernels, the set's verdict (Similarity,
+    Report & export; it also gives every image's evidence on Attention), the other
     images' maps and predictions in batches, the feature check (Feature maps), the demo checkpoint series
     (Consistency), model B's views when B is on. ``wait`` runs before each step (the launcher's
     :func:`wait_for_readers`)."""
-    from ui import evidence, loaders
+    from ui import loaders
     from ui.state import K
 
     model, lock, images, bundle = warmed.model, warmed.lock, warmed.images, warmed.bundle
@@ -268,8 +268,7 @@ def warm_rest(warmed: Warmed, report: WarmReport, wait: Callable[[], float] | No
         warm_metric_kernels()
     if bundle is not None:
         with _step(report, "verdict A", wait):
-            verdict = loaders.verify_set(model, lock, bundle, images, faithfulness=faithful)
-            evidence.band_charts_of(verdict)  # the Similarity page's charts of it
+            loaders.verify_set(model, lock, bundle, images, faithfulness=faithful)
     with _step(report, "other images", wait):
         layer, target = _defaults(model, lock)
         rest = [item.image for item in images.items[1:]]

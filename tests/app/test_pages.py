@@ -382,7 +382,7 @@ def test_shortcut_model_on_the_marker_split_is_unsuitable_naming_the_deciding_li
     banner = next(b for b in at.error if b.icon == VERDICT_ICON).value
     assert "UNSUITABLE — decided by E" in banner, banner
     assert "accuracy" in banner
-    lines = next(d.value for d in at.dataframe if "votes" in d.value.columns)  # the evidence lines
+    lines = next(t.value for t in at.table if "votes" in t.value.columns)  # the evidence lines
     deciding = lines[lines["votes"] == "deciding"]
     assert len(deciding) == 1
     assert deciding.iloc[0]["result"].endswith("failed")
