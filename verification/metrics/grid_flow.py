@@ -56,7 +56,6 @@ from functools import lru_cache
 
 import numba
 import numpy as np
-from scipy.fft import dctn, idctn
 
 # Undirected primitive offsets (di, dj); each gives two directed arcs. Consecutive directions are at most
 # 18.43° apart and every consecutive pair spans a unimodular cone, so on an isotropic grid the path metric
@@ -572,28 +571,19 @@ def _solve_pyramid(
     8-neighbour arcs; with an empty ``key0`` each coarser level is solved first and its potentials,
     interpolated, shape the next level's first basis (on all arcs)."""
     cell_off, arc_off, src, dst, cost, length, agg, nbr, wt, ecost, runs, run_off, near_runs = pyr
-    if key0.size > 0:
-        a1 = arc_off[1]
-        total, piv, _ = _solve(
-            supply,
-            src[:a1],
-            dst[:a1],
-            cost[:a1],
-            length[:a1],
-            key0,
-            near_runs[0],
-            ecost[: a1 // 2],
-            runs[: run_off[1]],
-            near_runs[0],
-        )
-        return total, piv
     levels = cell_off.size - 1
     sup = np.zeros(cell_off[levels], np.int64)
     sup[: supply.size] = supply
-    for k in range(levels - 1):
-        for i in range(cell_off[k + 1] - cell_off[k]):
-            sup[cell_off[k + 1] + agg[cell_off[k] + i]] += sup[cell_off[k] + i]
-    key = np.zeros(cell_off[levels] - cell_off[levels - 1], np.int64)
+    start = run_off[1:] - run_off[:-1]  # the runs the first basis may use
+    if key0.size > 0:  # level 0 alone, from key0, on 8-neighbour arcs
+        key = key0
+        start[0] = near_runs[0]
+        levels = 1
+    else:
+        for k in range(levels - 1):
+            for i in range(cell_off[k + 1] - cell_off[k]):
+                sup[cell_off[k + 1] + agg[cell_off[k] + i]] += sup[cell_off[k] + i]
+        key = np.zeros(cell_off[levels] - cell_off[levels - 1], np.int64)
     total = 0.0
     pivots = 0
     for k in range(levels - 1, -1, -1):
@@ -605,7 +595,7 @@ def _solve_pyramid(
             cost[a0:a1],
             length[a0:a1],
             key,
-            run_off[k + 1] - run_off[k],
+            start[k],
             ecost[a0 // 2 : a1 // 2],
             runs[run_off[k] : run_off[k + 1]],
             near_runs[k],
@@ -653,19 +643,29 @@ def _cancelling(supply: np.ndarray, agg: np.ndarray, n1: int) -> np.ndarray:  # 
     return out
 
 
+@lru_cache(maxsize=8)
+def _dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal type-II DCT as an n×n matrix (its inverse is its transpose)."""
+    k, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    c = np.sqrt(2 / n) * np.cos(np.pi * (2 * j + 1) * k / (2 * n))
+    c[0] /= np.sqrt(2)
+    return c
+
+
 def poisson_keys(supply: np.ndarray, ys: tuple[float, ...], xs: tuple[float, ...]) -> np.ndarray:
     """Start keys for :func:`_solve_pyramid`: per row of ``supply`` ((N, len(ys)·len(xs))), the solution φ of
-    the grid Poisson equation Δφ = supply (5-point Laplacian in cell steps, reflecting borders, by a type-II
-    DCT), scaled so that its root-mean-square difference between axis neighbours is :data:`POISSON_SCALE`
-    times the cost of one axis step — the H⁻¹ flow ∇φ runs from sources to sinks, as the transport
-    potentials do. Any keys give the exact optimum; these only make a shorter start on noise-like maps."""
+    the grid Poisson equation Δφ = supply (5-point Laplacian in cell steps, reflecting borders; by the type-II
+    DCT, as matrices), scaled so that its root-mean-square difference between axis neighbours is
+    :data:`POISSON_SCALE` times the cost of one axis step — the H⁻¹ flow ∇φ runs from sources to sinks, as
+    transport does. Any keys give the exact optimum; these only make a shorter start on noise-like maps."""
     h, w = len(ys), len(xs)
     s = np.asarray(supply, dtype=np.float64).reshape(-1, h, w)
+    ch, cw = _dct_matrix(h), _dct_matrix(w)
     lam = (2 * np.cos(np.pi * np.arange(h) / h) - 2)[:, None] + (2 * np.cos(np.pi * np.arange(w) / w) - 2)
     lam[0, 0] = 1.0
-    ph = dctn(s, type=2, norm="ortho", axes=(1, 2), workers=1) / lam
+    ph = (ch @ s @ cw.T) / lam
     ph[:, 0, 0] = 0.0
-    phi = idctn(ph, type=2, norm="ortho", axes=(1, 2), workers=1)
+    phi = ch.T @ ph @ cw
     sq = np.square(np.diff(phi, axis=1)).sum((1, 2)) + np.square(np.diff(phi, axis=2)).sum((1, 2))
     rms = np.sqrt(sq / max(h * (w - 1) + w * (h - 1), 1))
     steps = [(c[-1] - c[0]) / (len(c) - 1) for c in (ys, xs) if len(c) > 1]
