@@ -23,6 +23,8 @@ stays put costs nothing), uncapacitated arcs. It is solved exactly by the primal
   pyramid (2,492 against 2,386 attention-like, 2,935 against 2,364 two blobs);
 * the leaving arc is the last blocking arc met when the cycle is walked from its apex in its own direction
   (Cunningham's rule), which keeps every basis strongly feasible and so excludes cycling on degenerate pivots;
+  it is tracked while climbing to the apex instead of in a second walk over the two paths (6 rounds of 40
+  pairs a family, best of each: 1.31 → 1.17, 1.46 → 1.25, 0.99 → 0.88 ms a pair, load ~3.9);
 * pricing by runs: the edges of one offset and one grid row (first cells consecutive, second cells at a
   fixed offset: :func:`grid_runs`) are priced together as ``cost − |π[first] − π[second]|`` (an edge's
   better direction) in one contiguous loop that numba vectorises; runs are scanned in turn from where the
@@ -305,48 +307,40 @@ def _solve(
         pivots += 1
 
         # --- the cycle's apex (join): climb from the end with the smaller subtree; the two paths (u … join
-        # and v … join, join excluded) are recorded for the walks below
+        # and v … join, join excluded) are recorded for the walks below. The leaving arc is found on the way:
+        # flow goes join → … → u → v → … → join, blocking arcs are the tree arcs it runs against, and the
+        # last one met from the apex wins (on u's side the first minimum from u, strict; on v's side the
+        # last from v, non-strict; v's side on a tie)
         u = src[_ix(in_arc)]
         v = dst[_ix(in_arc)]
         a = u
         b = v
         nu = 0
         nv = 0
+        du = np.int64(1) << 62
+        dv = np.int64(1) << 62
+        iu = -1
+        iv = -1
         while a != b:
             if succ_num[_ix(a)] < succ_num[_ix(b)]:
                 path_u[_ix(nu)] = a
+                if pdir[_ix(a)] == _UP and flow[_ix(a)] < du:
+                    du = flow[_ix(a)]
+                    iu = nu
                 nu += 1
                 a = parent[_ix(a)]
             else:
                 path_v[_ix(nv)] = b
+                if pdir[_ix(b)] == _DOWN and flow[_ix(b)] <= dv:
+                    dv = flow[_ix(b)]
+                    iv = nv
                 nv += 1
                 b = parent[_ix(b)]
         join = a
-
-        # --- leaving arc: flow goes join → … → u → v → … → join; blocking arcs are the tree arcs it runs
-        # against. The last one met from the apex wins (strict on u's side, non-strict on v's side).
-        delta = np.int64(1) << 62
-        u_out = -1
-        side = 0
-        i_out = 0
-        for i in range(nu):
-            x = path_u[_ix(i)]
-            if pdir[_ix(x)] == _UP:
-                d = flow[_ix(x)]
-                if d < delta:
-                    delta = d
-                    u_out = x
-                    side = 1
-                    i_out = i
-        for i in range(nv):
-            x = path_v[_ix(i)]
-            if pdir[_ix(x)] == _DOWN:
-                d = flow[_ix(x)]
-                if d <= delta:
-                    delta = d
-                    u_out = x
-                    side = 2
-                    i_out = i
+        if iv >= 0 and dv <= du:  # (some arc always blocks: a cycle of forward arcs only costs > 0)
+            delta, side, i_out, u_out = dv, 2, iv, path_v[_ix(iv)]
+        else:
+            delta, side, i_out, u_out = du, 1, iu, path_u[_ix(iu)]
         if side == 1:
             u_in, v_in = u, v
             path_in, n_in, path_out, n_out = path_v, nv, path_u, nu
