@@ -145,8 +145,11 @@ def nonfinite_reasons(
     a: torch.Tensor, b: torch.Tensor, ref: str = NONFINITE_REF
 ) -> list[tuple[np.ndarray, str]]:
     """The (mask, reason) pairs that leave a pair unscored because either side holds NaN or ±inf: pass them
-    to :func:`make_result` (``ref`` names the second side, e.g. an annotation mask)."""
-    return [(_bad_rows(a), NONFINITE_MAP), (_bad_rows(b), ref)]
+    to :func:`make_result` (``ref`` names the second side, e.g. an annotation mask). A side that
+    :func:`prepare` found finite in this :func:`shared_work` block is left out (no mask to test per
+    metric)."""
+    sides = ((a, NONFINITE_MAP), (b, ref))
+    return [(_bad_rows(x), why) for x, why in sides if not _recall(("finite", id(x)))]
 
 
 def make_result(
@@ -311,6 +314,8 @@ def _resize_normalized(x: torch.Tensor, size: tuple[int, int], out: np.ndarray |
     if bool(bad.any()):
         res = torch.where(bad.reshape(-1, 1, 1), torch.full_like(res, math.nan), res)
     _remember(("bad", id(res)), bad.cpu().numpy())
+    _remember(("finite", id(res)), not bool(bad.any()))
+    _remember(("unit", id(res)), True)
     return res
 
 
@@ -337,6 +342,8 @@ def _normalized_native(x: torch.Tensor, out: np.ndarray | None = None) -> torch.
         out[bad] = np.nan
     res = torch.from_numpy(out).reshape(x.shape)
     _remember(("bad", id(res)), bad)
+    _remember(("finite", id(res)), not bad.any())
+    _remember(("unit", id(res)), True)
     return res
 
 
@@ -449,10 +456,15 @@ def _kernels() -> ModuleType:
 
 
 def _kernel_rows(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`paired_rows` as C-contiguous arrays of one dtype, float64 if either side is, else float32."""
+    """:func:`paired_rows` as C-contiguous arrays of one dtype, float64 if either side is, else float32; made
+    once per (a, b) in a :func:`shared_work` block (the checks and views cost ~5 µs, per metric and chunk)."""
+    key = ("rows", id(a), id(b))
+    known = _recall(key)
+    if known is not None:
+        return known
     fa, fb = paired_rows(a, b)
     dt = np.float64 if np.float64 in (fa.dtype, fb.dtype) else np.float32
-    return np.ascontiguousarray(fa, dtype=dt), np.ascontiguousarray(fb, dtype=dt)
+    return _remember(key, (np.ascontiguousarray(fa, dtype=dt), np.ascontiguousarray(fb, dtype=dt)))
 
 
 def _thresholds(x: torch.Tensor, threshold: Threshold, dtype: np.dtype[Any]) -> np.ndarray:
@@ -537,6 +549,12 @@ def _gaussian_taps(sigma: float, truncate: float) -> np.ndarray:
     return w / w.sum()
 
 
+@lru_cache(maxsize=16)
+def _ssim_taps(sigma: float, dtype: np.dtype[Any]) -> tuple[Any, ...]:
+    """:func:`_gaussian_taps` (truncate 3.5) as a tuple of ``dtype`` scalars, as ssim_means takes them."""
+    return tuple(_gaussian_taps(sigma, 3.5).astype(dtype))
+
+
 def ssim(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -566,8 +584,7 @@ def ssim(
     h, w = int(a.shape[-2]), int(a.shape[-1])
     if sigma > max(h, w):
         raise ShapeError(f"SSIM with sigma {sigma:g} needs maps far larger than {(h, w)}")
-    taps = _gaussian_taps(sigma, 3.5)
-    win = taps.size
+    win = 2 * int(3.5 * sigma + 0.5) + 1  # _gaussian_taps' length
     if min(h, w) < win:
         raise ShapeError(f"SSIM needs maps of at least {win}x{win} pixels, got {(h, w)}")
     fa, fb = _kernel_rows(a, b)  # grid and batch checks
@@ -576,7 +593,7 @@ def ssim(
     c1, c2 = 2 * (k1 * data_range) ** 2, 2 * (k2 * data_range) ** 2
     fields = scratch("ssim", (4, h, w), fa.dtype)
     _kernels().ssim_means(
-        fa.reshape(-1, h, w), fb.reshape(-1, h, w), tuple(taps.astype(dt)), dt(c1), dt(c2), out, fields
+        fa.reshape(-1, h, w), fb.reshape(-1, h, w), _ssim_taps(sigma, fa.dtype), dt(c1), dt(c2), out, fields
     )
     return make_result(out, nonfinite_reasons(a, b))
 
@@ -591,11 +608,19 @@ def _unit_clip(x: np.ndarray) -> np.ndarray:
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     """Cosine similarity of the flattened maps; NaN when either map is all zeros. One compiled call a batch,
-    one pass a pair (Σa², Σb², Σab in float64)."""
+    one pass a pair (Σa², Σb², Σab in float64).
+
+    Maps that :func:`prepare` normalised in this :func:`shared_work` block (compute_metrics' chunks), in
+    float32, are summed in blocks of 128 pixels in float32, the blocks' sums in float64
+    (:func:`~verification.metrics.kernels.cosine_rows` with ``unit``): no float64 conversion per pixel, at
+    the cost of float32 rounding within a block. Measured on 1,000 attention-like 224² pairs against the
+    float64 sums: |difference| median 1.5e-9, worst 1.0e-8 (the float32 peer, scipy on float32 maps, is up to
+    2.6e-7 off); anywhere else (maps of any range) every product is summed in float64 (4e-14)."""
     fa, fb = _kernel_rows(a, b)
     n = max(fa.shape[0], fb.shape[0])
     val, zero = np.empty(n, dtype=np.float64), np.empty(n, dtype=np.int8)
-    _kernels().cosine_rows(fa, fb, val, zero)
+    unit = fa.dtype == np.float32 and bool(_recall(("unit", id(a))) and _recall(("unit", id(b))))
+    _kernels().cosine_rows(fa, fb, val, zero, unit)
     undefined = nonfinite_reasons(a, b)
     if zero.any():
         undefined += [((zero & 1) > 0, "map is all zeros"), ((zero & 2) > 0, "reference is all zeros")]

@@ -76,15 +76,60 @@ def _products(
     return saa, sbb, sab
 
 
+# Pixels per block of the block sums (:func:`_block_products`).
+_BLOCK = 128
+
+
 @numba.njit(nogil=True, cache=True, fastmath=_SUMS)
-def cosine_rows(a: np.ndarray, b: np.ndarray, out: np.ndarray, zero: np.ndarray) -> None:  # pragma: no cover
+def _block_products(ra: np.ndarray, rb: np.ndarray) -> tuple[float, float, float]:  # pragma: no cover
+    """(Σa², Σb², Σab) of two rows: each block of :data:`_BLOCK` pixels summed in the rows' dtype (float32:
+    16 lanes a vector, no conversions), the blocks' sums added in float64. For rows in [0, 1] (no overflow;
+    a product too small for float32 is negligible beside a row's maximum of 1)."""
+    px = ra.shape[0]
+    nb = px // _BLOCK
+    zero = ra.dtype.type(0)
+    saa = 0.0
+    sbb = 0.0
+    sab = 0.0
+    for k in range(nb):
+        base = k * _BLOCK
+        xa = zero
+        xb = zero
+        xab = zero
+        for j in range(base, base + _BLOCK):
+            x = ra[j]
+            y = rb[j]
+            xa += x * x
+            xb += y * y
+            xab += x * y
+        saa += np.float64(xa)
+        sbb += np.float64(xb)
+        sab += np.float64(xab)
+    for j in range(nb * _BLOCK, px):
+        x = np.float64(ra[j])
+        y = np.float64(rb[j])
+        saa += x * x
+        sbb += y * y
+        sab += x * y
+    return saa, sbb, sab
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_SUMS)
+def cosine_rows(
+    a: np.ndarray, b: np.ndarray, out: np.ndarray, zero: np.ndarray, unit: bool = False
+) -> None:  # pragma: no cover - compiled
     """``out[p]`` = Σab / max(√Σa²·√Σb², 1e-300) clipped to [−1, 1] (NaN stays NaN), the sums in float64 in
     one pass; ``zero[p]`` = 1 if √Σa² is 0, + 2 if √Σb² is 0. a, b (N|1, P). The per-pair arithmetic after
-    the sums is numpy's (the same IEEE operations), done here so that a chunk costs one call."""
+    the sums is numpy's (the same IEEE operations), done here so that a chunk costs one call. ``unit``: both
+    sides are known to lie in [0, 1] with a maximum of 1 or all zeros (prepared maps); the sums are then
+    block sums (:func:`_block_products`), else every product is summed in float64."""
     for p in range(out.shape[0]):
         ra = a[p if a.shape[0] > 1 else 0]
         rb = b[p if b.shape[0] > 1 else 0]
-        saa, sbb, sab = _products(ra, rb, 0.0, 0.0)
+        if unit:
+            saa, sbb, sab = _block_products(ra, rb)
+        else:
+            saa, sbb, sab = _products(ra, rb, 0.0, 0.0)
         na = np.sqrt(saa)
         nb = np.sqrt(sbb)
         den = na * nb
