@@ -166,6 +166,28 @@ def test_cosine_matches_scipy_and_zero_map_is_nan() -> None:
     assert res.reasons == {0: "map is all zeros", 1: "map is all zeros"}
 
 
+def test_cosine_block_sums_of_prepared_maps_agree_with_float64() -> None:
+    """Within compute_metrics' chunks, float32 prepared maps are summed in float32 blocks (kernels.cosine_rows
+    with unit=True): within 5e-8 of scipy in float64 on the same prepared maps; float64 sums (any other
+    caller) within 1e-12; maps of no known range (direct calls) keep float64 sums, so a map of values around
+    1e-25 (squares below float32's range) is not taken for all zeros."""
+    from verification.metrics import compute_metrics
+    from verification.metrics.functional import shared_work
+
+    maps, refs = smooth_maps(6, 300, 200, seed=3), smooth_maps(6, 300, 200, seed=4)
+    a32, b32 = prepare(maps.astype(np.float32), refs.astype(np.float32), None)
+    want = [1 - scipy_cosine_distance(x.ravel(), y.ravel()) for x, y in zip(a32.double(), b32.double())]
+    got = compute_metrics(maps.astype(np.float32), refs.astype(np.float32), ["cosine"], size=None)["cosine"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=5e-8)
+    with shared_work():  # the same maps, prepared in a block: the block sums, bit for bit
+        pa, pb = prepare(maps.astype(np.float32), refs.astype(np.float32), None)
+        np.testing.assert_array_equal(cosine(pa, pb).values, got)
+    np.testing.assert_allclose(cosine(a32, b32).values, want, rtol=0, atol=1e-12)  # float64 sums
+    tiny = cosine(t(A[:2].astype(np.float32) * 1e-25), t(B[:2].astype(np.float32)))
+    assert not tiny.reasons
+    np.testing.assert_allclose(tiny.values, cosine(t(A[:2]), t(B[:2])).values, rtol=1e-6)
+
+
 def test_pearson_matches_scipy_and_constant_map_is_nan() -> None:
     ours = pearson(t(A), t(B)).values
     np.testing.assert_allclose(

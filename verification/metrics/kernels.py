@@ -6,7 +6,8 @@ Each kernel takes (Na, P) or (Na, H, W) maps and (Nb, ...) references with Na an
 the same code whatever the batch around it, so it never depends on the batch.
 
 * :func:`overlap_counts`: |A|, |B| and |A∩B| of ``value > threshold`` (per-row thresholds), integer counts.
-* :func:`cosine_rows`: the cosine from Σa², Σb², Σab summed in float64, one pass a pair.
+* :func:`cosine_rows`: the cosine from Σa², Σb², Σab summed in float64, one pass a pair; for prepared maps
+  (values in [0, 1]) in float32 blocks of 128 pixels, the blocks summed in float64 (:func:`_block_products`).
 * :func:`centred_moments`: the means and Σ(a−ā)(b−b̄), Σ(a−ā)², Σ(b−b̄)² in float64, two passes (Pearson).
 * :func:`ssim_means`: mean SSIM per pair, fused: the four fields s = a + b, d = a − b, s², d² of one pair,
   then output row by output row the vertical and horizontal 'valid' Gaussian passes and the pixel formula
