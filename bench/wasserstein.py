@@ -5,7 +5,7 @@ Run: ``.venv/bin/python bench/wasserstein.py [--pairs 20] [--batch 1000] [--grid
 
 * Error: per family (attention-like 224² maps area-pooled to the grid, i.i.d. noise, two blobs against one)
   the median and 95th percentile of |ours − emd2| / emd2, the signed mean and the worst, on the metric's grid;
-  the median number of network simplex pivots a pair (all levels of the multi-scale start); the median signed
+  the median number of network simplex pivots a pair (every level solved); the median signed
   error of the unregistered ``sliced_wasserstein(rescale=True)``.
 * Speed: time a pair, ours (``wasserstein`` on the family's pairs as one batch) and ``ot.emd2`` (one call a
   pair, cost matrix built once, untimed), both single-threaded, in CPU seconds of the calling thread (robust
