@@ -29,20 +29,19 @@ What it prints (issue #18: the seven in ≤ 1 s, each metric ≥ 3× faster than
 
 Cosine against its float32 peer (``1 − scipy.spatial.distance.cosine``: three float32 BLAS dot products on a
 pair, the second and third from the core's cache) cannot be 3× faster on one thread, by any implementation
-that reads the data: the peer loop takes under 3× one read pass of the same maps. Run of 2026-12-01 13:11 UTC
-(1,000 pairs, 2 CPUs, load 2.0 before, 5.4 after): float32 peer 0.025 s, float64 peer 0.045 s, read floor
-0.0102 s on our chunks / 0.0155 s from memory (the peer is 2.4× the faster floor). Ours reads each pair once:
+that reads the data: the peer loop takes under 3× one read pass of the same maps. Ours reads each pair once:
 compute_metrics normalises the float32 maps into reused, cache-line-aligned buffers and
-:func:`~verification.metrics.kernels.cosine_rows` sums a², b² and ab in float64 in that single pass, one
-compiled call a chunk: 0.0139 s on one thread (1.4× the floor; 3.2× the float64 peer, 1.8× the float32 one),
-0.0075 s on the shipped 2 threads (the 2-thread floor itself: 6.0× and 3.3×); agreement 1.9e-15 with the
-float64 peer. What separates it from the floor on one thread is the float64 arithmetic (per 32 pixels, as
-compiled: 8 float32→float64 conversions and 12 float64 fused multiply-adds). Tried and not adopted: float32
-sums in blocks of 64–256 pixels folded into float64 per block. With 4 pairs in L2 it reaches the floor (4.96
-against 7.25 µs a pair, floor 4.99; min of 500), in this bench's chunks 9.7–10.0 against 10.5 ms on one
-thread and 6.6–6.7 against 6.8 ms on two (load 3–4); but its agreement with float64 is 1.5e-9 median, 1.0e-8
-worst over 1,000 pairs (against 4e-14), and it changes no target: one thread stays out of reach of 3× the
-float32 peer, two threads are at their floor already.
+:func:`~verification.metrics.kernels.cosine_rows` sums a², b² and ab of those prepared maps (values in
+[0, 1]) in float32 blocks of 128 pixels, the blocks in float64, in that single pass, one compiled call a
+chunk (maps of unknown range keep float64 sums of every product). With 4 pairs in cache: 4.93–5.02 µs a pair
+against 6.83–7.01 µs with float64 sums and a read floor of 4.76–4.79 µs (min of 500). The price is
+agreement: 1.5e-9 median, 1.0e-8 worst against float64 over 1,000 pairs (float64 sums: 4e-14; the float32
+peer itself is up to 2.6e-7 off). Two runs of 2026-12-01 13:42–13:45 UTC (1,000 pairs, 2 CPUs shared with
+other work, load 2.9–3.6): float32 peer 0.036 / 0.027 s, float64 peer 0.058 / 0.049 s, read floor on our
+chunks 0.0111 / 0.0090 s on one thread and 0.0077 / 0.0082 s on two; ours 0.0146 / 0.0155 s on one thread
+(4.0× / 3.2× the float64 peer, 2.5× / 1.7× the float32 one) and 0.0161 / 0.0096 s on the shipped two threads
+(3.6× / 5.1× and 2.3× / 2.8×: the ≥ 3× against the float32 peer on two threads was NOT met in these loaded
+runs; it needs ours within about 1.2× of the two-thread read floor, which the quiet-machine rerun decides).
 """
 
 from __future__ import annotations
