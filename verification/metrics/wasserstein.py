@@ -15,21 +15,23 @@ value is an UPPER bound of the exact distance on the pooled grid, at most 1.31 %
 along the 32 arc directions (a translation by whole cells along an axis, a diagonal, (1, 2), …).
 
 Measured against POT's exact ``ot.emd2`` (Euclidean cost) on the same 32×32 grid (``.venv/bin/python
-bench/wasserstein.py --pairs 40``, three runs 13:35–13:39 UTC at load 2.9–3.9 on 2 cores; |relative error|
+bench/wasserstein.py --pairs 40``, four runs 13:35–13:46 UTC at load 2.9–3.9 on 2 cores; |relative error|
 median / p95 / worst): attention-like pairs (224² maps pooled) 0.46 % / 0.66 % / 0.90 %; i.i.d. noise 0.11 %
 / 0.21 % / 0.30 %; two blobs vs one 0.58 % / 1.00 % / 1.10 %; never below ``ot.emd2``, as the bound says.
-CPU time a pair (both single-threaded), ours against ``ot.emd2``: attention-like 1.22–1.36 ms against
-185–225 ms (137×, 139×, 184×), noise 1.21–1.41 ms against 131–162 ms (103×, 109×, 115×), two blobs
-0.92–1.01 ms against 145–173 ms (150×, 157×, 187×) — ``ot.emd2``'s own time varies by ~25 % between runs,
-so the ratio on noise sits near issue #18's 100×, above it in all three runs. Median pivots a pair 2,462 /
+CPU time a pair (both single-threaded), ours against ``ot.emd2``: attention-like 1.22–1.41 ms against
+185–251 ms (137×, 139×, 179×, 184×), noise 1.18–1.41 ms against 131–162 ms (103×, 109×, 115×, 136×), two
+blobs 0.92–1.01 ms against 145–173 ms (150×, 157×, 172×, 187×) in four 40-pair runs (a 20-pair run: 143× /
+131× / 198×) — ``ot.emd2``'s own time varies by ~25 % between runs, so noise's ratio, the lowest, moves
+with it; it stayed above issue #18's 100× in all five runs. Median pivots a pair 2,462 /
 2,145 / 2,470 (noise-like pairs start from grid-Poisson keys: see :mod:`~verification.metrics.grid_flow`).
 1,000 attention-like 224² pairs through ``compute_metrics(..., ["wasserstein"], size=None)`` on 2 threads:
 1.25–1.53 s CPU, 0.80–2.33 s wall at load 3–5 (0.93–0.99 s wall at load ~1.2 before this session's solver
 changes, which cut its CPU time a pair by ~30 %). Pooling 224² maps to 32² instead of 64² changed
 attention-like values by 0.12 % (median; p95 0.24 %), and 64² costs ~10× more (12–17 ms a pair), hence the
 32×32 default. Numba compiles the solver on the first call of a process with no cache (12.4–13.8 s at load
-3.3–3.8, where the solver as it was before took 12.1–12.2 s; 7.9–8.9 s at load ~1.3), then loads it from
-disk (0.68 s incl. imports).
+3.3–3.8, where the solver as it was before took 12.1–12.2 s; 7.9–8.9 s at load ~1.3; the benchmark's own
+figure, pooling kernel and imports included, 18.9–22.7 s at load 3.4–3.9), then loads it from disk
+(0.50–0.68 s incl. imports).
 
 Pooling moves each unit of mass by at most half a cell's diagonal (√2 / 62 in the unit square at 32×32),
 the same for the exact solver run on the pooled maps; the benchmark also reports 32×32 against 64×64.
