@@ -76,6 +76,7 @@ COARSEST = 8  # the multi-scale start: coarsest level at most this many cells a 
 # poisson_keys' gradient in axis-step costs (median noise pivots at 32²: 0.5 → 2,295, 0.7 → 2,143,
 # 1 → 2,199, 2 → 2,416)
 POISSON_SCALE = 0.7
+_KEY_CHUNK = 1 << 20  # cells of rows whose Poisson keys are computed at once (8 MB a float64 temporary)
 NEAR = 4  # pricing sees the arcs of the first NEAR offsets (the 8-neighbour subgraph) first
 
 _ix = np.uint64  # main-loop indices (never negative there): unsigned, so numba skips the wraparound test
@@ -677,14 +678,19 @@ def _start(
     supply: np.ndarray, p: Pyramid, ys: tuple[float, ...], xs: tuple[float, ...]
 ) -> tuple[np.ndarray, ...]:
     """Keys and each row's index among them (−1: the pyramid's start) for :func:`_solve_rows`: noise-like
-    rows (see :func:`_cancelling`; grids with a coarser level only) start from :func:`poisson_keys`."""
-    n = supply.shape[0]
+    rows (see :func:`_cancelling`; grids with a coarser level only) start from :func:`poisson_keys`, computed
+    a chunk of rows at a time (its float64 temporaries stay near :data:`_KEY_CHUNK` cells)."""
+    n, cells = supply.shape
     key_row = np.full(n, -1, np.int64)
-    if p.cell_off.size > 2:
-        noisy = _cancelling(supply, p.agg[: p.cell_off[1]], int(p.cell_off[2] - p.cell_off[1]))
-        key_row[noisy] = np.arange(int(noisy.sum()))
-        return poisson_keys(supply[noisy], ys, xs), key_row
-    return np.zeros((0, supply.shape[1]), np.int64), key_row
+    if p.cell_off.size <= 2:
+        return np.zeros((0, cells), np.int64), key_row
+    rows = np.flatnonzero(_cancelling(supply, p.agg[: p.cell_off[1]], int(p.cell_off[2] - p.cell_off[1])))
+    key_row[rows] = np.arange(rows.size)
+    keys = np.empty((rows.size, cells), np.int64)
+    step = max(1, _KEY_CHUNK // cells)
+    for i in range(0, rows.size, step):
+        keys[i : i + step] = poisson_keys(supply[rows[i : i + step]], ys, xs)
+    return keys, key_row
 
 
 def _args(p: Pyramid) -> tuple[np.ndarray, ...]:
