@@ -645,7 +645,8 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> MetricResult:
     fa, fb = _kernel_rows(a, b)
     n = max(fa.shape[0], fb.shape[0])
     m = np.empty((n, 5), dtype=np.float64)
-    _kernels().centred_moments(fa, fb, m)
+    unit = fa.dtype == np.float32 and bool(_recall(("unit", id(a))) and _recall(("unit", id(b))))
+    _kernels().centred_moments(fa, fb, m, unit)
     sa, sb = np.sqrt(m[:, 2]), np.sqrt(m[:, 3])
     with np.errstate(invalid="ignore"):
         const_a, const_b = _constant(fa, m[:, 0], sa), _constant(fb, m[:, 1], sb)

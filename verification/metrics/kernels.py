@@ -144,17 +144,48 @@ def cosine_rows(
 
 
 @numba.njit(nogil=True, cache=True, fastmath=_SUMS)
-def centred_moments(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """``out[p] = (ā, b̄, Σ(a−ā)², Σ(b−b̄)², Σ(a−ā)(b−b̄))`` in float64, the means by a first pass."""
+def _block_sums(ra: np.ndarray, rb: np.ndarray) -> tuple[float, float]:  # pragma: no cover - compiled
+    """(Σa, Σb) of two rows in [0, 1]: blocks of :data:`_BLOCK` pixels summed in the rows' dtype, the blocks'
+    sums in float64 (as :func:`_block_products`)."""
+    px = ra.shape[0]
+    nb = px // _BLOCK
+    zero = ra.dtype.type(0)
+    sa = 0.0
+    sb = 0.0
+    for k in range(nb):
+        xa = zero
+        xb = zero
+        for j in range(k * _BLOCK, (k + 1) * _BLOCK):
+            xa += ra[j]
+            xb += rb[j]
+        sa += np.float64(xa)
+        sb += np.float64(xb)
+    for j in range(nb * _BLOCK, px):
+        sa += np.float64(ra[j])
+        sb += np.float64(rb[j])
+    return sa, sb
+
+
+@numba.njit(nogil=True, cache=True, fastmath=_SUMS)
+def centred_moments(
+    a: np.ndarray, b: np.ndarray, out: np.ndarray, unit: bool = False
+) -> None:  # pragma: no cover - compiled
+    """``out[p] = (ā, b̄, Σ(a−ā)², Σ(b−b̄)², Σ(a−ā)(b−b̄))`` in float64, the means by a first pass. ``unit``
+    (rows in [0, 1], as for :func:`cosine_rows`): that first pass sums in float32 blocks
+    (:func:`_block_sums`); a mean off by δ moves the centred sums by n·δ² only (Σ(a − ā) = 0), far below
+    their float64 rounding."""
     px = a.shape[1]
     for p in range(out.shape[0]):
         ra = a[p if a.shape[0] > 1 else 0]
         rb = b[p if b.shape[0] > 1 else 0]
-        sa = 0.0
-        sb = 0.0
-        for j in range(px):
-            sa += np.float64(ra[j])
-            sb += np.float64(rb[j])
+        if unit:
+            sa, sb = _block_sums(ra, rb)
+        else:
+            sa = 0.0
+            sb = 0.0
+            for j in range(px):
+                sa += np.float64(ra[j])
+                sb += np.float64(rb[j])
         out[p, 0], out[p, 1] = sa / px, sb / px
         out[p, 2], out[p, 3], out[p, 4] = _products(ra, rb, out[p, 0], out[p, 1])
 
