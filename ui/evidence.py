@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import streamlit as st
-from streamlit.elements.lib.column_types import ColumnConfig
 
 from ui import glossary
 from ui.state import K
@@ -66,22 +66,45 @@ def faithfulness_switch() -> bool:
     )
 
 
-def columns_help(text: str, helps: Mapping[str, str]) -> str:
-    """``text`` followed by what the columns named in ``helps`` mean (a heading's tooltip)."""
-    words = "  \n".join(f"*{name}*: {what}" for name, what in helps.items())
-    return f"{text}\n\n**Columns**  \n{words}" if words else text
+# The verdict's small fixed tables are plain HTML tables: as scrolling grids (st.dataframe) the Similarity
+# page's dozen cost Chromium about 0.4 s more CPU to settle, and st.table renders every cell through the
+# markdown component (~250 cells on that page); a grid stays for the long per-image table, where sorting and
+# scrolling matter. Every cell's words are shown in full; a column's meaning is its header's tooltip.
+_TABLE_CSS = (
+    "<style>.vtable{border-collapse:collapse;width:100%;font-size:.875rem;margin:0 0 .5rem}"
+    ".vtable th,.vtable td{border:1px solid rgba(250,250,250,.18);padding:.25rem .5rem;text-align:left;"
+    "vertical-align:top}.vtable th{font-weight:400;opacity:.75}"
+    ".vtable th[title]{cursor:help;text-decoration:underline dotted}.vtable td.num{text-align:right}"
+    ".vscroll{max-height:26rem;overflow:auto}.vscroll .vtable :is(td,th){white-space:nowrap}"
+    ".vscroll .vtable th{position:sticky;top:0;"
+    "background:var(--st-background-color,#0e1117);opacity:1}</style>"
+)
 
 
-def table(
-    frame: pd.DataFrame, title: str, *, help: str = "", columns: Mapping[str, str] | None = None
-) -> None:
-    """A small fixed table under ``title``, whose tooltip is ``help`` and what the ``columns`` mean.
+def _cell(value: object) -> str:
+    """A cell's words: a number to 3 decimals (right-aligned), nothing measured as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "<td>—</td>"
+    if isinstance(value, float):
+        return f'<td class="num">{value:.3f}</td>'
+    return f"<td>{html.escape(str(value))}</td>"
 
-    A static table (``st.table``), every cell's words in full: the dozen scrolling grids (``st.dataframe``)
-    the Similarity page drew cost Chromium about 0.4 s more CPU to settle (load 2–5 on 2 cores); a grid
-    stays for the long per-image table, where sorting and scrolling matter."""
-    st.markdown(title, help=columns_help(help, columns or {}) or None)
-    st.table(frame, hide_index=True)
+
+def table_html(frame: pd.DataFrame, columns: Mapping[str, str] | None = None) -> str:
+    """``frame`` as an HTML table (no index), the header of each column named in ``columns`` carrying that
+    text as its tooltip."""
+    helps = columns or {}
+    titles = {name: f' title="{html.escape(text)}"' for name, text in helps.items()}
+    head = "".join(f"<th{titles.get(name, '')}>{html.escape(str(name))}</th>" for name in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in frame.itertuples(index=False, name=None)
+    )
+    return f'{_TABLE_CSS}<table class="vtable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def table(frame: pd.DataFrame, columns: Mapping[str, str] | None = None) -> None:
+    """A small fixed table across the page (:func:`table_html`)."""
+    st.html(table_html(frame, columns))
 
 
 def verdict_banner(report: VerificationReport, subject: str = "") -> None:
@@ -121,20 +144,21 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
     images and, if asked, the per-image table."""
     for warning in report.warnings:
         st.warning(warning, icon=":material/warning:")
+    st.markdown(f"**Per {unit(report)}**", help=glossary.help_for(report.label))
     table(
         classes_table(report),
-        f"**Per {unit(report)}**",
-        help=glossary.help_for(report.label),
-        columns={
+        {
             "verdict": "SUITABLE, UNSUITABLE or CANNOT VERIFY (hover the verdict above for what each means)",
             "deciding line": "The evidence line (E0–E6) that decided.",
         },
     )
-    table(
-        lines_table(report),
+    st.markdown(
         "**Evidence lines** — each passed, failed, was not assessable or was not informative",
         help=" ".join(glossary.line_help(k) for k in LINE_NAMES),
-        columns={
+    )
+    table(
+        lines_table(report),
+        {
             "separation (AUROC)": glossary.help_for("separation (AUROC)"),
             "votes": glossary.help_for("uninformative"),
             "calibration": glossary.help_for("threshold"),
@@ -145,15 +169,16 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
             continue
         title = f"{ln.key} {ln.name}: {status_words(ln.status)}"
         with st.expander(title, expanded=ln.key in report.deciding_lines):
-            columns = {
-                "threshold": glossary.help_for("threshold"),
-                "measured": "The class's number with its 95 % interval and the images it rests on.",
-            }
-            sentence = ln.sentence or LINE_NAMES.get(ln.key, "")
-            st.markdown(sentence, help=columns_help(glossary.line_help(ln.key), columns))
+            st.markdown(ln.sentence or LINE_NAMES.get(ln.key, ""), help=glossary.line_help(ln.key))
             if ln.calibration:
                 st.caption(f"Threshold calibration: {ln.calibration}")
-            st.table(line_class_table(ln), hide_index=True)
+            table(
+                line_class_table(ln),
+                {
+                    "threshold": glossary.help_for("threshold"),
+                    "measured": "The class's number with its 95 % interval and the images it rests on.",
+                },
+            )
     excluded = [im for im in report.images if not im.assessable]
     if excluded:
         st.markdown(
@@ -169,13 +194,12 @@ def evidence(report: VerificationReport, *, per_image: bool = True) -> None:
     for name, message in report.errors:
         st.error(f"{name}: {message}", icon=":material/broken_image:")
     if per_image:
-        st.markdown("**Per image**")
-        st.dataframe(
-            images_table(report),
-            hide_index=True,
-            width="stretch",
-            column_config=column_help(sorted({k for im in report.images for k in im.values})),
-        )
+        keys = sorted({k for im in report.images for k in im.values})
+        st.markdown(f"**Per image** ({len(report.images)})")
+        # every image and number in a scrolling HTML table: as a grid (st.dataframe) it was half of what
+        # the Similarity page cost Chromium to settle (~0.45 of ~1.3 s CPU); sorting is in the CSV
+        helps = {k: quantity_help(k) for k in keys}
+        st.html(f'<div class="vscroll">{table_html(images_table(report), helps)}</div>')
 
 
 def image_explanation(
@@ -190,9 +214,9 @@ def image_explanation(
     ex = explain_image(im, location=location, limits=limits, anatomy=anatomy)
     st.markdown(ex.sentence)
     with st.expander("The numbers behind this sentence"):
-        st.table(explanation_table(ex), hide_index=True)
+        table(explanation_table(ex))
         if im.values:
-            st.table(image_values_table(im), hide_index=True)
+            table(image_values_table(im))
     return ex
 
 
@@ -234,7 +258,7 @@ def image_verdict(im: ImageEvidence) -> None:
         return
     st.markdown(f"**Assessed** — {im.why}" if im.why else "**Assessed**")
     if im.values:
-        st.table(image_values_table(im), hide_index=True)
+        table(image_values_table(im))
 
 
 def quantity_help(key: str) -> str:
@@ -245,11 +269,6 @@ def quantity_help(key: str) -> str:
     return (
         f"{quantity_words(key)}. " + glossary.line_help(line) if line in LINE_NAMES else quantity_words(key)
     )
-
-
-def column_help(keys: Sequence[str]) -> dict[str, ColumnConfig]:
-    """``column_config`` giving every per-image number's column its tooltip."""
-    return {k: st.column_config.NumberColumn(help=quantity_help(k), format="%.3f") for k in keys}
 
 
 def downloads(report: VerificationReport, *, stem: str) -> None:

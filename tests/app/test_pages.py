@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from html.parser import HTMLParser
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import streamlit as st
 import torch
@@ -70,6 +72,42 @@ def _banners(at: AppTest) -> list[str]:
 def _ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not _errors(at), _errors(at)
+
+
+class _Tables(HTMLParser):
+    """The <table>s of an HTML string as rows of cell texts (header row first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _tables(at: AppTest) -> list[pd.DataFrame]:
+    """Every HTML table the page drew (ui.evidence.table), in page order, as frames of its cells' texts."""
+    out = []
+    for element in at.get("html"):
+        parser = _Tables()
+        parser.feed(element.proto.body)
+        out += [pd.DataFrame(rows[1:], columns=rows[0]) for rows in parser.tables]
+    return out
 
 
 def _images(at: AppTest) -> list[Any]:
@@ -244,8 +282,12 @@ def test_dataset_check_runs_with_a_result_table() -> None:
     at.switch_page("pages/dataset.py").run()
     at.button[0].click().run()  # "Run the check" on the sidebar's images
     _ok(at)
-    assert at.dataframe, "per-class, per-line and per-image tables"
-    assert at.get("plotly_chart"), "evidence charts"
+    tables = _tables(at)
+    assert any("deciding line" in t.columns for t in tables), "per-class table"
+    assert any("votes" in t.columns for t in tables), "per-line table"
+    assert len(tables[-1]) == 60, "per-image table"
+    assert any('class="bandcard"' in h.proto.body for h in at.get("html")), "band charts"
+    assert at.get("plotly_chart"), "per-image charts"
     assert _metric(at, "Images assessed").endswith("of 60")
 
 
@@ -382,7 +424,7 @@ def test_shortcut_model_on_the_marker_split_is_unsuitable_naming_the_deciding_li
     banner = next(b for b in at.error if b.icon == VERDICT_ICON).value
     assert "UNSUITABLE — decided by E" in banner, banner
     assert "accuracy" in banner
-    lines = next(t.value for t in at.table if "votes" in t.value.columns)  # the evidence lines
+    lines = next(t for t in _tables(at) if "votes" in t.columns)  # the evidence lines
     deciding = lines[lines["votes"] == "deciding"]
     assert len(deciding) == 1
     assert deciding.iloc[0]["result"].endswith("failed")
@@ -397,7 +439,8 @@ def test_sound_model_on_ood_images_is_not_assessable_never_suitable() -> None:
     at.switch_page("pages/similarity.py").run()
     _ok(at)
     assert _verdict(at) != "SUITABLE"
-    images = at.dataframe[-1].value
+    images = _tables(at)[-1]
+    assert len(images) == int(_metric(at, "Images assessed").split(" of ")[1]), "every image, one row each"
     assert images["assessed"].str.startswith("not assessable").mean() >= 0.9
 
 

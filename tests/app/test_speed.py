@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +125,32 @@ def test_page_modules_are_what_the_pages_import() -> None:
     assert {"streamlit", "ui.loaders", "ui.sidebar", "ui.state"} <= set(names)
     assert all(not name.startswith(".") for name in names)
     assert "ui.loaders" in warm.import_page_modules()
+
+
+def test_the_script_cache_is_compiled_again_after_streamlit_clears_it(tmp_path: Path) -> None:
+    """Streamlit clears its script cache when the last session leaves; the warm launcher refills it at once
+    (from the files as they are then), so the next new session does not compile the scripts itself."""
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+
+    script = tmp_path / "page.py"
+    script.write_text("x = 1\n")
+    cache = ScriptCache()
+    refilled = threading.Event()
+
+    def refill() -> None:
+        cache.get_bytecode(str(script))
+        refilled.set()
+
+    warm.refill_on_clear(cache, refill)
+    first = cache.get_bytecode(str(script))
+    script.write_text("x = 2\n")  # an edit made while readers were connected
+    cache.clear()
+    assert refilled.wait(10), "refilled after the clear"
+    again = cache._cache[str(script)]  # compiled by the refill, not by a reader's get_bytecode
+    assert again is not first
+    scope: dict[str, object] = {}
+    exec(again, scope)
+    assert scope["x"] == 2, "the files are read afresh after a clear"
 
 
 def test_the_warm_launcher_warms_before_it_answers() -> None:
