@@ -48,6 +48,12 @@ switch 0.35 / 0.96 (Similarity 0.90 / 1.16), DICOM upload drawn 0.46 / 0.50; "lo
 8.9 with the other jobs): cold first heatmap 2.69 / 3.52, image switch settled 0.45 / 1.40, page switch
 0.74 / 2.60 (Similarity 2.39 / 3.34). Cold first heatmap before the background warm stage yielded to readers
 (``ui/serve.py``), interleaved with after on the same machine, 8 pairs at load 4.9–7.1: 3.07 → 2.50 median.
+Similarity page as the reports' SVG band charts and plain HTML tables instead of five plotly figures and a
+dozen grids (``ui/evidence.py``), old and new servers alternately, 7 switches each at load 1.9–5.5: settled
+1.55 / 1.82 → 0.70 / 0.93, Chromium CPU 1.95 → 0.91 s; this bench (``--repeats 3``) at load 4–5: Similarity
+0.67 / 0.90. New session on a warm server with the script cache refilled after Streamlit clears it
+(``ui.warm.refill_on_clear``), alternately, 8 each at load 3–4: drawn 3.79 / 4.35 → 3.10 / 3.64, the
+server's run (first to last message) 0.57 → 0.38 median; ~1.4 s of either is the browser loading the app.
 """
 
 from __future__ import annotations
