@@ -77,8 +77,10 @@ def families(n: int, k: int) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
 def test_graph_solver_is_exact_on_the_graph_metric() -> None:
     """Same LP as ot.emd2 with the graph's shortest-path cost: agreement to 1e-6 (relative)."""
     rng = np.random.default_rng(0)
-    uneven = (tuple(cell_centres(64, 21).tolist()), tuple(cell_centres(40, 13).tolist()))  # pooled cells
-    for ys, xs in ((axis(8), axis(8)), (axis(9), axis(6)), (axis(1), axis(7)), uneven):
+    even = (tuple(cell_centres(64, 21).tolist()), tuple(cell_centres(40, 13).tolist()))  # 64 = 3·21 + 1
+    uneven = (tuple(cell_centres(37, 20).tolist()), tuple(cell_centres(53, 30).tolist()))  # unequal spacings
+    assert min(np.ptp(np.diff(c)) for c in uneven) > 1e-3  # each edge its own length
+    for ys, xs in ((axis(8), axis(8)), (axis(9), axis(6)), (axis(1), axis(7)), even, uneven):
         h, w = len(ys), len(xs)  # 9 and 21 rows: a coarser level shapes the first basis
         src, dst, length = gf.grid_graph(ys, xs)
         graph = coo_matrix((length, (src, dst)), shape=(h * w, h * w)).tocsr()
@@ -245,3 +247,21 @@ def test_compiled_pooling_is_pool_mass_of_the_clipped_maps(
     if hw[0] % out_hw[0] == 0 and hw[1] % out_hw[1] == 0:  # disjoint cells: plain means of the clipped pixels
         cells = x.double().clamp_min(0).reshape(3, out_hw[0], hw[0] // out_hw[0], out_hw[1], -1).mean((2, 4))
         np.testing.assert_allclose(got, cells.reshape(3, -1).numpy(), rtol=1e-12)
+
+
+def test_masses_at_the_ends_of_float64_are_scored_or_refused_with_a_reason() -> None:
+    """A row's scale must not matter: a mass near 1e-300 made MASS_UNITS / sum overflow (garbage supplies,
+    a crash in the compiled solver) and a sum of finite cells near 1e307 overflowed: NaN with no reason."""
+    rng = np.random.default_rng(3)
+    a, b = rng.random((1, 40, 37)), rng.random((1, 40, 37)) ** 4
+    base = float(wasserstein(torch.tensor(a), torch.tensor(b)).values[0])
+    for scale in (1e-300, 1e-310, 1e300, 1e307):
+        r = wasserstein(torch.tensor(a * scale), torch.tensor(b))
+        assert float(r.values[0]) == base
+        assert not r.reasons
+    r = wasserstein(torch.tensor(b), torch.tensor(np.full((1, 40, 37), 1.7e308)))  # 49 cells a pooled cell
+    assert np.isnan(r.values[0])
+    assert r.reasons[0].startswith("reference's values overflow")
+    for bad in (np.array([[1.0, -1.0, 1.0]]), np.array([[1.0, np.nan, 1.0]])):
+        with pytest.raises(ValueError, match="finite nonnegative"):
+            gf.integer_masses(bad)

@@ -144,10 +144,25 @@ def grid_graph(ys: tuple[float, ...], xs: tuple[float, ...]) -> tuple[np.ndarray
 
 
 def integer_masses(p: np.ndarray) -> np.ndarray:
-    """(N, cells) nonnegative masses with positive row sums → int64 rows that each sum to exactly
-    :data:`MASS_UNITS` (proportional rounding; the residue goes to the row's largest cell)."""
+    """(N, cells) finite nonnegative masses with positive row sums → int64 rows that each sum to exactly
+    :data:`MASS_UNITS` (proportional rounding; the residue goes to the row's largest cell). A row whose sum
+    is too small (about 1e-297 and below) or too large for float64 is first divided by its largest cell, so
+    any positive finite row is scored; rows the solver could not take (negative, NaN) raise ValueError
+    before they reach it."""
     p = np.asarray(p, dtype=np.float64)
-    q = np.rint(p * (MASS_UNITS / p.sum(axis=1, keepdims=True))).astype(np.int64)
+    if not (np.isfinite(p).all() and (p >= 0).all() and (p.max(axis=1) > 0).all()):
+        raise ValueError("integer_masses needs finite nonnegative rows with a positive maximum")
+    with np.errstate(divide="ignore", over="ignore"):
+        total = p.sum(axis=1, keepdims=True)
+        scale = MASS_UNITS / total
+    odd = ~np.isfinite(scale[:, 0]) | ~np.isfinite(total[:, 0])
+    if odd.any():  # a mass so small that MASS_UNITS / sum overflows, or a sum of finite cells that does:
+        rows = p[odd] / p[odd].max(axis=1, keepdims=True)  # each row's largest cell 1, its sum in [1, cells]
+        p = p.copy()
+        p[odd] = rows
+        total[odd] = rows.sum(axis=1, keepdims=True)
+        scale = MASS_UNITS / total
+    q = np.rint(p * scale).astype(np.int64)
     q[np.arange(len(q)), p.argmax(axis=1)] += MASS_UNITS - q.sum(axis=1)
     return q
 

@@ -64,6 +64,8 @@ MAX_GRID = 256  # the sliced bound's limit
 MAX_EXACT_GRID = 128  # the exact solver's: about a second a pair at 128×128, growing ~ cells²
 NO_MASS_MAP = "map has no mass (all zeros)"
 NO_MASS_REF = "reference has no mass (all zeros)"
+OVERFLOW_MAP = "map's values overflow float64 when pooled (near 1e308): rescale the map"
+OVERFLOW_REF = "reference's values overflow float64 when pooled (near 1e308): rescale the reference"
 _CHUNK_ELEMENTS = 1 << 23  # bound on pairs × directions × cells held at once (about 32 MB in float32)
 
 
@@ -151,10 +153,11 @@ def wasserstein(a: torch.Tensor, b: torch.Tensor, *, grid: int = DEFAULT_GRID) -
     n = max(pa.shape[0], pb.shape[0])
     fa = np.broadcast_to(pa, (n, pa.shape[1]))
     fb = np.broadcast_to(pb, (n, pb.shape[1]))
-    ma, mb = fa.sum(1), fb.sum(1)
+    ma, mb = fa.max(1), fb.max(1)  # the largest cell, not the sum: a sum of finite cells can overflow
     ok = (ma > 0) & (mb > 0) & np.isfinite(ma) & np.isfinite(mb)
     for mask, _ in unscored:  # (Na,) or (Nb,): one row broadcasts
         ok &= ~np.broadcast_to(np.asarray(mask, dtype=bool).reshape(-1), ok.shape)
+    overflow = [(~np.isfinite(ma), OVERFLOW_MAP), (~np.isfinite(mb), OVERFLOW_REF)]  # finite pixels, pooled
     out = np.full(n, np.nan)
     if ok.any():
         from verification.metrics import grid_flow  # numba: imported on first use, not with the metrics
@@ -162,7 +165,7 @@ def wasserstein(a: torch.Tensor, b: torch.Tensor, *, grid: int = DEFAULT_GRID) -
         ys = tuple(cell_centres(in_hw[0], out_hw[0]).tolist())
         xs = tuple(cell_centres(in_hw[1], out_hw[1]).tolist())
         out[ok] = grid_flow.graph_transport(fa[ok], fb[ok], ys, xs)
-    return make_result(out, [*unscored, (ma <= 0, NO_MASS_MAP), (mb <= 0, NO_MASS_REF)])
+    return make_result(out, [*unscored, (ma <= 0, NO_MASS_MAP), (mb <= 0, NO_MASS_REF), *overflow])
 
 
 def sliced_wasserstein(
