@@ -54,6 +54,12 @@ dozen grids (``ui/evidence.py``), old and new servers alternately, 7 switches ea
 0.67 / 0.90. New session on a warm server with the script cache refilled after Streamlit clears it
 (``ui.warm.refill_on_clear``), alternately, 8 each at load 3–4: drawn 3.79 / 4.35 → 3.10 / 3.64, the
 server's run (first to last message) 0.57 → 0.38 median; ~1.4 s of either is the browser loading the app.
+The Similarity page no longer loads the dataframe grid's JavaScript (~1.6 MB), so the next page with a grid
+(Feature maps) paid it: Feature maps from Attention, first time in a tab 0.85–1.04 s, second time (after
+Similarity) 0.37 s (load 0.5–0.7). The Attention page's idle preload now imports the grid's, metric's and
+segmented control's chunks after plotly's (``ui.viewer.preload_charts``): first time 0.61–0.74 s (load
+0.4–1.3); this bench (``--repeats 3``, load 1.0 → 2.0): page switch 0.33 / 0.75, Feature maps 0.75 / 0.81
+(0.85–1.05 in two runs before), Similarity 0.44 / 0.50, every page ≤ 0.81 p95.
 """
 
 from __future__ import annotations

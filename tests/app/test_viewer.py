@@ -5,6 +5,8 @@ annotation with its numbers shown."""
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -291,24 +293,29 @@ def test_the_drawing_chart_is_drawn_on_request_and_the_chart_library_preloads() 
     assert len(at.get("plotly_chart")) == 1
 
 
-def test_the_preloaded_chunk_is_the_one_streamlit_imports_for_plotly() -> None:
-    """The preload imports Streamlit's own chunk (same URL, so the same module): it must exist and be the one
-    Streamlit's entry script lazily imports for a plotly chart (a Streamlit upgrade renames it)."""
+def test_the_preloaded_chunks_are_the_ones_streamlit_imports_for_charts_grids_and_metrics() -> None:
+    """The preload imports Streamlit's own chunks (same URL, so the same module): they must exist and be the
+    ones its entry script lazily imports for a plotly chart, a dataframe, a metric and a segmented control
+    (an upgrade renames them)."""
     import re
     from pathlib import Path
 
     import streamlit as st
 
-    chunk = viewer._chart_chunk()
-    assert chunk is not None
+    chunks = viewer._preload_chunks()
+    assert chunks[0] == viewer._chart_chunk()
+    assert [c.split(".")[0] for c in chunks] == ["PlotlyChart", "DataFrame", "Metric", "ButtonGroup"]
     static = Path(st.__file__).parent / "static"
     entry = re.search(
         r'<script type="module"[^>]* src="\./(static/js/index\.[^"]+\.js)"',
         (static / "index.html").read_text(),
     )
     assert entry, "Streamlit's index.html names its entry script"
-    assert f"import(`./{chunk}`)" in (static / entry.group(1)).read_text(encoding="utf-8")
-    assert f"'./{chunk}'" in viewer._PRELOAD_JS % {"quiet": 0, "chunk": chunk}
+    index = (static / entry.group(1)).read_text(encoding="utf-8")
+    script = viewer._PRELOAD_JS % {"quiet": 0, "chunks": json.dumps(chunks)}
+    for chunk in chunks:
+        assert f"import(`./{chunk}`)" in index
+        assert f'"{chunk}"' in script
 
 
 def test_an_annotation_of_another_size_than_its_image_is_set_aside_and_never_imported() -> None:
