@@ -59,7 +59,9 @@ The Similarity page no longer loads the dataframe grid's JavaScript (~1.6 MB), s
 Similarity) 0.37 s (load 0.5–0.7). The Attention page's idle preload now imports the grid's, metric's and
 segmented control's chunks after plotly's (``ui.viewer.preload_charts``): first time 0.61–0.74 s (load
 0.4–1.3); this bench (``--repeats 3``, load 1.0 → 2.0): page switch 0.33 / 0.75, Feature maps 0.75 / 0.81
-(0.85–1.05 in two runs before), Similarity 0.44 / 0.50, every page ≤ 0.81 p95.
+(0.85–1.05 in two runs before), Similarity 0.44 / 0.50, every page ≤ 0.81 p95; a second run (load 0.9 → 1.2):
+page switch 0.34 / 0.68, Feature maps 0.63 / 0.67, Similarity 0.47 / 0.49, Report & export 0.16 / 1.49 (its
+first visit 1.64 s, of which the server's run 1.60 s: the server, not the browser).
 """
 
 from __future__ import annotations
