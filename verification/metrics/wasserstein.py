@@ -23,7 +23,8 @@ CPU time a pair (both single-threaded), ours against ``ot.emd2``: attention-like
 blobs 0.92–1.01 ms against 145–173 ms (150×, 157×, 172×, 187×) in four 40-pair runs (a 20-pair run: 143× /
 131× / 198×) — ``ot.emd2``'s own time varies by ~25 % between runs, so noise's ratio, the lowest, moves
 with it; it stayed above issue #18's 100× in all five runs. On the quiet machine (14:05 and 14:58 UTC,
-load 0.5–1.3): 172× / 122× / 199× and 151× / 130× / 150× (attention-like / noise / two blobs). Median pivots a pair 2,462 /
+load 0.5–1.3): 172× / 122× / 199× and 151× / 130× / 150× (attention-like / noise / two blobs).
+Median pivots a pair 2,462 /
 2,145 / 2,470 (noise-like pairs start from grid-Poisson keys: see :mod:`~verification.metrics.grid_flow`).
 1,000 attention-like 224² pairs through ``compute_metrics(..., ["wasserstein"], size=None)`` on 2 threads:
 1.25–1.53 s CPU, 0.80–2.33 s wall at load 3–5 (0.93–0.99 s wall at load ~1.2 before this session's solver
