@@ -150,20 +150,22 @@ def integer_masses(p: np.ndarray) -> np.ndarray:
     any positive finite row is scored; rows the solver could not take (negative, NaN) raise ValueError
     before they reach it."""
     p = np.asarray(p, dtype=np.float64)
-    if not (np.isfinite(p).all() and (p >= 0).all() and (p.max(axis=1) > 0).all()):
+    rows, top = np.arange(len(p)), p.argmax(axis=1)  # NaN fails p >= 0; +inf makes its row's largest cell
+    largest = p[rows, top]
+    if not ((p >= 0).all() and np.isfinite(largest).all() and (largest > 0).all()):
         raise ValueError("integer_masses needs finite nonnegative rows with a positive maximum")
     with np.errstate(divide="ignore", over="ignore"):
         total = p.sum(axis=1, keepdims=True)
         scale = MASS_UNITS / total
     odd = ~np.isfinite(scale[:, 0]) | ~np.isfinite(total[:, 0])
     if odd.any():  # a mass so small that MASS_UNITS / sum overflows, or a sum of finite cells that does:
-        rows = p[odd] / p[odd].max(axis=1, keepdims=True)  # each row's largest cell 1, its sum in [1, cells]
+        scaled = p[odd] / largest[odd, None]  # largest cell 1 (still at top), sum in [1, cells]
         p = p.copy()
-        p[odd] = rows
-        total[odd] = rows.sum(axis=1, keepdims=True)
+        p[odd] = scaled
+        total[odd] = scaled.sum(axis=1, keepdims=True)
         scale = MASS_UNITS / total
     q = np.rint(p * scale).astype(np.int64)
-    q[np.arange(len(q)), p.argmax(axis=1)] += MASS_UNITS - q.sum(axis=1)
+    q[rows, top] += MASS_UNITS - q.sum(axis=1)
     return q
 
 
@@ -494,8 +496,7 @@ class Pyramid:
     the compiled solver: level ``k`` owns cells ``cell_off[k]:cell_off[k+1]`` and arcs
     ``arc_off[k]:arc_off[k+1]`` (cell indices local to the level). ``agg`` maps each cell of levels
     0 … L−2 to its cell in the next level; ``nbr``/``wt`` interpolate the next level's potentials bilinearly
-    at the cell's centre. ``near[k]``: level ``k``'s arcs of the first :data:`NEAR` offsets (its first arcs,
-    the 8-neighbour subgraph). ``ecost``: each edge's cost (its two arcs'); level ``k``'s edges form the runs
+    at the cell's centre. ``ecost``: each edge's cost (its two arcs'); level ``k``'s edges form the runs
     ``runs[run_off[k]:run_off[k+1]]`` of :func:`grid_runs` (edge and cell indices local to the level), whose
     first ``near_runs[k]`` (the 8-neighbour subgraph) are priced first."""
 
@@ -508,7 +509,6 @@ class Pyramid:
     agg: np.ndarray
     nbr: np.ndarray
     wt: np.ndarray
-    near: np.ndarray
     ecost: np.ndarray
     runs: np.ndarray
     run_off: np.ndarray
@@ -568,7 +568,6 @@ def pyramid(ys: tuple[float, ...], xs: tuple[float, ...], coarsest: int = COARSE
         agg=np.concatenate(agg).astype(np.int64) if agg else np.zeros(0, np.int64),
         nbr=np.concatenate(nbr).astype(np.int64) if nbr else np.zeros((0, 4), np.int64),
         wt=np.concatenate(wt) if wt else np.zeros((0, 4)),
-        near=np.array([near_arcs(y.size, x.size) for y, x in axes], dtype=np.int64),
         ecost=np.ascontiguousarray(cost[::2]),
         runs=np.concatenate([r for r, _ in runs]),
         run_off=np.cumsum([0] + [r.shape[0] for r, _ in runs]).astype(np.int64),
@@ -581,7 +580,7 @@ def _solve_pyramid(
     supply: np.ndarray, pyr: tuple[np.ndarray, ...], key0: np.ndarray
 ) -> tuple[float, int]:  # pragma: no cover - compiled
     """Exact cost on level 0 for ``supply`` (int64 per level-0 cell) on the pyramid ``pyr`` (the arrays of a
-    :class:`Pyramid`, in field order, less ``near``), and the total number of pivots. With ``key0`` (int64
+    :class:`Pyramid`, in field order), and the total number of pivots. With ``key0`` (int64
     per level-0 cell, e.g. :func:`poisson_keys`) level 0 alone is solved, its first basis along ``key0`` on
     8-neighbour arcs; with an empty ``key0`` each coarser level is solved first and its potentials,
     interpolated, shape the next level's first basis (on all arcs)."""
